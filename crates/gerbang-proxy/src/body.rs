@@ -1,0 +1,88 @@
+//! Body types: the client's request body streamed upstream under an optional size limit, and the
+//! response body that is either the upstream's stream or a gateway-made JSON error.
+
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use bytes::Bytes;
+use http_body::{Body, Frame, SizeHint};
+use http_body_util::Full;
+use hyper::body::Incoming;
+
+/// Error of a streamed request body.
+#[derive(Debug, thiserror::Error)]
+pub enum RequestBodyError {
+    #[error("request body exceeds {0} bytes")]
+    TooLarge(u64),
+    #[error(transparent)]
+    Client(#[from] hyper::Error),
+}
+
+pin_project_lite::pin_project! {
+    /// The client's body, forwarded frame by frame (flat memory), failing once more than
+    /// `limit` bytes have passed. `exceeded` tells the handler afterwards why the upstream
+    /// request failed.
+    pub struct RequestBody {
+        #[pin]
+        inner: Incoming,
+        seen: u64,
+        limit: Option<u64>,
+        exceeded: Arc<AtomicBool>,
+    }
+}
+
+impl RequestBody {
+    pub fn new(inner: Incoming, limit: Option<u64>, exceeded: Arc<AtomicBool>) -> Self {
+        Self {
+            inner,
+            seen: 0,
+            limit,
+            exceeded,
+        }
+    }
+}
+
+impl Body for RequestBody {
+    type Data = Bytes;
+    type Error = RequestBodyError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
+        let this = self.project();
+        match this.inner.poll_frame(cx) {
+            Poll::Ready(Some(Ok(frame))) => {
+                if let (Some(data), Some(limit)) = (frame.data_ref(), *this.limit) {
+                    *this.seen += data.len() as u64;
+                    if *this.seen > limit {
+                        this.exceeded.store(true, Ordering::Relaxed);
+                        return Poll::Ready(Some(Err(RequestBodyError::TooLarge(limit))));
+                    }
+                }
+                Poll::Ready(Some(Ok(frame)))
+            }
+            Poll::Ready(Some(Err(e))) => Poll::Ready(Some(Err(e.into()))),
+            Poll::Ready(None) => Poll::Ready(None),
+            Poll::Pending => Poll::Pending,
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+/// What the gateway sends back: the upstream's body untouched, or a body it made itself.
+pub type ResponseBody = http_body_util::Either<Incoming, Full<Bytes>>;
+
+/// Wraps a gateway-made body.
+pub fn full(bytes: Bytes) -> ResponseBody {
+    http_body_util::Either::Right(Full::new(bytes))
+}

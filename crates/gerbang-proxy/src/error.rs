@@ -1,0 +1,252 @@
+//! Every error the gateway itself answers with, and the one place where each maps to an HTTP
+//! status, a stable code and a client-facing message. Details stay in the log.
+
+use bytes::Bytes;
+use http::{header, HeaderValue, Response, StatusCode};
+
+use crate::path::PathError;
+
+/// Who caused an error: metrics and retries need to tell them apart.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ErrorSource {
+    /// The calling application sent something the gateway refuses.
+    Client,
+    /// The provider's upstream failed or did not answer.
+    Upstream,
+    /// The gateway itself failed.
+    Gateway,
+}
+
+/// A request the gateway answers itself.
+#[derive(Debug, thiserror::Error)]
+pub enum GatewayError {
+    #[error("invalid path: {0}")]
+    Path(PathError),
+    #[error("request target is {len} bytes, limit {limit}")]
+    UriTooLong { len: usize, limit: usize },
+    #[error("request header block is {len} bytes, limit {limit}")]
+    HeadersTooLarge { len: usize, limit: usize },
+    #[error("request body exceeds the service's limit of {limit} bytes")]
+    BodyTooLarge { limit: u64 },
+    #[error("request has both Content-Length and Transfer-Encoding")]
+    AmbiguousFraming,
+    #[error("request has an invalid Content-Length")]
+    InvalidContentLength,
+    #[error("the path names no agency and service")]
+    RouteNotFound,
+    #[error("unknown agency `{0}`")]
+    UnknownAgency(String),
+    #[error("unknown service `{0}`")]
+    UnknownService(String),
+    #[error("service `{0}` has no upstream instance")]
+    NoInstance(String),
+    #[error("connecting to upstream {instance} failed: {detail}")]
+    UpstreamUnavailable { instance: String, detail: String },
+    #[error("connecting to upstream {instance} timed out")]
+    UpstreamConnectTimeout { instance: String },
+    #[error("upstream {instance} sent no response head within {timeout_ms} ms")]
+    UpstreamTimeout { instance: String, timeout_ms: u128 },
+    #[error("upstream {instance} failed: {detail}")]
+    UpstreamFailed { instance: String, detail: String },
+    #[error("the client's request body failed: {0}")]
+    ClientBody(String),
+    #[error("internal error: {0}")]
+    Internal(String),
+}
+
+impl GatewayError {
+    /// Status, stable code, client-facing message, origin, and whether the request may be
+    /// retried on another instance (nothing reached the upstream's application).
+    fn describe(&self) -> (StatusCode, &'static str, &'static str, ErrorSource, bool) {
+        use ErrorSource::*;
+        match self {
+            GatewayError::Path(e) => (
+                StatusCode::BAD_REQUEST,
+                e.code(),
+                e.message(),
+                Client,
+                false,
+            ),
+            GatewayError::UriTooLong { .. } => (
+                StatusCode::URI_TOO_LONG,
+                "uri_too_long",
+                "the request target is longer than the gateway accepts",
+                Client,
+                false,
+            ),
+            GatewayError::HeadersTooLarge { .. } => (
+                StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+                "headers_too_large",
+                "the request headers are larger than the gateway accepts",
+                Client,
+                false,
+            ),
+            GatewayError::BodyTooLarge { .. } => (
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "body_too_large",
+                "the request body is larger than this service accepts",
+                Client,
+                false,
+            ),
+            GatewayError::AmbiguousFraming => (
+                StatusCode::BAD_REQUEST,
+                "ambiguous_framing",
+                "the request has both Content-Length and Transfer-Encoding",
+                Client,
+                false,
+            ),
+            GatewayError::InvalidContentLength => (
+                StatusCode::BAD_REQUEST,
+                "invalid_content_length",
+                "the request's Content-Length is not a single valid number",
+                Client,
+                false,
+            ),
+            GatewayError::RouteNotFound => (
+                StatusCode::NOT_FOUND,
+                "route_not_found",
+                "the path must start with /{agency}/{service}/",
+                Client,
+                false,
+            ),
+            GatewayError::UnknownAgency(_) => (
+                StatusCode::NOT_FOUND,
+                "unknown_agency",
+                "no agency with this name is registered at the gateway",
+                Client,
+                false,
+            ),
+            GatewayError::UnknownService(_) => (
+                StatusCode::NOT_FOUND,
+                "unknown_service",
+                "the agency offers no service with this name through the gateway",
+                Client,
+                false,
+            ),
+            GatewayError::NoInstance(_) => (
+                StatusCode::SERVICE_UNAVAILABLE,
+                "no_upstream_instance",
+                "the service has no upstream instance to forward to",
+                Gateway,
+                false,
+            ),
+            GatewayError::UpstreamUnavailable { .. } => (
+                StatusCode::BAD_GATEWAY,
+                "upstream_unavailable",
+                "the provider's service could not be reached",
+                Upstream,
+                true,
+            ),
+            GatewayError::UpstreamConnectTimeout { .. } => (
+                StatusCode::GATEWAY_TIMEOUT,
+                "upstream_connect_timeout",
+                "connecting to the provider's service timed out",
+                Upstream,
+                true,
+            ),
+            GatewayError::UpstreamTimeout { .. } => (
+                StatusCode::GATEWAY_TIMEOUT,
+                "upstream_timeout",
+                "the provider's service did not answer in time",
+                Upstream,
+                false,
+            ),
+            GatewayError::UpstreamFailed { .. } => (
+                StatusCode::BAD_GATEWAY,
+                "upstream_failed",
+                "the provider's service closed or broke the connection",
+                Upstream,
+                false,
+            ),
+            GatewayError::ClientBody(_) => (
+                StatusCode::BAD_REQUEST,
+                "request_body_failed",
+                "the request body could not be read",
+                Client,
+                false,
+            ),
+            GatewayError::Internal(_) => (
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "internal_error",
+                "the gateway failed to handle the request",
+                Gateway,
+                false,
+            ),
+        }
+    }
+
+    pub fn status(&self) -> StatusCode {
+        self.describe().0
+    }
+
+    /// The stable, documented error code.
+    pub fn code(&self) -> &'static str {
+        self.describe().1
+    }
+
+    pub fn source_kind(&self) -> ErrorSource {
+        self.describe().3
+    }
+
+    /// Whether another instance may be tried: the request did not reach the upstream.
+    pub fn retryable(&self) -> bool {
+        self.describe().4
+    }
+
+    /// The JSON error response. The message is generic; `self`'s details go to the log only.
+    pub fn to_response(&self, request_id: &str) -> Response<Bytes> {
+        let (status, code, message, _, _) = self.describe();
+        error_response(status, code, message, request_id)
+    }
+}
+
+/// Builds the one JSON error shape: `{"error": {"code", "message", "request_id"}}`.
+pub fn error_response(
+    status: StatusCode,
+    code: &str,
+    message: &str,
+    request_id: &str,
+) -> Response<Bytes> {
+    let body = serde_json::json!({
+        "error": { "code": code, "message": message, "request_id": request_id }
+    });
+    let bytes = Bytes::from(body.to_string());
+    let mut res = Response::new(bytes);
+    *res.status_mut() = status;
+    res.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    res.headers_mut()
+        .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    res
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn error_body_has_the_one_shape() {
+        let res = GatewayError::UnknownAgency("x".into()).to_response("rid-1");
+        assert_eq!(res.status(), StatusCode::NOT_FOUND);
+        let v: serde_json::Value = serde_json::from_slice(res.body()).unwrap();
+        assert_eq!(v["error"]["code"], "unknown_agency");
+        assert_eq!(v["error"]["request_id"], "rid-1");
+        assert!(v["error"]["message"].as_str().unwrap().len() > 10);
+        assert_eq!(v.as_object().unwrap().len(), 1);
+    }
+
+    #[test]
+    fn details_never_reach_the_client() {
+        let e = GatewayError::UpstreamUnavailable {
+            instance: "http://10.1.2.3:8080".into(),
+            detail: "secret detail".into(),
+        };
+        let res = e.to_response("r");
+        let text = String::from_utf8(res.body().to_vec()).unwrap();
+        assert!(!text.contains("10.1.2.3") && !text.contains("secret"));
+        assert!(e.retryable());
+        assert_eq!(e.source_kind(), ErrorSource::Upstream);
+    }
+}

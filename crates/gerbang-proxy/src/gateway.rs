@@ -1,0 +1,386 @@
+//! The request pipeline of the data plane. Phases, in order:
+//!
+//! 1. request id (propagated when plain, generated otherwise);
+//! 2. limits: URI length (414), header block (431), framing (`Content-Length` with
+//!    `Transfer-Encoding` is refused);
+//! 3. path normalisation (400 on anything ambiguous);
+//! 4. route: `/{agency}/{service}` → [`Service`] in the registry snapshot (404);
+//! 5. body limit of the service (413, early when `Content-Length` says so);
+//! 6. pick an instance (round robin);
+//! 7. rewrite the request: upstream URI, hop-by-hop removal, `Host`, forwarding headers;
+//! 8. forward with the service's timeouts, stream the response back.
+//!
+//! Later phases (authenticate, authorise, limit, filter, record) slot in between 4 and 6.
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+use arc_swap::ArcSwap;
+use bytes::Bytes;
+use gerbang_registry::{LookupError, Registry, Service};
+use http::header::{self, HeaderValue};
+use http::uri::{PathAndQuery, Scheme};
+use http::{Request, Response, Uri, Version};
+use hyper::body::Incoming;
+use rustls::ClientConfig;
+
+use crate::body::{self, RequestBody, RequestBodyError, ResponseBody};
+use crate::error::GatewayError;
+use crate::headers;
+use crate::path;
+use crate::upstream::{build_client, PoolSettings, UpstreamClient};
+
+/// Request limits of the data plane.
+#[derive(Debug, Clone)]
+pub struct Limits {
+    /// Longest request target (path and query) accepted; longer gets 414.
+    pub max_uri_bytes: usize,
+    /// Largest header block (names, values, separators) accepted; larger gets 431.
+    pub max_header_bytes: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            max_uri_bytes: 8 * 1024,
+            max_header_bytes: 32 * 1024,
+        }
+    }
+}
+
+/// What the pipeline knows about the connection a request came on.
+#[derive(Debug, Clone, Copy)]
+pub struct ConnInfo {
+    pub remote: SocketAddr,
+    /// `"http"` or `"https"`: the scheme the client used to reach the gateway.
+    pub proto: &'static str,
+}
+
+/// An immutable view of routing state; a reload swaps in a new one.
+pub struct Snapshot {
+    pub registry: Arc<Registry>,
+    /// One pooled client per service, indexed by [`Service::index`].
+    clients: Vec<UpstreamClient>,
+}
+
+/// The data plane's request handler.
+pub struct Gateway {
+    snapshot: ArcSwap<Snapshot>,
+    limits: Limits,
+    tls_client: Arc<ClientConfig>,
+    pool: PoolSettings,
+}
+
+impl Gateway {
+    pub fn new(
+        registry: Registry,
+        limits: Limits,
+        tls_client: Arc<ClientConfig>,
+        pool: PoolSettings,
+    ) -> Self {
+        let snapshot = build_snapshot(registry, &tls_client, &pool);
+        Self {
+            snapshot: ArcSwap::from_pointee(snapshot),
+            limits,
+            tls_client,
+            pool,
+        }
+    }
+
+    /// Replaces the registry atomically; requests in flight finish on the snapshot they began
+    /// with.
+    pub fn replace_registry(&self, registry: Registry) {
+        let snapshot = build_snapshot(registry, &self.tls_client, &self.pool);
+        self.snapshot.store(Arc::new(snapshot));
+    }
+
+    /// The registry currently in force.
+    pub fn registry(&self) -> Arc<Registry> {
+        Arc::clone(&self.snapshot.load().registry)
+    }
+
+    /// Handles one request; every failure becomes a JSON error response.
+    pub async fn handle(&self, req: Request<Incoming>, conn: ConnInfo) -> Response<ResponseBody> {
+        let request_id = match req
+            .headers()
+            .get(&headers::X_REQUEST_ID)
+            .and_then(headers::acceptable_request_id)
+        {
+            Some(id) => HeaderValue::from_str(id).ok(),
+            None => None,
+        }
+        .unwrap_or_else(new_request_id);
+        let method = req.method().clone();
+        let framing_error = req.headers().contains_key(header::TRANSFER_ENCODING)
+            && req.headers().contains_key(header::CONTENT_LENGTH);
+        match self.forward(req, conn, &request_id).await {
+            Ok(mut res) => {
+                res.headers_mut()
+                    .insert(headers::X_REQUEST_ID.clone(), request_id);
+                res
+            }
+            Err(err) => {
+                let rid = request_id.to_str().unwrap_or("");
+                match err.source_kind() {
+                    crate::error::ErrorSource::Client => {
+                        tracing::debug!(request_id = rid, %method, code = err.code(), error = %err, "request refused");
+                    }
+                    _ => {
+                        tracing::warn!(request_id = rid, %method, code = err.code(), error = %err, "request failed");
+                    }
+                }
+                let res = err.to_response(rid);
+                let (mut parts, bytes) = res.into_parts();
+                parts
+                    .headers
+                    .insert(headers::X_REQUEST_ID.clone(), request_id);
+                if framing_error {
+                    // The body's length is unknown: the connection cannot be reused safely.
+                    parts
+                        .headers
+                        .insert(header::CONNECTION, HeaderValue::from_static("close"));
+                }
+                Response::from_parts(parts, body::full(bytes))
+            }
+        }
+    }
+
+    async fn forward(
+        &self,
+        req: Request<Incoming>,
+        conn: ConnInfo,
+        request_id: &HeaderValue,
+    ) -> Result<Response<ResponseBody>, GatewayError> {
+        // Limits on what the client sent.
+        let target_len = req.uri().path_and_query().map_or(0, |pq| pq.as_str().len());
+        if target_len > self.limits.max_uri_bytes {
+            return Err(GatewayError::UriTooLong {
+                len: target_len,
+                limit: self.limits.max_uri_bytes,
+            });
+        }
+        let header_len = headers::header_block_len(req.headers());
+        if header_len > self.limits.max_header_bytes {
+            return Err(GatewayError::HeadersTooLarge {
+                len: header_len,
+                limit: self.limits.max_header_bytes,
+            });
+        }
+        let content_length = content_length(&req)?;
+        if content_length.is_some() && req.headers().contains_key(header::TRANSFER_ENCODING) {
+            return Err(GatewayError::AmbiguousFraming);
+        }
+
+        // Normalise once; route and forward on the result.
+        let normalized = path::normalize(req.uri().path()).map_err(GatewayError::Path)?;
+        let (agency, service_id, rest) = normalized
+            .route_parts()
+            .ok_or(GatewayError::RouteNotFound)?;
+        let snapshot = self.snapshot.load();
+        let service = snapshot
+            .registry
+            .lookup(agency, service_id)
+            .map_err(|e| match e {
+                LookupError::UnknownAgency => GatewayError::UnknownAgency(agency.to_owned()),
+                LookupError::UnknownService => {
+                    GatewayError::UnknownService(format!("{agency}/{service_id}"))
+                }
+            })?;
+        let client = snapshot
+            .clients
+            .get(service.index)
+            .ok_or_else(|| GatewayError::Internal("no client for service".into()))?;
+
+        let body_limit = service.limits.max_body_bytes;
+        if let (Some(limit), Some(len)) = (body_limit, content_length) {
+            if len > limit {
+                return Err(GatewayError::BodyTooLarge { limit });
+            }
+        }
+
+        let instance = service
+            .pick()
+            .ok_or_else(|| GatewayError::NoInstance(service.full_id()))?;
+        let uri = upstream_uri(service, instance, rest, req.uri().query())?;
+
+        let (mut parts, incoming) = req.into_parts();
+        let original_host = parts.headers.get(header::HOST).cloned().or_else(|| {
+            parts
+                .uri
+                .authority()
+                .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
+        });
+        headers::remove_hop_by_hop(&mut parts.headers);
+        headers::set_forwarding(
+            &mut parts.headers,
+            conn.remote.ip(),
+            conn.proto,
+            original_host,
+        );
+        let host = HeaderValue::from_str(instance.authority.as_str())
+            .map_err(|e| GatewayError::Internal(format!("upstream authority: {e}")))?;
+        parts.headers.insert(header::HOST, host);
+        parts
+            .headers
+            .insert(headers::X_REQUEST_ID.clone(), request_id.clone());
+        parts.uri = uri;
+        parts.version = Version::HTTP_11;
+
+        let exceeded = Arc::new(AtomicBool::new(false));
+        let body = RequestBody::new(incoming, body_limit, Arc::clone(&exceeded));
+        let upstream_req = Request::from_parts(parts, body);
+
+        let timeout = service.limits.request_timeout;
+        let result = tokio::time::timeout(timeout, client.request(upstream_req)).await;
+        let res = match result {
+            Err(_elapsed) => {
+                return Err(if exceeded.load(Ordering::Relaxed) {
+                    GatewayError::BodyTooLarge {
+                        limit: body_limit.unwrap_or(0),
+                    }
+                } else {
+                    GatewayError::UpstreamTimeout {
+                        instance: instance.to_string(),
+                        timeout_ms: timeout.as_millis(),
+                    }
+                })
+            }
+            Ok(Err(e)) => {
+                return Err(classify_client_error(
+                    &e,
+                    instance.to_string(),
+                    exceeded
+                        .load(Ordering::Relaxed)
+                        .then_some(body_limit.unwrap_or(0)),
+                ))
+            }
+            Ok(Ok(res)) => res,
+        };
+        let (mut parts, incoming) = res.into_parts();
+        headers::remove_hop_by_hop(&mut parts.headers);
+        Ok(Response::from_parts(
+            parts,
+            http_body_util::Either::Left(incoming),
+        ))
+    }
+}
+
+fn build_snapshot(registry: Registry, tls: &Arc<ClientConfig>, pool: &PoolSettings) -> Snapshot {
+    let clients = registry
+        .services()
+        .iter()
+        .map(|s| build_client(Arc::clone(tls), s.limits.connect_timeout, pool))
+        .collect();
+    Snapshot {
+        registry: Arc::new(registry),
+        clients,
+    }
+}
+
+fn new_request_id() -> HeaderValue {
+    let id = uuid::Uuid::now_v7();
+    let mut buf = uuid::Uuid::encode_buffer();
+    let s = id.hyphenated().encode_lower(&mut buf);
+    // A hyphenated UUID is always a valid header value.
+    HeaderValue::from_str(s).unwrap_or_else(|_| HeaderValue::from_static("invalid-request-id"))
+}
+
+/// The request's declared body length; several differing values are refused.
+fn content_length(req: &Request<Incoming>) -> Result<Option<u64>, GatewayError> {
+    let mut found: Option<u64> = None;
+    for v in req.headers().get_all(header::CONTENT_LENGTH) {
+        let n = v
+            .to_str()
+            .ok()
+            .and_then(|s| s.trim().parse::<u64>().ok())
+            .ok_or(GatewayError::InvalidContentLength)?;
+        match found {
+            Some(prev) if prev != n => return Err(GatewayError::InvalidContentLength),
+            _ => found = Some(n),
+        }
+    }
+    Ok(found)
+}
+
+/// `scheme://authority{base_path}{rest}?{query}`; the query is passed on byte for byte.
+fn upstream_uri(
+    service: &Service,
+    instance: &gerbang_registry::Instance,
+    rest: &str,
+    query: Option<&str>,
+) -> Result<Uri, GatewayError> {
+    let mut pq = String::with_capacity(
+        service.base_path.len() + rest.len() + query.map_or(0, |q| q.len() + 1) + 1,
+    );
+    pq.push_str(&service.base_path);
+    pq.push_str(rest);
+    if pq.is_empty() {
+        pq.push('/');
+    }
+    if let Some(q) = query {
+        pq.push('?');
+        pq.push_str(q);
+    }
+    let scheme = match instance.scheme {
+        gerbang_registry::Scheme::Http => Scheme::HTTP,
+        gerbang_registry::Scheme::Https => Scheme::HTTPS,
+    };
+    let path_and_query = PathAndQuery::from_maybe_shared(Bytes::from(pq))
+        .map_err(|e| GatewayError::Internal(format!("upstream path: {e}")))?;
+    Uri::builder()
+        .scheme(scheme)
+        .authority(instance.authority.clone())
+        .path_and_query(path_and_query)
+        .build()
+        .map_err(|e| GatewayError::Internal(format!("upstream uri: {e}")))
+}
+
+/// Maps a client error to the cause a caller can act on.
+fn classify_client_error(
+    err: &hyper_util::client::legacy::Error,
+    instance: String,
+    body_limit_exceeded: Option<u64>,
+) -> GatewayError {
+    if let Some(limit) = body_limit_exceeded {
+        return GatewayError::BodyTooLarge { limit };
+    }
+    let mut source: Option<&(dyn std::error::Error + 'static)> = std::error::Error::source(err);
+    let mut timed_out = false;
+    let mut client_body = None;
+    while let Some(e) = source {
+        if let Some(io) = e.downcast_ref::<std::io::Error>() {
+            if io.kind() == std::io::ErrorKind::TimedOut {
+                timed_out = true;
+            }
+        }
+        if let Some(b) = e.downcast_ref::<RequestBodyError>() {
+            client_body = Some(b.to_string());
+        }
+        source = e.source();
+    }
+    let detail = error_chain(err);
+    if let Some(detail) = client_body {
+        return GatewayError::ClientBody(detail);
+    }
+    if err.is_connect() {
+        if timed_out {
+            GatewayError::UpstreamConnectTimeout { instance }
+        } else {
+            GatewayError::UpstreamUnavailable { instance, detail }
+        }
+    } else {
+        GatewayError::UpstreamFailed { instance, detail }
+    }
+}
+
+fn error_chain(err: &dyn std::error::Error) -> String {
+    let mut out = err.to_string();
+    let mut source = err.source();
+    while let Some(e) = source {
+        out.push_str(": ");
+        out.push_str(&e.to_string());
+        source = e.source();
+    }
+    out
+}

@@ -1,0 +1,157 @@
+//! Header rewriting between client and upstream: hop-by-hop removal, forwarding headers,
+//! request id.
+
+use std::net::IpAddr;
+
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+
+pub static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+pub static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+pub static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+pub static X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
+
+/// Headers that describe one connection, never forwarded (RFC 9110 §7.6.1 and the historical
+/// `Keep-Alive`/`Proxy-Connection`).
+const HOP_BY_HOP: [HeaderName; 8] = [
+    header::CONNECTION,
+    HeaderName::from_static("keep-alive"),
+    HeaderName::from_static("proxy-connection"),
+    header::PROXY_AUTHENTICATE,
+    header::PROXY_AUTHORIZATION,
+    header::TE,
+    header::TRAILER,
+    header::UPGRADE,
+];
+
+/// Removes hop-by-hop headers: the fixed list, `Transfer-Encoding` (the body is re-framed) and
+/// every header named in `Connection`.
+pub fn remove_hop_by_hop(headers: &mut HeaderMap) {
+    // Names listed in Connection must be collected before Connection itself is removed.
+    let mut named: Vec<HeaderName> = Vec::new();
+    for value in headers.get_all(header::CONNECTION) {
+        if let Ok(s) = value.to_str() {
+            for token in s.split(',') {
+                let token = token.trim();
+                if token.is_empty() {
+                    continue;
+                }
+                if let Ok(name) = HeaderName::from_bytes(token.to_ascii_lowercase().as_bytes()) {
+                    named.push(name);
+                }
+            }
+        }
+    }
+    for name in named {
+        headers.remove(&name);
+    }
+    for name in HOP_BY_HOP.iter() {
+        headers.remove(name);
+    }
+    headers.remove(header::TRANSFER_ENCODING);
+}
+
+/// Sets the forwarding headers on a request going upstream.
+///
+/// `X-Forwarded-For` gets the client address appended (the existing list is kept: it is
+/// information, never identity). `X-Forwarded-Proto` and `X-Forwarded-Host` are the gateway's
+/// own view and replace whatever the client sent.
+pub fn set_forwarding(
+    headers: &mut HeaderMap,
+    client_ip: IpAddr,
+    proto: &'static str,
+    original_host: Option<HeaderValue>,
+) {
+    let ip = client_ip.to_string();
+    let xff = match headers.get(&X_FORWARDED_FOR).and_then(|v| v.to_str().ok()) {
+        Some(prev) if !prev.trim().is_empty() => format!("{}, {ip}", prev.trim()),
+        _ => ip,
+    };
+    // Every value that reached here is printable ASCII (or was skipped), so this succeeds; a
+    // failure would leave only the client address.
+    headers.remove(&X_FORWARDED_FOR);
+    if let Ok(v) = HeaderValue::from_str(&xff) {
+        headers.insert(X_FORWARDED_FOR.clone(), v);
+    } else if let Ok(v) = HeaderValue::from_str(&client_ip.to_string()) {
+        headers.insert(X_FORWARDED_FOR.clone(), v);
+    }
+    headers.insert(X_FORWARDED_PROTO.clone(), HeaderValue::from_static(proto));
+    match original_host {
+        Some(h) => {
+            headers.insert(X_FORWARDED_HOST.clone(), h);
+        }
+        None => {
+            headers.remove(&X_FORWARDED_HOST);
+        }
+    }
+}
+
+/// Accepts a client's request id only when it is short and plain (no log or header injection);
+/// otherwise the gateway makes its own.
+pub fn acceptable_request_id(value: &HeaderValue) -> Option<&str> {
+    let s = value.to_str().ok()?;
+    let ok = !s.is_empty()
+        && s.len() <= 128
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b':'));
+    ok.then_some(s)
+}
+
+/// Size of the header block as counted for the header limit: name, value and ": " + CRLF.
+pub fn header_block_len(headers: &HeaderMap) -> usize {
+    headers
+        .iter()
+        .map(|(n, v)| n.as_str().len() + v.len() + 4)
+        .sum()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hop_by_hop_and_connection_named_headers_go() {
+        let mut h = HeaderMap::new();
+        h.insert(
+            header::CONNECTION,
+            HeaderValue::from_static("keep-alive, X-Secret-Hop"),
+        );
+        h.insert("keep-alive", HeaderValue::from_static("timeout=5"));
+        h.insert("x-secret-hop", HeaderValue::from_static("1"));
+        h.insert(header::TE, HeaderValue::from_static("trailers"));
+        h.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
+        h.insert(
+            header::TRANSFER_ENCODING,
+            HeaderValue::from_static("chunked"),
+        );
+        h.insert("proxy-authorization", HeaderValue::from_static("Basic x"));
+        h.insert("x-kept", HeaderValue::from_static("yes"));
+        remove_hop_by_hop(&mut h);
+        assert_eq!(h.len(), 1, "{h:?}");
+        assert_eq!(h["x-kept"], "yes");
+    }
+
+    #[test]
+    fn forwarded_for_appends_and_proto_host_replace() {
+        let mut h = HeaderMap::new();
+        h.insert("x-forwarded-for", HeaderValue::from_static("203.0.113.9"));
+        h.insert("x-forwarded-proto", HeaderValue::from_static("gopher"));
+        set_forwarding(
+            &mut h,
+            "127.0.0.1".parse().unwrap(),
+            "https",
+            Some(HeaderValue::from_static("gw.example")),
+        );
+        assert_eq!(h["x-forwarded-for"], "203.0.113.9, 127.0.0.1");
+        assert_eq!(h["x-forwarded-proto"], "https");
+        assert_eq!(h["x-forwarded-host"], "gw.example");
+    }
+
+    #[test]
+    fn request_ids_are_checked() {
+        assert!(acceptable_request_id(&HeaderValue::from_static("abc-123_x.y")).is_some());
+        assert!(acceptable_request_id(&HeaderValue::from_static("a b")).is_none());
+        assert!(acceptable_request_id(&HeaderValue::from_static("")).is_none());
+        let long = "a".repeat(129);
+        assert!(acceptable_request_id(&HeaderValue::from_str(&long).unwrap()).is_none());
+    }
+}

@@ -1,0 +1,18 @@
+//! Gerbang's data plane: listeners, the request pipeline, path normalisation and the upstream
+//! client. It receives validated settings and a registry; it reads no configuration file.
+
+pub mod admin;
+pub mod body;
+pub mod error;
+pub mod gateway;
+pub mod headers;
+pub mod path;
+pub mod server;
+pub mod tls;
+pub mod upstream;
+
+pub use admin::{Admin, Health};
+pub use error::{ErrorSource, GatewayError};
+pub use gateway::{ConnInfo, Gateway, Limits};
+pub use server::{serve, ListenerSettings, ShutdownOutcome};
+pub use upstream::PoolSettings;

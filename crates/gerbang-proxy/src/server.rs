@@ -1,0 +1,168 @@
+//! Listeners: accept TCP (optionally TLS), serve HTTP/1.1 and HTTP/2 with hyper, and shut down
+//! gracefully: stop accepting, let requests in flight finish up to a deadline.
+
+use std::convert::Infallible;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use http::{Request, Response};
+use hyper::body::Incoming;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto;
+use hyper_util::server::graceful::GracefulShutdown;
+use tokio::net::TcpListener;
+use tokio_rustls::TlsAcceptor;
+
+use crate::body::ResponseBody;
+use crate::gateway::{ConnInfo, Gateway};
+
+/// Handles requests of one listener.
+pub trait Handler: Send + Sync + 'static {
+    fn call(
+        &self,
+        req: Request<Incoming>,
+        conn: ConnInfo,
+    ) -> impl Future<Output = Response<ResponseBody>> + Send;
+}
+
+impl Handler for Gateway {
+    fn call(
+        &self,
+        req: Request<Incoming>,
+        conn: ConnInfo,
+    ) -> impl Future<Output = Response<ResponseBody>> + Send {
+        self.handle(req, conn)
+    }
+}
+
+/// Connection-level settings of a listener.
+#[derive(Clone)]
+pub struct ListenerSettings {
+    /// Terminate TLS with this configuration (ALPN picks HTTP/2 or HTTP/1.1).
+    pub tls: Option<Arc<rustls::ServerConfig>>,
+    /// Time allowed for a client to send a request head (and, with TLS, the handshake).
+    pub header_read_timeout: Duration,
+    /// Largest request head hyper buffers; set above the gateway's own limits so that the
+    /// gateway, not hyper, answers oversized requests with its JSON error.
+    pub max_head_bytes: usize,
+    /// How long in-flight requests may run after shutdown begins.
+    pub shutdown_grace: Duration,
+}
+
+impl Default for ListenerSettings {
+    fn default() -> Self {
+        Self {
+            tls: None,
+            header_read_timeout: Duration::from_secs(10),
+            max_head_bytes: 64 * 1024,
+            shutdown_grace: Duration::from_secs(30),
+        }
+    }
+}
+
+/// How a listener's shutdown ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ShutdownOutcome {
+    /// Every connection finished its requests within the grace period.
+    Drained,
+    /// The grace period ran out; remaining connections were closed.
+    DeadlineExceeded,
+}
+
+fn builder(settings: &ListenerSettings) -> auto::Builder<TokioExecutor> {
+    let mut b = auto::Builder::new(TokioExecutor::new());
+    b.http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(settings.header_read_timeout)
+        .max_buf_size(settings.max_head_bytes.max(8192))
+        .max_headers(256)
+        .keep_alive(true);
+    b.http2()
+        .timer(TokioTimer::new())
+        .max_header_list_size(u32::try_from(settings.max_head_bytes).unwrap_or(u32::MAX))
+        .max_concurrent_streams(256);
+    b
+}
+
+/// Serves `handler` on `listener` until `shutdown` completes, then drains.
+pub async fn serve<H: Handler>(
+    listener: TcpListener,
+    handler: Arc<H>,
+    settings: ListenerSettings,
+    shutdown: impl Future<Output = ()>,
+) -> ShutdownOutcome {
+    let builder = Arc::new(builder(&settings));
+    let acceptor = settings.tls.clone().map(TlsAcceptor::from);
+    let proto: &'static str = if acceptor.is_some() { "https" } else { "http" };
+    let graceful = GracefulShutdown::new();
+    tokio::pin!(shutdown);
+    loop {
+        let (stream, remote) = tokio::select! {
+            biased;
+            () = &mut shutdown => break,
+            accepted = listener.accept() => match accepted {
+                Ok(pair) => pair,
+                Err(e) => {
+                    // Out of descriptors and similar: back off instead of spinning.
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+        };
+        let _ = stream.set_nodelay(true);
+        let conn = ConnInfo { remote, proto };
+        let watcher = graceful.watcher();
+        let builder = Arc::clone(&builder);
+        let handler = Arc::clone(&handler);
+        let acceptor = acceptor.clone();
+        let handshake_timeout = settings.header_read_timeout;
+        tokio::spawn(async move {
+            let service = hyper::service::service_fn(move |req| {
+                let handler = Arc::clone(&handler);
+                async move { Ok::<_, Infallible>(handler.call(req, conn).await) }
+            });
+            let result = match acceptor {
+                None => {
+                    let io = TokioIo::new(stream);
+                    watcher.watch(builder.serve_connection(io, service)).await
+                }
+                Some(acceptor) => {
+                    let tls = match tokio::time::timeout(handshake_timeout, acceptor.accept(stream))
+                        .await
+                    {
+                        Ok(Ok(tls)) => tls,
+                        Ok(Err(e)) => {
+                            tracing::debug!(%remote, error = %e, "TLS handshake failed");
+                            return;
+                        }
+                        Err(_) => {
+                            tracing::debug!(%remote, "TLS handshake timed out");
+                            return;
+                        }
+                    };
+                    let io = TokioIo::new(tls);
+                    watcher.watch(builder.serve_connection(io, service)).await
+                }
+            };
+            if let Err(e) = result {
+                tracing::debug!(%remote, error = %e, "connection ended with an error");
+            }
+        });
+    }
+    drop(listener);
+    tokio::select! {
+        () = graceful.shutdown() => ShutdownOutcome::Drained,
+        () = tokio::time::sleep(settings.shutdown_grace) => {
+            tracing::warn!(grace = ?settings.shutdown_grace, "shutdown grace period over; closing remaining connections");
+            ShutdownOutcome::DeadlineExceeded
+        }
+    }
+}
+
+/// The address a listener is bound to, for logs.
+pub fn local_addr(listener: &TcpListener) -> Option<SocketAddr> {
+    listener.local_addr().ok()
+}

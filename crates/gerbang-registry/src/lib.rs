@@ -1,0 +1,361 @@
+//! The service registry: which agencies (OPD) exist, which applications they run, which services
+//! they offer through the gateway and where those services' upstream instances live.
+//!
+//! Types here are already validated: the binary parses and checks the configuration files and
+//! builds a [`Registry`] with [`RegistryBuilder`]. The registry is immutable once built; a reload
+//! builds a new one and swaps it in whole. Load balancing state (the round-robin cursor) lives in
+//! the [`Service`] so that selection needs no lock.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+/// A government agency (OPD), e.g. `dukcapil`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Agency {
+    /// Slug used in URLs and identifiers: lower-case letters, digits and `-`.
+    pub id: String,
+    /// Human-readable name, e.g. "Dinas Kependudukan dan Pencatatan Sipil".
+    pub name: String,
+}
+
+/// A backend system of an agency; the unit that authenticates (`agency/app`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Application {
+    /// The owning agency's slug.
+    pub agency: String,
+    /// The application's slug within its agency.
+    pub id: String,
+    pub name: String,
+}
+
+impl Application {
+    /// The full identifier, `agency/app`.
+    pub fn full_id(&self) -> String {
+        format!("{}/{}", self.agency, self.id)
+    }
+}
+
+/// URL scheme of an upstream instance.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Scheme {
+    Http,
+    Https,
+}
+
+impl Scheme {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Scheme::Http => "http",
+            Scheme::Https => "https",
+        }
+    }
+}
+
+/// One upstream instance of a service.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Instance {
+    /// Name unique within the service, e.g. `penduduk-1`; used in logs and metrics.
+    pub name: String,
+    pub scheme: Scheme,
+    /// `host:port` (or `host` with the scheme's default port), as sent in `Host`.
+    pub authority: http::uri::Authority,
+}
+
+impl fmt::Display for Instance {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}://{}", self.scheme.as_str(), self.authority)
+    }
+}
+
+/// Per-service limits and timeouts, already defaulted from the global settings.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ServiceLimits {
+    /// Time allowed to establish a connection to an instance (TCP and TLS).
+    pub connect_timeout: Duration,
+    /// Time allowed from forwarding the request until the response head arrives.
+    pub request_timeout: Duration,
+    /// Largest request body accepted for this service; `None` means no limit.
+    pub max_body_bytes: Option<u64>,
+}
+
+/// An API that a provider agency offers through the gateway (`agency/service`).
+#[derive(Debug)]
+pub struct Service {
+    pub agency: String,
+    pub id: String,
+    pub name: String,
+    /// Path prefix on the upstream, without a trailing slash; empty for the root.
+    pub base_path: String,
+    pub limits: ServiceLimits,
+    pub instances: Vec<Instance>,
+    /// Dense index of this service in its registry, for per-service side tables.
+    pub index: usize,
+    cursor: AtomicUsize,
+}
+
+impl Service {
+    /// The full identifier, `agency/service`.
+    pub fn full_id(&self) -> String {
+        format!("{}/{}", self.agency, self.id)
+    }
+
+    /// Picks the next instance in round-robin order; `None` when the service has no instance.
+    pub fn pick(&self) -> Option<&Instance> {
+        let n = self.instances.len();
+        if n == 0 {
+            return None;
+        }
+        let i = self.cursor.fetch_add(1, Ordering::Relaxed) % n;
+        self.instances.get(i)
+    }
+}
+
+/// Why a lookup found no service.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LookupError {
+    UnknownAgency,
+    UnknownService,
+}
+
+#[derive(Debug, Default)]
+struct AgencyEntry {
+    agency: Option<Agency>,
+    services: HashMap<String, Arc<Service>>,
+}
+
+/// An immutable, validated registry snapshot.
+#[derive(Debug, Default)]
+pub struct Registry {
+    agencies: HashMap<String, AgencyEntry>,
+    applications: Vec<Application>,
+    services: Vec<Arc<Service>>,
+}
+
+impl Registry {
+    /// Finds the service `agency/service` (both slugs as they appear in the path).
+    pub fn lookup(&self, agency: &str, service: &str) -> Result<&Arc<Service>, LookupError> {
+        let entry = self
+            .agencies
+            .get(agency)
+            .ok_or(LookupError::UnknownAgency)?;
+        entry
+            .services
+            .get(service)
+            .ok_or(LookupError::UnknownService)
+    }
+
+    pub fn agencies(&self) -> impl Iterator<Item = &Agency> {
+        self.agencies.values().filter_map(|e| e.agency.as_ref())
+    }
+
+    pub fn applications(&self) -> &[Application] {
+        &self.applications
+    }
+
+    /// Services in index order.
+    pub fn services(&self) -> &[Arc<Service>] {
+        &self.services
+    }
+
+    pub fn application(&self, agency: &str, app: &str) -> Option<&Application> {
+        self.applications
+            .iter()
+            .find(|a| a.agency == agency && a.id == app)
+    }
+}
+
+/// Why the builder refused an entry. The binary checks the same rules earlier with file and key
+/// context; these are the last line of defence for programmatic callers.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum BuildError {
+    DuplicateAgency(String),
+    UnknownAgency(String),
+    DuplicateService(String),
+    DuplicateApplication(String),
+}
+
+impl fmt::Display for BuildError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            BuildError::DuplicateAgency(a) => write!(f, "agency `{a}` is defined twice"),
+            BuildError::UnknownAgency(a) => write!(f, "agency `{a}` is not defined"),
+            BuildError::DuplicateService(s) => write!(f, "service `{s}` is defined twice"),
+            BuildError::DuplicateApplication(s) => write!(f, "application `{s}` is defined twice"),
+        }
+    }
+}
+
+impl std::error::Error for BuildError {}
+
+/// Assembles a [`Registry`].
+#[derive(Debug, Default)]
+pub struct RegistryBuilder {
+    registry: Registry,
+}
+
+/// Everything needed to add a service.
+#[derive(Debug, Clone)]
+pub struct ServiceSpec {
+    pub agency: String,
+    pub id: String,
+    pub name: String,
+    pub base_path: String,
+    pub limits: ServiceLimits,
+    pub instances: Vec<Instance>,
+}
+
+impl RegistryBuilder {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    pub fn agency(&mut self, agency: Agency) -> Result<&mut Self, BuildError> {
+        let entry = self.registry.agencies.entry(agency.id.clone()).or_default();
+        if entry.agency.is_some() {
+            return Err(BuildError::DuplicateAgency(agency.id));
+        }
+        entry.agency = Some(agency);
+        Ok(self)
+    }
+
+    pub fn application(&mut self, app: Application) -> Result<&mut Self, BuildError> {
+        if !self.has_agency(&app.agency) {
+            return Err(BuildError::UnknownAgency(app.agency));
+        }
+        if self.registry.application(&app.agency, &app.id).is_some() {
+            return Err(BuildError::DuplicateApplication(app.full_id()));
+        }
+        self.registry.applications.push(app);
+        Ok(self)
+    }
+
+    pub fn service(&mut self, spec: ServiceSpec) -> Result<&mut Self, BuildError> {
+        let index = self.registry.services.len();
+        let entry = match self.registry.agencies.get_mut(&spec.agency) {
+            Some(e) if e.agency.is_some() => e,
+            _ => return Err(BuildError::UnknownAgency(spec.agency)),
+        };
+        if entry.services.contains_key(&spec.id) {
+            return Err(BuildError::DuplicateService(format!(
+                "{}/{}",
+                spec.agency, spec.id
+            )));
+        }
+        let service = Arc::new(Service {
+            agency: spec.agency,
+            id: spec.id.clone(),
+            name: spec.name,
+            base_path: spec.base_path,
+            limits: spec.limits,
+            instances: spec.instances,
+            index,
+            cursor: AtomicUsize::new(0),
+        });
+        entry.services.insert(spec.id, Arc::clone(&service));
+        self.registry.services.push(service);
+        Ok(self)
+    }
+
+    fn has_agency(&self, id: &str) -> bool {
+        self.registry
+            .agencies
+            .get(id)
+            .is_some_and(|e| e.agency.is_some())
+    }
+
+    pub fn build(self) -> Registry {
+        self.registry
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn limits() -> ServiceLimits {
+        ServiceLimits {
+            connect_timeout: Duration::from_secs(1),
+            request_timeout: Duration::from_secs(5),
+            max_body_bytes: None,
+        }
+    }
+
+    fn instance(name: &str, port: u16) -> Instance {
+        Instance {
+            name: name.into(),
+            scheme: Scheme::Http,
+            authority: format!("127.0.0.1:{port}").parse().unwrap(),
+        }
+    }
+
+    fn registry() -> Registry {
+        let mut b = RegistryBuilder::new();
+        b.agency(Agency {
+            id: "dukcapil".into(),
+            name: "Disdukcapil".into(),
+        })
+        .unwrap();
+        b.service(ServiceSpec {
+            agency: "dukcapil".into(),
+            id: "penduduk".into(),
+            name: "Penduduk".into(),
+            base_path: String::new(),
+            limits: limits(),
+            instances: vec![instance("a", 1), instance("b", 2), instance("c", 3)],
+        })
+        .unwrap();
+        b.build()
+    }
+
+    #[test]
+    fn lookup_distinguishes_unknown_agency_and_service() {
+        let r = registry();
+        assert_eq!(r.lookup("dukcapil", "penduduk").unwrap().id, "penduduk");
+        assert_eq!(
+            r.lookup("dinkes", "penduduk").unwrap_err(),
+            LookupError::UnknownAgency
+        );
+        assert_eq!(
+            r.lookup("dukcapil", "pbb").unwrap_err(),
+            LookupError::UnknownService
+        );
+    }
+
+    #[test]
+    fn round_robin_visits_every_instance_evenly() {
+        let r = registry();
+        let s = r.lookup("dukcapil", "penduduk").unwrap();
+        let mut counts = HashMap::new();
+        for _ in 0..300 {
+            *counts.entry(s.pick().unwrap().name.clone()).or_insert(0) += 1;
+        }
+        assert_eq!(counts.len(), 3);
+        assert!(counts.values().all(|&c| c == 100), "{counts:?}");
+    }
+
+    #[test]
+    fn builder_refuses_duplicates_and_orphans() {
+        let mut b = RegistryBuilder::new();
+        let a = Agency {
+            id: "x".into(),
+            name: "X".into(),
+        };
+        b.agency(a.clone()).unwrap();
+        assert_eq!(
+            b.agency(a).unwrap_err(),
+            BuildError::DuplicateAgency("x".into())
+        );
+        let orphan = Application {
+            agency: "y".into(),
+            id: "app".into(),
+            name: "App".into(),
+        };
+        assert_eq!(
+            b.application(orphan).unwrap_err(),
+            BuildError::UnknownAgency("y".into())
+        );
+    }
+}
