@@ -1,1 +1,218 @@
-fn main() {}
+//! `gerbang`: the command line.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use gerbang::config::{self, Config, Overrides};
+use gerbang::demo;
+
+#[derive(Parser)]
+#[command(name = "gerbang", version, about = "Service-integration gateway for regional government agencies (SPBE)")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the gateway on a configuration file.
+    Serve {
+        /// The main configuration file.
+        #[arg(long, short, env = "GERBANG_CONFIG", default_value = "/etc/gerbang/gerbang.toml")]
+        config: PathBuf,
+        /// Data-plane address, overriding server.listen.
+        #[arg(long)]
+        listen: Option<String>,
+        /// Admin address, overriding admin.listen.
+        #[arg(long)]
+        admin_listen: Option<String>,
+    },
+    /// Check a configuration and its registry files; print every problem and exit non-zero if any.
+    Validate {
+        #[arg(long, short, default_value = "/etc/gerbang/gerbang.toml")]
+        config: PathBuf,
+    },
+    /// Start fictional agency backends and the gateway in front of them, on the example config.
+    Demo {
+        /// Where the demo's configuration copy (and later its keys and audit log) lives.
+        #[arg(long)]
+        data_dir: Option<PathBuf>,
+        /// Data-plane address.
+        #[arg(long, default_value = "127.0.0.1:8080")]
+        listen: String,
+        /// Admin address.
+        #[arg(long, default_value = "127.0.0.1:9080")]
+        admin_listen: String,
+        /// Overwrite the configuration copy in the data directory with the shipped example.
+        #[arg(long)]
+        fresh: bool,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Validate { config } => validate(&config),
+        Command::Serve {
+            config,
+            listen,
+            admin_listen,
+        } => match load(&config, Overrides { listen, admin_listen }) {
+            Some(cfg) => serve(cfg, false),
+            None => ExitCode::from(2),
+        },
+        Command::Demo {
+            data_dir,
+            listen,
+            admin_listen,
+            fresh,
+        } => {
+            let dir = data_dir.unwrap_or_else(|| std::env::temp_dir().join("gerbang-demo"));
+            let file = match demo::prepare_data_dir(&dir, fresh) {
+                Ok(f) => f,
+                Err(e) => {
+                    eprintln!("cannot prepare the demo data directory {}: {e}", dir.display());
+                    return ExitCode::from(2);
+                }
+            };
+            let overrides = Overrides {
+                listen: Some(listen),
+                admin_listen: Some(admin_listen),
+            };
+            match load(&file, overrides) {
+                Some(cfg) => serve(cfg, true),
+                None => ExitCode::from(2),
+            }
+        }
+    }
+}
+
+fn validate(file: &std::path::Path) -> ExitCode {
+    match config::load(file, &Overrides::default()) {
+        Ok(cfg) => {
+            let r = &cfg.registry;
+            println!(
+                "{}: configuration is valid ({} agencies, {} applications, {} services)",
+                file.display(),
+                r.agencies().count(),
+                r.applications().len(),
+                r.services().len()
+            );
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprint!("{e}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+fn load(file: &std::path::Path, overrides: Overrides) -> Option<Config> {
+    match config::load(file, &overrides) {
+        Ok(c) => Some(c),
+        Err(e) => {
+            eprint!("refusing to start: {e}");
+            None
+        }
+    }
+}
+
+fn serve(cfg: Config, with_demo_backends: bool) -> ExitCode {
+    gerbang::init_logging(&cfg.log);
+    let mut rt = match cfg.worker_threads {
+        1 => tokio::runtime::Builder::new_current_thread(),
+        n => {
+            let mut b = tokio::runtime::Builder::new_multi_thread();
+            if n > 1 {
+                b.worker_threads(n);
+            }
+            b
+        }
+    };
+    let rt = match rt.enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("cannot start the runtime: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    rt.block_on(async move {
+        let mut backends = Vec::new();
+        if with_demo_backends {
+            match start_demo_backends(&cfg).await {
+                Ok(b) => backends = b,
+                Err(e) => {
+                    eprintln!("cannot start the demo backends: {e}");
+                    return ExitCode::from(1);
+                }
+            }
+        }
+        let file = cfg.file.clone();
+        let running = match gerbang::start(cfg).await {
+            Ok(r) => r,
+            Err(e) => {
+                eprintln!("{e}");
+                return ExitCode::from(1);
+            }
+        };
+        if with_demo_backends {
+            print_demo_banner(&file, &running, &backends);
+        }
+        let outcome = running.run_until(gerbang::run::termination_signal()).await;
+        tracing::info!(?outcome, "stopped");
+        ExitCode::SUCCESS
+    })
+}
+
+/// (service, instance, address) of each demo backend started.
+type BackendList = Vec<(String, String, std::net::SocketAddr)>;
+
+async fn start_demo_backends(cfg: &Config) -> Result<BackendList, String> {
+    let mut started = Vec::new();
+    for service in cfg.registry.services() {
+        let full = service.full_id();
+        let Some(kind) = demo::Kind::for_service(&full) else {
+            continue;
+        };
+        for instance in &service.instances {
+            let addr: std::net::SocketAddr = instance
+                .authority
+                .as_str()
+                .parse()
+                .map_err(|_| format!("{full}: instance {} is not an IP:port", instance.name))?;
+            if !addr.ip().is_loopback() {
+                return Err(format!("{full}: demo backends only listen on loopback, not {addr}"));
+            }
+            let listener = tokio::net::TcpListener::bind(addr)
+                .await
+                .map_err(|e| format!("{full}: cannot listen on {addr}: {e}"))?;
+            let backend = demo::Backend::new(kind, &instance.name);
+            tokio::spawn(demo::serve_backend(listener, backend, std::future::pending()));
+            started.push((full.clone(), instance.name.clone(), addr));
+        }
+    }
+    Ok(started)
+}
+
+fn print_demo_banner(file: &std::path::Path, running: &gerbang::Running, backends: &BackendList) {
+    let gw = running.data_addr;
+    println!();
+    println!("Gerbang demo is running (all data is fictional).");
+    println!("  configuration  {}", file.display());
+    println!("  data plane     http://{gw}");
+    println!("  admin          http://{}/health/ready", running.admin_addr);
+    println!("  backends:");
+    for (svc, inst, addr) in backends {
+        println!("    {svc:<20} {inst:<12} http://{addr}");
+    }
+    println!();
+    println!("Try:");
+    println!("  curl -i http://{gw}/dukcapil/penduduk/penduduk/3603011505900001");
+    println!("  curl -s http://{gw}/dinkes/faskes/faskes");
+    println!("  curl -s http://{gw}/bapenda/pbb/pbb/360301000100200300");
+    println!("  curl -s -X POST --data 'halo' 'http://{gw}/diskominfo/echo/apa/saja?x=1'");
+    println!("  curl -s http://{gw}/dukcapil/tidak-ada/x        # unknown service: JSON error");
+    println!();
+    println!("Press Ctrl-C to stop.");
+}

@@ -1,0 +1,831 @@
+//! Configuration: `gerbang.toml` (+ `GERBANG__SECTION__KEY` environment overrides) and a
+//! directory of registry files, one per agency.
+//!
+//! Flow: files → raw serde structs (`deny_unknown_fields`) → [`validate`] → typed [`Config`].
+//! Every problem found is collected with its file, key and reason; nothing half-valid is
+//! returned. Only this module knows the file format.
+
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use gerbang_proxy::{Limits, ListenerSettings, PoolSettings};
+use gerbang_registry::{
+    Agency, Application, Instance, Registry, RegistryBuilder, Scheme, ServiceLimits, ServiceSpec,
+};
+use serde::Deserialize;
+
+/// One thing wrong with the configuration.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Problem {
+    pub file: PathBuf,
+    /// Dotted key (`server.listen`, `service[0].instance[1].url`) or `line N` for syntax errors.
+    pub key: String,
+    pub message: String,
+}
+
+impl fmt::Display for Problem {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.key.is_empty() {
+            write!(f, "{}: {}", self.file.display(), self.message)
+        } else {
+            write!(f, "{}: {}: {}", self.file.display(), self.key, self.message)
+        }
+    }
+}
+
+/// Every problem found in one load.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub struct ConfigError {
+    pub problems: Vec<Problem>,
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        writeln!(f, "{} configuration problem(s):", self.problems.len())?;
+        for p in &self.problems {
+            writeln!(f, "  {p}")?;
+        }
+        Ok(())
+    }
+}
+
+// ---------------------------------------------------------------- raw: gerbang.toml
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawConfig {
+    #[serde(default)]
+    server: RawServer,
+    #[serde(default)]
+    admin: RawAdmin,
+    #[serde(default)]
+    limits: RawLimits,
+    #[serde(default)]
+    upstream: RawUpstream,
+    #[serde(default)]
+    paths: RawPaths,
+    #[serde(default)]
+    log: RawLog,
+}
+
+fn d(secs: u64) -> Duration {
+    Duration::from_secs(secs)
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct RawServer {
+    listen: String,
+    worker_threads: usize,
+    #[serde(with = "humantime_serde")]
+    shutdown_grace: Duration,
+    #[serde(with = "humantime_serde")]
+    header_read_timeout: Duration,
+    tls: Option<RawTls>,
+}
+
+impl Default for RawServer {
+    fn default() -> Self {
+        Self {
+            listen: "127.0.0.1:8080".into(),
+            worker_threads: 0,
+            shutdown_grace: d(30),
+            header_read_timeout: d(10),
+            tls: None,
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawTls {
+    cert_file: PathBuf,
+    key_file: PathBuf,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct RawAdmin {
+    listen: String,
+}
+
+impl Default for RawAdmin {
+    fn default() -> Self {
+        Self {
+            listen: "127.0.0.1:9080".into(),
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct RawLimits {
+    max_uri_bytes: usize,
+    max_header_bytes: usize,
+}
+
+impl Default for RawLimits {
+    fn default() -> Self {
+        let l = Limits::default();
+        Self {
+            max_uri_bytes: l.max_uri_bytes,
+            max_header_bytes: l.max_header_bytes,
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct RawUpstream {
+    #[serde(with = "humantime_serde")]
+    connect_timeout: Duration,
+    #[serde(with = "humantime_serde")]
+    request_timeout: Duration,
+    system_roots: bool,
+    ca_files: Vec<PathBuf>,
+    #[serde(with = "humantime_serde")]
+    pool_idle_timeout: Duration,
+    pool_max_idle_per_host: usize,
+}
+
+impl Default for RawUpstream {
+    fn default() -> Self {
+        let p = PoolSettings::default();
+        Self {
+            connect_timeout: d(5),
+            request_timeout: d(30),
+            system_roots: true,
+            ca_files: Vec::new(),
+            pool_idle_timeout: p.idle_timeout,
+            pool_max_idle_per_host: p.max_idle_per_host,
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct RawPaths {
+    registry_dir: PathBuf,
+    data_dir: PathBuf,
+}
+
+impl Default for RawPaths {
+    fn default() -> Self {
+        Self {
+            registry_dir: "registry".into(),
+            data_dir: "data".into(),
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct RawLog {
+    format: String,
+    level: String,
+}
+
+impl Default for RawLog {
+    fn default() -> Self {
+        Self {
+            format: "human".into(),
+            level: "info".into(),
+        }
+    }
+}
+
+// ---------------------------------------------------------------- raw: registry files
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawAgencyFile {
+    agency: RawAgency,
+    #[serde(default)]
+    application: Vec<RawApplication>,
+    #[serde(default)]
+    service: Vec<RawService>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawAgency {
+    id: String,
+    name: String,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawApplication {
+    id: String,
+    name: String,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawService {
+    id: String,
+    name: String,
+    #[serde(default)]
+    base_path: String,
+    #[serde(default, with = "humantime_serde")]
+    connect_timeout: Option<Duration>,
+    #[serde(default, with = "humantime_serde")]
+    request_timeout: Option<Duration>,
+    #[serde(default)]
+    max_body_bytes: Option<u64>,
+    #[serde(default)]
+    instance: Vec<RawInstance>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawInstance {
+    name: String,
+    url: String,
+}
+
+// ---------------------------------------------------------------- typed
+
+/// Log output settings.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LogSettings {
+    pub json: bool,
+    /// An `EnvFilter` directive, e.g. `info` or `gerbang_proxy=debug,info`.
+    pub level: String,
+}
+
+/// The validated configuration.
+pub struct Config {
+    /// The main file this was loaded from.
+    pub file: PathBuf,
+    pub listen: SocketAddr,
+    pub admin_listen: SocketAddr,
+    /// Worker threads of the runtime; 0 = one per core.
+    pub worker_threads: usize,
+    pub listener: ListenerSettings,
+    pub limits: Limits,
+    pub pool: PoolSettings,
+    pub upstream_tls: Arc<rustls::ClientConfig>,
+    pub registry_dir: PathBuf,
+    pub data_dir: PathBuf,
+    pub log: LogSettings,
+    pub registry: Registry,
+}
+
+impl fmt::Debug for Config {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Config")
+            .field("file", &self.file)
+            .field("listen", &self.listen)
+            .field("admin_listen", &self.admin_listen)
+            .field("registry_dir", &self.registry_dir)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Overrides given on the command line, applied after the file and the environment.
+#[derive(Debug, Clone, Default)]
+pub struct Overrides {
+    pub listen: Option<String>,
+    pub admin_listen: Option<String>,
+}
+
+struct Problems {
+    list: Vec<Problem>,
+}
+
+impl Problems {
+    fn push(&mut self, file: &Path, key: impl Into<String>, message: impl Into<String>) {
+        self.list.push(Problem {
+            file: file.to_path_buf(),
+            key: key.into(),
+            message: message.into(),
+        });
+    }
+}
+
+/// Loads and validates `file`, its environment overrides and its registry directory.
+pub fn load(file: &Path, overrides: &Overrides) -> Result<Config, ConfigError> {
+    let mut problems = Problems { list: Vec::new() };
+    let mut builder = config::Config::builder()
+        .add_source(config::File::from(file).format(config::FileFormat::Toml))
+        .add_source(
+            config::Environment::with_prefix("GERBANG")
+                .prefix_separator("__")
+                .separator("__")
+                .try_parsing(true)
+                .list_separator(",")
+                .with_list_parse_key("upstream.ca_files"),
+        );
+    let mut set = |key: &str, v: &Option<String>| {
+        if let Some(v) = v {
+            builder = std::mem::take(&mut builder)
+                .set_override(key, v.as_str())
+                .unwrap_or_default();
+        }
+    };
+    set("server.listen", &overrides.listen);
+    set("admin.listen", &overrides.admin_listen);
+    let raw: RawConfig = match builder.build().and_then(|c| c.try_deserialize()) {
+        Ok(raw) => raw,
+        Err(e) => {
+            problems.push(file, "", describe_config_error(&e));
+            return Err(ConfigError {
+                problems: problems.list,
+            });
+        }
+    };
+    let base = file.parent().unwrap_or(Path::new("."));
+    let resolve = |p: &Path| {
+        if p.is_absolute() {
+            p.to_path_buf()
+        } else {
+            base.join(p)
+        }
+    };
+
+    let listen = parse_addr(&raw.server.listen, file, "server.listen", &mut problems);
+    let admin_listen = parse_addr(&raw.admin.listen, file, "admin.listen", &mut problems);
+    if let (Some(a), Some(b)) = (listen, admin_listen) {
+        if a == b && a.port() != 0 {
+            problems.push(file, "admin.listen", "must differ from server.listen");
+        }
+    }
+    if raw.server.worker_threads > 1024 {
+        problems.push(file, "server.worker_threads", "at most 1024 (0 = one per core)");
+    }
+    if raw.server.header_read_timeout.is_zero() {
+        problems.push(file, "server.header_read_timeout", "must be greater than zero");
+    }
+    if !(256..=65536).contains(&raw.limits.max_uri_bytes) {
+        problems.push(file, "limits.max_uri_bytes", "must be between 256 and 65536");
+    }
+    if !(1024..=1024 * 1024).contains(&raw.limits.max_header_bytes) {
+        problems.push(file, "limits.max_header_bytes", "must be between 1024 and 1048576");
+    }
+    for (key, v) in [
+        ("upstream.connect_timeout", raw.upstream.connect_timeout),
+        ("upstream.request_timeout", raw.upstream.request_timeout),
+    ] {
+        if v.is_zero() {
+            problems.push(file, key, "must be greater than zero");
+        }
+    }
+    let log = match raw.log.format.as_str() {
+        "human" | "json" => Some(LogSettings {
+            json: raw.log.format == "json",
+            level: raw.log.level.clone(),
+        }),
+        other => {
+            problems.push(
+                file,
+                "log.format",
+                format!("`{other}` is not a log format; use \"human\" or \"json\""),
+            );
+            None
+        }
+    };
+
+    let server_tls = raw.server.tls.as_ref().and_then(|t| {
+        let cert = read_file(&resolve(&t.cert_file), file, "server.tls.cert_file", &mut problems);
+        let key = read_file(&resolve(&t.key_file), file, "server.tls.key_file", &mut problems);
+        let (cert, key) = (cert?, key?);
+        match gerbang_proxy::tls::server_config(&cert, &key) {
+            Ok(c) => Some(c),
+            Err(e) => {
+                problems.push(file, "server.tls", e.to_string());
+                None
+            }
+        }
+    });
+    let mut extra_roots = Vec::new();
+    for (i, ca) in raw.upstream.ca_files.iter().enumerate() {
+        let key = format!("upstream.ca_files[{i}]");
+        if let Some(pem) = read_file(&resolve(ca), file, &key, &mut problems) {
+            match gerbang_proxy::tls::parse_certs(&pem) {
+                Ok(certs) => extra_roots.extend(certs),
+                Err(e) => problems.push(file, key, e.to_string()),
+            }
+        }
+    }
+    let upstream_tls =
+        match gerbang_proxy::tls::client_config(raw.upstream.system_roots, &extra_roots) {
+            Ok(c) => Some(c),
+            Err(e) => {
+                problems.push(file, "upstream", e.to_string());
+                None
+            }
+        };
+
+    let defaults = ServiceLimits {
+        connect_timeout: raw.upstream.connect_timeout,
+        request_timeout: raw.upstream.request_timeout,
+        max_body_bytes: None,
+    };
+    let registry_dir = resolve(&raw.paths.registry_dir);
+    let registry = load_registry(&registry_dir, &defaults, &mut problems);
+
+    match (listen, admin_listen, log, upstream_tls, registry) {
+        (Some(listen), Some(admin_listen), Some(log), Some(upstream_tls), Some(registry))
+            if problems.list.is_empty() =>
+        {
+            Ok(Config {
+                file: file.to_path_buf(),
+                listen,
+                admin_listen,
+                worker_threads: raw.server.worker_threads,
+                listener: ListenerSettings {
+                    tls: server_tls,
+                    header_read_timeout: raw.server.header_read_timeout,
+                    // hyper's own buffer sits above the gateway's limits so that the gateway
+                    // answers an oversized request with its JSON error.
+                    max_head_bytes: raw.limits.max_uri_bytes + raw.limits.max_header_bytes + 4096,
+                    shutdown_grace: raw.server.shutdown_grace,
+                },
+                limits: Limits {
+                    max_uri_bytes: raw.limits.max_uri_bytes,
+                    max_header_bytes: raw.limits.max_header_bytes,
+                },
+                pool: PoolSettings {
+                    idle_timeout: raw.upstream.pool_idle_timeout,
+                    max_idle_per_host: raw.upstream.pool_max_idle_per_host,
+                },
+                upstream_tls,
+                registry_dir,
+                data_dir: resolve(&raw.paths.data_dir),
+                log,
+                registry,
+            })
+        }
+        _ => Err(ConfigError {
+            problems: problems.list,
+        }),
+    }
+}
+
+fn describe_config_error(e: &config::ConfigError) -> String {
+    match e {
+        config::ConfigError::NotFound(p) => format!("configuration key `{p}` not found"),
+        other => other.to_string(),
+    }
+}
+
+fn parse_addr(s: &str, file: &Path, key: &str, problems: &mut Problems) -> Option<SocketAddr> {
+    match s.parse::<SocketAddr>() {
+        Ok(a) => Some(a),
+        Err(_) => {
+            problems.push(
+                file,
+                key,
+                format!("`{s}` is not an IP address with a port, e.g. 127.0.0.1:8080"),
+            );
+            None
+        }
+    }
+}
+
+fn read_file(path: &Path, file: &Path, key: &str, problems: &mut Problems) -> Option<Vec<u8>> {
+    match std::fs::read(path) {
+        Ok(b) => Some(b),
+        Err(e) => {
+            problems.push(file, key, format!("cannot read {}: {e}", path.display()));
+            None
+        }
+    }
+}
+
+/// A lower-case slug: letters, digits and `-`, starting with a letter or digit, 1–63 bytes.
+pub fn is_slug(s: &str) -> bool {
+    let b = s.as_bytes();
+    !b.is_empty()
+        && b.len() <= 63
+        && b[0].is_ascii_lowercase() | b[0].is_ascii_digit()
+        && b
+            .iter()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || *c == b'-')
+}
+
+fn load_registry(
+    dir: &Path,
+    defaults: &ServiceLimits,
+    problems: &mut Problems,
+) -> Option<Registry> {
+    let entries = match std::fs::read_dir(dir) {
+        Ok(e) => e,
+        Err(e) => {
+            problems.push(dir, "", format!("cannot read the registry directory: {e}"));
+            return None;
+        }
+    };
+    let mut files: Vec<PathBuf> = entries
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.extension().is_some_and(|x| x == "toml"))
+        .collect();
+    files.sort();
+    if files.is_empty() {
+        problems.push(dir, "", "the registry directory holds no .toml file");
+    }
+    let before = problems.list.len();
+    let mut builder = RegistryBuilder::new();
+    let mut agency_files: Vec<(PathBuf, RawAgencyFile)> = Vec::new();
+    for path in files {
+        let text = match std::fs::read_to_string(&path) {
+            Ok(t) => t,
+            Err(e) => {
+                problems.push(&path, "", format!("cannot read: {e}"));
+                continue;
+            }
+        };
+        match toml::from_str::<RawAgencyFile>(&text) {
+            Ok(raw) => agency_files.push((path, raw)),
+            Err(e) => {
+                let line = e
+                    .span()
+                    .map(|s| text[..s.start.min(text.len())].lines().count().max(1));
+                let key = line.map(|l| format!("line {l}")).unwrap_or_default();
+                problems.push(&path, key, e.message().to_owned());
+            }
+        }
+    }
+    // Agencies first so that files may be read in any order.
+    let mut seen_agencies: Vec<(String, PathBuf)> = Vec::new();
+    for (path, raw) in &agency_files {
+        let id = &raw.agency.id;
+        if !is_slug(id) {
+            problems.push(path, "agency.id", format!("`{id}` is not a slug (a-z, 0-9, '-')"));
+            continue;
+        }
+        if let Some((_, other)) = seen_agencies.iter().find(|(a, _)| a == id) {
+            problems.push(
+                path,
+                "agency.id",
+                format!("agency `{id}` is already defined in {}", other.display()),
+            );
+            continue;
+        }
+        seen_agencies.push((id.clone(), path.clone()));
+        let _ = builder.agency(Agency {
+            id: id.clone(),
+            name: raw.agency.name.clone(),
+        });
+    }
+    for (path, raw) in &agency_files {
+        let agency = &raw.agency.id;
+        for (i, app) in raw.application.iter().enumerate() {
+            let key = format!("application[{i}].id");
+            if !is_slug(&app.id) {
+                problems.push(path, key, format!("`{}` is not a slug (a-z, 0-9, '-')", app.id));
+                continue;
+            }
+            if let Err(e) = builder.application(Application {
+                agency: agency.clone(),
+                id: app.id.clone(),
+                name: app.name.clone(),
+            }) {
+                problems.push(path, key, e.to_string());
+            }
+        }
+        for (i, svc) in raw.service.iter().enumerate() {
+            if let Some(spec) = service_spec(path, i, agency, svc, defaults, problems) {
+                if let Err(e) = builder.service(spec) {
+                    problems.push(path, format!("service[{i}].id"), e.to_string());
+                }
+            }
+        }
+    }
+    (problems.list.len() == before).then(|| builder.build())
+}
+
+fn service_spec(
+    path: &Path,
+    i: usize,
+    agency: &str,
+    raw: &RawService,
+    defaults: &ServiceLimits,
+    problems: &mut Problems,
+) -> Option<ServiceSpec> {
+    let before = problems.list.len();
+    let key = |k: &str| format!("service[{i}].{k}");
+    if !is_slug(&raw.id) {
+        problems.push(path, key("id"), format!("`{}` is not a slug (a-z, 0-9, '-')", raw.id));
+    }
+    let base_path = raw.base_path.trim_end_matches('/').to_owned();
+    if !base_path.is_empty() {
+        let ok = base_path.starts_with('/')
+            && gerbang_proxy::path::normalize(&base_path).is_ok_and(|n| n.path == base_path);
+        if !ok {
+            problems.push(
+                path,
+                key("base_path"),
+                "must be a normalised absolute path such as \"/api/v1\" (no '..', '//', query or encoded '/')",
+            );
+        }
+    }
+    for (k, v) in [
+        ("connect_timeout", raw.connect_timeout),
+        ("request_timeout", raw.request_timeout),
+    ] {
+        if v.is_some_and(|d| d.is_zero()) {
+            problems.push(path, key(k), "must be greater than zero");
+        }
+    }
+    if raw.max_body_bytes == Some(0) {
+        problems.push(path, key("max_body_bytes"), "must be greater than zero; leave it out for no limit");
+    }
+    if raw.instance.is_empty() {
+        problems.push(path, key("instance"), "a service needs at least one instance");
+    }
+    let mut instances: Vec<Instance> = Vec::new();
+    for (j, inst) in raw.instance.iter().enumerate() {
+        let ikey = |k: &str| format!("service[{i}].instance[{j}].{k}");
+        if !is_slug(&inst.name) {
+            problems.push(path, ikey("name"), format!("`{}` is not a slug (a-z, 0-9, '-')", inst.name));
+        } else if instances.iter().any(|x| x.name == inst.name) {
+            problems.push(path, ikey("name"), format!("instance `{}` is listed twice", inst.name));
+        }
+        match parse_instance_url(&inst.url) {
+            Ok((scheme, authority)) => instances.push(Instance {
+                name: inst.name.clone(),
+                scheme,
+                authority,
+            }),
+            Err(msg) => problems.push(path, ikey("url"), msg),
+        }
+    }
+    (problems.list.len() == before).then(|| ServiceSpec {
+        agency: agency.to_owned(),
+        id: raw.id.clone(),
+        name: raw.name.clone(),
+        base_path,
+        limits: ServiceLimits {
+            connect_timeout: raw.connect_timeout.unwrap_or(defaults.connect_timeout),
+            request_timeout: raw.request_timeout.unwrap_or(defaults.request_timeout),
+            max_body_bytes: raw.max_body_bytes,
+        },
+        instances,
+    })
+}
+
+fn parse_instance_url(s: &str) -> Result<(Scheme, http::uri::Authority), String> {
+    let uri: http::Uri = s
+        .parse()
+        .map_err(|e| format!("`{s}` is not a URL: {e}"))?;
+    let scheme = match uri.scheme_str() {
+        Some("http") => Scheme::Http,
+        Some("https") => Scheme::Https,
+        _ => return Err(format!("`{s}` must start with http:// or https://")),
+    };
+    let authority = uri
+        .authority()
+        .cloned()
+        .ok_or_else(|| format!("`{s}` has no host"))?;
+    if authority.as_str().contains('@') {
+        return Err(format!("`{s}` must not carry credentials"));
+    }
+    if !matches!(uri.path(), "" | "/") || uri.query().is_some() {
+        return Err(format!(
+            "`{s}` must be scheme://host:port only; put a path prefix in base_path"
+        ));
+    }
+    Ok((scheme, authority))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn write(dir: &Path, name: &str, text: &str) {
+        let p = dir.join(name);
+        std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+        std::fs::write(p, text).unwrap();
+    }
+
+    const AGENCY: &str = r#"
+[agency]
+id = "dukcapil"
+name = "Disdukcapil"
+
+[[application]]
+id = "siak"
+name = "SIAK"
+
+[[service]]
+id = "penduduk"
+name = "Data penduduk"
+base_path = "/api"
+request_timeout = "3s"
+max_body_bytes = 1024
+
+[[service.instance]]
+name = "penduduk-1"
+url = "http://127.0.0.1:18101"
+"#;
+
+    #[test]
+    fn loads_a_valid_configuration() {
+        let dir = tempfile::tempdir().unwrap();
+        write(dir.path(), "gerbang.toml", "[server]\nlisten = \"127.0.0.1:0\"\n[admin]\nlisten = \"127.0.0.1:0\"\n");
+        write(dir.path(), "registry/dukcapil.toml", AGENCY);
+        let c = load(&dir.path().join("gerbang.toml"), &Overrides::default()).unwrap();
+        let s = c.registry.lookup("dukcapil", "penduduk").unwrap();
+        assert_eq!(s.base_path, "/api");
+        assert_eq!(s.limits.request_timeout, Duration::from_secs(3));
+        assert_eq!(s.limits.connect_timeout, Duration::from_secs(5));
+        assert_eq!(s.limits.max_body_bytes, Some(1024));
+        assert_eq!(c.limits.max_uri_bytes, 8192);
+        assert_eq!(c.limits.max_header_bytes, 32768);
+    }
+
+    #[test]
+    fn reports_every_problem_with_file_and_key() {
+        let dir = tempfile::tempdir().unwrap();
+        write(
+            dir.path(),
+            "gerbang.toml",
+            "[server]\nlisten = \"nowhere\"\n[limits]\nmax_uri_bytes = 10\n[log]\nformat = \"xml\"\n",
+        );
+        write(
+            dir.path(),
+            "registry/a.toml",
+            r#"
+[agency]
+id = "Bad Id"
+name = "x"
+"#,
+        );
+        write(
+            dir.path(),
+            "registry/b.toml",
+            r#"
+[agency]
+id = "dinkes"
+name = "Dinkes"
+
+[[service]]
+id = "faskes"
+name = "Faskes"
+base_path = "/a/../b"
+max_body_bytes = 0
+
+[[service.instance]]
+name = "one"
+url = "ftp://127.0.0.1:1/x"
+"#,
+        );
+        write(dir.path(), "registry/c.toml", "[agency]\nid = \"c\"\nname = \"C\"\ncolour = \"red\"\n");
+        let err = load(&dir.path().join("gerbang.toml"), &Overrides::default()).unwrap_err();
+        let text = err.to_string();
+        for needle in [
+            "gerbang.toml: server.listen:",
+            "gerbang.toml: limits.max_uri_bytes:",
+            "gerbang.toml: log.format:",
+            "a.toml: agency.id:",
+            "b.toml: service[0].base_path:",
+            "b.toml: service[0].max_body_bytes:",
+            "b.toml: service[0].instance[0].url:",
+            "c.toml: line 4: unknown field `colour`",
+        ] {
+            assert!(text.contains(needle), "missing {needle:?} in:\n{text}");
+        }
+    }
+
+    #[test]
+    fn unknown_keys_in_the_main_file_are_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        write(dir.path(), "gerbang.toml", "[server]\nlisten = \"127.0.0.1:0\"\nlisten_port = 1\n");
+        write(dir.path(), "registry/dukcapil.toml", AGENCY);
+        let err = load(&dir.path().join("gerbang.toml"), &Overrides::default()).unwrap_err();
+        assert!(err.to_string().contains("listen_port"), "{err}");
+    }
+
+    #[test]
+    fn environment_overrides_the_file() {
+        let dir = tempfile::tempdir().unwrap();
+        write(dir.path(), "gerbang.toml", "[server]\nshutdown_grace = \"3s\"\nworker_threads = 2\n");
+        write(dir.path(), "registry/dukcapil.toml", AGENCY);
+        // No other test reads shutdown_grace, so setting it here races with nothing.
+        std::env::set_var("GERBANG__SERVER__SHUTDOWN_GRACE", "7s");
+        let c = load(&dir.path().join("gerbang.toml"), &Overrides::default());
+        std::env::remove_var("GERBANG__SERVER__SHUTDOWN_GRACE");
+        let c = c.unwrap();
+        assert_eq!(c.listener.shutdown_grace, Duration::from_secs(7));
+        assert_eq!(c.worker_threads, 2);
+    }
+
+    #[test]
+    fn cli_overrides_listen_addresses() {
+        let dir = tempfile::tempdir().unwrap();
+        write(dir.path(), "gerbang.toml", "");
+        write(dir.path(), "registry/dukcapil.toml", AGENCY);
+        let o = Overrides {
+            listen: Some("127.0.0.1:18080".into()),
+            admin_listen: Some("127.0.0.1:19080".into()),
+        };
+        let c = load(&dir.path().join("gerbang.toml"), &o).unwrap();
+        assert_eq!(c.listen.port(), 18080);
+        assert_eq!(c.admin_listen.port(), 19080);
+    }
+}
