@@ -1,1 +1,331 @@
+//! Test support for Gerbang's end-to-end tests: a real gateway on `127.0.0.1:0` over a
+//! configuration written to a temporary directory, real upstream servers (the demo backends and
+//! misbehaving ones), and a raw HTTP/1.1 client that sends bytes exactly as given.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use gerbang::demo::{Backend, Kind};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::oneshot;
+
+/// A gateway running in the test process.
+pub struct TestGateway {
+    pub running: Option<gerbang::Running>,
+    pub addr: SocketAddr,
+    pub admin: SocketAddr,
+    pub dir: tempfile::TempDir,
+}
+
+impl TestGateway {
+    /// Starts a gateway whose registry holds `registry` (TOML of one agency file each) and whose
+    /// `gerbang.toml` gets `extra` appended (sections other than `[server]`/`[admin]` listen).
+    pub async fn start(registry: &[&str], server_extra: &str, extra: &str) -> TestGateway {
+        let dir = tempfile::tempdir().unwrap();
+        let main = format!(
+            "[server]\nlisten = \"127.0.0.1:0\"\n{server_extra}\n[admin]\nlisten = \"127.0.0.1:0\"\n{extra}\n"
+        );
+        std::fs::write(dir.path().join("gerbang.toml"), main).unwrap();
+        std::fs::create_dir_all(dir.path().join("registry")).unwrap();
+        for (i, text) in registry.iter().enumerate() {
+            std::fs::write(dir.path().join(format!("registry/a{i}.toml")), text).unwrap();
+        }
+        let cfg = gerbang::load(
+            &dir.path().join("gerbang.toml"),
+            &gerbang::Overrides::default(),
+        )
+        .unwrap_or_else(|e| panic!("test config invalid: {e}"));
+        let running = gerbang::start(cfg).await.unwrap();
+        TestGateway {
+            addr: running.data_addr,
+            admin: running.admin_addr,
+            running: Some(running),
+            dir,
+        }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{}", self.addr, path)
+    }
+
+    /// Begins the graceful shutdown and returns its outcome.
+    pub async fn shutdown(&mut self) -> gerbang_proxy::ShutdownOutcome {
+        self.running.take().unwrap().shutdown().await
+    }
+}
+
+/// TOML of an agency file with one service whose instances are `urls`.
+pub fn agency(agency: &str, service: &str, urls: &[String], service_extra: &str) -> String {
+    let mut s = format!(
+        "[agency]\nid = \"{agency}\"\nname = \"{agency}\"\n\n[[service]]\nid = \"{service}\"\nname = \"{service}\"\n{service_extra}\n"
+    );
+    for (i, u) in urls.iter().enumerate() {
+        s.push_str(&format!(
+            "\n[[service.instance]]\nname = \"i{i}\"\nurl = \"{u}\"\n"
+        ));
+    }
+    s
+}
+
+/// An upstream that stops when dropped.
+pub struct Upstream {
+    pub addr: SocketAddr,
+    _stop: oneshot::Sender<()>,
+}
+
+impl Upstream {
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+}
+
+/// Starts a demo backend of `kind`, named `instance`, on `127.0.0.1:0`.
+pub async fn backend(kind: Kind, instance: &str) -> Upstream {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (tx, rx) = oneshot::channel::<()>();
+    let b = Backend::new(kind, instance);
+    tokio::spawn(gerbang::demo::serve_backend(listener, b, async {
+        let _ = rx.await;
+    }));
+    Upstream { addr, _stop: tx }
+}
+
+/// Starts an echo backend behind TLS with `tls` (HTTP/2 and HTTP/1.1 offered).
+pub async fn tls_backend(tls: std::sync::Arc<rustls::ServerConfig>) -> Upstream {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (tx, rx) = oneshot::channel::<()>();
+    let settings = gerbang_proxy::ListenerSettings {
+        tls: Some(tls),
+        ..Default::default()
+    };
+    let b = std::sync::Arc::new(Backend::new(Kind::Echo, "tls-echo"));
+    tokio::spawn(gerbang_proxy::serve(listener, b, settings, async {
+        let _ = rx.await;
+    }));
+    Upstream { addr, _stop: tx }
+}
+
+/// What a raw upstream does with each connection after reading the request head.
+#[derive(Clone)]
+pub enum RawBehaviour {
+    /// Write these bytes, then close.
+    Respond(Vec<u8>),
+    /// Wait, then write these bytes, then close.
+    RespondAfter(Duration, Vec<u8>),
+    /// Never answer (keep the connection open).
+    Hang,
+    /// Close at once without a response.
+    Close,
+}
+
+/// An upstream written byte by byte, for behaviour a real server would not show.
+pub async fn raw_upstream(behaviour: RawBehaviour) -> Upstream {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (tx, mut rx) = oneshot::channel::<()>();
+    tokio::spawn(async move {
+        loop {
+            let (mut s, _) = tokio::select! {
+                _ = &mut rx => return,
+                r = listener.accept() => match r { Ok(p) => p, Err(_) => return },
+            };
+            let b = behaviour.clone();
+            tokio::spawn(async move {
+                let _ = read_head(&mut s).await;
+                match b {
+                    RawBehaviour::Respond(bytes) => {
+                        let _ = s.write_all(&bytes).await;
+                    }
+                    RawBehaviour::RespondAfter(d, bytes) => {
+                        tokio::time::sleep(d).await;
+                        let _ = s.write_all(&bytes).await;
+                    }
+                    RawBehaviour::Hang => {
+                        tokio::time::sleep(Duration::from_secs(3600)).await;
+                    }
+                    RawBehaviour::Close => {}
+                }
+                let _ = s.shutdown().await;
+            });
+        }
+    });
+    Upstream { addr, _stop: tx }
+}
+
+async fn read_head(s: &mut TcpStream) -> Vec<u8> {
+    let mut buf = Vec::new();
+    let mut chunk = [0u8; 4096];
+    while !buf.windows(4).any(|w| w == b"\r\n\r\n") {
+        match s.read(&mut chunk).await {
+            Ok(0) | Err(_) => break,
+            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+        }
+    }
+    buf
+}
+
+/// An address where nothing listens (bound, then released).
+pub async fn refused_addr() -> SocketAddr {
+    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let a = l.local_addr().unwrap();
+    drop(l);
+    a
+}
+
+/// A parsed HTTP/1.1 response.
+#[derive(Debug)]
+pub struct RawResponse {
+    pub status: u16,
+    pub headers: Vec<(String, String)>,
+    pub body: Vec<u8>,
+}
+
+impl RawResponse {
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(n, _)| n.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+    }
+
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_slice(&self.body)
+            .unwrap_or_else(|e| panic!("not JSON ({e}): {:?}", String::from_utf8_lossy(&self.body)))
+    }
+
+    /// The gateway's error code, asserting the one error shape.
+    pub fn error_code(&self) -> String {
+        let v = self.json();
+        let obj = v.as_object().expect("error body is an object");
+        assert_eq!(obj.len(), 1, "only `error` at the top: {v}");
+        let e = &v["error"];
+        assert!(e["message"].as_str().is_some_and(|m| !m.is_empty()), "{v}");
+        assert!(e["request_id"].is_string(), "{v}");
+        assert_eq!(
+            self.header("content-type"),
+            Some("application/json"),
+            "{self:?}"
+        );
+        e["code"].as_str().expect("code").to_owned()
+    }
+}
+
+/// Sends `request` exactly as given on a new connection and reads one response (closing the
+/// connection is requested by the caller's `Connection: close` or by the server).
+pub async fn raw_request(addr: SocketAddr, request: &[u8]) -> RawResponse {
+    let mut s = TcpStream::connect(addr).await.unwrap();
+    s.write_all(request).await.unwrap();
+    read_response(&mut s).await
+}
+
+/// Reads one HTTP/1.1 response with a `Content-Length` or chunked body, or up to EOF.
+pub async fn read_response(s: &mut TcpStream) -> RawResponse {
+    let mut buf = Vec::new();
+    let mut chunk = [0u8; 16384];
+    let head_end = loop {
+        if let Some(p) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+            break p;
+        }
+        let n = tokio::time::timeout(Duration::from_secs(30), s.read(&mut chunk))
+            .await
+            .expect("response head in time")
+            .unwrap();
+        assert!(
+            n > 0,
+            "connection closed before a response: {:?}",
+            String::from_utf8_lossy(&buf)
+        );
+        buf.extend_from_slice(&chunk[..n]);
+    };
+    let head = String::from_utf8_lossy(&buf[..head_end]).into_owned();
+    let mut lines = head.split("\r\n");
+    let status_line = lines.next().unwrap();
+    let status: u16 = status_line.split(' ').nth(1).unwrap().parse().unwrap();
+    let headers: Vec<(String, String)> = lines
+        .filter_map(|l| l.split_once(':'))
+        .map(|(n, v)| (n.trim().to_ascii_lowercase(), v.trim().to_owned()))
+        .collect();
+    let mut body = buf[head_end + 4..].to_vec();
+    let cl = headers
+        .iter()
+        .find(|(n, _)| n == "content-length")
+        .map(|(_, v)| v.parse::<usize>().unwrap());
+    let chunked = headers
+        .iter()
+        .any(|(n, v)| n == "transfer-encoding" && v.contains("chunked"));
+    if let Some(cl) = cl {
+        while body.len() < cl {
+            let n = s.read(&mut chunk).await.unwrap();
+            assert!(n > 0, "body cut short");
+            body.extend_from_slice(&chunk[..n]);
+        }
+        body.truncate(cl);
+    } else if chunked {
+        while !body.ends_with(b"0\r\n\r\n") {
+            let n = s.read(&mut chunk).await.unwrap();
+            if n == 0 {
+                break;
+            }
+            body.extend_from_slice(&chunk[..n]);
+        }
+        body = dechunk(&body);
+    } else if status != 204 && status != 304 {
+        loop {
+            match s.read(&mut chunk).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => body.extend_from_slice(&chunk[..n]),
+            }
+        }
+    }
+    RawResponse {
+        status,
+        headers,
+        body,
+    }
+}
+
+fn dechunk(mut b: &[u8]) -> Vec<u8> {
+    let mut out = Vec::new();
+    loop {
+        let Some(p) = b.windows(2).position(|w| w == b"\r\n") else {
+            return out;
+        };
+        let size = usize::from_str_radix(std::str::from_utf8(&b[..p]).unwrap().trim(), 16).unwrap();
+        if size == 0 {
+            return out;
+        }
+        out.extend_from_slice(&b[p + 2..p + 2 + size]);
+        b = &b[p + 2 + size + 2..];
+    }
+}
+
+/// `GET {path}` with `Connection: close` and any extra header lines.
+pub fn get(path: &str, extra_headers: &str) -> Vec<u8> {
+    format!("GET {path} HTTP/1.1\r\nHost: gw.test\r\n{extra_headers}Connection: close\r\n\r\n")
+        .into_bytes()
+}
+
+/// Waits until `cond` holds, checking every 20 ms for at most `patience`.
+pub async fn eventually(patience: Duration, mut cond: impl FnMut() -> bool) -> bool {
+    let deadline = tokio::time::Instant::now() + patience;
+    loop {
+        if cond() {
+            return true;
+        }
+        if tokio::time::Instant::now() >= deadline {
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// A self-signed certificate for `localhost` and `127.0.0.1`: (cert PEM, key PEM).
+pub fn self_signed() -> (String, String) {
+    let ck =
+        rcgen::generate_simple_self_signed(vec!["localhost".into(), "127.0.0.1".into()]).unwrap();
+    (ck.cert.pem(), ck.signing_key.serialize_pem())
+}

@@ -355,16 +355,32 @@ pub fn load(file: &Path, overrides: &Overrides) -> Result<Config, ConfigError> {
         }
     }
     if raw.server.worker_threads > 1024 {
-        problems.push(file, "server.worker_threads", "at most 1024 (0 = one per core)");
+        problems.push(
+            file,
+            "server.worker_threads",
+            "at most 1024 (0 = one per core)",
+        );
     }
     if raw.server.header_read_timeout.is_zero() {
-        problems.push(file, "server.header_read_timeout", "must be greater than zero");
+        problems.push(
+            file,
+            "server.header_read_timeout",
+            "must be greater than zero",
+        );
     }
     if !(256..=65536).contains(&raw.limits.max_uri_bytes) {
-        problems.push(file, "limits.max_uri_bytes", "must be between 256 and 65536");
+        problems.push(
+            file,
+            "limits.max_uri_bytes",
+            "must be between 256 and 65536",
+        );
     }
     if !(1024..=1024 * 1024).contains(&raw.limits.max_header_bytes) {
-        problems.push(file, "limits.max_header_bytes", "must be between 1024 and 1048576");
+        problems.push(
+            file,
+            "limits.max_header_bytes",
+            "must be between 1024 and 1048576",
+        );
     }
     for (key, v) in [
         ("upstream.connect_timeout", raw.upstream.connect_timeout),
@@ -390,8 +406,18 @@ pub fn load(file: &Path, overrides: &Overrides) -> Result<Config, ConfigError> {
     };
 
     let server_tls = raw.server.tls.as_ref().and_then(|t| {
-        let cert = read_file(&resolve(&t.cert_file), file, "server.tls.cert_file", &mut problems);
-        let key = read_file(&resolve(&t.key_file), file, "server.tls.key_file", &mut problems);
+        let cert = read_file(
+            &resolve(&t.cert_file),
+            file,
+            "server.tls.cert_file",
+            &mut problems,
+        );
+        let key = read_file(
+            &resolve(&t.key_file),
+            file,
+            "server.tls.key_file",
+            &mut problems,
+        );
         let (cert, key) = (cert?, key?);
         match gerbang_proxy::tls::server_config(&cert, &key) {
             Ok(c) => Some(c),
@@ -503,8 +529,7 @@ pub fn is_slug(s: &str) -> bool {
     !b.is_empty()
         && b.len() <= 63
         && b[0].is_ascii_lowercase() | b[0].is_ascii_digit()
-        && b
-            .iter()
+        && b.iter()
             .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || *c == b'-')
 }
 
@@ -544,7 +569,7 @@ fn load_registry(
             Err(e) => {
                 let line = e
                     .span()
-                    .map(|s| text[..s.start.min(text.len())].lines().count().max(1));
+                    .map(|s| text.get(..s.start).unwrap_or("").matches('\n').count() + 1);
                 let key = line.map(|l| format!("line {l}")).unwrap_or_default();
                 problems.push(&path, key, e.message().to_owned());
             }
@@ -555,7 +580,11 @@ fn load_registry(
     for (path, raw) in &agency_files {
         let id = &raw.agency.id;
         if !is_slug(id) {
-            problems.push(path, "agency.id", format!("`{id}` is not a slug (a-z, 0-9, '-')"));
+            problems.push(
+                path,
+                "agency.id",
+                format!("`{id}` is not a slug (a-z, 0-9, '-')"),
+            );
             continue;
         }
         if let Some((_, other)) = seen_agencies.iter().find(|(a, _)| a == id) {
@@ -577,7 +606,11 @@ fn load_registry(
         for (i, app) in raw.application.iter().enumerate() {
             let key = format!("application[{i}].id");
             if !is_slug(&app.id) {
-                problems.push(path, key, format!("`{}` is not a slug (a-z, 0-9, '-')", app.id));
+                problems.push(
+                    path,
+                    key,
+                    format!("`{}` is not a slug (a-z, 0-9, '-')", app.id),
+                );
                 continue;
             }
             if let Err(e) = builder.application(Application {
@@ -610,7 +643,11 @@ fn service_spec(
     let before = problems.list.len();
     let key = |k: &str| format!("service[{i}].{k}");
     if !is_slug(&raw.id) {
-        problems.push(path, key("id"), format!("`{}` is not a slug (a-z, 0-9, '-')", raw.id));
+        problems.push(
+            path,
+            key("id"),
+            format!("`{}` is not a slug (a-z, 0-9, '-')", raw.id),
+        );
     }
     let base_path = raw.base_path.trim_end_matches('/').to_owned();
     if !base_path.is_empty() {
@@ -633,18 +670,34 @@ fn service_spec(
         }
     }
     if raw.max_body_bytes == Some(0) {
-        problems.push(path, key("max_body_bytes"), "must be greater than zero; leave it out for no limit");
+        problems.push(
+            path,
+            key("max_body_bytes"),
+            "must be greater than zero; leave it out for no limit",
+        );
     }
     if raw.instance.is_empty() {
-        problems.push(path, key("instance"), "a service needs at least one instance");
+        problems.push(
+            path,
+            key("instance"),
+            "a service needs at least one instance",
+        );
     }
     let mut instances: Vec<Instance> = Vec::new();
     for (j, inst) in raw.instance.iter().enumerate() {
         let ikey = |k: &str| format!("service[{i}].instance[{j}].{k}");
         if !is_slug(&inst.name) {
-            problems.push(path, ikey("name"), format!("`{}` is not a slug (a-z, 0-9, '-')", inst.name));
+            problems.push(
+                path,
+                ikey("name"),
+                format!("`{}` is not a slug (a-z, 0-9, '-')", inst.name),
+            );
         } else if instances.iter().any(|x| x.name == inst.name) {
-            problems.push(path, ikey("name"), format!("instance `{}` is listed twice", inst.name));
+            problems.push(
+                path,
+                ikey("name"),
+                format!("instance `{}` is listed twice", inst.name),
+            );
         }
         match parse_instance_url(&inst.url) {
             Ok((scheme, authority)) => instances.push(Instance {
@@ -670,9 +723,7 @@ fn service_spec(
 }
 
 fn parse_instance_url(s: &str) -> Result<(Scheme, http::uri::Authority), String> {
-    let uri: http::Uri = s
-        .parse()
-        .map_err(|e| format!("`{s}` is not a URL: {e}"))?;
+    let uri: http::Uri = s.parse().map_err(|e| format!("`{s}` is not a URL: {e}"))?;
     let scheme = match uri.scheme_str() {
         Some("http") => Scheme::Http,
         Some("https") => Scheme::Https,
@@ -727,7 +778,11 @@ url = "http://127.0.0.1:18101"
     #[test]
     fn loads_a_valid_configuration() {
         let dir = tempfile::tempdir().unwrap();
-        write(dir.path(), "gerbang.toml", "[server]\nlisten = \"127.0.0.1:0\"\n[admin]\nlisten = \"127.0.0.1:0\"\n");
+        write(
+            dir.path(),
+            "gerbang.toml",
+            "[server]\nlisten = \"127.0.0.1:0\"\n[admin]\nlisten = \"127.0.0.1:0\"\n",
+        );
         write(dir.path(), "registry/dukcapil.toml", AGENCY);
         let c = load(&dir.path().join("gerbang.toml"), &Overrides::default()).unwrap();
         let s = c.registry.lookup("dukcapil", "penduduk").unwrap();
@@ -775,7 +830,11 @@ name = "one"
 url = "ftp://127.0.0.1:1/x"
 "#,
         );
-        write(dir.path(), "registry/c.toml", "[agency]\nid = \"c\"\nname = \"C\"\ncolour = \"red\"\n");
+        write(
+            dir.path(),
+            "registry/c.toml",
+            "[agency]\nid = \"c\"\nname = \"C\"\ncolour = \"red\"\n",
+        );
         let err = load(&dir.path().join("gerbang.toml"), &Overrides::default()).unwrap_err();
         let text = err.to_string();
         for needle in [
@@ -795,7 +854,11 @@ url = "ftp://127.0.0.1:1/x"
     #[test]
     fn unknown_keys_in_the_main_file_are_refused() {
         let dir = tempfile::tempdir().unwrap();
-        write(dir.path(), "gerbang.toml", "[server]\nlisten = \"127.0.0.1:0\"\nlisten_port = 1\n");
+        write(
+            dir.path(),
+            "gerbang.toml",
+            "[server]\nlisten = \"127.0.0.1:0\"\nlisten_port = 1\n",
+        );
         write(dir.path(), "registry/dukcapil.toml", AGENCY);
         let err = load(&dir.path().join("gerbang.toml"), &Overrides::default()).unwrap_err();
         assert!(err.to_string().contains("listen_port"), "{err}");
@@ -804,7 +867,11 @@ url = "ftp://127.0.0.1:1/x"
     #[test]
     fn environment_overrides_the_file() {
         let dir = tempfile::tempdir().unwrap();
-        write(dir.path(), "gerbang.toml", "[server]\nshutdown_grace = \"3s\"\nworker_threads = 2\n");
+        write(
+            dir.path(),
+            "gerbang.toml",
+            "[server]\nshutdown_grace = \"3s\"\nworker_threads = 2\n",
+        );
         write(dir.path(), "registry/dukcapil.toml", AGENCY);
         // No other test reads shutdown_grace, so setting it here races with nothing.
         std::env::set_var("GERBANG__SERVER__SHUTDOWN_GRACE", "7s");

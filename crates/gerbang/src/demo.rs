@@ -164,23 +164,46 @@ fn seed(s: &str) -> u64 {
 }
 
 fn pick<'a>(list: &[&'a str], n: u64) -> &'a str {
-    list.get((n % list.len() as u64) as usize).copied().unwrap_or("")
+    list.get((n % list.len() as u64) as usize)
+        .copied()
+        .unwrap_or("")
 }
 
 const GIVEN: &[&str] = &[
     "Siti", "Budi", "Ayu", "Agus", "Dewi", "Rudi", "Ratna", "Hendra", "Wulan", "Joko",
 ];
 const FAMILY: &[&str] = &[
-    "Rahmawati", "Santoso", "Lestari", "Saputra", "Handayani", "Wijaya", "Purnama", "Hidayat",
+    "Rahmawati",
+    "Santoso",
+    "Lestari",
+    "Saputra",
+    "Handayani",
+    "Wijaya",
+    "Purnama",
+    "Hidayat",
 ];
 const PLACES: &[&str] = &[
-    "Serang", "Pandeglang", "Lebak", "Tangerang", "Cilegon", "Rangkasbitung",
+    "Serang",
+    "Pandeglang",
+    "Lebak",
+    "Tangerang",
+    "Cilegon",
+    "Rangkasbitung",
 ];
 const STREETS: &[&str] = &[
-    "Jl. Veteran", "Jl. Ahmad Yani", "Jl. Diponegoro", "Jl. Sudirman", "Jl. Kartini",
+    "Jl. Veteran",
+    "Jl. Ahmad Yani",
+    "Jl. Diponegoro",
+    "Jl. Sudirman",
+    "Jl. Kartini",
 ];
 const JOBS: &[&str] = &[
-    "Pegawai Swasta", "Wiraswasta", "Petani", "Guru", "Pelajar/Mahasiswa", "Nelayan",
+    "Pegawai Swasta",
+    "Wiraswasta",
+    "Petani",
+    "Guru",
+    "Pelajar/Mahasiswa",
+    "Nelayan",
 ];
 const MARITAL: &[&str] = &["BELUM KAWIN", "KAWIN", "CERAI HIDUP"];
 
@@ -199,7 +222,11 @@ fn penduduk(req: &Request<Incoming>) -> (StatusCode, Value) {
     let day: u32 = nik[6..8].parse().unwrap_or(1);
     let month: u32 = nik[8..10].parse().unwrap_or(1);
     let year: u32 = nik[10..12].parse().unwrap_or(0);
-    let (day, female) = if day > 40 { (day - 40, true) } else { (day, false) };
+    let (day, female) = if day > 40 {
+        (day - 40, true)
+    } else {
+        (day, false)
+    };
     let full_year = if year > 30 { 1900 + year } else { 2000 + year };
     let tanggal_lahir = if (1..=31).contains(&day) && (1..=12).contains(&month) {
         format!("{full_year:04}-{month:02}-{day:02}")
@@ -269,7 +296,7 @@ fn pbb(req: &Request<Incoming>) -> (StatusCode, Value) {
             "luas_bangunan_m2": building,
             "njop": njop,
             "pbb_terutang": njop / 1000,
-            "status_bayar": if (n >> 50) % 3 == 0 { "BELUM LUNAS" } else { "LUNAS" },
+            "status_bayar": if (n >> 50).is_multiple_of(3) { "BELUM LUNAS" } else { "LUNAS" },
             "keterangan": NOTICE,
         }),
     )

@@ -8,7 +8,11 @@ use gerbang::config::{self, Config, Overrides};
 use gerbang::demo;
 
 #[derive(Parser)]
-#[command(name = "gerbang", version, about = "Service-integration gateway for regional government agencies (SPBE)")]
+#[command(
+    name = "gerbang",
+    version,
+    about = "Service-integration gateway for regional government agencies (SPBE)"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -19,7 +23,12 @@ enum Command {
     /// Run the gateway on a configuration file.
     Serve {
         /// The main configuration file.
-        #[arg(long, short, env = "GERBANG_CONFIG", default_value = "/etc/gerbang/gerbang.toml")]
+        #[arg(
+            long,
+            short,
+            env = "GERBANG_CONFIG",
+            default_value = "/etc/gerbang/gerbang.toml"
+        )]
         config: PathBuf,
         /// Data-plane address, overriding server.listen.
         #[arg(long)]
@@ -58,7 +67,13 @@ fn main() -> ExitCode {
             config,
             listen,
             admin_listen,
-        } => match load(&config, Overrides { listen, admin_listen }) {
+        } => match load(
+            &config,
+            Overrides {
+                listen,
+                admin_listen,
+            },
+        ) {
             Some(cfg) => serve(cfg, false),
             None => ExitCode::from(2),
         },
@@ -72,7 +87,10 @@ fn main() -> ExitCode {
             let file = match demo::prepare_data_dir(&dir, fresh) {
                 Ok(f) => f,
                 Err(e) => {
-                    eprintln!("cannot prepare the demo data directory {}: {e}", dir.display());
+                    eprintln!(
+                        "cannot prepare the demo data directory {}: {e}",
+                        dir.display()
+                    );
                     return ExitCode::from(2);
                 }
             };
@@ -182,13 +200,19 @@ async fn start_demo_backends(cfg: &Config) -> Result<BackendList, String> {
                 .parse()
                 .map_err(|_| format!("{full}: instance {} is not an IP:port", instance.name))?;
             if !addr.ip().is_loopback() {
-                return Err(format!("{full}: demo backends only listen on loopback, not {addr}"));
+                return Err(format!(
+                    "{full}: demo backends only listen on loopback, not {addr}"
+                ));
             }
             let listener = tokio::net::TcpListener::bind(addr)
                 .await
                 .map_err(|e| format!("{full}: cannot listen on {addr}: {e}"))?;
             let backend = demo::Backend::new(kind, &instance.name);
-            tokio::spawn(demo::serve_backend(listener, backend, std::future::pending()));
+            tokio::spawn(demo::serve_backend(
+                listener,
+                backend,
+                std::future::pending(),
+            ));
             started.push((full.clone(), instance.name.clone(), addr));
         }
     }
@@ -201,7 +225,10 @@ fn print_demo_banner(file: &std::path::Path, running: &gerbang::Running, backend
     println!("Gerbang demo is running (all data is fictional).");
     println!("  configuration  {}", file.display());
     println!("  data plane     http://{gw}");
-    println!("  admin          http://{}/health/ready", running.admin_addr);
+    println!(
+        "  admin          http://{}/health/ready",
+        running.admin_addr
+    );
     println!("  backends:");
     for (svc, inst, addr) in backends {
         println!("    {svc:<20} {inst:<12} http://{addr}");

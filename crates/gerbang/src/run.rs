@@ -93,12 +93,7 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
         admin_settings,
         stop(rx.clone()),
     ));
-    let data_task = tokio::spawn(serve(
-        data,
-        Arc::clone(&gateway),
-        config.listener,
-        stop(rx),
-    ));
+    let data_task = tokio::spawn(serve(data, Arc::clone(&gateway), config.listener, stop(rx)));
     let task = tokio::spawn(async move {
         let data = data_task.await.unwrap_or(ShutdownOutcome::DeadlineExceeded);
         let _ = admin_task.await;

@@ -1,1 +1,12 @@
+//! End-to-end tests: the real gateway and real upstream servers, all on 127.0.0.1:0.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
+mod admin;
+mod forwarding;
+mod limits;
+mod paths;
+mod routing;
+mod shutdown;
+mod streaming;
+mod tls;
+mod upstream_failures;

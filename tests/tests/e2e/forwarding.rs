@@ -1,0 +1,76 @@
+use gerbang::demo::Kind;
+use gerbang_e2e::*;
+
+#[tokio::test]
+async fn hop_by_hop_headers_are_removed_and_forwarding_headers_set() {
+    let echo = backend(Kind::Echo, "echo").await;
+    let gw = TestGateway::start(&[&agency("diskominfo", "echo", &[echo.url()], "")], "", "").await;
+    let req = "GET /diskominfo/echo/h HTTP/1.1\r\nHost: gw.example:8080\r\n\
+        Connection: keep-alive, X-Hop-Secret\r\nX-Hop-Secret: 1\r\nKeep-Alive: timeout=5\r\n\
+        TE: trailers\r\nProxy-Authorization: Basic eDp5\r\nUpgrade: h2c\r\n\
+        X-Forwarded-For: 203.0.113.7\r\nX-Forwarded-Proto: gopher\r\nX-Forwarded-Host: evil.example\r\n\
+        X-Kept: yes\r\n\r\n";
+    let r = raw_request(gw.addr, req.as_bytes()).await;
+    assert_eq!(r.status, 200);
+    let h = &r.json()["headers"];
+    for gone in [
+        "x-hop-secret",
+        "keep-alive",
+        "te",
+        "proxy-authorization",
+        "upgrade",
+    ] {
+        assert!(
+            h.get(gone).is_none(),
+            "{gone} must not reach the upstream: {h}"
+        );
+    }
+    assert_eq!(h["x-kept"], "yes");
+    assert_eq!(h["x-forwarded-for"], "203.0.113.7, 127.0.0.1");
+    assert_eq!(h["x-forwarded-proto"], "http");
+    assert_eq!(h["x-forwarded-host"], "gw.example:8080");
+    assert_eq!(h["host"], echo.addr.to_string(), "Host is the upstream's");
+}
+
+#[tokio::test]
+async fn hop_by_hop_headers_of_the_response_are_removed() {
+    let resp = "HTTP/1.1 200 OK\r\nConnection: close, X-Up-Hop\r\nX-Up-Hop: 1\r\nKeep-Alive: timeout=1\r\n\
+        X-Up-Kept: 1\r\nContent-Length: 2\r\n\r\nok";
+    let up = raw_upstream(RawBehaviour::Respond(resp.as_bytes().to_vec())).await;
+    let gw = TestGateway::start(&[&agency("a", "s", &[up.url()], "")], "", "").await;
+    let r = raw_request(gw.addr, &get("/a/s/x", "")).await;
+    assert_eq!(r.status, 200);
+    assert_eq!(r.body, b"ok");
+    assert!(r.header("x-up-hop").is_none(), "{:?}", r.headers);
+    assert!(r.header("keep-alive").is_none(), "{:?}", r.headers);
+    assert_eq!(r.header("x-up-kept"), Some("1"));
+}
+
+#[tokio::test]
+async fn request_id_is_propagated_or_generated() {
+    let echo = backend(Kind::Echo, "echo").await;
+    let gw = TestGateway::start(&[&agency("diskominfo", "echo", &[echo.url()], "")], "", "").await;
+
+    let r = raw_request(
+        gw.addr,
+        &get("/diskominfo/echo/x", "X-Request-Id: abc-123\r\n"),
+    )
+    .await;
+    assert_eq!(r.header("x-request-id"), Some("abc-123"));
+    assert_eq!(r.json()["headers"]["x-request-id"], "abc-123");
+
+    for sent in [
+        "",
+        "X-Request-Id: has space\r\n",
+        "X-Request-Id: a\"b<c>\r\n",
+    ] {
+        let r = raw_request(gw.addr, &get("/diskominfo/echo/x", sent)).await;
+        let id = r.header("x-request-id").unwrap().to_owned();
+        assert_eq!(id.len(), 36, "a generated UUID: {id}");
+        assert_eq!(r.json()["headers"]["x-request-id"], id.as_str());
+    }
+    // Two requests never share a generated id.
+    let a = raw_request(gw.addr, &get("/diskominfo/echo/x", "")).await;
+    let b = raw_request(gw.addr, &get("/diskominfo/echo/x", "")).await;
+    assert_ne!(a.header("x-request-id"), b.header("x-request-id"));
+}

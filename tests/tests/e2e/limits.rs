@@ -1,0 +1,107 @@
+use gerbang::demo::Kind;
+use gerbang_e2e::*;
+use tokio::io::AsyncWriteExt;
+
+async fn gateway_with_limit() -> (Upstream, TestGateway) {
+    let echo = backend(Kind::Echo, "echo").await;
+    let gw = TestGateway::start(
+        &[&agency("a", "s", &[echo.url()], "max_body_bytes = 1000")],
+        "",
+        "",
+    )
+    .await;
+    (echo, gw)
+}
+
+#[tokio::test]
+async fn uri_longer_than_8_kib_is_414() {
+    let (_e, gw) = gateway_with_limit().await;
+    let ok = format!("/a/s/{}", "x".repeat(8000));
+    assert_eq!(raw_request(gw.addr, &get(&ok, "")).await.status, 200);
+    let long = format!("/a/s/{}", "x".repeat(8200));
+    let r = raw_request(gw.addr, &get(&long, "")).await;
+    assert_eq!(r.status, 414);
+    assert_eq!(r.error_code(), "uri_too_long");
+    let long_query = format!("/a/s/x?q={}", "y".repeat(8200));
+    assert_eq!(
+        raw_request(gw.addr, &get(&long_query, "")).await.status,
+        414
+    );
+}
+
+#[tokio::test]
+async fn header_block_over_32_kib_is_431() {
+    let (_e, gw) = gateway_with_limit().await;
+    let fits = format!("X-Big: {}\r\n", "v".repeat(30_000));
+    assert_eq!(
+        raw_request(gw.addr, &get("/a/s/x", &fits)).await.status,
+        200
+    );
+    let over = format!(
+        "X-Big: {}\r\nX-Big2: {}\r\n",
+        "v".repeat(20_000),
+        "w".repeat(14_000)
+    );
+    let r = raw_request(gw.addr, &get("/a/s/x", &over)).await;
+    assert_eq!(r.status, 431);
+    assert_eq!(r.error_code(), "headers_too_large");
+}
+
+#[tokio::test]
+async fn body_over_the_service_limit_is_413() {
+    let (_e, gw) = gateway_with_limit().await;
+    // Declared length within and over the limit.
+    let within = format!(
+        "POST /a/s/x HTTP/1.1\r\nHost: g\r\nContent-Length: 1000\r\nConnection: close\r\n\r\n{}",
+        "b".repeat(1000)
+    );
+    let r = raw_request(gw.addr, within.as_bytes()).await;
+    assert_eq!(r.status, 200);
+    assert_eq!(r.json()["body_bytes"], 1000);
+    let over = format!(
+        "POST /a/s/x HTTP/1.1\r\nHost: g\r\nContent-Length: 1001\r\nConnection: close\r\n\r\n{}",
+        "b".repeat(1001)
+    );
+    let r = raw_request(gw.addr, over.as_bytes()).await;
+    assert_eq!(r.status, 413);
+    assert_eq!(r.error_code(), "body_too_large");
+
+    // Chunked: no length up front, the limit trips while streaming.
+    let mut s = tokio::net::TcpStream::connect(gw.addr).await.unwrap();
+    s.write_all(b"POST /a/s/x HTTP/1.1\r\nHost: g\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n")
+        .await
+        .unwrap();
+    for _ in 0..3 {
+        s.write_all(format!("200\r\n{}\r\n", "c".repeat(0x200)).as_bytes())
+            .await
+            .unwrap();
+    }
+    s.write_all(b"0\r\n\r\n").await.unwrap();
+    let r = read_response(&mut s).await;
+    assert_eq!(r.status, 413);
+    assert_eq!(r.error_code(), "body_too_large");
+}
+
+#[tokio::test]
+async fn no_body_limit_unless_the_service_sets_one() {
+    let echo = backend(Kind::Echo, "echo").await;
+    let gw = TestGateway::start(&[&agency("a", "s", &[echo.url()], "")], "", "").await;
+    let body = "z".repeat(3 * 1024 * 1024);
+    let req = format!(
+        "PUT /a/s/x HTTP/1.1\r\nHost: g\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    );
+    let r = raw_request(gw.addr, req.as_bytes()).await;
+    assert_eq!(r.status, 200);
+    assert_eq!(r.json()["body_bytes"], body.len());
+}
+
+#[tokio::test]
+async fn content_length_with_transfer_encoding_is_refused() {
+    let (_e, gw) = gateway_with_limit().await;
+    let req = b"POST /a/s/x HTTP/1.1\r\nHost: g\r\nContent-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n";
+    let r = raw_request(gw.addr, req).await;
+    assert_eq!(r.status, 400);
+    assert_eq!(r.error_code(), "ambiguous_framing");
+    assert_eq!(r.header("connection"), Some("close"));
+}

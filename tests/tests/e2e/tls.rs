@@ -1,0 +1,91 @@
+use std::time::Duration;
+
+use gerbang_e2e::*;
+
+/// Data plane over TLS with HTTP/2 by ALPN, forwarding to an https:// upstream verified against a
+/// configured CA file.
+#[tokio::test]
+async fn http2_over_tls_to_an_https_upstream() {
+    let (up_cert, up_key) = self_signed();
+    let up_tls = gerbang_proxy::tls::server_config(up_cert.as_bytes(), up_key.as_bytes()).unwrap();
+    let upstream = tls_backend(up_tls).await;
+
+    let (gw_cert, gw_key) = self_signed();
+    let dir = tempfile::tempdir().unwrap();
+    let w = |name: &str, text: &str| {
+        let p = dir.path().join(name);
+        std::fs::write(&p, text).unwrap();
+        p.display().to_string()
+    };
+    let cert_file = w("gw.crt", &gw_cert);
+    let key_file = w("gw.key", &gw_key);
+    let ca_file = w("upstream-ca.crt", &up_cert);
+    let gw = TestGateway::start(
+        &[&agency(
+            "a",
+            "s",
+            &[format!("https://localhost:{}", upstream.addr.port())],
+            "",
+        )],
+        &format!("[server.tls]\ncert_file = \"{cert_file}\"\nkey_file = \"{key_file}\"\n"),
+        &format!("[upstream]\nsystem_roots = false\nca_files = [\"{ca_file}\"]\n"),
+    )
+    .await;
+
+    let client = reqwest::Client::builder()
+        .tls_certs_only([reqwest::Certificate::from_pem(gw_cert.as_bytes()).unwrap()])
+        .timeout(Duration::from_secs(10))
+        .build()
+        .unwrap();
+    let url = format!("https://localhost:{}/a/s/over/tls?q=1", gw.addr.port());
+    let res = client
+        .get(&url)
+        .header("x-request-id", "tls-1")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        res.version(),
+        reqwest::Version::HTTP_2,
+        "ALPN picked HTTP/2"
+    );
+    assert_eq!(res.status(), 200);
+    assert_eq!(res.headers()["x-request-id"], "tls-1");
+    let v: serde_json::Value = res.json().await.unwrap();
+    assert_eq!(v["path"], "/over/tls");
+    assert_eq!(v["query"], "q=1");
+    assert_eq!(v["headers"]["x-forwarded-proto"], "https");
+    assert_eq!(v["headers"]["x-request-id"], "tls-1");
+
+    // An error over HTTP/2 has the same JSON shape.
+    let res = client
+        .get(format!("https://localhost:{}/a/nope/x", gw.addr.port()))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 404);
+    let v: serde_json::Value = res.json().await.unwrap();
+    assert_eq!(v["error"]["code"], "unknown_service");
+}
+
+/// An https:// upstream whose certificate is not trusted is refused, not used.
+#[tokio::test]
+async fn untrusted_upstream_certificate_is_502() {
+    let (up_cert, up_key) = self_signed();
+    let up_tls = gerbang_proxy::tls::server_config(up_cert.as_bytes(), up_key.as_bytes()).unwrap();
+    let upstream = tls_backend(up_tls).await;
+    let gw = TestGateway::start(
+        &[&agency(
+            "a",
+            "s",
+            &[format!("https://localhost:{}", upstream.addr.port())],
+            "",
+        )],
+        "",
+        "[upstream]\nsystem_roots = false\n",
+    )
+    .await;
+    let r = raw_request(gw.addr, &get("/a/s/x", "")).await;
+    assert_eq!(r.status, 502);
+    assert_eq!(r.error_code(), "upstream_unavailable");
+}
