@@ -27,6 +27,7 @@ use rustls::ClientConfig;
 
 use crate::body::{self, RequestBody, RequestBodyError, ResponseBody};
 use crate::error::GatewayError;
+use crate::framing::AMBIGUOUS_FRAMING_MARKER;
 use crate::headers;
 use crate::path;
 use crate::upstream::{build_client, PoolSettings, UpstreamClient};
@@ -112,8 +113,9 @@ impl Gateway {
         }
         .unwrap_or_else(new_request_id);
         let method = req.method().clone();
-        let framing_error = req.headers().contains_key(header::TRANSFER_ENCODING)
-            && req.headers().contains_key(header::CONTENT_LENGTH);
+        let framing_error = req.headers().contains_key(AMBIGUOUS_FRAMING_MARKER)
+            || (req.headers().contains_key(header::TRANSFER_ENCODING)
+                && req.headers().contains_key(header::CONTENT_LENGTH));
         match self.forward(req, conn, &request_id).await {
             Ok(mut res) => {
                 res.headers_mut()
@@ -167,8 +169,12 @@ impl Gateway {
                 limit: self.limits.max_header_bytes,
             });
         }
+        // hyper drops Content-Length when Transfer-Encoding is present; the framing guard below
+        // hyper renamed it to the marker so that the request can be refused here.
         let content_length = content_length(&req)?;
-        if content_length.is_some() && req.headers().contains_key(header::TRANSFER_ENCODING) {
+        if req.headers().contains_key(AMBIGUOUS_FRAMING_MARKER)
+            || (content_length.is_some() && req.headers().contains_key(header::TRANSFER_ENCODING))
+        {
             return Err(GatewayError::AmbiguousFraming);
         }
 

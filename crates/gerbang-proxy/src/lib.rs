@@ -4,6 +4,7 @@
 pub mod admin;
 pub mod body;
 pub mod error;
+pub mod framing;
 pub mod gateway;
 pub mod headers;
 pub mod path;

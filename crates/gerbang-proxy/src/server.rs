@@ -16,6 +16,7 @@ use tokio::net::TcpListener;
 use tokio_rustls::TlsAcceptor;
 
 use crate::body::ResponseBody;
+use crate::framing::FramingGuard;
 use crate::gateway::{ConnInfo, Gateway};
 
 /// Handles requests of one listener.
@@ -119,6 +120,7 @@ pub async fn serve<H: Handler>(
         let handler = Arc::clone(&handler);
         let acceptor = acceptor.clone();
         let handshake_timeout = settings.header_read_timeout;
+        let max_head = settings.max_head_bytes;
         tokio::spawn(async move {
             let service = hyper::service::service_fn(move |req| {
                 let handler = Arc::clone(&handler);
@@ -126,7 +128,7 @@ pub async fn serve<H: Handler>(
             });
             let result = match acceptor {
                 None => {
-                    let io = TokioIo::new(stream);
+                    let io = TokioIo::new(FramingGuard::new(stream, max_head));
                     watcher.watch(builder.serve_connection(io, service)).await
                 }
                 Some(acceptor) => {
@@ -143,7 +145,7 @@ pub async fn serve<H: Handler>(
                             return;
                         }
                     };
-                    let io = TokioIo::new(tls);
+                    let io = TokioIo::new(FramingGuard::new(tls, max_head));
                     watcher.watch(builder.serve_connection(io, service)).await
                 }
             };

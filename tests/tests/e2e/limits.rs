@@ -99,9 +99,27 @@ async fn no_body_limit_unless_the_service_sets_one() {
 #[tokio::test]
 async fn content_length_with_transfer_encoding_is_refused() {
     let (_e, gw) = gateway_with_limit().await;
-    let req = b"POST /a/s/x HTTP/1.1\r\nHost: g\r\nContent-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n";
-    let r = raw_request(gw.addr, req).await;
+    for head in [
+        "Content-Length: 5\r\nTransfer-Encoding: chunked",
+        "Transfer-Encoding: chunked\r\ncontent-length: 5",
+        "Content-Length: 5\r\nTransfer-Encoding: gzip, chunked",
+    ] {
+        let req =
+            format!("POST /a/s/x HTTP/1.1\r\nHost: g\r\n{head}\r\n\r\n5\r\nhello\r\n0\r\n\r\n");
+        let r = raw_request(gw.addr, req.as_bytes()).await;
+        assert_eq!(r.status, 400, "{head}");
+        assert_eq!(r.error_code(), "ambiguous_framing", "{head}");
+        assert_eq!(r.header("connection"), Some("close"), "{head}");
+    }
+    // The same connection carries an ordinary request first: only the ambiguous one is refused.
+    let req = "GET /a/s/first HTTP/1.1\r\nHost: g\r\n\r\n";
+    let mut s = tokio::net::TcpStream::connect(gw.addr).await.unwrap();
+    s.write_all(req.as_bytes()).await.unwrap();
+    assert_eq!(read_response(&mut s).await.status, 200);
+    s.write_all(b"POST /a/s/x HTTP/1.1\r\nHost: g\r\nTransfer-Encoding: chunked\r\nContent-Length: 3\r\n\r\n0\r\n\r\n")
+        .await
+        .unwrap();
+    let r = read_response(&mut s).await;
     assert_eq!(r.status, 400);
     assert_eq!(r.error_code(), "ambiguous_framing");
-    assert_eq!(r.header("connection"), Some("close"));
 }

@@ -1,0 +1,474 @@
+//! A guard below hyper that finds HTTP/1.1 requests carrying both `Content-Length` and
+//! `Transfer-Encoding`.
+//!
+//! hyper follows RFC 9112 §6.1 by framing such a request as chunked and silently dropping
+//! `Content-Length` before the handler sees it (hyper issues #3860, #4123), so the gateway cannot
+//! tell from the parsed request. This guard sits between the socket and hyper, tracks HTTP/1.1
+//! message boundaries (heads, `Content-Length` and chunked bodies), and renames the
+//! `Content-Length` field of an ambiguous head to [`AMBIGUOUS_FRAMING_MARKER`]. Framing is
+//! unchanged (hyper still reads the body as chunked), and the pipeline refuses the request with
+//! 400 and closes the connection.
+//!
+//! Whenever it cannot follow the stream (HTTP/2 preface, `CONNECT`, a malformed chunk size, a
+//! head larger than hyper accepts) it steps aside and passes bytes through: hyper itself refuses
+//! those streams or never reads another HTTP/1 head on them.
+
+use std::io;
+use std::pin::Pin;
+use std::task::{ready, Context, Poll};
+
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+
+/// Header name that replaces `Content-Length` in an ambiguous head.
+pub const AMBIGUOUS_FRAMING_MARKER: &str = "x-gerbang-ambiguous-framing";
+
+const MAX_CHUNK_LINE: usize = 4096;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Chunk {
+    /// Reading a chunk-size line; `usize` is its length so far.
+    Size(usize),
+    /// Inside chunk data.
+    Data(u64),
+    /// After chunk data, up to and including its line feed.
+    DataEnd,
+    /// Trailer section; `usize` is the length of the current line (without CR).
+    Trailers(usize),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum State {
+    Head,
+    Length(u64),
+    Chunked(Chunk),
+    PassThrough,
+}
+
+/// See the module documentation.
+pub struct FramingGuard<T> {
+    inner: T,
+    state: State,
+    /// Bytes of a head not yet complete.
+    head: Vec<u8>,
+    /// Chunk-size line being collected.
+    size_line: Vec<u8>,
+    /// Bytes ready for hyper.
+    out: Vec<u8>,
+    out_pos: usize,
+    max_head: usize,
+}
+
+impl<T> FramingGuard<T> {
+    /// Wraps `inner`; heads longer than `max_head` bytes are passed through untracked.
+    pub fn new(inner: T, max_head: usize) -> Self {
+        Self {
+            inner,
+            state: State::Head,
+            head: Vec::new(),
+            size_line: Vec::new(),
+            out: Vec::new(),
+            out_pos: 0,
+            max_head,
+        }
+    }
+
+    pub fn get_ref(&self) -> &T {
+        &self.inner
+    }
+
+    /// Consumes body bytes at the start of `data`; returns how many belonged to the body.
+    fn advance_body(&mut self, data: &[u8]) -> usize {
+        let mut i = 0;
+        while i < data.len() {
+            match self.state {
+                State::Head => return i,
+                State::PassThrough => return data.len(),
+                State::Length(rem) => {
+                    let take = rem.min((data.len() - i) as u64);
+                    i += take as usize;
+                    let left = rem - take;
+                    self.state = if left == 0 {
+                        State::Head
+                    } else {
+                        State::Length(left)
+                    };
+                }
+                State::Chunked(Chunk::Data(rem)) => {
+                    let take = rem.min((data.len() - i) as u64);
+                    i += take as usize;
+                    let left = rem - take;
+                    self.state = State::Chunked(if left == 0 {
+                        Chunk::DataEnd
+                    } else {
+                        Chunk::Data(left)
+                    });
+                }
+                State::Chunked(Chunk::DataEnd) => {
+                    if data[i] == b'\n' {
+                        self.state = State::Chunked(Chunk::Size(0));
+                        self.size_line.clear();
+                    }
+                    i += 1;
+                }
+                State::Chunked(Chunk::Size(len)) => {
+                    let b = data[i];
+                    i += 1;
+                    if b == b'\n' {
+                        self.state = match parse_chunk_size(&self.size_line) {
+                            Some(0) => State::Chunked(Chunk::Trailers(0)),
+                            Some(n) => State::Chunked(Chunk::Data(n)),
+                            None => State::PassThrough,
+                        };
+                        self.size_line.clear();
+                    } else if len >= MAX_CHUNK_LINE {
+                        self.state = State::PassThrough;
+                    } else {
+                        self.size_line.push(b);
+                        self.state = State::Chunked(Chunk::Size(len + 1));
+                    }
+                }
+                State::Chunked(Chunk::Trailers(len)) => {
+                    let b = data[i];
+                    i += 1;
+                    self.state = match b {
+                        b'\n' if len == 0 => State::Head,
+                        b'\n' => State::Chunked(Chunk::Trailers(0)),
+                        b'\r' => State::Chunked(Chunk::Trailers(len)),
+                        _ if len >= MAX_CHUNK_LINE => State::PassThrough,
+                        _ => State::Chunked(Chunk::Trailers(len + 1)),
+                    };
+                }
+            }
+        }
+        i
+    }
+
+    /// Moves complete heads (and the body bytes after them) from `self.head` to `self.out`.
+    fn process_heads(&mut self) {
+        loop {
+            if self.state != State::Head {
+                let rest = std::mem::take(&mut self.head);
+                let used = self.advance_body(&rest);
+                self.out.extend_from_slice(&rest[..used]);
+                self.head = rest[used..].to_vec();
+                if self.state == State::PassThrough {
+                    let rest = std::mem::take(&mut self.head);
+                    self.out.extend_from_slice(&rest);
+                    return;
+                }
+                if self.head.is_empty() || self.state != State::Head {
+                    return;
+                }
+            }
+            let Some(end) = head_end(&self.head) else {
+                if self.head.len() > self.max_head {
+                    let rest = std::mem::take(&mut self.head);
+                    self.out.extend_from_slice(&rest);
+                    self.state = State::PassThrough;
+                }
+                return;
+            };
+            let rest = self.head.split_off(end);
+            let head = std::mem::replace(&mut self.head, rest);
+            self.state = inspect_head(&head, &mut self.out);
+        }
+    }
+}
+
+/// Where the head ends (index after its blank line), skipping leading empty lines. Like
+/// httparse, a bare LF ends a line too.
+fn head_end(buf: &[u8]) -> Option<usize> {
+    let start = buf.iter().position(|&b| b != b'\r' && b != b'\n')?;
+    let mut i = start;
+    while i < buf.len() {
+        if buf[i] == b'\n' {
+            match buf.get(i + 1) {
+                Some(b'\n') => return Some(i + 2),
+                Some(b'\r') if buf.get(i + 2) == Some(&b'\n') => return Some(i + 3),
+                _ => {}
+            }
+        }
+        i += 1;
+    }
+    None
+}
+
+fn parse_chunk_size(line: &[u8]) -> Option<u64> {
+    let digits: Vec<u8> = line
+        .iter()
+        .copied()
+        .take_while(|b| b.is_ascii_hexdigit())
+        .collect();
+    if digits.is_empty() || digits.len() > 16 {
+        return None;
+    }
+    u64::from_str_radix(std::str::from_utf8(&digits).ok()?, 16).ok()
+}
+
+/// Copies `head` to `out` (renaming `Content-Length` when `Transfer-Encoding` is also present)
+/// and returns the framing of the body that follows.
+fn inspect_head(head: &[u8], out: &mut Vec<u8>) -> State {
+    let text_lines: Vec<&[u8]> = head.split(|&b| b == b'\n').collect();
+    let request_line = text_lines
+        .iter()
+        .find(|l| !l.is_empty() && **l != b"\r")
+        .copied()
+        .unwrap_or(b"");
+    if request_line.starts_with(b"PRI * HTTP/2.0") || request_line.starts_with(b"CONNECT ") {
+        out.extend_from_slice(head);
+        return State::PassThrough;
+    }
+    let mut content_length: Option<u64> = None;
+    let mut cl_invalid = false;
+    let mut has_te = false;
+    let mut te_chunked = false;
+    for line in &text_lines {
+        let Some(colon) = line.iter().position(|&b| b == b':') else {
+            continue;
+        };
+        let name = &line[..colon];
+        let value = std::str::from_utf8(&line[colon + 1..]).unwrap_or("").trim();
+        if name.eq_ignore_ascii_case(b"content-length") {
+            match value.parse::<u64>() {
+                Ok(n) => content_length = Some(n),
+                Err(_) => cl_invalid = true,
+            }
+        } else if name.eq_ignore_ascii_case(b"transfer-encoding") {
+            has_te = true;
+            te_chunked = value
+                .rsplit(',')
+                .next()
+                .is_some_and(|t| t.trim().eq_ignore_ascii_case("chunked"));
+        }
+    }
+    let ambiguous = has_te && (content_length.is_some() || cl_invalid);
+    if ambiguous {
+        let mut first = true;
+        for line in head.split_inclusive(|&b| b == b'\n') {
+            let is_cl = line
+                .iter()
+                .position(|&b| b == b':')
+                .is_some_and(|c| line[..c].eq_ignore_ascii_case(b"content-length"));
+            if is_cl && !first {
+                let colon = line.iter().position(|&b| b == b':').unwrap_or(0);
+                out.extend_from_slice(AMBIGUOUS_FRAMING_MARKER.as_bytes());
+                out.extend_from_slice(&line[colon..]);
+            } else {
+                out.extend_from_slice(line);
+            }
+            first = false;
+        }
+    } else {
+        out.extend_from_slice(head);
+    }
+    if has_te {
+        if te_chunked {
+            State::Chunked(Chunk::Size(0))
+        } else {
+            State::PassThrough
+        }
+    } else if cl_invalid {
+        State::PassThrough
+    } else {
+        match content_length {
+            Some(0) | None => State::Head,
+            Some(n) => State::Length(n),
+        }
+    }
+}
+
+impl<T: AsyncRead + Unpin> AsyncRead for FramingGuard<T> {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        loop {
+            if this.out_pos < this.out.len() {
+                let n = buf.remaining().min(this.out.len() - this.out_pos);
+                buf.put_slice(&this.out[this.out_pos..this.out_pos + n]);
+                this.out_pos += n;
+                if this.out_pos == this.out.len() {
+                    this.out.clear();
+                    this.out_pos = 0;
+                }
+                return Poll::Ready(Ok(()));
+            }
+            match this.state {
+                State::PassThrough => return Pin::new(&mut this.inner).poll_read(cx, buf),
+                State::Length(_) | State::Chunked(_) => {
+                    let start = buf.filled().len();
+                    ready!(Pin::new(&mut this.inner).poll_read(cx, buf))?;
+                    let filled = buf.filled().len();
+                    if filled == start {
+                        return Poll::Ready(Ok(()));
+                    }
+                    let used = this.advance_body(&buf.filled()[start..filled]);
+                    if used < filled - start {
+                        this.head
+                            .extend_from_slice(&buf.filled()[start + used..filled]);
+                        buf.set_filled(start + used);
+                        this.process_heads();
+                    }
+                    if used > 0 {
+                        return Poll::Ready(Ok(()));
+                    }
+                }
+                State::Head => {
+                    let mut tmp = [0u8; 8192];
+                    let mut rb = ReadBuf::new(&mut tmp);
+                    ready!(Pin::new(&mut this.inner).poll_read(cx, &mut rb))?;
+                    if rb.filled().is_empty() {
+                        // EOF: hand over an incomplete head as it is; hyper decides.
+                        let rest = std::mem::take(&mut this.head);
+                        if rest.is_empty() {
+                            return Poll::Ready(Ok(()));
+                        }
+                        this.out.extend_from_slice(&rest);
+                        this.state = State::PassThrough;
+                        continue;
+                    }
+                    this.head.extend_from_slice(rb.filled());
+                    this.process_heads();
+                }
+            }
+        }
+    }
+}
+
+impl<T: AsyncWrite + Unpin> AsyncWrite for FramingGuard<T> {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.get_mut().inner).poll_write(cx, buf)
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().inner).poll_shutdown(cx)
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.get_mut().inner).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::AsyncReadExt;
+
+    /// Hands out at most `step` bytes per read, to exercise every split.
+    struct Trickle {
+        data: Vec<u8>,
+        pos: usize,
+        step: usize,
+    }
+
+    impl AsyncRead for Trickle {
+        fn poll_read(
+            self: Pin<&mut Self>,
+            _cx: &mut Context<'_>,
+            buf: &mut ReadBuf<'_>,
+        ) -> Poll<io::Result<()>> {
+            let this = self.get_mut();
+            let n = this
+                .step
+                .min(this.data.len() - this.pos)
+                .min(buf.remaining());
+            buf.put_slice(&this.data[this.pos..this.pos + n]);
+            this.pos += n;
+            Poll::Ready(Ok(()))
+        }
+    }
+
+    async fn through(input: &[u8], step: usize) -> Vec<u8> {
+        let t = Trickle {
+            data: input.to_vec(),
+            pos: 0,
+            step,
+        };
+        let mut g = FramingGuard::new(t, 65536);
+        let mut out = Vec::new();
+        g.read_to_end(&mut out).await.unwrap();
+        out
+    }
+
+    fn count(hay: &[u8], needle: &str) -> usize {
+        hay.windows(needle.len())
+            .filter(|w| w.eq_ignore_ascii_case(needle.as_bytes()))
+            .count()
+    }
+
+    #[tokio::test]
+    async fn marks_content_length_with_transfer_encoding_in_any_split() {
+        let input = b"POST /a HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n";
+        for step in [1, 2, 3, 7, 64, 8192] {
+            let out = through(input, step).await;
+            assert_eq!(
+                out.len(),
+                input.len() + AMBIGUOUS_FRAMING_MARKER.len() - "content-length".len()
+            );
+            assert_eq!(count(&out, AMBIGUOUS_FRAMING_MARKER), 1, "step {step}");
+            assert_eq!(count(&out, "content-length"), 0, "step {step}");
+            assert!(out.ends_with(b"5\r\nhello\r\n0\r\n\r\n"));
+        }
+    }
+
+    #[tokio::test]
+    async fn bodies_that_look_like_heads_are_not_touched() {
+        let body = "GET / HTTP/1.1\r\nContent-Length: 1\r\nTransfer-Encoding: chunked\r\n\r\n";
+        let mut input = format!(
+            "POST /a HTTP/1.1\r\nContent-Length: {}\r\n\r\n{body}",
+            body.len()
+        );
+        // then a chunked request whose chunk data also looks like a head, then a clean GET
+        input.push_str(&format!(
+            "POST /b HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n{:x}\r\n{body}\r\n0\r\nX-Trailer: 1\r\n\r\n",
+            body.len()
+        ));
+        input.push_str("GET /c HTTP/1.1\r\nHost: x\r\n\r\n");
+        for step in [1, 5, 13, 8192] {
+            let out = through(input.as_bytes(), step).await;
+            assert_eq!(out, input.as_bytes(), "step {step}");
+        }
+    }
+
+    #[tokio::test]
+    async fn a_later_ambiguous_request_on_the_connection_is_marked() {
+        let input = b"GET /a HTTP/1.1\r\nHost: x\r\n\r\nPOST /b HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n0\r\n\r\nPOST /c HTTP/1.1\r\nTransfer-Encoding: chunked\r\ncontent-length: 3\r\n\r\n0\r\n\r\n";
+        for step in [1, 4, 8192] {
+            let out = through(input, step).await;
+            assert_eq!(count(&out, AMBIGUOUS_FRAMING_MARKER), 1, "step {step}");
+            let marker_at = out
+                .windows(AMBIGUOUS_FRAMING_MARKER.len())
+                .position(|w| w == AMBIGUOUS_FRAMING_MARKER.as_bytes())
+                .unwrap();
+            let c_at = out.windows(7).position(|w| w == b"POST /c").unwrap();
+            assert!(marker_at > c_at);
+        }
+    }
+
+    #[tokio::test]
+    async fn http2_preface_passes_through() {
+        let mut input = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".to_vec();
+        input.extend_from_slice(&[0, 0, 0, 4, 0, 0, 0, 0, 0]);
+        input.extend_from_slice(b"content-length: 1\r\ntransfer-encoding: chunked\r\n\r\n");
+        let out = through(&input, 3).await;
+        assert_eq!(out, input);
+    }
+}
