@@ -65,6 +65,8 @@ pub enum Kind {
     Pbb,
     /// `diskominfo/echo`: describes the request it received.
     Echo,
+    /// A fixed 1 KiB JSON answer to anything: the upstream of the load benchmark.
+    Fixed,
 }
 
 impl Kind {
@@ -96,7 +98,16 @@ impl Backend {
     }
 
     async fn respond(&self, req: Request<Incoming>) -> Response<ResponseBody> {
+        if self.kind == Kind::Fixed {
+            let mut res = Response::new(body::full(Bytes::from_static(FIXED_BODY)));
+            res.headers_mut().insert(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("application/json"),
+            );
+            return res;
+        }
         let (status, value) = match self.kind {
+            Kind::Fixed => (StatusCode::OK, Value::Null),
             Kind::Echo => echo(req).await,
             Kind::Penduduk => penduduk(&req),
             Kind::Faskes => faskes(&req),
@@ -138,6 +149,23 @@ pub async fn serve_backend(
 }
 
 use gerbang_proxy::serve;
+
+/// Exactly 1024 bytes of JSON, like the reference benchmark's upstream.
+const FIXED_BODY: &[u8] = {
+    const B: &[u8; 1024] = &{
+        let head = br#"{"status":"ok","service":"upstream","data":""#;
+        let mut out = [b'x'; 1024];
+        let mut i = 0;
+        while i < head.len() {
+            out[i] = head[i];
+            i += 1;
+        }
+        out[1022] = b'"';
+        out[1023] = b'}';
+        out
+    };
+    B
+};
 
 const NOTICE: &str = "FIKTIF: data contoh untuk demo Gerbang, bukan data warga sebenarnya";
 

@@ -57,12 +57,19 @@ enum Command {
         #[arg(long)]
         fresh: bool,
     },
+    /// A fixed 1 KiB JSON upstream for the load benchmark (benches/proxy_load.sh).
+    #[command(hide = true)]
+    BenchUpstream {
+        #[arg(long, default_value = "127.0.0.1:18200")]
+        listen: std::net::SocketAddr,
+    },
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
         Command::Validate { config } => validate(&config),
+        Command::BenchUpstream { listen } => bench_upstream(listen),
         Command::Serve {
             config,
             listen,
@@ -104,6 +111,31 @@ fn main() -> ExitCode {
             }
         }
     }
+}
+
+fn bench_upstream(listen: std::net::SocketAddr) -> ExitCode {
+    let rt = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("cannot start the runtime: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    rt.block_on(async move {
+        let listener = match tokio::net::TcpListener::bind(listen).await {
+            Ok(l) => l,
+            Err(e) => {
+                eprintln!("cannot listen on {listen}: {e}");
+                return ExitCode::from(1);
+            }
+        };
+        let backend = demo::Backend::new(demo::Kind::Fixed, "bench");
+        demo::serve_backend(listener, backend, gerbang::run::termination_signal()).await;
+        ExitCode::SUCCESS
+    })
 }
 
 fn validate(file: &std::path::Path) -> ExitCode {
