@@ -137,7 +137,16 @@ for i in "${!NAMES[@]}"; do
   [[ $ok == "200 1024" ]] || die "${NAMES[$i]} at ${URLS[$i]} answered '${ok:-nothing}', want '200 1024' (logs in $WORK)"
 done
 
-cpu_ticks() { local s; s=$(cat "/proc/$1/stat" 2>/dev/null) || { echo 0; return; }; s=${s##*) }; read -r -a f <<<"$s"; echo $(( f[11] + f[12] )); }
+# utime+stime (clock ticks) of a process and all its descendants (nginx's worker is a child).
+cpu_ticks() {
+  local total=0 p s f
+  for p in $(ps -e -o pid=,ppid= | awk -v r="$1" '{par[$1]=$2} END { for (p in par) { q=p; n=0; while (q != r && (q in par) && q > 1 && n++ < 64) q=par[q]; if (q == r) print p } }'); do
+    s=$(cat "/proc/$p/stat" 2>/dev/null) || continue
+    s=${s##*) }; read -r -a f <<<"$s"
+    total=$(( total + f[11] + f[12] ))
+  done
+  echo "$total"
+}
 CLK=$(getconf CLK_TCK)
 ms() { awk -v v="$1" 'BEGIN{ n=v+0; u=v; sub(/^[0-9.]+/,"",u); if(u=="us")n/=1000; else if(u=="s")n*=1000; printf "%.3f", n }'; }
 

@@ -29,12 +29,12 @@ pin_project_lite::pin_project! {
         inner: Incoming,
         seen: u64,
         limit: Option<u64>,
-        exceeded: Arc<AtomicBool>,
+        exceeded: Option<Arc<AtomicBool>>,
     }
 }
 
 impl RequestBody {
-    pub fn new(inner: Incoming, limit: Option<u64>, exceeded: Arc<AtomicBool>) -> Self {
+    pub fn new(inner: Incoming, limit: Option<u64>, exceeded: Option<Arc<AtomicBool>>) -> Self {
         Self {
             inner,
             seen: 0,
@@ -58,7 +58,9 @@ impl Body for RequestBody {
                 if let (Some(data), Some(limit)) = (frame.data_ref(), *this.limit) {
                     *this.seen += data.len() as u64;
                     if *this.seen > limit {
-                        this.exceeded.store(true, Ordering::Relaxed);
+                        if let Some(flag) = this.exceeded.as_ref() {
+                            flag.store(true, Ordering::Relaxed);
+                        }
                         return Poll::Ready(Some(Err(RequestBodyError::TooLarge(limit))));
                     }
                 }

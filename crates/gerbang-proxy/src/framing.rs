@@ -205,35 +205,32 @@ fn parse_chunk_size(line: &[u8]) -> Option<u64> {
     u64::from_str_radix(std::str::from_utf8(&digits).ok()?, 16).ok()
 }
 
-/// Copies `head` to `out` (renaming `Content-Length` when `Transfer-Encoding` is also present)
-/// and returns the framing of the body that follows.
-fn inspect_head(head: &[u8], out: &mut Vec<u8>) -> State {
-    let text_lines: Vec<&[u8]> = head.split(|&b| b == b'\n').collect();
-    let request_line = text_lines
-        .iter()
-        .find(|l| !l.is_empty() && **l != b"\r")
-        .copied()
+/// What a complete head tells: whether it is ambiguous, and the framing of what follows.
+fn analyse(head: &[u8]) -> (bool, State) {
+    let request_line = head
+        .split(|&b| b == b'\n')
+        .find(|l| !l.is_empty() && *l != b"\r")
         .unwrap_or(b"");
     if request_line.starts_with(b"PRI * HTTP/2.0") || request_line.starts_with(b"CONNECT ") {
-        out.extend_from_slice(head);
-        return State::PassThrough;
+        return (false, State::PassThrough);
     }
     let mut content_length: Option<u64> = None;
     let mut cl_invalid = false;
     let mut has_te = false;
     let mut te_chunked = false;
-    for line in &text_lines {
+    for line in head.split(|&b| b == b'\n').skip(1) {
         let Some(colon) = line.iter().position(|&b| b == b':') else {
             continue;
         };
         let name = &line[..colon];
-        let value = std::str::from_utf8(&line[colon + 1..]).unwrap_or("").trim();
         if name.eq_ignore_ascii_case(b"content-length") {
+            let value = std::str::from_utf8(&line[colon + 1..]).unwrap_or("").trim();
             match value.parse::<u64>() {
                 Ok(n) => content_length = Some(n),
                 Err(_) => cl_invalid = true,
             }
         } else if name.eq_ignore_ascii_case(b"transfer-encoding") {
+            let value = std::str::from_utf8(&line[colon + 1..]).unwrap_or("").trim();
             has_te = true;
             te_chunked = value
                 .rsplit(',')
@@ -242,26 +239,7 @@ fn inspect_head(head: &[u8], out: &mut Vec<u8>) -> State {
         }
     }
     let ambiguous = has_te && (content_length.is_some() || cl_invalid);
-    if ambiguous {
-        let mut first = true;
-        for line in head.split_inclusive(|&b| b == b'\n') {
-            let is_cl = line
-                .iter()
-                .position(|&b| b == b':')
-                .is_some_and(|c| line[..c].eq_ignore_ascii_case(b"content-length"));
-            if is_cl && !first {
-                let colon = line.iter().position(|&b| b == b':').unwrap_or(0);
-                out.extend_from_slice(AMBIGUOUS_FRAMING_MARKER.as_bytes());
-                out.extend_from_slice(&line[colon..]);
-            } else {
-                out.extend_from_slice(line);
-            }
-            first = false;
-        }
-    } else {
-        out.extend_from_slice(head);
-    }
-    if has_te {
+    let next = if has_te {
         if te_chunked {
             State::Chunked(Chunk::Size(0))
         } else {
@@ -274,6 +252,65 @@ fn inspect_head(head: &[u8], out: &mut Vec<u8>) -> State {
             Some(0) | None => State::Head,
             Some(n) => State::Length(n),
         }
+    };
+    (ambiguous, next)
+}
+
+/// Copies `head` to `out`, renaming `Content-Length` fields to the marker when `ambiguous`, and
+/// returns the framing of the body that follows.
+fn inspect_head(head: &[u8], out: &mut Vec<u8>) -> State {
+    let (ambiguous, next) = analyse(head);
+    if !ambiguous {
+        out.extend_from_slice(head);
+        return next;
+    }
+    for (n, line) in head.split_inclusive(|&b| b == b'\n').enumerate() {
+        let colon = line.iter().position(|&b| b == b':');
+        match colon {
+            Some(c) if n > 0 && line[..c].eq_ignore_ascii_case(b"content-length") => {
+                out.extend_from_slice(AMBIGUOUS_FRAMING_MARKER.as_bytes());
+                out.extend_from_slice(&line[c..]);
+            }
+            _ => out.extend_from_slice(line),
+        }
+    }
+    next
+}
+
+impl<T> FramingGuard<T> {
+    /// Scans bytes just read, in place. Returns how many of them hyper may have now; the rest
+    /// (a head not yet complete, or an ambiguous head and what follows) was moved to `head` or
+    /// `out`.
+    fn scan_in_place(&mut self, data: &[u8]) -> usize {
+        let mut i = 0;
+        while i < data.len() {
+            match self.state {
+                State::PassThrough => return data.len(),
+                State::Head => match head_end(&data[i..]) {
+                    None => {
+                        if data.len() - i > self.max_head {
+                            self.state = State::PassThrough;
+                            return data.len();
+                        }
+                        self.head.extend_from_slice(&data[i..]);
+                        return i;
+                    }
+                    Some(end) => {
+                        let (ambiguous, next) = analyse(&data[i..i + end]);
+                        if ambiguous {
+                            // Rare: rewrite through `out`.
+                            self.head.extend_from_slice(&data[i..]);
+                            self.process_heads();
+                            return i;
+                        }
+                        self.state = next;
+                        i += end;
+                    }
+                },
+                State::Length(_) | State::Chunked(_) => i += self.advance_body(&data[i..]),
+            }
+        }
+        i
     }
 }
 
@@ -295,44 +332,81 @@ impl<T: AsyncRead + Unpin> AsyncRead for FramingGuard<T> {
                 }
                 return Poll::Ready(Ok(()));
             }
-            match this.state {
-                State::PassThrough => return Pin::new(&mut this.inner).poll_read(cx, buf),
-                State::Length(_) | State::Chunked(_) => {
-                    let start = buf.filled().len();
-                    ready!(Pin::new(&mut this.inner).poll_read(cx, buf))?;
-                    let filled = buf.filled().len();
-                    if filled == start {
-                        return Poll::Ready(Ok(()));
-                    }
-                    let used = this.advance_body(&buf.filled()[start..filled]);
-                    if used < filled - start {
-                        this.head
-                            .extend_from_slice(&buf.filled()[start + used..filled]);
-                        buf.set_filled(start + used);
-                        this.process_heads();
-                    }
-                    if used > 0 {
-                        return Poll::Ready(Ok(()));
-                    }
-                }
-                State::Head => {
-                    let mut tmp = [0u8; 8192];
-                    let mut rb = ReadBuf::new(&mut tmp);
-                    ready!(Pin::new(&mut this.inner).poll_read(cx, &mut rb))?;
-                    if rb.filled().is_empty() {
-                        // EOF: hand over an incomplete head as it is; hyper decides.
-                        let rest = std::mem::take(&mut this.head);
-                        if rest.is_empty() {
-                            return Poll::Ready(Ok(()));
-                        }
-                        this.out.extend_from_slice(&rest);
-                        this.state = State::PassThrough;
-                        continue;
-                    }
-                    this.head.extend_from_slice(rb.filled());
-                    this.process_heads();
-                }
+            if this.state == State::PassThrough {
+                return Pin::new(&mut this.inner).poll_read(cx, buf);
             }
+            if buf.remaining() <= this.head.len() {
+                // No room to put a partial head back in front: use the copying path.
+                return this.poll_read_copying(cx, buf);
+            }
+            // Fast path: read into the caller's buffer and scan in place. A partial head held
+            // back last time goes in front of the new bytes.
+            let start = buf.filled().len();
+            let stash = std::mem::take(&mut this.head);
+            buf.put_slice(&stash);
+            let before = buf.filled().len();
+            match Pin::new(&mut this.inner).poll_read(cx, buf) {
+                Poll::Pending => {
+                    buf.set_filled(start);
+                    this.head = stash;
+                    return Poll::Pending;
+                }
+                Poll::Ready(Err(e)) => {
+                    buf.set_filled(start);
+                    this.head = stash;
+                    return Poll::Ready(Err(e));
+                }
+                Poll::Ready(Ok(())) => {}
+            }
+            let filled = buf.filled().len();
+            if filled == before {
+                // EOF: hand over what was held back as it is; hyper decides.
+                this.state = State::PassThrough;
+                return Poll::Ready(Ok(()));
+            }
+            let keep = this.scan_in_place(&buf.filled()[start..filled]);
+            buf.set_filled(start + keep);
+            if keep > 0 {
+                return Poll::Ready(Ok(()));
+            }
+        }
+    }
+}
+
+impl<T: AsyncRead + Unpin> FramingGuard<T> {
+    fn poll_read_copying(
+        &mut self,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        loop {
+            if self.out_pos < self.out.len() {
+                let n = buf.remaining().min(self.out.len() - self.out_pos);
+                buf.put_slice(&self.out[self.out_pos..self.out_pos + n]);
+                self.out_pos += n;
+                if self.out_pos == self.out.len() {
+                    self.out.clear();
+                    self.out_pos = 0;
+                }
+                return Poll::Ready(Ok(()));
+            }
+            if self.state == State::PassThrough {
+                return Pin::new(&mut self.inner).poll_read(cx, buf);
+            }
+            let mut tmp = [0u8; 8192];
+            let mut rb = ReadBuf::new(&mut tmp);
+            ready!(Pin::new(&mut self.inner).poll_read(cx, &mut rb))?;
+            if rb.filled().is_empty() {
+                let rest = std::mem::take(&mut self.head);
+                self.state = State::PassThrough;
+                if rest.is_empty() {
+                    return Poll::Ready(Ok(()));
+                }
+                self.out.extend_from_slice(&rest);
+                continue;
+            }
+            self.head.extend_from_slice(rb.filled());
+            self.process_heads();
         }
     }
 }

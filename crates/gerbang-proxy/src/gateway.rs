@@ -233,15 +233,16 @@ impl Gateway {
         parts.uri = uri;
         parts.version = Version::HTTP_11;
 
-        let exceeded = Arc::new(AtomicBool::new(false));
-        let body = RequestBody::new(incoming, body_limit, Arc::clone(&exceeded));
+        // Only a service with a body limit needs to learn why its upstream request failed.
+        let exceeded = body_limit.map(|_| Arc::new(AtomicBool::new(false)));
+        let body = RequestBody::new(incoming, body_limit, exceeded.clone());
         let upstream_req = Request::from_parts(parts, body);
 
         let timeout = service.limits.request_timeout;
         let result = tokio::time::timeout(timeout, client.request(upstream_req)).await;
         let res = match result {
             Err(_elapsed) => {
-                return Err(if exceeded.load(Ordering::Relaxed) {
+                return Err(if was_exceeded(&exceeded) {
                     GatewayError::BodyTooLarge {
                         limit: body_limit.unwrap_or(0),
                     }
@@ -256,9 +257,7 @@ impl Gateway {
                 return Err(classify_client_error(
                     &e,
                     instance.to_string(),
-                    exceeded
-                        .load(Ordering::Relaxed)
-                        .then_some(body_limit.unwrap_or(0)),
+                    was_exceeded(&exceeded).then_some(body_limit.unwrap_or(0)),
                 ))
             }
             Ok(Ok(res)) => res,
@@ -270,6 +269,10 @@ impl Gateway {
             http_body_util::Either::Left(incoming),
         ))
     }
+}
+
+fn was_exceeded(flag: &Option<Arc<AtomicBool>>) -> bool {
+    flag.as_ref().is_some_and(|f| f.load(Ordering::Relaxed))
 }
 
 fn build_snapshot(registry: Registry, tls: &Arc<ClientConfig>, pool: &PoolSettings) -> Snapshot {
@@ -284,12 +287,37 @@ fn build_snapshot(registry: Registry, tls: &Arc<ClientConfig>, pool: &PoolSettin
     }
 }
 
+/// A UUIDv7 request id: millisecond timestamp, then 74 bits that are unique within the process
+/// (a bijective mix of a counter) and random across processes (a seed drawn once). No system
+/// call per request, unlike drawing fresh randomness for each id.
 fn new_request_id() -> HeaderValue {
-    let id = uuid::Uuid::now_v7();
+    static SEED: std::sync::OnceLock<u64> = std::sync::OnceLock::new();
+    static COUNTER: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let seed = *SEED.get_or_init(|| {
+        let b = uuid::Uuid::new_v4().into_bytes();
+        u64::from_le_bytes([b[0], b[1], b[2], b[3], b[4], b[5], b[6], b[8]])
+    });
+    let n = COUNTER.fetch_add(1, Ordering::Relaxed);
+    let mixed = splitmix64(seed.wrapping_add(n));
+    let mut tail = [0u8; 10];
+    tail[..8].copy_from_slice(&mixed.to_le_bytes());
+    tail[8..].copy_from_slice(&((seed >> 48) as u16 ^ (n >> 32) as u16).to_le_bytes());
+    let millis = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64);
+    let id = uuid::Builder::from_unix_timestamp_millis(millis, &tail).into_uuid();
     let mut buf = uuid::Uuid::encode_buffer();
     let s = id.hyphenated().encode_lower(&mut buf);
     // A hyphenated UUID is always a valid header value.
     HeaderValue::from_str(s).unwrap_or_else(|_| HeaderValue::from_static("invalid-request-id"))
+}
+
+/// A bijection on u64 with good mixing (Steele, Lea and Flood's SplitMix64 finaliser).
+fn splitmix64(mut z: u64) -> u64 {
+    z = z.wrapping_add(0x9E37_79B9_7F4A_7C15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    z ^ (z >> 31)
 }
 
 /// The request's declared body length; several differing values are refused.
@@ -389,4 +417,20 @@ fn error_chain(err: &dyn std::error::Error) -> String {
         source = e.source();
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn request_ids_are_unique_uuid_v7() {
+        let mut seen = std::collections::HashSet::new();
+        for _ in 0..10_000 {
+            let id = new_request_id();
+            let u = uuid::Uuid::parse_str(id.to_str().unwrap()).unwrap();
+            assert_eq!(u.get_version_num(), 7);
+            assert!(seen.insert(u));
+        }
+    }
 }
