@@ -61,18 +61,28 @@ pub fn set_forwarding(
     proto: &'static str,
     original_host: Option<HeaderValue>,
 ) {
-    let ip = client_ip.to_string();
-    let xff = match headers.get(&X_FORWARDED_FOR).and_then(|v| v.to_str().ok()) {
-        Some(prev) if !prev.trim().is_empty() => format!("{}, {ip}", prev.trim()),
-        _ => ip,
-    };
-    // Every value that reached here is printable ASCII (or was skipped), so this succeeds; a
-    // failure would leave only the client address.
+    // Every X-Forwarded-For line the client sent is kept, in order (a list may span lines).
+    let mut xff = String::new();
+    for v in headers.get_all(&X_FORWARDED_FOR) {
+        if let Ok(s) = v.to_str() {
+            let s = s.trim();
+            if !s.is_empty() {
+                xff.push_str(s);
+                xff.push_str(", ");
+            }
+        }
+    }
+    xff.push_str(&client_ip.to_string());
     headers.remove(&X_FORWARDED_FOR);
-    if let Ok(v) = HeaderValue::from_str(&xff) {
-        headers.insert(X_FORWARDED_FOR.clone(), v);
-    } else if let Ok(v) = HeaderValue::from_str(&client_ip.to_string()) {
-        headers.insert(X_FORWARDED_FOR.clone(), v);
+    match HeaderValue::from_str(&xff) {
+        Ok(v) => {
+            headers.insert(X_FORWARDED_FOR.clone(), v);
+        }
+        Err(_) => {
+            if let Ok(v) = HeaderValue::from_str(&client_ip.to_string()) {
+                headers.insert(X_FORWARDED_FOR.clone(), v);
+            }
+        }
     }
     headers.insert(X_FORWARDED_PROTO.clone(), HeaderValue::from_static(proto));
     match original_host {
@@ -144,6 +154,22 @@ mod tests {
         assert_eq!(h["x-forwarded-for"], "203.0.113.9, 127.0.0.1");
         assert_eq!(h["x-forwarded-proto"], "https");
         assert_eq!(h["x-forwarded-host"], "gw.example");
+    }
+
+    #[test]
+    fn forwarded_for_keeps_every_line() {
+        let mut h = HeaderMap::new();
+        h.append("x-forwarded-for", HeaderValue::from_static("203.0.113.9"));
+        h.append(
+            "x-forwarded-for",
+            HeaderValue::from_static("198.51.100.1, 10.0.0.1"),
+        );
+        set_forwarding(&mut h, "127.0.0.1".parse().unwrap(), "http", None);
+        assert_eq!(
+            h["x-forwarded-for"],
+            "203.0.113.9, 198.51.100.1, 10.0.0.1, 127.0.0.1"
+        );
+        assert!(h.get("x-forwarded-host").is_none());
     }
 
     #[test]
