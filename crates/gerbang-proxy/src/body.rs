@@ -20,26 +20,45 @@ pub enum RequestBodyError {
     Client(#[from] hyper::Error),
 }
 
+/// What the handler learns afterwards about a request body it streamed upstream.
+#[derive(Debug, Default)]
+pub struct BodyWatch {
+    exceeded: AtomicBool,
+    finished: AtomicBool,
+}
+
+impl BodyWatch {
+    /// The body went over the service's limit.
+    pub fn exceeded(&self) -> bool {
+        self.exceeded.load(Ordering::Relaxed)
+    }
+
+    /// The client sent the whole body.
+    pub fn finished(&self) -> bool {
+        self.finished.load(Ordering::Relaxed)
+    }
+}
+
 pin_project_lite::pin_project! {
     /// The client's body, forwarded frame by frame (flat memory), failing once more than
-    /// `limit` bytes have passed. `exceeded` tells the handler afterwards why the upstream
-    /// request failed.
+    /// `limit` bytes have passed. `watch` (when the request has a body) tells the handler
+    /// afterwards whether the body was too large or is still arriving.
     pub struct RequestBody {
         #[pin]
         inner: Incoming,
         seen: u64,
         limit: Option<u64>,
-        exceeded: Option<Arc<AtomicBool>>,
+        watch: Option<Arc<BodyWatch>>,
     }
 }
 
 impl RequestBody {
-    pub fn new(inner: Incoming, limit: Option<u64>, exceeded: Option<Arc<AtomicBool>>) -> Self {
+    pub fn new(inner: Incoming, limit: Option<u64>, watch: Option<Arc<BodyWatch>>) -> Self {
         Self {
             inner,
             seen: 0,
             limit,
-            exceeded,
+            watch,
         }
     }
 }
@@ -58,8 +77,8 @@ impl Body for RequestBody {
                 if let (Some(data), Some(limit)) = (frame.data_ref(), *this.limit) {
                     *this.seen += data.len() as u64;
                     if *this.seen > limit {
-                        if let Some(flag) = this.exceeded.as_ref() {
-                            flag.store(true, Ordering::Relaxed);
+                        if let Some(w) = this.watch.as_ref() {
+                            w.exceeded.store(true, Ordering::Relaxed);
                         }
                         return Poll::Ready(Some(Err(RequestBodyError::TooLarge(limit))));
                     }
@@ -67,7 +86,12 @@ impl Body for RequestBody {
                 Poll::Ready(Some(Ok(frame)))
             }
             Poll::Ready(Some(Err(e))) => Poll::Ready(Some(Err(e.into()))),
-            Poll::Ready(None) => Poll::Ready(None),
+            Poll::Ready(None) => {
+                if let Some(w) = this.watch.as_ref() {
+                    w.finished.store(true, Ordering::Relaxed);
+                }
+                Poll::Ready(None)
+            }
             Poll::Pending => Poll::Pending,
         }
     }

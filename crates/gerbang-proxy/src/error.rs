@@ -48,6 +48,8 @@ pub enum GatewayError {
     UpstreamTimeout { instance: String, timeout_ms: u128 },
     #[error("upstream {instance} failed: {detail}")]
     UpstreamFailed { instance: String, detail: String },
+    #[error("the client's request body was still arriving after {timeout_ms} ms")]
+    RequestBodyTimeout { timeout_ms: u128 },
     #[error("the client's request body failed: {0}")]
     ClientBody(String),
     #[error("internal error: {0}")]
@@ -156,6 +158,13 @@ impl GatewayError {
                 "upstream_failed",
                 "the provider's service closed or broke the connection",
                 Upstream,
+                false,
+            ),
+            GatewayError::RequestBodyTimeout { .. } => (
+                StatusCode::REQUEST_TIMEOUT,
+                "request_body_timeout",
+                "the request body did not arrive within the service's request timeout",
+                Client,
                 false,
             ),
             GatewayError::ClientBody(_) => (

@@ -9,9 +9,11 @@
 //! unchanged (hyper still reads the body as chunked), and the pipeline refuses the request with
 //! 400 and closes the connection.
 //!
-//! Whenever it cannot follow the stream (HTTP/2 preface, `CONNECT`, a malformed chunk size, a
-//! head larger than hyper accepts) it steps aside and passes bytes through: hyper itself refuses
-//! those streams or never reads another HTTP/1 head on them.
+//! The guard mirrors hyper's framing rules exactly (heads end at the first empty line, chunked
+//! framing needs CRLF everywhere, the same overflow rules). It passes bytes through untracked
+//! only where hyper stops reading HTTP/1 heads on the connection too: after the HTTP/2 preface,
+//! after malformed framing (hyper fails the connection at the same byte), after a head larger
+//! than hyper's buffer (hyper answers 431 and closes), and at end of stream.
 
 use std::io;
 use std::pin::Pin;
@@ -22,18 +24,38 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 /// Header name that replaces `Content-Length` in an ambiguous head.
 pub const AMBIGUOUS_FRAMING_MARKER: &str = "x-gerbang-ambiguous-framing";
 
-const MAX_CHUNK_LINE: usize = 4096;
+/// Limits above hyper's own (16 KiB of chunk extensions, 16 KiB of trailers): hyper fails such a
+/// stream first, so the guard never gives up on a stream that hyper goes on reading.
+const MAX_EXTENSION_BYTES: u32 = 64 * 1024;
+const MAX_TRAILER_BYTES: u32 = 64 * 1024;
 
+/// The chunked decoder's states, mirroring hyper's (`proto/h1/decode.rs`) byte for byte:
+/// CRLF is required everywhere, a bare LF ends nothing.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Chunk {
-    /// Reading a chunk-size line; `usize` is its length so far.
-    Size(usize),
+    /// Expecting the first hex digit of a chunk size.
+    Start,
+    /// Inside the hex digits.
+    Size(u64),
+    /// Whitespace after the size.
+    SizeLws(u64),
+    /// Inside a chunk extension; the count of its bytes.
+    Extension(u64, u32),
+    /// Expecting the LF after the size line's CR.
+    SizeLf(u64),
     /// Inside chunk data.
     Data(u64),
-    /// After chunk data, up to and including its line feed.
-    DataEnd,
-    /// Trailer section; `usize` is the length of the current line (without CR).
-    Trailers(usize),
+    /// Expecting the CR, then the LF, after chunk data.
+    DataCr,
+    DataLf,
+    /// After the last chunk: CR of the final empty line, or the first byte of a trailer.
+    EndCr(u32),
+    /// Inside a trailer line; bytes of trailers so far.
+    Trailer(u32),
+    /// Expecting the LF after a trailer line's CR.
+    TrailerLf(u32),
+    /// Expecting the final LF.
+    EndLf,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -42,6 +64,9 @@ enum State {
     Length(u64),
     Chunked(Chunk),
     PassThrough,
+    /// A head larger than hyper's buffer: hyper got enough of it to answer 431; nothing more
+    /// is read from this connection.
+    Refuse,
 }
 
 /// See the module documentation.
@@ -50,8 +75,6 @@ pub struct FramingGuard<T> {
     state: State,
     /// Bytes of a head not yet complete.
     head: Vec<u8>,
-    /// Chunk-size line being collected.
-    size_line: Vec<u8>,
     /// Bytes ready for hyper.
     out: Vec<u8>,
     out_pos: usize,
@@ -65,7 +88,6 @@ impl<T> FramingGuard<T> {
             inner,
             state: State::Head,
             head: Vec::new(),
-            size_line: Vec::new(),
             out: Vec::new(),
             out_pos: 0,
             max_head,
@@ -77,11 +99,13 @@ impl<T> FramingGuard<T> {
     }
 
     /// Consumes body bytes at the start of `data`; returns how many belonged to the body.
+    /// Malformed chunked framing makes hyper fail the connection at the same byte; the guard
+    /// then passes everything through.
     fn advance_body(&mut self, data: &[u8]) -> usize {
         let mut i = 0;
         while i < data.len() {
-            match self.state {
-                State::Head => return i,
+            let chunk = match self.state {
+                State::Head | State::Refuse => return i,
                 State::PassThrough => return data.len(),
                 State::Length(rem) => {
                     let take = rem.min((data.len() - i) as u64);
@@ -92,55 +116,39 @@ impl<T> FramingGuard<T> {
                     } else {
                         State::Length(left)
                     };
+                    continue;
                 }
                 State::Chunked(Chunk::Data(rem)) => {
                     let take = rem.min((data.len() - i) as u64);
                     i += take as usize;
                     let left = rem - take;
                     self.state = State::Chunked(if left == 0 {
-                        Chunk::DataEnd
+                        Chunk::DataCr
                     } else {
                         Chunk::Data(left)
                     });
+                    continue;
                 }
-                State::Chunked(Chunk::DataEnd) => {
-                    if data[i] == b'\n' {
-                        self.state = State::Chunked(Chunk::Size(0));
-                        self.size_line.clear();
-                    }
-                    i += 1;
-                }
-                State::Chunked(Chunk::Size(len)) => {
-                    let b = data[i];
-                    i += 1;
-                    if b == b'\n' {
-                        self.state = match parse_chunk_size(&self.size_line) {
-                            Some(0) => State::Chunked(Chunk::Trailers(0)),
-                            Some(n) => State::Chunked(Chunk::Data(n)),
-                            None => State::PassThrough,
-                        };
-                        self.size_line.clear();
-                    } else if len >= MAX_CHUNK_LINE {
-                        self.state = State::PassThrough;
-                    } else {
-                        self.size_line.push(b);
-                        self.state = State::Chunked(Chunk::Size(len + 1));
-                    }
-                }
-                State::Chunked(Chunk::Trailers(len)) => {
-                    let b = data[i];
-                    i += 1;
-                    self.state = match b {
-                        b'\n' if len == 0 => State::Head,
-                        b'\n' => State::Chunked(Chunk::Trailers(0)),
-                        b'\r' => State::Chunked(Chunk::Trailers(len)),
-                        _ if len >= MAX_CHUNK_LINE => State::PassThrough,
-                        _ => State::Chunked(Chunk::Trailers(len + 1)),
-                    };
-                }
-            }
+                State::Chunked(c) => c,
+            };
+            let b = data[i];
+            i += 1;
+            self.state = match step_chunk(chunk, b) {
+                Some(Some(next)) => State::Chunked(next),
+                Some(None) => State::Head,
+                None => State::PassThrough,
+            };
         }
         i
+    }
+
+    /// Hands hyper just enough of an oversized head to fill its buffer (it answers 431 and
+    /// closes), and reads nothing more.
+    fn refuse_oversized_head(&mut self) {
+        let mut head = std::mem::take(&mut self.head);
+        head.truncate(self.max_head + 1);
+        self.out.extend_from_slice(&head);
+        self.state = State::Refuse;
     }
 
     /// Moves complete heads (and the body bytes after them) from `self.head` to `self.out`.
@@ -162,9 +170,7 @@ impl<T> FramingGuard<T> {
             }
             let Some(end) = head_end(&self.head) else {
                 if self.head.len() > self.max_head {
-                    let rest = std::mem::take(&mut self.head);
-                    self.out.extend_from_slice(&rest);
-                    self.state = State::PassThrough;
+                    self.refuse_oversized_head();
                 }
                 return;
             };
@@ -193,16 +199,54 @@ fn head_end(buf: &[u8]) -> Option<usize> {
     None
 }
 
-fn parse_chunk_size(line: &[u8]) -> Option<u64> {
-    let digits: Vec<u8> = line
-        .iter()
-        .copied()
-        .take_while(|b| b.is_ascii_hexdigit())
-        .collect();
-    if digits.is_empty() || digits.len() > 16 {
-        return None;
+fn oversized() -> io::Error {
+    io::Error::new(
+        io::ErrorKind::InvalidData,
+        "request head larger than the limit",
+    )
+}
+
+fn hex(b: u8) -> Option<u64> {
+    match b {
+        b'0'..=b'9' => Some(u64::from(b - b'0')),
+        b'a'..=b'f' => Some(u64::from(b - b'a' + 10)),
+        b'A'..=b'F' => Some(u64::from(b - b'A' + 10)),
+        _ => None,
     }
-    u64::from_str_radix(std::str::from_utf8(&digits).ok()?, 16).ok()
+}
+
+/// One byte of chunked framing: `Some(Some(next))` to go on, `Some(None)` when the body ended,
+/// `None` when the framing is malformed (hyper refuses it too).
+fn step_chunk(state: Chunk, b: u8) -> Option<Option<Chunk>> {
+    let next = match (state, b) {
+        (Chunk::Start, _) => Chunk::Size(hex(b)?),
+        (Chunk::Size(n), _) if hex(b).is_some() => {
+            Chunk::Size(n.checked_mul(16)?.checked_add(hex(b)?)?)
+        }
+        (Chunk::Size(n) | Chunk::SizeLws(n), b'\t' | b' ') => Chunk::SizeLws(n),
+        (Chunk::Size(n) | Chunk::SizeLws(n), b';') => Chunk::Extension(n, 0),
+        (Chunk::Size(n) | Chunk::SizeLws(n) | Chunk::Extension(n, _), b'\r') => Chunk::SizeLf(n),
+        (Chunk::Size(_) | Chunk::SizeLws(_), _) => return None,
+        (Chunk::Extension(_, _), b'\n') => return None,
+        (Chunk::Extension(n, c), _) if c < MAX_EXTENSION_BYTES => Chunk::Extension(n, c + 1),
+        (Chunk::Extension(_, _), _) => return None,
+        (Chunk::SizeLf(0), b'\n') => Chunk::EndCr(0),
+        (Chunk::SizeLf(n), b'\n') => Chunk::Data(n),
+        (Chunk::SizeLf(_), _) => return None,
+        (Chunk::DataCr, b'\r') => Chunk::DataLf,
+        (Chunk::DataLf, b'\n') => Chunk::Start,
+        (Chunk::DataCr | Chunk::DataLf, _) => return None,
+        (Chunk::EndCr(_), b'\r') => Chunk::EndLf,
+        (Chunk::EndCr(t) | Chunk::Trailer(t), _) if t >= MAX_TRAILER_BYTES => return None,
+        (Chunk::Trailer(t), b'\r') => Chunk::TrailerLf(t + 1),
+        (Chunk::EndCr(t) | Chunk::Trailer(t), _) => Chunk::Trailer(t + 1),
+        (Chunk::TrailerLf(t), b'\n') => Chunk::EndCr(t + 1),
+        (Chunk::TrailerLf(_), _) => return None,
+        (Chunk::EndLf, b'\n') => return Some(None),
+        (Chunk::EndLf, _) => return None,
+        (Chunk::Data(_), _) => return None,
+    };
+    Some(Some(next))
 }
 
 /// What a complete head tells: whether it is ambiguous, and the framing of what follows.
@@ -211,7 +255,7 @@ fn analyse(head: &[u8]) -> (bool, State) {
         .split(|&b| b == b'\n')
         .find(|l| !l.is_empty() && *l != b"\r")
         .unwrap_or(b"");
-    if request_line.starts_with(b"PRI * HTTP/2.0") || request_line.starts_with(b"CONNECT ") {
+    if request_line.starts_with(b"PRI * HTTP/2.0") {
         return (false, State::PassThrough);
     }
     let mut content_length: Option<u64> = None;
@@ -241,7 +285,7 @@ fn analyse(head: &[u8]) -> (bool, State) {
     let ambiguous = has_te && (content_length.is_some() || cl_invalid);
     let next = if has_te {
         if te_chunked {
-            State::Chunked(Chunk::Size(0))
+            State::Chunked(Chunk::Start)
         } else {
             State::PassThrough
         }
@@ -286,13 +330,13 @@ impl<T> FramingGuard<T> {
         while i < data.len() {
             match self.state {
                 State::PassThrough => return data.len(),
+                State::Refuse => return i,
                 State::Head => match head_end(&data[i..]) {
                     None => {
-                        if data.len() - i > self.max_head {
-                            self.state = State::PassThrough;
-                            return data.len();
-                        }
                         self.head.extend_from_slice(&data[i..]);
+                        if self.head.len() > self.max_head {
+                            self.refuse_oversized_head();
+                        }
                         return i;
                     }
                     Some(end) => {
@@ -332,8 +376,10 @@ impl<T: AsyncRead + Unpin> AsyncRead for FramingGuard<T> {
                 }
                 return Poll::Ready(Ok(()));
             }
-            if this.state == State::PassThrough {
-                return Pin::new(&mut this.inner).poll_read(cx, buf);
+            match this.state {
+                State::PassThrough => return Pin::new(&mut this.inner).poll_read(cx, buf),
+                State::Refuse => return Poll::Ready(Err(oversized())),
+                _ => {}
             }
             if buf.remaining() <= this.head.len() {
                 // No room to put a partial head back in front: use the copying path.
@@ -390,8 +436,10 @@ impl<T: AsyncRead + Unpin> FramingGuard<T> {
                 }
                 return Poll::Ready(Ok(()));
             }
-            if self.state == State::PassThrough {
-                return Pin::new(&mut self.inner).poll_read(cx, buf);
+            match self.state {
+                State::PassThrough => return Pin::new(&mut self.inner).poll_read(cx, buf),
+                State::Refuse => return Poll::Ready(Err(oversized())),
+                _ => {}
             }
             let mut tmp = [0u8; 8192];
             let mut rb = ReadBuf::new(&mut tmp);
@@ -535,6 +583,50 @@ mod tests {
             let c_at = out.windows(7).position(|w| w == b"POST /c").unwrap();
             assert!(marker_at > c_at);
         }
+    }
+
+    #[tokio::test]
+    async fn a_bare_lf_in_trailers_does_not_end_the_body() {
+        // hyper reads "\nGET /x ..." as trailer bytes (only CRLF ends a trailer line), so the
+        // ambiguous request that follows is the next head it parses: it must be marked.
+        let inner = "GET /x HTTP/1.1\r\nContent-Length: 5\r\n\r\n";
+        let input = format!(
+            "POST /a HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\n{inner}\r\n\r\n\
+             POST /z HTTP/1.1\r\nContent-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n"
+        );
+        for step in [1, 3, 8192] {
+            let out = through(input.as_bytes(), step).await;
+            assert_eq!(count(&out, AMBIGUOUS_FRAMING_MARKER), 1, "step {step}");
+            assert_eq!(
+                count(&out, "content-length"),
+                1,
+                "the trailer's copy is untouched"
+            );
+        }
+    }
+
+    #[tokio::test]
+    async fn chunk_sizes_with_leading_zeros_are_followed() {
+        let input = b"POST /a HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n000000000000000000003\r\nabc\r\n00000000000000000000\r\n\r\nPOST /b HTTP/1.1\r\nTransfer-Encoding: chunked\r\nContent-Length: 1\r\n\r\n0\r\n\r\n";
+        let out = through(input, 5).await;
+        assert_eq!(count(&out, AMBIGUOUS_FRAMING_MARKER), 1);
+    }
+
+    #[tokio::test]
+    async fn an_oversized_head_is_cut_at_the_limit_then_the_stream_fails() {
+        let mut input = b"GET /a HTTP/1.1\r\nX-Big: ".to_vec();
+        input.extend(std::iter::repeat_n(b'v', 70_000));
+        input.extend_from_slice(b"\r\n\r\n");
+        let t = Trickle {
+            data: input,
+            pos: 0,
+            step: 4096,
+        };
+        let mut g = FramingGuard::new(t, 65536);
+        let mut out = Vec::new();
+        let err = g.read_to_end(&mut out).await.unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::InvalidData);
+        assert_eq!(out.len(), 65537);
     }
 
     #[tokio::test]

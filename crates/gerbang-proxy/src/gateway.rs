@@ -13,7 +13,7 @@
 //! Later phases (authenticate, authorise, limit, filter, record) slot in between 4 and 6.
 
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use arc_swap::ArcSwap;
@@ -25,7 +25,7 @@ use http::{Request, Response, Uri, Version};
 use hyper::body::Incoming;
 use rustls::ClientConfig;
 
-use crate::body::{self, RequestBody, RequestBodyError, ResponseBody};
+use crate::body::{self, BodyWatch, RequestBody, RequestBodyError, ResponseBody};
 use crate::error::GatewayError;
 use crate::framing::AMBIGUOUS_FRAMING_MARKER;
 use crate::headers;
@@ -233,18 +233,24 @@ impl Gateway {
         parts.uri = uri;
         parts.version = Version::HTTP_11;
 
-        // Only a service with a body limit needs to learn why its upstream request failed.
-        let exceeded = body_limit.map(|_| Arc::new(AtomicBool::new(false)));
-        let body = RequestBody::new(incoming, body_limit, exceeded.clone());
+        // A request with a body is watched: was it too large, or still arriving at a timeout?
+        let watch =
+            (!http_body::Body::is_end_stream(&incoming)).then(|| Arc::new(BodyWatch::default()));
+        let body = RequestBody::new(incoming, body_limit, watch.clone());
         let upstream_req = Request::from_parts(parts, body);
 
         let timeout = service.limits.request_timeout;
         let result = tokio::time::timeout(timeout, client.request(upstream_req)).await;
+        let exceeded = watch.as_ref().is_some_and(|w| w.exceeded());
         let res = match result {
             Err(_elapsed) => {
-                return Err(if was_exceeded(&exceeded) {
+                return Err(if exceeded {
                     GatewayError::BodyTooLarge {
                         limit: body_limit.unwrap_or(0),
+                    }
+                } else if watch.as_ref().is_some_and(|w| !w.finished()) {
+                    GatewayError::RequestBodyTimeout {
+                        timeout_ms: timeout.as_millis(),
                     }
                 } else {
                     GatewayError::UpstreamTimeout {
@@ -257,7 +263,7 @@ impl Gateway {
                 return Err(classify_client_error(
                     &e,
                     instance.to_string(),
-                    was_exceeded(&exceeded).then_some(body_limit.unwrap_or(0)),
+                    exceeded.then_some(body_limit.unwrap_or(0)),
                 ))
             }
             Ok(Ok(res)) => res,
@@ -269,10 +275,6 @@ impl Gateway {
             http_body_util::Either::Left(incoming),
         ))
     }
-}
-
-fn was_exceeded(flag: &Option<Arc<AtomicBool>>) -> bool {
-    flag.as_ref().is_some_and(|f| f.load(Ordering::Relaxed))
 }
 
 fn build_snapshot(registry: Registry, tls: &Arc<ClientConfig>, pool: &PoolSettings) -> Snapshot {

@@ -10,6 +10,15 @@ pub static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-fo
 pub static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
 pub static X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
 
+/// Forwarding headers the gateway does not maintain: a client could use them to impersonate an
+/// address, port or prefix to a provider that trusts them, so they are removed.
+const UNMAINTAINED_FORWARDING: [HeaderName; 4] = [
+    header::FORWARDED,
+    HeaderName::from_static("x-real-ip"),
+    HeaderName::from_static("x-forwarded-port"),
+    HeaderName::from_static("x-forwarded-prefix"),
+];
+
 /// Headers that describe one connection, never forwarded (RFC 9110 §7.6.1 and the historical
 /// `Keep-Alive`/`Proxy-Connection`).
 const HOP_BY_HOP: [HeaderName; 8] = [
@@ -54,7 +63,8 @@ pub fn remove_hop_by_hop(headers: &mut HeaderMap) {
 ///
 /// `X-Forwarded-For` gets the client address appended (the existing list is kept: it is
 /// information, never identity). `X-Forwarded-Proto` and `X-Forwarded-Host` are the gateway's
-/// own view and replace whatever the client sent.
+/// own view and replace whatever the client sent; `Forwarded`, `X-Real-IP`,
+/// `X-Forwarded-Port` and `X-Forwarded-Prefix` are removed.
 pub fn set_forwarding(
     headers: &mut HeaderMap,
     client_ip: IpAddr,
@@ -83,6 +93,9 @@ pub fn set_forwarding(
                 headers.insert(X_FORWARDED_FOR.clone(), v);
             }
         }
+    }
+    for name in UNMAINTAINED_FORWARDING.iter() {
+        headers.remove(name);
     }
     headers.insert(X_FORWARDED_PROTO.clone(), HeaderValue::from_static(proto));
     match original_host {
@@ -145,6 +158,8 @@ mod tests {
         let mut h = HeaderMap::new();
         h.insert("x-forwarded-for", HeaderValue::from_static("203.0.113.9"));
         h.insert("x-forwarded-proto", HeaderValue::from_static("gopher"));
+        h.insert("forwarded", HeaderValue::from_static("for=10.9.9.9"));
+        h.insert("x-real-ip", HeaderValue::from_static("10.9.9.9"));
         set_forwarding(
             &mut h,
             "127.0.0.1".parse().unwrap(),
@@ -154,6 +169,7 @@ mod tests {
         assert_eq!(h["x-forwarded-for"], "203.0.113.9, 127.0.0.1");
         assert_eq!(h["x-forwarded-proto"], "https");
         assert_eq!(h["x-forwarded-host"], "gw.example");
+        assert!(h.get("forwarded").is_none() && h.get("x-real-ip").is_none());
     }
 
     #[test]

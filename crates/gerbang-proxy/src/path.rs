@@ -186,6 +186,14 @@ pub fn normalize(raw: &str) -> Result<NormalizedPath, PathError> {
     if needs_utf8_check && std::str::from_utf8(&fully).is_err() {
         return Err(PathError::InvalidUtf8);
     }
+    // Double encoding again, after unreserved triplets were decoded: `%25%32%46` is `%252F` to
+    // anyone who decodes once more.
+    if decoded
+        .windows(5)
+        .any(|w| w.starts_with(b"%25") && hex_val(w[3]).is_some() && hex_val(w[4]).is_some())
+    {
+        return Err(PathError::DoubleEncoding);
+    }
 
     // Pass 2: segments. `decoded` is ASCII, so splitting on '/' is safe.
     let trailing_slash = decoded.len() > 1 && decoded.last() == Some(&b'/');
@@ -283,6 +291,10 @@ mod tests {
         // double encoding (APISIX CVE-2021-43557, Traefik CVE-2025-66490 class)
         ("/a/s/x%252Fy", Err(PathError::DoubleEncoding)),
         ("/a/s/%252e%252e/t", Err(PathError::DoubleEncoding)),
+        ("/a/s/%25%32%46x", Err(PathError::DoubleEncoding)),
+        ("/a/s/%252%65", Err(PathError::DoubleEncoding)),
+        ("/a/s/%25%41%42", Err(PathError::DoubleEncoding)),
+        ("/a/s/%25%47", Ok("/a/s/%25G")),
         ("/a/s/100%25", Ok("/a/s/100%25")),
         ("/a/s/100%25off", Ok("/a/s/100%25off")),
         // malformed escapes

@@ -120,7 +120,8 @@ pub async fn serve<H: Handler>(
         let handler = Arc::clone(&handler);
         let acceptor = acceptor.clone();
         let handshake_timeout = settings.header_read_timeout;
-        let max_head = settings.max_head_bytes;
+        // The same bound as hyper's buffer, so that the guard gives up only where hyper does.
+        let max_head = settings.max_head_bytes.max(8192);
         tokio::spawn(async move {
             let service = hyper::service::service_fn(move |req| {
                 let handler = Arc::clone(&handler);

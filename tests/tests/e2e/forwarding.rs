@@ -9,7 +9,7 @@ async fn hop_by_hop_headers_are_removed_and_forwarding_headers_set() {
         Connection: keep-alive, X-Hop-Secret\r\nX-Hop-Secret: 1\r\nKeep-Alive: timeout=5\r\n\
         TE: trailers\r\nProxy-Authorization: Basic eDp5\r\nUpgrade: h2c\r\n\
         X-Forwarded-For: 203.0.113.7\r\nX-Forwarded-Proto: gopher\r\nX-Forwarded-Host: evil.example\r\n\
-        X-Kept: yes\r\n\r\n";
+        Forwarded: for=10.9.9.9\r\nX-Real-IP: 10.9.9.9\r\nX-Kept: yes\r\n\r\n";
     let r = raw_request(gw.addr, req.as_bytes()).await;
     assert_eq!(r.status, 200);
     let h = &r.json()["headers"];

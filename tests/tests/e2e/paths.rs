@@ -33,6 +33,7 @@ async fn path_table_end_to_end() {
         ("/a/s/x%5c..%5c..%5cb", Err("path_encoded_separator")),
         ("/a/s/x%00", Err("path_encoded_control")),
         ("/a/s/%252e%252e/b", Err("path_double_encoding")),
+        ("/a/s/%25%32%46x", Err("path_double_encoding")),
         ("/a/s/..;/b/t", Err("path_invalid_character")),
         ("/a/s/x%C3%28", Err("path_invalid_utf8")),
         ("/a/s/x%zz", Err("path_invalid_encoding")),

@@ -133,3 +133,27 @@ async fn connect_timeout_is_504_upstream_connect_timeout() {
         f.abort();
     }
 }
+
+#[tokio::test]
+async fn slow_client_body_is_408_not_blamed_on_the_upstream() {
+    use tokio::io::AsyncWriteExt;
+    let up = raw_upstream(RawBehaviour::Hang).await;
+    let gw = TestGateway::start(
+        &[&agency(
+            "a",
+            "s",
+            &[up.url()],
+            "request_timeout = \"300ms\"",
+        )],
+        "",
+        "",
+    )
+    .await;
+    let mut s = tokio::net::TcpStream::connect(gw.addr).await.unwrap();
+    s.write_all(b"POST /a/s/x HTTP/1.1\r\nHost: g\r\nContent-Length: 100\r\n\r\nonly-part")
+        .await
+        .unwrap();
+    let r = read_response(&mut s).await;
+    assert_eq!(r.status, 408);
+    assert_eq!(r.error_code(), "request_body_timeout");
+}
