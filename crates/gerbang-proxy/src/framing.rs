@@ -366,20 +366,8 @@ impl<T: AsyncRead + Unpin> AsyncRead for FramingGuard<T> {
     ) -> Poll<io::Result<()>> {
         let this = self.get_mut();
         loop {
-            if this.out_pos < this.out.len() {
-                let n = buf.remaining().min(this.out.len() - this.out_pos);
-                buf.put_slice(&this.out[this.out_pos..this.out_pos + n]);
-                this.out_pos += n;
-                if this.out_pos == this.out.len() {
-                    this.out.clear();
-                    this.out_pos = 0;
-                }
-                return Poll::Ready(Ok(()));
-            }
-            match this.state {
-                State::PassThrough => return Pin::new(&mut this.inner).poll_read(cx, buf),
-                State::Refuse => return Poll::Ready(Err(oversized())),
-                _ => {}
+            if let Some(ready) = this.poll_pending_or_untracked(cx, buf) {
+                return ready;
             }
             if buf.remaining() <= this.head.len() {
                 // No room to put a partial head back in front: use the copying path.
@@ -420,26 +408,38 @@ impl<T: AsyncRead + Unpin> AsyncRead for FramingGuard<T> {
 }
 
 impl<T: AsyncRead + Unpin> FramingGuard<T> {
+    /// Serves bytes already prepared for hyper, or reads untracked when the guard stepped
+    /// aside; `None` when the caller must read and scan.
+    fn poll_pending_or_untracked(
+        &mut self,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Option<Poll<io::Result<()>>> {
+        if self.out_pos < self.out.len() {
+            let n = buf.remaining().min(self.out.len() - self.out_pos);
+            buf.put_slice(&self.out[self.out_pos..self.out_pos + n]);
+            self.out_pos += n;
+            if self.out_pos == self.out.len() {
+                self.out.clear();
+                self.out_pos = 0;
+            }
+            return Some(Poll::Ready(Ok(())));
+        }
+        match self.state {
+            State::PassThrough => Some(Pin::new(&mut self.inner).poll_read(cx, buf)),
+            State::Refuse => Some(Poll::Ready(Err(oversized()))),
+            _ => None,
+        }
+    }
+
     fn poll_read_copying(
         &mut self,
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
         loop {
-            if self.out_pos < self.out.len() {
-                let n = buf.remaining().min(self.out.len() - self.out_pos);
-                buf.put_slice(&self.out[self.out_pos..self.out_pos + n]);
-                self.out_pos += n;
-                if self.out_pos == self.out.len() {
-                    self.out.clear();
-                    self.out_pos = 0;
-                }
-                return Poll::Ready(Ok(()));
-            }
-            match self.state {
-                State::PassThrough => return Pin::new(&mut self.inner).poll_read(cx, buf),
-                State::Refuse => return Poll::Ready(Err(oversized())),
-                _ => {}
+            if let Some(ready) = self.poll_pending_or_untracked(cx, buf) {
+                return ready;
             }
             let mut tmp = [0u8; 8192];
             let mut rb = ReadBuf::new(&mut tmp);
