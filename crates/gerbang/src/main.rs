@@ -107,7 +107,14 @@ fn main() -> ExitCode {
             };
             match load(&file, overrides) {
                 Some(cfg) => serve(cfg, true),
-                None => ExitCode::from(2),
+                None => {
+                    eprintln!(
+                        "the demo configuration in {} is not valid (edited, or from an older \
+                         version): `gerbang demo --fresh` copies the shipped example again",
+                        dir.display()
+                    );
+                    ExitCode::from(2)
+                }
             }
         }
     }

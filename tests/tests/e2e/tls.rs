@@ -89,3 +89,39 @@ async fn untrusted_upstream_certificate_is_502() {
     assert_eq!(r.status, 502);
     assert_eq!(r.error_code(), "upstream_unavailable");
 }
+
+/// HTTP/2 without TLS (prior knowledge) on the plain data plane, for clients inside a trusted
+/// network; the request reaches an HTTP/1.1 upstream.
+#[tokio::test]
+async fn http2_cleartext_with_prior_knowledge() {
+    let echo = backend(gerbang::demo::Kind::Echo, "echo").await;
+    let gw = TestGateway::start(&[&agency("a", "s", &[echo.url()], "")], "", "").await;
+    let client = reqwest::Client::builder()
+        .http2_prior_knowledge()
+        .timeout(Duration::from_secs(10))
+        .build()
+        .unwrap();
+    let body = vec![7u8; 100_000];
+    let res = client
+        .post(gw.url("/a/s/h2c?z=9"))
+        .body(body.clone())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.version(), reqwest::Version::HTTP_2);
+    assert_eq!(res.status(), 200);
+    let id = res.headers()["x-request-id"].to_str().unwrap().to_owned();
+    let v: serde_json::Value = res.json().await.unwrap();
+    assert_eq!(v["path"], "/h2c");
+    assert_eq!(v["query"], "z=9");
+    assert_eq!(v["body_bytes"], 100_000);
+    assert_eq!(v["headers"]["x-request-id"], id.as_str());
+    assert_eq!(v["headers"]["host"], echo.addr.to_string());
+    assert_eq!(
+        v["headers"]["x-forwarded-host"],
+        gw.addr.to_string(),
+        "the :authority of the HTTP/2 request"
+    );
+    use sha2::Digest;
+    assert_eq!(v["body_sha256"], hex::encode(sha2::Sha256::digest(&body)));
+}
