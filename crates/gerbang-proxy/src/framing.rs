@@ -490,15 +490,15 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for FramingGuard<T> {
 }
 
 #[cfg(test)]
-mod tests {
+mod tests_support {
     use super::*;
     use tokio::io::AsyncReadExt;
 
     /// Hands out at most `step` bytes per read, to exercise every split.
-    struct Trickle {
-        data: Vec<u8>,
-        pos: usize,
-        step: usize,
+    pub struct Trickle {
+        pub data: Vec<u8>,
+        pub pos: usize,
+        pub step: usize,
     }
 
     impl AsyncRead for Trickle {
@@ -518,7 +518,7 @@ mod tests {
         }
     }
 
-    async fn through(input: &[u8], step: usize) -> Vec<u8> {
+    pub async fn through(input: &[u8], step: usize) -> Vec<u8> {
         let t = Trickle {
             data: input.to_vec(),
             pos: 0,
@@ -530,11 +530,18 @@ mod tests {
         out
     }
 
-    fn count(hay: &[u8], needle: &str) -> usize {
+    pub fn count(hay: &[u8], needle: &str) -> usize {
         hay.windows(needle.len())
             .filter(|w| w.eq_ignore_ascii_case(needle.as_bytes()))
             .count()
     }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::tests_support::*;
+    use super::*;
+    use tokio::io::AsyncReadExt;
 
     #[tokio::test]
     async fn marks_content_length_with_transfer_encoding_in_any_split() {
@@ -636,5 +643,87 @@ mod tests {
         input.extend_from_slice(b"content-length: 1\r\ntransfer-encoding: chunked\r\n\r\n");
         let out = through(&input, 3).await;
         assert_eq!(out, input);
+    }
+}
+
+#[cfg(test)]
+mod properties {
+    use super::tests_support::*;
+    use super::*;
+    use proptest::prelude::*;
+
+    /// A well-formed HTTP/1.1 request: with no body, a Content-Length body or a chunked body
+    /// (whose data and trailers may contain anything, head-like text included).
+    fn request() -> impl Strategy<Value = Vec<u8>> {
+        let body = proptest::collection::vec(
+            prop_oneof![
+                Just(b"Content-Length: 3\r\n".to_vec()),
+                Just(b"Transfer-Encoding: chunked\r\n".to_vec()),
+                Just(b"\r\n\r\nGET / HTTP/1.1\r\n".to_vec()),
+                Just(b"\n\n".to_vec()),
+                proptest::collection::vec(any::<u8>(), 0..40),
+            ],
+            0..4,
+        )
+        .prop_map(|v| v.concat());
+        (0..3u8, body, any::<bool>()).prop_map(|(kind, body, trailer)| {
+            let mut r = b"POST /a/s/x HTTP/1.1\r\nHost: h\r\n".to_vec();
+            match kind {
+                0 => r.extend_from_slice(b"\r\n"),
+                1 => {
+                    r.extend_from_slice(
+                        format!("Content-Length: {}\r\n\r\n", body.len()).as_bytes(),
+                    );
+                    r.extend_from_slice(&body);
+                }
+                _ => {
+                    r.extend_from_slice(b"Transfer-Encoding: chunked\r\n\r\n");
+                    if !body.is_empty() {
+                        r.extend_from_slice(format!("{:x}\r\n", body.len()).as_bytes());
+                        r.extend_from_slice(&body);
+                        r.extend_from_slice(b"\r\n");
+                    }
+                    r.extend_from_slice(b"0\r\n");
+                    if trailer {
+                        // A bare LF does not end a trailer line (hyper needs CRLF): what
+                        // follows it must not be taken for a head with a body.
+                        r.extend_from_slice(b"\nGET /x HTTP/1.1\r\nContent-Length: 40\r\n");
+                    }
+                    r.extend_from_slice(b"\r\n");
+                }
+            }
+            r
+        })
+    }
+
+    const AMBIGUOUS: &[u8] =
+        b"POST /z HTTP/1.1\r\nContent-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n";
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(600))]
+
+        /// Unambiguous requests pass byte for byte in any read split; an ambiguous request after
+        /// them is always the one marked (the guard never loses track of message boundaries).
+        #[test]
+        fn follows_boundaries_in_any_split(
+            reqs in proptest::collection::vec(request(), 1..4),
+            step in 1usize..300,
+        ) {
+            let clean = reqs.concat();
+            let rt = tokio::runtime::Builder::new_current_thread().build().unwrap();
+            let out = rt.block_on(through(&clean, step));
+            prop_assert_eq!(&out, &clean);
+
+            let mut with_bad = clean.clone();
+            with_bad.extend_from_slice(AMBIGUOUS);
+            let out = rt.block_on(through(&with_bad, step));
+            prop_assert_eq!(count(&out, AMBIGUOUS_FRAMING_MARKER), 1);
+            let marker_at = out
+                .windows(AMBIGUOUS_FRAMING_MARKER.len())
+                .position(|w| w == AMBIGUOUS_FRAMING_MARKER.as_bytes())
+                .unwrap();
+            prop_assert!(marker_at > clean.len());
+            prop_assert_eq!(&out[..clean.len()], &clean[..]);
+        }
     }
 }

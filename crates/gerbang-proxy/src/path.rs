@@ -351,3 +351,72 @@ mod tests {
         assert_eq!(normalize("/").unwrap().route_parts(), None);
     }
 }
+
+#[cfg(test)]
+mod properties {
+    use super::*;
+    use proptest::prelude::*;
+
+    /// Paths built from the characters that matter: separators, dots, escapes of every kind.
+    fn path_strategy() -> impl Strategy<Value = String> {
+        let piece = prop_oneof![
+            Just("/".to_owned()),
+            Just(".".to_owned()),
+            Just("..".to_owned()),
+            Just("%2e".to_owned()),
+            Just("%2E".to_owned()),
+            Just("%2f".to_owned()),
+            Just("%5C".to_owned()),
+            Just("%25".to_owned()),
+            Just("%00".to_owned()),
+            Just("%41".to_owned()),
+            Just("%C3%A9".to_owned()),
+            Just("%FF".to_owned()),
+            Just(";".to_owned()),
+            Just("\\".to_owned()),
+            "[a-z0-9]{1,3}",
+            "%[0-9A-Fa-f]{2}",
+        ];
+        proptest::collection::vec(piece, 0..12).prop_map(|v| format!("/{}", v.concat()))
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(4000))]
+
+        /// Whatever is accepted is already normal: no dot segments, no empty segments, no
+        /// encoded separator, control or double encoding; and normalising again changes nothing.
+        #[test]
+        fn accepted_paths_are_normal_and_stable(raw in path_strategy()) {
+            if let Ok(n) = normalize(&raw) {
+                let p = &n.path;
+                prop_assert!(p.starts_with('/'));
+                prop_assert!(!p.contains("//"), "{p}");
+                for seg in p.split('/').skip(1) {
+                    prop_assert!(seg != "." && seg != "..", "{p}");
+                }
+                let upper = p.to_ascii_uppercase();
+                for bad in ["%2F", "%5C", "%00", "%2E", "\\", ";"] {
+                    prop_assert!(!upper.contains(bad), "{bad} in {p}");
+                }
+                let b = p.as_bytes();
+                for w in b.windows(5) {
+                    let double = w.starts_with(b"%25") && hex_val(w[3]).is_some() && hex_val(w[4]).is_some();
+                    prop_assert!(!double, "double encoding in {p}");
+                }
+                prop_assert_eq!(normalize(p).map(|x| x.path), Ok(p.clone()));
+            }
+        }
+
+        /// The route parts always name the first two segments of the normalised path, and
+        /// the rest is what follows them.
+        #[test]
+        fn route_parts_rebuild_the_path(raw in path_strategy()) {
+            if let Ok(n) = normalize(&raw) {
+                if let Some((a, s, rest)) = n.route_parts() {
+                    prop_assert!(!a.is_empty() && !s.is_empty());
+                    prop_assert_eq!(format!("/{a}/{s}{rest}"), n.path.clone());
+                }
+            }
+        }
+    }
+}
