@@ -105,10 +105,50 @@ impl Body for RequestBody {
     }
 }
 
-/// What the gateway sends back: the upstream's body untouched, or a body it made itself.
-pub type ResponseBody = http_body_util::Either<Incoming, Full<Bytes>>;
+/// Boxed error of a response body.
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// What the gateway sends back: the upstream's body untouched (from hyper-util's client or the
+/// inline HTTP/1.1 client), or a body it made itself.
+pub enum ResponseBody {
+    Upstream(Incoming),
+    Inline(crate::h1::UpstreamBody),
+    Full(Full<Bytes>),
+}
 
 /// Wraps a gateway-made body.
 pub fn full(bytes: Bytes) -> ResponseBody {
-    http_body_util::Either::Right(Full::new(bytes))
+    ResponseBody::Full(Full::new(bytes))
+}
+
+impl Body for ResponseBody {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        match self.get_mut() {
+            ResponseBody::Upstream(b) => Pin::new(b).poll_frame(cx).map_err(Into::into),
+            ResponseBody::Inline(b) => Pin::new(b).poll_frame(cx).map_err(Into::into),
+            ResponseBody::Full(b) => Pin::new(b).poll_frame(cx).map_err(|e| match e {}),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match self {
+            ResponseBody::Upstream(b) => b.is_end_stream(),
+            ResponseBody::Inline(b) => b.is_end_stream(),
+            ResponseBody::Full(b) => b.is_end_stream(),
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match self {
+            ResponseBody::Upstream(b) => b.size_hint(),
+            ResponseBody::Inline(b) => b.size_hint(),
+            ResponseBody::Full(b) => b.size_hint(),
+        }
+    }
 }

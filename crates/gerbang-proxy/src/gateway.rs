@@ -28,6 +28,7 @@ use rustls::ClientConfig;
 use crate::body::{self, BodyWatch, RequestBody, RequestBodyError, ResponseBody};
 use crate::error::GatewayError;
 use crate::framing::AMBIGUOUS_FRAMING_MARKER;
+use crate::h1::{self, H1Error, InstancePool};
 use crate::headers;
 use crate::path;
 use crate::upstream::{build_client, PoolSettings, UpstreamClient};
@@ -61,8 +62,10 @@ pub struct ConnInfo {
 /// An immutable view of routing state; a reload swaps in a new one.
 pub struct Snapshot {
     pub registry: Arc<Registry>,
-    /// One pooled client per service, indexed by [`Service::index`].
+    /// One pooled client per service, indexed by [`Service::index`], for `https://` instances.
     clients: Vec<UpstreamClient>,
+    /// Per service, per instance: the inline client's pool for `http://` instances.
+    pools: Vec<Vec<Option<Arc<InstancePool>>>>,
 }
 
 /// The data plane's request handler.
@@ -205,7 +208,7 @@ impl Gateway {
             }
         }
 
-        let instance = service
+        let (instance_index, instance) = service
             .pick()
             .ok_or_else(|| GatewayError::NoInstance(service.full_id()))?;
         let uri = upstream_uri(service, instance, rest, req.uri().query())?;
@@ -240,25 +243,35 @@ impl Gateway {
         let upstream_req = Request::from_parts(parts, body);
 
         let timeout = service.limits.request_timeout;
+        let inline_pool = snapshot
+            .pools
+            .get(service.index)
+            .and_then(|p| p.get(instance_index))
+            .and_then(Option::as_ref);
+        if let Some(pool) = inline_pool {
+            // Plain http:// instance: the inline HTTP/1.1 client.
+            let sent = h1::send(pool, service.limits.connect_timeout, upstream_req);
+            let result = tokio::time::timeout(timeout, sent).await;
+            let exceeded = watch.as_ref().is_some_and(|w| w.exceeded());
+            let res = match result {
+                Err(_elapsed) => return Err(timeout_error(&watch, body_limit, instance, timeout)),
+                Ok(Err(e)) => {
+                    return Err(classify_h1_error(
+                        e,
+                        instance.to_string(),
+                        exceeded.then_some(body_limit.unwrap_or(0)),
+                    ))
+                }
+                Ok(Ok(res)) => res,
+            };
+            let (mut parts, body) = res.into_parts();
+            headers::remove_hop_by_hop(&mut parts.headers);
+            return Ok(Response::from_parts(parts, ResponseBody::Inline(body)));
+        }
         let result = tokio::time::timeout(timeout, client.request(upstream_req)).await;
         let exceeded = watch.as_ref().is_some_and(|w| w.exceeded());
         let res = match result {
-            Err(_elapsed) => {
-                return Err(if exceeded {
-                    GatewayError::BodyTooLarge {
-                        limit: body_limit.unwrap_or(0),
-                    }
-                } else if watch.as_ref().is_some_and(|w| !w.finished()) {
-                    GatewayError::RequestBodyTimeout {
-                        timeout_ms: timeout.as_millis(),
-                    }
-                } else {
-                    GatewayError::UpstreamTimeout {
-                        instance: instance.to_string(),
-                        timeout_ms: timeout.as_millis(),
-                    }
-                })
-            }
+            Err(_elapsed) => return Err(timeout_error(&watch, body_limit, instance, timeout)),
             Ok(Err(e)) => {
                 return Err(classify_client_error(
                     &e,
@@ -272,7 +285,7 @@ impl Gateway {
         headers::remove_hop_by_hop(&mut parts.headers);
         Ok(Response::from_parts(
             parts,
-            http_body_util::Either::Left(incoming),
+            ResponseBody::Upstream(incoming),
         ))
     }
 }
@@ -283,9 +296,28 @@ fn build_snapshot(registry: Registry, tls: &Arc<ClientConfig>, pool: &PoolSettin
         .iter()
         .map(|s| build_client(Arc::clone(tls), s.limits.connect_timeout, pool))
         .collect();
+    let pools = registry
+        .services()
+        .iter()
+        .map(|s| {
+            s.instances
+                .iter()
+                .map(|i| {
+                    (i.scheme == gerbang_registry::Scheme::Http).then(|| {
+                        Arc::new(InstancePool::new(
+                            i.authority.as_str(),
+                            pool.max_idle_per_host,
+                            pool.idle_timeout,
+                        ))
+                    })
+                })
+                .collect()
+        })
+        .collect();
     Snapshot {
         registry: Arc::new(registry),
         clients,
+        pools,
     }
 }
 
@@ -370,6 +402,55 @@ fn upstream_uri(
         .path_and_query(path_and_query)
         .build()
         .map_err(|e| GatewayError::Internal(format!("upstream uri: {e}")))
+}
+
+/// The error for a request whose response head did not arrive within `timeout`.
+fn timeout_error(
+    watch: &Option<Arc<BodyWatch>>,
+    body_limit: Option<u64>,
+    instance: &gerbang_registry::Instance,
+    timeout: std::time::Duration,
+) -> GatewayError {
+    match watch {
+        Some(w) if w.exceeded() => GatewayError::BodyTooLarge {
+            limit: body_limit.unwrap_or(0),
+        },
+        Some(w) if !w.finished() => GatewayError::RequestBodyTimeout {
+            timeout_ms: timeout.as_millis(),
+        },
+        _ => GatewayError::UpstreamTimeout {
+            instance: instance.to_string(),
+            timeout_ms: timeout.as_millis(),
+        },
+    }
+}
+
+/// Maps an inline-client error to the cause a caller can act on.
+fn classify_h1_error(
+    err: H1Error,
+    instance: String,
+    body_limit_exceeded: Option<u64>,
+) -> GatewayError {
+    if let Some(limit) = body_limit_exceeded {
+        return GatewayError::BodyTooLarge { limit };
+    }
+    match err {
+        H1Error::Connect(e) => GatewayError::UpstreamUnavailable {
+            instance,
+            detail: e.to_string(),
+        },
+        H1Error::ConnectTimeout => GatewayError::UpstreamConnectTimeout { instance },
+        H1Error::ClientBody(RequestBodyError::TooLarge(limit)) => {
+            GatewayError::BodyTooLarge { limit }
+        }
+        H1Error::ClientBody(e) => GatewayError::ClientBody(e.to_string()),
+        e @ (H1Error::Write(_) | H1Error::Read(_) | H1Error::Closed | H1Error::Invalid(_)) => {
+            GatewayError::UpstreamFailed {
+                instance,
+                detail: e.to_string(),
+            }
+        }
+    }
 }
 
 /// Maps a client error to the cause a caller can act on.

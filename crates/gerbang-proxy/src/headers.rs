@@ -35,6 +35,17 @@ const HOP_BY_HOP: [HeaderName; 8] = [
 /// Removes hop-by-hop headers: the fixed list, `Transfer-Encoding` (the body is re-framed) and
 /// every header named in `Connection`.
 pub fn remove_hop_by_hop(headers: &mut HeaderMap) {
+    // One pass over the (few) present names is cheaper than a hashed removal per listed name;
+    // removal itself is rare.
+    let mut found: Option<Vec<HeaderName>> = None;
+    for name in headers.keys() {
+        if name == header::TRANSFER_ENCODING || HOP_BY_HOP.iter().any(|h| h == name) {
+            found.get_or_insert_with(Vec::new).push(name.clone());
+        }
+    }
+    let Some(found) = found else {
+        return;
+    };
     // Names listed in Connection must be collected before Connection itself is removed.
     let mut named: Vec<HeaderName> = Vec::new();
     for value in headers.get_all(header::CONNECTION) {
@@ -50,13 +61,9 @@ pub fn remove_hop_by_hop(headers: &mut HeaderMap) {
             }
         }
     }
-    for name in named {
-        headers.remove(&name);
-    }
-    for name in HOP_BY_HOP.iter() {
+    for name in named.iter().chain(found.iter()) {
         headers.remove(name);
     }
-    headers.remove(header::TRANSFER_ENCODING);
 }
 
 /// Sets the forwarding headers on a request going upstream.
@@ -94,8 +101,13 @@ pub fn set_forwarding(
             }
         }
     }
-    for name in UNMAINTAINED_FORWARDING.iter() {
-        headers.remove(name);
+    let unmaintained = headers
+        .keys()
+        .any(|n| UNMAINTAINED_FORWARDING.iter().any(|u| u == n));
+    if unmaintained {
+        for name in UNMAINTAINED_FORWARDING.iter() {
+            headers.remove(name);
+        }
     }
     headers.insert(X_FORWARDED_PROTO.clone(), HeaderValue::from_static(proto));
     match original_host {

@@ -6,6 +6,7 @@ pub mod body;
 pub mod error;
 pub mod framing;
 pub mod gateway;
+pub mod h1;
 pub mod headers;
 pub mod path;
 pub mod server;

@@ -102,14 +102,15 @@ impl Service {
         format!("{}/{}", self.agency, self.id)
     }
 
-    /// Picks the next instance in round-robin order; `None` when the service has no instance.
-    pub fn pick(&self) -> Option<&Instance> {
+    /// Picks the next instance in round-robin order, with its index in [`Service::instances`];
+    /// `None` when the service has no instance.
+    pub fn pick(&self) -> Option<(usize, &Instance)> {
         let n = self.instances.len();
         if n == 0 {
             return None;
         }
         let i = self.cursor.fetch_add(1, Ordering::Relaxed) % n;
-        self.instances.get(i)
+        self.instances.get(i).map(|inst| (i, inst))
     }
 }
 
@@ -330,7 +331,7 @@ mod tests {
         let s = r.lookup("dukcapil", "penduduk").unwrap();
         let mut counts = HashMap::new();
         for _ in 0..300 {
-            *counts.entry(s.pick().unwrap().name.clone()).or_insert(0) += 1;
+            *counts.entry(s.pick().unwrap().1.name.clone()).or_insert(0) += 1;
         }
         assert_eq!(counts.len(), 3);
         assert!(counts.values().all(|&c| c == 100), "{counts:?}");

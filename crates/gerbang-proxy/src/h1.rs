@@ -1,0 +1,585 @@
+//! An inline HTTP/1.1 client for plain `http://` upstreams.
+//!
+//! The request's own task checks a connection out of the instance's pool, writes the request,
+//! reads the response head, and hands the connection to the response body, which streams the
+//! rest and puts the connection back when the body ends cleanly. There is no connection task and
+//! no channel between tasks (hyper-util's pooled client has both), which is where a proxy spends
+//! much of its per-request CPU; Pingora's connectors work the same way. `https://` upstreams
+//! still go through hyper-util with rustls.
+
+use std::io;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::task::{ready, Context, Poll};
+use std::time::{Duration, Instant};
+
+use bytes::{Buf, BufMut, Bytes, BytesMut};
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::{Method, Request, Response, StatusCode, Version};
+use http_body::{Body, Frame, SizeHint};
+use http_body_util::BodyExt;
+use tokio::io::AsyncWriteExt;
+use tokio::net::TcpStream;
+
+use crate::body::{RequestBody, RequestBodyError};
+
+/// Largest response head accepted from an upstream.
+const MAX_HEAD: usize = 64 * 1024;
+/// Most response header fields accepted from an upstream.
+const MAX_HEADERS: usize = 128;
+const READ_CHUNK: usize = 16 * 1024;
+
+/// Why an exchange with an upstream failed.
+#[derive(Debug, thiserror::Error)]
+pub enum H1Error {
+    #[error("connect failed: {0}")]
+    Connect(io::Error),
+    #[error("connect timed out")]
+    ConnectTimeout,
+    #[error("request body: {0}")]
+    ClientBody(RequestBodyError),
+    #[error("write failed: {0}")]
+    Write(io::Error),
+    #[error("read failed: {0}")]
+    Read(io::Error),
+    #[error("upstream closed the connection before a complete response head")]
+    Closed,
+    #[error("invalid response from upstream: {0}")]
+    Invalid(&'static str),
+}
+
+/// A pooled connection with its read buffer (kept to spare an allocation per request).
+struct Idle {
+    stream: TcpStream,
+    buf: BytesMut,
+    since: Instant,
+}
+
+/// Idle keep-alive connections to one upstream instance.
+pub struct InstancePool {
+    authority: String,
+    idle: Mutex<Vec<Idle>>,
+    max_idle: usize,
+    idle_timeout: Duration,
+}
+
+impl InstancePool {
+    pub fn new(authority: &str, max_idle: usize, idle_timeout: Duration) -> Self {
+        Self {
+            authority: authority.to_owned(),
+            idle: Mutex::new(Vec::new()),
+            max_idle,
+            idle_timeout,
+        }
+    }
+
+    /// A live idle connection, most recently used first; closed and expired ones are dropped.
+    fn checkout(&self) -> Option<(TcpStream, BytesMut)> {
+        let now = Instant::now();
+        loop {
+            let idle = {
+                let mut list = self.idle.lock().ok()?;
+                list.pop()?
+            };
+            if now.duration_since(idle.since) > self.idle_timeout {
+                continue;
+            }
+            // An idle connection must have nothing to read: EOF or stray bytes mean the
+            // upstream closed it or is out of step.
+            let mut probe = [0u8; 1];
+            match idle.stream.try_read(&mut probe) {
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    return Some((idle.stream, idle.buf))
+                }
+                _ => continue,
+            }
+        }
+    }
+
+    fn checkin(&self, stream: TcpStream, mut buf: BytesMut) {
+        buf.clear();
+        if let Ok(mut list) = self.idle.lock() {
+            if list.len() < self.max_idle {
+                list.push(Idle {
+                    stream,
+                    buf,
+                    since: Instant::now(),
+                });
+            }
+        }
+    }
+
+    async fn connect(&self, timeout: Duration) -> Result<TcpStream, H1Error> {
+        let stream = tokio::time::timeout(timeout, TcpStream::connect(self.authority.as_str()))
+            .await
+            .map_err(|_| H1Error::ConnectTimeout)?
+            .map_err(H1Error::Connect)?;
+        let _ = stream.set_nodelay(true);
+        Ok(stream)
+    }
+}
+
+/// Sends `req` (origin-form URI, `Host` set, hop-by-hop headers removed) to the instance of
+/// `pool` and returns the response with its body still streaming.
+pub async fn send(
+    pool: &Arc<InstancePool>,
+    connect_timeout: Duration,
+    req: Request<RequestBody>,
+) -> Result<Response<UpstreamBody>, H1Error> {
+    let (parts, mut body) = req.into_parts();
+    let no_body = body.is_end_stream();
+    let exact = body.size_hint().exact();
+    let chunked = !no_body && exact.is_none();
+    let head = encode_head(&parts, chunked);
+    let is_head = parts.method == Method::HEAD;
+
+    // A request without a body can be sent again on a fresh connection when a pooled one turns
+    // out to be dead (closed by the upstream just before use): nothing reached the application.
+    let mut reused = pool.checkout();
+    loop {
+        let (mut stream, mut buf, was_reused) = match reused.take() {
+            Some((s, b)) => (s, b, true),
+            None => (
+                pool.connect(connect_timeout).await?,
+                BytesMut::with_capacity(READ_CHUNK),
+                false,
+            ),
+        };
+        if no_body {
+            if let Err(e) = stream.write_all(&head).await {
+                if was_reused {
+                    continue;
+                }
+                return Err(H1Error::Write(e));
+            }
+        } else {
+            if let Err(e) = write_with_body(&mut stream, &head, &mut body, chunked).await {
+                return match e {
+                    // The upstream may have answered early (413, 401) and closed: use it.
+                    H1Error::Write(_) => read_response(stream, buf, pool, is_head, false)
+                        .await
+                        .map_err(|_| e),
+                    other => Err(other),
+                };
+            }
+        }
+        match read_more(&mut stream, &mut buf).await {
+            Err(H1Error::Closed) | Err(H1Error::Read(_))
+                if was_reused && no_body && buf.is_empty() =>
+            {
+                continue
+            }
+            Err(e) => return Err(e),
+            Ok(()) => {}
+        }
+        return read_response(stream, buf, pool, is_head, true).await;
+    }
+}
+
+fn encode_head(parts: &http::request::Parts, chunked: bool) -> BytesMut {
+    let mut head = BytesMut::with_capacity(256 + parts.headers.len() * 32);
+    head.put_slice(parts.method.as_str().as_bytes());
+    head.put_u8(b' ');
+    head.put_slice(
+        parts
+            .uri
+            .path_and_query()
+            .map_or("/", |pq| pq.as_str())
+            .as_bytes(),
+    );
+    head.put_slice(b" HTTP/1.1\r\n");
+    for (name, value) in &parts.headers {
+        if chunked && name == header::CONTENT_LENGTH {
+            continue;
+        }
+        head.put_slice(name.as_str().as_bytes());
+        head.put_slice(b": ");
+        head.put_slice(value.as_bytes());
+        head.put_slice(b"\r\n");
+    }
+    if chunked {
+        head.put_slice(b"transfer-encoding: chunked\r\n");
+    }
+    head.put_slice(b"\r\n");
+    head
+}
+
+async fn write_with_body(
+    stream: &mut TcpStream,
+    head: &[u8],
+    body: &mut RequestBody,
+    chunked: bool,
+) -> Result<(), H1Error> {
+    stream.write_all(head).await.map_err(H1Error::Write)?;
+    while let Some(frame) = body.frame().await {
+        let frame = frame.map_err(H1Error::ClientBody)?;
+        let Ok(data) = frame.into_data() else {
+            continue; // trailers are not forwarded
+        };
+        if data.is_empty() {
+            continue;
+        }
+        if chunked {
+            let mut framed = BytesMut::with_capacity(data.len() + 20);
+            framed.put_slice(format!("{:x}\r\n", data.len()).as_bytes());
+            framed.put_slice(&data);
+            framed.put_slice(b"\r\n");
+            stream.write_all(&framed).await.map_err(H1Error::Write)?;
+        } else {
+            stream.write_all(&data).await.map_err(H1Error::Write)?;
+        }
+    }
+    if chunked {
+        stream
+            .write_all(b"0\r\n\r\n")
+            .await
+            .map_err(H1Error::Write)?;
+    }
+    Ok(())
+}
+
+/// Reads more into `buf`; a connection that ends first is `Closed`.
+async fn read_more(stream: &mut TcpStream, buf: &mut BytesMut) -> Result<(), H1Error> {
+    if buf.len() >= MAX_HEAD {
+        return Err(H1Error::Invalid("response head too large"));
+    }
+    buf.reserve(READ_CHUNK);
+    let n = tokio::io::AsyncReadExt::read_buf(stream, buf)
+        .await
+        .map_err(H1Error::Read)?;
+    if n == 0 {
+        return Err(H1Error::Closed);
+    }
+    Ok(())
+}
+
+/// Parses the head in `buf` (skipping 1xx responses) and builds the response.
+async fn read_response(
+    mut stream: TcpStream,
+    mut buf: BytesMut,
+    pool: &Arc<InstancePool>,
+    is_head: bool,
+    reusable_request: bool,
+) -> Result<Response<UpstreamBody>, H1Error> {
+    loop {
+        if buf.is_empty() {
+            read_more(&mut stream, &mut buf).await?;
+        }
+        let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
+        let mut parsed = httparse::Response::new(&mut headers);
+        let len = match parsed.parse(&buf) {
+            Ok(httparse::Status::Complete(len)) => len,
+            Ok(httparse::Status::Partial) => {
+                read_more(&mut stream, &mut buf).await?;
+                continue;
+            }
+            Err(_) => return Err(H1Error::Invalid("malformed response head")),
+        };
+        let code = parsed.code.ok_or(H1Error::Invalid("no status"))?;
+        let status = StatusCode::from_u16(code).map_err(|_| H1Error::Invalid("bad status"))?;
+        let version = if parsed.version == Some(0) {
+            Version::HTTP_10
+        } else {
+            Version::HTTP_11
+        };
+        if status.is_informational() {
+            if status == StatusCode::SWITCHING_PROTOCOLS {
+                return Err(H1Error::Invalid("protocol upgrades are not proxied"));
+            }
+            buf.advance(len);
+            continue;
+        }
+        let mut map = HeaderMap::with_capacity(parsed.headers.len());
+        for h in parsed.headers.iter() {
+            let name = HeaderName::from_bytes(h.name.as_bytes())
+                .map_err(|_| H1Error::Invalid("bad header name"))?;
+            let value = HeaderValue::from_bytes(h.value)
+                .map_err(|_| H1Error::Invalid("bad header value"))?;
+            map.append(name, value);
+        }
+        buf.advance(len);
+        let framing = response_framing(&map, status, is_head)?;
+        let keep_alive = reusable_request
+            && version == Version::HTTP_11
+            && !map
+                .get_all(header::CONNECTION)
+                .iter()
+                .any(|v| has_token(v, "close"));
+        let mut res = Response::new(UpstreamBody {
+            conn: Some(stream),
+            buf,
+            framing,
+            keep_alive,
+            pool: Arc::clone(pool),
+        });
+        *res.status_mut() = status;
+        *res.version_mut() = version;
+        *res.headers_mut() = map;
+        return Ok(res);
+    }
+}
+
+fn has_token(v: &HeaderValue, token: &str) -> bool {
+    v.to_str()
+        .map(|s| s.split(',').any(|t| t.trim().eq_ignore_ascii_case(token)))
+        .unwrap_or(false)
+}
+
+fn response_framing(
+    map: &HeaderMap,
+    status: StatusCode,
+    is_head: bool,
+) -> Result<Framing, H1Error> {
+    if is_head || status == StatusCode::NO_CONTENT || status == StatusCode::NOT_MODIFIED {
+        return Ok(Framing::Length(0));
+    }
+    if let Some(te) = map.get_all(header::TRANSFER_ENCODING).iter().next_back() {
+        let chunked = te
+            .to_str()
+            .ok()
+            .and_then(|s| s.rsplit(',').next())
+            .is_some_and(|t| t.trim().eq_ignore_ascii_case("chunked"));
+        return Ok(if chunked {
+            Framing::Chunked(ChunkState::Size)
+        } else {
+            Framing::UntilClose
+        });
+    }
+    let mut length: Option<u64> = None;
+    for v in map.get_all(header::CONTENT_LENGTH) {
+        let n = v
+            .to_str()
+            .ok()
+            .and_then(|s| s.trim().parse::<u64>().ok())
+            .ok_or(H1Error::Invalid("bad content-length"))?;
+        if length.is_some_and(|l| l != n) {
+            return Err(H1Error::Invalid("conflicting content-length"));
+        }
+        length = Some(n);
+    }
+    Ok(match length {
+        Some(n) => Framing::Length(n),
+        None => Framing::UntilClose,
+    })
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum ChunkState {
+    Size,
+    Data(u64),
+    DataEnd,
+    Trailers,
+    Done,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Framing {
+    Length(u64),
+    Chunked(ChunkState),
+    UntilClose,
+}
+
+/// A response body streamed from a pooled upstream connection; the connection goes back to the
+/// pool when the body ends cleanly, and is closed otherwise (dropped early, malformed, or not
+/// keep-alive).
+pub struct UpstreamBody {
+    conn: Option<TcpStream>,
+    buf: BytesMut,
+    framing: Framing,
+    keep_alive: bool,
+    pool: Arc<InstancePool>,
+}
+
+impl UpstreamBody {
+    fn finish(&mut self) {
+        if let Some(stream) = self.conn.take() {
+            if self.keep_alive && self.buf.is_empty() {
+                // The data frames handed out share the buffer's allocation; once they are
+                // dropped, `reserve` reclaims it instead of allocating anew.
+                let buf = std::mem::take(&mut self.buf);
+                self.pool.checkin(stream, buf);
+            }
+        }
+    }
+
+    /// Reads more from the connection; `Ok(false)` at end of stream.
+    fn poll_fill(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<bool>> {
+        let Some(stream) = self.conn.as_mut() else {
+            return Poll::Ready(Ok(false));
+        };
+        if self.buf.capacity() - self.buf.len() < 1024 {
+            self.buf.reserve(READ_CHUNK);
+        }
+        let n = ready!(tokio_util::io::poll_read_buf(
+            Pin::new(stream),
+            cx,
+            &mut self.buf
+        ))?;
+        Poll::Ready(Ok(n > 0))
+    }
+
+    fn chunk_step(&mut self, state: ChunkState) -> Result<Option<ChunkState>, io::Error> {
+        let invalid = |m: &'static str| io::Error::new(io::ErrorKind::InvalidData, m);
+        Ok(match state {
+            ChunkState::Size => {
+                let Some(end) = find_crlf(&self.buf) else {
+                    if self.buf.len() > 4096 {
+                        return Err(invalid("chunk size line too long"));
+                    }
+                    return Ok(None);
+                };
+                let line = &self.buf[..end];
+                let digits = line.iter().take_while(|b| b.is_ascii_hexdigit()).count();
+                let size = std::str::from_utf8(&line[..digits])
+                    .ok()
+                    .and_then(|s| u64::from_str_radix(s, 16).ok())
+                    .ok_or_else(|| invalid("bad chunk size"))?;
+                self.buf.advance(end + 2);
+                Some(if size == 0 {
+                    ChunkState::Trailers
+                } else {
+                    ChunkState::Data(size)
+                })
+            }
+            ChunkState::DataEnd => {
+                if self.buf.len() < 2 {
+                    return Ok(None);
+                }
+                if &self.buf[..2] != b"\r\n" {
+                    return Err(invalid("chunk not followed by CRLF"));
+                }
+                self.buf.advance(2);
+                Some(ChunkState::Size)
+            }
+            ChunkState::Trailers => {
+                // Trailer fields are read and dropped; the body ends at the empty line.
+                let Some(end) = find_crlf(&self.buf) else {
+                    if self.buf.len() > MAX_HEAD {
+                        return Err(invalid("trailers too long"));
+                    }
+                    return Ok(None);
+                };
+                self.buf.advance(end + 2);
+                Some(if end == 0 {
+                    ChunkState::Done
+                } else {
+                    ChunkState::Trailers
+                })
+            }
+            ChunkState::Data(_) | ChunkState::Done => Some(state),
+        })
+    }
+}
+
+fn find_crlf(b: &[u8]) -> Option<usize> {
+    b.windows(2).position(|w| w == b"\r\n")
+}
+
+impl Body for UpstreamBody {
+    type Data = Bytes;
+    type Error = io::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, io::Error>>> {
+        let this = self.get_mut();
+        loop {
+            match this.framing {
+                Framing::Length(0) | Framing::Chunked(ChunkState::Done) => {
+                    this.finish();
+                    return Poll::Ready(None);
+                }
+                Framing::Length(rem) => {
+                    if this.buf.is_empty() {
+                        if !ready!(this.poll_fill(cx))? {
+                            this.conn = None;
+                            return Poll::Ready(Some(Err(io::Error::new(
+                                io::ErrorKind::UnexpectedEof,
+                                "upstream closed before the end of the body",
+                            ))));
+                        }
+                        continue;
+                    }
+                    let take = rem.min(this.buf.len() as u64);
+                    let data = this.buf.split_to(take as usize).freeze();
+                    this.framing = Framing::Length(rem - take);
+                    if rem == take {
+                        this.finish();
+                    }
+                    return Poll::Ready(Some(Ok(Frame::data(data))));
+                }
+                Framing::UntilClose => {
+                    if !this.buf.is_empty() {
+                        let data = this.buf.split().freeze();
+                        return Poll::Ready(Some(Ok(Frame::data(data))));
+                    }
+                    if !ready!(this.poll_fill(cx))? {
+                        this.conn = None;
+                        return Poll::Ready(None);
+                    }
+                }
+                Framing::Chunked(ChunkState::Data(rem)) => {
+                    if this.buf.is_empty() {
+                        if !ready!(this.poll_fill(cx))? {
+                            this.conn = None;
+                            return Poll::Ready(Some(Err(io::Error::new(
+                                io::ErrorKind::UnexpectedEof,
+                                "upstream closed inside a chunk",
+                            ))));
+                        }
+                        continue;
+                    }
+                    let take = rem.min(this.buf.len() as u64);
+                    let data = this.buf.split_to(take as usize).freeze();
+                    this.framing = Framing::Chunked(if rem == take {
+                        ChunkState::DataEnd
+                    } else {
+                        ChunkState::Data(rem - take)
+                    });
+                    return Poll::Ready(Some(Ok(Frame::data(data))));
+                }
+                Framing::Chunked(state) => match this.chunk_step(state) {
+                    Err(e) => {
+                        this.conn = None;
+                        return Poll::Ready(Some(Err(e)));
+                    }
+                    Ok(Some(next)) => this.framing = Framing::Chunked(next),
+                    Ok(None) => {
+                        if !ready!(this.poll_fill(cx))? {
+                            this.conn = None;
+                            return Poll::Ready(Some(Err(io::Error::new(
+                                io::ErrorKind::UnexpectedEof,
+                                "upstream closed inside chunked framing",
+                            ))));
+                        }
+                    }
+                },
+            }
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        matches!(
+            self.framing,
+            Framing::Length(0) | Framing::Chunked(ChunkState::Done)
+        )
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match self.framing {
+            Framing::Length(n) => SizeHint::with_exact(n),
+            _ => SizeHint::default(),
+        }
+    }
+}
+
+impl Drop for UpstreamBody {
+    fn drop(&mut self) {
+        // A body dropped before its end leaves the connection mid-response: it is closed.
+        if !self.is_end_stream() {
+            self.conn = None;
+        }
+        self.finish();
+    }
+}
