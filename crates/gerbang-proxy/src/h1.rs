@@ -265,39 +265,15 @@ async fn read_response(
         if buf.is_empty() {
             read_more(&mut stream, &mut buf).await?;
         }
-        let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
-        let mut parsed = httparse::Response::new(&mut headers);
-        let len = match parsed.parse(&buf) {
-            Ok(httparse::Status::Complete(len)) => len,
-            Ok(httparse::Status::Partial) => {
-                read_more(&mut stream, &mut buf).await?;
-                continue;
-            }
-            Err(_) => return Err(H1Error::Invalid("malformed response head")),
-        };
-        let code = parsed.code.ok_or(H1Error::Invalid("no status"))?;
-        let status = StatusCode::from_u16(code).map_err(|_| H1Error::Invalid("bad status"))?;
-        let version = if parsed.version == Some(0) {
-            Version::HTTP_10
-        } else {
-            Version::HTTP_11
+        // Parsing happens in a plain function: its 4 KiB header array then never becomes part
+        // of this future's state (which is moved a few times per request).
+        let Some((status, version, map)) = parse_head(&mut buf)? else {
+            read_more(&mut stream, &mut buf).await?;
+            continue;
         };
         if status.is_informational() {
-            if status == StatusCode::SWITCHING_PROTOCOLS {
-                return Err(H1Error::Invalid("protocol upgrades are not proxied"));
-            }
-            buf.advance(len);
             continue;
         }
-        let mut map = HeaderMap::with_capacity(parsed.headers.len());
-        for h in parsed.headers.iter() {
-            let name = HeaderName::from_bytes(h.name.as_bytes())
-                .map_err(|_| H1Error::Invalid("bad header name"))?;
-            let value = HeaderValue::from_bytes(h.value)
-                .map_err(|_| H1Error::Invalid("bad header value"))?;
-            map.append(name, value);
-        }
-        buf.advance(len);
         let framing = response_framing(&map, status, is_head)?;
         let keep_alive = reusable_request
             && version == Version::HTTP_11
@@ -317,6 +293,41 @@ async fn read_response(
         *res.headers_mut() = map;
         return Ok(res);
     }
+}
+
+/// Parses a complete response head at the start of `buf` and consumes it; `None` when more
+/// bytes are needed. A 1xx head is consumed and returned with an empty map.
+fn parse_head(buf: &mut BytesMut) -> Result<Option<(StatusCode, Version, HeaderMap)>, H1Error> {
+    let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
+    let mut parsed = httparse::Response::new(&mut headers);
+    let len = match parsed.parse(buf) {
+        Ok(httparse::Status::Complete(len)) => len,
+        Ok(httparse::Status::Partial) => return Ok(None),
+        Err(_) => return Err(H1Error::Invalid("malformed response head")),
+    };
+    let code = parsed.code.ok_or(H1Error::Invalid("no status"))?;
+    let status = StatusCode::from_u16(code).map_err(|_| H1Error::Invalid("bad status"))?;
+    let version = if parsed.version == Some(0) {
+        Version::HTTP_10
+    } else {
+        Version::HTTP_11
+    };
+    if status == StatusCode::SWITCHING_PROTOCOLS {
+        return Err(H1Error::Invalid("protocol upgrades are not proxied"));
+    }
+    let mut map = HeaderMap::new();
+    if !status.is_informational() {
+        map.reserve(parsed.headers.len());
+        for h in parsed.headers.iter() {
+            let name = HeaderName::from_bytes(h.name.as_bytes())
+                .map_err(|_| H1Error::Invalid("bad header name"))?;
+            let value = HeaderValue::from_bytes(h.value)
+                .map_err(|_| H1Error::Invalid("bad header value"))?;
+            map.append(name, value);
+        }
+    }
+    buf.advance(len);
+    Ok(Some((status, version, map)))
 }
 
 fn has_token(v: &HeaderValue, token: &str) -> bool {

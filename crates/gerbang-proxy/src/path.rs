@@ -125,8 +125,52 @@ fn allowed_literal(b: u8) -> bool {
 
 const HEX: &[u8; 16] = b"0123456789ABCDEF";
 
+/// A path that needs no change: plain characters only (no `%`), no empty segment but a
+/// trailing one, no `.` or `..` segment. Most requests take this path.
+fn already_normal(bytes: &[u8]) -> bool {
+    if bytes.first() != Some(&b'/') || !bytes.iter().all(|&b| b != b'%' && allowed_literal(b)) {
+        return false;
+    }
+    let body = &bytes[1..];
+    let body = body.strip_suffix(b"/").unwrap_or(body);
+    if body.is_empty() {
+        return bytes.len() == 1;
+    }
+    body.split(|&c| c == b'/')
+        .all(|seg| !seg.is_empty() && seg != b"." && seg != b"..")
+}
+
 /// Normalises a request path (without the query). See the module documentation for the rules.
 pub fn normalize(raw: &str) -> Result<NormalizedPath, PathError> {
+    let bytes = raw.as_bytes();
+    if already_normal(bytes) {
+        // `rest` starts at the third '/', if any.
+        let mut slashes = bytes
+            .iter()
+            .enumerate()
+            .filter(|(_, &b)| b == b'/')
+            .map(|(i, _)| i);
+        let first_two = (slashes.next(), slashes.next());
+        let rest_at = match first_two {
+            (Some(_), Some(second)) if second + 1 < bytes.len() => {
+                Some(slashes.next().unwrap_or(bytes.len()))
+            }
+            (Some(_), Some(_)) | (Some(_), None) => {
+                // "/a" or "/a/" has one segment; "/" none.
+                None
+            }
+            _ => None,
+        };
+        return Ok(NormalizedPath {
+            path: raw.to_owned(),
+            rest_at,
+        });
+    }
+    normalize_slow(raw)
+}
+
+/// The full normalisation, for paths that need a change or a closer look.
+fn normalize_slow(raw: &str) -> Result<NormalizedPath, PathError> {
     let bytes = raw.as_bytes();
     if bytes.first() != Some(&b'/') {
         return Err(PathError::InvalidCharacter);
@@ -405,6 +449,12 @@ mod properties {
                 }
                 prop_assert_eq!(normalize(p).map(|x| x.path), Ok(p.clone()));
             }
+        }
+
+        /// The fast path for already-normal paths agrees with the full normalisation.
+        #[test]
+        fn fast_path_agrees_with_full_normalisation(raw in path_strategy()) {
+            prop_assert_eq!(normalize(&raw), normalize_slow(&raw));
         }
 
         /// The route parts always name the first two segments of the normalised path, and
