@@ -222,8 +222,20 @@ pub async fn raw_request(addr: SocketAddr, request: &[u8]) -> RawResponse {
     read_response(&mut s).await
 }
 
+/// Sends a `HEAD` request as given and reads the response head only (a HEAD response carries
+/// `Content-Length` but no body).
+pub async fn raw_head_request(addr: SocketAddr, request: &[u8]) -> RawResponse {
+    let mut s = TcpStream::connect(addr).await.unwrap();
+    s.write_all(request).await.unwrap();
+    read_response_inner(&mut s, true).await
+}
+
 /// Reads one HTTP/1.1 response with a `Content-Length` or chunked body, or up to EOF.
 pub async fn read_response(s: &mut TcpStream) -> RawResponse {
+    read_response_inner(s, false).await
+}
+
+async fn read_response_inner(s: &mut TcpStream, head_only: bool) -> RawResponse {
     let mut buf = Vec::new();
     let mut chunk = [0u8; 16384];
     let head_end = loop {
@@ -250,6 +262,13 @@ pub async fn read_response(s: &mut TcpStream) -> RawResponse {
         .map(|(n, v)| (n.trim().to_ascii_lowercase(), v.trim().to_owned()))
         .collect();
     let mut body = buf[head_end + 4..].to_vec();
+    if head_only {
+        return RawResponse {
+            status,
+            headers,
+            body,
+        };
+    }
     let cl = headers
         .iter()
         .find(|(n, _)| n == "content-length")

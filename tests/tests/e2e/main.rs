@@ -10,3 +10,4 @@ mod shutdown;
 mod streaming;
 mod tls;
 mod upstream_failures;
+mod upstream_protocol;
