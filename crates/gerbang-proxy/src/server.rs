@@ -50,6 +50,9 @@ pub struct ListenerSettings {
     pub max_head_bytes: usize,
     /// How long in-flight requests may run after shutdown begins.
     pub shutdown_grace: Duration,
+    /// Most client connections served at once; beyond it the listener stops accepting (new
+    /// connections wait in the kernel's backlog) until one closes.
+    pub max_connections: usize,
 }
 
 impl Default for ListenerSettings {
@@ -59,6 +62,7 @@ impl Default for ListenerSettings {
             header_read_timeout: Duration::from_secs(10),
             max_head_bytes: 64 * 1024,
             shutdown_grace: Duration::from_secs(30),
+            max_connections: 10_000,
         }
     }
 }
@@ -98,8 +102,17 @@ pub async fn serve<H: Handler>(
     let acceptor = settings.tls.clone().map(TlsAcceptor::from);
     let proto: &'static str = if acceptor.is_some() { "https" } else { "http" };
     let graceful = GracefulShutdown::new();
+    let slots = Arc::new(tokio::sync::Semaphore::new(settings.max_connections.max(1)));
     tokio::pin!(shutdown);
     loop {
+        let permit = tokio::select! {
+            biased;
+            () = &mut shutdown => break,
+            permit = Arc::clone(&slots).acquire_owned() => match permit {
+                Ok(p) => p,
+                Err(_) => break,
+            },
+        };
         let (stream, remote) = tokio::select! {
             biased;
             () = &mut shutdown => break,
@@ -123,6 +136,7 @@ pub async fn serve<H: Handler>(
         // The same bound as hyper's buffer, so that the guard gives up only where hyper does.
         let max_head = settings.max_head_bytes.max(8192);
         tokio::spawn(async move {
+            let _permit = permit;
             let service = hyper::service::service_fn(move |req| {
                 let handler = Arc::clone(&handler);
                 async move { Ok::<_, Infallible>(handler.call(req, conn).await) }

@@ -84,6 +84,7 @@ struct RawServer {
     shutdown_grace: Duration,
     #[serde(with = "humantime_serde")]
     header_read_timeout: Duration,
+    max_connections: usize,
     tls: Option<RawTls>,
 }
 
@@ -94,6 +95,7 @@ impl Default for RawServer {
             worker_threads: 0,
             shutdown_grace: d(30),
             header_read_timeout: d(10),
+            max_connections: 10_000,
             tls: None,
         }
     }
@@ -361,6 +363,13 @@ pub fn load(file: &Path, overrides: &Overrides) -> Result<Config, ConfigError> {
             "at most 1024 (0 = one per core)",
         );
     }
+    if !(1..=1_000_000).contains(&raw.server.max_connections) {
+        problems.push(
+            file,
+            "server.max_connections",
+            "must be between 1 and 1000000",
+        );
+    }
     if raw.server.header_read_timeout.is_zero() {
         problems.push(
             file,
@@ -470,6 +479,7 @@ pub fn load(file: &Path, overrides: &Overrides) -> Result<Config, ConfigError> {
                     // answers an oversized request with its JSON error.
                     max_head_bytes: raw.limits.max_uri_bytes + raw.limits.max_header_bytes + 4096,
                     shutdown_grace: raw.server.shutdown_grace,
+                    max_connections: raw.server.max_connections,
                 },
                 limits: Limits {
                     max_uri_bytes: raw.limits.max_uri_bytes,

@@ -85,6 +85,7 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
 
     let admin_settings = gerbang_proxy::ListenerSettings {
         tls: None,
+        max_connections: 256,
         ..config.listener.clone()
     };
     let admin_task = tokio::spawn(serve(

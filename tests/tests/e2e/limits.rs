@@ -123,3 +123,34 @@ async fn content_length_with_transfer_encoding_is_refused() {
     assert_eq!(r.status, 400);
     assert_eq!(r.error_code(), "ambiguous_framing");
 }
+
+#[tokio::test]
+async fn connections_beyond_max_connections_wait_for_a_free_slot() {
+    let echo = backend(Kind::Echo, "echo").await;
+    let gw = TestGateway::start(
+        &[&agency("a", "s", &[echo.url()], "")],
+        "max_connections = 2",
+        "",
+    )
+    .await;
+    let keep_alive = "GET /a/s/x HTTP/1.1\r\nHost: g\r\n\r\n";
+    let mut first = tokio::net::TcpStream::connect(gw.addr).await.unwrap();
+    first.write_all(keep_alive.as_bytes()).await.unwrap();
+    assert_eq!(read_response(&mut first).await.status, 200);
+    let mut second = tokio::net::TcpStream::connect(gw.addr).await.unwrap();
+    second.write_all(keep_alive.as_bytes()).await.unwrap();
+    assert_eq!(read_response(&mut second).await.status, 200);
+
+    // A third connection is not served while both slots are taken...
+    let third = tokio::spawn(async move { raw_request(gw.addr, &get("/a/s/x", "")).await });
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    assert!(!third.is_finished(), "served beyond max_connections");
+    // ...and is served as soon as one closes.
+    drop(first);
+    let r = tokio::time::timeout(std::time::Duration::from_secs(5), third)
+        .await
+        .expect("served after a slot freed")
+        .unwrap();
+    assert_eq!(r.status, 200);
+    drop(second);
+}
