@@ -28,6 +28,9 @@ const MAX_HEAD: usize = 64 * 1024;
 /// Most response header fields accepted from an upstream.
 const MAX_HEADERS: usize = 128;
 const READ_CHUNK: usize = 16 * 1024;
+/// Longest trailer line, and all trailers together, accepted from an upstream.
+const MAX_TRAILER_LINE: usize = 8 * 1024;
+const MAX_TRAILERS: usize = 16 * 1024;
 
 /// Why an exchange with an upstream failed.
 #[derive(Debug, thiserror::Error)]
@@ -130,8 +133,13 @@ pub async fn send(
     let no_body = body.is_end_stream();
     let exact = body.size_hint().exact();
     let chunked = !no_body && exact.is_none();
-    let head = encode_head(&parts, chunked);
+    // Framing comes from the body hyper decoded, never from the client's headers.
+    let length = if no_body { None } else { exact };
+    let head = encode_head(&parts, chunked, length);
     let is_head = parts.method == Method::HEAD;
+    // Only an idempotent request without a body is sent again after a reused connection failed:
+    // the first attempt may have reached the application before the connection broke.
+    let retryable = no_body && parts.method.is_idempotent();
 
     // A request without a body can be sent again on a fresh connection when a pooled one turns
     // out to be dead (closed by the upstream just before use): nothing reached the application.
@@ -147,7 +155,7 @@ pub async fn send(
         };
         if no_body {
             if let Err(e) = stream.write_all(&head).await {
-                if was_reused {
+                if was_reused && retryable {
                     continue;
                 }
                 return Err(H1Error::Write(e));
@@ -165,7 +173,7 @@ pub async fn send(
         }
         match read_more(&mut stream, &mut buf).await {
             Err(H1Error::Closed) | Err(H1Error::Read(_))
-                if was_reused && no_body && buf.is_empty() =>
+                if was_reused && retryable && buf.is_empty() =>
             {
                 continue
             }
@@ -176,7 +184,7 @@ pub async fn send(
     }
 }
 
-fn encode_head(parts: &http::request::Parts, chunked: bool) -> BytesMut {
+fn encode_head(parts: &http::request::Parts, chunked: bool, length: Option<u64>) -> BytesMut {
     let mut head = BytesMut::with_capacity(256 + parts.headers.len() * 32);
     head.put_slice(parts.method.as_str().as_bytes());
     head.put_u8(b' ');
@@ -189,7 +197,7 @@ fn encode_head(parts: &http::request::Parts, chunked: bool) -> BytesMut {
     );
     head.put_slice(b" HTTP/1.1\r\n");
     for (name, value) in &parts.headers {
-        if chunked && name == header::CONTENT_LENGTH {
+        if name == header::CONTENT_LENGTH || name == header::TRANSFER_ENCODING {
             continue;
         }
         head.put_slice(name.as_str().as_bytes());
@@ -199,6 +207,11 @@ fn encode_head(parts: &http::request::Parts, chunked: bool) -> BytesMut {
     }
     if chunked {
         head.put_slice(b"transfer-encoding: chunked\r\n");
+    } else if let Some(n) = length {
+        head.put_slice(format!("content-length: {n}\r\n").as_bytes());
+    } else if parts.headers.contains_key(header::CONTENT_LENGTH) {
+        // The client declared an empty body.
+        head.put_slice(b"content-length: 0\r\n");
     }
     head.put_slice(b"\r\n");
     head
@@ -274,8 +287,18 @@ async fn read_response(
         if status.is_informational() {
             continue;
         }
+        let mut map = map;
         let framing = response_framing(&map, status, is_head)?;
-        let keep_alive = reusable_request
+        // Transfer-Encoding with Content-Length is ambiguous (RFC 9112 §6.3): the body is read
+        // as chunked, the length is not passed on, and the connection is not reused.
+        let ambiguous = map.contains_key(header::TRANSFER_ENCODING)
+            && map.contains_key(header::CONTENT_LENGTH)
+            && !matches!(framing, Framing::Length(0));
+        if ambiguous {
+            map.remove(header::CONTENT_LENGTH);
+        }
+        let keep_alive = !ambiguous
+            && reusable_request
             && version == Version::HTTP_11
             && !map
                 .get_all(header::CONNECTION)
@@ -361,7 +384,9 @@ fn response_framing(
         let n = v
             .to_str()
             .ok()
-            .and_then(|s| s.trim().parse::<u64>().ok())
+            .map(str::trim)
+            .filter(|s| !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit()))
+            .and_then(|s| s.parse::<u64>().ok())
             .ok_or(H1Error::Invalid("bad content-length"))?;
         if length.is_some_and(|l| l != n) {
             return Err(H1Error::Invalid("conflicting content-length"));
@@ -379,7 +404,8 @@ enum ChunkState {
     Size,
     Data(u64),
     DataEnd,
-    Trailers,
+    /// Trailer section; bytes of trailers so far.
+    Trailers(usize),
     Done,
 }
 
@@ -441,13 +467,21 @@ impl UpstreamBody {
                 };
                 let line = &self.buf[..end];
                 let digits = line.iter().take_while(|b| b.is_ascii_hexdigit()).count();
+                let after = &line[digits..];
+                let after = &after[after
+                    .iter()
+                    .take_while(|b| matches!(b, b' ' | b'\t'))
+                    .count()..];
+                if digits == 0 || digits > 16 || !(after.is_empty() || after[0] == b';') {
+                    return Err(invalid("bad chunk size line"));
+                }
                 let size = std::str::from_utf8(&line[..digits])
                     .ok()
                     .and_then(|s| u64::from_str_radix(s, 16).ok())
                     .ok_or_else(|| invalid("bad chunk size"))?;
                 self.buf.advance(end + 2);
                 Some(if size == 0 {
-                    ChunkState::Trailers
+                    ChunkState::Trailers(0)
                 } else {
                     ChunkState::Data(size)
                 })
@@ -462,19 +496,25 @@ impl UpstreamBody {
                 self.buf.advance(2);
                 Some(ChunkState::Size)
             }
-            ChunkState::Trailers => {
-                // Trailer fields are read and dropped; the body ends at the empty line.
+            ChunkState::Trailers(total) => {
+                // Trailer fields are read and dropped; the body ends at the empty line. Lines
+                // and their sum are bounded, which also bounds rescanning a line that arrives
+                // byte by byte.
                 let Some(end) = find_crlf(&self.buf) else {
-                    if self.buf.len() > MAX_HEAD {
-                        return Err(invalid("trailers too long"));
+                    if self.buf.len() > MAX_TRAILER_LINE {
+                        return Err(invalid("trailer line too long"));
                     }
                     return Ok(None);
                 };
+                let total = total + end + 2;
+                if total > MAX_TRAILERS {
+                    return Err(invalid("trailers too long"));
+                }
                 self.buf.advance(end + 2);
                 Some(if end == 0 {
                     ChunkState::Done
                 } else {
-                    ChunkState::Trailers
+                    ChunkState::Trailers(total)
                 })
             }
             ChunkState::Data(_) | ChunkState::Done => Some(state),

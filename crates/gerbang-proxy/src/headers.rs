@@ -32,6 +32,9 @@ const HOP_BY_HOP: [HeaderName; 8] = [
     header::UPGRADE,
 ];
 
+/// Headers that naming in `Connection` does not remove.
+const PROTECTED: [HeaderName; 2] = [header::CONTENT_LENGTH, header::HOST];
+
 /// Removes hop-by-hop headers: the fixed list, `Transfer-Encoding` (the body is re-framed) and
 /// every header named in `Connection`.
 pub fn remove_hop_by_hop(headers: &mut HeaderMap) {
@@ -62,6 +65,12 @@ pub fn remove_hop_by_hop(headers: &mut HeaderMap) {
         }
     }
     for name in named.iter().chain(found.iter()) {
+        // `Connection` may not take away what framing and routing rely on: a client that lists
+        // Content-Length there would otherwise send its body to the upstream unframed (request
+        // smuggling).
+        if PROTECTED.iter().any(|p| p == name) {
+            continue;
+        }
         headers.remove(name);
     }
 }
@@ -188,6 +197,22 @@ mod tests {
         remove_hop_by_hop(&mut h);
         assert_eq!(h.len(), 1, "{h:?}");
         assert_eq!(h["x-kept"], "yes");
+    }
+
+    #[test]
+    fn connection_cannot_remove_framing_or_host() {
+        let mut h = HeaderMap::new();
+        h.insert(
+            header::CONNECTION,
+            HeaderValue::from_static("content-length, host, x-a"),
+        );
+        h.insert(header::CONTENT_LENGTH, HeaderValue::from_static("5"));
+        h.insert(header::HOST, HeaderValue::from_static("h"));
+        h.insert("x-a", HeaderValue::from_static("1"));
+        remove_hop_by_hop(&mut h);
+        assert_eq!(h[header::CONTENT_LENGTH], "5");
+        assert_eq!(h[header::HOST], "h");
+        assert!(h.get("x-a").is_none() && h.get(header::CONNECTION).is_none());
     }
 
     #[test]

@@ -192,3 +192,99 @@ async fn chunked_request_body_reaches_the_upstream_intact() {
     assert_eq!(v["body_sha256"], hex::encode(sha2::Sha256::digest(&all)));
     assert_eq!(v["headers"]["transfer-encoding"], "chunked");
 }
+
+#[tokio::test]
+async fn connection_header_cannot_strip_content_length() {
+    // `Connection: content-length` must not make the body travel unframed (request smuggling):
+    // the upstream sees exactly one request, with its body.
+    let echo = backend(gerbang::demo::Kind::Echo, "echo").await;
+    let gw = TestGateway::start(&[&agency("a", "s", &[echo.url()], "")], "", "").await;
+    let smuggled = "GET /a/s/smuggled HTTP/1.1\r\nHost: x\r\n\r\n";
+    let req = format!(
+        "POST /a/s/x HTTP/1.1\r\nHost: g\r\nConnection: content-length\r\nContent-Length: {}\r\n\r\n{smuggled}",
+        smuggled.len()
+    );
+    let mut s = tokio::net::TcpStream::connect(gw.addr).await.unwrap();
+    s.write_all(req.as_bytes()).await.unwrap();
+    let r = read_response(&mut s).await;
+    assert_eq!(r.status, 200);
+    let v = r.json();
+    assert_eq!(v["path"], "/x");
+    assert_eq!(v["body_bytes"], smuggled.len());
+    assert_eq!(v["headers"]["content-length"], smuggled.len().to_string());
+}
+
+#[tokio::test]
+async fn response_with_both_framings_is_read_as_chunked_and_not_reused() {
+    let (url, accepted) = keep_alive_upstream(
+        b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\nTransfer-Encoding: chunked\r\n\r\n2\r\nok\r\n0\r\n\r\n",
+    )
+    .await;
+    let gw = TestGateway::start(&[&agency("a", "s", &[url], "")], "", "").await;
+    for _ in 0..2 {
+        let r = raw_request(gw.addr, &get("/a/s/x", "")).await;
+        assert_eq!(r.status, 200);
+        assert_eq!(r.body, b"ok");
+        assert_ne!(r.header("content-length"), Some("100"));
+    }
+    assert_eq!(
+        accepted.load(Ordering::SeqCst),
+        2,
+        "ambiguous framing: no reuse"
+    );
+}
+
+/// An upstream that answers the first request of each connection (keep-alive) and, on the
+/// second, reads it and closes without an answer. Returns its URL and the requests it read.
+async fn answers_once_per_connection() -> (String, Arc<AtomicUsize>) {
+    let seen = Arc::new(AtomicUsize::new(0));
+    let count = Arc::clone(&seen);
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(async move {
+        loop {
+            let Ok((mut s, _)) = listener.accept().await else {
+                return;
+            };
+            let count = Arc::clone(&count);
+            tokio::spawn(async move {
+                let mut buf = [0u8; 4096];
+                for answer in [true, false] {
+                    if !matches!(s.read(&mut buf).await, Ok(n) if n > 0) {
+                        return;
+                    }
+                    count.fetch_add(1, Ordering::SeqCst);
+                    if answer {
+                        let _ = s
+                            .write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+                            .await;
+                    }
+                }
+            });
+        }
+    });
+    (url, seen)
+}
+
+#[tokio::test]
+async fn an_idempotent_request_is_retried_once_when_a_reused_connection_dies() {
+    let (url, seen) = answers_once_per_connection().await;
+    let gw = TestGateway::start(&[&agency("a", "s", &[url], "")], "", "").await;
+    assert_eq!(raw_request(gw.addr, &get("/a/s/1", "")).await.status, 200);
+    // Reuses the connection, which dies; sent again on a fresh one.
+    assert_eq!(raw_request(gw.addr, &get("/a/s/2", "")).await.status, 200);
+    assert_eq!(seen.load(Ordering::SeqCst), 3);
+}
+
+#[tokio::test]
+async fn a_non_idempotent_request_is_never_sent_twice() {
+    let (url, seen) = answers_once_per_connection().await;
+    let gw = TestGateway::start(&[&agency("a", "s", &[url], "")], "", "").await;
+    let post = b"POST /a/s/x HTTP/1.1\r\nHost: g\r\nContent-Length: 0\r\nConnection: close\r\n\r\n";
+    assert_eq!(raw_request(gw.addr, post).await.status, 200);
+    // Reuses the connection, which dies after the upstream read the POST: not retried.
+    let r = raw_request(gw.addr, post).await;
+    assert_eq!(r.status, 502);
+    assert_eq!(r.error_code(), "upstream_failed");
+    assert_eq!(seen.load(Ordering::SeqCst), 2);
+}
