@@ -251,3 +251,28 @@ fn demo_serves_the_agencies_and_keeps_the_repository_config_untouched() {
     assert_eq!(terminate(&mut child).code(), Some(0));
     assert_eq!(std::fs::read(repo_config()).unwrap(), before);
 }
+
+#[test]
+fn environment_overrides_reach_validation_lists_included() {
+    let out = bin()
+        .args(["validate", "--config"])
+        .arg(repo_config())
+        .env("GERBANG__UPSTREAM__CA_FILES", "/nope/a.pem,/nope/b.pem")
+        .env("GERBANG__LIMITS__MAX_URI_BYTES", "10")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("upstream.ca_files[0]: cannot read /nope/a.pem"),
+        "{err}"
+    );
+    assert!(
+        err.contains("upstream.ca_files[1]: cannot read /nope/b.pem"),
+        "{err}"
+    );
+    assert!(
+        err.contains("limits.max_uri_bytes: must be between 256 and 65536"),
+        "{err}"
+    );
+}
