@@ -57,6 +57,10 @@ enum Command {
         #[arg(long)]
         fresh: bool,
     },
+    /// Print an argon2id hash of a client secret or API key read from standard input (one line),
+    /// for the configuration. The secret is never taken from the command line, where shell
+    /// history and process listings would keep it.
+    HashSecret,
     /// A fixed 1 KiB JSON upstream for the load benchmark (benches/proxy_load.sh).
     #[command(hide = true)]
     BenchUpstream {
@@ -70,6 +74,7 @@ fn main() -> ExitCode {
     match cli.command {
         Command::Validate { config } => validate(&config),
         Command::BenchUpstream { listen } => bench_upstream(listen),
+        Command::HashSecret => hash_secret(),
         Command::Serve {
             config,
             listen,
@@ -116,6 +121,25 @@ fn main() -> ExitCode {
                     ExitCode::from(2)
                 }
             }
+        }
+    }
+}
+
+fn hash_secret() -> ExitCode {
+    let mut line = String::new();
+    if let Err(e) = std::io::stdin().read_line(&mut line) {
+        eprintln!("cannot read the secret from standard input: {e}");
+        return ExitCode::from(2);
+    }
+    let secret = line.trim_end_matches(['\r', '\n']);
+    match gerbang_auth::secret::hash_secret(secret) {
+        Ok(hash) => {
+            println!("{hash}");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("{e}");
+            ExitCode::from(1)
         }
     }
 }

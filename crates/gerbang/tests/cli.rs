@@ -276,3 +276,41 @@ fn environment_overrides_reach_validation_lists_included() {
         "{err}"
     );
 }
+
+#[test]
+fn hash_secret_reads_stdin_and_prints_an_argon2id_hash() {
+    let mut child = bin()
+        .arg("hash-secret")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(b"demo-secret-simpus\n")
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success());
+    let hash = String::from_utf8(out.stdout).unwrap();
+    let hash = hash.trim();
+    assert!(hash.starts_with("$argon2id$"), "{hash}");
+    assert!(!hash.contains("demo-secret-simpus"));
+    assert!(gerbang_auth::secret::verify_secret(
+        hash,
+        "demo-secret-simpus"
+    ));
+
+    let mut short = bin()
+        .arg("hash-secret")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    short.stdin.take().unwrap().write_all(b"short\n").unwrap();
+    let out = short.wait_with_output().unwrap();
+    assert_eq!(out.status.code(), Some(1));
+}

@@ -1,0 +1,40 @@
+//! Authentication building blocks of Gerbang, free of HTTP-server code and of file I/O (the
+//! binary reads key files and passes their bytes):
+//!
+//! - [`secret`]: client secrets and API keys stored only as argon2id hashes;
+//! - [`keys`]: the built-in issuer's ES256 signing keys, rotation, and the public JWKS;
+//! - [`token`]: access tokens issued by the gateway and their verification (algorithm pinned,
+//!   issuer, audience, expiry, `typ`), with a stable reason for every refusal;
+//! - [`Principal`]: who called, as the later pipeline steps see it.
+//!
+//! Status: the building blocks of the authentication issue; they are not yet wired into the
+//! data plane (`/oauth/token`, bearer checks, external issuers, API keys and mTLS come next).
+//! Invariant: nothing here logs or formats a token, a secret or a key.
+
+pub mod keys;
+pub mod secret;
+pub mod token;
+
+/// How the caller of a request proved who it is.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AuthMethod {
+    /// An access token from the gateway's own issuer.
+    IssuedToken,
+    /// A JWT from a configured external issuer (its `iss`).
+    ExternalJwt { issuer: String },
+    /// An API key (`X-API-Key`).
+    ApiKey,
+    /// A TLS client certificate.
+    Mtls,
+}
+
+/// The authenticated caller of one request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Principal {
+    /// The application, `agency/app`.
+    pub application: String,
+    /// The application's agency.
+    pub agency: String,
+    pub method: AuthMethod,
+    pub scopes: Vec<String>,
+}
