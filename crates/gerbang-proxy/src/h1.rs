@@ -439,6 +439,23 @@ impl UpstreamBody {
         }
     }
 
+    /// Up to `rem` body bytes from the buffer; `None` after reading more into an empty buffer
+    /// (the caller looks again). The connection ending first is an error: the body is short.
+    fn poll_take(&mut self, cx: &mut Context<'_>, rem: u64) -> Poll<io::Result<Option<Bytes>>> {
+        if self.buf.is_empty() {
+            if !ready!(self.poll_fill(cx))? {
+                self.conn = None;
+                return Poll::Ready(Err(io::Error::new(
+                    io::ErrorKind::UnexpectedEof,
+                    "upstream closed before the end of the body",
+                )));
+            }
+            return Poll::Ready(Ok(None));
+        }
+        let take = rem.min(self.buf.len() as u64);
+        Poll::Ready(Ok(Some(self.buf.split_to(take as usize).freeze())))
+    }
+
     /// Reads more from the connection; `Ok(false)` at end of stream.
     fn poll_fill(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<bool>> {
         let Some(stream) = self.conn.as_mut() else {
@@ -542,20 +559,12 @@ impl Body for UpstreamBody {
                     return Poll::Ready(None);
                 }
                 Framing::Length(rem) => {
-                    if this.buf.is_empty() {
-                        if !ready!(this.poll_fill(cx))? {
-                            this.conn = None;
-                            return Poll::Ready(Some(Err(io::Error::new(
-                                io::ErrorKind::UnexpectedEof,
-                                "upstream closed before the end of the body",
-                            ))));
-                        }
+                    let Some(data) = ready!(this.poll_take(cx, rem))? else {
                         continue;
-                    }
-                    let take = rem.min(this.buf.len() as u64);
-                    let data = this.buf.split_to(take as usize).freeze();
-                    this.framing = Framing::Length(rem - take);
-                    if rem == take {
+                    };
+                    let left = rem - data.len() as u64;
+                    this.framing = Framing::Length(left);
+                    if left == 0 {
                         this.finish();
                     }
                     return Poll::Ready(Some(Ok(Frame::data(data))));
@@ -571,22 +580,14 @@ impl Body for UpstreamBody {
                     }
                 }
                 Framing::Chunked(ChunkState::Data(rem)) => {
-                    if this.buf.is_empty() {
-                        if !ready!(this.poll_fill(cx))? {
-                            this.conn = None;
-                            return Poll::Ready(Some(Err(io::Error::new(
-                                io::ErrorKind::UnexpectedEof,
-                                "upstream closed inside a chunk",
-                            ))));
-                        }
+                    let Some(data) = ready!(this.poll_take(cx, rem))? else {
                         continue;
-                    }
-                    let take = rem.min(this.buf.len() as u64);
-                    let data = this.buf.split_to(take as usize).freeze();
-                    this.framing = Framing::Chunked(if rem == take {
+                    };
+                    let left = rem - data.len() as u64;
+                    this.framing = Framing::Chunked(if left == 0 {
                         ChunkState::DataEnd
                     } else {
-                        ChunkState::Data(rem - take)
+                        ChunkState::Data(left)
                     });
                     return Poll::Ready(Some(Ok(Frame::data(data))));
                 }

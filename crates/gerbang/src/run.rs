@@ -52,22 +52,16 @@ impl Running {
     }
 }
 
+async fn bind(what: &'static str, addr: SocketAddr) -> Result<TcpListener, StartError> {
+    TcpListener::bind(addr)
+        .await
+        .map_err(|source| StartError::Bind { what, addr, source })
+}
+
 /// Binds the listeners of `config` and starts serving.
 pub async fn start(config: Config) -> Result<Running, StartError> {
-    let data = TcpListener::bind(config.listen)
-        .await
-        .map_err(|source| StartError::Bind {
-            what: "data plane",
-            addr: config.listen,
-            source,
-        })?;
-    let admin = TcpListener::bind(config.admin_listen)
-        .await
-        .map_err(|source| StartError::Bind {
-            what: "admin",
-            addr: config.admin_listen,
-            source,
-        })?;
+    let data = bind("data plane", config.listen).await?;
+    let admin = bind("admin", config.admin_listen).await?;
     let data_addr = data.local_addr().unwrap_or(config.listen);
     let admin_addr = admin.local_addr().unwrap_or(config.admin_listen);
 
