@@ -11,6 +11,7 @@
 //! data plane (`/oauth/token`, bearer checks, external issuers, API keys and mTLS come next).
 //! Invariant: nothing here logs or formats a token, a secret or a key.
 
+pub mod cache;
 pub mod keys;
 pub mod secret;
 pub mod token;

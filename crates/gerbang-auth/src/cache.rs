@@ -1,0 +1,170 @@
+//! A bounded cache of verified tokens, so that an application calling again with the same token
+//! does not pay for a signature check on every request.
+//!
+//! Entries are found by a keyed 64-bit hash of the token and confirmed by comparing the whole
+//! token (a hash collision can never hand one caller another's claims). An entry lives until
+//! its token's `exp`; a full cache first drops expired entries, then the oldest half of a shard.
+//! Tokens are kept only in memory and never printed.
+
+use std::collections::hash_map::RandomState;
+use std::collections::HashMap;
+use std::hash::BuildHasher;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Mutex;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use crate::token::Claims;
+
+const SHARDS: usize = 16;
+
+struct Entry {
+    token: Box<str>,
+    claims: Claims,
+    inserted: u64,
+}
+
+/// See the module documentation.
+pub struct TokenCache {
+    hasher: RandomState,
+    shards: Vec<Mutex<HashMap<u64, Entry>>>,
+    per_shard: usize,
+    clock: AtomicU64,
+}
+
+fn now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+impl TokenCache {
+    /// A cache holding at most about `capacity` tokens.
+    pub fn new(capacity: usize) -> Self {
+        let per_shard = capacity.div_ceil(SHARDS).max(1);
+        Self {
+            hasher: RandomState::new(),
+            shards: (0..SHARDS).map(|_| Mutex::new(HashMap::new())).collect(),
+            per_shard,
+            clock: AtomicU64::new(0),
+        }
+    }
+
+    fn shard(&self, key: u64) -> Option<&Mutex<HashMap<u64, Entry>>> {
+        self.shards.get((key as usize) % SHARDS)
+    }
+
+    /// The claims of `token` if it was verified before and has not expired at `now_secs`.
+    pub fn get_at(&self, token: &str, now_secs: u64) -> Option<Claims> {
+        let key = self.hasher.hash_one(token);
+        let mut shard = self.shard(key)?.lock().ok()?;
+        let entry = shard.get(&key)?;
+        if &*entry.token != token {
+            return None;
+        }
+        if entry.claims.exp <= now_secs {
+            shard.remove(&key);
+            return None;
+        }
+        Some(entry.claims.clone())
+    }
+
+    /// The claims of `token` if it was verified before and has not expired.
+    pub fn get(&self, token: &str) -> Option<Claims> {
+        self.get_at(token, now())
+    }
+
+    /// Remembers a verified token until its `exp`.
+    pub fn insert(&self, token: &str, claims: Claims) {
+        let key = self.hasher.hash_one(token);
+        let seq = self.clock.fetch_add(1, Ordering::Relaxed);
+        let Some(Ok(mut shard)) = self.shard(key).map(|s| s.lock()) else {
+            return;
+        };
+        if shard.len() >= self.per_shard && !shard.contains_key(&key) {
+            let t = now();
+            shard.retain(|_, e| e.claims.exp > t);
+            if shard.len() >= self.per_shard {
+                // Drop the older half.
+                let mut ages: Vec<u64> = shard.values().map(|e| e.inserted).collect();
+                ages.sort_unstable();
+                let cut = ages.get(ages.len() / 2).copied().unwrap_or(u64::MAX);
+                shard.retain(|_, e| e.inserted >= cut);
+            }
+        }
+        shard.insert(
+            key,
+            Entry {
+                token: token.into(),
+                claims,
+                inserted: seq,
+            },
+        );
+    }
+
+    /// Tokens held now.
+    pub fn len(&self) -> usize {
+        self.shards
+            .iter()
+            .map(|s| s.lock().map(|m| m.len()).unwrap_or(0))
+            .sum()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn claims(exp: u64) -> Claims {
+        Claims {
+            iss: "i".into(),
+            sub: "dinkes/simpus".into(),
+            aud: "a".into(),
+            iat: 0,
+            nbf: 0,
+            exp,
+            jti: "j".into(),
+            agency: "dinkes".into(),
+            scope: String::new(),
+        }
+    }
+
+    #[test]
+    fn hits_until_exp_and_only_for_the_same_token() {
+        let c = TokenCache::new(100);
+        c.insert("token-a", claims(1_000));
+        assert_eq!(c.get_at("token-a", 999).unwrap().sub, "dinkes/simpus");
+        assert!(c.get_at("token-b", 999).is_none());
+        assert!(c.get_at("token-a", 1_000).is_none(), "expired at exp");
+        assert!(
+            c.get_at("token-a", 500).is_none(),
+            "expired entries are dropped"
+        );
+    }
+
+    #[test]
+    fn stays_bounded() {
+        let c = TokenCache::new(64);
+        let far = now() + 3600;
+        for i in 0..10_000 {
+            c.insert(&format!("token-{i}"), claims(far));
+        }
+        assert!(c.len() <= 64 + SHARDS, "{}", c.len());
+        // The newest entries survive.
+        assert!(c.get("token-9999").is_some());
+    }
+
+    #[test]
+    fn expired_entries_make_room_first() {
+        let c = TokenCache::new(16);
+        for i in 0..16 {
+            c.insert(&format!("old-{i}"), claims(1));
+        }
+        c.insert("fresh", claims(now() + 60));
+        assert!(c.get("fresh").is_some());
+        assert!(c.len() <= 16);
+    }
+}
