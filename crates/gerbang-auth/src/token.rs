@@ -151,53 +151,104 @@ impl Issuer {
 
     /// Verifies a token of this issuer and returns its claims.
     pub fn verify(&self, token: &str) -> Result<Claims, Refusal> {
-        if token.len() > MAX_TOKEN_BYTES {
-            return Err(Refusal::TooLarge);
+        let claims = verify_jwt(
+            token,
+            &[Algorithm::ES256],
+            Some(TOKEN_TYPE),
+            |kid, _alg| {
+                self.keys
+                    .find(kid)
+                    .map(|k| &k.decoding)
+                    .ok_or(Refusal::UnknownKid)
+            },
+            |v| {
+                v.leeway = self.leeway.as_secs();
+                v.set_issuer(&[&self.issuer]);
+                v.set_audience(&[&self.audience]);
+                v.set_required_spec_claims(&["exp", "nbf", "iat", "iss", "aud", "sub"]);
+            },
+        )?;
+        serde_json::from_value(claims).map_err(|_| Refusal::MissingClaim)
+    }
+}
+
+/// Verifies a JWT whose algorithm must be one of `allowed` (pinned from the raw header before
+/// the JWT library parses it), whose `typ` must be `required_typ` when given, and whose key
+/// `key_for(kid, alg)` finds. `configure` sets issuer, audience, leeway and required claims.
+/// Returns the claims as JSON, so that a payload that is not JSON (malformed) is told apart
+/// from one that lacks a claim.
+pub(crate) fn verify_jwt<'k>(
+    token: &str,
+    allowed: &[Algorithm],
+    required_typ: Option<&str>,
+    key_for: impl FnOnce(&str, Algorithm) -> Result<&'k jsonwebtoken::DecodingKey, Refusal>,
+    configure: impl FnOnce(&mut Validation),
+) -> Result<serde_json::Value, Refusal> {
+    if token.len() > MAX_TOKEN_BYTES {
+        return Err(Refusal::TooLarge);
+    }
+    let raw_alg = raw_header_alg(token).ok_or(Refusal::Malformed)?;
+    if !allowed
+        .iter()
+        .any(|a| alg_name(*a) == Some(raw_alg.as_str()))
+    {
+        return Err(Refusal::AlgorithmNotAllowed);
+    }
+    let header = jsonwebtoken::decode_header(token).map_err(|e| match e.kind() {
+        ErrorKind::InvalidAlgorithmName | ErrorKind::UnsupportedAlgorithm => {
+            Refusal::AlgorithmNotAllowed
         }
-        // The algorithm is read and pinned from the raw header before the JWT library parses
-        // it, so that `none` and every other name get the same precise refusal.
-        let raw_alg = raw_header_alg(token).ok_or(Refusal::Malformed)?;
-        if raw_alg != "ES256" {
-            return Err(Refusal::AlgorithmNotAllowed);
+        _ => Refusal::Malformed,
+    })?;
+    if !allowed.contains(&header.alg) {
+        return Err(Refusal::AlgorithmNotAllowed);
+    }
+    if let Some(typ) = required_typ {
+        if header.typ.as_deref() != Some(typ) {
+            return Err(Refusal::WrongType);
         }
-        let header = jsonwebtoken::decode_header(token).map_err(|e| match e.kind() {
-            ErrorKind::InvalidAlgorithmName | ErrorKind::UnsupportedAlgorithm => {
-                Refusal::AlgorithmNotAllowed
+    }
+    let kid = header.kid.as_deref().ok_or(Refusal::MissingKid)?;
+    let key = key_for(kid, header.alg)?;
+    let mut v = Validation::new(header.alg);
+    v.validate_nbf = true;
+    configure(&mut v);
+    let data =
+        jsonwebtoken::decode::<serde_json::Value>(token, key, &v).map_err(|e| match e.kind() {
+            ErrorKind::InvalidSignature => Refusal::BadSignature,
+            ErrorKind::ExpiredSignature => Refusal::Expired,
+            ErrorKind::ImmatureSignature => Refusal::NotYetValid,
+            ErrorKind::InvalidIssuer => Refusal::WrongIssuer,
+            ErrorKind::InvalidAudience => Refusal::WrongAudience,
+            ErrorKind::InvalidAlgorithm => Refusal::AlgorithmNotAllowed,
+            ErrorKind::MissingRequiredClaim(_) | ErrorKind::InvalidClaimFormat(_) => {
+                Refusal::MissingClaim
             }
             _ => Refusal::Malformed,
         })?;
-        if header.alg != Algorithm::ES256 {
-            return Err(Refusal::AlgorithmNotAllowed);
-        }
-        if header.typ.as_deref() != Some(TOKEN_TYPE) {
-            return Err(Refusal::WrongType);
-        }
-        let kid = header.kid.as_deref().ok_or(Refusal::MissingKid)?;
-        let key = self.keys.find(kid).ok_or(Refusal::UnknownKid)?;
-        let mut v = Validation::new(Algorithm::ES256);
-        v.leeway = self.leeway.as_secs();
-        v.validate_nbf = true;
-        v.set_issuer(&[&self.issuer]);
-        v.set_audience(&[&self.audience]);
-        v.set_required_spec_claims(&["exp", "nbf", "iat", "iss", "aud", "sub"]);
-        // Claims are taken as JSON first, so that a payload that is not JSON (malformed) is told
-        // apart from one that lacks a claim or has one of the wrong type.
-        let data = jsonwebtoken::decode::<serde_json::Value>(token, &key.decoding, &v).map_err(
-            |e| match e.kind() {
-                ErrorKind::InvalidSignature => Refusal::BadSignature,
-                ErrorKind::ExpiredSignature => Refusal::Expired,
-                ErrorKind::ImmatureSignature => Refusal::NotYetValid,
-                ErrorKind::InvalidIssuer => Refusal::WrongIssuer,
-                ErrorKind::InvalidAudience => Refusal::WrongAudience,
-                ErrorKind::InvalidAlgorithm => Refusal::AlgorithmNotAllowed,
-                ErrorKind::MissingRequiredClaim(_) | ErrorKind::InvalidClaimFormat(_) => {
-                    Refusal::MissingClaim
-                }
-                _ => Refusal::Malformed,
-            },
-        )?;
-        serde_json::from_value(data.claims).map_err(|_| Refusal::MissingClaim)
+    if !data.claims.is_object() {
+        return Err(Refusal::Malformed);
     }
+    Ok(data.claims)
+}
+
+/// The JOSE name of an algorithm; `None` for one this code does not know.
+pub(crate) fn alg_name(a: Algorithm) -> Option<&'static str> {
+    Some(match a {
+        Algorithm::HS256 => "HS256",
+        Algorithm::HS384 => "HS384",
+        Algorithm::HS512 => "HS512",
+        Algorithm::ES256 => "ES256",
+        Algorithm::ES384 => "ES384",
+        Algorithm::RS256 => "RS256",
+        Algorithm::RS384 => "RS384",
+        Algorithm::RS512 => "RS512",
+        Algorithm::PS256 => "PS256",
+        Algorithm::PS384 => "PS384",
+        Algorithm::PS512 => "PS512",
+        Algorithm::EdDSA => "EdDSA",
+        _ => return None,
+    })
 }
 
 /// The `alg` of a token's header, read without trusting anything else in it.
