@@ -12,6 +12,7 @@
 //! Invariant: nothing here logs or formats a token, a secret or a key.
 
 pub mod cache;
+pub mod external;
 pub mod keys;
 pub mod secret;
 pub mod token;
