@@ -1,10 +1,14 @@
 //! Authentication building blocks of Gerbang, free of HTTP-server code and of file I/O (the
-//! binary reads key files and passes their bytes):
+//! binary reads key files and passes their bytes; the only network use is `jwks`, an HTTP
+//! client fetching external issuers' keys):
 //!
 //! - [`secret`]: client secrets and API keys stored only as argon2id hashes;
 //! - [`keys`]: the built-in issuer's ES256 signing keys, rotation, and the public JWKS;
 //! - [`token`]: access tokens issued by the gateway and their verification (algorithm pinned,
 //!   issuer, audience, expiry, `typ`), with a stable reason for every refusal;
+//! - [`cache`]: verified tokens remembered until `exp`, so repeated calls skip the signature;
+//! - [`external`]: tokens of external issuers (Keycloak) against their JWKS keys;
+//! - [`jwks`]: fetching, refreshing and rate-limited refetching of an external JWKS;
 //! - [`Principal`]: who called, as the later pipeline steps see it.
 //!
 //! Status: the building blocks of the authentication issue; they are not yet wired into the
@@ -13,6 +17,7 @@
 
 pub mod cache;
 pub mod external;
+pub mod jwks;
 pub mod keys;
 pub mod secret;
 pub mod token;
