@@ -6,6 +6,7 @@
 //! - [`keys`]: the built-in issuer's ES256 signing keys, rotation, and the public JWKS;
 //! - [`token`]: access tokens issued by the gateway and their verification (algorithm pinned,
 //!   issuer, audience, expiry, `typ`), with a stable reason for every refusal;
+//! - [`apikey`]: API keys made by the gateway, stored as SHA-256 digests, with expiry;
 //! - [`cache`]: verified tokens remembered until `exp`, so repeated calls skip the signature;
 //! - [`external`]: tokens of external issuers (Keycloak) against their JWKS keys;
 //! - [`jwks`]: fetching, refreshing and rate-limited refetching of an external JWKS;
@@ -15,6 +16,7 @@
 //! data plane (`/oauth/token`, bearer checks, external issuers, API keys and mTLS come next).
 //! Invariant: nothing here logs or formats a token, a secret or a key.
 
+pub mod apikey;
 pub mod cache;
 pub mod external;
 pub mod jwks;
