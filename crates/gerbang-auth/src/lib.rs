@@ -9,6 +9,7 @@
 //! - [`apikey`]: API keys made by the gateway, stored as SHA-256 digests, with expiry;
 //! - [`cache`]: verified tokens remembered until `exp`, so repeated calls skip the signature;
 //! - [`external`]: tokens of external issuers (Keycloak) against their JWKS keys;
+//! - [`mtls`]: client certificates pinned by SHA-256 fingerprint to applications;
 //! - [`jwks`]: fetching, refreshing and rate-limited refetching of an external JWKS;
 //! - [`Principal`]: who called, as the later pipeline steps see it.
 //!
@@ -21,6 +22,7 @@ pub mod cache;
 pub mod external;
 pub mod jwks;
 pub mod keys;
+pub mod mtls;
 pub mod secret;
 pub mod token;
 
