@@ -32,6 +32,26 @@ const HOP_BY_HOP: [HeaderName; 8] = [
     header::UPGRADE,
 ];
 
+/// Prefix of the headers only the gateway sets (verified identity, assertions).
+pub const GATEWAY_HEADER_PREFIX: &str = "x-gerbang-";
+
+/// The one `X-Gerbang-*` header a client may send: the purpose of processing (read by policy).
+pub static X_GERBANG_PURPOSE: HeaderName = HeaderName::from_static("x-gerbang-purpose");
+
+/// Removes every `X-Gerbang-*` header a client sent except the purpose: a provider must only
+/// ever see identity headers that the gateway itself verified and set.
+pub fn strip_gateway_headers(headers: &mut HeaderMap) {
+    let mut found: Option<Vec<HeaderName>> = None;
+    for name in headers.keys() {
+        if name.as_str().starts_with(GATEWAY_HEADER_PREFIX) && *name != X_GERBANG_PURPOSE {
+            found.get_or_insert_with(Vec::new).push(name.clone());
+        }
+    }
+    for name in found.iter().flatten() {
+        headers.remove(name);
+    }
+}
+
 /// Headers that naming in `Connection` does not remove.
 const PROTECTED: [HeaderName; 2] = [header::CONTENT_LENGTH, header::HOST];
 
@@ -197,6 +217,26 @@ mod tests {
         remove_hop_by_hop(&mut h);
         assert_eq!(h.len(), 1, "{h:?}");
         assert_eq!(h["x-kept"], "yes");
+    }
+
+    #[test]
+    fn client_sent_gateway_headers_are_stripped_except_purpose() {
+        let mut h = HeaderMap::new();
+        h.insert(
+            "x-gerbang-consumer",
+            HeaderValue::from_static("dukcapil/siak"),
+        );
+        h.append("x-gerbang-consumer", HeaderValue::from_static("again"));
+        h.insert("x-gerbang-assertion", HeaderValue::from_static("forged"));
+        h.insert(
+            "x-gerbang-purpose",
+            HeaderValue::from_static("pelayanan-kesehatan"),
+        );
+        h.insert("x-gerbangx", HeaderValue::from_static("not ours"));
+        strip_gateway_headers(&mut h);
+        assert_eq!(h.len(), 2, "{h:?}");
+        assert_eq!(h["x-gerbang-purpose"], "pelayanan-kesehatan");
+        assert_eq!(h["x-gerbangx"], "not ours");
     }
 
     #[test]

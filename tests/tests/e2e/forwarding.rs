@@ -74,3 +74,28 @@ async fn request_id_is_propagated_or_generated() {
     let b = raw_request(gw.addr, &get("/diskominfo/echo/x", "")).await;
     assert_ne!(a.header("x-request-id"), b.header("x-request-id"));
 }
+
+#[tokio::test]
+async fn client_sent_gateway_identity_headers_never_reach_the_provider() {
+    let echo = backend(Kind::Echo, "echo").await;
+    let gw = TestGateway::start(&[&agency("diskominfo", "echo", &[echo.url()], "")], "", "").await;
+    let r = raw_request(
+        gw.addr,
+        &get(
+            "/diskominfo/echo/x",
+            "X-Gerbang-Consumer: dukcapil/siak\r\nX-GERBANG-Consumer-Agency: dukcapil\r\n\
+             X-Gerbang-Assertion: forged\r\nX-Gerbang-Purpose: pelayanan-kesehatan\r\n",
+        ),
+    )
+    .await;
+    assert_eq!(r.status, 200);
+    let h = r.json()["headers"].clone();
+    for gone in [
+        "x-gerbang-consumer",
+        "x-gerbang-consumer-agency",
+        "x-gerbang-assertion",
+    ] {
+        assert!(h.get(gone).is_none(), "{gone} reached the provider: {h}");
+    }
+    assert_eq!(h["x-gerbang-purpose"], "pelayanan-kesehatan");
+}
