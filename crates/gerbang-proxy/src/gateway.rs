@@ -52,11 +52,13 @@ impl Default for Limits {
 }
 
 /// What the pipeline knows about the connection a request came on.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct ConnInfo {
     pub remote: SocketAddr,
     /// `"http"` or `"https"`: the scheme the client used to reach the gateway.
     pub proto: &'static str,
+    /// SHA-256 fingerprint (`sha256:…`) of the client certificate that rustls verified (mTLS).
+    pub client_cert: Option<Arc<str>>,
 }
 
 /// An immutable view of routing state; a reload swaps in a new one.

@@ -127,7 +127,11 @@ pub async fn serve<H: Handler>(
             },
         };
         let _ = stream.set_nodelay(true);
-        let conn = ConnInfo { remote, proto };
+        let conn = ConnInfo {
+            remote,
+            proto,
+            client_cert: None,
+        };
         let watcher = graceful.watcher();
         let builder = Arc::clone(&builder);
         let handler = Arc::clone(&handler);
@@ -137,14 +141,19 @@ pub async fn serve<H: Handler>(
         let max_head = settings.max_head_bytes.max(8192);
         tokio::spawn(async move {
             let _permit = permit;
-            let service = hyper::service::service_fn(move |req| {
-                let handler = Arc::clone(&handler);
-                async move { Ok::<_, Infallible>(handler.call(req, conn).await) }
-            });
+            let make_service = move |conn: ConnInfo| {
+                hyper::service::service_fn(move |req| {
+                    let handler = Arc::clone(&handler);
+                    let conn = conn.clone();
+                    async move { Ok::<_, Infallible>(handler.call(req, conn).await) }
+                })
+            };
             let result = match acceptor {
                 None => {
                     let io = TokioIo::new(FramingGuard::new(stream, max_head));
-                    watcher.watch(builder.serve_connection(io, service)).await
+                    watcher
+                        .watch(builder.serve_connection(io, make_service(conn)))
+                        .await
                 }
                 Some(acceptor) => {
                     let tls = match tokio::time::timeout(handshake_timeout, acceptor.accept(stream))
@@ -160,8 +169,21 @@ pub async fn serve<H: Handler>(
                             return;
                         }
                     };
+                    // The certificate rustls verified (mTLS), named by its fingerprint.
+                    let client_cert = tls
+                        .get_ref()
+                        .1
+                        .peer_certificates()
+                        .and_then(|certs| certs.first())
+                        .map(|c| Arc::from(gerbang_auth::mtls::fingerprint(c)));
+                    let conn = ConnInfo {
+                        client_cert,
+                        ..conn
+                    };
                     let io = TokioIo::new(FramingGuard::new(tls, max_head));
-                    watcher.watch(builder.serve_connection(io, service)).await
+                    watcher
+                        .watch(builder.serve_connection(io, make_service(conn)))
+                        .await
                 }
             };
             if let Err(e) = result {

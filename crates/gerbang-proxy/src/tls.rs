@@ -34,17 +34,68 @@ pub fn parse_certs(pem: &[u8]) -> Result<Vec<CertificateDer<'static>>, TlsError>
     Ok(certs)
 }
 
+/// Whether the listener asks clients for a certificate (mTLS), and which CAs it trusts for them.
+#[derive(Debug, Clone, Default)]
+pub enum ClientAuth {
+    /// No client certificates.
+    #[default]
+    None,
+    /// A certificate is verified when offered; clients without one are served (and must then
+    /// authenticate otherwise).
+    Optional(Vec<CertificateDer<'static>>),
+    /// Every client must present a certificate that chains to these CAs.
+    Required(Vec<CertificateDer<'static>>),
+}
+
 /// A server configuration with one certificate chain and key, offering HTTP/2 and HTTP/1.1 by
 /// ALPN.
 pub fn server_config(cert_pem: &[u8], key_pem: &[u8]) -> Result<Arc<ServerConfig>, TlsError> {
+    server_config_with_client_auth(cert_pem, key_pem, ClientAuth::None)
+}
+
+/// [`server_config`] with client certificates verified against `client_auth`'s CAs.
+pub fn server_config_with_client_auth(
+    cert_pem: &[u8],
+    key_pem: &[u8],
+    client_auth: ClientAuth,
+) -> Result<Arc<ServerConfig>, TlsError> {
     let certs = parse_certs(cert_pem)?;
     let key = PrivateKeyDer::from_pem_slice(key_pem).map_err(|e| TlsError::Pem(e.to_string()))?;
-    let mut cfg = ServerConfig::builder_with_provider(provider())
-        .with_safe_default_protocol_versions()?
-        .with_no_client_auth()
-        .with_single_cert(certs, key)?;
+    let builder =
+        ServerConfig::builder_with_provider(provider()).with_safe_default_protocol_versions()?;
+    let builder = match client_auth {
+        ClientAuth::None => builder.with_no_client_auth(),
+        ClientAuth::Optional(cas) | ClientAuth::Required(cas) if cas.is_empty() => {
+            return Err(TlsError::NoCertificate);
+        }
+        ClientAuth::Optional(cas) => {
+            builder.with_client_cert_verifier(client_verifier(cas, false)?)
+        }
+        ClientAuth::Required(cas) => builder.with_client_cert_verifier(client_verifier(cas, true)?),
+    };
+    let mut cfg = builder.with_single_cert(certs, key)?;
     cfg.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
     Ok(Arc::new(cfg))
+}
+
+fn client_verifier(
+    cas: Vec<CertificateDer<'static>>,
+    required: bool,
+) -> Result<Arc<dyn rustls::server::danger::ClientCertVerifier>, TlsError> {
+    let mut roots = RootCertStore::empty();
+    for ca in cas {
+        roots.add(ca)?;
+    }
+    let builder =
+        rustls::server::WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider());
+    let builder = if required {
+        builder
+    } else {
+        builder.allow_unauthenticated()
+    };
+    builder
+        .build()
+        .map_err(|e| TlsError::Pem(format!("client CA: {e}")))
 }
 
 /// A client configuration for `https://` upstreams: the system's roots (when asked) plus extra

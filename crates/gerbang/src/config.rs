@@ -106,6 +106,16 @@ impl Default for RawServer {
 struct RawTls {
     cert_file: PathBuf,
     key_file: PathBuf,
+    /// "none", "optional" or "required": whether clients are asked for a certificate (mTLS).
+    #[serde(default = "default_client_auth")]
+    client_auth: String,
+    /// CAs that client certificates must chain to.
+    #[serde(default)]
+    client_ca_files: Vec<PathBuf>,
+}
+
+fn default_client_auth() -> String {
+    "none".into()
 }
 
 #[derive(Debug, Deserialize)]
@@ -427,8 +437,39 @@ pub fn load(file: &Path, overrides: &Overrides) -> Result<Config, ConfigError> {
             "server.tls.key_file",
             &mut problems,
         );
+        let mut client_cas = Vec::new();
+        for (i, ca) in t.client_ca_files.iter().enumerate() {
+            let key = format!("server.tls.client_ca_files[{i}]");
+            if let Some(pem) = read_file(&resolve(ca), file, &key, &mut problems) {
+                match gerbang_proxy::tls::parse_certs(&pem) {
+                    Ok(certs) => client_cas.extend(certs),
+                    Err(e) => problems.push(file, key, e.to_string()),
+                }
+            }
+        }
+        let client_auth = match t.client_auth.as_str() {
+            "none" => gerbang_proxy::tls::ClientAuth::None,
+            "optional" | "required" if t.client_ca_files.is_empty() => {
+                problems.push(
+                    file,
+                    "server.tls.client_ca_files",
+                    "client_auth needs at least one CA file for client certificates",
+                );
+                return None;
+            }
+            "optional" => gerbang_proxy::tls::ClientAuth::Optional(client_cas),
+            "required" => gerbang_proxy::tls::ClientAuth::Required(client_cas),
+            other => {
+                problems.push(
+                    file,
+                    "server.tls.client_auth",
+                    format!("`{other}` is not one of \"none\", \"optional\", \"required\""),
+                );
+                return None;
+            }
+        };
         let (cert, key) = (cert?, key?);
-        match gerbang_proxy::tls::server_config(&cert, &key) {
+        match gerbang_proxy::tls::server_config_with_client_auth(&cert, &key, client_auth) {
             Ok(c) => Some(c),
             Err(e) => {
                 problems.push(file, "server.tls", e.to_string());
@@ -858,6 +899,30 @@ url = "ftp://127.0.0.1:1/x"
             "c.toml: line 4: unknown field `colour`",
         ] {
             assert!(text.contains(needle), "missing {needle:?} in:\n{text}");
+        }
+    }
+
+    #[test]
+    fn client_certificates_need_a_ca_and_a_known_mode() {
+        let dir = tempfile::tempdir().unwrap();
+        write(dir.path(), "registry/dukcapil.toml", AGENCY);
+        for (tls, want) in [
+            (
+                "client_auth = \"required\"",
+                "server.tls.client_ca_files: client_auth needs at least one CA file",
+            ),
+            (
+                "client_auth = \"sometimes\"\nclient_ca_files = [\"ca.pem\"]",
+                "server.tls.client_auth: `sometimes` is not one of",
+            ),
+        ] {
+            write(
+                dir.path(),
+                "gerbang.toml",
+                &format!("[server.tls]\ncert_file = \"c.pem\"\nkey_file = \"k.pem\"\n{tls}\n"),
+            );
+            let err = load(&dir.path().join("gerbang.toml"), &Overrides::default()).unwrap_err();
+            assert!(err.to_string().contains(want), "{err}");
         }
     }
 

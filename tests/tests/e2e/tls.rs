@@ -125,3 +125,77 @@ async fn http2_cleartext_with_prior_knowledge() {
     use sha2::Digest;
     assert_eq!(v["body_sha256"], hex::encode(sha2::Sha256::digest(&body)));
 }
+
+/// mTLS on the data plane: with `client_auth = "required"`, a client certificate from the
+/// configured CA is accepted, no certificate or one from another CA is refused in the handshake;
+/// with `"optional"`, clients without a certificate are served.
+#[tokio::test]
+async fn client_certificates_are_verified_against_the_configured_ca() {
+    let echo = backend(gerbang::demo::Kind::Echo, "echo").await;
+    let (gw_cert, gw_key) = self_signed();
+    let (ca_pem, client_cert, client_key) = ca_and_client_cert("simpus.dinkes.test");
+    let (_other_ca, stranger_cert, stranger_key) = ca_and_client_cert("stranger.test");
+    let dir = tempfile::tempdir().unwrap();
+    let w = |name: &str, text: &str| {
+        let p = dir.path().join(name);
+        std::fs::write(&p, text).unwrap();
+        p.display().to_string()
+    };
+    let (cert_file, key_file, ca_file) = (
+        w("gw.crt", &gw_cert),
+        w("gw.key", &gw_key),
+        w("clients-ca.crt", &ca_pem),
+    );
+    let client = |identity: Option<(&str, &str)>| {
+        let mut b = reqwest::Client::builder()
+            .tls_certs_only([reqwest::Certificate::from_pem(gw_cert.as_bytes()).unwrap()])
+            .timeout(Duration::from_secs(10));
+        if let Some((cert, key)) = identity {
+            b = b.identity(reqwest::Identity::from_pem(format!("{cert}{key}").as_bytes()).unwrap());
+        }
+        b.build().unwrap()
+    };
+
+    for mode in ["required", "optional"] {
+        let gw = TestGateway::start(
+            &[&agency("a", "s", &[echo.url()], "")],
+            &format!(
+                "[server.tls]\ncert_file = \"{cert_file}\"\nkey_file = \"{key_file}\"\n\
+                 client_auth = \"{mode}\"\nclient_ca_files = [\"{ca_file}\"]\n"
+            ),
+            "",
+        )
+        .await;
+        let url = format!("https://localhost:{}/a/s/x", gw.addr.port());
+        let with_cert = client(Some((&client_cert, &client_key)))
+            .get(&url)
+            .send()
+            .await;
+        assert_eq!(
+            with_cert.unwrap().status(),
+            200,
+            "{mode}: trusted client certificate"
+        );
+        let stranger = client(Some((&stranger_cert, &stranger_key)))
+            .get(&url)
+            .send()
+            .await;
+        assert!(
+            stranger.is_err(),
+            "{mode}: a certificate from another CA is refused"
+        );
+        let anonymous = client(None).get(&url).send().await;
+        if mode == "required" {
+            assert!(
+                anonymous.is_err(),
+                "required: no certificate, no connection"
+            );
+        } else {
+            assert_eq!(
+                anonymous.unwrap().status(),
+                200,
+                "optional: served without one"
+            );
+        }
+    }
+}
