@@ -3,7 +3,6 @@
 
 use std::convert::Infallible;
 use std::future::Future;
-use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -199,9 +198,4 @@ pub async fn serve<H: Handler>(
             ShutdownOutcome::DeadlineExceeded
         }
     }
-}
-
-/// The address a listener is bound to, for logs.
-pub fn local_addr(listener: &TcpListener) -> Option<SocketAddr> {
-    listener.local_addr().ok()
 }
