@@ -64,8 +64,9 @@ pub struct ConnInfo {
 /// An immutable view of routing state; a reload swaps in a new one.
 pub struct Snapshot {
     pub registry: Arc<Registry>,
-    /// One pooled client per service, indexed by [`Service::index`], for `https://` instances.
-    clients: Vec<UpstreamClient>,
+    /// Per service, indexed by [`Service::index`]: a hyper-util pooled client when the service
+    /// has `https://` instances.
+    clients: Vec<Option<UpstreamClient>>,
     /// Per service, per instance: the inline client's pool for `http://` instances.
     pools: Vec<Vec<Option<Arc<InstancePool>>>>,
 }
@@ -198,10 +199,6 @@ impl Gateway {
                     GatewayError::UnknownService(format!("{agency}/{service_id}"))
                 }
             })?;
-        let client = snapshot
-            .clients
-            .get(service.index)
-            .ok_or_else(|| GatewayError::Internal("no client for service".into()))?;
 
         let body_limit = service.limits.max_body_bytes;
         if let (Some(limit), Some(len)) = (body_limit, content_length) {
@@ -213,7 +210,7 @@ impl Gateway {
         let (instance_index, instance) = service
             .pick()
             .ok_or_else(|| GatewayError::NoInstance(service.full_id()))?;
-        let uri = upstream_uri(service, instance, rest, req.uri().query())?;
+        let path_and_query = upstream_path(service, rest, req.uri().query())?;
 
         let (mut parts, incoming) = req.into_parts();
         let original_host = parts.headers.get(header::HOST).cloned().or_else(|| {
@@ -236,14 +233,12 @@ impl Gateway {
         parts
             .headers
             .insert(headers::X_REQUEST_ID.clone(), request_id.clone());
-        parts.uri = uri;
         parts.version = Version::HTTP_11;
 
         // A request with a body is watched: was it too large, or still arriving at a timeout?
         let watch =
             (!http_body::Body::is_end_stream(&incoming)).then(|| Arc::new(BodyWatch::default()));
         let body = RequestBody::new(incoming, body_limit, watch.clone());
-        let upstream_req = Request::from_parts(parts, body);
 
         let timeout = service.limits.request_timeout;
         let inline_pool = snapshot
@@ -251,45 +246,47 @@ impl Gateway {
             .get(service.index)
             .and_then(|p| p.get(instance_index))
             .and_then(Option::as_ref);
-        if let Some(pool) = inline_pool {
-            // Plain http:// instance: the inline HTTP/1.1 client.
+        let result = if let Some(pool) = inline_pool {
+            // Plain http:// instance: the inline HTTP/1.1 client, origin-form target.
+            parts.uri = Uri::from(path_and_query);
+            let upstream_req = Request::from_parts(parts, body);
             let sent = h1::send(pool, service.limits.connect_timeout, upstream_req);
-            let result = tokio::time::timeout(timeout, sent).await;
-            let exceeded = watch.as_ref().is_some_and(|w| w.exceeded());
-            let res = match result {
-                Err(_elapsed) => return Err(timeout_error(&watch, body_limit, instance, timeout)),
-                Ok(Err(e)) => {
-                    return Err(classify_h1_error(
-                        e,
-                        instance.to_string(),
-                        exceeded.then_some(body_limit.unwrap_or(0)),
-                    ))
-                }
-                Ok(Ok(res)) => res,
-            };
-            let (mut parts, body) = res.into_parts();
-            headers::remove_hop_by_hop(&mut parts.headers);
-            return Ok(Response::from_parts(parts, ResponseBody::Inline(body)));
-        }
-        let result = tokio::time::timeout(timeout, client.request(upstream_req)).await;
-        let exceeded = watch.as_ref().is_some_and(|w| w.exceeded());
-        let res = match result {
-            Err(_elapsed) => return Err(timeout_error(&watch, body_limit, instance, timeout)),
-            Ok(Err(e)) => {
-                return Err(classify_client_error(
+            match tokio::time::timeout(timeout, sent).await {
+                Err(_elapsed) => Err(Exchange::TimedOut),
+                Ok(Err(e)) => Err(Exchange::Failed(classify_h1_error(e, instance.to_string()))),
+                Ok(Ok(res)) => Ok(res.map(ResponseBody::Inline)),
+            }
+        } else {
+            // https:// instance: hyper-util with rustls, absolute-form URI.
+            let client = snapshot
+                .clients
+                .get(service.index)
+                .and_then(Option::as_ref)
+                .ok_or_else(|| GatewayError::Internal("no client for service".into()))?;
+            parts.uri = absolute_uri(instance, path_and_query)?;
+            let upstream_req = Request::from_parts(parts, body);
+            match tokio::time::timeout(timeout, client.request(upstream_req)).await {
+                Err(_elapsed) => Err(Exchange::TimedOut),
+                Ok(Err(e)) => Err(Exchange::Failed(classify_client_error(
                     &e,
                     instance.to_string(),
-                    exceeded.then_some(body_limit.unwrap_or(0)),
-                ))
+                ))),
+                Ok(Ok(res)) => Ok(res.map(ResponseBody::Upstream)),
             }
-            Ok(Ok(res)) => res,
         };
-        let (mut parts, incoming) = res.into_parts();
-        headers::remove_hop_by_hop(&mut parts.headers);
-        Ok(Response::from_parts(
-            parts,
-            ResponseBody::Upstream(incoming),
-        ))
+        let mut res = match result {
+            Ok(res) => res,
+            // A body over the limit explains any failure of the exchange.
+            Err(_) if watch.as_ref().is_some_and(|w| w.exceeded()) => {
+                return Err(GatewayError::BodyTooLarge {
+                    limit: body_limit.unwrap_or(0),
+                })
+            }
+            Err(Exchange::TimedOut) => return Err(timeout_error(&watch, instance, timeout)),
+            Err(Exchange::Failed(e)) => return Err(e),
+        };
+        headers::remove_hop_by_hop(res.headers_mut());
+        Ok(res)
     }
 }
 
@@ -297,7 +294,12 @@ fn build_snapshot(registry: Registry, tls: &Arc<ClientConfig>, pool: &PoolSettin
     let clients = registry
         .services()
         .iter()
-        .map(|s| build_client(Arc::clone(tls), s.limits.connect_timeout, pool))
+        .map(|s| {
+            s.instances
+                .iter()
+                .any(|i| i.scheme == gerbang_registry::Scheme::Https)
+                .then(|| build_client(Arc::clone(tls), s.limits.connect_timeout, pool))
+        })
         .collect();
     let pools = registry
         .services()
@@ -374,13 +376,12 @@ fn content_length(req: &Request<Incoming>) -> Result<Option<u64>, GatewayError> 
     Ok(found)
 }
 
-/// `scheme://authority{base_path}{rest}?{query}`; the query is passed on byte for byte.
-fn upstream_uri(
+/// `{base_path}{rest}?{query}`; the query is passed on byte for byte.
+fn upstream_path(
     service: &Service,
-    instance: &gerbang_registry::Instance,
     rest: &str,
     query: Option<&str>,
-) -> Result<Uri, GatewayError> {
+) -> Result<PathAndQuery, GatewayError> {
     let mut pq = String::with_capacity(
         service.base_path.len() + rest.len() + query.map_or(0, |q| q.len() + 1) + 1,
     );
@@ -393,12 +394,19 @@ fn upstream_uri(
         pq.push('?');
         pq.push_str(q);
     }
+    PathAndQuery::from_maybe_shared(Bytes::from(pq))
+        .map_err(|e| GatewayError::Internal(format!("upstream path: {e}")))
+}
+
+/// `scheme://authority{path_and_query}`, the form hyper-util's client routes on.
+fn absolute_uri(
+    instance: &gerbang_registry::Instance,
+    path_and_query: PathAndQuery,
+) -> Result<Uri, GatewayError> {
     let scheme = match instance.scheme {
         gerbang_registry::Scheme::Http => Scheme::HTTP,
         gerbang_registry::Scheme::Https => Scheme::HTTPS,
     };
-    let path_and_query = PathAndQuery::from_maybe_shared(Bytes::from(pq))
-        .map_err(|e| GatewayError::Internal(format!("upstream path: {e}")))?;
     Uri::builder()
         .scheme(scheme)
         .authority(instance.authority.clone())
@@ -407,17 +415,19 @@ fn upstream_uri(
         .map_err(|e| GatewayError::Internal(format!("upstream uri: {e}")))
 }
 
+/// How an exchange with an upstream failed, before the body limit is taken into account.
+enum Exchange {
+    TimedOut,
+    Failed(GatewayError),
+}
+
 /// The error for a request whose response head did not arrive within `timeout`.
 fn timeout_error(
     watch: &Option<Arc<BodyWatch>>,
-    body_limit: Option<u64>,
     instance: &gerbang_registry::Instance,
     timeout: std::time::Duration,
 ) -> GatewayError {
     match watch {
-        Some(w) if w.exceeded() => GatewayError::BodyTooLarge {
-            limit: body_limit.unwrap_or(0),
-        },
         Some(w) if !w.finished() => GatewayError::RequestBodyTimeout {
             timeout_ms: timeout.as_millis(),
         },
@@ -429,14 +439,7 @@ fn timeout_error(
 }
 
 /// Maps an inline-client error to the cause a caller can act on.
-fn classify_h1_error(
-    err: H1Error,
-    instance: String,
-    body_limit_exceeded: Option<u64>,
-) -> GatewayError {
-    if let Some(limit) = body_limit_exceeded {
-        return GatewayError::BodyTooLarge { limit };
-    }
+fn classify_h1_error(err: H1Error, instance: String) -> GatewayError {
     match err {
         H1Error::Connect(e) => GatewayError::UpstreamUnavailable {
             instance,
@@ -460,11 +463,7 @@ fn classify_h1_error(
 fn classify_client_error(
     err: &hyper_util::client::legacy::Error,
     instance: String,
-    body_limit_exceeded: Option<u64>,
 ) -> GatewayError {
-    if let Some(limit) = body_limit_exceeded {
-        return GatewayError::BodyTooLarge { limit };
-    }
     let mut source: Option<&(dyn std::error::Error + 'static)> = std::error::Error::source(err);
     let mut timed_out = false;
     let mut client_body = None;
