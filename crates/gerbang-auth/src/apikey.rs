@@ -37,7 +37,7 @@ impl ApiKeyRefusal {
 pub fn generate() -> Option<(String, String)> {
     let mut bytes = [0u8; 32];
     SystemRandom::new().fill(&mut bytes).ok()?;
-    let key = format!("{KEY_PREFIX}{}", hex(&bytes));
+    let key = format!("{KEY_PREFIX}{}", hex::encode(bytes));
     let stored = digest_of(&key);
     Some((key, stored))
 }
@@ -46,7 +46,7 @@ pub fn generate() -> Option<(String, String)> {
 pub fn digest_of(key: &str) -> String {
     format!(
         "{DIGEST_PREFIX}{}",
-        hex(digest(&SHA256, key.as_bytes()).as_ref())
+        hex::encode(digest(&SHA256, key.as_bytes()))
     )
 }
 
@@ -57,16 +57,6 @@ pub fn is_valid_digest(stored: &str) -> bool {
             && h.bytes()
                 .all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase())
     })
-}
-
-fn hex(bytes: &[u8]) -> String {
-    const H: &[u8; 16] = b"0123456789abcdef";
-    let mut s = String::with_capacity(bytes.len() * 2);
-    for b in bytes {
-        s.push(H[(b >> 4) as usize] as char);
-        s.push(H[(b & 15) as usize] as char);
-    }
-    s
 }
 
 /// One registered key.

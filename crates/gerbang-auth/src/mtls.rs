@@ -10,14 +10,7 @@ const PREFIX: &str = "sha256:";
 
 /// The pin of a certificate: `sha256:` and the lower-case hex digest of its DER.
 pub fn fingerprint(der: &[u8]) -> String {
-    let d = digest(&SHA256, der);
-    let mut s = String::with_capacity(PREFIX.len() + 64);
-    s.push_str(PREFIX);
-    for b in d.as_ref() {
-        s.push(char::from(b"0123456789abcdef"[(b >> 4) as usize]));
-        s.push(char::from(b"0123456789abcdef"[(b & 15) as usize]));
-    }
-    s
+    format!("{PREFIX}{}", hex::encode(digest(&SHA256, der)))
 }
 
 /// Normalises a configured pin (`sha256:AB:CD:…`, upper or lower case, with or without colons)
