@@ -220,7 +220,7 @@ impl Gateway {
                 .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
         });
         headers::remove_hop_by_hop(&mut parts.headers);
-        headers::strip_gateway_headers(&mut parts.headers);
+        headers::remove_client_controlled(&mut parts.headers);
         headers::set_forwarding(
             &mut parts.headers,
             conn.remote.ip(),

@@ -38,12 +38,15 @@ pub const GATEWAY_HEADER_PREFIX: &str = "x-gerbang-";
 /// The one `X-Gerbang-*` header a client may send: the purpose of processing (read by policy).
 pub static X_GERBANG_PURPOSE: HeaderName = HeaderName::from_static("x-gerbang-purpose");
 
-/// Removes every `X-Gerbang-*` header a client sent except the purpose: a provider must only
-/// ever see identity headers that the gateway itself verified and set.
-pub fn strip_gateway_headers(headers: &mut HeaderMap) {
+/// Removes, in one pass, every header a client may not set: `X-Gerbang-*` except the purpose
+/// (a provider must only ever see identity headers the gateway verified and set), and the
+/// forwarding headers the gateway does not maintain (`Forwarded`, `X-Real-IP`, …).
+pub fn remove_client_controlled(headers: &mut HeaderMap) {
     let mut found: Option<Vec<HeaderName>> = None;
     for name in headers.keys() {
-        if name.as_str().starts_with(GATEWAY_HEADER_PREFIX) && *name != X_GERBANG_PURPOSE {
+        let gateway_only =
+            name.as_str().starts_with(GATEWAY_HEADER_PREFIX) && *name != X_GERBANG_PURPOSE;
+        if gateway_only || UNMAINTAINED_FORWARDING.iter().any(|u| u == name) {
             found.get_or_insert_with(Vec::new).push(name.clone());
         }
     }
@@ -99,8 +102,8 @@ pub fn remove_hop_by_hop(headers: &mut HeaderMap) {
 ///
 /// `X-Forwarded-For` gets the client address appended (the existing list is kept: it is
 /// information, never identity). `X-Forwarded-Proto` and `X-Forwarded-Host` are the gateway's
-/// own view and replace whatever the client sent; `Forwarded`, `X-Real-IP`,
-/// `X-Forwarded-Port` and `X-Forwarded-Prefix` are removed.
+/// own view and replace whatever the client sent (other forwarding headers go in
+/// [`remove_client_controlled`]).
 pub fn set_forwarding(
     headers: &mut HeaderMap,
     client_ip: IpAddr,
@@ -130,14 +133,6 @@ pub fn set_forwarding(
     };
     if let Ok(v) = value.or_else(|_| HeaderValue::from_str(&ip)) {
         headers.insert(X_FORWARDED_FOR.clone(), v);
-    }
-    let unmaintained = headers
-        .keys()
-        .any(|n| UNMAINTAINED_FORWARDING.iter().any(|u| u == n));
-    if unmaintained {
-        for name in UNMAINTAINED_FORWARDING.iter() {
-            headers.remove(name);
-        }
     }
     headers.insert(X_FORWARDED_PROTO.clone(), HeaderValue::from_static(proto));
     match original_host {
@@ -233,7 +228,7 @@ mod tests {
             HeaderValue::from_static("pelayanan-kesehatan"),
         );
         h.insert("x-gerbangx", HeaderValue::from_static("not ours"));
-        strip_gateway_headers(&mut h);
+        remove_client_controlled(&mut h);
         assert_eq!(h.len(), 2, "{h:?}");
         assert_eq!(h["x-gerbang-purpose"], "pelayanan-kesehatan");
         assert_eq!(h["x-gerbangx"], "not ours");
@@ -262,6 +257,7 @@ mod tests {
         h.insert("x-forwarded-proto", HeaderValue::from_static("gopher"));
         h.insert("forwarded", HeaderValue::from_static("for=10.9.9.9"));
         h.insert("x-real-ip", HeaderValue::from_static("10.9.9.9"));
+        remove_client_controlled(&mut h);
         set_forwarding(
             &mut h,
             "127.0.0.1".parse().unwrap(),
