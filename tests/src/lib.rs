@@ -46,6 +46,12 @@ impl TestGateway {
         }
     }
 
+    /// A gateway with one agency `a` offering one service `s` on `urls`, with `service_extra`
+    /// TOML lines for the service (timeouts, limits).
+    pub async fn single(urls: &[String], service_extra: &str) -> TestGateway {
+        TestGateway::start(&[&agency("a", "s", urls, service_extra)], "", "").await
+    }
+
     pub fn url(&self, path: &str) -> String {
         format!("http://{}{}", self.addr, path)
     }
@@ -365,4 +371,11 @@ pub fn ca_and_client_cert(client_name: &str) -> (String, String, String) {
         .push(rcgen::DnType::CommonName, client_name);
     let cert = params.signed_by(&client_key, &ca).unwrap();
     (ca.pem(), cert.pem(), client_key.serialize_pem())
+}
+
+/// Writes `text` to `dir/name` and returns the path as a string, for config files in tests.
+pub fn write_file(dir: &std::path::Path, name: &str, text: &str) -> String {
+    let p = dir.join(name);
+    std::fs::write(&p, text).unwrap();
+    p.display().to_string()
 }

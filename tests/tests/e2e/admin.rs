@@ -4,7 +4,7 @@ use gerbang_e2e::*;
 #[tokio::test]
 async fn health_probes_on_the_admin_listener() {
     let echo = backend(Kind::Echo, "echo").await;
-    let gw = TestGateway::start(&[&agency("a", "s", &[echo.url()], "")], "", "").await;
+    let gw = TestGateway::single(&[echo.url()], "").await;
     let r = raw_request(gw.admin, &get("/health/live", "")).await;
     assert_eq!(r.status, 200);
     assert_eq!(r.json()["status"], "live");
@@ -23,7 +23,7 @@ async fn health_probes_on_the_admin_listener() {
 #[tokio::test]
 async fn admin_errors_are_json() {
     let echo = backend(Kind::Echo, "echo").await;
-    let gw = TestGateway::start(&[&agency("a", "s", &[echo.url()], "")], "", "").await;
+    let gw = TestGateway::single(&[echo.url()], "").await;
     let r = raw_request(gw.admin, &get("/nope", "")).await;
     assert_eq!(r.status, 404);
     assert_eq!(r.error_code(), "not_found");

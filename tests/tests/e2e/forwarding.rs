@@ -37,7 +37,7 @@ async fn hop_by_hop_headers_of_the_response_are_removed() {
     let resp = "HTTP/1.1 200 OK\r\nConnection: close, X-Up-Hop\r\nX-Up-Hop: 1\r\nKeep-Alive: timeout=1\r\n\
         X-Up-Kept: 1\r\nContent-Length: 2\r\n\r\nok";
     let up = raw_upstream(RawBehaviour::Respond(resp.as_bytes().to_vec())).await;
-    let gw = TestGateway::start(&[&agency("a", "s", &[up.url()], "")], "", "").await;
+    let gw = TestGateway::single(&[up.url()], "").await;
     let r = raw_request(gw.addr, &get("/a/s/x", "")).await;
     assert_eq!(r.status, 200);
     assert_eq!(r.body, b"ok");

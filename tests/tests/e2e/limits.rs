@@ -4,12 +4,7 @@ use tokio::io::AsyncWriteExt;
 
 async fn gateway_with_limit() -> (Upstream, TestGateway) {
     let echo = backend(Kind::Echo, "echo").await;
-    let gw = TestGateway::start(
-        &[&agency("a", "s", &[echo.url()], "max_body_bytes = 1000")],
-        "",
-        "",
-    )
-    .await;
+    let gw = TestGateway::single(&[echo.url()], "max_body_bytes = 1000").await;
     (echo, gw)
 }
 
@@ -85,7 +80,7 @@ async fn body_over_the_service_limit_is_413() {
 #[tokio::test]
 async fn no_body_limit_unless_the_service_sets_one() {
     let echo = backend(Kind::Echo, "echo").await;
-    let gw = TestGateway::start(&[&agency("a", "s", &[echo.url()], "")], "", "").await;
+    let gw = TestGateway::single(&[echo.url()], "").await;
     let body = "z".repeat(3 * 1024 * 1024);
     let req = format!(
         "PUT /a/s/x HTTP/1.1\r\nHost: g\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",

@@ -68,7 +68,7 @@ async fn path_table_end_to_end() {
 #[tokio::test]
 async fn absolute_form_targets_route_on_their_path() {
     let echo = backend(Kind::Echo, "echo").await;
-    let gw = TestGateway::start(&[&agency("a", "s", &[echo.url()], "")], "", "").await;
+    let gw = TestGateway::single(&[echo.url()], "").await;
     let r = raw_request(
         gw.addr,
         b"GET http://elsewhere.example/a/s/x/../y HTTP/1.1\r\nHost: elsewhere.example\r\nConnection: close\r\n\r\n",

@@ -17,7 +17,7 @@ fn rss() -> u64 {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn large_request_body_streams_with_flat_memory() {
     let echo = backend(Kind::Echo, "echo").await;
-    let gw = TestGateway::start(&[&agency("a", "s", &[echo.url()], "")], "", "").await;
+    let gw = TestGateway::single(&[echo.url()], "").await;
 
     const CHUNK: usize = 1 << 20;
     const CHUNKS: usize = 512; // 512 MiB
@@ -79,12 +79,7 @@ async fn large_response_body_streams_back() {
             }
         }
     });
-    let gw = TestGateway::start(
-        &[&agency("a", "s", &[format!("http://{addr}")], "")],
-        "",
-        "",
-    )
-    .await;
+    let gw = TestGateway::single(&[format!("http://{addr}")], "").await;
     let mut s = tokio::net::TcpStream::connect(gw.addr).await.unwrap();
     s.write_all(&get("/a/s/download", "")).await.unwrap();
     // Read the head, then hash the body as it arrives.

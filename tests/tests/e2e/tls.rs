@@ -12,11 +12,7 @@ async fn http2_over_tls_to_an_https_upstream() {
 
     let (gw_cert, gw_key) = self_signed();
     let dir = tempfile::tempdir().unwrap();
-    let w = |name: &str, text: &str| {
-        let p = dir.path().join(name);
-        std::fs::write(&p, text).unwrap();
-        p.display().to_string()
-    };
+    let w = |name: &str, text: &str| write_file(dir.path(), name, text);
     let cert_file = w("gw.crt", &gw_cert);
     let key_file = w("gw.key", &gw_key);
     let ca_file = w("upstream-ca.crt", &up_cert);
@@ -136,11 +132,7 @@ async fn client_certificates_are_verified_against_the_configured_ca() {
     let (ca_pem, client_cert, client_key) = ca_and_client_cert("simpus.dinkes.test");
     let (_other_ca, stranger_cert, stranger_key) = ca_and_client_cert("stranger.test");
     let dir = tempfile::tempdir().unwrap();
-    let w = |name: &str, text: &str| {
-        let p = dir.path().join(name);
-        std::fs::write(&p, text).unwrap();
-        p.display().to_string()
-    };
+    let w = |name: &str, text: &str| write_file(dir.path(), name, text);
     let (cert_file, key_file, ca_file) = (
         w("gw.crt", &gw_cert),
         w("gw.key", &gw_key),

@@ -5,12 +5,7 @@ use gerbang_e2e::*;
 #[tokio::test]
 async fn refused_connection_is_502_upstream_unavailable() {
     let addr = refused_addr().await;
-    let gw = TestGateway::start(
-        &[&agency("a", "s", &[format!("http://{addr}")], "")],
-        "",
-        "",
-    )
-    .await;
+    let gw = TestGateway::single(&[format!("http://{addr}")], "").await;
     let r = raw_request(gw.addr, &get("/a/s/x", "")).await;
     assert_eq!(r.status, 502);
     assert_eq!(r.error_code(), "upstream_unavailable");
@@ -24,7 +19,7 @@ async fn refused_connection_is_502_upstream_unavailable() {
 #[tokio::test]
 async fn upstream_closing_without_answer_is_502_upstream_failed() {
     let up = raw_upstream(RawBehaviour::Close).await;
-    let gw = TestGateway::start(&[&agency("a", "s", &[up.url()], "")], "", "").await;
+    let gw = TestGateway::single(&[up.url()], "").await;
     let r = raw_request(gw.addr, &get("/a/s/x", "")).await;
     assert_eq!(r.status, 502);
     assert_eq!(r.error_code(), "upstream_failed");
@@ -33,7 +28,7 @@ async fn upstream_closing_without_answer_is_502_upstream_failed() {
 #[tokio::test]
 async fn upstream_sending_garbage_is_502_upstream_failed() {
     let up = raw_upstream(RawBehaviour::Respond(b"NOT HTTP AT ALL\r\n\r\n".to_vec())).await;
-    let gw = TestGateway::start(&[&agency("a", "s", &[up.url()], "")], "", "").await;
+    let gw = TestGateway::single(&[up.url()], "").await;
     let r = raw_request(gw.addr, &get("/a/s/x", "")).await;
     assert_eq!(r.status, 502);
     assert_eq!(r.error_code(), "upstream_failed");
@@ -42,17 +37,7 @@ async fn upstream_sending_garbage_is_502_upstream_failed() {
 #[tokio::test]
 async fn silent_upstream_is_504_after_the_service_request_timeout() {
     let up = raw_upstream(RawBehaviour::Hang).await;
-    let gw = TestGateway::start(
-        &[&agency(
-            "a",
-            "s",
-            &[up.url()],
-            "request_timeout = \"300ms\"",
-        )],
-        "",
-        "",
-    )
-    .await;
+    let gw = TestGateway::single(&[up.url()], "request_timeout = \"300ms\"").await;
     let t = Instant::now();
     let r = raw_request(gw.addr, &get("/a/s/x", "")).await;
     let took = t.elapsed();
@@ -71,12 +56,7 @@ async fn slow_upstream_within_the_timeout_is_fine() {
         b"HTTP/1.1 200 OK\r\nContent-Length: 4\r\n\r\nslow".to_vec(),
     ))
     .await;
-    let gw = TestGateway::start(
-        &[&agency("a", "s", &[up.url()], "request_timeout = \"2s\"")],
-        "",
-        "",
-    )
-    .await;
+    let gw = TestGateway::single(&[up.url()], "request_timeout = \"2s\"").await;
     let r = raw_request(gw.addr, &get("/a/s/x", "")).await;
     assert_eq!(r.status, 200);
     assert_eq!(r.body, b"slow");
@@ -113,15 +93,9 @@ async fn blackhole() -> (
 #[tokio::test]
 async fn connect_timeout_is_504_upstream_connect_timeout() {
     let (addr, fillers, _listener) = blackhole().await;
-    let gw = TestGateway::start(
-        &[&agency(
-            "a",
-            "s",
-            &[format!("http://{addr}")],
-            "connect_timeout = \"300ms\"\nrequest_timeout = \"10s\"",
-        )],
-        "",
-        "",
+    let gw = TestGateway::single(
+        &[format!("http://{addr}")],
+        "connect_timeout = \"300ms\"\nrequest_timeout = \"10s\"",
     )
     .await;
     let t = Instant::now();
@@ -138,17 +112,7 @@ async fn connect_timeout_is_504_upstream_connect_timeout() {
 async fn slow_client_body_is_408_not_blamed_on_the_upstream() {
     use tokio::io::AsyncWriteExt;
     let up = raw_upstream(RawBehaviour::Hang).await;
-    let gw = TestGateway::start(
-        &[&agency(
-            "a",
-            "s",
-            &[up.url()],
-            "request_timeout = \"300ms\"",
-        )],
-        "",
-        "",
-    )
-    .await;
+    let gw = TestGateway::single(&[up.url()], "request_timeout = \"300ms\"").await;
     let mut s = tokio::net::TcpStream::connect(gw.addr).await.unwrap();
     s.write_all(b"POST /a/s/x HTTP/1.1\r\nHost: g\r\nContent-Length: 100\r\n\r\nonly-part")
         .await

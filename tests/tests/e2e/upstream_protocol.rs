@@ -48,7 +48,7 @@ async fn chunked_response_with_trailers_is_passed_on() {
     let resp = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nContent-Type: text/plain\r\n\r\n\
         5\r\nhallo\r\n7;ext=1\r\n, dunia\r\n0\r\nX-Checksum: abc\r\n\r\n";
     let (url, accepted) = keep_alive_upstream(resp).await;
-    let gw = TestGateway::start(&[&agency("a", "s", &[url], "")], "", "").await;
+    let gw = TestGateway::single(&[url], "").await;
     for _ in 0..3 {
         let r = raw_request(gw.addr, &get("/a/s/x", "")).await;
         assert_eq!(r.status, 200);
@@ -65,7 +65,7 @@ async fn chunked_response_with_trailers_is_passed_on() {
 async fn keep_alive_connections_are_reused() {
     let (url, accepted) =
         keep_alive_upstream(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok").await;
-    let gw = TestGateway::start(&[&agency("a", "s", &[url], "")], "", "").await;
+    let gw = TestGateway::single(&[url], "").await;
     for _ in 0..20 {
         let r = raw_request(gw.addr, &get("/a/s/x", "")).await;
         assert_eq!(r.status, 200);
@@ -79,7 +79,7 @@ async fn connection_close_from_the_upstream_is_respected() {
     let (url, accepted) =
         keep_alive_upstream(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: close\r\n\r\nok")
             .await;
-    let gw = TestGateway::start(&[&agency("a", "s", &[url], "")], "", "").await;
+    let gw = TestGateway::single(&[url], "").await;
     for _ in 0..3 {
         assert_eq!(raw_request(gw.addr, &get("/a/s/x", "")).await.body, b"ok");
     }
@@ -97,7 +97,7 @@ async fn upstream_closing_idle_connections_causes_no_errors() {
         b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok".to_vec(),
     ))
     .await;
-    let gw = TestGateway::start(&[&agency("a", "s", &[up.url()], "")], "", "").await;
+    let gw = TestGateway::single(&[up.url()], "").await;
     for i in 0..20 {
         let r = raw_request(gw.addr, &get("/a/s/x", "")).await;
         assert_eq!(
@@ -118,7 +118,7 @@ async fn close_delimited_response_body_is_read_to_the_end() {
         b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\n\r\nsampai koneksi ditutup".to_vec(),
     ))
     .await;
-    let gw = TestGateway::start(&[&agency("a", "s", &[up.url()], "")], "", "").await;
+    let gw = TestGateway::single(&[up.url()], "").await;
     let r = raw_request(gw.addr, &get("/a/s/x", "")).await;
     assert_eq!(r.status, 200);
     assert_eq!(r.body, b"sampai koneksi ditutup");
@@ -130,7 +130,7 @@ async fn informational_responses_are_skipped() {
         b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 103 Early Hints\r\nLink: </a.css>\r\n\r\nHTTP/1.1 201 Created\r\nContent-Length: 4\r\n\r\ndone",
     )
     .await;
-    let gw = TestGateway::start(&[&agency("a", "s", &[url], "")], "", "").await;
+    let gw = TestGateway::single(&[url], "").await;
     let r = raw_request(
         gw.addr,
         b"POST /a/s/x HTTP/1.1\r\nHost: g\r\nContent-Length: 3\r\nConnection: close\r\n\r\nabc",
@@ -144,7 +144,7 @@ async fn informational_responses_are_skipped() {
 async fn head_and_204_responses_have_no_body_and_keep_the_connection() {
     let (url, accepted) =
         keep_alive_upstream(b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\n").await;
-    let gw = TestGateway::start(&[&agency("a", "s", &[url], "")], "", "").await;
+    let gw = TestGateway::single(&[url], "").await;
     for _ in 0..3 {
         let r = raw_head_request(
             gw.addr,
@@ -158,7 +158,7 @@ async fn head_and_204_responses_have_no_body_and_keep_the_connection() {
     assert_eq!(accepted.load(Ordering::SeqCst), 1);
 
     let (url, accepted) = keep_alive_upstream(b"HTTP/1.1 204 No Content\r\n\r\n").await;
-    let gw = TestGateway::start(&[&agency("a", "s", &[url], "")], "", "").await;
+    let gw = TestGateway::single(&[url], "").await;
     for _ in 0..3 {
         assert_eq!(raw_request(gw.addr, &get("/a/s/x", "")).await.status, 204);
     }
@@ -168,7 +168,7 @@ async fn head_and_204_responses_have_no_body_and_keep_the_connection() {
 #[tokio::test]
 async fn chunked_request_body_reaches_the_upstream_intact() {
     let echo = backend(gerbang::demo::Kind::Echo, "echo").await;
-    let gw = TestGateway::start(&[&agency("a", "s", &[echo.url()], "")], "", "").await;
+    let gw = TestGateway::single(&[echo.url()], "").await;
     let mut s = tokio::net::TcpStream::connect(gw.addr).await.unwrap();
     s.write_all(b"POST /a/s/x HTTP/1.1\r\nHost: g\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n")
         .await
@@ -198,7 +198,7 @@ async fn connection_header_cannot_strip_content_length() {
     // `Connection: content-length` must not make the body travel unframed (request smuggling):
     // the upstream sees exactly one request, with its body.
     let echo = backend(gerbang::demo::Kind::Echo, "echo").await;
-    let gw = TestGateway::start(&[&agency("a", "s", &[echo.url()], "")], "", "").await;
+    let gw = TestGateway::single(&[echo.url()], "").await;
     let smuggled = "GET /a/s/smuggled HTTP/1.1\r\nHost: x\r\n\r\n";
     let req = format!(
         "POST /a/s/x HTTP/1.1\r\nHost: g\r\nConnection: content-length\r\nContent-Length: {}\r\n\r\n{smuggled}",
@@ -220,7 +220,7 @@ async fn response_with_both_framings_is_read_as_chunked_and_not_reused() {
         b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\nTransfer-Encoding: chunked\r\n\r\n2\r\nok\r\n0\r\n\r\n",
     )
     .await;
-    let gw = TestGateway::start(&[&agency("a", "s", &[url], "")], "", "").await;
+    let gw = TestGateway::single(&[url], "").await;
     for _ in 0..2 {
         let r = raw_request(gw.addr, &get("/a/s/x", "")).await;
         assert_eq!(r.status, 200);
@@ -269,7 +269,7 @@ async fn answers_once_per_connection() -> (String, Arc<AtomicUsize>) {
 #[tokio::test]
 async fn an_idempotent_request_is_retried_once_when_a_reused_connection_dies() {
     let (url, seen) = answers_once_per_connection().await;
-    let gw = TestGateway::start(&[&agency("a", "s", &[url], "")], "", "").await;
+    let gw = TestGateway::single(&[url], "").await;
     assert_eq!(raw_request(gw.addr, &get("/a/s/1", "")).await.status, 200);
     // Reuses the connection, which dies; sent again on a fresh one.
     assert_eq!(raw_request(gw.addr, &get("/a/s/2", "")).await.status, 200);
@@ -279,7 +279,7 @@ async fn an_idempotent_request_is_retried_once_when_a_reused_connection_dies() {
 #[tokio::test]
 async fn a_non_idempotent_request_is_never_sent_twice() {
     let (url, seen) = answers_once_per_connection().await;
-    let gw = TestGateway::start(&[&agency("a", "s", &[url], "")], "", "").await;
+    let gw = TestGateway::single(&[url], "").await;
     let post = b"POST /a/s/x HTTP/1.1\r\nHost: g\r\nContent-Length: 0\r\nConnection: close\r\n\r\n";
     assert_eq!(raw_request(gw.addr, post).await.status, 200);
     // Reuses the connection, which dies after the upstream read the POST: not retried.
