@@ -13,13 +13,17 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use crate::token::Claims;
+use std::sync::Arc;
+
+use crate::Principal;
 
 const SHARDS: usize = 16;
 
 struct Entry {
     token: Box<str>,
-    claims: Claims,
+    principal: Arc<Principal>,
+    /// The token's `exp` (seconds since the epoch).
+    exp: u64,
     inserted: u64,
 }
 
@@ -53,28 +57,28 @@ impl TokenCache {
         self.shards.get((key as usize) % SHARDS)
     }
 
-    /// The claims of `token` if it was verified before and has not expired at `now_secs`.
-    pub fn get_at(&self, token: &str, now_secs: u64) -> Option<Claims> {
+    /// The caller `token` proved, if it was verified before and has not expired at `now_secs`.
+    pub fn get_at(&self, token: &str, now_secs: u64) -> Option<Arc<Principal>> {
         let key = self.hasher.hash_one(token);
         let mut shard = self.shard(key)?.lock().ok()?;
         let entry = shard.get(&key)?;
         if &*entry.token != token {
             return None;
         }
-        if entry.claims.exp <= now_secs {
+        if entry.exp <= now_secs {
             shard.remove(&key);
             return None;
         }
-        Some(entry.claims.clone())
+        Some(Arc::clone(&entry.principal))
     }
 
-    /// The claims of `token` if it was verified before and has not expired.
-    pub fn get(&self, token: &str) -> Option<Claims> {
+    /// The caller `token` proved, if it was verified before and has not expired.
+    pub fn get(&self, token: &str) -> Option<Arc<Principal>> {
         self.get_at(token, now())
     }
 
-    /// Remembers a verified token until its `exp`.
-    pub fn insert(&self, token: &str, claims: Claims) {
+    /// Remembers a verified token and its caller until `exp`.
+    pub fn insert(&self, token: &str, principal: Arc<Principal>, exp: u64) {
         let key = self.hasher.hash_one(token);
         let seq = self.clock.fetch_add(1, Ordering::Relaxed);
         let Some(Ok(mut shard)) = self.shard(key).map(|s| s.lock()) else {
@@ -82,7 +86,7 @@ impl TokenCache {
         };
         if shard.len() >= self.per_shard && !shard.contains_key(&key) {
             let t = now();
-            shard.retain(|_, e| e.claims.exp > t);
+            shard.retain(|_, e| e.exp > t);
             if shard.len() >= self.per_shard {
                 // Drop the older half.
                 let mut ages: Vec<u64> = shard.values().map(|e| e.inserted).collect();
@@ -95,7 +99,8 @@ impl TokenCache {
             key,
             Entry {
                 token: token.into(),
-                claims,
+                principal,
+                exp,
                 inserted: seq,
             },
         );
@@ -118,25 +123,23 @@ impl TokenCache {
 mod tests {
     use super::*;
 
-    fn claims(exp: u64) -> Claims {
-        Claims {
-            iss: "i".into(),
-            sub: "dinkes/simpus".into(),
-            aud: "a".into(),
-            iat: 0,
-            nbf: 0,
-            exp,
-            jti: "j".into(),
+    fn principal() -> Arc<Principal> {
+        Arc::new(Principal {
+            application: "dinkes/simpus".into(),
             agency: "dinkes".into(),
-            scope: String::new(),
-        }
+            method: crate::AuthMethod::IssuedToken,
+            scopes: Vec::new(),
+        })
     }
 
     #[test]
     fn hits_until_exp_and_only_for_the_same_token() {
         let c = TokenCache::new(100);
-        c.insert("token-a", claims(1_000));
-        assert_eq!(c.get_at("token-a", 999).unwrap().sub, "dinkes/simpus");
+        c.insert("token-a", principal(), 1_000);
+        assert_eq!(
+            c.get_at("token-a", 999).unwrap().application,
+            "dinkes/simpus"
+        );
         assert!(c.get_at("token-b", 999).is_none());
         assert!(c.get_at("token-a", 1_000).is_none(), "expired at exp");
         assert!(
@@ -150,7 +153,7 @@ mod tests {
         let c = TokenCache::new(64);
         let far = now() + 3600;
         for i in 0..10_000 {
-            c.insert(&format!("token-{i}"), claims(far));
+            c.insert(&format!("token-{i}"), principal(), far);
         }
         assert!(c.len() <= 64 + SHARDS, "{}", c.len());
         // The newest entries survive.
@@ -161,9 +164,9 @@ mod tests {
     fn expired_entries_make_room_first() {
         let c = TokenCache::new(16);
         for i in 0..16 {
-            c.insert(&format!("old-{i}"), claims(1));
+            c.insert(&format!("old-{i}"), principal(), 1);
         }
-        c.insert("fresh", claims(now() + 60));
+        c.insert("fresh", principal(), now() + 60);
         assert!(c.get("fresh").is_some());
         assert!(c.len() <= 16);
     }

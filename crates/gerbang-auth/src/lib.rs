@@ -13,16 +13,20 @@
 //! - [`jwks`]: fetching, refreshing and rate-limited refetching of an external JWKS;
 //! - [`Principal`]: who called, as the later pipeline steps see it.
 //!
-//! Status: the building blocks of the authentication issue; they are not yet wired into the
-//! data plane (`/oauth/token`, bearer checks, external issuers, API keys and mTLS come next).
+//! - [`authn`]: the [`authn::Authenticator`] that turns a request's credentials into a
+//!   [`Principal`] (bearer tokens of either issuer, API keys, client certificates);
+//! - [`oauth`]: the token endpoint's request parsing and RFC 6749 error codes.
+//!
 //! Invariant: nothing here logs or formats a token, a secret or a key.
 
 pub mod apikey;
+pub mod authn;
 pub mod cache;
 pub mod external;
 pub mod jwks;
 pub mod keys;
 pub mod mtls;
+pub mod oauth;
 pub mod secret;
 pub mod token;
 

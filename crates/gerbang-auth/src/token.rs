@@ -15,6 +15,11 @@ use crate::keys::KeyRing;
 /// The `typ` header of the gateway's access tokens.
 pub const TOKEN_TYPE: &str = "at+jwt";
 
+/// The `typ` header of gateway assertions (`X-Gerbang-Assertion`): a different type from access
+/// tokens, so that an assertion a provider received can never be replayed at the gateway as an
+/// access token.
+pub const ASSERTION_TYPE: &str = "gerbang-assertion+jwt";
+
 /// Longest token accepted for verification; longer ones are refused unparsed.
 pub const MAX_TOKEN_BYTES: usize = 8 * 1024;
 
@@ -149,6 +154,62 @@ impl Issuer {
         jsonwebtoken::encode(&header, &claims, &key.encoding).map_err(|_| IssueError::Signing)
     }
 
+    /// Signs a gateway assertion: "the gateway authenticated `application` of `agency`, and
+    /// this call is for `audience`" (the provider service, `agency/service`), valid for `ttl`.
+    /// Returns the JWT and its `exp`.
+    pub fn assertion(
+        &self,
+        application: &str,
+        agency: &str,
+        audience: &str,
+        ttl: Duration,
+    ) -> Result<(String, u64), IssueError> {
+        let key = self.keys.active().ok_or(IssueError::NoKey)?;
+        let mut header = Header::new(Algorithm::ES256);
+        header.typ = Some(ASSERTION_TYPE.to_owned());
+        header.kid = Some(key.kid.clone());
+        let iat = now();
+        let exp = iat + ttl.as_secs().max(1);
+        let claims = serde_json::json!({
+            "iss": self.issuer,
+            "sub": application,
+            "aud": audience,
+            "iat": iat,
+            "nbf": iat,
+            "exp": exp,
+            "jti": uuid::Uuid::new_v4().to_string(),
+            "agency": agency,
+        });
+        jsonwebtoken::encode(&header, &claims, &key.encoding)
+            .map(|t| (t, exp))
+            .map_err(|_| IssueError::Signing)
+    }
+
+    /// Verifies a gateway assertion for `audience`, as a provider would (tests and tooling).
+    pub fn verify_assertion(
+        &self,
+        token: &str,
+        audience: &str,
+    ) -> Result<serde_json::Value, Refusal> {
+        verify_jwt(
+            token,
+            &[Algorithm::ES256],
+            Some(ASSERTION_TYPE),
+            |kid, _alg| {
+                self.keys
+                    .find(kid)
+                    .map(|k| &k.decoding)
+                    .ok_or(Refusal::UnknownKid)
+            },
+            |v| {
+                v.leeway = self.leeway.as_secs();
+                v.set_issuer(&[&self.issuer]);
+                v.set_audience(&[audience]);
+                v.set_required_spec_claims(&["exp", "nbf", "iss", "aud", "sub"]);
+            },
+        )
+    }
+
     /// Verifies a token of this issuer and returns its claims.
     pub fn verify(&self, token: &str) -> Result<Claims, Refusal> {
         let claims = verify_jwt(
@@ -249,6 +310,26 @@ pub(crate) fn alg_name(a: Algorithm) -> Option<&'static str> {
         Algorithm::EdDSA => "EdDSA",
         _ => return None,
     })
+}
+
+/// The `iss` claim of a token, read without verifying anything: only to choose which issuer's
+/// rules verify it. `None` for anything that is not a JWT with a string `iss`.
+pub fn peek_issuer(token: &str) -> Option<String> {
+    use base64::Engine;
+    if token.len() > MAX_TOKEN_BYTES {
+        return None;
+    }
+    let payload = token.split('.').nth(1)?;
+    let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(payload)
+        .ok()?;
+    let v: serde_json::Value = serde_json::from_slice(&bytes).ok()?;
+    v.get("iss")?.as_str().map(str::to_owned)
+}
+
+/// The `kid` of a token's header, unverified (to decide whether to refetch a JWKS).
+pub fn peek_kid(token: &str) -> Option<String> {
+    jsonwebtoken::decode_header(token).ok()?.kid
 }
 
 /// The `alg` of a token's header, read without trusting anything else in it.

@@ -1,0 +1,692 @@
+//! Authentication of one request: from the credentials a request presents (a bearer token, an
+//! API key, a verified client certificate) to the [`Principal`] that made it, or a stable
+//! [`AuthFailure`].
+//!
+//! Order: a request with an `Authorization` header is judged by it alone (a bad token is never
+//! rescued by another credential); otherwise `X-API-Key`; otherwise the client certificate.
+//! When a client certificate that identifies an application comes with a token or key of a
+//! different application, the request is refused. Every path ends in a check that the
+//! application exists in the current registry and may use that method.
+//!
+//! An [`Authenticator`] is immutable and belongs to one registry snapshot; a reload builds a new
+//! one (its token cache starts empty, so a removed application or method takes effect at once).
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use crate::apikey::{ApiKeyEntry, ApiKeyRefusal, ApiKeyStore};
+use crate::cache::TokenCache;
+use crate::external::{ExternalIssuer, IssuerKeys};
+use crate::jwks::JwksSource;
+use crate::mtls::{ClientCert, MtlsConfigError, MtlsIdentities};
+use crate::token::{peek_issuer, peek_kid, Issuer, Refusal};
+use crate::{AuthMethod, Principal};
+
+/// Which methods an application may authenticate with.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Methods {
+    /// Client credentials at `/oauth/token`, then the gateway's access tokens.
+    pub client_secret: bool,
+    /// Tokens of a configured external issuer.
+    pub external_jwt: bool,
+    /// `X-API-Key`.
+    pub api_key: bool,
+    /// A client certificate.
+    pub mtls: bool,
+}
+
+impl Methods {
+    /// The configuration names of the methods.
+    pub const NAMES: [&'static str; 4] = ["client_secret", "external_jwt", "api_key", "mtls"];
+
+    /// Sets the method named `name`; `false` for an unknown name.
+    pub fn enable(&mut self, name: &str) -> bool {
+        match name {
+            "client_secret" => self.client_secret = true,
+            "external_jwt" => self.external_jwt = true,
+            "api_key" => self.api_key = true,
+            "mtls" => self.mtls = true,
+            _ => return false,
+        }
+        true
+    }
+
+    fn allows(&self, m: &AuthMethod) -> bool {
+        match m {
+            AuthMethod::IssuedToken => self.client_secret,
+            AuthMethod::ExternalJwt { .. } => self.external_jwt,
+            AuthMethod::ApiKey => self.api_key,
+            AuthMethod::Mtls => self.mtls,
+        }
+    }
+}
+
+/// The credentials of one application, as configured.
+#[derive(Debug, Clone, Default)]
+pub struct AppCredentials {
+    /// `agency/app`.
+    pub application: String,
+    pub agency: String,
+    pub methods: Methods,
+    /// argon2 PHC strings; any one matches (several allow rotating a secret without downtime).
+    pub secret_hashes: Vec<String>,
+    /// Scopes the application may be granted.
+    pub scopes: Vec<String>,
+    /// API keys: SHA-256 digest (`sha256:…`) and optional expiry (seconds since the epoch).
+    pub api_keys: Vec<(String, Option<u64>)>,
+    /// Client certificate pins (`sha256:…`).
+    pub cert_fingerprints: Vec<String>,
+    /// Client certificate names (DNS/URI SAN or subject CN).
+    pub cert_names: Vec<String>,
+    /// Values of an external issuer's client claim that identify this application.
+    pub external_client_ids: Vec<String>,
+}
+
+/// Where an external issuer's keys come from.
+pub enum ExternalKeys {
+    /// A JWKS URL, refreshed in the background.
+    Jwks(Arc<JwksSource>),
+    /// PEM files read at start.
+    Static(Arc<IssuerKeys>),
+}
+
+/// One external issuer with its keys.
+pub struct External {
+    pub issuer: ExternalIssuer,
+    pub keys: ExternalKeys,
+}
+
+/// Why a request was not authenticated. `reason` is the stable label for logs and metrics.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum AuthFailure {
+    #[error("no credentials")]
+    Missing,
+    #[error("the Authorization header is not a Bearer token")]
+    NotBearer,
+    #[error("token refused: {0}")]
+    Token(Refusal),
+    #[error("token of an unknown issuer")]
+    UnknownIssuer,
+    #[error("API key refused: {0}")]
+    ApiKey(ApiKeyRefusal),
+    #[error("client certificate identifies no application")]
+    UnknownCertificate,
+    #[error("the credential names an application that is not registered")]
+    UnknownApplication,
+    #[error("the application may not authenticate this way")]
+    MethodNotAllowed,
+    #[error("the client certificate and the token or key name different applications")]
+    IdentityMismatch,
+    #[error("API key sent more than once")]
+    RepeatedApiKey,
+}
+
+impl AuthFailure {
+    /// The stable reason code (log field and metric label).
+    pub fn reason(&self) -> &'static str {
+        match self {
+            AuthFailure::Missing => "missing_credentials",
+            AuthFailure::NotBearer => "not_bearer",
+            AuthFailure::Token(r) => r.as_str(),
+            AuthFailure::UnknownIssuer => "unknown_issuer",
+            AuthFailure::ApiKey(r) => r.as_str(),
+            AuthFailure::UnknownCertificate => "unknown_certificate",
+            AuthFailure::UnknownApplication => "unknown_application",
+            AuthFailure::MethodNotAllowed => "method_not_allowed_for_application",
+            AuthFailure::IdentityMismatch => "identity_mismatch",
+            AuthFailure::RepeatedApiKey => "api_key_repeated",
+        }
+    }
+}
+
+/// Why the authenticator could not be built from the configuration.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum AuthConfigError {
+    #[error("application `{0}`: API key digest `{1}` is malformed or used twice")]
+    ApiKey(String, String),
+    #[error("application `{0}`: {1}")]
+    Certificate(String, MtlsConfigError),
+    #[error("application `{0}`: external client id `{1}` already identifies `{2}`")]
+    ExternalId(String, String, String),
+    #[error("external issuer `{0}` is configured twice")]
+    DuplicateIssuer(String),
+}
+
+struct AppEntry {
+    agency: String,
+    methods: Methods,
+    secret_hashes: Vec<String>,
+    scopes: Vec<String>,
+}
+
+/// See the module documentation.
+pub struct Authenticator {
+    issuer: Arc<Issuer>,
+    cache: TokenCache,
+    externals: HashMap<String, Arc<External>>,
+    apps: HashMap<String, AppEntry>,
+    api_keys: ApiKeyStore,
+    mtls: MtlsIdentities,
+    external_ids: HashMap<String, String>,
+    /// A hash of a random secret, verified against when a client id is unknown so that the
+    /// token endpoint takes as long for unknown clients as for a wrong secret.
+    dummy_hash: String,
+}
+
+fn now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+/// The credentials one request presents; header values as received.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct Presented<'a> {
+    /// Every `Authorization` header value.
+    pub authorization: Option<&'a [u8]>,
+    /// Whether there were several `Authorization` headers (refused).
+    pub authorization_repeated: bool,
+    pub api_key: Option<&'a [u8]>,
+    pub api_key_repeated: bool,
+    pub client_cert: Option<&'a ClientCert>,
+}
+
+impl Authenticator {
+    pub fn new(
+        issuer: Arc<Issuer>,
+        apps: &[AppCredentials],
+        externals: Vec<Arc<External>>,
+        cache_capacity: usize,
+    ) -> Result<Self, AuthConfigError> {
+        let mut api_keys = ApiKeyStore::default();
+        let mut mtls = MtlsIdentities::default();
+        let mut external_ids: HashMap<String, String> = HashMap::new();
+        let mut entries = HashMap::new();
+        for app in apps {
+            for (digest, expires_at) in &app.api_keys {
+                let entry = ApiKeyEntry {
+                    application: app.application.clone(),
+                    expires_at: *expires_at,
+                };
+                if !api_keys.insert(digest, entry) {
+                    return Err(AuthConfigError::ApiKey(
+                        app.application.clone(),
+                        digest.clone(),
+                    ));
+                }
+            }
+            for pin in &app.cert_fingerprints {
+                mtls.insert(pin, &app.application)
+                    .map_err(|e| AuthConfigError::Certificate(app.application.clone(), e))?;
+            }
+            for name in &app.cert_names {
+                mtls.insert_name(name, &app.application)
+                    .map_err(|e| AuthConfigError::Certificate(app.application.clone(), e))?;
+            }
+            for id in &app.external_client_ids {
+                if let Some(other) = external_ids.insert(id.clone(), app.application.clone()) {
+                    return Err(AuthConfigError::ExternalId(
+                        app.application.clone(),
+                        id.clone(),
+                        other,
+                    ));
+                }
+            }
+            entries.insert(
+                app.application.clone(),
+                AppEntry {
+                    agency: app.agency.clone(),
+                    methods: app.methods,
+                    secret_hashes: app.secret_hashes.clone(),
+                    scopes: app.scopes.clone(),
+                },
+            );
+        }
+        let mut by_issuer = HashMap::new();
+        for e in externals {
+            let iss = e.issuer.issuer.clone();
+            if iss == issuer.issuer || by_issuer.insert(iss.clone(), e).is_some() {
+                return Err(AuthConfigError::DuplicateIssuer(iss));
+            }
+        }
+        let dummy_hash =
+            crate::secret::hash_secret(&uuid::Uuid::new_v4().to_string()).unwrap_or_default();
+        Ok(Self {
+            issuer,
+            cache: TokenCache::new(cache_capacity),
+            externals: by_issuer,
+            apps: entries,
+            api_keys,
+            mtls,
+            external_ids,
+            dummy_hash,
+        })
+    }
+
+    /// The built-in issuer.
+    pub fn issuer(&self) -> &Arc<Issuer> {
+        &self.issuer
+    }
+
+    /// Authenticates one request.
+    pub async fn authenticate(&self, p: Presented<'_>) -> Result<Arc<Principal>, AuthFailure> {
+        let cert_app = p.client_cert.and_then(|c| self.mtls.application_for(c));
+        let principal = if p.authorization.is_some() || p.authorization_repeated {
+            if p.authorization_repeated {
+                return Err(AuthFailure::Token(Refusal::Malformed));
+            }
+            let token = p
+                .authorization
+                .map(bearer_token)
+                .unwrap_or(Err(AuthFailure::NotBearer))?;
+            self.verify_token(token).await?
+        } else if p.api_key.is_some() || p.api_key_repeated {
+            if p.api_key_repeated {
+                return Err(AuthFailure::RepeatedApiKey);
+            }
+            let key = p
+                .api_key
+                .and_then(|k| std::str::from_utf8(k).ok())
+                .ok_or(AuthFailure::ApiKey(ApiKeyRefusal::Malformed))?;
+            let entry = self
+                .api_keys
+                .verify(key, now())
+                .map_err(AuthFailure::ApiKey)?;
+            self.principal(&entry.application, AuthMethod::ApiKey, None)?
+        } else if let Some(cert) = p.client_cert {
+            let app = self
+                .mtls
+                .application_for(cert)
+                .ok_or(AuthFailure::UnknownCertificate)?;
+            self.principal(app, AuthMethod::Mtls, None)?
+        } else {
+            return Err(AuthFailure::Missing);
+        };
+        if let Some(app) = cert_app {
+            if app != principal.application {
+                return Err(AuthFailure::IdentityMismatch);
+            }
+        }
+        Ok(principal)
+    }
+
+    /// A principal for `application` authenticated by `method`, after checking that the
+    /// application exists and may use the method.
+    fn principal(
+        &self,
+        application: &str,
+        method: AuthMethod,
+        scopes: Option<Vec<String>>,
+    ) -> Result<Arc<Principal>, AuthFailure> {
+        let app = self
+            .apps
+            .get(application)
+            .ok_or(AuthFailure::UnknownApplication)?;
+        if !app.methods.allows(&method) {
+            return Err(AuthFailure::MethodNotAllowed);
+        }
+        Ok(Arc::new(Principal {
+            application: application.to_owned(),
+            agency: app.agency.clone(),
+            method,
+            scopes: scopes.unwrap_or_else(|| app.scopes.clone()),
+        }))
+    }
+
+    async fn verify_token(&self, token: &str) -> Result<Arc<Principal>, AuthFailure> {
+        let t = now();
+        if let Some(p) = self.cache.get_at(token, t) {
+            return Ok(p);
+        }
+        if token.len() > crate::token::MAX_TOKEN_BYTES {
+            return Err(AuthFailure::Token(Refusal::TooLarge));
+        }
+        let iss = peek_issuer(token).ok_or(AuthFailure::Token(Refusal::Malformed))?;
+        let (principal, exp) = if iss == self.issuer.issuer {
+            let claims = self.issuer.verify(token).map_err(AuthFailure::Token)?;
+            if claims.agency.is_empty() {
+                return Err(AuthFailure::Token(Refusal::MissingClaim));
+            }
+            let scopes = claims
+                .scope
+                .split(' ')
+                .filter(|s| !s.is_empty())
+                .map(str::to_owned)
+                .collect();
+            let p = self.principal(&claims.sub, AuthMethod::IssuedToken, Some(scopes))?;
+            if p.agency != claims.agency {
+                return Err(AuthFailure::Token(Refusal::MissingClaim));
+            }
+            (p, claims.exp)
+        } else {
+            let ext = self.externals.get(&iss).ok_or(AuthFailure::UnknownIssuer)?;
+            let id = self.verify_external(ext, token).await?;
+            let app = self
+                .external_ids
+                .get(&id.client_id)
+                .cloned()
+                .or_else(|| {
+                    self.apps
+                        .contains_key(&id.client_id)
+                        .then(|| id.client_id.clone())
+                })
+                .ok_or(AuthFailure::UnknownApplication)?;
+            let scopes = id.claims.get("scope").and_then(|s| s.as_str()).map(|s| {
+                s.split(' ')
+                    .filter(|s| !s.is_empty())
+                    .map(str::to_owned)
+                    .collect()
+            });
+            let exp = id.claims.get("exp").and_then(|e| e.as_u64()).unwrap_or(t);
+            let p = self.principal(&app, AuthMethod::ExternalJwt { issuer: iss }, scopes)?;
+            (p, exp)
+        };
+        self.cache.insert(token, Arc::clone(&principal), exp);
+        Ok(principal)
+    }
+
+    async fn verify_external(
+        &self,
+        ext: &External,
+        token: &str,
+    ) -> Result<crate::external::ExternalIdentity, AuthFailure> {
+        match &ext.keys {
+            ExternalKeys::Static(keys) => {
+                ext.issuer.verify(token, keys).map_err(AuthFailure::Token)
+            }
+            ExternalKeys::Jwks(source) => {
+                match ext.issuer.verify(token, &source.keys()) {
+                    Err(Refusal::UnknownKid) => {}
+                    other => return other.map_err(AuthFailure::Token),
+                }
+                // The issuer may have rotated: fetch again (rate-limited) and retry once.
+                let kid = peek_kid(token).ok_or(AuthFailure::Token(Refusal::Malformed))?;
+                if !source.refresh_for_unknown_kid(&kid).await {
+                    return Err(AuthFailure::Token(Refusal::UnknownKid));
+                }
+                ext.issuer
+                    .verify(token, &source.keys())
+                    .map_err(AuthFailure::Token)
+            }
+        }
+    }
+
+    /// Checks client credentials for the token endpoint and returns the application's
+    /// principal. Runs an argon2 verification (tens of milliseconds): call it off the async
+    /// workers. Unknown clients cost the same as a wrong secret.
+    pub fn check_client_secret(
+        &self,
+        client_id: &str,
+        secret: &str,
+    ) -> Result<Arc<Principal>, ClientAuthError> {
+        let Some(app) = self.apps.get(client_id) else {
+            let _ = crate::secret::verify_secret(&self.dummy_hash, secret);
+            return Err(ClientAuthError::InvalidClient);
+        };
+        let mut ok = false;
+        for h in &app.secret_hashes {
+            ok |= crate::secret::verify_secret(h, secret);
+        }
+        if app.secret_hashes.is_empty() {
+            let _ = crate::secret::verify_secret(&self.dummy_hash, secret);
+        }
+        if !ok {
+            return Err(ClientAuthError::InvalidClient);
+        }
+        if !app.methods.client_secret {
+            return Err(ClientAuthError::UnauthorizedClient);
+        }
+        self.principal(client_id, AuthMethod::IssuedToken, None)
+            .map_err(|_| ClientAuthError::UnauthorizedClient)
+    }
+
+    /// The scopes granted for a request of `requested` (space-separated; empty = all the
+    /// application may have).
+    pub fn grant_scopes(
+        &self,
+        principal: &Principal,
+        requested: Option<&str>,
+    ) -> Result<Vec<String>, ClientAuthError> {
+        let allowed = &principal.scopes;
+        match requested.map(str::trim).filter(|s| !s.is_empty()) {
+            None => Ok(allowed.clone()),
+            Some(r) => {
+                let mut out: Vec<String> = Vec::new();
+                for s in r.split(' ').filter(|s| !s.is_empty()) {
+                    if !allowed.iter().any(|a| a == s) {
+                        return Err(ClientAuthError::InvalidScope);
+                    }
+                    if !out.iter().any(|o| o == s) {
+                        out.push(s.to_owned());
+                    }
+                }
+                Ok(out)
+            }
+        }
+    }
+
+    /// Verified tokens held in the cache.
+    pub fn cached_tokens(&self) -> usize {
+        self.cache.len()
+    }
+
+    /// The token lifetime of the built-in issuer.
+    pub fn token_ttl(&self) -> Duration {
+        self.issuer.ttl
+    }
+}
+
+/// Why client authentication at the token endpoint failed (RFC 6749 §5.2 codes).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum ClientAuthError {
+    #[error("client authentication failed")]
+    InvalidClient,
+    #[error("the client may not use the client credentials grant")]
+    UnauthorizedClient,
+    #[error("the requested scope is not allowed")]
+    InvalidScope,
+}
+
+/// The token of an `Authorization: Bearer …` value (scheme case-insensitive, RFC 6750 §2.1).
+fn bearer_token(value: &[u8]) -> Result<&str, AuthFailure> {
+    let s = std::str::from_utf8(value).map_err(|_| AuthFailure::Token(Refusal::Malformed))?;
+    let (scheme, rest) = s.split_once(' ').ok_or(AuthFailure::NotBearer)?;
+    if !scheme.eq_ignore_ascii_case("bearer") {
+        return Err(AuthFailure::NotBearer);
+    }
+    let token = rest.trim_matches(' ');
+    if token.is_empty() || token.contains(' ') {
+        return Err(AuthFailure::Token(Refusal::Malformed));
+    }
+    Ok(token)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::keys::{generate_pem, KeyRing, SigningKey};
+
+    fn issuer() -> Arc<Issuer> {
+        Arc::new(Issuer {
+            issuer: "https://gerbang.test".into(),
+            audience: "gerbang".into(),
+            ttl: Duration::from_secs(300),
+            leeway: Duration::from_secs(5),
+            keys: KeyRing::new(vec![SigningKey::from_pem(
+                "k1",
+                generate_pem().unwrap().as_bytes(),
+            )
+            .unwrap()])
+            .unwrap(),
+        })
+    }
+
+    /// Two applications, and the API key of the second.
+    fn apps() -> (Vec<AppCredentials>, String) {
+        let (key, digest) = crate::apikey::generate().unwrap();
+        let mut token_app = AppCredentials {
+            application: "dinkes/simpus".into(),
+            agency: "dinkes".into(),
+            secret_hashes: vec![crate::secret::hash_secret("demo-secret-simpus").unwrap()],
+            scopes: vec!["read".into(), "write".into()],
+            ..Default::default()
+        };
+        token_app.methods.enable("client_secret");
+        let mut key_app = AppCredentials {
+            application: "bapenda/esppt".into(),
+            agency: "bapenda".into(),
+            api_keys: vec![(digest, None)],
+            cert_names: vec!["esppt.bapenda.test".into()],
+            ..Default::default()
+        };
+        key_app.methods.enable("api_key");
+        (vec![token_app, key_app], key)
+    }
+
+    #[tokio::test]
+    async fn each_method_and_its_refusals() {
+        let iss = issuer();
+        let (apps, key) = apps();
+        let a = Authenticator::new(Arc::clone(&iss), &apps, Vec::new(), 100).unwrap();
+
+        let t = iss.issue("dinkes/simpus", "dinkes", "read").unwrap();
+        let auth = format!("Bearer {t}");
+        let p = a
+            .authenticate(Presented {
+                authorization: Some(auth.as_bytes()),
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+        assert_eq!(p.application, "dinkes/simpus");
+        assert_eq!(p.method, AuthMethod::IssuedToken);
+        assert_eq!(p.scopes, vec!["read"]);
+        assert_eq!(a.cached_tokens(), 1);
+        // Cached: the same principal again.
+        let again = a
+            .authenticate(Presented {
+                authorization: Some(auth.as_bytes()),
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+        assert!(Arc::ptr_eq(&p, &again));
+
+        // A token for an application that may not use client secrets.
+        let t2 = iss.issue("bapenda/esppt", "bapenda", "").unwrap();
+        let auth2 = format!("Bearer {t2}");
+        let err = a
+            .authenticate(Presented {
+                authorization: Some(auth2.as_bytes()),
+                ..Default::default()
+            })
+            .await
+            .unwrap_err();
+        assert_eq!(err, AuthFailure::MethodNotAllowed);
+        // A token for an application that does not exist.
+        let t3 = iss.issue("x/y", "x", "").unwrap();
+        let auth3 = format!("Bearer {t3}");
+        let err = a
+            .authenticate(Presented {
+                authorization: Some(auth3.as_bytes()),
+                ..Default::default()
+            })
+            .await
+            .unwrap_err();
+        assert_eq!(err, AuthFailure::UnknownApplication);
+
+        let p = a
+            .authenticate(Presented {
+                api_key: Some(key.as_bytes()),
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+        assert_eq!(
+            (p.application.as_str(), &p.method),
+            ("bapenda/esppt", &AuthMethod::ApiKey)
+        );
+
+        // A certificate of esppt with simpus's token: refused.
+        let cert = ClientCert {
+            fingerprint: crate::mtls::fingerprint(b"x"),
+            names: vec!["esppt.bapenda.test".into()],
+        };
+        let err = a
+            .authenticate(Presented {
+                authorization: Some(auth.as_bytes()),
+                client_cert: Some(&cert),
+                ..Default::default()
+            })
+            .await
+            .unwrap_err();
+        assert_eq!(err, AuthFailure::IdentityMismatch);
+        // The certificate alone: esppt may not use mTLS.
+        let err = a
+            .authenticate(Presented {
+                client_cert: Some(&cert),
+                ..Default::default()
+            })
+            .await
+            .unwrap_err();
+        assert_eq!(err, AuthFailure::MethodNotAllowed);
+
+        for (authz, want) in [
+            ("Basic abc", "not_bearer"),
+            ("Bearer", "not_bearer"),
+            ("Bearer a b", "malformed"),
+            ("bearer x.y.z", "malformed"),
+        ] {
+            let err = a
+                .authenticate(Presented {
+                    authorization: Some(authz.as_bytes()),
+                    ..Default::default()
+                })
+                .await
+                .unwrap_err();
+            assert_eq!(err.reason(), want, "{authz}");
+        }
+        let err = a.authenticate(Presented::default()).await.unwrap_err();
+        assert_eq!(err, AuthFailure::Missing);
+        let err = a
+            .authenticate(Presented {
+                api_key: Some(key.as_bytes()),
+                api_key_repeated: true,
+                ..Default::default()
+            })
+            .await
+            .unwrap_err();
+        assert_eq!(err, AuthFailure::RepeatedApiKey);
+    }
+
+    #[test]
+    fn client_secrets_and_scopes() {
+        let a = Authenticator::new(issuer(), &apps().0, Vec::new(), 100).unwrap();
+        let p = a
+            .check_client_secret("dinkes/simpus", "demo-secret-simpus")
+            .unwrap();
+        assert_eq!(p.agency, "dinkes");
+        assert_eq!(
+            a.check_client_secret("dinkes/simpus", "wrong-secret-simpus"),
+            Err(ClientAuthError::InvalidClient)
+        );
+        assert_eq!(
+            a.check_client_secret("dinkes/nope", "demo-secret-simpus"),
+            Err(ClientAuthError::InvalidClient)
+        );
+        assert_eq!(
+            a.check_client_secret("bapenda/esppt", "anything-at-all"),
+            Err(ClientAuthError::InvalidClient)
+        );
+        assert_eq!(a.grant_scopes(&p, None).unwrap(), vec!["read", "write"]);
+        assert_eq!(
+            a.grant_scopes(&p, Some("write write")).unwrap(),
+            vec!["write"]
+        );
+        assert_eq!(
+            a.grant_scopes(&p, Some("admin")),
+            Err(ClientAuthError::InvalidScope)
+        );
+    }
+}
