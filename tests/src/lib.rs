@@ -11,6 +11,19 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::oneshot;
 
+/// The API key of the application `test/client` that every [`TestGateway`] registers; the raw
+/// request helpers send it unless a request carries its own credentials.
+pub const TEST_API_KEY: &str =
+    "gk_7e57000000000000000000000000000000000000000000000000000000000001";
+
+/// The registry file of the test caller `test/client` (API key [`TEST_API_KEY`]).
+pub fn test_client_registry() -> String {
+    format!(
+        "[agency]\nid = \"test\"\nname = \"Test callers\"\n\n[[application]]\nid = \"client\"\nname = \"Test client\"\nauth_methods = [\"api_key\"]\napi_keys = [{{ digest = \"{}\" }}]\n",
+        gerbang_auth::apikey::digest_of(TEST_API_KEY)
+    )
+}
+
 /// A gateway running in the test process.
 pub struct TestGateway {
     pub running: Option<gerbang::Running>,
@@ -32,6 +45,15 @@ impl TestGateway {
         for (i, text) in registry.iter().enumerate() {
             std::fs::write(dir.path().join(format!("registry/a{i}.toml")), text).unwrap();
         }
+        // The caller the raw helpers authenticate as, unless a test registers agency `test`.
+        if !registry.iter().any(|t| t.contains("id = \"test\"")) {
+            std::fs::write(
+                dir.path().join("registry/zz-test-client.toml"),
+                test_client_registry(),
+            )
+            .unwrap();
+        }
+        gerbang::config::create_signing_key(&dir.path().join("data/keys")).unwrap();
         let cfg = gerbang::load(
             &dir.path().join("gerbang.toml"),
             &gerbang::Overrides::default(),
@@ -220,19 +242,46 @@ impl RawResponse {
     }
 }
 
-/// Sends `request` exactly as given on a new connection and reads one response (closing the
-/// connection is requested by the caller's `Connection: close` or by the server).
+/// `request` with `X-API-Key: {TEST_API_KEY}` after its request line, unless its head already
+/// carries `Authorization` or `X-API-Key`. Everything else stays byte for byte.
+pub fn authed(request: &[u8]) -> Vec<u8> {
+    let head_end = request
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .unwrap_or(request.len());
+    let head = String::from_utf8_lossy(&request[..head_end]).to_ascii_lowercase();
+    if head.contains("\r\nauthorization:") || head.contains("\r\nx-api-key:") {
+        return request.to_vec();
+    }
+    let Some(line_end) = request.windows(2).position(|w| w == b"\r\n") else {
+        return request.to_vec();
+    };
+    let mut out = Vec::with_capacity(request.len() + 90);
+    out.extend_from_slice(&request[..line_end + 2]);
+    out.extend_from_slice(format!("X-API-Key: {TEST_API_KEY}\r\n").as_bytes());
+    out.extend_from_slice(&request[line_end + 2..]);
+    out
+}
+
+/// Sends `request` on a new connection, authenticated as `test/client` (see [`authed`]), and
+/// reads one response (closing the connection is requested by the caller's
+/// `Connection: close` or by the server).
 pub async fn raw_request(addr: SocketAddr, request: &[u8]) -> RawResponse {
+    raw_request_as_is(addr, &authed(request)).await
+}
+
+/// Sends `request` exactly as given (no credentials added) and reads one response.
+pub async fn raw_request_as_is(addr: SocketAddr, request: &[u8]) -> RawResponse {
     let mut s = TcpStream::connect(addr).await.unwrap();
     s.write_all(request).await.unwrap();
     read_response(&mut s).await
 }
 
-/// Sends a `HEAD` request as given and reads the response head only (a HEAD response carries
-/// `Content-Length` but no body).
+/// Sends a `HEAD` request (authenticated, see [`authed`]) and reads the response head only (a
+/// HEAD response carries `Content-Length` but no body).
 pub async fn raw_head_request(addr: SocketAddr, request: &[u8]) -> RawResponse {
     let mut s = TcpStream::connect(addr).await.unwrap();
-    s.write_all(request).await.unwrap();
+    s.write_all(&authed(request)).await.unwrap();
     read_response_inner(&mut s, true).await
 }
 
@@ -378,4 +427,14 @@ pub fn write_file(dir: &std::path::Path, name: &str, text: &str) -> String {
     let p = dir.join(name);
     std::fs::write(&p, text).unwrap();
     p.display().to_string()
+}
+
+/// A reqwest client builder that authenticates as `test/client` (the `X-API-Key` header).
+pub fn authed_client() -> reqwest::ClientBuilder {
+    let mut h = reqwest::header::HeaderMap::new();
+    h.insert(
+        "x-api-key",
+        reqwest::header::HeaderValue::from_static(TEST_API_KEY),
+    );
+    reqwest::Client::builder().default_headers(h)
 }

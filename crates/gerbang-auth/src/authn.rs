@@ -199,10 +199,53 @@ impl Authenticator {
         externals: Vec<Arc<External>>,
         cache_capacity: usize,
     ) -> Result<Self, AuthConfigError> {
+        let (api_keys, mtls, external_ids) = Self::indexes(apps)?;
+        let entries = apps
+            .iter()
+            .map(|app| {
+                let entry = AppEntry {
+                    agency: app.agency.clone(),
+                    methods: app.methods,
+                    secret_hashes: app.secret_hashes.clone(),
+                    scopes: app.scopes.clone(),
+                };
+                (app.application.clone(), entry)
+            })
+            .collect();
+        let mut by_issuer = HashMap::new();
+        for e in externals {
+            let iss = e.issuer.issuer.clone();
+            if iss == issuer.issuer || by_issuer.insert(iss.clone(), e).is_some() {
+                return Err(AuthConfigError::DuplicateIssuer(iss));
+            }
+        }
+        let dummy_hash =
+            crate::secret::hash_secret(&uuid::Uuid::new_v4().to_string()).unwrap_or_default();
+        Ok(Self {
+            issuer,
+            cache: TokenCache::new(cache_capacity),
+            externals: by_issuer,
+            apps: entries,
+            api_keys,
+            mtls,
+            external_ids,
+            dummy_hash,
+        })
+    }
+
+    /// Checks that no credential (API key digest, certificate pin or name, external client id)
+    /// belongs to two applications.
+    pub fn check_unique(apps: &[AppCredentials]) -> Result<(), AuthConfigError> {
+        Self::indexes(apps).map(|_| ())
+    }
+
+    #[allow(clippy::type_complexity)]
+    fn indexes(
+        apps: &[AppCredentials],
+    ) -> Result<(ApiKeyStore, MtlsIdentities, HashMap<String, String>), AuthConfigError> {
         let mut api_keys = ApiKeyStore::default();
         let mut mtls = MtlsIdentities::default();
         let mut external_ids: HashMap<String, String> = HashMap::new();
-        let mut entries = HashMap::new();
         for app in apps {
             for (digest, expires_at) in &app.api_keys {
                 let entry = ApiKeyEntry {
@@ -233,35 +276,8 @@ impl Authenticator {
                     ));
                 }
             }
-            entries.insert(
-                app.application.clone(),
-                AppEntry {
-                    agency: app.agency.clone(),
-                    methods: app.methods,
-                    secret_hashes: app.secret_hashes.clone(),
-                    scopes: app.scopes.clone(),
-                },
-            );
         }
-        let mut by_issuer = HashMap::new();
-        for e in externals {
-            let iss = e.issuer.issuer.clone();
-            if iss == issuer.issuer || by_issuer.insert(iss.clone(), e).is_some() {
-                return Err(AuthConfigError::DuplicateIssuer(iss));
-            }
-        }
-        let dummy_hash =
-            crate::secret::hash_secret(&uuid::Uuid::new_v4().to_string()).unwrap_or_default();
-        Ok(Self {
-            issuer,
-            cache: TokenCache::new(cache_capacity),
-            externals: by_issuer,
-            apps: entries,
-            api_keys,
-            mtls,
-            external_ids,
-            dummy_hash,
-        })
+        Ok((api_keys, mtls, external_ids))
     }
 
     /// The built-in issuer.

@@ -4,6 +4,9 @@
 use bytes::Bytes;
 use http::{header, HeaderValue, Response, StatusCode};
 
+use gerbang_auth::authn::AuthFailure;
+use gerbang_auth::token::Refusal;
+
 use crate::path::PathError;
 
 /// Who caused an error: metrics and retries need to tell them apart.
@@ -52,6 +55,10 @@ pub enum GatewayError {
     RequestBodyTimeout { timeout_ms: u128 },
     #[error("the client's request body failed: {0}")]
     ClientBody(String),
+    #[error("not authenticated: {0}")]
+    Unauthenticated(gerbang_auth::authn::AuthFailure),
+    #[error("method not allowed here")]
+    MethodNotAllowed { allow: &'static str },
     #[error("internal error: {0}")]
     Internal(String),
 }
@@ -174,6 +181,17 @@ impl GatewayError {
                 Client,
                 false,
             ),
+            GatewayError::Unauthenticated(f) => {
+                let (code, message) = unauthenticated(f);
+                (StatusCode::UNAUTHORIZED, code, message, Client, false)
+            }
+            GatewayError::MethodNotAllowed { .. } => (
+                StatusCode::METHOD_NOT_ALLOWED,
+                "method_not_allowed",
+                "this resource does not serve this method; see the Allow header",
+                Client,
+                false,
+            ),
             GatewayError::Internal(_) => (
                 StatusCode::INTERNAL_SERVER_ERROR,
                 "internal_error",
@@ -205,7 +223,69 @@ impl GatewayError {
     /// The JSON error response. The message is generic; `self`'s details go to the log only.
     pub fn to_response(&self, request_id: &str) -> Response<Bytes> {
         let (status, code, message, _, _) = self.describe();
-        error_response(status, code, message, request_id)
+        let mut res = error_response(status, code, message, request_id);
+        match self {
+            GatewayError::Unauthenticated(f) => {
+                res.headers_mut()
+                    .insert(header::WWW_AUTHENTICATE, www_authenticate(f));
+            }
+            GatewayError::MethodNotAllowed { allow } => {
+                res.headers_mut()
+                    .insert(header::ALLOW, HeaderValue::from_static(allow));
+            }
+            _ => {}
+        }
+        res
+    }
+}
+
+/// The client-facing code and message of an authentication refusal. The precise reason
+/// (`bad_signature`, `unknown_kid`, …) goes to the log and metrics only; an expired or not yet
+/// valid token is told apart because the caller can act on it.
+fn unauthenticated(f: &AuthFailure) -> (&'static str, &'static str) {
+    match f {
+        AuthFailure::Missing => (
+            "missing_credentials",
+            "authenticate with a bearer token (POST /oauth/token), an X-API-Key header or a client certificate",
+        ),
+        AuthFailure::Token(Refusal::Expired) => (
+            "invalid_token",
+            "the access token has expired; get a new one",
+        ),
+        AuthFailure::Token(Refusal::NotYetValid) => (
+            "invalid_token",
+            "the access token is not valid yet; check the clocks",
+        ),
+        AuthFailure::Token(_)
+        | AuthFailure::NotBearer
+        | AuthFailure::UnknownIssuer
+        | AuthFailure::UnknownApplication => ("invalid_token", "the access token is not valid"),
+        AuthFailure::ApiKey(_) | AuthFailure::RepeatedApiKey => {
+            ("invalid_api_key", "the API key is not valid")
+        }
+        AuthFailure::UnknownCertificate => (
+            "unknown_client_certificate",
+            "the client certificate identifies no registered application",
+        ),
+        AuthFailure::MethodNotAllowed => (
+            "auth_method_not_allowed",
+            "this application may not authenticate this way",
+        ),
+        AuthFailure::IdentityMismatch => (
+            "identity_mismatch",
+            "the client certificate and the token or key name different applications",
+        ),
+    }
+}
+
+/// `WWW-Authenticate` for a refusal (RFC 6750 §3): no error code when nothing was presented.
+fn www_authenticate(f: &AuthFailure) -> HeaderValue {
+    match f {
+        AuthFailure::Missing => HeaderValue::from_static(r#"Bearer realm="gerbang""#),
+        AuthFailure::NotBearer => {
+            HeaderValue::from_static(r#"Bearer realm="gerbang", error="invalid_request""#)
+        }
+        _ => HeaderValue::from_static(r#"Bearer realm="gerbang", error="invalid_token""#),
     }
 }
 

@@ -3,23 +3,32 @@
 //! 1. request id (propagated when plain, generated otherwise);
 //! 2. limits: URI length (414), header block (431), framing (`Content-Length` with
 //!    `Transfer-Encoding` is refused);
-//! 3. path normalisation (400 on anything ambiguous);
-//! 4. route: `/{agency}/{service}` → [`Service`] in the registry snapshot (404);
-//! 5. body limit of the service (413, early when `Content-Length` says so);
-//! 6. pick an instance (round robin);
-//! 7. rewrite the request: upstream URI, hop-by-hop removal, `Host`, forwarding headers;
-//! 8. forward with the service's timeouts, stream the response back.
+//! 3. the built-in issuer's endpoints (`/oauth/token`, `/.well-known/…`) are served here;
+//! 4. path normalisation (400 on anything ambiguous);
+//! 5. authenticate: bearer token, API key or client certificate → [`Principal`] (401);
+//! 6. route: `/{agency}/{service}` → [`Service`] in the registry snapshot (404);
+//! 7. body limit of the service (413, early when `Content-Length` says so);
+//! 8. pick an instance (round robin);
+//! 9. rewrite the request: upstream URI, hop-by-hop and client-controlled header removal
+//!    (credentials included), `Host`, forwarding headers, verified identity headers and the
+//!    gateway assertion;
+//! 10. forward with the service's timeouts, stream the response back.
 //!
-//! Later phases (authenticate, authorise, limit, filter, record) slot in between 4 and 6.
+//! Later phases (authorise, limit, filter, record) slot in between 6 and 8.
 
+use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use arc_swap::ArcSwap;
 use bytes::Bytes;
+use gerbang_auth::authn::{Authenticator, Presented};
+use gerbang_auth::mtls::ClientCert;
+use gerbang_auth::{AuthMethod, Principal};
 use gerbang_registry::{LookupError, Registry, Service};
-use http::header::{self, HeaderValue};
+use http::header::{self, HeaderName, HeaderValue};
 use http::uri::{PathAndQuery, Scheme};
 use http::{Request, Response, Uri, Version};
 use hyper::body::Incoming;
@@ -30,6 +39,7 @@ use crate::error::GatewayError;
 use crate::framing::AMBIGUOUS_FRAMING_MARKER;
 use crate::h1::{self, H1Error, InstancePool};
 use crate::headers;
+use crate::oauth::{self, IssuerEndpoints};
 use crate::path;
 use crate::upstream::{build_client, PoolSettings, UpstreamClient};
 
@@ -57,13 +67,28 @@ pub struct ConnInfo {
     pub remote: SocketAddr,
     /// `"http"` or `"https"`: the scheme the client used to reach the gateway.
     pub proto: &'static str,
-    /// SHA-256 fingerprint (`sha256:…`) of the client certificate that rustls verified (mTLS).
-    pub client_cert: Option<Arc<str>>,
+    /// The client certificate that rustls verified (mTLS): its pin and names.
+    pub client_cert: Option<Arc<ClientCert>>,
+}
+
+/// How the gateway vouches for callers to providers.
+#[derive(Debug, Clone)]
+pub struct IdentitySettings {
+    /// Lifetime of `X-Gerbang-Assertion` JWTs; `None` sends none.
+    pub assertion_ttl: Option<Duration>,
+    /// Request headers removed on every route, besides `X-Gerbang-*` and credentials.
+    pub strip_headers: Vec<HeaderName>,
+    /// Base URL of the issuer endpoints, for the metadata document.
+    pub public_base_url: String,
+    /// Token requests whose secrets are checked at once (argon2 is deliberately costly).
+    pub token_endpoint_concurrency: usize,
 }
 
 /// An immutable view of routing state; a reload swaps in a new one.
 pub struct Snapshot {
     pub registry: Arc<Registry>,
+    /// Credentials of this registry's applications.
+    pub auth: Arc<Authenticator>,
     /// Per service, indexed by [`Service::index`]: a hyper-util pooled client when the service
     /// has `https://` instances.
     clients: Vec<Option<UpstreamClient>>,
@@ -77,29 +102,53 @@ pub struct Gateway {
     limits: Limits,
     tls_client: Arc<ClientConfig>,
     pool: PoolSettings,
+    identity: IdentitySettings,
+    issuer_endpoints: IssuerEndpoints,
+    assertions: AssertionCache,
+    auth_failures: ReasonCounter,
 }
 
 impl Gateway {
     pub fn new(
         registry: Registry,
+        auth: Arc<Authenticator>,
+        identity: IdentitySettings,
         limits: Limits,
         tls_client: Arc<ClientConfig>,
         pool: PoolSettings,
     ) -> Self {
-        let snapshot = build_snapshot(registry, &tls_client, &pool);
+        let snapshot = build_snapshot(registry, auth, &tls_client, &pool);
+        let issuer_endpoints = IssuerEndpoints::new(
+            identity.public_base_url.clone(),
+            identity.token_endpoint_concurrency,
+        );
         Self {
             snapshot: ArcSwap::from_pointee(snapshot),
             limits,
             tls_client,
             pool,
+            identity,
+            issuer_endpoints,
+            assertions: AssertionCache::default(),
+            auth_failures: ReasonCounter::default(),
         }
     }
 
-    /// Replaces the registry atomically; requests in flight finish on the snapshot they began
-    /// with.
-    pub fn replace_registry(&self, registry: Registry) {
-        let snapshot = build_snapshot(registry, &self.tls_client, &self.pool);
+    /// Replaces the registry and its credentials atomically; requests in flight finish on the
+    /// snapshot they began with.
+    pub fn replace_registry(&self, registry: Registry, auth: Arc<Authenticator>) {
+        let snapshot = build_snapshot(registry, auth, &self.tls_client, &self.pool);
         self.snapshot.store(Arc::new(snapshot));
+    }
+
+    /// Authentication refusals so far, by reason (the metrics exporter reads these).
+    pub fn auth_failures(&self) -> Vec<(&'static str, u64)> {
+        self.auth_failures.snapshot()
+    }
+
+    /// The authenticator currently in force.
+    pub fn authenticator(&self) -> Arc<Authenticator> {
+        Arc::clone(&self.snapshot.load().auth)
     }
 
     /// The registry currently in force.
@@ -119,6 +168,7 @@ impl Gateway {
         }
         .unwrap_or_else(new_request_id);
         let method = req.method().clone();
+        let remote = conn.remote;
         let framing_error = req.headers().contains_key(AMBIGUOUS_FRAMING_MARKER)
             || (req.headers().contains_key(header::TRANSFER_ENCODING)
                 && req.headers().contains_key(header::CONTENT_LENGTH));
@@ -130,6 +180,11 @@ impl Gateway {
             }
             Err(err) => {
                 let rid = request_id.to_str().unwrap_or("");
+                if let GatewayError::Unauthenticated(f) = &err {
+                    // The reason only; never the credential.
+                    self.auth_failures.record(f.reason());
+                    tracing::info!(request_id = rid, %method, reason = f.reason(), peer = %remote, "authentication refused");
+                }
                 match err.source_kind() {
                     crate::error::ErrorSource::Client => {
                         tracing::debug!(request_id = rid, %method, code = err.code(), error = %err, "request refused");
@@ -184,12 +239,17 @@ impl Gateway {
             return Err(GatewayError::AmbiguousFraming);
         }
 
+        let snapshot = self.snapshot.load_full();
+        if oauth::is_issuer_path(req.uri().path()) {
+            return self.issuer_endpoints.serve(req, &snapshot.auth).await;
+        }
+
         // Normalise once; route and forward on the result.
         let normalized = path::normalize(req.uri().path()).map_err(GatewayError::Path)?;
         let (agency, service_id, rest) = normalized
             .route_parts()
             .ok_or(GatewayError::RouteNotFound)?;
-        let snapshot = self.snapshot.load();
+        let principal = authenticate(&snapshot.auth, &req, &conn).await?;
         let service = snapshot
             .registry
             .lookup(agency, service_id)
@@ -220,13 +280,14 @@ impl Gateway {
                 .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
         });
         headers::remove_hop_by_hop(&mut parts.headers);
-        headers::remove_client_controlled(&mut parts.headers);
+        headers::remove_client_controlled(&mut parts.headers, &self.identity.strip_headers);
         headers::set_forwarding(
             &mut parts.headers,
             conn.remote.ip(),
             conn.proto,
             original_host,
         );
+        self.set_identity(&mut parts.headers, &principal, service, &snapshot.auth);
         let host = HeaderValue::from_str(instance.authority.as_str())
             .map_err(|e| GatewayError::Internal(format!("upstream authority: {e}")))?;
         parts.headers.insert(header::HOST, host);
@@ -290,7 +351,156 @@ impl Gateway {
     }
 }
 
-fn build_snapshot(registry: Registry, tls: &Arc<ClientConfig>, pool: &PoolSettings) -> Snapshot {
+impl Gateway {
+    /// Sets the verified identity headers, and the gateway assertion when configured.
+    fn set_identity(
+        &self,
+        headers: &mut http::HeaderMap,
+        principal: &Principal,
+        service: &Service,
+        auth: &Authenticator,
+    ) {
+        if let Ok(v) = HeaderValue::from_str(&principal.application) {
+            headers.insert(headers::X_GERBANG_CONSUMER.clone(), v);
+        }
+        if let Ok(v) = HeaderValue::from_str(&principal.agency) {
+            headers.insert(headers::X_GERBANG_CONSUMER_AGENCY.clone(), v);
+        }
+        headers.insert(
+            headers::X_GERBANG_AUTH_METHOD.clone(),
+            HeaderValue::from_static(method_name(&principal.method)),
+        );
+        if let Some(ttl) = self.identity.assertion_ttl {
+            if let Some(v) = self.assertions.get(auth, principal, service, ttl) {
+                headers.insert(headers::X_GERBANG_ASSERTION.clone(), v);
+            }
+        }
+    }
+}
+
+/// The configuration name of an authentication method, as providers see it.
+fn method_name(m: &AuthMethod) -> &'static str {
+    match m {
+        AuthMethod::IssuedToken => "client_secret",
+        AuthMethod::ExternalJwt { .. } => "external_jwt",
+        AuthMethod::ApiKey => "api_key",
+        AuthMethod::Mtls => "mtls",
+    }
+}
+
+/// The credentials a request presents, judged by the snapshot's authenticator.
+async fn authenticate(
+    auth: &Authenticator,
+    req: &Request<Incoming>,
+    conn: &ConnInfo,
+) -> Result<Arc<Principal>, GatewayError> {
+    let h = req.headers();
+    let mut authz = h.get_all(header::AUTHORIZATION).iter();
+    let authorization = authz.next().map(HeaderValue::as_bytes);
+    let mut keys = h.get_all(&headers::X_API_KEY).iter();
+    let api_key = keys.next().map(HeaderValue::as_bytes);
+    let presented = Presented {
+        authorization,
+        authorization_repeated: authz.next().is_some(),
+        api_key,
+        api_key_repeated: keys.next().is_some(),
+        client_cert: conn.client_cert.as_deref(),
+    };
+    auth.authenticate(presented)
+        .await
+        .map_err(GatewayError::Unauthenticated)
+}
+
+/// Counts by a stable reason code. Only refusals pass here, so a lock is cheap enough.
+#[derive(Default)]
+struct ReasonCounter {
+    counts: Mutex<HashMap<&'static str, u64>>,
+}
+
+impl ReasonCounter {
+    fn record(&self, reason: &'static str) {
+        if let Ok(mut m) = self.counts.lock() {
+            *m.entry(reason).or_insert(0) += 1;
+        }
+    }
+
+    fn snapshot(&self) -> Vec<(&'static str, u64)> {
+        let mut v: Vec<_> = self
+            .counts
+            .lock()
+            .map(|m| m.iter().map(|(k, v)| (*k, *v)).collect())
+            .unwrap_or_default();
+        v.sort_unstable();
+        v
+    }
+}
+
+/// Signed assertions, reused for half their lifetime per (application, service): signing costs
+/// tens of microseconds, a lookup well under one.
+#[derive(Default)]
+struct AssertionCache {
+    map: Mutex<HashMap<String, (HeaderValue, u64)>>,
+}
+
+/// Most (application, service) pairs remembered before the cache starts over.
+const ASSERTION_CACHE_MAX: usize = 10_000;
+
+impl AssertionCache {
+    fn get(
+        &self,
+        auth: &Authenticator,
+        principal: &Principal,
+        service: &Service,
+        ttl: Duration,
+    ) -> Option<HeaderValue> {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
+        let mut key = String::with_capacity(
+            principal.application.len() + service.agency.len() + service.id.len() + 2,
+        );
+        key.push_str(&principal.application);
+        key.push(' ');
+        key.push_str(&service.agency);
+        key.push('/');
+        key.push_str(&service.id);
+        if let Ok(map) = self.map.lock() {
+            if let Some((v, renew_at)) = map.get(&key) {
+                if now < *renew_at {
+                    return Some(v.clone());
+                }
+            }
+        }
+        let audience = &key[principal.application.len() + 1..];
+        let (jwt, exp) =
+            match auth
+                .issuer()
+                .assertion(&principal.application, &principal.agency, audience, ttl)
+            {
+                Ok(t) => t,
+                Err(e) => {
+                    tracing::error!(error = %e, "signing a gateway assertion failed");
+                    return None;
+                }
+            };
+        let value = HeaderValue::from_str(&jwt).ok()?;
+        let renew_at = exp.saturating_sub(ttl.as_secs() / 2);
+        if let Ok(mut map) = self.map.lock() {
+            if map.len() >= ASSERTION_CACHE_MAX {
+                map.clear();
+            }
+            map.insert(key, (value.clone(), renew_at));
+        }
+        Some(value)
+    }
+}
+
+fn build_snapshot(
+    registry: Registry,
+    auth: Arc<Authenticator>,
+    tls: &Arc<ClientConfig>,
+    pool: &PoolSettings,
+) -> Snapshot {
     let clients = registry
         .services()
         .iter()
@@ -321,6 +531,7 @@ fn build_snapshot(registry: Registry, tls: &Arc<ClientConfig>, pool: &PoolSettin
         .collect();
     Snapshot {
         registry: Arc::new(registry),
+        auth,
         clients,
         pools,
     }

@@ -38,15 +38,34 @@ pub const GATEWAY_HEADER_PREFIX: &str = "x-gerbang-";
 /// The one `X-Gerbang-*` header a client may send: the purpose of processing (read by policy).
 pub static X_GERBANG_PURPOSE: HeaderName = HeaderName::from_static("x-gerbang-purpose");
 
-/// Removes, in one pass, every header a client may not set: `X-Gerbang-*` except the purpose
-/// (a provider must only ever see identity headers the gateway verified and set), and the
-/// forwarding headers the gateway does not maintain (`Forwarded`, `X-Real-IP`, …).
-pub fn remove_client_controlled(headers: &mut HeaderMap) {
+/// The API key header (`X-API-Key`).
+pub static X_API_KEY: HeaderName = HeaderName::from_static("x-api-key");
+/// The verified calling application, `agency/app`.
+pub static X_GERBANG_CONSUMER: HeaderName = HeaderName::from_static("x-gerbang-consumer");
+/// The verified calling application's agency.
+pub static X_GERBANG_CONSUMER_AGENCY: HeaderName =
+    HeaderName::from_static("x-gerbang-consumer-agency");
+/// How the caller authenticated (`client_secret`, `external_jwt`, `api_key`, `mtls`).
+pub static X_GERBANG_AUTH_METHOD: HeaderName = HeaderName::from_static("x-gerbang-auth-method");
+/// The gateway's signed assertion of the caller, for the provider to verify.
+pub static X_GERBANG_ASSERTION: HeaderName = HeaderName::from_static("x-gerbang-assertion");
+
+/// Removes, in one pass, every header a client may not pass on: `X-Gerbang-*` except the
+/// purpose (a provider must only ever see identity headers the gateway verified and set), the
+/// forwarding headers the gateway does not maintain (`Forwarded`, `X-Real-IP`, …), the
+/// credentials meant for the gateway (`Authorization`, `X-API-Key`: a provider must not be able
+/// to replay them), and the configured `extra` names.
+pub fn remove_client_controlled(headers: &mut HeaderMap, extra: &[HeaderName]) {
     let mut found: Option<Vec<HeaderName>> = None;
     for name in headers.keys() {
         let gateway_only =
             name.as_str().starts_with(GATEWAY_HEADER_PREFIX) && *name != X_GERBANG_PURPOSE;
-        if gateway_only || UNMAINTAINED_FORWARDING.iter().any(|u| u == name) {
+        if gateway_only
+            || *name == header::AUTHORIZATION
+            || *name == X_API_KEY
+            || UNMAINTAINED_FORWARDING.iter().any(|u| u == name)
+            || extra.iter().any(|u| u == name)
+        {
             found.get_or_insert_with(Vec::new).push(name.clone());
         }
     }
@@ -228,7 +247,10 @@ mod tests {
             HeaderValue::from_static("pelayanan-kesehatan"),
         );
         h.insert("x-gerbangx", HeaderValue::from_static("not ours"));
-        remove_client_controlled(&mut h);
+        h.insert(header::AUTHORIZATION, HeaderValue::from_static("Bearer t"));
+        h.insert("x-api-key", HeaderValue::from_static("gk_1"));
+        h.insert("x-remote-user", HeaderValue::from_static("admin"));
+        remove_client_controlled(&mut h, &[HeaderName::from_static("x-remote-user")]);
         assert_eq!(h.len(), 2, "{h:?}");
         assert_eq!(h["x-gerbang-purpose"], "pelayanan-kesehatan");
         assert_eq!(h["x-gerbangx"], "not ours");
@@ -257,7 +279,7 @@ mod tests {
         h.insert("x-forwarded-proto", HeaderValue::from_static("gopher"));
         h.insert("forwarded", HeaderValue::from_static("for=10.9.9.9"));
         h.insert("x-real-ip", HeaderValue::from_static("10.9.9.9"));
-        remove_client_controlled(&mut h);
+        remove_client_controlled(&mut h, &[]);
         set_forwarding(
             &mut h,
             "127.0.0.1".parse().unwrap(),

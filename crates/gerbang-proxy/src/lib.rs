@@ -8,6 +8,7 @@ pub mod framing;
 pub mod gateway;
 pub mod h1;
 pub mod headers;
+pub mod oauth;
 pub mod path;
 pub mod server;
 pub mod tls;
@@ -15,6 +16,6 @@ pub mod upstream;
 
 pub use admin::{Admin, Health};
 pub use error::{ErrorSource, GatewayError};
-pub use gateway::{ConnInfo, Gateway, Limits};
+pub use gateway::{ConnInfo, Gateway, IdentitySettings, Limits};
 pub use server::{serve, ListenerSettings, ShutdownOutcome};
 pub use upstream::PoolSettings;

@@ -168,13 +168,14 @@ pub async fn serve<H: Handler>(
                             return;
                         }
                     };
-                    // The certificate rustls verified (mTLS), named by its fingerprint.
+                    // The certificate rustls verified (mTLS): its pin and names, read once per
+                    // connection.
                     let client_cert = tls
                         .get_ref()
                         .1
                         .peer_certificates()
                         .and_then(|certs| certs.first())
-                        .map(|c| Arc::from(gerbang_auth::mtls::fingerprint(c)));
+                        .map(|c| Arc::new(gerbang_auth::mtls::ClientCert::from_der(c)));
                     let conn = ConnInfo {
                         client_cert,
                         ..conn

@@ -17,6 +17,10 @@ use gerbang_registry::{
 };
 use serde::Deserialize;
 
+mod auth;
+pub use auth::{create_signing_key, keys_dir_of, AuthConfig, ExternalKeySpec, ExternalSpec};
+use auth::{RawApplication, RawAuth};
+
 /// One thing wrong with the configuration.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Problem {
@@ -69,6 +73,8 @@ struct RawConfig {
     paths: RawPaths,
     #[serde(default)]
     log: RawLog,
+    #[serde(default)]
+    auth: RawAuth,
 }
 
 fn d(secs: u64) -> Duration {
@@ -230,13 +236,6 @@ struct RawAgency {
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
-struct RawApplication {
-    id: String,
-    name: String,
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
 struct RawService {
     id: String,
     name: String,
@@ -285,6 +284,9 @@ pub struct Config {
     pub data_dir: PathBuf,
     pub log: LogSettings,
     pub registry: Registry,
+    pub auth: AuthConfig,
+    /// Credentials of every registered application.
+    pub credentials: Vec<gerbang_auth::authn::AppCredentials>,
 }
 
 impl fmt::Debug for Config {
@@ -330,7 +332,8 @@ pub fn load(file: &Path, overrides: &Overrides) -> Result<Config, ConfigError> {
                 .separator("__")
                 .try_parsing(true)
                 .list_separator(",")
-                .with_list_parse_key("upstream.ca_files"),
+                .with_list_parse_key("upstream.ca_files")
+                .with_list_parse_key("auth.strip_headers"),
         );
     let mut set = |key: &str, v: &Option<String>| {
         if let Some(v) = v {
@@ -502,12 +505,46 @@ pub fn load(file: &Path, overrides: &Overrides) -> Result<Config, ConfigError> {
         max_body_bytes: None,
     };
     let registry_dir = resolve(&raw.paths.registry_dir);
-    let registry = load_registry(&registry_dir, &defaults, &mut problems);
+    let data_dir = resolve(&raw.paths.data_dir);
+    let default_base = format!(
+        "{}://{}",
+        if raw.server.tls.is_some() {
+            "https"
+        } else {
+            "http"
+        },
+        raw.server.listen
+    );
+    let auth = auth::load_auth(
+        &raw.auth,
+        file,
+        &data_dir,
+        default_base,
+        &resolve,
+        &mut problems,
+    );
+    let loaded = load_registry(&registry_dir, &defaults, &mut problems);
+    if let Some((_, creds)) = &loaded {
+        if raw.auth.external.is_empty() {
+            for c in creds.iter().filter(|c| c.methods.external_jwt) {
+                problems.push(
+                    &registry_dir,
+                    c.application.as_str(),
+                    "uses `external_jwt` but gerbang.toml configures no [[auth.external]] issuer",
+                );
+            }
+        }
+    }
 
-    match (listen, admin_listen, log, upstream_tls, registry) {
-        (Some(listen), Some(admin_listen), Some(log), Some(upstream_tls), Some(registry))
-            if problems.list.is_empty() =>
-        {
+    match (listen, admin_listen, log, upstream_tls, loaded, auth) {
+        (
+            Some(listen),
+            Some(admin_listen),
+            Some(log),
+            Some(upstream_tls),
+            Some((registry, credentials)),
+            Some(auth),
+        ) if problems.list.is_empty() => {
             Ok(Config {
                 file: file.to_path_buf(),
                 listen,
@@ -532,9 +569,11 @@ pub fn load(file: &Path, overrides: &Overrides) -> Result<Config, ConfigError> {
                 },
                 upstream_tls,
                 registry_dir,
-                data_dir: resolve(&raw.paths.data_dir),
+                data_dir,
                 log,
                 registry,
+                auth,
+                credentials,
             })
         }
         _ => Err(ConfigError {
@@ -584,11 +623,14 @@ pub fn is_slug(s: &str) -> bool {
             .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || *c == b'-')
 }
 
+/// First path segments the gateway serves itself (`/oauth/token`) or will (`/catalog/…`).
+const RESERVED_AGENCY_IDS: [&str; 3] = ["oauth", "catalog", "admin"];
+
 fn load_registry(
     dir: &Path,
     defaults: &ServiceLimits,
     problems: &mut Problems,
-) -> Option<Registry> {
+) -> Option<(Registry, Vec<gerbang_auth::authn::AppCredentials>)> {
     let entries = match std::fs::read_dir(dir) {
         Ok(e) => e,
         Err(e) => {
@@ -607,6 +649,7 @@ fn load_registry(
     let before = problems.list.len();
     let mut builder = RegistryBuilder::new();
     let mut agency_files: Vec<(PathBuf, RawAgencyFile)> = Vec::new();
+    let mut credentials = Vec::new();
     for path in files {
         let text = match std::fs::read_to_string(&path) {
             Ok(t) => t,
@@ -635,6 +678,14 @@ fn load_registry(
                 path,
                 "agency.id",
                 format!("`{id}` is not a slug (a-z, 0-9, '-')"),
+            );
+            continue;
+        }
+        if RESERVED_AGENCY_IDS.contains(&id.as_str()) {
+            problems.push(
+                path,
+                "agency.id",
+                format!("`{id}` is reserved for the gateway's own endpoints"),
             );
             continue;
         }
@@ -671,6 +722,7 @@ fn load_registry(
             }) {
                 problems.push(path, key, e.to_string());
             }
+            credentials.push(auth::app_credentials(path, i, agency, app, problems));
         }
         for (i, svc) in raw.service.iter().enumerate() {
             if let Some(spec) = service_spec(path, i, agency, svc, defaults, problems) {
@@ -680,7 +732,13 @@ fn load_registry(
             }
         }
     }
-    (problems.list.len() == before).then(|| builder.build())
+    if problems.list.len() == before {
+        // Credentials that two applications share (a pin, a key digest, an external id).
+        if let Err(e) = gerbang_auth::authn::Authenticator::check_unique(&credentials) {
+            problems.push(dir, "application", e.to_string());
+        }
+    }
+    (problems.list.len() == before).then(|| (builder.build(), credentials))
 }
 
 fn service_spec(
@@ -799,10 +857,15 @@ fn parse_instance_url(s: &str) -> Result<(Scheme, http::uri::Authority), String>
 mod tests {
     use super::*;
 
+    /// Writes a configuration file; with the main file comes a signing key in the default
+    /// key directory, which every valid configuration needs.
     fn write(dir: &Path, name: &str, text: &str) {
         let p = dir.join(name);
         std::fs::create_dir_all(p.parent().unwrap()).unwrap();
         std::fs::write(p, text).unwrap();
+        if name == "gerbang.toml" && !dir.join("data/keys").exists() {
+            create_signing_key(&dir.join("data/keys")).unwrap();
+        }
     }
 
     const AGENCY: &str = r#"
@@ -813,6 +876,8 @@ name = "Disdukcapil"
 [[application]]
 id = "siak"
 name = "SIAK"
+auth_methods = ["client_secret"]
+client_secret_hashes = ["$argon2id$v=19$m=19456,t=2,p=1$laVo6x40kv3Og9CrcbabSA$xlAQ/Tbznyv8PyhZyOe+aT1p3Z2mQ1B66xqCH9ViElM"]
 
 [[service]]
 id = "penduduk"

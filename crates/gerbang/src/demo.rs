@@ -42,6 +42,7 @@ pub const EXAMPLE_FILES: &[(&str, &str)] = &[
 pub fn prepare_data_dir(dir: &Path, fresh: bool) -> std::io::Result<PathBuf> {
     let main = dir.join("gerbang.toml");
     if main.exists() && !fresh {
+        ensure_signing_key(&main)?;
         return Ok(main);
     }
     for (name, text) in EXAMPLE_FILES {
@@ -51,7 +52,23 @@ pub fn prepare_data_dir(dir: &Path, fresh: bool) -> std::io::Result<PathBuf> {
         }
         std::fs::write(&path, text)?;
     }
+    ensure_signing_key(&main)?;
     Ok(main)
+}
+
+/// Creates the built-in issuer's first signing key when the configured key directory has none
+/// (the demo's "generate on first start"; `gerbang serve` refuses to start instead).
+pub fn ensure_signing_key(main: &Path) -> std::io::Result<()> {
+    let dir = crate::config::keys_dir_of(main).map_err(std::io::Error::other)?;
+    let has_key = std::fs::read_dir(&dir).is_ok_and(|entries| {
+        entries
+            .filter_map(|e| e.ok())
+            .any(|e| e.path().extension().is_some_and(|x| x == "pem"))
+    });
+    if !has_key {
+        crate::config::create_signing_key(&dir)?;
+    }
+    Ok(())
 }
 
 /// Which fictional backend a demo service runs.

@@ -61,6 +61,16 @@ enum Command {
     /// for the configuration. The secret is never taken from the command line, where shell
     /// history and process listings would keep it.
     HashSecret,
+    /// Make a new API key for a legacy application: prints the key (give it to the
+    /// application once) and the digest to put in its registry entry (`api_keys`).
+    NewApiKey,
+    /// Create a new signing key for the built-in token issuer in the configured key directory.
+    /// The new key signs from the next start; older keys stay published in the JWKS until no
+    /// token they signed can still be valid.
+    RotateKey {
+        #[arg(long, short, default_value = "/etc/gerbang/gerbang.toml")]
+        config: PathBuf,
+    },
     /// A fixed 1 KiB JSON upstream for the load benchmark (benches/proxy_load.sh).
     #[command(hide = true)]
     BenchUpstream {
@@ -75,6 +85,8 @@ fn main() -> ExitCode {
         Command::Validate { config } => validate(&config),
         Command::BenchUpstream { listen } => bench_upstream(listen),
         Command::HashSecret => hash_secret(),
+        Command::NewApiKey => new_api_key(),
+        Command::RotateKey { config } => rotate_key(&config),
         Command::Serve {
             config,
             listen,
@@ -139,6 +151,45 @@ fn hash_secret() -> ExitCode {
         }
         Err(e) => {
             eprintln!("{e}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+fn new_api_key() -> ExitCode {
+    match gerbang_auth::apikey::generate() {
+        Some((key, digest)) => {
+            println!("key:    {key}");
+            println!("digest: {digest}");
+            eprintln!(
+                "Give the key to the application once (it is not stored anywhere); put the \
+                 digest in its registry entry: api_keys = [{{ digest = \"{digest}\" }}]"
+            );
+            ExitCode::SUCCESS
+        }
+        None => {
+            eprintln!("the system's random number generator failed");
+            ExitCode::from(1)
+        }
+    }
+}
+
+fn rotate_key(file: &std::path::Path) -> ExitCode {
+    let dir = match config::keys_dir_of(file) {
+        Ok(d) => d,
+        Err(e) => {
+            eprintln!("{e}");
+            return ExitCode::from(2);
+        }
+    };
+    match config::create_signing_key(&dir) {
+        Ok(path) => {
+            println!("{}", path.display());
+            eprintln!("new signing key written; it signs from the next start");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("cannot write a key in {}: {e}", dir.display());
             ExitCode::from(1)
         }
     }
@@ -297,12 +348,20 @@ fn print_demo_banner(file: &std::path::Path, running: &gerbang::Running, backend
         println!("    {svc:<20} {inst:<12} http://{addr}");
     }
     println!();
+    println!(
+        "Demo credentials (demo only): client secrets demo-secret-simpus, -esppt, -siak, -portal."
+    );
     println!("Try:");
-    println!("  curl -i http://{gw}/dukcapil/penduduk/penduduk/3603011505900001");
-    println!("  curl -s http://{gw}/dinkes/faskes/faskes");
-    println!("  curl -s http://{gw}/bapenda/pbb/pbb/360301000100200300");
-    println!("  curl -s -X POST --data 'halo' 'http://{gw}/diskominfo/echo/apa/saja?x=1'");
-    println!("  curl -s http://{gw}/dukcapil/tidak-ada/x        # unknown service: JSON error");
+    println!("  TOKEN=$(curl -s -u 'dinkes%2Fsimpus:demo-secret-simpus' -d grant_type=client_credentials \\");
+    println!(
+        "          http://{gw}/oauth/token | sed -E 's/.*\"access_token\":\"([^\"]+)\".*/\\1/')"
+    );
+    println!("  curl -i -H \"Authorization: Bearer $TOKEN\" http://{gw}/dukcapil/penduduk/penduduk/3603011505900001");
+    println!("  curl -s -H \"Authorization: Bearer $TOKEN\" http://{gw}/dinkes/faskes/faskes");
+    println!("  curl -s -H \"Authorization: Bearer $TOKEN\" http://{gw}/bapenda/pbb/pbb/360301000100200300");
+    println!("  curl -s -H \"Authorization: Bearer $TOKEN\" -X POST --data 'halo' 'http://{gw}/diskominfo/echo/apa/saja?x=1'");
+    println!("  curl -s http://{gw}/diskominfo/echo/x           # no token: 401 JSON error");
+    println!("  curl -s http://{gw}/.well-known/jwks.json       # keys to verify tokens and X-Gerbang-Assertion");
     println!();
     println!("Press Ctrl-C to stop.");
 }

@@ -6,12 +6,14 @@ use std::io;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use gerbang_proxy::{serve, Admin, Gateway, Health, ShutdownOutcome};
+use gerbang_auth::authn::{Authenticator, External, ExternalKeys};
+use gerbang_auth::jwks::JwksSource;
+use gerbang_proxy::{serve, Admin, Gateway, Health, IdentitySettings, ShutdownOutcome};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
-use crate::config::Config;
+use crate::config::{Config, ExternalKeySpec, ExternalSpec};
 
 /// Why the gateway could not start.
 #[derive(Debug, thiserror::Error)]
@@ -22,6 +24,8 @@ pub enum StartError {
         addr: SocketAddr,
         source: io::Error,
     },
+    #[error("authentication setup: {0}")]
+    Auth(String),
 }
 
 /// A gateway running in this process.
@@ -65,17 +69,34 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
     let data_addr = data.local_addr().unwrap_or(config.listen);
     let admin_addr = admin.local_addr().unwrap_or(config.admin_listen);
 
+    let (tx, rx) = watch::channel(false);
+    let stop = |mut rx: watch::Receiver<bool>| async move {
+        let _ = rx.wait_for(|v| *v).await;
+    };
+    let externals =
+        start_external_issuers(config.auth.externals, &config.upstream_tls, &rx, stop).await?;
+    let authenticator = Authenticator::new(
+        Arc::clone(&config.auth.issuer),
+        &config.credentials,
+        externals,
+        config.auth.token_cache_size,
+    )
+    .map_err(|e| StartError::Auth(e.to_string()))?;
+    let identity = IdentitySettings {
+        assertion_ttl: config.auth.assertion_ttl,
+        strip_headers: config.auth.strip_headers,
+        public_base_url: config.auth.public_base_url,
+        token_endpoint_concurrency: config.auth.token_endpoint_concurrency,
+    };
     let gateway = Arc::new(Gateway::new(
         config.registry,
+        Arc::new(authenticator),
+        identity,
         config.limits,
         config.upstream_tls,
         config.pool,
     ));
     let health = Arc::new(Health::new());
-    let (tx, rx) = watch::channel(false);
-    let stop = |mut rx: watch::Receiver<bool>| async move {
-        let _ = rx.wait_for(|v| *v).await;
-    };
 
     let admin_settings = gerbang_proxy::ListenerSettings {
         tls: None,
@@ -104,6 +125,63 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
         shutdown: tx,
         task,
     })
+}
+
+/// Builds the external issuers' key sources: static keys as they are; JWKS URLs fetched once
+/// now (a failure is logged and the gateway starts anyway: tokens of that issuer are refused
+/// until a fetch succeeds) and then refreshed in the background until shutdown.
+async fn start_external_issuers<F, Fut>(
+    specs: Vec<ExternalSpec>,
+    tls: &Arc<rustls::ClientConfig>,
+    rx: &watch::Receiver<bool>,
+    stop: F,
+) -> Result<Vec<Arc<External>>, StartError>
+where
+    F: Fn(watch::Receiver<bool>) -> Fut,
+    Fut: Future<Output = ()> + Send + 'static,
+{
+    let mut out = Vec::new();
+    let mut client = None;
+    for spec in specs {
+        let keys = match spec.keys {
+            ExternalKeySpec::Static(keys) => ExternalKeys::Static(Arc::new(keys)),
+            ExternalKeySpec::Jwks {
+                url,
+                refresh_interval,
+                min_refetch,
+            } => {
+                let client = match &client {
+                    Some(c) => Clone::clone(c),
+                    None => {
+                        let c = reqwest::Client::builder()
+                            .tls_backend_preconfigured((**tls).clone())
+                            .timeout(std::time::Duration::from_secs(10))
+                            .redirect(reqwest::redirect::Policy::none())
+                            .build()
+                            .map_err(|e| StartError::Auth(format!("JWKS client: {e}")))?;
+                        client = Some(c.clone());
+                        c
+                    }
+                };
+                let source = Arc::new(JwksSource::new(url.clone(), client, min_refetch));
+                match source.refresh().await {
+                    Ok(n) => {
+                        tracing::info!(issuer = %spec.issuer.issuer, keys = n, "external issuer keys fetched")
+                    }
+                    Err(e) => {
+                        tracing::warn!(issuer = %spec.issuer.issuer, %url, error = %e, "external issuer keys could not be fetched; its tokens are refused until a fetch succeeds")
+                    }
+                }
+                tokio::spawn(Arc::clone(&source).run(refresh_interval, stop(rx.clone())));
+                ExternalKeys::Jwks(source)
+            }
+        };
+        out.push(Arc::new(External {
+            issuer: spec.issuer,
+            keys,
+        }));
+    }
+    Ok(out)
 }
 
 /// Completes on SIGTERM or SIGINT (Ctrl-C).

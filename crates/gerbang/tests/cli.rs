@@ -26,13 +26,48 @@ fn http_get(addr: SocketAddr, path: &str) -> (u16, String) {
 
 /// `GET path` over a fresh connection; returns (status, lower-cased head, body).
 fn http_get_full(addr: SocketAddr, path: &str) -> (u16, String, String) {
+    http_exchange(
+        addr,
+        &format!("GET {path} HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n"),
+    )
+}
+
+/// `GET path` with a bearer token; returns (status, lower-cased head, body).
+fn http_get_with_token(addr: SocketAddr, path: &str, token: &str) -> (u16, String, String) {
+    http_exchange(
+        addr,
+        &format!(
+            "GET {path} HTTP/1.1\r\nHost: t\r\nAuthorization: Bearer {token}\r\nConnection: close\r\n\r\n"
+        ),
+    )
+}
+
+/// An access token for `client_id` from the gateway's token endpoint (client_secret_basic with
+/// the form-encoded id, as the README's curl does).
+fn token(addr: SocketAddr, client_id: &str, secret: &str) -> String {
+    use base64::Engine;
+    let basic = base64::engine::general_purpose::STANDARD
+        .encode(format!("{}:{secret}", client_id.replace('/', "%2F")));
+    let body = "grant_type=client_credentials";
+    let (status, _, text) = http_exchange(
+        addr,
+        &format!(
+            "POST /oauth/token HTTP/1.1\r\nHost: t\r\nAuthorization: Basic {basic}\r\n\
+             Content-Type: application/x-www-form-urlencoded\r\nContent-Length: {}\r\n\
+             Connection: close\r\n\r\n{body}",
+            body.len()
+        ),
+    );
+    assert_eq!(status, 200, "{text}");
+    let v: serde_json::Value = serde_json::from_str(&text).unwrap();
+    v["access_token"].as_str().unwrap().to_owned()
+}
+
+/// Sends `request` as given over a fresh connection; returns (status, lower-cased head, body).
+fn http_exchange(addr: SocketAddr, request: &str) -> (u16, String, String) {
     let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(5)).unwrap();
     s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-    write!(
-        s,
-        "GET {path} HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n"
-    )
-    .unwrap();
+    s.write_all(request.as_bytes()).unwrap();
     let mut text = String::new();
     s.read_to_string(&mut text).unwrap();
     let status = text.split(' ').nth(1).unwrap_or("0").parse().unwrap();
@@ -74,11 +109,66 @@ fn wait_for_line<R: Read + Send + 'static, T: Send + 'static>(
         .expect("expected output line")
 }
 
+/// A copy of the shipped configuration in a temporary directory.
+fn copy_of_repo_config() -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    let src = repo_config();
+    let src_dir = src.parent().unwrap();
+    std::fs::copy(&src, dir.path().join("gerbang.toml")).unwrap();
+    std::fs::create_dir(dir.path().join("registry")).unwrap();
+    for e in std::fs::read_dir(src_dir.join("registry")).unwrap() {
+        let p = e.unwrap().path();
+        std::fs::copy(&p, dir.path().join("registry").join(p.file_name().unwrap())).unwrap();
+    }
+    dir
+}
+
 #[test]
-fn validate_accepts_the_example_configuration() {
+fn validate_accepts_the_example_configuration_once_it_has_a_signing_key() {
+    let dir = copy_of_repo_config();
+    let main = dir.path().join("gerbang.toml");
+    // Without a key: exactly that problem, with the command that fixes it.
     let out = bin()
         .args(["validate", "--config"])
-        .arg(repo_config())
+        .arg(&main)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("1 configuration problem(s)"), "{err}");
+    assert!(
+        err.contains("auth.keys_dir:") && err.contains("gerbang rotate-key"),
+        "{err}"
+    );
+    let out = bin()
+        .args(["rotate-key", "--config"])
+        .arg(&main)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let key_path = String::from_utf8(out.stdout).unwrap();
+    let key_path = Path::new(key_path.trim());
+    assert!(
+        key_path.starts_with(dir.path().join("data/keys")),
+        "{key_path:?}"
+    );
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(key_path).unwrap().permissions().mode();
+        assert_eq!(
+            mode & 0o077,
+            0,
+            "the private key is readable by its owner only"
+        );
+    }
+    let out = bin()
+        .args(["validate", "--config"])
+        .arg(&main)
         .output()
         .unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout);
@@ -106,6 +196,7 @@ fn broken_config() -> tempfile::TempDir {
         "[agency]\nid = \"x\"\nname = \"X\"\n[[service]]\nid = \"s\"\nname = \"S\"\n",
     )
     .unwrap();
+    gerbang::config::create_signing_key(&dir.path().join("data/keys")).unwrap();
     dir
 }
 
@@ -162,6 +253,12 @@ fn serve_becomes_ready_and_exits_0_on_sigterm() {
         "[agency]\nid = \"x\"\nname = \"X\"\n[[service]]\nid = \"s\"\nname = \"S\"\n[[service.instance]]\nname = \"a\"\nurl = \"http://127.0.0.1:9\"\n",
     )
     .unwrap();
+    let out = bin()
+        .args(["rotate-key", "--config"])
+        .arg(dir.path().join("gerbang.toml"))
+        .output()
+        .unwrap();
+    assert!(out.status.success());
     let mut child = bin()
         .args(["serve", "--config"])
         .arg(dir.path().join("gerbang.toml"))
@@ -184,8 +281,8 @@ fn serve_becomes_ready_and_exits_0_on_sigterm() {
     });
     assert_eq!(http_get(admin, "/health/ready").0, 200);
     let (status, body) = http_get(data, "/x/nope/");
-    assert_eq!(status, 404);
-    assert!(body.contains("\"unknown_service\""), "{body}");
+    assert_eq!(status, 401);
+    assert!(body.contains("\"missing_credentials\""), "{body}");
     let st = terminate(&mut child);
     assert_eq!(st.code(), Some(0), "graceful exit");
 }
@@ -215,10 +312,36 @@ fn demo_serves_the_agencies_and_keeps_the_repository_config_untouched() {
             .and_then(|r| r.trim().strip_prefix("http://"))
             .and_then(|a| a.parse().ok())
     });
+    // Every demo service requires a token, the public ones too.
+    for path in [
+        "/dukcapil/penduduk/penduduk/3603015505900001",
+        "/dinkes/faskes/faskes",
+        "/bapenda/pbb/pbb/360301000100200300",
+        "/diskominfo/echo/apa",
+    ] {
+        let (status, head, body) = http_get_full(gw, path);
+        assert_eq!(status, 401, "{path}: {body}");
+        assert!(head.contains("www-authenticate: bearer"), "{head}");
+    }
+    // The README's flow: a token for each demo application, then calls with it.
+    for (app, secret) in [
+        ("bapenda/esppt", "demo-secret-esppt"),
+        ("dukcapil/siak", "demo-secret-siak"),
+        ("diskominfo/portal", "demo-secret-portal"),
+    ] {
+        let t = token(gw, app, secret);
+        let (status, _, body) = http_get_with_token(gw, "/diskominfo/echo/who", &t);
+        assert_eq!(status, 200, "{body}");
+        assert!(
+            body.contains(&format!("\"x-gerbang-consumer\":\"{app}\"")),
+            "{body}"
+        );
+    }
+    let t = token(gw, "dinkes/simpus", "demo-secret-simpus");
     let mut instances = Vec::new();
     for _ in 0..2 {
         let (status, head, body) =
-            http_get_full(gw, "/dukcapil/penduduk/penduduk/3603015505900001");
+            http_get_with_token(gw, "/dukcapil/penduduk/penduduk/3603015505900001", &t);
         assert_eq!(status, 200, "{body}");
         let v: serde_json::Value = serde_json::from_str(&body).unwrap();
         assert_eq!(v["nik"], "3603015505900001");
@@ -236,18 +359,36 @@ fn demo_serves_the_agencies_and_keeps_the_repository_config_untouched() {
         ["penduduk-1", "penduduk-2"],
         "both instances serve"
     );
-    let (status, body) = http_get(gw, "/dinkes/faskes/faskes");
+    let (status, _, body) = http_get_with_token(gw, "/dinkes/faskes/faskes", &t);
     assert_eq!(status, 200, "{body}");
-    let (status, _) = http_get(gw, "/bapenda/pbb/pbb/360301000100200300");
+    let (status, _, _) = http_get_with_token(gw, "/bapenda/pbb/pbb/360301000100200300", &t);
     assert_eq!(status, 200);
-    let (status, body) = http_get(gw, "/diskominfo/echo/apa?x=1");
+    let (status, _, body) = http_get_with_token(gw, "/diskominfo/echo/apa?x=1", &t);
     assert_eq!(status, 200);
     assert!(body.contains("\"query\":\"x=1\""), "{body}");
-    let (status, _) = http_get(gw, "/dukcapil/penduduk/penduduk/123");
+    assert!(
+        body.contains("\"x-gerbang-consumer\":\"dinkes/simpus\""),
+        "{body}"
+    );
+    let (status, _, _) = http_get_with_token(gw, "/dukcapil/penduduk/penduduk/123", &t);
     assert_eq!(status, 404, "the backend's own 404 for a malformed NIK");
+    // The demo's API key (README) works for bapenda/esppt.
+    let (status, _, body) = http_exchange(
+        gw,
+        "GET /diskominfo/echo/k HTTP/1.1\r\nHost: t\r\nX-API-Key: gk_cd73e550c08905c7c6a3bccec4bcbb77124a51c8190335384c8a5106f162b3e7\r\nConnection: close\r\n\r\n",
+    );
+    assert_eq!(status, 200, "{body}");
+    assert!(
+        body.contains("\"x-gerbang-auth-method\":\"api_key\""),
+        "{body}"
+    );
 
     assert!(data.path().join("gerbang.toml").exists());
     assert!(data.path().join("registry/dukcapil.toml").exists());
+    let keys: Vec<_> = std::fs::read_dir(data.path().join("data/keys"))
+        .unwrap()
+        .collect();
+    assert_eq!(keys.len(), 1, "the demo generated its signing key");
     assert_eq!(terminate(&mut child).code(), Some(0));
     assert_eq!(std::fs::read(repo_config()).unwrap(), before);
 }

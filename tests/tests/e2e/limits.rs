@@ -63,7 +63,7 @@ async fn body_over_the_service_limit_is_413() {
 
     // Chunked: no length up front, the limit trips while streaming.
     let mut s = tokio::net::TcpStream::connect(gw.addr).await.unwrap();
-    s.write_all(b"POST /a/s/x HTTP/1.1\r\nHost: g\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n")
+    s.write_all(&authed(b"POST /a/s/x HTTP/1.1\r\nHost: g\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n"))
         .await
         .unwrap();
     for _ in 0..3 {
@@ -109,9 +109,9 @@ async fn content_length_with_transfer_encoding_is_refused() {
     // The same connection carries an ordinary request first: only the ambiguous one is refused.
     let req = "GET /a/s/first HTTP/1.1\r\nHost: g\r\n\r\n";
     let mut s = tokio::net::TcpStream::connect(gw.addr).await.unwrap();
-    s.write_all(req.as_bytes()).await.unwrap();
+    s.write_all(&authed(req.as_bytes())).await.unwrap();
     assert_eq!(read_response(&mut s).await.status, 200);
-    s.write_all(b"POST /a/s/x HTTP/1.1\r\nHost: g\r\nTransfer-Encoding: chunked\r\nContent-Length: 3\r\n\r\n0\r\n\r\n")
+    s.write_all(&authed(b"POST /a/s/x HTTP/1.1\r\nHost: g\r\nTransfer-Encoding: chunked\r\nContent-Length: 3\r\n\r\n0\r\n\r\n"))
         .await
         .unwrap();
     let r = read_response(&mut s).await;
@@ -130,10 +130,16 @@ async fn connections_beyond_max_connections_wait_for_a_free_slot() {
     .await;
     let keep_alive = "GET /a/s/x HTTP/1.1\r\nHost: g\r\n\r\n";
     let mut first = tokio::net::TcpStream::connect(gw.addr).await.unwrap();
-    first.write_all(keep_alive.as_bytes()).await.unwrap();
+    first
+        .write_all(&authed(keep_alive.as_bytes()))
+        .await
+        .unwrap();
     assert_eq!(read_response(&mut first).await.status, 200);
     let mut second = tokio::net::TcpStream::connect(gw.addr).await.unwrap();
-    second.write_all(keep_alive.as_bytes()).await.unwrap();
+    second
+        .write_all(&authed(keep_alive.as_bytes()))
+        .await
+        .unwrap();
     assert_eq!(read_response(&mut second).await.status, 200);
 
     // A third connection is not served while both slots are taken...

@@ -32,7 +32,7 @@ async fn large_request_body_streams_with_flat_memory() {
         "POST /a/s/upload HTTP/1.1\r\nHost: g\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
         CHUNK * CHUNKS
     );
-    s.write_all(head.as_bytes()).await.unwrap();
+    s.write_all(&authed(head.as_bytes())).await.unwrap();
     let mut peak = before;
     for i in 0..CHUNKS {
         block[0] = i as u8; // every chunk differs
@@ -72,7 +72,7 @@ async fn large_response_body_streams_back() {
         let mut buf = [0u8; 4096];
         let _ = s.read(&mut buf).await;
         let head = format!("HTTP/1.1 200 OK\r\nContent-Length: {SIZE}\r\n\r\n");
-        s.write_all(head.as_bytes()).await.unwrap();
+        s.write_all(&authed(head.as_bytes())).await.unwrap();
         for _ in 0..SIZE / upstream_block.len() {
             if s.write_all(&upstream_block).await.is_err() {
                 return;
@@ -81,7 +81,9 @@ async fn large_response_body_streams_back() {
     });
     let gw = TestGateway::single(&[format!("http://{addr}")], "").await;
     let mut s = tokio::net::TcpStream::connect(gw.addr).await.unwrap();
-    s.write_all(&get("/a/s/download", "")).await.unwrap();
+    s.write_all(&authed(&get("/a/s/download", "")))
+        .await
+        .unwrap();
     // Read the head, then hash the body as it arrives.
     let mut buf = vec![0u8; 65536];
     let mut acc = Vec::new();

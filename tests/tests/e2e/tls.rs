@@ -28,7 +28,7 @@ async fn http2_over_tls_to_an_https_upstream() {
     )
     .await;
 
-    let client = reqwest::Client::builder()
+    let client = authed_client()
         .tls_certs_only([reqwest::Certificate::from_pem(gw_cert.as_bytes()).unwrap()])
         .timeout(Duration::from_secs(10))
         .build()
@@ -92,7 +92,7 @@ async fn untrusted_upstream_certificate_is_502() {
 async fn http2_cleartext_with_prior_knowledge() {
     let echo = backend(gerbang::demo::Kind::Echo, "echo").await;
     let gw = TestGateway::start(&[&agency("a", "s", &[echo.url()], "")], "", "").await;
-    let client = reqwest::Client::builder()
+    let client = authed_client()
         .http2_prior_knowledge()
         .timeout(Duration::from_secs(10))
         .build()
@@ -139,7 +139,7 @@ async fn client_certificates_are_verified_against_the_configured_ca() {
         w("clients-ca.crt", &ca_pem),
     );
     let client = |identity: Option<(&str, &str)>| {
-        let mut b = reqwest::Client::builder()
+        let mut b = authed_client()
             .tls_certs_only([reqwest::Certificate::from_pem(gw_cert.as_bytes()).unwrap()])
             .timeout(Duration::from_secs(10));
         if let Some((cert, key)) = identity {

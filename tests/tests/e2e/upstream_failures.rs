@@ -114,9 +114,11 @@ async fn slow_client_body_is_408_not_blamed_on_the_upstream() {
     let up = raw_upstream(RawBehaviour::Hang).await;
     let gw = TestGateway::single(&[up.url()], "request_timeout = \"300ms\"").await;
     let mut s = tokio::net::TcpStream::connect(gw.addr).await.unwrap();
-    s.write_all(b"POST /a/s/x HTTP/1.1\r\nHost: g\r\nContent-Length: 100\r\n\r\nonly-part")
-        .await
-        .unwrap();
+    s.write_all(&authed(
+        b"POST /a/s/x HTTP/1.1\r\nHost: g\r\nContent-Length: 100\r\n\r\nonly-part",
+    ))
+    .await
+    .unwrap();
     let r = read_response(&mut s).await;
     assert_eq!(r.status, 408);
     assert_eq!(r.error_code(), "request_body_timeout");

@@ -170,7 +170,7 @@ async fn chunked_request_body_reaches_the_upstream_intact() {
     let echo = backend(gerbang::demo::Kind::Echo, "echo").await;
     let gw = TestGateway::single(&[echo.url()], "").await;
     let mut s = tokio::net::TcpStream::connect(gw.addr).await.unwrap();
-    s.write_all(b"POST /a/s/x HTTP/1.1\r\nHost: g\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n")
+    s.write_all(&authed(b"POST /a/s/x HTTP/1.1\r\nHost: g\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n"))
         .await
         .unwrap();
     let mut all = Vec::new();
@@ -205,7 +205,7 @@ async fn connection_header_cannot_strip_content_length() {
         smuggled.len()
     );
     let mut s = tokio::net::TcpStream::connect(gw.addr).await.unwrap();
-    s.write_all(req.as_bytes()).await.unwrap();
+    s.write_all(&authed(req.as_bytes())).await.unwrap();
     let r = read_response(&mut s).await;
     assert_eq!(r.status, 200);
     let v = r.json();

@@ -1,0 +1,787 @@
+//! The `[auth]` section of `gerbang.toml` (built-in issuer, external issuers, identity headers)
+//! and the credential keys of `[[application]]` entries in registry files.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use gerbang_auth::authn::{AppCredentials, Methods};
+use gerbang_auth::external::{ExternalIssuer, IssuerKeys};
+use gerbang_auth::keys::{KeyRing, SigningKey};
+use gerbang_auth::token::Issuer;
+use jsonwebtoken::Algorithm;
+use serde::Deserialize;
+
+use super::{d, Problems};
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub(super) struct RawAuth {
+    /// `iss` of the gateway's tokens and the base URL of its token endpoint; default
+    /// `http(s)://{server.listen}`.
+    issuer: Option<String>,
+    audience: String,
+    #[serde(with = "humantime_serde")]
+    token_ttl: Duration,
+    #[serde(with = "humantime_serde")]
+    leeway: Duration,
+    /// Signing keys (`<kid>.pem`), relative to `paths.data_dir`.
+    keys_dir: PathBuf,
+    token_cache_size: usize,
+    /// Forward a signed `X-Gerbang-Assertion` to providers.
+    assertion: bool,
+    #[serde(with = "humantime_serde")]
+    assertion_ttl: Duration,
+    /// Request headers removed on every route, besides `X-Gerbang-*`.
+    strip_headers: Vec<String>,
+    /// Argon2 verifications run at once by the token endpoint; 0 = two per core.
+    token_endpoint_concurrency: usize,
+    pub(super) external: Vec<RawExternal>,
+}
+
+impl Default for RawAuth {
+    fn default() -> Self {
+        Self {
+            issuer: None,
+            audience: "gerbang".into(),
+            token_ttl: d(300),
+            leeway: d(30),
+            keys_dir: "keys".into(),
+            token_cache_size: 100_000,
+            assertion: true,
+            assertion_ttl: d(60),
+            strip_headers: Vec::new(),
+            token_endpoint_concurrency: 0,
+            external: Vec::new(),
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawExternal {
+    issuer: String,
+    #[serde(default)]
+    audiences: Vec<String>,
+    algorithms: Vec<String>,
+    #[serde(default)]
+    jwks_url: Option<String>,
+    #[serde(default)]
+    key_files: Vec<PathBuf>,
+    #[serde(default = "default_client_claim")]
+    client_claim: String,
+    #[serde(default = "default_leeway", with = "humantime_serde")]
+    leeway: Duration,
+    #[serde(default = "default_refresh", with = "humantime_serde")]
+    refresh_interval: Duration,
+    #[serde(default = "default_min_refetch", with = "humantime_serde")]
+    min_refetch_interval: Duration,
+}
+
+fn default_client_claim() -> String {
+    "azp".into()
+}
+fn default_leeway() -> Duration {
+    d(30)
+}
+fn default_refresh() -> Duration {
+    d(600)
+}
+fn default_min_refetch() -> Duration {
+    d(30)
+}
+
+/// An `[[application]]` of a registry file, with its credential keys.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawApplication {
+    pub id: String,
+    pub name: String,
+    #[serde(default)]
+    pub auth_methods: Vec<String>,
+    #[serde(default)]
+    pub client_secret_hashes: Vec<String>,
+    #[serde(default)]
+    pub scopes: Vec<String>,
+    #[serde(default)]
+    pub api_keys: Vec<RawApiKey>,
+    #[serde(default)]
+    pub cert_fingerprints: Vec<String>,
+    #[serde(default)]
+    pub cert_names: Vec<String>,
+    #[serde(default)]
+    pub external_client_ids: Vec<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawApiKey {
+    digest: String,
+    #[serde(default)]
+    expires: Option<toml::value::Datetime>,
+}
+
+/// Where an external issuer's keys come from.
+pub enum ExternalKeySpec {
+    /// Read from PEM files at load.
+    Static(IssuerKeys),
+    /// Fetched from a JWKS URL at start and refreshed.
+    Jwks {
+        url: String,
+        refresh_interval: Duration,
+        min_refetch: Duration,
+    },
+}
+
+/// A validated external issuer.
+pub struct ExternalSpec {
+    pub issuer: ExternalIssuer,
+    pub keys: ExternalKeySpec,
+}
+
+/// The validated authentication settings.
+pub struct AuthConfig {
+    pub issuer: Arc<Issuer>,
+    pub externals: Vec<ExternalSpec>,
+    pub token_cache_size: usize,
+    /// Lifetime of gateway assertions; `None` when they are off.
+    pub assertion_ttl: Option<Duration>,
+    pub strip_headers: Vec<http::HeaderName>,
+    /// Base URL of the token endpoint in the metadata document.
+    pub public_base_url: String,
+    pub token_endpoint_concurrency: usize,
+}
+
+/// Key files older than their successor by more than this are retired: no token they signed
+/// can still be valid.
+fn retire_after(raw: &RawAuth) -> Duration {
+    raw.token_ttl.max(raw.assertion_ttl) + raw.leeway
+}
+
+pub(super) fn load_auth(
+    raw: &RawAuth,
+    file: &Path,
+    data_dir: &Path,
+    default_base: String,
+    resolve: &dyn Fn(&Path) -> PathBuf,
+    problems: &mut Problems,
+) -> Option<AuthConfig> {
+    let before = problems.list.len();
+    let issuer_url = raw.issuer.clone().unwrap_or(default_base);
+    let public_base_url = issuer_url.trim_end_matches('/').to_owned();
+    match issuer_url.parse::<http::Uri>() {
+        Ok(u) if matches!(u.scheme_str(), Some("http" | "https")) && u.query().is_none() => {}
+        _ => problems.push(
+            file,
+            "auth.issuer",
+            format!("`{issuer_url}` is not an http(s) URL without a query"),
+        ),
+    }
+    if raw.audience.is_empty() {
+        problems.push(file, "auth.audience", "must not be empty");
+    }
+    if raw.token_ttl < d(10) || raw.token_ttl > d(24 * 3600) {
+        problems.push(
+            file,
+            "auth.token_ttl",
+            "must be between 10s and 24h (short-lived tokens: 5m is the default)",
+        );
+    }
+    if raw.leeway > d(300) {
+        problems.push(file, "auth.leeway", "at most 5m");
+    }
+    if raw.assertion && (raw.assertion_ttl < d(5) || raw.assertion_ttl > d(600)) {
+        problems.push(file, "auth.assertion_ttl", "must be between 5s and 10m");
+    }
+    if !(1..=10_000_000).contains(&raw.token_cache_size) {
+        problems.push(
+            file,
+            "auth.token_cache_size",
+            "must be between 1 and 10000000",
+        );
+    }
+    let mut strip_headers = Vec::new();
+    for (i, h) in raw.strip_headers.iter().enumerate() {
+        match http::HeaderName::from_bytes(h.as_bytes()) {
+            Ok(n) if is_protected(&n) => problems.push(
+                file,
+                format!("auth.strip_headers[{i}]"),
+                format!("`{h}` is needed to route or authenticate and cannot be stripped"),
+            ),
+            Ok(n) => strip_headers.push(n),
+            Err(_) => problems.push(
+                file,
+                format!("auth.strip_headers[{i}]"),
+                format!("`{h}` is not a header name"),
+            ),
+        }
+    }
+
+    let keys_dir = resolve_in(data_dir, &raw.keys_dir);
+    let ring = load_signing_keys(&keys_dir, retire_after(raw), file, problems);
+    let mut externals = Vec::new();
+    for (i, e) in raw.external.iter().enumerate() {
+        if let Some(spec) = external_spec(e, i, file, resolve, problems) {
+            if spec.issuer.issuer == issuer_url
+                || externals
+                    .iter()
+                    .any(|o: &ExternalSpec| o.issuer.issuer == spec.issuer.issuer)
+            {
+                problems.push(
+                    file,
+                    format!("auth.external[{i}].issuer"),
+                    "this issuer is configured twice (or is the gateway's own)",
+                );
+            }
+            externals.push(spec);
+        }
+    }
+    let ring = ring?;
+    (problems.list.len() == before).then(|| AuthConfig {
+        issuer: Arc::new(Issuer {
+            issuer: issuer_url,
+            audience: raw.audience.clone(),
+            ttl: raw.token_ttl,
+            leeway: raw.leeway,
+            keys: ring,
+        }),
+        externals,
+        token_cache_size: raw.token_cache_size,
+        assertion_ttl: raw.assertion.then_some(raw.assertion_ttl),
+        strip_headers,
+        public_base_url,
+        token_endpoint_concurrency: if raw.token_endpoint_concurrency == 0 {
+            2 * std::thread::available_parallelism().map_or(1, |n| n.get())
+        } else {
+            raw.token_endpoint_concurrency
+        },
+    })
+}
+
+fn is_protected(n: &http::HeaderName) -> bool {
+    n == http::header::HOST
+        || n == http::header::AUTHORIZATION
+        || n == http::header::CONTENT_LENGTH
+        || n == http::header::TRANSFER_ENCODING
+        || n.as_str() == "x-api-key"
+        || n.as_str() == "x-request-id"
+}
+
+fn resolve_in(base: &Path, p: &Path) -> PathBuf {
+    if p.is_absolute() {
+        p.to_path_buf()
+    } else {
+        base.join(p)
+    }
+}
+
+/// The signing keys in `dir`: every `<kid>.pem`, the newest name first (it signs); keys retired
+/// longer than `retire_after` ago (by their successor's file time) are left out of the JWKS.
+fn load_signing_keys(
+    dir: &Path,
+    retire_after: Duration,
+    file: &Path,
+    problems: &mut Problems,
+) -> Option<KeyRing> {
+    let hint = "create one with `gerbang rotate-key --config FILE` (the demo creates its own)";
+    let entries = match std::fs::read_dir(dir) {
+        Ok(e) => e,
+        Err(e) => {
+            problems.push(
+                file,
+                "auth.keys_dir",
+                format!("cannot read {}: {e}; {hint}", dir.display()),
+            );
+            return None;
+        }
+    };
+    let mut files: Vec<(String, PathBuf, Option<SystemTime>)> = entries
+        .filter_map(|e| e.ok())
+        .map(|e| e.path())
+        .filter(|p| p.extension().is_some_and(|x| x == "pem"))
+        .filter_map(|p| {
+            let kid = p.file_stem()?.to_str()?.to_owned();
+            let mtime = std::fs::metadata(&p).and_then(|m| m.modified()).ok();
+            Some((kid, p, mtime))
+        })
+        .collect();
+    files.sort_by(|a, b| b.0.cmp(&a.0));
+    if files.is_empty() {
+        problems.push(
+            file,
+            "auth.keys_dir",
+            format!("no signing key (<kid>.pem) in {}; {hint}", dir.display()),
+        );
+        return None;
+    }
+    let now = SystemTime::now();
+    let mut keys = Vec::new();
+    let mut successor_time: Option<SystemTime> = None;
+    for (kid, path, mtime) in files {
+        let retired = successor_time
+            .and_then(|t| now.duration_since(t).ok())
+            .is_some_and(|age| age > retire_after);
+        successor_time = mtime.or(successor_time);
+        if retired {
+            continue;
+        }
+        let pem = match std::fs::read(&path) {
+            Ok(p) => p,
+            Err(e) => {
+                problems.push(
+                    file,
+                    "auth.keys_dir",
+                    format!("cannot read {}: {e}", path.display()),
+                );
+                continue;
+            }
+        };
+        match SigningKey::from_pem(&kid, &pem) {
+            Ok(k) => keys.push(k),
+            Err(e) => problems.push(file, "auth.keys_dir", format!("{}: {e}", path.display())),
+        }
+    }
+    KeyRing::new(keys).ok()
+}
+
+/// Writes a new P-256 signing key to `dir` (created with mode 0700 if missing), named after the
+/// current UTC time so that it sorts after every earlier key and becomes the active one.
+/// Returns its path.
+pub fn create_signing_key(dir: &Path) -> std::io::Result<PathBuf> {
+    std::fs::create_dir_all(dir)?;
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))?;
+    }
+    let pem =
+        gerbang_auth::keys::generate_pem().map_err(|e| std::io::Error::other(e.to_string()))?;
+    let secs = SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    let (y, m, dd) = civil_from_days((secs / 86_400) as i64);
+    let rem = secs % 86_400;
+    let mut kid = format!(
+        "k{y:04}{m:02}{dd:02}t{:02}{:02}{:02}z",
+        rem / 3600,
+        (rem / 60) % 60,
+        rem % 60
+    );
+    let mut n = 1;
+    while dir.join(format!("{kid}.pem")).exists() {
+        n += 1;
+        kid = format!("{}-{n}", kid.split('-').next().unwrap_or("k"));
+    }
+    let path = dir.join(format!("{kid}.pem"));
+    let mut opts = std::fs::OpenOptions::new();
+    opts.write(true).create_new(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        opts.mode(0o600);
+    }
+    use std::io::Write;
+    let mut f = opts.open(&path)?;
+    f.write_all(pem.as_bytes())?;
+    f.sync_all()?;
+    Ok(path)
+}
+
+/// The signing key directory a configuration names, for `rotate-key` and the demo (which may
+/// run before the configuration is valid, since a missing key is what they fix).
+pub fn keys_dir_of(main_file: &Path) -> Result<PathBuf, String> {
+    #[derive(Deserialize, Default)]
+    struct Partial {
+        #[serde(default)]
+        paths: PartialPaths,
+        #[serde(default)]
+        auth: PartialAuth,
+    }
+    #[derive(Deserialize, Default)]
+    struct PartialPaths {
+        data_dir: Option<PathBuf>,
+    }
+    #[derive(Deserialize, Default)]
+    struct PartialAuth {
+        keys_dir: Option<PathBuf>,
+    }
+    let text = std::fs::read_to_string(main_file)
+        .map_err(|e| format!("cannot read {}: {e}", main_file.display()))?;
+    let p: Partial = toml::from_str(&text).map_err(|e| format!("{}: {e}", main_file.display()))?;
+    let base = main_file.parent().unwrap_or(Path::new("."));
+    let data_dir = resolve_in(base, &p.paths.data_dir.unwrap_or_else(|| "data".into()));
+    Ok(resolve_in(
+        &data_dir,
+        &p.auth.keys_dir.unwrap_or_else(|| "keys".into()),
+    ))
+}
+
+fn external_spec(
+    e: &RawExternal,
+    i: usize,
+    file: &Path,
+    resolve: &dyn Fn(&Path) -> PathBuf,
+    problems: &mut Problems,
+) -> Option<ExternalSpec> {
+    let key = |k: &str| format!("auth.external[{i}].{k}");
+    let before = problems.list.len();
+    let mut algorithms = Vec::new();
+    for (j, a) in e.algorithms.iter().enumerate() {
+        match a.parse::<Algorithm>() {
+            Ok(alg) => algorithms.push(alg),
+            Err(_) => problems.push(
+                file,
+                key(&format!("algorithms[{j}]")),
+                format!("`{a}` is not a JWS algorithm name (ES256, RS256, EdDSA, …)"),
+            ),
+        }
+    }
+    let issuer = match ExternalIssuer::new(
+        e.issuer.clone(),
+        e.audiences.clone(),
+        algorithms,
+        e.leeway,
+        e.client_claim.clone(),
+    ) {
+        Ok(i) => Some(i),
+        Err(err) => {
+            problems.push(file, key("algorithms"), err.to_string());
+            None
+        }
+    };
+    if e.issuer.is_empty() {
+        problems.push(file, key("issuer"), "must not be empty");
+    }
+    let keys = match (&e.jwks_url, e.key_files.is_empty()) {
+        (Some(_), false) | (None, true) => {
+            problems.push(
+                file,
+                key("jwks_url"),
+                "give exactly one of jwks_url and key_files",
+            );
+            None
+        }
+        (Some(url), true) => {
+            let ok = url
+                .parse::<http::Uri>()
+                .is_ok_and(|u| matches!(u.scheme_str(), Some("http" | "https")));
+            if !ok {
+                problems.push(
+                    file,
+                    key("jwks_url"),
+                    format!("`{url}` is not an http(s) URL"),
+                );
+            }
+            if e.refresh_interval < d(10) {
+                problems.push(file, key("refresh_interval"), "at least 10s");
+            }
+            Some(ExternalKeySpec::Jwks {
+                url: url.clone(),
+                refresh_interval: e.refresh_interval,
+                min_refetch: e.min_refetch_interval,
+            })
+        }
+        (None, false) => {
+            let mut set = jsonwebtoken::jwk::JwkSet { keys: Vec::new() };
+            for (j, f) in e.key_files.iter().enumerate() {
+                let k = key(&format!("key_files[{j}]"));
+                let path = resolve(f);
+                let Ok(pem) = std::fs::read(&path) else {
+                    problems.push(file, k, format!("cannot read {}", path.display()));
+                    continue;
+                };
+                match public_jwk(&pem, f) {
+                    Some(jwk) => set.keys.push(jwk),
+                    None => problems.push(
+                        file,
+                        k,
+                        "not a PEM public key (EC, RSA or Ed25519 SubjectPublicKeyInfo)",
+                    ),
+                }
+            }
+            Some(ExternalKeySpec::Static(IssuerKeys::from_jwks(&set)))
+        }
+    };
+    let (issuer, keys) = (issuer?, keys?);
+    (problems.list.len() == before).then_some(ExternalSpec { issuer, keys })
+}
+
+/// A JWK for a PEM public key; its `kid` is the file's stem, so tokens name the file.
+fn public_jwk(pem_bytes: &[u8], path: &Path) -> Option<jsonwebtoken::jwk::Jwk> {
+    use base64::Engine;
+    use jsonwebtoken::jwk::{
+        AlgorithmParameters, CommonParameters, EllipticCurve, EllipticCurveKeyParameters, Jwk,
+        OctetKeyPairParameters, OctetKeyPairType, RSAKeyParameters, RSAKeyType,
+    };
+    let b64 = |b: &[u8]| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(b);
+    let parsed = pem::parse(pem_bytes).ok()?;
+    if parsed.tag() != "PUBLIC KEY" {
+        return None;
+    }
+    let (_, spki) = {
+        use x509_parser::prelude::FromDer;
+        x509_parser::x509::SubjectPublicKeyInfo::from_der(parsed.contents()).ok()?
+    };
+    let kid = path.file_stem()?.to_str()?.to_owned();
+    let common = CommonParameters {
+        key_id: Some(kid),
+        ..Default::default()
+    };
+    let algorithm = match spki.parsed().ok()? {
+        x509_parser::public_key::PublicKey::EC(point) => {
+            let data = point.data();
+            let (crv, len) = match data.len() {
+                65 => (EllipticCurve::P256, 32),
+                97 => (EllipticCurve::P384, 48),
+                _ => return None,
+            };
+            if data.first() != Some(&4) {
+                return None;
+            }
+            AlgorithmParameters::EllipticCurve(EllipticCurveKeyParameters {
+                key_type: jsonwebtoken::jwk::EllipticCurveKeyType::EC,
+                curve: crv,
+                x: b64(data.get(1..1 + len)?),
+                y: b64(data.get(1 + len..)?),
+            })
+        }
+        x509_parser::public_key::PublicKey::RSA(rsa) => {
+            AlgorithmParameters::RSA(RSAKeyParameters {
+                key_type: RSAKeyType::RSA,
+                n: b64(strip_zero(rsa.modulus)),
+                e: b64(strip_zero(rsa.exponent)),
+            })
+        }
+        _ if spki.algorithm.algorithm.to_id_string() == "1.3.101.112" => {
+            AlgorithmParameters::OctetKeyPair(OctetKeyPairParameters {
+                key_type: OctetKeyPairType::OctetKeyPair,
+                curve: EllipticCurve::Ed25519,
+                x: b64(&spki.subject_public_key.data),
+            })
+        }
+        _ => return None,
+    };
+    Some(Jwk { common, algorithm })
+}
+
+fn strip_zero(b: &[u8]) -> &[u8] {
+    let mut b = b;
+    while b.len() > 1 && b.first() == Some(&0) {
+        b = &b[1..];
+    }
+    b
+}
+
+/// Validates the credential keys of `application[i]` and builds its credentials.
+pub(super) fn app_credentials(
+    path: &Path,
+    i: usize,
+    agency: &str,
+    raw: &RawApplication,
+    problems: &mut Problems,
+) -> AppCredentials {
+    let key = |k: &str| format!("application[{i}].{k}");
+    let mut methods = Methods::default();
+    for (j, m) in raw.auth_methods.iter().enumerate() {
+        if !methods.enable(m) {
+            problems.push(
+                path,
+                key(&format!("auth_methods[{j}]")),
+                format!("`{m}` is not one of {}", Methods::NAMES.join(", ")),
+            );
+        }
+    }
+    if raw.auth_methods.is_empty() {
+        problems.push(
+            path,
+            key("auth_methods"),
+            format!(
+                "list how the application authenticates: one or more of {}",
+                Methods::NAMES.join(", ")
+            ),
+        );
+    }
+    let mut need = |enabled: bool, given: bool, k: &str, method: &str| {
+        if enabled && !given {
+            problems.push(
+                path,
+                key(k),
+                format!("`{method}` is in auth_methods but {k} is empty"),
+            );
+        }
+        if !enabled && given {
+            problems.push(
+                path,
+                key(k),
+                format!("{k} is set but `{method}` is not in auth_methods"),
+            );
+        }
+    };
+    need(
+        methods.client_secret,
+        !raw.client_secret_hashes.is_empty(),
+        "client_secret_hashes",
+        "client_secret",
+    );
+    need(
+        methods.api_key,
+        !raw.api_keys.is_empty(),
+        "api_keys",
+        "api_key",
+    );
+    need(
+        methods.mtls,
+        !(raw.cert_fingerprints.is_empty() && raw.cert_names.is_empty()),
+        "cert_fingerprints",
+        "mtls",
+    );
+    if !methods.external_jwt && !raw.external_client_ids.is_empty() {
+        problems.push(
+            path,
+            key("external_client_ids"),
+            "external_client_ids is set but `external_jwt` is not in auth_methods",
+        );
+    }
+    for (j, h) in raw.client_secret_hashes.iter().enumerate() {
+        if !gerbang_auth::secret::is_valid_hash(h) {
+            problems.push(
+                path,
+                key(&format!("client_secret_hashes[{j}]")),
+                "not an argon2 hash; make one with `gerbang hash-secret` (never put the secret itself here)",
+            );
+        }
+    }
+    for (j, s) in raw.scopes.iter().enumerate() {
+        let ok = !s.is_empty()
+            && s.bytes()
+                .all(|b| b.is_ascii_graphic() && b != b'"' && b != b'\\');
+        if !ok {
+            problems.push(
+                path,
+                key(&format!("scopes[{j}]")),
+                format!(
+                    "`{s}` is not a scope token (printable ASCII, no space, quote or backslash)"
+                ),
+            );
+        }
+    }
+    let mut api_keys = Vec::new();
+    for (j, k) in raw.api_keys.iter().enumerate() {
+        if !gerbang_auth::apikey::is_valid_digest(&k.digest) {
+            problems.push(
+                path,
+                key(&format!("api_keys[{j}].digest")),
+                "not a key digest (sha256: and 64 lower-case hex digits); `gerbang new-api-key` makes a key and its digest",
+            );
+        }
+        let expires = match &k.expires {
+            None => None,
+            Some(dt) => match datetime_to_unix(dt) {
+                Some(t) => Some(t),
+                None => {
+                    problems.push(
+                        path,
+                        key(&format!("api_keys[{j}].expires")),
+                        "give a date and time with an offset, e.g. 2027-06-30T23:59:59+07:00",
+                    );
+                    None
+                }
+            },
+        };
+        api_keys.push((k.digest.clone(), expires));
+    }
+    for (j, p) in raw.cert_fingerprints.iter().enumerate() {
+        if gerbang_auth::mtls::normalize_pin(p).is_none() {
+            problems.push(
+                path,
+                key(&format!("cert_fingerprints[{j}]")),
+                "not a SHA-256 pin: sha256: and 64 hex digits (colons allowed)",
+            );
+        }
+    }
+    AppCredentials {
+        application: format!("{agency}/{}", raw.id),
+        agency: agency.to_owned(),
+        methods,
+        secret_hashes: raw.client_secret_hashes.clone(),
+        scopes: raw.scopes.clone(),
+        api_keys,
+        cert_fingerprints: raw.cert_fingerprints.clone(),
+        cert_names: raw.cert_names.clone(),
+        external_client_ids: raw.external_client_ids.clone(),
+    }
+}
+
+/// Seconds since the epoch of a TOML offset date-time; `None` for a local or partial one.
+fn datetime_to_unix(dt: &toml::value::Datetime) -> Option<u64> {
+    let date = dt.date?;
+    let time = dt.time?;
+    let offset_min: i64 = match dt.offset? {
+        toml::value::Offset::Z => 0,
+        toml::value::Offset::Custom { minutes } => i64::from(minutes),
+    };
+    let days = days_from_civil(
+        i64::from(date.year),
+        i64::from(date.month),
+        i64::from(date.day),
+    );
+    let secs = days * 86_400
+        + i64::from(time.hour) * 3600
+        + i64::from(time.minute) * 60
+        + i64::from(time.second.unwrap_or(0))
+        - offset_min * 60;
+    u64::try_from(secs).ok()
+}
+
+/// Days since 1970-01-01 of a proleptic Gregorian date (H. Hinnant's algorithm).
+fn days_from_civil(y: i64, m: i64, d: i64) -> i64 {
+    let y = if m <= 2 { y - 1 } else { y };
+    let era = y.div_euclid(400);
+    let yoe = y - era * 400;
+    let mp = (m + 9) % 12;
+    let doy = (153 * mp + 2) / 5 + d - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    era * 146_097 + doe - 719_468
+}
+
+/// The date of a day count since 1970-01-01 (inverse of [`days_from_civil`]).
+fn civil_from_days(z: i64) -> (i64, i64, i64) {
+    let z = z + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    (
+        if m <= 2 {
+            yoe + era * 400 + 1
+        } else {
+            yoe + era * 400
+        },
+        m,
+        d,
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn calendar_conversions_agree_with_known_dates() {
+        assert_eq!(days_from_civil(1970, 1, 1), 0);
+        assert_eq!(days_from_civil(2000, 3, 1), 11_017);
+        assert_eq!(civil_from_days(11_017), (2000, 3, 1));
+        assert_eq!(
+            civil_from_days(days_from_civil(2026, 11, 28)),
+            (2026, 11, 28)
+        );
+        let dt: toml::value::Datetime = "2027-06-30T23:59:59+07:00".parse().unwrap();
+        // 2027-06-30T16:59:59Z
+        assert_eq!(datetime_to_unix(&dt), Some(1_814_374_799));
+        let local: toml::value::Datetime = "2027-06-30T23:59:59".parse().unwrap();
+        assert_eq!(datetime_to_unix(&local), None);
+    }
+}
