@@ -438,3 +438,181 @@ pub fn authed_client() -> reqwest::ClientBuilder {
     );
     reqwest::Client::builder().default_headers(h)
 }
+
+/// An ES256 signer written against the `p256` crate, independent of the `jsonwebtoken` and
+/// `aws-lc-rs` code the gateway verifies with: tokens it mints test the gateway's verification,
+/// not its agreement with itself.
+pub struct P256Signer {
+    key: p256::ecdsa::SigningKey,
+    pub kid: String,
+}
+
+impl P256Signer {
+    /// A key derived from `seed` (any non-zero byte gives a valid scalar).
+    pub fn new(kid: &str, seed: u8) -> Self {
+        let mut bytes = [seed; 32];
+        bytes[0] = 0x11;
+        Self {
+            key: p256::ecdsa::SigningKey::from_slice(&bytes).unwrap(),
+            kid: kid.to_owned(),
+        }
+    }
+
+    /// The public key as a JWK (`kty: EC`, `crv: P-256`).
+    pub fn jwk(&self) -> serde_json::Value {
+        let point = self.key.verifying_key().to_sec1_point(false);
+        let bytes = point.as_bytes();
+        serde_json::json!({
+            "kty": "EC", "crv": "P-256", "kid": self.kid, "use": "sig", "alg": "ES256",
+            "x": b64url(&bytes[1..33]), "y": b64url(&bytes[33..65]),
+        })
+    }
+
+    /// A compact JWS of `header` (its `alg` as given) and `claims`, signed ES256.
+    pub fn sign(&self, header: &serde_json::Value, claims: &serde_json::Value) -> String {
+        self.sign_raw(header, claims.to_string().as_bytes())
+    }
+
+    /// As [`P256Signer::sign`] with a payload of raw bytes.
+    pub fn sign_raw(&self, header: &serde_json::Value, payload: &[u8]) -> String {
+        use p256::ecdsa::signature::Signer;
+        let input = format!(
+            "{}.{}",
+            b64url(header.to_string().as_bytes()),
+            b64url(payload)
+        );
+        let sig: p256::ecdsa::Signature = self.key.sign(input.as_bytes());
+        format!("{input}.{}", b64url(&sig.to_bytes()))
+    }
+}
+
+pub fn b64url(b: &[u8]) -> String {
+    use base64::Engine;
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(b)
+}
+
+/// Seconds since the epoch.
+pub fn now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+}
+
+/// A mock external identity provider: serves whatever JWKS (or status) is set at `/jwks`, and
+/// counts the fetches.
+pub struct MockIdp {
+    pub url: String,
+    state: std::sync::Arc<std::sync::Mutex<(u16, String)>>,
+    fetches: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+    _stop: oneshot::Sender<()>,
+}
+
+impl MockIdp {
+    pub async fn start(keys: &[&P256Signer]) -> MockIdp {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let state = std::sync::Arc::new(std::sync::Mutex::new((200, String::new())));
+        let fetches = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let (tx, mut rx) = oneshot::channel::<()>();
+        let (st, f) = (state.clone(), fetches.clone());
+        tokio::spawn(async move {
+            loop {
+                let (mut s, _) = tokio::select! {
+                    _ = &mut rx => return,
+                    r = listener.accept() => match r { Ok(p) => p, Err(_) => return },
+                };
+                let (st, f) = (st.clone(), f.clone());
+                tokio::spawn(async move {
+                    let _ = read_head(&mut s).await;
+                    f.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                    let (status, body) = st.lock().unwrap().clone();
+                    let res = format!(
+                        "HTTP/1.1 {status} X\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                        body.len()
+                    );
+                    let _ = s.write_all(res.as_bytes()).await;
+                    let _ = s.shutdown().await;
+                });
+            }
+        });
+        let idp = MockIdp {
+            url: format!("http://{addr}/jwks"),
+            state,
+            fetches,
+            _stop: tx,
+        };
+        idp.serve_keys(keys);
+        idp
+    }
+
+    /// Serves a JWKS of `keys` from now on.
+    pub fn serve_keys(&self, keys: &[&P256Signer]) {
+        let set = serde_json::json!({ "keys": keys.iter().map(|k| k.jwk()).collect::<Vec<_>>() });
+        *self.state.lock().unwrap() = (200, set.to_string());
+    }
+
+    /// Answers every fetch with HTTP `status` (an outage).
+    pub fn fail_with(&self, status: u16) {
+        *self.state.lock().unwrap() = (status, "{}".into());
+    }
+
+    pub fn fetches(&self) -> usize {
+        self.fetches.load(std::sync::atomic::Ordering::SeqCst)
+    }
+}
+
+/// A test CA and client certificates it signed for each of `names` (SAN and CN):
+/// (CA cert PEM, [(cert PEM, key PEM, DER)]).
+#[allow(clippy::type_complexity)]
+pub fn ca_with_clients(names: &[&str]) -> (String, Vec<(String, String, Vec<u8>)>) {
+    let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    ca_params
+        .distinguished_name
+        .push(rcgen::DnType::CommonName, "Gerbang test CA");
+    let ca_key = rcgen::KeyPair::generate().unwrap();
+    let ca = rcgen::CertifiedIssuer::self_signed(ca_params, ca_key).unwrap();
+    let clients = names
+        .iter()
+        .map(|name| {
+            let key = rcgen::KeyPair::generate().unwrap();
+            let mut params = rcgen::CertificateParams::new(vec![(*name).to_owned()]).unwrap();
+            params
+                .distinguished_name
+                .push(rcgen::DnType::CommonName, *name);
+            let cert = params.signed_by(&key, &ca).unwrap();
+            (cert.pem(), key.serialize_pem(), cert.der().to_vec())
+        })
+        .collect();
+    (ca.pem(), clients)
+}
+
+/// Every log line the gateway code in this test process writes (gerbang crates, all levels),
+/// captured once for the whole test binary; tests search it for secrets.
+pub fn captured_logs() -> &'static std::sync::Mutex<Vec<u8>> {
+    static LOGS: std::sync::OnceLock<&'static std::sync::Mutex<Vec<u8>>> =
+        std::sync::OnceLock::new();
+    LOGS.get_or_init(|| {
+        let buf: &'static std::sync::Mutex<Vec<u8>> =
+            Box::leak(Box::new(std::sync::Mutex::new(Vec::new())));
+        struct W(&'static std::sync::Mutex<Vec<u8>>);
+        impl std::io::Write for W {
+            fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+                self.0.lock().unwrap().extend_from_slice(b);
+                Ok(b.len())
+            }
+            fn flush(&mut self) -> std::io::Result<()> {
+                Ok(())
+            }
+        }
+        let _ = tracing_subscriber::fmt()
+            .with_env_filter(tracing_subscriber::EnvFilter::new(
+                "gerbang=trace,gerbang_proxy=trace,gerbang_auth=trace",
+            ))
+            .with_writer(move || W(buf))
+            .with_ansi(false)
+            .try_init();
+        buf
+    })
+}

@@ -506,20 +506,17 @@ pub fn load(file: &Path, overrides: &Overrides) -> Result<Config, ConfigError> {
     };
     let registry_dir = resolve(&raw.paths.registry_dir);
     let data_dir = resolve(&raw.paths.data_dir);
-    let default_base = format!(
-        "{}://{}",
-        if raw.server.tls.is_some() {
-            "https"
-        } else {
-            "http"
-        },
-        raw.server.listen
-    );
+    let listener_scheme = if raw.server.tls.is_some() {
+        "https"
+    } else {
+        "http"
+    };
     let auth = auth::load_auth(
         &raw.auth,
         file,
         &data_dir,
-        default_base,
+        listener_scheme,
+        &raw.server.listen,
         &resolve,
         &mut problems,
     );

@@ -75,8 +75,14 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
     };
     let externals =
         start_external_issuers(config.auth.externals, &config.upstream_tls, &rx, stop).await?;
+    let mut issuer = config.auth.issuer;
+    let mut public_base_url = config.auth.public_base_url;
+    if let Some(scheme) = config.auth.issuer_from_listener {
+        issuer.issuer = format!("{scheme}://{data_addr}");
+        public_base_url.clone_from(&issuer.issuer);
+    }
     let authenticator = Authenticator::new(
-        Arc::clone(&config.auth.issuer),
+        Arc::new(issuer),
         &config.credentials,
         externals,
         config.auth.token_cache_size,
@@ -85,7 +91,7 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
     let identity = IdentitySettings {
         assertion_ttl: config.auth.assertion_ttl,
         strip_headers: config.auth.strip_headers,
-        public_base_url: config.auth.public_base_url,
+        public_base_url,
         token_endpoint_concurrency: config.auth.token_endpoint_concurrency,
     };
     let gateway = Arc::new(Gateway::new(

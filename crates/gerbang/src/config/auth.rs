@@ -2,7 +2,6 @@
 //! and the credential keys of `[[application]]` entries in registry files.
 
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use gerbang_auth::authn::{AppCredentials, Methods};
@@ -141,7 +140,10 @@ pub struct ExternalSpec {
 
 /// The validated authentication settings.
 pub struct AuthConfig {
-    pub issuer: Arc<Issuer>,
+    pub issuer: Issuer,
+    /// Set when `auth.issuer` is not configured: the issuer URL is then this scheme and the
+    /// address the data plane actually bound (known only at start, e.g. for port 0).
+    pub issuer_from_listener: Option<&'static str>,
     pub externals: Vec<ExternalSpec>,
     pub token_cache_size: usize,
     /// Lifetime of gateway assertions; `None` when they are off.
@@ -162,12 +164,16 @@ pub(super) fn load_auth(
     raw: &RawAuth,
     file: &Path,
     data_dir: &Path,
-    default_base: String,
+    listener_scheme: &'static str,
+    listen: &str,
     resolve: &dyn Fn(&Path) -> PathBuf,
     problems: &mut Problems,
 ) -> Option<AuthConfig> {
     let before = problems.list.len();
-    let issuer_url = raw.issuer.clone().unwrap_or(default_base);
+    let issuer_url = raw
+        .issuer
+        .clone()
+        .unwrap_or_else(|| format!("{listener_scheme}://{listen}"));
     let public_base_url = issuer_url.trim_end_matches('/').to_owned();
     match issuer_url.parse::<http::Uri>() {
         Ok(u) if matches!(u.scheme_str(), Some("http" | "https")) && u.query().is_none() => {}
@@ -238,13 +244,14 @@ pub(super) fn load_auth(
     }
     let ring = ring?;
     (problems.list.len() == before).then(|| AuthConfig {
-        issuer: Arc::new(Issuer {
+        issuer: Issuer {
             issuer: issuer_url,
             audience: raw.audience.clone(),
             ttl: raw.token_ttl,
             leeway: raw.leeway,
             keys: ring,
-        }),
+        },
+        issuer_from_listener: raw.issuer.is_none().then_some(listener_scheme),
         externals,
         token_cache_size: raw.token_cache_size,
         assertion_ttl: raw.assertion.then_some(raw.assertion_ttl),
