@@ -31,6 +31,7 @@ pub struct JwksSource {
     client: reqwest::Client,
     min_refetch: Duration,
     keys: ArcSwap<IssuerKeys>,
+    /// When a token's unknown kid last caused a fetch.
     last_attempt: Mutex<Option<Instant>>,
     /// Serialises fetches so that a burst of unknown-kid tokens makes one request.
     fetching: tokio::sync::Mutex<()>,
@@ -65,9 +66,6 @@ impl JwksSource {
     }
 
     async fn fetch_and_swap(&self) -> Result<usize, JwksError> {
-        if let Ok(mut last) = self.last_attempt.lock() {
-            *last = Some(Instant::now());
-        }
         let res = self
             .client
             .get(&self.url)
@@ -102,7 +100,8 @@ impl JwksSource {
     }
 
     /// Called when a token names `kid` that the current keys lack: fetches again unless a
-    /// fetch happened within `min_refetch`. Returns whether `kid` is known afterwards.
+    /// refetch for an unknown kid happened within `min_refetch`. Returns whether `kid` is known
+    /// afterwards.
     pub async fn refresh_for_unknown_kid(&self, kid: &str) -> bool {
         let _one_at_a_time = self.fetching.lock().await;
         // Another request may have fetched while this one waited.
@@ -117,6 +116,11 @@ impl JwksSource {
             .is_some_and(|t| t.elapsed() < self.min_refetch);
         if recent {
             return false;
+        }
+        // Only refetches for unknown kids count against the limit: a scheduled refresh a moment
+        // ago must not delay a key the issuer has just rotated in.
+        if let Ok(mut last) = self.last_attempt.lock() {
+            *last = Some(Instant::now());
         }
         if let Err(e) = self.fetch_and_swap().await {
             tracing::warn!(url = %self.url, error = %e, "JWKS refetch for an unknown key id failed");

@@ -3,6 +3,7 @@
 
 mod admin;
 mod auth;
+mod external_issuer;
 mod forwarding;
 mod limits;
 mod paths;

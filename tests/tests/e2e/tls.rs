@@ -191,3 +191,70 @@ async fn client_certificates_are_verified_against_the_configured_ca() {
         }
     }
 }
+
+/// mTLS as an authentication method: the certificate's SAN/CN or its SHA-256 pin names the
+/// application; a certificate the CA signed but that names no application is refused; a token
+/// of another application on the same connection is refused.
+#[tokio::test]
+async fn client_certificates_identify_applications() {
+    let echo = backend(gerbang::demo::Kind::Echo, "echo").await;
+    let (gw_cert, gw_key) = self_signed();
+    let (ca_pem, clients) =
+        ca_with_clients(&["siak.dukcapil.test", "lab.dinkes.test", "stranger.test"]);
+    let dir = tempfile::tempdir().unwrap();
+    let w = |name: &str, text: &str| write_file(dir.path(), name, text);
+    let (cert_file, key_file, ca_file) = (
+        w("gw.crt", &gw_cert),
+        w("gw.key", &gw_key),
+        w("clients-ca.crt", &ca_pem),
+    );
+    let lab_pin = gerbang_auth::mtls::fingerprint(&clients[1].2);
+    let registry = format!(
+        "[agency]\nid = \"dukcapil\"\nname = \"D\"\n\n[[application]]\nid = \"siak\"\nname = \"SIAK\"\n\
+         auth_methods = [\"mtls\"]\ncert_names = [\"SIAK.dukcapil.test\"]\n\n\
+         [[application]]\nid = \"lab\"\nname = \"Lab\"\nauth_methods = [\"mtls\"]\n\
+         cert_fingerprints = [\"{}\"]\n",
+        lab_pin.to_uppercase().replace("SHA256:", "sha256:")
+    );
+    let gw = TestGateway::start(
+        &[&agency("a", "s", &[echo.url()], ""), &registry],
+        &format!(
+            "[server.tls]\ncert_file = \"{cert_file}\"\nkey_file = \"{key_file}\"\n\
+             client_auth = \"optional\"\nclient_ca_files = [\"{ca_file}\"]\n"
+        ),
+        "",
+    )
+    .await;
+    let url = format!("https://localhost:{}/a/s/x", gw.addr.port());
+    // A client that presents only its certificate (no API key, no token).
+    let client = |i: usize| {
+        let (cert, key, _) = &clients[i];
+        reqwest::Client::builder()
+            .tls_certs_only([reqwest::Certificate::from_pem(gw_cert.as_bytes()).unwrap()])
+            .identity(reqwest::Identity::from_pem(format!("{cert}{key}").as_bytes()).unwrap())
+            .timeout(Duration::from_secs(10))
+            .build()
+            .unwrap()
+    };
+    for (i, app) in [(0, "dukcapil/siak"), (1, "dukcapil/lab")] {
+        let res = client(i).get(&url).send().await.unwrap();
+        assert_eq!(res.status(), 200, "{app}");
+        let v: serde_json::Value = res.json().await.unwrap();
+        assert_eq!(v["headers"]["x-gerbang-consumer"], app);
+        assert_eq!(v["headers"]["x-gerbang-auth-method"], "mtls");
+    }
+    let res = client(2).get(&url).send().await.unwrap();
+    assert_eq!(res.status(), 401);
+    let v: serde_json::Value = res.json().await.unwrap();
+    assert_eq!(v["error"]["code"], "unknown_client_certificate");
+    // siak's certificate with test/client's API key: two identities, refused.
+    let res = client(0)
+        .get(&url)
+        .header("x-api-key", TEST_API_KEY)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 401);
+    let v: serde_json::Value = res.json().await.unwrap();
+    assert_eq!(v["error"]["code"], "identity_mismatch");
+}
