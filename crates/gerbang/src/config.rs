@@ -989,6 +989,146 @@ url = "ftp://127.0.0.1:1/x"
     }
 
     #[test]
+    fn credentials_are_checked_with_file_and_key() {
+        let dir = tempfile::tempdir().unwrap();
+        write(
+            dir.path(),
+            "gerbang.toml",
+            "[auth]\ntoken_ttl = \"1s\"\nstrip_headers = [\"Authorization\", \"bad header\"]\n\
+             [[auth.external]]\nissuer = \"https://kc\"\nalgorithms = [\"HS256\"]\njwks_url = \"https://kc/jwks\"\n\
+             [[auth.external]]\nissuer = \"https://kc2\"\nalgorithms = [\"ES256\"]\n",
+        );
+        let digest = gerbang_auth::apikey::digest_of(&format!("gk_{}", "1".repeat(64)));
+        write(
+            dir.path(),
+            "registry/a.toml",
+            &format!(
+                r#"
+[agency]
+id = "oauth"
+name = "reserved"
+"#
+            ),
+        );
+        write(
+            dir.path(),
+            "registry/b.toml",
+            &format!(
+                r#"
+[agency]
+id = "dinkes"
+name = "Dinkes"
+
+[[application]]
+id = "no-methods"
+name = "x"
+
+[[application]]
+id = "plain-secret"
+name = "x"
+auth_methods = ["client_secret", "password"]
+client_secret_hashes = ["demo-secret-simpus"]
+
+[[application]]
+id = "keys"
+name = "x"
+auth_methods = ["api_key"]
+api_keys = [{{ digest = "{digest}", expires = 2027-01-01 }}, {{ digest = "md5:abc" }}]
+cert_fingerprints = ["sha256:zz"]
+"#
+            ),
+        );
+        let err = load(&dir.path().join("gerbang.toml"), &Overrides::default()).unwrap_err();
+        let text = err.to_string();
+        for want in [
+            "gerbang.toml: auth.token_ttl: must be between 10s and 24h",
+            "gerbang.toml: auth.strip_headers[0]: `Authorization` is needed",
+            "gerbang.toml: auth.strip_headers[1]: `bad header` is not a header name",
+            "gerbang.toml: auth.external[0].algorithms: HMAC algorithms (HS256) are not allowed",
+            "gerbang.toml: auth.external[1].jwks_url: give exactly one of jwks_url and key_files",
+            "a.toml: agency.id: `oauth` is reserved",
+            "b.toml: application[0].auth_methods: list how the application authenticates",
+            "b.toml: application[1].auth_methods[1]: `password` is not one of",
+            "b.toml: application[1].client_secret_hashes[0]: not an argon2 hash",
+            "b.toml: application[2].api_keys[0].expires: give a date and time with an offset",
+            "b.toml: application[2].api_keys[1].digest: not a key digest",
+            "b.toml: application[2].cert_fingerprints: cert_fingerprints is set but `mtls` is not in auth_methods",
+            "b.toml: application[2].cert_fingerprints[0]: not a SHA-256 pin",
+        ] {
+            assert!(text.contains(want), "missing `{want}` in:\n{text}");
+        }
+    }
+
+    #[test]
+    fn one_credential_belongs_to_one_application() {
+        let dir = tempfile::tempdir().unwrap();
+        write(dir.path(), "gerbang.toml", "");
+        let digest = gerbang_auth::apikey::digest_of(&format!("gk_{}", "2".repeat(64)));
+        let app = |id: &str| {
+            format!(
+                "[[application]]\nid = \"{id}\"\nname = \"x\"\nauth_methods = [\"api_key\"]\n\
+                 api_keys = [{{ digest = \"{digest}\" }}]\n"
+            )
+        };
+        write(
+            dir.path(),
+            "registry/b.toml",
+            &format!(
+                "[agency]\nid = \"b\"\nname = \"B\"\n{}{}",
+                app("one"),
+                app("two")
+            ),
+        );
+        let err = load(&dir.path().join("gerbang.toml"), &Overrides::default()).unwrap_err();
+        assert!(
+            err.to_string()
+                .contains("application `b/two`: API key digest"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn signing_keys_rotate_newest_first_and_retire_after_their_tokens_expired() {
+        let dir = tempfile::tempdir().unwrap();
+        write(dir.path(), "gerbang.toml", "[auth]\ntoken_ttl = \"5m\"\n");
+        write(dir.path(), "registry/dukcapil.toml", AGENCY);
+        let keys = dir.path().join("data/keys");
+        let first = std::fs::read_dir(&keys)
+            .unwrap()
+            .next()
+            .unwrap()
+            .unwrap()
+            .path();
+        let pem = std::fs::read(&first).unwrap();
+        std::fs::remove_file(&first).unwrap();
+        // Three generations: a retired one, the previous one and the newest.
+        let set_age = |name: &str, age_secs: u64| {
+            let p = keys.join(name);
+            std::fs::write(&p, &pem).unwrap();
+            let f = std::fs::File::options().write(true).open(&p).unwrap();
+            f.set_modified(std::time::SystemTime::now() - Duration::from_secs(age_secs))
+                .unwrap();
+        };
+        set_age("k2026a.pem", 10_000);
+        set_age("k2026b.pem", 3_600); // replaced k2026a an hour ago: a's tokens are long expired
+        set_age("k2026c.pem", 60); // replaced k2026b a minute ago: b's tokens may still be valid
+        let c = load(&dir.path().join("gerbang.toml"), &Overrides::default()).unwrap();
+        let ring = &c.auth.issuer.keys;
+        assert_eq!(ring.active().unwrap().kid, "k2026c");
+        assert!(ring.find("k2026b").is_some(), "still published");
+        assert!(ring.find("k2026a").is_none(), "retired");
+        let jwks = serde_json::to_value(ring.jwks()).unwrap();
+        assert_eq!(jwks["keys"].as_array().unwrap().len(), 2);
+
+        std::fs::write(keys.join("k2026d.pem"), b"not a key").unwrap();
+        let err = load(&dir.path().join("gerbang.toml"), &Overrides::default()).unwrap_err();
+        assert!(
+            err.to_string().contains("auth.keys_dir:") && err.to_string().contains("k2026d.pem"),
+            "{err}"
+        );
+    }
+
+    #[test]
     fn unknown_keys_in_the_main_file_are_refused() {
         let dir = tempfile::tempdir().unwrap();
         write(
