@@ -1002,13 +1002,11 @@ url = "ftp://127.0.0.1:1/x"
         write(
             dir.path(),
             "registry/a.toml",
-            &format!(
-                r#"
+            r#"
 [agency]
 id = "oauth"
 name = "reserved"
-"#
-            ),
+"#,
         );
         write(
             dir.path(),
