@@ -10,6 +10,11 @@
 # rotates every round, so drift on a shared machine hits everyone alike). On a machine with two
 # or more cores wrk is pinned to one CPU and the upstream and proxies to another.
 #
+# Gerbang authenticates every call: wrk sends the same bearer token (from the gateway's own
+# /oauth/token) on every request, so the verified-token cache is what is measured. To compare
+# with the proxy without authentication, set BARE_BIN to a gerbang binary built from a commit
+# before authentication existed (a861b4a): it runs as target `bare` on the same upstream.
+#
 # Printed per target: median RPS, spread, p50/p99 latency, CPU use, requests per CPU-second of the
 # target process, and ratios to nginx. Needs: wrk (apt-get install wrk); nginx optional.
 set -euo pipefail
@@ -25,6 +30,8 @@ UP_PORT=$BASE_PORT
 NGX_PORT=$((BASE_PORT + 1))
 GW_PORT=$((BASE_PORT + 2))
 GW_ADMIN_PORT=$((BASE_PORT + 3))
+BARE_PORT=$((BASE_PORT + 4))
+BARE_ADMIN_PORT=$((BASE_PORT + 5))
 
 die() { echo "proxy_load: $*" >&2; exit 1; }
 note() { echo "# $*" >&2; }
@@ -32,7 +39,7 @@ note() { echo "# $*" >&2; }
 command -v wrk >/dev/null || die "wrk is needed: apt-get install wrk"
 NGINX=$(command -v nginx || true)
 [[ -z $NGINX && -x /usr/sbin/nginx ]] && NGINX=/usr/sbin/nginx
-for p in "$UP_PORT" "$NGX_PORT" "$GW_PORT" "$GW_ADMIN_PORT"; do
+for p in "$UP_PORT" "$NGX_PORT" "$GW_PORT" "$GW_ADMIN_PORT" "$BARE_PORT" "$BARE_ADMIN_PORT"; do
   [[ -z $(ss -Hltn "sport = :$p" 2>/dev/null) ]] || die "port $p is in use (set BASE_PORT)"
 done
 
@@ -101,6 +108,8 @@ else
 fi
 
 # ---------------------------------------------------------------- gerbang
+SECRET=bench-secret-0123456789
+HASH=$(echo "$SECRET" | "$BIN" hash-secret)
 mkdir -p "$WORK/gerbang/registry"
 cat >"$WORK/gerbang/gerbang.toml" <<EOF
 [server]
@@ -122,16 +131,42 @@ name = "Fixed upstream"
 name = "up-1"
 url = "http://127.0.0.1:$UP_PORT"
 EOF
+cat >"$WORK/gerbang/registry/client.toml" <<EOF
+[agency]
+id = "loadgen"
+name = "Load generator"
+[[application]]
+id = "client"
+name = "wrk"
+auth_methods = ["client_secret"]
+client_secret_hashes = ["$HASH"]
+EOF
+"$BIN" rotate-key --config "$WORK/gerbang/gerbang.toml" >/dev/null 2>&1
 $SERVER "$BIN" serve --config "$WORK/gerbang/gerbang.toml" >"$WORK/gerbang/out.log" 2>&1 &
 GW_PID=$!; PIDS+=("$GW_PID")
 NAMES+=(gerbang); URLS+=("http://127.0.0.1:$GW_PORT/bench/up/"); TPIDS+=("$GW_PID")
+for _ in $(seq 100); do curl -s -o /dev/null --max-time 1 "http://127.0.0.1:$GW_ADMIN_PORT/health/ready" && break; sleep 0.1; done
+TOKEN=$(curl -s -u "loadgen%2Fclient:$SECRET" -d grant_type=client_credentials "http://127.0.0.1:$GW_PORT/oauth/token" \
+  | sed -E 's/.*"access_token":"([^"]+)".*/\1/')
+[[ $TOKEN == ey* ]] || die "no token from the gateway (logs in $WORK)"
+AUTH_HEADER="Authorization: Bearer $TOKEN"
+
+if [[ -n ${BARE_BIN:-} ]]; then
+  # The same service on a build without authentication (no [auth], no applications).
+  mkdir -p "$WORK/bare/registry"
+  sed -e "s/$GW_PORT/$BARE_PORT/" -e "s/$GW_ADMIN_PORT/$BARE_ADMIN_PORT/" "$WORK/gerbang/gerbang.toml" >"$WORK/bare/gerbang.toml"
+  cp "$WORK/gerbang/registry/bench.toml" "$WORK/bare/registry/"
+  $SERVER "$BARE_BIN" serve --config "$WORK/bare/gerbang.toml" >"$WORK/bare/out.log" 2>&1 &
+  BARE_PID=$!; PIDS+=("$BARE_PID")
+  NAMES+=(bare); URLS+=("http://127.0.0.1:$BARE_PORT/bench/up/"); TPIDS+=("$BARE_PID")
+fi
 
 NAMES=(upstream "${NAMES[@]}"); URLS=("http://127.0.0.1:$UP_PORT/" "${URLS[@]}"); TPIDS=("${PIDS[0]}" "${TPIDS[@]}")
 
 for i in "${!NAMES[@]}"; do
   ok=""
   for _ in $(seq 100); do
-    if out=$(curl -s -o /dev/null -w '%{http_code} %{size_download}' --max-time 1 "${URLS[$i]}"); then ok=$out; break; fi
+    if out=$(curl -s -o /dev/null -w '%{http_code} %{size_download}' --max-time 1 -H "$AUTH_HEADER" "${URLS[$i]}"); then ok=$out; break; fi
     sleep 0.1
   done
   [[ $ok == "200 1024" ]] || die "${NAMES[$i]} at ${URLS[$i]} answered '${ok:-nothing}', want '200 1024' (logs in $WORK)"
@@ -156,7 +191,8 @@ run() {  # round index
   [[ $round == warmup ]] && dur=$WARMUP
   local c0 c1 t0 t1 out="$WORK/wrk.$round.${NAMES[$i]}"
   c0=$(cpu_ticks "${TPIDS[$i]}"); t0=$(date +%s.%N)
-  $LOADGEN wrk -t"$WRK_THREADS" -c"$CONNS" -d"$dur" --latency "${URLS[$i]}" >"$out" 2>&1 || die "wrk failed: $(cat "$out")"
+  # Every target gets the same header; only Gerbang reads it.
+  $LOADGEN wrk -t"$WRK_THREADS" -c"$CONNS" -d"$dur" --latency -H "$AUTH_HEADER" "${URLS[$i]}" >"$out" 2>&1 || die "wrk failed: $(cat "$out")"
   t1=$(date +%s.%N); c1=$(cpu_ticks "${TPIDS[$i]}")
   [[ $round == warmup ]] && return
   local rps p50 p99 req errs
