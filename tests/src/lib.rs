@@ -406,20 +406,9 @@ pub fn self_signed() -> (String, String) {
 
 /// A test CA and a client certificate it signed: (CA cert PEM, client cert PEM, client key PEM).
 pub fn ca_and_client_cert(client_name: &str) -> (String, String, String) {
-    let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
-    ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
-    ca_params
-        .distinguished_name
-        .push(rcgen::DnType::CommonName, "Gerbang test CA");
-    let ca_key = rcgen::KeyPair::generate().unwrap();
-    let ca = rcgen::CertifiedIssuer::self_signed(ca_params, ca_key).unwrap();
-    let client_key = rcgen::KeyPair::generate().unwrap();
-    let mut params = rcgen::CertificateParams::new(vec![client_name.to_owned()]).unwrap();
-    params
-        .distinguished_name
-        .push(rcgen::DnType::CommonName, client_name);
-    let cert = params.signed_by(&client_key, &ca).unwrap();
-    (ca.pem(), cert.pem(), client_key.serialize_pem())
+    let (ca, mut clients) = ca_with_clients(&[client_name]);
+    let (cert, key, _) = clients.remove(0);
+    (ca, cert, key)
 }
 
 /// Writes `text` to `dir/name` and returns the path as a string, for config files in tests.

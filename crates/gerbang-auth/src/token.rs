@@ -191,10 +191,39 @@ impl Issuer {
         token: &str,
         audience: &str,
     ) -> Result<serde_json::Value, Refusal> {
+        self.verify_own(
+            token,
+            ASSERTION_TYPE,
+            audience,
+            &["exp", "nbf", "iss", "aud", "sub"],
+        )
+    }
+
+    /// Verifies a token of this issuer and returns its claims.
+    pub fn verify(&self, token: &str) -> Result<Claims, Refusal> {
+        let claims = self.verify_own(
+            token,
+            TOKEN_TYPE,
+            &self.audience,
+            &["exp", "nbf", "iat", "iss", "aud", "sub"],
+        )?;
+        serde_json::from_value(claims).map_err(|_| Refusal::MissingClaim)
+    }
+}
+
+impl Issuer {
+    /// Verifies a JWT this issuer signed, of type `typ`, for `audience`.
+    fn verify_own(
+        &self,
+        token: &str,
+        typ: &str,
+        audience: &str,
+        required: &[&str],
+    ) -> Result<serde_json::Value, Refusal> {
         verify_jwt(
             token,
             &[Algorithm::ES256],
-            Some(ASSERTION_TYPE),
+            Some(typ),
             |kid, _alg| {
                 self.keys
                     .find(kid)
@@ -205,31 +234,9 @@ impl Issuer {
                 v.leeway = self.leeway.as_secs();
                 v.set_issuer(&[&self.issuer]);
                 v.set_audience(&[audience]);
-                v.set_required_spec_claims(&["exp", "nbf", "iss", "aud", "sub"]);
+                v.set_required_spec_claims(required);
             },
         )
-    }
-
-    /// Verifies a token of this issuer and returns its claims.
-    pub fn verify(&self, token: &str) -> Result<Claims, Refusal> {
-        let claims = verify_jwt(
-            token,
-            &[Algorithm::ES256],
-            Some(TOKEN_TYPE),
-            |kid, _alg| {
-                self.keys
-                    .find(kid)
-                    .map(|k| &k.decoding)
-                    .ok_or(Refusal::UnknownKid)
-            },
-            |v| {
-                v.leeway = self.leeway.as_secs();
-                v.set_issuer(&[&self.issuer]);
-                v.set_audience(&[&self.audience]);
-                v.set_required_spec_claims(&["exp", "nbf", "iat", "iss", "aud", "sub"]);
-            },
-        )?;
-        serde_json::from_value(claims).map_err(|_| Refusal::MissingClaim)
     }
 }
 

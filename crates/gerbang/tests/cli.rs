@@ -455,3 +455,61 @@ fn hash_secret_reads_stdin_and_prints_an_argon2id_hash() {
     let out = short.wait_with_output().unwrap();
     assert_eq!(out.status.code(), Some(1));
 }
+
+#[test]
+fn rotate_key_writes_where_serve_reads_environment_overrides_included() {
+    let dir = copy_of_repo_config();
+    let state = tempfile::tempdir().unwrap();
+    let main = dir.path().join("gerbang.toml");
+    let out = bin()
+        .args(["rotate-key", "--config"])
+        .arg(&main)
+        .env("GERBANG__PATHS__DATA_DIR", state.path())
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let path = String::from_utf8(out.stdout).unwrap();
+    assert!(
+        Path::new(path.trim()).starts_with(state.path().join("keys")),
+        "{path}"
+    );
+    // validate with the same override finds it; without, the key is missing.
+    let ok = bin()
+        .args(["validate", "--config"])
+        .arg(&main)
+        .env("GERBANG__PATHS__DATA_DIR", state.path())
+        .output()
+        .unwrap();
+    assert!(
+        ok.status.success(),
+        "{}",
+        String::from_utf8_lossy(&ok.stderr)
+    );
+    let missing = bin()
+        .args(["validate", "--config"])
+        .arg(&main)
+        .output()
+        .unwrap();
+    assert_eq!(missing.status.code(), Some(1));
+    // A second key sorts after the first and becomes the active one.
+    let out = bin()
+        .args(["rotate-key", "--config"])
+        .arg(&main)
+        .env("GERBANG__PATHS__DATA_DIR", state.path())
+        .output()
+        .unwrap();
+    let second = String::from_utf8(out.stdout).unwrap();
+    let kid = |p: &str| {
+        Path::new(p.trim())
+            .file_stem()
+            .unwrap()
+            .to_str()
+            .unwrap()
+            .to_owned()
+    };
+    assert!(kid(&second) > kid(&path), "{second} after {path}");
+}

@@ -415,12 +415,21 @@ pub fn keys_dir_of(main_file: &Path) -> Result<PathBuf, String> {
     let text = std::fs::read_to_string(main_file)
         .map_err(|e| format!("cannot read {}: {e}", main_file.display()))?;
     let p: Partial = toml::from_str(&text).map_err(|e| format!("{}: {e}", main_file.display()))?;
+    // The same environment overrides `load` applies, so that `rotate-key` writes where `serve`
+    // reads (the systemd unit sets GERBANG__PATHS__DATA_DIR).
+    let env = |k: &str| {
+        std::env::var_os(k)
+            .filter(|v| !v.is_empty())
+            .map(PathBuf::from)
+    };
     let base = main_file.parent().unwrap_or(Path::new("."));
-    let data_dir = resolve_in(base, &p.paths.data_dir.unwrap_or_else(|| "data".into()));
-    Ok(resolve_in(
-        &data_dir,
-        &p.auth.keys_dir.unwrap_or_else(|| "keys".into()),
-    ))
+    let data_dir = env("GERBANG__PATHS__DATA_DIR")
+        .or(p.paths.data_dir)
+        .unwrap_or_else(|| "data".into());
+    let keys_dir = env("GERBANG__AUTH__KEYS_DIR")
+        .or(p.auth.keys_dir)
+        .unwrap_or_else(|| "keys".into());
+    Ok(resolve_in(&resolve_in(base, &data_dir), &keys_dir))
 }
 
 fn external_spec(
