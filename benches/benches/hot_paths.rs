@@ -50,6 +50,7 @@ fn tokens(c: &mut Criterion) {
         agency: claims.agency.clone(),
         method: AuthMethod::IssuedToken,
         scopes: Vec::new(),
+        index: 0,
     });
     cache.insert(&token, principal, claims.exp);
 

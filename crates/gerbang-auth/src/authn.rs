@@ -154,6 +154,7 @@ pub enum AuthConfigError {
 }
 
 struct AppEntry {
+    index: u32,
     agency: String,
     methods: Methods,
     secret_hashes: Vec<String>,
@@ -202,8 +203,10 @@ impl Authenticator {
         let (api_keys, mtls, external_ids) = Self::indexes(apps)?;
         let entries = apps
             .iter()
-            .map(|app| {
+            .zip(0u32..)
+            .map(|(app, index)| {
                 let entry = AppEntry {
+                    index,
                     agency: app.agency.clone(),
                     methods: app.methods,
                     secret_hashes: app.secret_hashes.clone(),
@@ -347,17 +350,19 @@ impl Authenticator {
             agency: app.agency.clone(),
             method,
             scopes: scopes.unwrap_or_else(|| app.scopes.clone()),
+            index: app.index,
         }))
     }
 
-    async fn verify_token(&self, token: &str) -> Result<Arc<Principal>, AuthFailure> {
+    async fn verify_token(&self, raw: &[u8]) -> Result<Arc<Principal>, AuthFailure> {
         let t = now();
-        if let Some(p) = self.cache.get_at(token, t) {
+        if let Some(p) = self.cache.get_at(raw, t) {
             return Ok(p);
         }
-        if token.len() > crate::token::MAX_TOKEN_BYTES {
+        if raw.len() > crate::token::MAX_TOKEN_BYTES {
             return Err(AuthFailure::Token(Refusal::TooLarge));
         }
+        let token = check_b64token(raw)?;
         let iss = peek_issuer(token).ok_or(AuthFailure::Token(Refusal::Malformed))?;
         let (principal, exp) = if iss == self.issuer.issuer {
             let claims = self.issuer.verify(token).map_err(AuthFailure::Token)?;
@@ -504,18 +509,36 @@ pub enum ClientAuthError {
     InvalidScope,
 }
 
-/// The token of an `Authorization: Bearer …` value (scheme case-insensitive, RFC 6750 §2.1).
-fn bearer_token(value: &[u8]) -> Result<&str, AuthFailure> {
-    let s = std::str::from_utf8(value).map_err(|_| AuthFailure::Token(Refusal::Malformed))?;
-    let (scheme, rest) = s.split_once(' ').ok_or(AuthFailure::NotBearer)?;
-    if !scheme.eq_ignore_ascii_case("bearer") {
-        return Err(AuthFailure::NotBearer);
+/// The token of an `Authorization: Bearer …` value (scheme case-insensitive, RFC 6750 §2.1),
+/// without surrounding spaces; its characters are checked by [`check_b64token`] only when the
+/// token is not in the cache (a cached token was verified byte for byte).
+fn bearer_token(value: &[u8]) -> Result<&[u8], AuthFailure> {
+    let rest = match value.get(..7) {
+        Some(scheme) if scheme.eq_ignore_ascii_case(b"bearer ") => &value[7..],
+        _ => return Err(AuthFailure::NotBearer),
+    };
+    let start = rest.iter().position(|b| *b != b' ').unwrap_or(rest.len());
+    let end = rest
+        .iter()
+        .rposition(|b| *b != b' ')
+        .map_or(start, |i| i + 1);
+    match rest.get(start..end) {
+        Some(t) if !t.is_empty() => Ok(t),
+        _ => Err(AuthFailure::Token(Refusal::Malformed)),
     }
-    let token = rest.trim_matches(' ');
-    if token.is_empty() || token.contains(' ') {
+}
+
+/// `token` as text if it is one RFC 6750 `b64token`: letters, digits, `-._~+/`, then only `=`.
+fn check_b64token(token: &[u8]) -> Result<&str, AuthFailure> {
+    let body_end = token.iter().position(|b| *b == b'=').unwrap_or(token.len());
+    let (body, padding) = token.split_at(body_end);
+    let ok = body.iter().all(|&b| {
+        b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~' | b'+' | b'/')
+    }) && padding.iter().all(|&b| b == b'=');
+    if !ok {
         return Err(AuthFailure::Token(Refusal::Malformed));
     }
-    Ok(token)
+    std::str::from_utf8(token).map_err(|_| AuthFailure::Token(Refusal::Malformed))
 }
 
 #[cfg(test)]

@@ -1,8 +1,10 @@
 //! A bounded cache of verified tokens, so that an application calling again with the same token
 //! does not pay for a signature check on every request.
 //!
-//! Entries are found by a keyed 64-bit hash of the token and confirmed by comparing the whole
-//! token (a hash collision can never hand one caller another's claims). An entry lives until
+//! Entries are found by a keyed 64-bit hash of the token's last bytes (its signature, which
+//! differs between any two tokens the issuers signed; only verified tokens are ever inserted)
+//! and confirmed by comparing the whole token, so a hash collision can never hand one caller
+//! another's identity. An entry lives until
 //! its token's `exp`; a full cache first drops expired entries, then the oldest half of a shard.
 //! Tokens are kept only in memory and never printed.
 
@@ -18,6 +20,9 @@ use std::sync::Arc;
 use crate::Principal;
 
 const SHARDS: usize = 16;
+
+/// Bytes of the token's end that are hashed: within an ES256 or RS256 signature.
+const HASHED_TAIL: usize = 32;
 
 struct Entry {
     token: Box<str>,
@@ -53,16 +58,24 @@ impl TokenCache {
         }
     }
 
+    /// The keyed hash of a token: its length and last [`HASHED_TAIL`] bytes.
+    fn key(&self, token: &[u8]) -> u64 {
+        let b = token;
+        let tail = b.get(b.len().saturating_sub(HASHED_TAIL)..).unwrap_or(b);
+        self.hasher.hash_one((b.len(), tail))
+    }
+
     fn shard(&self, key: u64) -> Option<&Mutex<HashMap<u64, Entry>>> {
         self.shards.get((key as usize) % SHARDS)
     }
 
     /// The caller `token` proved, if it was verified before and has not expired at `now_secs`.
-    pub fn get_at(&self, token: &str, now_secs: u64) -> Option<Arc<Principal>> {
-        let key = self.hasher.hash_one(token);
+    pub fn get_at(&self, token: impl AsRef<[u8]>, now_secs: u64) -> Option<Arc<Principal>> {
+        let token = token.as_ref();
+        let key = self.key(token);
         let mut shard = self.shard(key)?.lock().ok()?;
         let entry = shard.get(&key)?;
-        if &*entry.token != token {
+        if entry.token.as_bytes() != token {
             return None;
         }
         if entry.exp <= now_secs {
@@ -73,13 +86,13 @@ impl TokenCache {
     }
 
     /// The caller `token` proved, if it was verified before and has not expired.
-    pub fn get(&self, token: &str) -> Option<Arc<Principal>> {
+    pub fn get(&self, token: impl AsRef<[u8]>) -> Option<Arc<Principal>> {
         self.get_at(token, now())
     }
 
     /// Remembers a verified token and its caller until `exp`.
     pub fn insert(&self, token: &str, principal: Arc<Principal>, exp: u64) {
-        let key = self.hasher.hash_one(token);
+        let key = self.key(token.as_bytes());
         let seq = self.clock.fetch_add(1, Ordering::Relaxed);
         let Some(Ok(mut shard)) = self.shard(key).map(|s| s.lock()) else {
             return;
@@ -129,6 +142,7 @@ mod tests {
             agency: "dinkes".into(),
             method: crate::AuthMethod::IssuedToken,
             scopes: Vec::new(),
+            index: 0,
         })
     }
 

@@ -52,4 +52,7 @@ pub struct Principal {
     pub agency: String,
     pub method: AuthMethod,
     pub scopes: Vec<String>,
+    /// Dense index of the application in the authenticator that verified it (stable within
+    /// one configuration snapshot): lets per-application tables avoid hashing its name.
+    pub index: u32,
 }

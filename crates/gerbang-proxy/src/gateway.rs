@@ -94,6 +94,8 @@ pub struct Snapshot {
     clients: Vec<Option<UpstreamClient>>,
     /// Per service, per instance: the inline client's pool for `http://` instances.
     pools: Vec<Vec<Option<Arc<InstancePool>>>>,
+    /// Identity headers per (application, service), valid for this snapshot's authenticator.
+    identities: IdentityCache,
 }
 
 /// The data plane's request handler.
@@ -104,7 +106,6 @@ pub struct Gateway {
     pool: PoolSettings,
     identity: IdentitySettings,
     issuer_endpoints: IssuerEndpoints,
-    assertions: AssertionCache,
     auth_failures: ReasonCounter,
 }
 
@@ -129,7 +130,6 @@ impl Gateway {
             pool,
             identity,
             issuer_endpoints,
-            assertions: AssertionCache::default(),
             auth_failures: ReasonCounter::default(),
         }
     }
@@ -287,7 +287,7 @@ impl Gateway {
             conn.proto,
             original_host,
         );
-        self.set_identity(&mut parts.headers, &principal, service, &snapshot.auth);
+        self.set_identity(&mut parts.headers, &principal, service, &snapshot);
         let host = HeaderValue::from_str(instance.authority.as_str())
             .map_err(|e| GatewayError::Internal(format!("upstream authority: {e}")))?;
         parts.headers.insert(header::HOST, host);
@@ -358,22 +358,24 @@ impl Gateway {
         headers: &mut http::HeaderMap,
         principal: &Principal,
         service: &Service,
-        auth: &Authenticator,
+        snapshot: &Snapshot,
     ) {
-        if let Ok(v) = HeaderValue::from_str(&principal.application) {
-            headers.insert(headers::X_GERBANG_CONSUMER.clone(), v);
-        }
-        if let Ok(v) = HeaderValue::from_str(&principal.agency) {
-            headers.insert(headers::X_GERBANG_CONSUMER_AGENCY.clone(), v);
-        }
+        let Some(id) = snapshot.identities.get(
+            principal,
+            service,
+            self.identity.assertion_ttl,
+            &snapshot.auth,
+        ) else {
+            return;
+        };
+        headers.insert(headers::X_GERBANG_CONSUMER.clone(), id.consumer);
+        headers.insert(headers::X_GERBANG_CONSUMER_AGENCY.clone(), id.agency);
         headers.insert(
             headers::X_GERBANG_AUTH_METHOD.clone(),
             HeaderValue::from_static(method_name(&principal.method)),
         );
-        if let Some(ttl) = self.identity.assertion_ttl {
-            if let Some(v) = self.assertions.get(auth, principal, service, ttl) {
-                headers.insert(headers::X_GERBANG_ASSERTION.clone(), v);
-            }
+        if let Some(a) = id.assertion {
+            headers.insert(headers::X_GERBANG_ASSERTION.clone(), a);
         }
     }
 }
@@ -396,16 +398,18 @@ async fn authenticate(
 ) -> Result<Arc<Principal>, GatewayError> {
     let h = req.headers();
     let mut authz = h.get_all(header::AUTHORIZATION).iter();
-    let authorization = authz.next().map(HeaderValue::as_bytes);
-    let mut keys = h.get_all(&headers::X_API_KEY).iter();
-    let api_key = keys.next().map(HeaderValue::as_bytes);
-    let presented = Presented {
-        authorization,
+    let mut presented = Presented {
+        authorization: authz.next().map(HeaderValue::as_bytes),
         authorization_repeated: authz.next().is_some(),
-        api_key,
-        api_key_repeated: keys.next().is_some(),
         client_cert: conn.client_cert.as_deref(),
+        ..Presented::default()
     };
+    // `Authorization` decides alone when present: the API key is looked up only without it.
+    if presented.authorization.is_none() {
+        let mut keys = h.get_all(&headers::X_API_KEY).iter();
+        presented.api_key = keys.next().map(HeaderValue::as_bytes);
+        presented.api_key_repeated = keys.next().is_some();
+    }
     auth.authenticate(presented)
         .await
         .map_err(GatewayError::Unauthenticated)
@@ -435,63 +439,101 @@ impl ReasonCounter {
     }
 }
 
-/// Signed assertions, reused for half their lifetime per (application, service): signing costs
-/// tens of microseconds, a lookup well under one.
-#[derive(Default)]
-struct AssertionCache {
-    map: Mutex<HashMap<String, (HeaderValue, u64)>>,
+/// The identity headers of one (application, service) pair, ready to clone into requests.
+#[derive(Clone)]
+struct Identity {
+    consumer: HeaderValue,
+    agency: HeaderValue,
+    /// The signed assertion; reused for half its lifetime (signing costs tens of microseconds,
+    /// a lookup well under one).
+    assertion: Option<HeaderValue>,
+    renew_at: u64,
 }
 
-/// Most (application, service) pairs remembered before the cache starts over.
-const ASSERTION_CACHE_MAX: usize = 10_000;
+/// [`Identity`] per (application index, service index) of one snapshot. Keys are two dense
+/// indices, so the table hashes one integer.
+#[derive(Default)]
+struct IdentityCache {
+    map: Mutex<HashMap<u64, Identity, std::hash::BuildHasherDefault<IndexHasher>>>,
+}
 
-impl AssertionCache {
+/// A hasher for keys that are already well spread small integers (a multiply suffices).
+#[derive(Default)]
+struct IndexHasher(u64);
+
+impl std::hash::Hasher for IndexHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        for b in bytes {
+            self.0 = (self.0 ^ u64::from(*b)).wrapping_mul(0x0100_0000_01b3);
+        }
+    }
+    fn write_u64(&mut self, n: u64) {
+        self.0 = n.wrapping_mul(0x9E37_79B9_7F4A_7C15);
+    }
+}
+
+/// Most pairs remembered before the table starts over.
+const IDENTITY_CACHE_MAX: usize = 100_000;
+
+impl IdentityCache {
     fn get(
         &self,
-        auth: &Authenticator,
         principal: &Principal,
         service: &Service,
-        ttl: Duration,
-    ) -> Option<HeaderValue> {
+        assertion_ttl: Option<Duration>,
+        auth: &Authenticator,
+    ) -> Option<Identity> {
+        let key = (u64::from(principal.index) << 32) | service.index as u64;
         let now = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| d.as_secs());
-        let mut key = String::with_capacity(
-            principal.application.len() + service.agency.len() + service.id.len() + 2,
-        );
-        key.push_str(&principal.application);
-        key.push(' ');
-        key.push_str(&service.agency);
-        key.push('/');
-        key.push_str(&service.id);
         if let Ok(map) = self.map.lock() {
-            if let Some((v, renew_at)) = map.get(&key) {
-                if now < *renew_at {
-                    return Some(v.clone());
+            if let Some(id) = map.get(&key) {
+                if now < id.renew_at {
+                    return Some(id.clone());
                 }
             }
         }
-        let audience = &key[principal.application.len() + 1..];
-        let (jwt, exp) =
-            match auth
-                .issuer()
-                .assertion(&principal.application, &principal.agency, audience, ttl)
-            {
-                Ok(t) => t,
-                Err(e) => {
-                    tracing::error!(error = %e, "signing a gateway assertion failed");
-                    return None;
+        let consumer = HeaderValue::from_str(&principal.application).ok()?;
+        let agency = HeaderValue::from_str(&principal.agency).ok()?;
+        let (assertion, renew_at) = match assertion_ttl {
+            None => (None, u64::MAX),
+            Some(ttl) => {
+                let audience = format!("{}/{}", service.agency, service.id);
+                match auth.issuer().assertion(
+                    &principal.application,
+                    &principal.agency,
+                    &audience,
+                    ttl,
+                ) {
+                    Ok((jwt, exp)) => (
+                        HeaderValue::from_str(&jwt).ok(),
+                        exp.saturating_sub(ttl.as_secs() / 2),
+                    ),
+                    Err(e) => {
+                        // Without an assertion the request still goes out; the next one retries.
+                        tracing::error!(error = %e, "signing a gateway assertion failed");
+                        (None, 0)
+                    }
                 }
-            };
-        let value = HeaderValue::from_str(&jwt).ok()?;
-        let renew_at = exp.saturating_sub(ttl.as_secs() / 2);
+            }
+        };
+        let id = Identity {
+            consumer,
+            agency,
+            assertion,
+            renew_at,
+        };
         if let Ok(mut map) = self.map.lock() {
-            if map.len() >= ASSERTION_CACHE_MAX {
+            if map.len() >= IDENTITY_CACHE_MAX {
                 map.clear();
             }
-            map.insert(key, (value.clone(), renew_at));
+            map.insert(key, id.clone());
         }
-        Some(value)
+        Some(id)
     }
 }
 
@@ -534,6 +576,7 @@ fn build_snapshot(
         auth,
         clients,
         pools,
+        identities: IdentityCache::default(),
     }
 }
 

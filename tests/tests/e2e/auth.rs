@@ -194,6 +194,11 @@ async fn issued_tokens_work_and_providers_see_the_verified_caller_and_a_verifiab
     assert_eq!(a["sub"], "dinkes/simpus");
     assert_eq!(a["agency"], "dinkes");
     assert_eq!(a["exp"].as_u64().unwrap() - a["iat"].as_u64().unwrap(), 60);
+    // Reused for the next call of the same caller to the same service (half its lifetime).
+    let again = raw_request_as_is(gw.addr, &get("/a/s/y", &bearer(&token)))
+        .await
+        .json();
+    assert_eq!(again["headers"]["x-gerbang-assertion"], assertion);
     assert!(
         verify_with_jwks(gw, assertion, "gerbang-assertion+jwt", "dukcapil/penduduk")
             .await
