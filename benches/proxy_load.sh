@@ -208,6 +208,16 @@ run() {  # round index
 }
 
 note "wrk -t$WRK_THREADS -c$CONNS -d$DURATION, $ROUNDS rounds, warm-up $WARMUP"
+# TARGETS="gerbang bare" measures only those (all started targets by default).
+if [[ -n ${TARGETS:-} ]]; then
+  KEEP_N=(); KEEP_U=(); KEEP_P=()
+  for i in "${!NAMES[@]}"; do
+    if [[ " $TARGETS " == *" ${NAMES[$i]} "* ]]; then
+      KEEP_N+=("${NAMES[$i]}"); KEEP_U+=("${URLS[$i]}"); KEEP_P+=("${TPIDS[$i]}")
+    fi
+  done
+  NAMES=("${KEEP_N[@]}"); URLS=("${KEEP_U[@]}"); TPIDS=("${KEEP_P[@]}")
+fi
 N=${#NAMES[@]}
 for i in $(seq 0 $((N - 1))); do run warmup "$i"; done
 for r in $(seq 1 "$ROUNDS"); do
@@ -232,5 +242,13 @@ END {
     printf "%-9s %11.0f %6.1f%% %9.3f %9.3f %6.0f %11.0f %s %s %s %6d\n",t,m,sp,median(p50[t]),median(p99[t]),median(cpu[t]),median(eff[t]),r1,r2,r3,err[t] }
 }' "$RESULTS"
 echo
+# With a pre-authentication build alongside: the cost of authentication as the median of the
+# per-round ratios (the two ran back to back in every round, so machine drift cancels).
+if [[ " ${NAMES[*]} " == *" bare "* && " ${NAMES[*]} " == *" gerbang "* ]]; then
+  awk -F'\t' '$2=="gerbang"{g[$1]=$3; ge[$1]=($7>0?$6/$7:0)} $2=="bare"{b[$1]=$3; be[$1]=($7>0?$6/$7:0)}
+    function med(a,n,  i,j,t){ for(i=2;i<=n;i++){t=a[i]; for(j=i-1;j>=1&&a[j]>t;j--)a[j+1]=a[j]; a[j+1]=t} return (n%2)?a[(n+1)/2]:(a[n/2]+a[n/2+1])/2 }
+    END { n=0; for (r in g) if (r in b && b[r]>0 && be[r]>0) { n++; x[n]=g[r]/b[r]; y[n]=ge[r]/be[r] }
+      if (n) printf "authentication on / off (gerbang / bare), median of %d paired rounds: RPS %.3f, req per CPU-second %.3f\n", n, med(x,n), med(y,n) }' "$RESULTS"
+fi
 echo "req/CPU-s = requests served per CPU-second of the target process (upstream excluded);"
 echo "ratios are to nginx; a target is better when RPS/ngx >= 1, eff/ngx >= 1 and p99/ngx <= 1."

@@ -199,3 +199,90 @@ async fn an_issuer_down_at_start_is_used_once_it_answers() {
     assert_eq!(r.status, 200, "{:?}", String::from_utf8_lossy(&r.body));
     assert_eq!(idp.fetches(), 3);
 }
+
+/// Keys from PEM files instead of a JWKS URL: EC P-256 and Ed25519 public keys, each named by its
+/// file (the `kid`). Tokens name the key and must use an algorithm pinned for the issuer.
+#[tokio::test]
+async fn external_issuer_keys_from_pem_files() {
+    let echo = backend(Kind::Echo, "echo").await;
+    let dir = tempfile::tempdir().unwrap();
+    let ec = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
+    let ed = rcgen::KeyPair::generate_for(&rcgen::PKCS_ED25519).unwrap();
+    let ec_file = write_file(dir.path(), "kc-ec.pem", &ec.public_key_pem());
+    let ed_file = write_file(dir.path(), "kc-ed.pem", &ed.public_key_pem());
+    let portal = "[agency]\nid = \"diskominfo\"\nname = \"Diskominfo\"\n\n[[application]]\n\
+                  id = \"portal\"\nname = \"Portal\"\nauth_methods = [\"external_jwt\"]\n\
+                  external_client_ids = [\"portal-client\"]\n";
+    let gw = TestGateway::start(
+        &[&agency("a", "s", &[echo.url()], ""), portal],
+        "",
+        &format!(
+            "[[auth.external]]\nissuer = \"{ISS}\"\naudiences = [\"gerbang\"]\n\
+             algorithms = [\"ES256\", \"EdDSA\"]\nkey_files = [\"{ec_file}\", \"{ed_file}\"]\n"
+        ),
+    )
+    .await;
+    let sign = |alg: jsonwebtoken::Algorithm, kid: &str, pem: &str, claims: &Value| {
+        let mut h = jsonwebtoken::Header::new(alg);
+        h.kid = Some(kid.to_owned());
+        let key = match alg {
+            jsonwebtoken::Algorithm::EdDSA => {
+                jsonwebtoken::EncodingKey::from_ed_pem(pem.as_bytes())
+            }
+            _ => jsonwebtoken::EncodingKey::from_ec_pem(pem.as_bytes()),
+        }
+        .unwrap();
+        jsonwebtoken::encode(&h, claims, &key).unwrap()
+    };
+    let es = jsonwebtoken::Algorithm::ES256;
+    let eddsa = jsonwebtoken::Algorithm::EdDSA;
+    let ok_ec = sign(
+        es,
+        "kc-ec",
+        &ec.serialize_pem(),
+        &claims("portal-client", "p1"),
+    );
+    let ok_ed = sign(
+        eddsa,
+        "kc-ed",
+        &ed.serialize_pem(),
+        &claims("portal-client", "p2"),
+    );
+    for t in [&ok_ec, &ok_ed] {
+        let r = call(&gw, t).await;
+        assert_eq!(r.status, 200, "{:?}", String::from_utf8_lossy(&r.body));
+        assert_eq!(
+            r.json()["headers"]["x-gerbang-consumer"],
+            "diskominfo/portal"
+        );
+    }
+    // The EC key under the Ed25519 key's name, and the other way round: refused.
+    let swapped = sign(
+        es,
+        "kc-ed",
+        &ec.serialize_pem(),
+        &claims("portal-client", "p3"),
+    );
+    assert_eq!(call(&gw, &swapped).await.status, 401);
+    let unknown = sign(
+        es,
+        "kc-new",
+        &ec.serialize_pem(),
+        &claims("portal-client", "p4"),
+    );
+    assert_eq!(call(&gw, &unknown).await.status, 401);
+    let reasons: HashMap<&str, u64> = gw
+        .running
+        .as_ref()
+        .unwrap()
+        .gateway
+        .auth_failures()
+        .into_iter()
+        .collect();
+    assert_eq!(
+        reasons.get("algorithm_not_allowed"),
+        Some(&1),
+        "{reasons:?}"
+    );
+    assert_eq!(reasons.get("unknown_kid"), Some(&1), "{reasons:?}");
+}
