@@ -1,0 +1,802 @@
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use proptest::prelude::*;
+use serde_json::{json, Value};
+
+use crate::limits::{period_of, LimitOutcome, Limits, MemoryQuotaStore};
+use crate::*;
+
+const NOW: i64 = 1_795_000_000; // 2026-11-19
+const DAY: i64 = 86_400;
+
+fn ep(method: &str, t: &str, c: Classification, subject: Option<&str>) -> Endpoint {
+    Endpoint::new(
+        method,
+        PathTemplate::parse(t).unwrap(),
+        c,
+        subject.map(str::to_owned),
+    )
+}
+
+fn agreement(id: &str, service: &str, consumers: &[&str]) -> Agreement {
+    Agreement {
+        id: id.into(),
+        title: id.into(),
+        legal_basis: format!("PKS/{id}"),
+        service: service.into(),
+        consumers: consumers.iter().map(|c| Consumer::parse(c)).collect(),
+        endpoints: vec![],
+        methods: vec![],
+        purposes: vec![],
+        valid_from: None,
+        valid_until: None,
+        suspended: false,
+        max_classification: Classification::Rahasia,
+        rate: None,
+        quota: None,
+        fields: FieldRules::default(),
+    }
+}
+
+fn fixture() -> PolicySet {
+    use Classification::*;
+    let mut services = HashMap::new();
+    services.insert(
+        "dukcapil/penduduk".to_owned(),
+        ServicePolicy {
+            endpoints: vec![
+                ep("GET", "/penduduk/{nik}", Rahasia, Some("nik")),
+                ep("GET", "/penduduk/{nik}/keluarga", Rahasia, Some("nik")),
+                ep("POST", "/penduduk", Rahasia, None),
+                ep("GET", "/penduduk/baru", Terbatas, None),
+                ep("GET", "/statistik", Terbuka, None),
+            ],
+            classification: Rahasia,
+        },
+    );
+    services.insert(
+        "dinkes/faskes".to_owned(),
+        ServicePolicy {
+            endpoints: vec![
+                ep("GET", "/faskes", Terbuka, None),
+                ep("GET", "/faskes/{id}", Terbuka, None),
+            ],
+            classification: Terbuka,
+        },
+    );
+    services.insert(
+        "diskominfo/echo".to_owned(),
+        ServicePolicy {
+            endpoints: vec![],
+            classification: Terbuka,
+        },
+    );
+    services.insert(
+        "bapenda/pbb".to_owned(),
+        ServicePolicy {
+            endpoints: vec![ep("GET", "/pbb/{nop}", Terbatas, None)],
+            classification: Terbatas,
+        },
+    );
+    let penduduk = "dukcapil/penduduk";
+    let nik_ep = "GET /penduduk/{nik}".to_owned();
+    let agreements = vec![
+        Agreement {
+            endpoints: vec![nik_ep.clone()],
+            purposes: vec!["pelayanan-kesehatan".into()],
+            ..agreement("pks-simpus", penduduk, &["dinkes/simpus"])
+        },
+        Agreement {
+            endpoints: vec![nik_ep.clone()],
+            purposes: vec!["penetapan-pajak".into()],
+            ..agreement("pks-esppt", penduduk, &["bapenda/esppt"])
+        },
+        Agreement {
+            methods: vec!["GET".into()],
+            max_classification: Classification::Terbuka,
+            ..agreement("public-faskes", "dinkes/faskes", &["*"])
+        },
+        Agreement {
+            rate: Some(RateSpec {
+                limit: 10,
+                per: RatePeriod::Second,
+                burst: 30,
+            }),
+            ..agreement("echo-all", "diskominfo/echo", &["*"])
+        },
+        Agreement {
+            endpoints: vec!["GET /statistik".into()],
+            max_classification: Classification::Terbuka,
+            ..agreement("pks-dinkes-stat", penduduk, &["dinkes"])
+        },
+        Agreement {
+            suspended: true,
+            ..agreement("pks-siak-pbb", "bapenda/pbb", &["dukcapil/siak"])
+        },
+        Agreement {
+            valid_from: Some(NOW + DAY),
+            ..agreement("pks-simpus-pbb", "bapenda/pbb", &["dinkes/simpus"])
+        },
+        Agreement {
+            valid_until: Some(NOW - DAY),
+            ..agreement("pks-esppt-pbb", "bapenda/pbb", &["bapenda/esppt"])
+        },
+        Agreement {
+            max_classification: Classification::Terbatas,
+            endpoints: vec![nik_ep.clone()],
+            ..agreement("pks-portal", penduduk, &["diskominfo/portal"])
+        },
+        Agreement {
+            endpoints: vec!["GET /penduduk/{nik}/keluarga".into()],
+            ..agreement("pks-siak-keluarga", penduduk, &["dukcapil/siak"])
+        },
+        Agreement {
+            methods: vec!["HEAD".into()],
+            ..agreement("pks-dinkes-pbb", "bapenda/pbb", &["dinkes"])
+        },
+        Agreement {
+            quota: Some(QuotaSpec {
+                limit: 2,
+                per: QuotaPeriod::Day,
+            }),
+            ..agreement("pks-lab-faskes", "dinkes/faskes", &["dinkes/lab"])
+        },
+        // Names both the application and its agency: tried once.
+        Agreement {
+            endpoints: vec!["GET /penduduk/baru".into()],
+            max_classification: Classification::Terbatas,
+            ..agreement("pks-both", penduduk, &["dinkes/lab", "dinkes"])
+        },
+    ];
+    PolicySet::new(services, agreements)
+}
+
+struct Case {
+    app: &'static str,
+    service: &'static str,
+    method: &'static str,
+    path: &'static str,
+    purpose: Option<&'static str>,
+    now: i64,
+    want: Result<&'static str, (Reason, Option<&'static str>)>,
+}
+
+fn c(
+    app: &'static str,
+    service: &'static str,
+    method: &'static str,
+    path: &'static str,
+    purpose: Option<&'static str>,
+    want: Result<&'static str, (Reason, Option<&'static str>)>,
+) -> Case {
+    Case {
+        app,
+        service,
+        method,
+        path,
+        purpose,
+        now: NOW,
+        want,
+    }
+}
+
+#[test]
+fn decision_table() {
+    use Reason::*;
+    let set = fixture();
+    let pen = "dukcapil/penduduk";
+    let nik = "/penduduk/3603015505900001";
+    let kes = Some("pelayanan-kesehatan");
+    let pajak = Some("penetapan-pajak");
+    let cases = vec![
+        // The demo agreements.
+        c("dinkes/simpus", pen, "GET", nik, kes, Ok("pks-simpus")),
+        c("dinkes/simpus", pen, "get", nik, kes, Ok("pks-simpus")),
+        c(
+            "dinkes/simpus",
+            pen,
+            "GET",
+            nik,
+            None,
+            Err((PurposeMissing, Some("pks-simpus"))),
+        ),
+        c(
+            "dinkes/simpus",
+            pen,
+            "GET",
+            nik,
+            pajak,
+            Err((PurposeNotAllowed, Some("pks-simpus"))),
+        ),
+        c(
+            "dinkes/simpus",
+            pen,
+            "GET",
+            nik,
+            Some("Pelayanan-Kesehatan"),
+            Err((PurposeNotAllowed, Some("pks-simpus"))),
+        ),
+        c("bapenda/esppt", pen, "GET", nik, pajak, Ok("pks-esppt")),
+        c(
+            "bapenda/esppt",
+            pen,
+            "GET",
+            nik,
+            kes,
+            Err((PurposeNotAllowed, Some("pks-esppt"))),
+        ),
+        c(
+            "diskominfo/portal",
+            pen,
+            "GET",
+            nik,
+            None,
+            Err((ClassificationExceeded, Some("pks-portal"))),
+        ),
+        c(
+            "diskominfo/portal",
+            pen,
+            "GET",
+            "/statistik",
+            None,
+            Err((EndpointNotCovered, Some("pks-portal"))),
+        ),
+        c(
+            "dukcapil/siak",
+            "dinkes/faskes",
+            "GET",
+            "/faskes",
+            None,
+            Ok("public-faskes"),
+        ),
+        c(
+            "dinkes/simpus",
+            "dinkes/faskes",
+            "GET",
+            "/faskes/12",
+            None,
+            Ok("public-faskes"),
+        ),
+        c(
+            "dinkes/simpus",
+            "dinkes/faskes",
+            "POST",
+            "/faskes",
+            None,
+            Err((MethodNotAllowed, None)),
+        ),
+        c(
+            "dinkes/simpus",
+            "dinkes/faskes",
+            "GET",
+            "/faskes/12/x",
+            None,
+            Err((EndpointNotDeclared, None)),
+        ),
+        c(
+            "dinkes/simpus",
+            "diskominfo/echo",
+            "DELETE",
+            "/apa/saja",
+            None,
+            Ok("echo-all"),
+        ),
+        c("x/y", "diskominfo/echo", "GET", "/", None, Ok("echo-all")),
+        // Endpoint matching.
+        c(
+            "dinkes/simpus",
+            pen,
+            "GET",
+            "/penduduk",
+            kes,
+            Err((MethodNotAllowed, None)),
+        ),
+        c(
+            "dinkes/simpus",
+            pen,
+            "GET",
+            "/penduduk/",
+            kes,
+            Err((EndpointNotDeclared, None)),
+        ),
+        c(
+            "dinkes/simpus",
+            pen,
+            "GET",
+            "/Penduduk/3603015505900001",
+            kes,
+            Err((EndpointNotDeclared, None)),
+        ),
+        c(
+            "dinkes/simpus",
+            pen,
+            "GET",
+            "/penduduk/3603015505900001/x",
+            kes,
+            Err((EndpointNotDeclared, None)),
+        ),
+        c(
+            "dinkes/simpus",
+            pen,
+            "DELETE",
+            nik,
+            kes,
+            Err((MethodNotAllowed, None)),
+        ),
+        c(
+            "dinkes/simpus",
+            pen,
+            "POST",
+            "/penduduk",
+            kes,
+            Err((EndpointNotCovered, Some("pks-simpus"))),
+        ),
+        c(
+            "dinkes/simpus",
+            pen,
+            "GET",
+            "/penduduk/3603015505900001/keluarga",
+            kes,
+            Err((EndpointNotCovered, Some("pks-simpus"))),
+        ),
+        // The most specific template wins: /penduduk/baru is its own endpoint.
+        c(
+            "dinkes/lab",
+            pen,
+            "GET",
+            "/penduduk/baru",
+            None,
+            Ok("pks-both"),
+        ),
+        c(
+            "dinkes/simpus",
+            pen,
+            "GET",
+            "/penduduk/baru",
+            kes,
+            Ok("pks-both"),
+        ),
+        // Agency tier.
+        c(
+            "dinkes/simpus",
+            pen,
+            "GET",
+            "/statistik",
+            None,
+            Ok("pks-dinkes-stat"),
+        ),
+        c(
+            "dinkes/lab",
+            pen,
+            "GET",
+            "/statistik",
+            None,
+            Ok("pks-dinkes-stat"),
+        ),
+        c(
+            "dinkes/lab",
+            pen,
+            "GET",
+            nik,
+            kes,
+            Err((EndpointNotCovered, Some("pks-both"))),
+        ),
+        c(
+            "bapenda/esppt",
+            pen,
+            "GET",
+            "/statistik",
+            None,
+            Err((EndpointNotCovered, Some("pks-esppt"))),
+        ),
+        // Default deny.
+        c(
+            "diskominfo/portal",
+            "bapenda/pbb",
+            "GET",
+            "/pbb/1",
+            None,
+            Err((NoAgreement, None)),
+        ),
+        c(
+            "dukcapil/siak",
+            pen,
+            "GET",
+            nik,
+            None,
+            Err((EndpointNotCovered, Some("pks-siak-keluarga"))),
+        ),
+        c(
+            "dukcapil/siak",
+            pen,
+            "GET",
+            "/penduduk/3603015505900001/keluarga",
+            None,
+            Ok("pks-siak-keluarga"),
+        ),
+        c("x/y", pen, "GET", nik, None, Err((NoAgreement, None))),
+        c(
+            "x/y",
+            "no/such-service",
+            "GET",
+            "/",
+            None,
+            Err((NoAgreement, None)),
+        ),
+        // Status and validity.
+        c(
+            "dukcapil/siak",
+            "bapenda/pbb",
+            "GET",
+            "/pbb/1",
+            None,
+            Err((AgreementSuspended, Some("pks-siak-pbb"))),
+        ),
+        c(
+            "dinkes/simpus",
+            "bapenda/pbb",
+            "GET",
+            "/pbb/1",
+            None,
+            Err((AgreementNotYetValid, Some("pks-simpus-pbb"))),
+        ),
+        Case {
+            now: NOW + DAY,
+            ..c(
+                "dinkes/simpus",
+                "bapenda/pbb",
+                "GET",
+                "/pbb/1",
+                None,
+                Ok("pks-simpus-pbb"),
+            )
+        },
+        c(
+            "bapenda/esppt",
+            "bapenda/pbb",
+            "GET",
+            "/pbb/1",
+            None,
+            Err((AgreementExpired, Some("pks-esppt-pbb"))),
+        ),
+        Case {
+            now: NOW - 2 * DAY,
+            ..c(
+                "bapenda/esppt",
+                "bapenda/pbb",
+                "GET",
+                "/pbb/1",
+                None,
+                Ok("pks-esppt-pbb"),
+            )
+        },
+        Case {
+            now: NOW - DAY,
+            ..c(
+                "bapenda/esppt",
+                "bapenda/pbb",
+                "GET",
+                "/pbb/1",
+                None,
+                Ok("pks-esppt-pbb"),
+            )
+        },
+        Case {
+            now: NOW - DAY + 1,
+            ..c(
+                "bapenda/esppt",
+                "bapenda/pbb",
+                "GET",
+                "/pbb/1",
+                None,
+                Err((AgreementExpired, Some("pks-esppt-pbb"))),
+            )
+        },
+        // Agreement-level method restriction (agency tier, another application).
+        c(
+            "dinkes/lab",
+            "bapenda/pbb",
+            "GET",
+            "/pbb/1",
+            None,
+            Err((MethodNotAllowed, Some("pks-dinkes-pbb"))),
+        ),
+        // The application tier's failure is reported before the agency tier's.
+        c(
+            "dinkes/simpus",
+            "bapenda/pbb",
+            "HEAD",
+            "/pbb/1",
+            None,
+            Err((MethodNotAllowed, None)),
+        ),
+        // An application-specific agreement wins over the public one.
+        c(
+            "dinkes/lab",
+            "dinkes/faskes",
+            "GET",
+            "/faskes",
+            None,
+            Ok("pks-lab-faskes"),
+        ),
+    ];
+    assert!(cases.len() >= 40, "{}", cases.len());
+    for (i, case) in cases.iter().enumerate() {
+        let agency = case.app.split('/').next().unwrap();
+        let req = Request {
+            application: case.app,
+            agency,
+            service: case.service,
+            method: case.method,
+            path: case.path,
+            purpose: case.purpose,
+            now: case.now,
+        };
+        let d = set.decide(&req);
+        let got = match d.outcome {
+            Outcome::Allow { agreement } => Ok(set.agreement(agreement).unwrap().id.as_str()),
+            Outcome::Deny { reason, agreement } => Err((
+                reason,
+                agreement.map(|a| set.agreement(a).unwrap().id.as_str()),
+            )),
+        };
+        assert_eq!(
+            got, case.want,
+            "case {i}: {} {} {} {}",
+            case.app, case.method, case.service, case.path
+        );
+        // explain() agrees with decide().
+        let e = set.explain(&req);
+        assert_eq!(e.decision.outcome, d.outcome, "case {i}: explain differs");
+    }
+}
+
+#[test]
+fn subject_and_endpoint_are_reported() {
+    let set = fixture();
+    let req = Request {
+        application: "dinkes/simpus",
+        agency: "dinkes",
+        service: "dukcapil/penduduk",
+        method: "GET",
+        path: "/penduduk/3603015505900001",
+        purpose: Some("pelayanan-kesehatan"),
+        now: NOW,
+    };
+    let d = set.decide(&req);
+    assert_eq!(d.endpoint.unwrap().id, "GET /penduduk/{nik}");
+    assert_eq!(d.subject, Some("3603015505900001"));
+    let e = set.explain(&Request {
+        application: "dinkes/lab",
+        agency: "dinkes",
+        path: "/statistik",
+        purpose: None,
+        ..req
+    });
+    // Every candidate with its tier, in the order tried.
+    assert_eq!(
+        e.considered,
+        vec![
+            ("pks-both", "application", Some(Reason::EndpointNotCovered)),
+            ("pks-dinkes-stat", "agency", None),
+        ]
+    );
+}
+
+#[test]
+fn rate_limit_per_application_with_burst() {
+    let set = fixture();
+    let limits = Limits::new(&set, Arc::new(MemoryQuotaStore::default()));
+    let echo = set
+        .agreements()
+        .iter()
+        .position(|a| a.id == "echo-all")
+        .unwrap();
+    for i in 0..30 {
+        match limits.check(&set, echo, "dinkes/simpus", NOW) {
+            LimitOutcome::Pass { rate: Some(r) } => {
+                assert_eq!(r.limit, 30);
+                assert_eq!(r.remaining, 29 - i);
+            }
+            other => panic!("request {i}: {other:?}"),
+        }
+    }
+    match limits.check(&set, echo, "dinkes/simpus", NOW) {
+        LimitOutcome::Limited {
+            reason: Reason::RateLimited,
+            retry_after_secs,
+            rate: Some(r),
+        } => {
+            assert_eq!(retry_after_secs, 1);
+            assert_eq!(r.remaining, 0);
+        }
+        other => panic!("31st: {other:?}"),
+    }
+    // Another application has its own budget.
+    assert!(matches!(
+        limits.check(&set, echo, "bapenda/esppt", NOW),
+        LimitOutcome::Pass { .. }
+    ));
+}
+
+#[test]
+fn quota_per_day_in_jakarta_time() {
+    let set = fixture();
+    let limits = Limits::new(&set, Arc::new(MemoryQuotaStore::default()));
+    let lab = set
+        .agreements()
+        .iter()
+        .position(|a| a.id == "pks-lab-faskes")
+        .unwrap();
+    // 2026-11-19 23:00 WIB = 16:00 UTC.
+    let late = super::limits::days_from_civil(2026, 11, 19) * DAY + 16 * 3600;
+    assert!(matches!(
+        limits.check(&set, lab, "dinkes/lab", late),
+        LimitOutcome::Pass { .. }
+    ));
+    assert!(matches!(
+        limits.check(&set, lab, "dinkes/lab", late),
+        LimitOutcome::Pass { .. }
+    ));
+    match limits.check(&set, lab, "dinkes/lab", late) {
+        LimitOutcome::Limited {
+            reason: Reason::QuotaExhausted,
+            retry_after_secs,
+            ..
+        } => assert_eq!(retry_after_secs, 3600, "until midnight WIB"),
+        other => panic!("{other:?}"),
+    }
+    // Midnight in Jakarta: a new day.
+    assert!(matches!(
+        limits.check(&set, lab, "dinkes/lab", late + 3600),
+        LimitOutcome::Pass { .. }
+    ));
+    let (m1, next) = period_of(QuotaPeriod::Month, late);
+    let (m2, _) = period_of(QuotaPeriod::Month, next);
+    assert_eq!(m2, m1 + 1);
+    assert_eq!(
+        next,
+        super::limits::days_from_civil(2026, 12, 1) * DAY - 7 * 3600
+    );
+}
+
+#[test]
+fn index_lookups_do_not_depend_on_unrelated_agreements() {
+    // 10,000 agreements over 1,000 services: a decision touches only its own candidates.
+    let mut services = HashMap::new();
+    let mut agreements = Vec::new();
+    for s in 0..1000 {
+        let id = format!("a{s}/s");
+        services.insert(
+            id.clone(),
+            ServicePolicy {
+                endpoints: vec![ep("GET", "/x/{id}", Classification::Terbatas, Some("id"))],
+                classification: Classification::Terbatas,
+            },
+        );
+        for k in 0..10 {
+            agreements.push(Agreement {
+                endpoints: vec!["GET /x/{id}".into()],
+                ..agreement(&format!("pks-{s}-{k}"), &id, &[&format!("c{k}/app")])
+            });
+        }
+    }
+    let set = PolicySet::new(services, agreements);
+    let req = Request {
+        application: "c7/app",
+        agency: "c7",
+        service: "a512/s",
+        method: "GET",
+        path: "/x/1",
+        purpose: None,
+        now: NOW,
+    };
+    let e = set.explain(&req);
+    assert_eq!(e.considered.len(), 1);
+    assert!(matches!(e.decision.outcome, Outcome::Allow { .. }));
+}
+
+fn arb_json() -> impl Strategy<Value = Value> {
+    let leaf = prop_oneof![
+        Just(Value::Null),
+        any::<bool>().prop_map(Value::Bool),
+        any::<i64>().prop_map(|n| json!(n)),
+        "[a-z0-9 ]{0,12}".prop_map(Value::String),
+    ];
+    leaf.prop_recursive(4, 48, 6, |inner| {
+        prop_oneof![
+            prop::collection::vec(inner.clone(), 0..5).prop_map(Value::Array),
+            prop::collection::btree_map(
+                prop_oneof![
+                    Just("nik".to_owned()),
+                    Just("data".to_owned()),
+                    "[a-z]{1,4}"
+                ],
+                inner,
+                0..5
+            )
+            .prop_map(|m| Value::Object(m.into_iter().collect())),
+        ]
+    })
+}
+
+/// Puts `secret` at every `nik` key and returns the document.
+fn plant(v: &mut Value, secret: &str) {
+    match v {
+        Value::Object(m) => {
+            for (k, child) in m.iter_mut() {
+                if k == "nik" {
+                    *child = Value::String(secret.to_owned());
+                } else {
+                    plant(child, secret);
+                }
+            }
+        }
+        Value::Array(items) => items.iter_mut().for_each(|i| plant(i, secret)),
+        _ => {}
+    }
+}
+
+fn paths_to_nik(v: &Value, prefix: String, out: &mut Vec<String>) {
+    match v {
+        Value::Object(m) => {
+            for (k, child) in m {
+                let p = if prefix.is_empty() {
+                    k.clone()
+                } else {
+                    format!("{prefix}.{k}")
+                };
+                if k == "nik" {
+                    out.push(p.clone());
+                }
+                paths_to_nik(child, p, out);
+            }
+        }
+        Value::Array(items) => {
+            for i in items {
+                paths_to_nik(i, format!("{prefix}[*]"), out);
+            }
+        }
+        _ => {}
+    }
+}
+
+proptest! {
+    /// Whatever the document's shape, a value at a dropped or masked path never appears in the
+    /// output: not whole, and for masking not even its hidden middle.
+    #[test]
+    fn dropped_and_masked_values_never_appear(mut doc in arb_json(), masked in any::<bool>()) {
+        let secret = "3603015505900001";
+        plant(&mut doc, secret);
+        let mut paths = Vec::new();
+        paths_to_nik(&doc, String::new(), &mut paths);
+        paths.sort();
+        paths.dedup();
+        let rules = if masked {
+            FieldRules {
+                mask: paths.iter().map(|p| Mask { path: FieldPath::parse(p).unwrap(), keep_first: 6, keep_last: 4 }).collect(),
+                ..FieldRules::default()
+            }
+        } else {
+            FieldRules { deny: paths.iter().map(|p| FieldPath::parse(p).unwrap()).collect(), ..FieldRules::default() }
+        };
+        rules.apply(&mut doc);
+        let text = doc.to_string();
+        prop_assert!(!text.contains(secret), "{}", text);
+        prop_assert!(!text.contains("550590"), "the masked middle leaked: {}", text);
+    }
+
+    /// An allow-list keeps nothing that is not on an allowed path.
+    #[test]
+    fn allow_list_keeps_only_allowed_keys(mut doc in arb_json()) {
+        plant(&mut doc, "3603015505900001");
+        if let Value::Object(_) = doc {
+            FieldRules { allow: vec![FieldPath::parse("data").unwrap()], ..FieldRules::default() }.apply(&mut doc);
+            let obj = doc.as_object().unwrap();
+            prop_assert!(obj.keys().all(|k| k == "data"));
+        }
+    }
+}
