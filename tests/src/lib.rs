@@ -24,6 +24,30 @@ pub fn test_client_registry() -> String {
     )
 }
 
+/// One agreement per service in `registry` (agency files as TOML) for every application: every
+/// endpoint, every method, any classification.
+pub fn test_client_agreements(registry: &[&str]) -> String {
+    let mut out = String::new();
+    for text in registry {
+        let v: toml::Value = toml::from_str(text).unwrap();
+        let agency = v["agency"]["id"].as_str().unwrap();
+        for s in v
+            .get("service")
+            .and_then(|s| s.as_array())
+            .into_iter()
+            .flatten()
+        {
+            let id = s["id"].as_str().unwrap();
+            out.push_str(&format!(
+                "[[agreement]]\nid = \"test-{agency}-{id}\"\ntitle = \"t\"\nlegal_basis = \"test\"\n\
+                 service = \"{agency}/{id}\"\nconsumers = [\"*\"]\n\
+                 max_classification = \"sangat-rahasia\"\n\n"
+            ));
+        }
+    }
+    out
+}
+
 /// A gateway running in the test process.
 pub struct TestGateway {
     pub running: Option<gerbang::Running>,
@@ -36,7 +60,23 @@ impl TestGateway {
     /// Starts a gateway whose registry holds `registry` (TOML of one agency file each) and whose
     /// `gerbang.toml` gets `extra` appended (sections other than `[server]`/`[admin]` listen).
     pub async fn start(registry: &[&str], server_extra: &str, extra: &str) -> TestGateway {
+        TestGateway::start_with_agreements(registry, None, server_extra, extra).await
+    }
+
+    /// As [`TestGateway::start`], with `agreements` as the only agreement file (`None`: one
+    /// agreement per service lets every application call everything).
+    pub async fn start_with_agreements(
+        registry: &[&str],
+        agreements: Option<&str>,
+        server_extra: &str,
+        extra: &str,
+    ) -> TestGateway {
+        let agreements_given = agreements.is_some();
         let dir = tempfile::tempdir().unwrap();
+        if let Some(text) = agreements {
+            std::fs::create_dir_all(dir.path().join("agreements")).unwrap();
+            std::fs::write(dir.path().join("agreements/given.toml"), text).unwrap();
+        }
         let main = format!(
             "[server]\nlisten = \"127.0.0.1:0\"\n{server_extra}\n[admin]\nlisten = \"127.0.0.1:0\"\n{extra}\n"
         );
@@ -54,6 +94,15 @@ impl TestGateway {
             .unwrap();
         }
         gerbang::config::create_signing_key(&dir.path().join("data/keys")).unwrap();
+        // Every application may call every service (tests of agreements bring their own).
+        std::fs::create_dir_all(dir.path().join("agreements")).unwrap();
+        if !agreements_given {
+            std::fs::write(
+                dir.path().join("agreements/zz-test-client.toml"),
+                test_client_agreements(registry),
+            )
+            .unwrap();
+        }
         let cfg = gerbang::load(
             &dir.path().join("gerbang.toml"),
             &gerbang::Overrides::default(),

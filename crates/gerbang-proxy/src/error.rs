@@ -59,6 +59,16 @@ pub enum GatewayError {
     Unauthenticated(gerbang_auth::authn::AuthFailure),
     #[error("method not allowed here")]
     MethodNotAllowed { allow: &'static str },
+    #[error("denied by policy: {0}")]
+    Forbidden(gerbang_policy::Reason),
+    #[error("limited by the agreement: {reason}")]
+    Limited {
+        reason: gerbang_policy::Reason,
+        retry_after_secs: u64,
+        rate: Option<gerbang_policy::limits::RateInfo>,
+    },
+    #[error("the response could not be filtered: {0}")]
+    ResponseFilterFailed(String),
     #[error("internal error: {0}")]
     Internal(String),
 }
@@ -185,6 +195,27 @@ impl GatewayError {
                 let (code, message) = unauthenticated(f);
                 (StatusCode::UNAUTHORIZED, code, message, Client, false)
             }
+            GatewayError::Forbidden(reason) => (
+                StatusCode::FORBIDDEN,
+                reason.as_str(),
+                reason.message(),
+                Client,
+                false,
+            ),
+            GatewayError::Limited { reason, .. } => (
+                StatusCode::TOO_MANY_REQUESTS,
+                reason.as_str(),
+                reason.message(),
+                Client,
+                false,
+            ),
+            GatewayError::ResponseFilterFailed(_) => (
+                StatusCode::BAD_GATEWAY,
+                "response_filter_failed",
+                "the provider's response could not be filtered as the agreement requires, so none of it is sent",
+                Upstream,
+                false,
+            ),
             GatewayError::MethodNotAllowed { .. } => (
                 StatusCode::METHOD_NOT_ALLOWED,
                 "method_not_allowed",
@@ -233,10 +264,28 @@ impl GatewayError {
                 res.headers_mut()
                     .insert(header::ALLOW, HeaderValue::from_static(allow));
             }
+            GatewayError::Limited {
+                retry_after_secs,
+                rate,
+                ..
+            } => {
+                res.headers_mut()
+                    .insert(header::RETRY_AFTER, HeaderValue::from(*retry_after_secs));
+                if let Some(r) = rate {
+                    set_rate_headers(res.headers_mut(), r);
+                }
+            }
             _ => {}
         }
         res
     }
+}
+
+/// `RateLimit-Limit`, `-Remaining` and `-Reset` (draft-ietf-httpapi-ratelimit-headers).
+pub fn set_rate_headers(h: &mut http::HeaderMap, r: &gerbang_policy::limits::RateInfo) {
+    h.insert("ratelimit-limit", HeaderValue::from(r.limit));
+    h.insert("ratelimit-remaining", HeaderValue::from(r.remaining));
+    h.insert("ratelimit-reset", HeaderValue::from(r.reset_secs));
 }
 
 /// The client-facing code and message of an authentication refusal. The precise reason

@@ -50,6 +50,8 @@ pub struct Limits {
     pub max_uri_bytes: usize,
     /// Largest header block (names, values, separators) accepted; larger gets 431.
     pub max_header_bytes: usize,
+    /// Largest response buffered to apply an agreement's field rules; larger gets 502.
+    pub max_filtered_response_bytes: usize,
 }
 
 impl Default for Limits {
@@ -57,6 +59,7 @@ impl Default for Limits {
         Self {
             max_uri_bytes: 8 * 1024,
             max_header_bytes: 32 * 1024,
+            max_filtered_response_bytes: 1024 * 1024,
         }
     }
 }
@@ -96,6 +99,10 @@ pub struct Snapshot {
     pools: Vec<Vec<Option<Arc<InstancePool>>>>,
     /// Identity headers per (application, service), valid for this snapshot's authenticator.
     identities: IdentityCache,
+    /// Agreements and declared endpoints.
+    pub policy: Arc<gerbang_policy::PolicySet>,
+    /// Rate limits and quotas of the agreements.
+    limits: gerbang_policy::limits::Limits,
 }
 
 /// The data plane's request handler.
@@ -107,18 +114,23 @@ pub struct Gateway {
     identity: IdentitySettings,
     issuer_endpoints: IssuerEndpoints,
     auth_failures: ReasonCounter,
+    /// Quota counts outlive snapshots (a reload must not reset them).
+    quotas: Arc<dyn gerbang_policy::limits::QuotaStore>,
 }
 
 impl Gateway {
     pub fn new(
         registry: Registry,
         auth: Arc<Authenticator>,
+        policy: gerbang_policy::PolicySet,
         identity: IdentitySettings,
         limits: Limits,
         tls_client: Arc<ClientConfig>,
         pool: PoolSettings,
     ) -> Self {
-        let snapshot = build_snapshot(registry, auth, &tls_client, &pool);
+        let quotas: Arc<dyn gerbang_policy::limits::QuotaStore> =
+            Arc::new(gerbang_policy::limits::MemoryQuotaStore::default());
+        let snapshot = build_snapshot(registry, auth, policy, &quotas, &tls_client, &pool);
         let issuer_endpoints = IssuerEndpoints::new(
             identity.public_base_url.clone(),
             identity.token_endpoint_concurrency,
@@ -131,13 +143,26 @@ impl Gateway {
             identity,
             issuer_endpoints,
             auth_failures: ReasonCounter::default(),
+            quotas,
         }
     }
 
     /// Replaces the registry and its credentials atomically; requests in flight finish on the
     /// snapshot they began with.
-    pub fn replace_registry(&self, registry: Registry, auth: Arc<Authenticator>) {
-        let snapshot = build_snapshot(registry, auth, &self.tls_client, &self.pool);
+    pub fn replace_registry(
+        &self,
+        registry: Registry,
+        auth: Arc<Authenticator>,
+        policy: gerbang_policy::PolicySet,
+    ) {
+        let snapshot = build_snapshot(
+            registry,
+            auth,
+            policy,
+            &self.quotas,
+            &self.tls_client,
+            &self.pool,
+        );
         self.snapshot.store(Arc::new(snapshot));
     }
 
@@ -260,6 +285,53 @@ impl Gateway {
                 }
             })?;
 
+        // Authorise: the data-sharing agreement that covers this call, and its limits.
+        let now = unix_now();
+        let purpose = req
+            .headers()
+            .get(&headers::X_GERBANG_PURPOSE)
+            .and_then(|v| v.to_str().ok());
+        let policy_req = gerbang_policy::Request {
+            application: &principal.application,
+            agency: &principal.agency,
+            service: service.full_id(),
+            method: req.method().as_str(),
+            path: if rest.is_empty() { "/" } else { rest },
+            purpose,
+            now,
+        };
+        let decision = snapshot.policy.decide(&policy_req);
+        let agreement_index = match decision.outcome {
+            gerbang_policy::Outcome::Allow { agreement } => agreement,
+            gerbang_policy::Outcome::Deny { reason, .. } => {
+                return Err(GatewayError::Forbidden(reason));
+            }
+        };
+        let agreement = snapshot
+            .policy
+            .agreement(agreement_index)
+            .ok_or_else(|| GatewayError::Internal("agreement index out of range".into()))?;
+        let rate = match snapshot.limits.check(
+            &snapshot.policy,
+            agreement_index,
+            &principal.application,
+            now,
+        ) {
+            gerbang_policy::limits::LimitOutcome::Pass { rate } => rate,
+            gerbang_policy::limits::LimitOutcome::Limited {
+                reason,
+                retry_after_secs,
+                rate,
+            } => {
+                return Err(GatewayError::Limited {
+                    reason,
+                    retry_after_secs,
+                    rate,
+                })
+            }
+        };
+        let filter = (!agreement.fields.is_empty()).then_some(&agreement.fields);
+
         let body_limit = service.limits.max_body_bytes;
         if let (Some(limit), Some(len)) = (body_limit, content_length) {
             if len > limit {
@@ -269,7 +341,7 @@ impl Gateway {
 
         let (instance_index, instance) = service
             .pick()
-            .ok_or_else(|| GatewayError::NoInstance(service.full_id()))?;
+            .ok_or_else(|| GatewayError::NoInstance(service.full_id().to_owned()))?;
         let path_and_query = upstream_path(service, rest, req.uri().query())?;
 
         let (mut parts, incoming) = req.into_parts();
@@ -288,6 +360,19 @@ impl Gateway {
             original_host,
         );
         self.set_identity(&mut parts.headers, &principal, service, &snapshot);
+        if let Ok(v) = HeaderValue::from_str(&agreement.id) {
+            parts
+                .headers
+                .insert(headers::X_GERBANG_AGREEMENT.clone(), v);
+        }
+        if filter.is_some() {
+            // The gateway must read the response to filter it: no compression.
+            parts.headers.insert(
+                header::ACCEPT_ENCODING,
+                HeaderValue::from_static("identity"),
+            );
+        }
+        let is_head = parts.method == http::Method::HEAD;
         let host = HeaderValue::from_str(instance.authority.as_str())
             .map_err(|e| GatewayError::Internal(format!("upstream authority: {e}")))?;
         parts.headers.insert(header::HOST, host);
@@ -347,8 +432,86 @@ impl Gateway {
             Err(Exchange::Failed(e)) => return Err(e),
         };
         headers::remove_hop_by_hop(res.headers_mut());
+        let mut res = match filter {
+            Some(rules) if !is_head => {
+                filter_response(res, rules, self.limits.max_filtered_response_bytes).await?
+            }
+            _ => res,
+        };
+        if let Some(r) = &rate {
+            crate::error::set_rate_headers(res.headers_mut(), r);
+        }
         Ok(res)
     }
+}
+
+fn unix_now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs() as i64)
+}
+
+/// Applies an agreement's field rules to a JSON response, failing closed: a response that is
+/// not JSON, is compressed, or is larger than `cap` is never passed on unfiltered.
+async fn filter_response(
+    res: Response<ResponseBody>,
+    rules: &gerbang_policy::FieldRules,
+    cap: usize,
+) -> Result<Response<ResponseBody>, GatewayError> {
+    use http_body_util::BodyExt;
+    let status = res.status();
+    if status == http::StatusCode::NO_CONTENT || status == http::StatusCode::NOT_MODIFIED {
+        return Ok(res);
+    }
+    let (mut parts, body) = res.into_parts();
+    let fail = |why: &str| GatewayError::ResponseFilterFailed(why.to_owned());
+    let encoding = parts
+        .headers
+        .get(header::CONTENT_ENCODING)
+        .map(|v| v.as_bytes().to_ascii_lowercase());
+    if encoding.as_deref().is_some_and(|e| e != b"identity") {
+        return Err(fail("the response is compressed"));
+    }
+    let media = parts
+        .headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .map(|v| {
+            v.split(';')
+                .next()
+                .unwrap_or("")
+                .trim()
+                .to_ascii_lowercase()
+        })
+        .unwrap_or_default();
+    if !(media == "application/json" || media.ends_with("+json")) {
+        return Err(fail("the response is not JSON"));
+    }
+    let bytes = http_body_util::Limited::new(body, cap)
+        .collect()
+        .await
+        .map_err(|e| GatewayError::ResponseFilterFailed(format!("reading the response: {e}")))?
+        .to_bytes();
+    let mut doc: serde_json::Value = serde_json::from_slice(&bytes)
+        .map_err(|e| GatewayError::ResponseFilterFailed(format!("not valid JSON: {e}")))?;
+    rules.apply(&mut doc);
+    let out = serde_json::to_vec(&doc)
+        .map_err(|e| GatewayError::ResponseFilterFailed(format!("serialising: {e}")))?;
+    // The representation changed: its validators and digests no longer describe it.
+    for h in [
+        "etag",
+        "content-md5",
+        "digest",
+        "repr-digest",
+        "content-digest",
+    ] {
+        parts.headers.remove(h);
+    }
+    parts.headers.remove(header::TRANSFER_ENCODING);
+    parts
+        .headers
+        .insert(header::CONTENT_LENGTH, HeaderValue::from(out.len()));
+    Ok(Response::from_parts(parts, body::full(Bytes::from(out))))
 }
 
 impl Gateway {
@@ -540,6 +703,8 @@ impl IdentityCache {
 fn build_snapshot(
     registry: Registry,
     auth: Arc<Authenticator>,
+    policy: gerbang_policy::PolicySet,
+    quotas: &Arc<dyn gerbang_policy::limits::QuotaStore>,
     tls: &Arc<ClientConfig>,
     pool: &PoolSettings,
 ) -> Snapshot {
@@ -577,6 +742,8 @@ fn build_snapshot(
         clients,
         pools,
         identities: IdentityCache::default(),
+        limits: gerbang_policy::limits::Limits::new(&policy, Arc::clone(quotas)),
+        policy: Arc::new(policy),
     }
 }
 

@@ -47,6 +47,8 @@ pub static X_GERBANG_CONSUMER_AGENCY: HeaderName =
     HeaderName::from_static("x-gerbang-consumer-agency");
 /// How the caller authenticated (`client_secret`, `external_jwt`, `api_key`, `mtls`).
 pub static X_GERBANG_AUTH_METHOD: HeaderName = HeaderName::from_static("x-gerbang-auth-method");
+/// The id of the agreement that allowed the call.
+pub static X_GERBANG_AGREEMENT: HeaderName = HeaderName::from_static("x-gerbang-agreement");
 /// The gateway's signed assertion of the caller, for the provider to verify.
 pub static X_GERBANG_ASSERTION: HeaderName = HeaderName::from_static("x-gerbang-assertion");
 

@@ -93,13 +93,15 @@ pub struct Service {
     pub instances: Vec<Instance>,
     /// Dense index of this service in its registry, for per-service side tables.
     pub index: usize,
+    /// `agency/service`, computed once.
+    full_id: String,
     cursor: AtomicUsize,
 }
 
 impl Service {
     /// The full identifier, `agency/service`.
-    pub fn full_id(&self) -> String {
-        format!("{}/{}", self.agency, self.id)
+    pub fn full_id(&self) -> &str {
+        &self.full_id
     }
 
     /// Picks the next instance in round-robin order, with its index in [`Service::instances`];
@@ -245,7 +247,9 @@ impl RegistryBuilder {
                 spec.agency, spec.id
             )));
         }
+        let full_id = format!("{}/{}", spec.agency, spec.id);
         let service = Arc::new(Service {
+            full_id,
             agency: spec.agency,
             id: spec.id.clone(),
             name: spec.name,

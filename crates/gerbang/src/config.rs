@@ -18,6 +18,7 @@ use gerbang_registry::{
 use serde::Deserialize;
 
 mod auth;
+mod policy;
 pub use auth::{create_signing_key, keys_dir_of, AuthConfig, ExternalKeySpec, ExternalSpec};
 use auth::{RawApplication, RawAuth};
 
@@ -143,6 +144,7 @@ impl Default for RawAdmin {
 struct RawLimits {
     max_uri_bytes: usize,
     max_header_bytes: usize,
+    max_filtered_response_bytes: usize,
 }
 
 impl Default for RawLimits {
@@ -151,6 +153,7 @@ impl Default for RawLimits {
         Self {
             max_uri_bytes: l.max_uri_bytes,
             max_header_bytes: l.max_header_bytes,
+            max_filtered_response_bytes: l.max_filtered_response_bytes,
         }
     }
 }
@@ -187,6 +190,7 @@ impl Default for RawUpstream {
 #[serde(deny_unknown_fields, default)]
 struct RawPaths {
     registry_dir: PathBuf,
+    agreements_dir: PathBuf,
     data_dir: PathBuf,
 }
 
@@ -194,6 +198,7 @@ impl Default for RawPaths {
     fn default() -> Self {
         Self {
             registry_dir: "registry".into(),
+            agreements_dir: "agreements".into(),
             data_dir: "data".into(),
         }
     }
@@ -247,8 +252,14 @@ struct RawService {
     request_timeout: Option<Duration>,
     #[serde(default)]
     max_body_bytes: Option<u64>,
+    /// SPBE/BSSN level of the service's data (default for its endpoints).
+    #[serde(default)]
+    classification: Option<String>,
     #[serde(default)]
     instance: Vec<RawInstance>,
+    /// Declared endpoints; when present, calls to other paths are refused.
+    #[serde(default)]
+    endpoint: Vec<policy::RawEndpoint>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -287,6 +298,10 @@ pub struct Config {
     pub auth: AuthConfig,
     /// Credentials of every registered application.
     pub credentials: Vec<gerbang_auth::authn::AppCredentials>,
+    /// Agreements and declared endpoints.
+    pub policy: gerbang_policy::PolicySet,
+    /// Things that are allowed but probably wrong (expired or overlapping agreements).
+    pub warnings: Vec<Problem>,
 }
 
 impl fmt::Debug for Config {
@@ -395,6 +410,13 @@ pub fn load(file: &Path, overrides: &Overrides) -> Result<Config, ConfigError> {
             file,
             "limits.max_uri_bytes",
             "must be between 256 and 65536",
+        );
+    }
+    if !(1024..=256 * 1024 * 1024).contains(&raw.limits.max_filtered_response_bytes) {
+        problems.push(
+            file,
+            "limits.max_filtered_response_bytes",
+            "must be between 1024 and 268435456",
         );
     }
     if !(1024..=1024 * 1024).contains(&raw.limits.max_header_bytes) {
@@ -521,9 +543,32 @@ pub fn load(file: &Path, overrides: &Overrides) -> Result<Config, ConfigError> {
         &mut problems,
     );
     let loaded = load_registry(&registry_dir, &defaults, &mut problems);
-    if let Some((_, creds)) = &loaded {
+    let mut warnings = Problems { list: Vec::new() };
+    let agreements = loaded.as_ref().map(|l| {
+        let known = policy::Known {
+            services: &l.services,
+            applications: l
+                .registry
+                .applications()
+                .iter()
+                .map(|a| a.full_id())
+                .collect(),
+            agencies: l.registry.agencies().map(|a| a.id.clone()).collect(),
+        };
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs() as i64);
+        policy::load_agreements(
+            &resolve(&raw.paths.agreements_dir),
+            &known,
+            now,
+            &mut problems,
+            &mut warnings,
+        )
+    });
+    if let Some(l) = &loaded {
         if raw.auth.external.is_empty() {
-            for c in creds.iter().filter(|c| c.methods.external_jwt) {
+            for c in l.credentials.iter().filter(|c| c.methods.external_jwt) {
                 problems.push(
                     &registry_dir,
                     c.application.as_str(),
@@ -533,14 +578,27 @@ pub fn load(file: &Path, overrides: &Overrides) -> Result<Config, ConfigError> {
         }
     }
 
-    match (listen, admin_listen, log, upstream_tls, loaded, auth) {
+    match (
+        listen,
+        admin_listen,
+        log,
+        upstream_tls,
+        loaded,
+        auth,
+        agreements,
+    ) {
         (
             Some(listen),
             Some(admin_listen),
             Some(log),
             Some(upstream_tls),
-            Some((registry, credentials)),
+            Some(Loaded {
+                registry,
+                credentials,
+                services,
+            }),
             Some(auth),
+            Some(agreements),
         ) if problems.list.is_empty() => {
             Ok(Config {
                 file: file.to_path_buf(),
@@ -559,6 +617,7 @@ pub fn load(file: &Path, overrides: &Overrides) -> Result<Config, ConfigError> {
                 limits: Limits {
                     max_uri_bytes: raw.limits.max_uri_bytes,
                     max_header_bytes: raw.limits.max_header_bytes,
+                    max_filtered_response_bytes: raw.limits.max_filtered_response_bytes,
                 },
                 pool: PoolSettings {
                     idle_timeout: raw.upstream.pool_idle_timeout,
@@ -571,6 +630,8 @@ pub fn load(file: &Path, overrides: &Overrides) -> Result<Config, ConfigError> {
                 registry,
                 auth,
                 credentials,
+                policy: gerbang_policy::PolicySet::new(services, agreements),
+                warnings: warnings.list,
             })
         }
         _ => Err(ConfigError {
@@ -620,14 +681,17 @@ pub fn is_slug(s: &str) -> bool {
             .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || *c == b'-')
 }
 
+/// What the registry directory holds.
+struct Loaded {
+    registry: Registry,
+    credentials: Vec<gerbang_auth::authn::AppCredentials>,
+    services: std::collections::HashMap<String, gerbang_policy::ServicePolicy>,
+}
+
 /// First path segments the gateway serves itself (`/oauth/token`) or will (`/catalog/…`).
 const RESERVED_AGENCY_IDS: [&str; 3] = ["oauth", "catalog", "admin"];
 
-fn load_registry(
-    dir: &Path,
-    defaults: &ServiceLimits,
-    problems: &mut Problems,
-) -> Option<(Registry, Vec<gerbang_auth::authn::AppCredentials>)> {
+fn load_registry(dir: &Path, defaults: &ServiceLimits, problems: &mut Problems) -> Option<Loaded> {
     let entries = match std::fs::read_dir(dir) {
         Ok(e) => e,
         Err(e) => {
@@ -647,6 +711,7 @@ fn load_registry(
     let mut builder = RegistryBuilder::new();
     let mut agency_files: Vec<(PathBuf, RawAgencyFile)> = Vec::new();
     let mut credentials = Vec::new();
+    let mut services = std::collections::HashMap::new();
     for path in files {
         let text = match std::fs::read_to_string(&path) {
             Ok(t) => t,
@@ -722,6 +787,16 @@ fn load_registry(
             credentials.push(auth::app_credentials(path, i, agency, app, problems));
         }
         for (i, svc) in raw.service.iter().enumerate() {
+            services.insert(
+                format!("{agency}/{}", svc.id),
+                policy::service_policy(
+                    path,
+                    i,
+                    svc.classification.as_deref(),
+                    &svc.endpoint,
+                    problems,
+                ),
+            );
             if let Some(spec) = service_spec(path, i, agency, svc, defaults, problems) {
                 if let Err(e) = builder.service(spec) {
                     problems.push(path, format!("service[{i}].id"), e.to_string());
@@ -735,7 +810,11 @@ fn load_registry(
             problems.push(dir, "application", e.to_string());
         }
     }
-    (problems.list.len() == before).then(|| (builder.build(), credentials))
+    (problems.list.len() == before).then(|| Loaded {
+        registry: builder.build(),
+        credentials,
+        services,
+    })
 }
 
 fn service_spec(
@@ -862,6 +941,7 @@ mod tests {
         std::fs::write(p, text).unwrap();
         if name == "gerbang.toml" && !dir.join("data/keys").exists() {
             create_signing_key(&dir.join("data/keys")).unwrap();
+            std::fs::create_dir_all(dir.join("agreements")).unwrap();
         }
     }
 

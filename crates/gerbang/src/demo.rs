@@ -35,6 +35,22 @@ pub const EXAMPLE_FILES: &[(&str, &str)] = &[
         "registry/diskominfo.toml",
         include_str!("../../../config/registry/diskominfo.toml"),
     ),
+    (
+        "agreements/bapenda.toml",
+        include_str!("../../../config/agreements/bapenda.toml"),
+    ),
+    (
+        "agreements/dinkes.toml",
+        include_str!("../../../config/agreements/dinkes.toml"),
+    ),
+    (
+        "agreements/diskominfo.toml",
+        include_str!("../../../config/agreements/diskominfo.toml"),
+    ),
+    (
+        "agreements/dukcapil.toml",
+        include_str!("../../../config/agreements/dukcapil.toml"),
+    ),
 ];
 
 /// Writes the example configuration into `dir` unless it already holds one (then the admin's

@@ -223,13 +223,17 @@ fn bench_upstream(listen: std::net::SocketAddr) -> ExitCode {
 fn validate(file: &std::path::Path) -> ExitCode {
     match config::load(file, &Overrides::default()) {
         Ok(cfg) => {
+            for w in &cfg.warnings {
+                eprintln!("warning: {w}");
+            }
             let r = &cfg.registry;
             println!(
-                "{}: configuration is valid ({} agencies, {} applications, {} services)",
+                "{}: configuration is valid ({} agencies, {} applications, {} services, {} agreements)",
                 file.display(),
                 r.agencies().count(),
                 r.applications().len(),
-                r.services().len()
+                r.services().len(),
+                cfg.policy.agreements().len()
             );
             ExitCode::SUCCESS
         }
@@ -252,6 +256,9 @@ fn load(file: &std::path::Path, overrides: Overrides) -> Option<Config> {
 
 fn serve(cfg: Config, with_demo_backends: bool) -> ExitCode {
     gerbang::init_logging(&cfg.log);
+    for w in &cfg.warnings {
+        tracing::warn!(problem = %w, "configuration warning");
+    }
     let mut rt = match cfg.worker_threads {
         1 => tokio::runtime::Builder::new_current_thread(),
         n => {
@@ -303,7 +310,7 @@ type BackendList = Vec<(String, String, std::net::SocketAddr)>;
 async fn start_demo_backends(cfg: &Config) -> Result<BackendList, String> {
     let mut started = Vec::new();
     for service in cfg.registry.services() {
-        let full = service.full_id();
+        let full = service.full_id().to_owned();
         let Some(kind) = demo::Kind::for_service(&full) else {
             continue;
         };

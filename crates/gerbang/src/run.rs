@@ -97,6 +97,7 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
     let gateway = Arc::new(Gateway::new(
         config.registry,
         Arc::new(authenticator),
+        config.policy,
         identity,
         config.limits,
         config.upstream_tls,

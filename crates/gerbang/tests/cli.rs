@@ -42,6 +42,16 @@ fn http_get_with_token(addr: SocketAddr, path: &str, token: &str) -> (u16, Strin
     )
 }
 
+/// `GET path` with a bearer token and extra header lines.
+fn http_get_with(addr: SocketAddr, path: &str, token: &str, extra: &str) -> (u16, String, String) {
+    http_exchange(
+        addr,
+        &format!(
+            "GET {path} HTTP/1.1\r\nHost: t\r\nAuthorization: Bearer {token}\r\n{extra}Connection: close\r\n\r\n"
+        ),
+    )
+}
+
 /// An access token for `client_id` from the gateway's token endpoint (client_secret_basic with
 /// the form-encoded id, as the README's curl does).
 fn token(addr: SocketAddr, client_id: &str, secret: &str) -> String {
@@ -115,10 +125,12 @@ fn copy_of_repo_config() -> tempfile::TempDir {
     let src = repo_config();
     let src_dir = src.parent().unwrap();
     std::fs::copy(&src, dir.path().join("gerbang.toml")).unwrap();
-    std::fs::create_dir(dir.path().join("registry")).unwrap();
-    for e in std::fs::read_dir(src_dir.join("registry")).unwrap() {
-        let p = e.unwrap().path();
-        std::fs::copy(&p, dir.path().join("registry").join(p.file_name().unwrap())).unwrap();
+    for sub in ["registry", "agreements"] {
+        std::fs::create_dir_all(dir.path().join(sub)).unwrap();
+        for e in std::fs::read_dir(src_dir.join(sub)).unwrap() {
+            let p = e.unwrap().path();
+            std::fs::copy(&p, dir.path().join(sub).join(p.file_name().unwrap())).unwrap();
+        }
     }
     dir
 }
@@ -178,7 +190,9 @@ fn validate_accepts_the_example_configuration_once_it_has_a_signing_key() {
         String::from_utf8_lossy(&out.stderr)
     );
     assert!(
-        stdout.contains("configuration is valid (4 agencies, 4 applications, 4 services)"),
+        stdout.contains(
+            "configuration is valid (4 agencies, 4 applications, 4 services, 5 agreements)"
+        ),
         "{stdout}"
     );
 }
@@ -197,6 +211,7 @@ fn broken_config() -> tempfile::TempDir {
     )
     .unwrap();
     gerbang::config::create_signing_key(&dir.path().join("data/keys")).unwrap();
+    std::fs::create_dir(dir.path().join("agreements")).unwrap();
     dir
 }
 
@@ -259,6 +274,7 @@ fn serve_becomes_ready_and_exits_0_on_sigterm() {
         .output()
         .unwrap();
     assert!(out.status.success());
+    std::fs::create_dir(dir.path().join("agreements")).unwrap();
     let mut child = bin()
         .args(["serve", "--config"])
         .arg(dir.path().join("gerbang.toml"))
@@ -338,13 +354,16 @@ fn demo_serves_the_agencies_and_keeps_the_repository_config_untouched() {
         );
     }
     let t = token(gw, "dinkes/simpus", "demo-secret-simpus");
+    let kes = "X-Gerbang-Purpose: pelayanan-kesehatan\r\n";
     let mut instances = Vec::new();
     for _ in 0..2 {
         let (status, head, body) =
-            http_get_with_token(gw, "/dukcapil/penduduk/penduduk/3603015505900001", &t);
+            http_get_with(gw, "/dukcapil/penduduk/penduduk/3603015505900001", &t, kes);
         assert_eq!(status, 200, "{body}");
         let v: serde_json::Value = serde_json::from_str(&body).unwrap();
-        assert_eq!(v["nik"], "3603015505900001");
+        // The agreement's field rules: NIK masked, marital status dropped.
+        assert_eq!(v["nik"], "360301******0001");
+        assert!(v.get("status_perkawinan").is_none(), "{v}");
         assert!(v["keterangan"].as_str().unwrap().contains("FIKTIF"));
         let inst = head
             .lines()
@@ -359,29 +378,57 @@ fn demo_serves_the_agencies_and_keeps_the_repository_config_untouched() {
         ["penduduk-1", "penduduk-2"],
         "both instances serve"
     );
+    // Without the purpose the agreement does not apply.
+    let (status, _, body) =
+        http_get_with_token(gw, "/dukcapil/penduduk/penduduk/3603015505900001", &t);
+    assert_eq!(status, 403, "{body}");
+    assert!(body.contains("\"purpose_missing\""), "{body}");
+    // bapenda/esppt sees only nik, nama and alamat, for its own purpose.
+    let te = token(gw, "bapenda/esppt", "demo-secret-esppt");
+    let (status, _, body) = http_get_with(
+        gw,
+        "/dukcapil/penduduk/penduduk/3603015505900001",
+        &te,
+        "X-Gerbang-Purpose: penetapan-pajak\r\n",
+    );
+    assert_eq!(status, 200, "{body}");
+    let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+    let mut keys: Vec<&String> = v.as_object().unwrap().keys().collect();
+    keys.sort();
+    assert_eq!(keys, ["alamat", "nama", "nik"]);
+    // diskominfo/portal has no agreement for the population registry.
+    let tp = token(gw, "diskominfo/portal", "demo-secret-portal");
+    let (status, _, body) =
+        http_get_with(gw, "/dukcapil/penduduk/penduduk/3603015505900001", &tp, kes);
+    assert_eq!(status, 403, "{body}");
+    assert!(body.contains("\"no_agreement\""), "{body}");
+
     let (status, _, body) = http_get_with_token(gw, "/dinkes/faskes/faskes", &t);
     assert_eq!(status, 200, "{body}");
-    let (status, _, _) = http_get_with_token(gw, "/bapenda/pbb/pbb/360301000100200300", &t);
-    assert_eq!(status, 200);
-    let (status, _, body) = http_get_with_token(gw, "/diskominfo/echo/apa?x=1", &t);
+    let (status, _, body) = http_get_with_token(gw, "/bapenda/pbb/pbb/360301000100200300", &t);
+    assert_eq!(status, 403, "only Bapenda's own applications: {body}");
+    let (status, head, body) = http_get_with_token(gw, "/diskominfo/echo/apa?x=1", &t);
     assert_eq!(status, 200);
     assert!(body.contains("\"query\":\"x=1\""), "{body}");
     assert!(
         body.contains("\"x-gerbang-consumer\":\"dinkes/simpus\""),
         "{body}"
     );
-    let (status, _, _) = http_get_with_token(gw, "/dukcapil/penduduk/penduduk/123", &t);
-    assert_eq!(status, 404, "the backend's own 404 for a malformed NIK");
-    // The demo's API key (README) works for bapenda/esppt.
-    let (status, _, body) = http_exchange(
-        gw,
-        "GET /diskominfo/echo/k HTTP/1.1\r\nHost: t\r\nX-API-Key: gk_cd73e550c08905c7c6a3bccec4bcbb77124a51c8190335384c8a5106f162b3e7\r\nConnection: close\r\n\r\n",
-    );
-    assert_eq!(status, 200, "{body}");
     assert!(
-        body.contains("\"x-gerbang-auth-method\":\"api_key\""),
+        body.contains("\"x-gerbang-agreement\":\"open-diskominfo-echo\""),
         "{body}"
     );
+    assert!(head.contains("ratelimit-limit: 30"), "{head}");
+    let (status, _, _) = http_get_with(gw, "/dukcapil/penduduk/penduduk/123", &t, kes);
+    assert_eq!(status, 404, "the backend's own 404 for a malformed NIK");
+    // The demo's API key (README) works for bapenda/esppt, on Bapenda's own service too.
+    for path in ["/diskominfo/echo/k", "/bapenda/pbb/pbb/360301000100200300"] {
+        let (status, _, body) = http_exchange(
+            gw,
+            &format!("GET {path} HTTP/1.1\r\nHost: t\r\nX-API-Key: gk_cd73e550c08905c7c6a3bccec4bcbb77124a51c8190335384c8a5106f162b3e7\r\nConnection: close\r\n\r\n"),
+        );
+        assert_eq!(status, 200, "{path}: {body}");
+    }
 
     assert!(data.path().join("gerbang.toml").exists());
     assert!(data.path().join("registry/dukcapil.toml").exists());

@@ -729,7 +729,7 @@ pub(super) fn app_credentials(
 }
 
 /// Seconds since the epoch of a TOML offset date-time; `None` for a local or partial one.
-fn datetime_to_unix(dt: &toml::value::Datetime) -> Option<u64> {
+pub(super) fn datetime_to_unix(dt: &toml::value::Datetime) -> Option<u64> {
     let date = dt.date?;
     let time = dt.time?;
     let offset_min: i64 = match dt.offset? {
@@ -750,7 +750,7 @@ fn datetime_to_unix(dt: &toml::value::Datetime) -> Option<u64> {
 }
 
 /// Days since 1970-01-01 of a proleptic Gregorian date (H. Hinnant's algorithm).
-fn days_from_civil(y: i64, m: i64, d: i64) -> i64 {
+pub(super) fn days_from_civil(y: i64, m: i64, d: i64) -> i64 {
     let y = if m <= 2 { y - 1 } else { y };
     let era = y.div_euclid(400);
     let yoe = y - era * 400;

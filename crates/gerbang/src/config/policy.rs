@@ -1,0 +1,576 @@
+//! Endpoints of services (in registry files) and agreement files (`agreements/*.toml`).
+
+use std::collections::{HashMap, HashSet};
+use std::path::{Path, PathBuf};
+
+use gerbang_policy::{
+    Agreement, Classification, Consumer, Endpoint, FieldPath, FieldRules, Mask, PathTemplate,
+    QuotaPeriod, QuotaSpec, RatePeriod, RateSpec, ServicePolicy,
+};
+use serde::Deserialize;
+
+use super::Problems;
+
+/// An `[[service.endpoint]]`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawEndpoint {
+    method: String,
+    path: String,
+    #[serde(default)]
+    classification: Option<String>,
+    /// The path parameter naming the data subject, e.g. `nik`.
+    #[serde(default)]
+    subject: Option<String>,
+}
+
+const METHODS: [&str; 7] = ["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"];
+
+fn classification(
+    s: Option<&str>,
+    default: Classification,
+    path: &Path,
+    key: String,
+    problems: &mut Problems,
+) -> Classification {
+    match s {
+        None => default,
+        Some(s) => s.parse().unwrap_or_else(|()| {
+            problems.push(
+                path,
+                key,
+                format!(
+                    "`{s}` is not a classification; use one of {}",
+                    Classification::NAMES.join(", ")
+                ),
+            );
+            default
+        }),
+    }
+}
+
+/// The policy view of `service[i]`.
+pub(super) fn service_policy(
+    path: &Path,
+    i: usize,
+    raw_classification: Option<&str>,
+    raw: &[RawEndpoint],
+    problems: &mut Problems,
+) -> ServicePolicy {
+    let service_class = classification(
+        raw_classification,
+        Classification::Terbatas,
+        path,
+        format!("service[{i}].classification"),
+        problems,
+    );
+    let mut endpoints: Vec<Endpoint> = Vec::new();
+    for (j, e) in raw.iter().enumerate() {
+        let key = |k: &str| format!("service[{i}].endpoint[{j}].{k}");
+        let method = e.method.to_ascii_uppercase();
+        if !METHODS.contains(&method.as_str()) {
+            problems.push(
+                path,
+                key("method"),
+                format!("`{}` is not one of {}", e.method, METHODS.join(", ")),
+            );
+            continue;
+        }
+        let template = match PathTemplate::parse(&e.path) {
+            Ok(t) => t,
+            Err(err) => {
+                problems.push(path, key("path"), format!("`{}`: {err}", e.path));
+                continue;
+            }
+        };
+        if let Some(s) = &e.subject {
+            if !template.params().any(|p| p == s) {
+                problems.push(
+                    path,
+                    key("subject"),
+                    format!("`{s}` is not a parameter of `{}`", e.path),
+                );
+            }
+        }
+        let class = classification(
+            e.classification.as_deref(),
+            service_class,
+            path,
+            key("classification"),
+            problems,
+        );
+        let endpoint = Endpoint::new(&method, template, class, e.subject.clone());
+        if endpoints.iter().any(|x| x.id == endpoint.id) {
+            problems.push(
+                path,
+                key("path"),
+                format!("`{}` is declared twice", endpoint.id),
+            );
+            continue;
+        }
+        endpoints.push(endpoint);
+    }
+    ServicePolicy {
+        endpoints,
+        classification: service_class,
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawAgreementFile {
+    #[serde(default)]
+    agreement: Vec<RawAgreement>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawAgreement {
+    id: String,
+    title: String,
+    legal_basis: String,
+    service: String,
+    consumers: Vec<String>,
+    #[serde(default)]
+    endpoints: Vec<String>,
+    #[serde(default)]
+    methods: Vec<String>,
+    #[serde(default)]
+    purposes: Vec<String>,
+    #[serde(default)]
+    valid_from: Option<toml::value::Datetime>,
+    #[serde(default)]
+    valid_until: Option<toml::value::Datetime>,
+    #[serde(default = "active")]
+    status: String,
+    #[serde(default)]
+    max_classification: Option<String>,
+    #[serde(default)]
+    rate_limit: Option<RawRate>,
+    #[serde(default)]
+    quota: Option<RawQuota>,
+    #[serde(default)]
+    fields: Option<RawFields>,
+}
+
+fn active() -> String {
+    "active".into()
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawRate {
+    limit: u32,
+    per: String,
+    #[serde(default)]
+    burst: Option<u32>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawQuota {
+    limit: u64,
+    per: String,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawFields {
+    #[serde(default)]
+    allow: Vec<String>,
+    #[serde(default)]
+    deny: Vec<String>,
+    #[serde(default)]
+    mask: Vec<RawMask>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawMask {
+    path: String,
+    #[serde(default)]
+    keep_first: usize,
+    #[serde(default)]
+    keep_last: usize,
+}
+
+/// What agreements may name.
+pub(super) struct Known<'a> {
+    pub services: &'a HashMap<String, ServicePolicy>,
+    pub applications: HashSet<String>,
+    pub agencies: HashSet<String>,
+}
+
+/// Seconds since the epoch of a TOML date (midnight Asia/Jakarta; `end_of_day` = the last
+/// second of that day) or an offset date-time.
+fn instant(dt: &toml::value::Datetime, end_of_day: bool) -> Option<i64> {
+    let date = dt.date?;
+    let days = super::auth::days_from_civil(
+        i64::from(date.year),
+        i64::from(date.month),
+        i64::from(date.day),
+    );
+    match (dt.time, dt.offset) {
+        (None, None) => {
+            let start = days * 86_400 - 7 * 3600;
+            Some(if end_of_day { start + 86_399 } else { start })
+        }
+        (Some(_), Some(_)) => super::auth::datetime_to_unix(dt).and_then(|t| i64::try_from(t).ok()),
+        _ => None,
+    }
+}
+
+/// Loads every agreement file in `dir`. `now` decides which agreements are already expired
+/// (a warning).
+pub(super) fn load_agreements(
+    dir: &Path,
+    known: &Known<'_>,
+    now: i64,
+    problems: &mut Problems,
+    warnings: &mut Problems,
+) -> Vec<Agreement> {
+    let entries = match std::fs::read_dir(dir) {
+        Ok(e) => e,
+        Err(e) => {
+            problems.push(
+                dir,
+                "",
+                format!("cannot read the agreements directory: {e}"),
+            );
+            return Vec::new();
+        }
+    };
+    let mut files: Vec<PathBuf> = entries
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.extension().is_some_and(|x| x == "toml"))
+        .collect();
+    files.sort();
+    let mut out: Vec<(PathBuf, String, Agreement)> = Vec::new();
+    for path in files {
+        let text = match std::fs::read_to_string(&path) {
+            Ok(t) => t,
+            Err(e) => {
+                problems.push(&path, "", format!("cannot read: {e}"));
+                continue;
+            }
+        };
+        let raw: RawAgreementFile = match toml::from_str(&text) {
+            Ok(r) => r,
+            Err(e) => {
+                let line = e
+                    .span()
+                    .map(|s| text.get(..s.start).unwrap_or("").matches('\n').count() + 1);
+                problems.push(
+                    &path,
+                    line.map(|l| format!("line {l}")).unwrap_or_default(),
+                    e.message().to_owned(),
+                );
+                continue;
+            }
+        };
+        for (i, a) in raw.agreement.iter().enumerate() {
+            if let Some(agreement) = agreement(&path, i, a, known, problems) {
+                let key = format!("agreement[{i}]");
+                if let Some((other, _, _)) = out.iter().find(|(_, _, x)| x.id == agreement.id) {
+                    problems.push(
+                        &path,
+                        format!("{key}.id"),
+                        format!(
+                            "`{}` is already defined in {}",
+                            agreement.id,
+                            other.display()
+                        ),
+                    );
+                    continue;
+                }
+                if agreement.valid_until.is_some_and(|t| t < now) {
+                    warnings.push(
+                        &path,
+                        format!("{key}.valid_until"),
+                        format!("`{}` has expired", agreement.id),
+                    );
+                }
+                out.push((path.clone(), key, agreement));
+            }
+        }
+    }
+    // Overlaps: two active agreements for the same consumer, service and endpoint.
+    for (x, (px, kx, ax)) in out.iter().enumerate() {
+        for (py, ky, ay) in out.iter().skip(x + 1) {
+            if ax.service != ay.service || ax.suspended || ay.suspended {
+                continue;
+            }
+            let same_consumer = ax.consumers.iter().any(|c| ay.consumers.contains(c));
+            let endpoints_overlap = ax.endpoints.is_empty()
+                || ay.endpoints.is_empty()
+                || ax.endpoints.iter().any(|e| ay.endpoints.contains(e));
+            if same_consumer && endpoints_overlap {
+                warnings.push(
+                    py,
+                    format!("{ky}.consumers"),
+                    format!(
+                        "`{}` overlaps `{}` ({}: {kx}) for the same consumer and endpoint; the one with the smaller id is tried first",
+                        ay.id,
+                        ax.id,
+                        px.display()
+                    ),
+                );
+            }
+        }
+    }
+    out.into_iter().map(|(_, _, a)| a).collect()
+}
+
+fn agreement(
+    path: &Path,
+    i: usize,
+    a: &RawAgreement,
+    known: &Known<'_>,
+    problems: &mut Problems,
+) -> Option<Agreement> {
+    let before = problems.list.len();
+    let key = |k: &str| format!("agreement[{i}].{k}");
+    let id_ok = !a.id.is_empty()
+        && a.id.len() <= 64
+        && a.id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'));
+    if !id_ok {
+        problems.push(
+            path,
+            key("id"),
+            format!("`{}` is not an id (letters, digits, '-', '_', '.')", a.id),
+        );
+    }
+    let service = known.services.get(&a.service);
+    if service.is_none() {
+        problems.push(
+            path,
+            key("service"),
+            format!("`{}` is not a registered service", a.service),
+        );
+    }
+    if a.consumers.is_empty() {
+        problems.push(
+            path,
+            key("consumers"),
+            "name at least one consumer: `agency/app`, `agency` or `*`",
+        );
+    }
+    let mut consumers = Vec::new();
+    for (j, c) in a.consumers.iter().enumerate() {
+        let consumer = Consumer::parse(c);
+        let ok = match &consumer {
+            Consumer::Application(app) => known.applications.contains(app),
+            Consumer::Agency(ag) => known.agencies.contains(ag),
+            Consumer::Anyone => true,
+        };
+        if !ok {
+            problems.push(
+                path,
+                key(&format!("consumers[{j}]")),
+                format!("`{c}` is not a registered application or agency"),
+            );
+        }
+        consumers.push(consumer);
+    }
+    if let Some(s) = service {
+        for (j, e) in a.endpoints.iter().enumerate() {
+            let normalised = match e.split_once(' ') {
+                Some((m, t)) => format!("{} {t}", m.to_ascii_uppercase()),
+                None => e.clone(),
+            };
+            if !s.endpoints.iter().any(|x| x.id == normalised) {
+                let hint = if s.endpoints.is_empty() {
+                    "the service declares no endpoints; leave `endpoints` out".to_owned()
+                } else {
+                    format!(
+                        "declared: {}",
+                        s.endpoints
+                            .iter()
+                            .map(|x| x.id.as_str())
+                            .collect::<Vec<_>>()
+                            .join(", ")
+                    )
+                };
+                problems.push(
+                    path,
+                    key(&format!("endpoints[{j}]")),
+                    format!("`{e}` is not an endpoint of `{}` ({hint})", a.service),
+                );
+            }
+        }
+    }
+    let mut methods = Vec::new();
+    for (j, m) in a.methods.iter().enumerate() {
+        let up = m.to_ascii_uppercase();
+        if !METHODS.contains(&up.as_str()) {
+            problems.push(
+                path,
+                key(&format!("methods[{j}]")),
+                format!("`{m}` is not one of {}", METHODS.join(", ")),
+            );
+        }
+        methods.push(up);
+    }
+    for (j, p) in a.purposes.iter().enumerate() {
+        let ok = !p.is_empty()
+            && p.len() <= 64
+            && p.bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-');
+        if !ok {
+            problems.push(
+                path,
+                key(&format!("purposes[{j}]")),
+                format!("`{p}` is not a purpose code (a-z, 0-9, '-')"),
+            );
+        }
+    }
+    let valid_from = a.valid_from.as_ref().and_then(|d| {
+        let t = instant(d, false);
+        if t.is_none() {
+            problems.push(
+                path,
+                key("valid_from"),
+                "a date (2026-01-01, Asia/Jakarta) or a date-time with an offset",
+            );
+        }
+        t
+    });
+    let valid_until = a.valid_until.as_ref().and_then(|d| {
+        let t = instant(d, true);
+        if t.is_none() {
+            problems.push(
+                path,
+                key("valid_until"),
+                "a date (2026-12-31, Asia/Jakarta) or a date-time with an offset",
+            );
+        }
+        t
+    });
+    if let (Some(f), Some(u)) = (valid_from, valid_until) {
+        if u < f {
+            problems.push(path, key("valid_until"), "is before valid_from");
+        }
+    }
+    let suspended = match a.status.as_str() {
+        "active" => false,
+        "suspended" => true,
+        other => {
+            problems.push(
+                path,
+                key("status"),
+                format!("`{other}` is not \"active\" or \"suspended\""),
+            );
+            false
+        }
+    };
+    let max_classification = classification(
+        a.max_classification.as_deref(),
+        Classification::Terbatas,
+        path,
+        key("max_classification"),
+        problems,
+    );
+    let rate = a.rate_limit.as_ref().and_then(|r| {
+        let per = match r.per.as_str() {
+            "second" => RatePeriod::Second,
+            "minute" => RatePeriod::Minute,
+            other => {
+                problems.push(
+                    path,
+                    key("rate_limit.per"),
+                    format!("`{other}` is not \"second\" or \"minute\""),
+                );
+                return None;
+            }
+        };
+        if r.limit == 0 {
+            problems.push(path, key("rate_limit.limit"), "must be at least 1");
+            return None;
+        }
+        let burst = r.burst.unwrap_or(r.limit);
+        if burst == 0 {
+            problems.push(path, key("rate_limit.burst"), "must be at least 1");
+            return None;
+        }
+        Some(RateSpec {
+            limit: r.limit,
+            per,
+            burst,
+        })
+    });
+    let quota = a.quota.as_ref().and_then(|q| {
+        let per = match q.per.as_str() {
+            "day" => QuotaPeriod::Day,
+            "month" => QuotaPeriod::Month,
+            other => {
+                problems.push(
+                    path,
+                    key("quota.per"),
+                    format!("`{other}` is not \"day\" or \"month\""),
+                );
+                return None;
+            }
+        };
+        if q.limit == 0 {
+            problems.push(path, key("quota.limit"), "must be at least 1");
+            return None;
+        }
+        Some(QuotaSpec {
+            limit: q.limit,
+            per,
+        })
+    });
+    let mut fields = FieldRules::default();
+    if let Some(f) = &a.fields {
+        let mut parse = |list: &[String], name: &str, out: &mut Vec<FieldPath>| {
+            for (j, p) in list.iter().enumerate() {
+                match FieldPath::parse(p) {
+                    Ok(fp) => out.push(fp),
+                    Err(e) => {
+                        problems.push(path, key(&format!("fields.{name}[{j}]")), e.to_string())
+                    }
+                }
+            }
+        };
+        parse(&f.allow, "allow", &mut fields.allow);
+        parse(&f.deny, "deny", &mut fields.deny);
+        for (j, m) in f.mask.iter().enumerate() {
+            match FieldPath::parse(&m.path) {
+                Ok(fp) => fields.mask.push(Mask {
+                    path: fp,
+                    keep_first: m.keep_first,
+                    keep_last: m.keep_last,
+                }),
+                Err(e) => {
+                    problems.push(path, key(&format!("fields.mask[{j}].path")), e.to_string())
+                }
+            }
+        }
+    }
+    (problems.list.len() == before).then(|| Agreement {
+        id: a.id.clone(),
+        title: a.title.clone(),
+        legal_basis: a.legal_basis.clone(),
+        service: a.service.clone(),
+        consumers,
+        endpoints: a
+            .endpoints
+            .iter()
+            .map(|e| match e.split_once(' ') {
+                Some((m, t)) => format!("{} {t}", m.to_ascii_uppercase()),
+                None => e.clone(),
+            })
+            .collect(),
+        methods,
+        purposes: a.purposes.clone(),
+        valid_from,
+        valid_until,
+        suspended,
+        max_classification,
+        rate,
+        quota,
+        fields,
+    })
+}
