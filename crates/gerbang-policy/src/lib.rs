@@ -403,7 +403,7 @@ impl PolicySet {
                         continue;
                     };
                     path_matched = true;
-                    if e.method.eq_ignore_ascii_case(req.method) {
+                    if e.method == req.method {
                         endpoint = Some(e);
                         subject = e.subject_param.as_deref().and_then(|name| {
                             params.iter().find(|(n, _)| *n == name).map(|(_, v)| *v)
@@ -527,7 +527,7 @@ fn check(
             return Err(Reason::EndpointNotCovered);
         }
     }
-    if !a.methods.is_empty() && !a.methods.iter().any(|m| m.eq_ignore_ascii_case(req.method)) {
+    if !a.methods.is_empty() && !a.methods.iter().any(|m| m == req.method) {
         return Err(Reason::MethodNotAllowed);
     }
     if classification > a.max_classification {

@@ -194,7 +194,15 @@ fn decision_table() {
     let cases = vec![
         // The demo agreements.
         c("dinkes/simpus", pen, "GET", nik, kes, Ok("pks-simpus")),
-        c("dinkes/simpus", pen, "get", nik, kes, Ok("pks-simpus")),
+        // Methods are case-sensitive (RFC 9110): `get` is not `GET`.
+        c(
+            "dinkes/simpus",
+            pen,
+            "get",
+            nik,
+            kes,
+            Err((MethodNotAllowed, None)),
+        ),
         c(
             "dinkes/simpus",
             pen,

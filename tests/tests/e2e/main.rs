@@ -7,6 +7,7 @@ mod external_issuer;
 mod forwarding;
 mod limits;
 mod paths;
+mod policy;
 mod routing;
 mod shutdown;
 mod streaming;
