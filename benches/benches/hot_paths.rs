@@ -111,5 +111,112 @@ fn tokens(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(benches, paths, tokens);
+/// Decisions with 1,000 services (three endpoints each) and 10,000 agreements: ten consumer
+/// applications per service, some by agency and some public.
+fn policy(c: &mut Criterion) {
+    use gerbang_policy::*;
+    use std::collections::HashMap;
+    let mut services = HashMap::new();
+    let mut agreements = Vec::new();
+    for s in 0..1000 {
+        let id = format!("opd{s}/layanan");
+        let ep = |m: &str, t: &str, c| {
+            Endpoint::new(
+                m,
+                PathTemplate::parse(t).unwrap(),
+                c,
+                Some("nik".into()).filter(|_| t.contains("{nik}")),
+            )
+        };
+        services.insert(
+            id.clone(),
+            ServicePolicy {
+                endpoints: vec![
+                    ep("GET", "/penduduk/{nik}", Classification::Rahasia),
+                    ep("GET", "/penduduk/{nik}/keluarga", Classification::Rahasia),
+                    ep("GET", "/statistik", Classification::Terbuka),
+                ],
+                classification: Classification::Terbatas,
+            },
+        );
+        for k in 0..10 {
+            let consumers = match k {
+                0 => vec![Consumer::Anyone],
+                1 | 2 => vec![Consumer::Agency(format!("c{k}"))],
+                _ => vec![Consumer::Application(format!("c{k}/app"))],
+            };
+            agreements.push(Agreement {
+                id: format!("pks-{s}-{k}"),
+                title: String::new(),
+                legal_basis: String::new(),
+                service: id.clone(),
+                consumers,
+                endpoints: if k == 0 {
+                    vec!["GET /statistik".into()]
+                } else {
+                    vec!["GET /penduduk/{nik}".into()]
+                },
+                methods: vec![],
+                purposes: if k == 0 {
+                    vec![]
+                } else {
+                    vec!["pelayanan".into()]
+                },
+                valid_from: Some(0),
+                valid_until: Some(4_000_000_000),
+                suspended: false,
+                max_classification: Classification::Rahasia,
+                rate: None,
+                quota: None,
+                fields: FieldRules::default(),
+            });
+        }
+    }
+    let set = PolicySet::new(services, agreements);
+    let allow = Request {
+        application: "c7/app",
+        agency: "c7",
+        service: "opd512/layanan",
+        method: "GET",
+        path: "/penduduk/3603015505900001",
+        purpose: Some("pelayanan"),
+        now: 1_795_000_000,
+    };
+    assert!(matches!(set.decide(&allow).outcome, Outcome::Allow { .. }));
+    let deny = Request {
+        application: "c1/app",
+        agency: "c1",
+        purpose: Some("lain"),
+        ..allow
+    };
+    assert!(matches!(set.decide(&deny).outcome, Outcome::Deny { .. }));
+    let mut g = c.benchmark_group("policy");
+    g.bench_function("decide_allow_1000_services_10000_agreements", |b| {
+        b.iter(|| set.decide(black_box(&allow)))
+    });
+    g.bench_function("decide_deny_three_tiers", |b| {
+        b.iter(|| set.decide(black_box(&deny)))
+    });
+    // The demo's masked agreement applied to a population record.
+    let rules = FieldRules {
+        deny: vec![FieldPath::parse("status_perkawinan").unwrap()],
+        mask: vec![Mask {
+            path: FieldPath::parse("nik").unwrap(),
+            keep_first: 6,
+            keep_last: 4,
+        }],
+        ..FieldRules::default()
+    };
+    let body = br#"{"nik":"3603015505900001","nama":"Siti Rahmawati","jenis_kelamin":"PEREMPUAN","tempat_lahir":"Serang","tanggal_lahir":"1990-05-15","alamat":"Jl. Melati No. 7, Serang","status_perkawinan":"KAWIN","pekerjaan":"Guru","keterangan":"FIKTIF"}"#;
+    g.bench_function("field_rules_parse_apply_serialise_record", |b| {
+        b.iter(|| {
+            let mut v: serde_json::Value = serde_json::from_slice(black_box(body)).unwrap();
+            rules.apply(&mut v);
+            serde_json::to_vec(&v).unwrap()
+        })
+    });
+    g.finish();
+}
+
+criterion_group!(benches, paths, tokens, policy);
 criterion_main!(benches);

@@ -57,6 +57,23 @@ enum Command {
         #[arg(long)]
         fresh: bool,
     },
+    /// Explain the policy decision for a call: the decision, the agreement and the rule that
+    /// decided, and every agreement considered with why it did not match. Exit status 0 when
+    /// the call would be allowed, 3 when denied, 2 on a usage or configuration error.
+    Explain {
+        #[arg(long, short, default_value = "/etc/gerbang/gerbang.toml")]
+        config: PathBuf,
+        /// The calling application, `agency/app`.
+        #[arg(long)]
+        consumer: String,
+        /// The purpose of processing (`X-Gerbang-Purpose`).
+        #[arg(long)]
+        purpose: Option<String>,
+        /// The HTTP method, e.g. GET.
+        method: String,
+        /// The path as called on the gateway: /{agency}/{service}/{rest}.
+        path: String,
+    },
     /// Print an argon2id hash of a client secret or API key read from standard input (one line),
     /// for the configuration. The secret is never taken from the command line, where shell
     /// history and process listings would keep it.
@@ -86,6 +103,13 @@ fn main() -> ExitCode {
         Command::BenchUpstream { listen } => bench_upstream(listen),
         Command::HashSecret => hash_secret(),
         Command::NewApiKey => new_api_key(),
+        Command::Explain {
+            config,
+            consumer,
+            purpose,
+            method,
+            path,
+        } => explain(&config, &consumer, purpose.as_deref(), &method, &path),
         Command::RotateKey { config } => rotate_key(&config),
         Command::Serve {
             config,
@@ -153,6 +177,150 @@ fn hash_secret() -> ExitCode {
             eprintln!("{e}");
             ExitCode::from(1)
         }
+    }
+}
+
+fn explain(
+    file: &std::path::Path,
+    consumer: &str,
+    purpose: Option<&str>,
+    method: &str,
+    path: &str,
+) -> ExitCode {
+    let cfg = match config::load(file, &Overrides::default()) {
+        Ok(c) => c,
+        Err(e) => {
+            eprint!("{e}");
+            return ExitCode::from(2);
+        }
+    };
+    let Some((agency, _)) = consumer.split_once('/') else {
+        eprintln!("--consumer must be an application id, agency/app");
+        return ExitCode::from(2);
+    };
+    if cfg
+        .registry
+        .application(agency, consumer.split_once('/').map_or("", |c| c.1))
+        .is_none()
+    {
+        eprintln!("note: `{consumer}` is not a registered application; the gateway would refuse it at authentication");
+    }
+    let normalized = match gerbang_proxy::path::normalize(path.split('?').next().unwrap_or(path)) {
+        Ok(n) => n,
+        Err(e) => {
+            println!(
+                "decision: DENY before policy: the gateway refuses this path ({})",
+                e.code()
+            );
+            return ExitCode::from(3);
+        }
+    };
+    let Some((prov_agency, service, rest)) = normalized.route_parts() else {
+        println!("decision: DENY before policy: the path names no /{{agency}}/{{service}}");
+        return ExitCode::from(3);
+    };
+    let service_id = format!("{prov_agency}/{service}");
+    if cfg.registry.lookup(prov_agency, service).is_err() {
+        println!("decision: DENY before policy: `{service_id}` is not a registered service (404)");
+        return ExitCode::from(3);
+    }
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs() as i64);
+    let req = gerbang_policy::Request {
+        application: consumer,
+        agency,
+        service: &service_id,
+        method,
+        path: if rest.is_empty() { "/" } else { rest },
+        purpose,
+        now,
+    };
+    let policy = &cfg.policy;
+    let e = policy.explain(&req);
+    let name = |i: usize| policy.agreement(i).map_or("?", |a| a.id.as_str());
+    let allowed = match e.decision.outcome {
+        gerbang_policy::Outcome::Allow { agreement } => {
+            println!("decision: ALLOW by agreement `{}`", name(agreement));
+            if let Some(a) = policy.agreement(agreement) {
+                println!("  title:        {}", a.title);
+                println!("  legal basis:  {}", a.legal_basis);
+                if !a.fields.is_empty() {
+                    let f = &a.fields;
+                    let list = |v: &[gerbang_policy::FieldPath]| {
+                        v.iter().map(|p| p.as_str()).collect::<Vec<_>>().join(", ")
+                    };
+                    if !f.allow.is_empty() {
+                        println!("  fields:       only {}", list(&f.allow));
+                    }
+                    if !f.deny.is_empty() {
+                        println!("  fields:       drop {}", list(&f.deny));
+                    }
+                    for m in &f.mask {
+                        println!(
+                            "  fields:       mask {} (keep first {}, last {})",
+                            m.path.as_str(),
+                            m.keep_first,
+                            m.keep_last
+                        );
+                    }
+                }
+                if let Some(r) = a.rate {
+                    println!(
+                        "  rate limit:   {} per {:?}, burst {} (per application)",
+                        r.limit, r.per, r.burst
+                    );
+                }
+                if let Some(q) = a.quota {
+                    println!("  quota:        {} per {:?} (Asia/Jakarta)", q.limit, q.per);
+                }
+            }
+            true
+        }
+        gerbang_policy::Outcome::Deny { reason, agreement } => {
+            match agreement {
+                Some(i) => println!(
+                    "decision: DENY {} (agreement `{}`)",
+                    reason.as_str(),
+                    name(i)
+                ),
+                None => println!("decision: DENY {}", reason.as_str()),
+            }
+            println!("  {}", reason.message());
+            false
+        }
+    };
+    match e.decision.endpoint {
+        Some(ep) => println!(
+            "endpoint: {} ({}){}",
+            ep.id,
+            ep.classification.as_str(),
+            ep.subject_param
+                .as_deref()
+                .map(|s| format!(", data subject `{s}`"))
+                .unwrap_or_default()
+        ),
+        None => println!("endpoint: (the service declares no endpoints)"),
+    }
+    println!(
+        "rule: agreements naming the application, then its agency, then `*`, ties by id; the first \
+         that passes every check decides; otherwise the most specific one's reason is given"
+    );
+    if e.considered.is_empty() {
+        println!("considered: none (no agreement of `{service_id}` names `{consumer}`, `{agency}` or `*`)");
+    } else {
+        println!("considered:");
+        for (id, tier, result) in &e.considered {
+            match result {
+                None => println!("  {id:<32} via {tier:<11} passes"),
+                Some(r) => println!("  {id:<32} via {tier:<11} fails: {}", r.as_str()),
+            }
+        }
+    }
+    if allowed {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(3)
     }
 }
 

@@ -560,3 +560,85 @@ fn rotate_key_writes_where_serve_reads_environment_overrides_included() {
     };
     assert!(kid(&second) > kid(&path), "{second} after {path}");
 }
+
+#[test]
+fn explain_prints_the_decision_the_agreement_and_every_candidate() {
+    let dir = copy_of_repo_config();
+    let main = dir.path().join("gerbang.toml");
+    assert!(bin()
+        .args(["rotate-key", "--config"])
+        .arg(&main)
+        .output()
+        .unwrap()
+        .status
+        .success());
+    let explain = |args: &[&str]| {
+        let out = bin()
+            .args(["explain", "--config"])
+            .arg(&main)
+            .args(args)
+            .output()
+            .unwrap();
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+        )
+    };
+    let nik = "/dukcapil/penduduk/penduduk/3603015505900001";
+    let (code, out) = explain(&[
+        "--consumer",
+        "dinkes/simpus",
+        "--purpose",
+        "pelayanan-kesehatan",
+        "GET",
+        nik,
+    ]);
+    assert_eq!(code, Some(0), "{out}");
+    assert!(
+        out.starts_with("decision: ALLOW by agreement `pks-dukcapil-dinkes-2026-001`"),
+        "{out}"
+    );
+    assert!(out.contains("mask nik (keep first 6, last 4)"), "{out}");
+    assert!(
+        out.contains("endpoint: GET /penduduk/{nik} (rahasia), data subject `nik`"),
+        "{out}"
+    );
+
+    let (code, out) = explain(&["--consumer", "dinkes/simpus", "GET", nik]);
+    assert_eq!(code, Some(3), "{out}");
+    assert!(
+        out.starts_with(
+            "decision: DENY purpose_missing (agreement `pks-dukcapil-dinkes-2026-001`)"
+        ),
+        "{out}"
+    );
+    assert!(
+        out.contains("pks-dukcapil-dinkes-2026-001     via application fails: purpose_missing"),
+        "{out}"
+    );
+
+    let (code, out) = explain(&["--consumer", "diskominfo/portal", "GET", nik]);
+    assert_eq!(code, Some(3), "{out}");
+    assert!(out.starts_with("decision: DENY no_agreement"), "{out}");
+
+    let (code, out) = explain(&[
+        "--consumer",
+        "dukcapil/siak",
+        "POST",
+        "/dinkes/faskes/faskes",
+    ]);
+    assert_eq!(code, Some(3), "{out}");
+    assert!(
+        out.starts_with("decision: DENY method_not_allowed"),
+        "{out}"
+    );
+
+    let (code, out) = explain(&[
+        "--consumer",
+        "dukcapil/siak",
+        "GET",
+        "/dukcapil/penduduk/../x",
+    ]);
+    assert_eq!(code, Some(3), "{out}");
+    assert!(out.contains("path_traversal"), "{out}");
+}
