@@ -1207,6 +1207,141 @@ cert_fingerprints = ["sha256:zz"]
     }
 
     #[test]
+    fn agreements_are_checked_with_file_and_key_and_warned_about() {
+        let dir = tempfile::tempdir().unwrap();
+        write(dir.path(), "gerbang.toml", "");
+        write(
+            dir.path(),
+            "registry/dukcapil.toml",
+            &format!(
+                "{AGENCY}\n[[service.endpoint]]\nmethod = \"GET\"\npath = \"/penduduk/{{nik}}\"\n\
+                 classification = \"rahasia\"\nsubject = \"nik\"\n\n\
+                 [[service.endpoint]]\nmethod = \"FETCH\"\npath = \"/x\"\n\n\
+                 [[service.endpoint]]\nmethod = \"GET\"\npath = \"/y/{{id}}\"\nsubject = \"nik\"\nclassification = \"secret\"\n"
+            ),
+        );
+        write(
+            dir.path(),
+            "agreements/a.toml",
+            r#"
+[[agreement]]
+id = "bad id!"
+title = "t"
+legal_basis = "x"
+service = "dukcapil/nope"
+consumers = []
+
+[[agreement]]
+id = "ok-1"
+title = "t"
+legal_basis = "x"
+service = "dukcapil/penduduk"
+consumers = ["dinkes/ghost", "ghostagency", "dukcapil/siak"]
+endpoints = ["GET /penduduk/{id}"]
+methods = ["FETCH"]
+purposes = ["Pelayanan Kesehatan"]
+valid_from = 2026-02-01
+valid_until = 2026-01-01
+status = "paused"
+max_classification = "top"
+rate_limit = { limit = 0, per = "hour" }
+quota = { limit = 5, per = "week" }
+[agreement.fields]
+deny = ["a..b"]
+"#,
+        );
+        let err = load(&dir.path().join("gerbang.toml"), &Overrides::default()).unwrap_err();
+        let text = err.to_string();
+        for want in [
+            "dukcapil.toml: service[0].endpoint[1].method: `FETCH` is not one of",
+            "dukcapil.toml: service[0].endpoint[2].subject: `nik` is not a parameter of `/y/{id}`",
+            "dukcapil.toml: service[0].endpoint[2].classification: `secret` is not a classification",
+        ] {
+            assert!(text.contains(want), "missing `{want}` in:\n{text}");
+        }
+        // Agreements are checked against a valid registry (else every name would look unknown).
+        write(
+            dir.path(),
+            "registry/dukcapil.toml",
+            &format!(
+                "{AGENCY}\n[[service.endpoint]]\nmethod = \"GET\"\npath = \"/penduduk/{{nik}}\"\n"
+            ),
+        );
+        let err = load(&dir.path().join("gerbang.toml"), &Overrides::default()).unwrap_err();
+        let text = err.to_string();
+        for want in [
+            "a.toml: agreement[0].id: `bad id!` is not an id",
+            "a.toml: agreement[0].service: `dukcapil/nope` is not a registered service",
+            "a.toml: agreement[0].consumers: name at least one consumer",
+            "a.toml: agreement[1].consumers[0]: `dinkes/ghost` is not a registered application or agency",
+            "a.toml: agreement[1].consumers[1]: `ghostagency` is not a registered",
+            "a.toml: agreement[1].endpoints[0]: `GET /penduduk/{id}` is not an endpoint of `dukcapil/penduduk` (declared: GET /penduduk/{nik})",
+            "a.toml: agreement[1].methods[0]: `FETCH` is not one of",
+            "a.toml: agreement[1].purposes[0]: `Pelayanan Kesehatan` is not a purpose code",
+            "a.toml: agreement[1].valid_until: is before valid_from",
+            "a.toml: agreement[1].status: `paused` is not",
+            "a.toml: agreement[1].max_classification: `top` is not a classification",
+            "a.toml: agreement[1].rate_limit.per: `hour` is not",
+            "a.toml: agreement[1].quota.per: `week` is not",
+            "a.toml: agreement[1].fields.deny[0]: `a..b` is not a field path",
+        ] {
+            assert!(text.contains(want), "missing `{want}` in:\n{text}");
+        }
+
+        // Valid but suspicious: warnings, not errors.
+        write(
+            dir.path(),
+            "registry/dukcapil.toml",
+            &format!(
+                "{AGENCY}\n[[service.endpoint]]\nmethod = \"GET\"\npath = \"/penduduk/{{nik}}\"\n"
+            ),
+        );
+        write(
+            dir.path(),
+            "agreements/a.toml",
+            r#"
+[[agreement]]
+id = "old"
+title = "t"
+legal_basis = "x"
+service = "dukcapil/penduduk"
+consumers = ["dukcapil/siak"]
+valid_until = 2020-12-31
+
+[[agreement]]
+id = "twin-a"
+title = "t"
+legal_basis = "x"
+service = "dukcapil/penduduk"
+consumers = ["dukcapil"]
+
+[[agreement]]
+id = "twin-b"
+title = "t"
+legal_basis = "x"
+service = "dukcapil/penduduk"
+consumers = ["dukcapil", "*"]
+endpoints = ["GET /penduduk/{nik}"]
+"#,
+        );
+        let c = load(&dir.path().join("gerbang.toml"), &Overrides::default()).unwrap();
+        let warnings: Vec<String> = c.warnings.iter().map(|w| w.to_string()).collect();
+        assert!(
+            warnings
+                .iter()
+                .any(|w| w.contains("a.toml: agreement[0].valid_until: `old` has expired")),
+            "{warnings:?}"
+        );
+        assert!(
+            warnings
+                .iter()
+                .any(|w| w.contains("agreement[2].consumers: `twin-b` overlaps `twin-a`")),
+            "{warnings:?}"
+        );
+        assert_eq!(c.policy.agreements().len(), 3);
+    }
+
+    #[test]
     fn unknown_keys_in_the_main_file_are_refused() {
         let dir = tempfile::tempdir().unwrap();
         write(

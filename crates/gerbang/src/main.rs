@@ -531,10 +531,11 @@ fn print_demo_banner(file: &std::path::Path, running: &gerbang::Running, backend
     println!(
         "          http://{gw}/oauth/token | sed -E 's/.*\"access_token\":\"([^\"]+)\".*/\\1/')"
     );
-    println!("  curl -i -H \"Authorization: Bearer $TOKEN\" http://{gw}/dukcapil/penduduk/penduduk/3603011505900001");
+    println!("  curl -i -H \"Authorization: Bearer $TOKEN\" -H 'X-Gerbang-Purpose: pelayanan-kesehatan' \\");
+    println!("          http://{gw}/dukcapil/penduduk/penduduk/3603011505900001   # NIK masked by the agreement");
     println!("  curl -s -H \"Authorization: Bearer $TOKEN\" http://{gw}/dinkes/faskes/faskes");
-    println!("  curl -s -H \"Authorization: Bearer $TOKEN\" http://{gw}/bapenda/pbb/pbb/360301000100200300");
     println!("  curl -s -H \"Authorization: Bearer $TOKEN\" -X POST --data 'halo' 'http://{gw}/diskominfo/echo/apa/saja?x=1'");
+    println!("  curl -s -H \"Authorization: Bearer $TOKEN\" http://{gw}/bapenda/pbb/pbb/360301000100200300   # 403 no_agreement");
     println!("  curl -s http://{gw}/diskominfo/echo/x           # no token: 401 JSON error");
     println!("  curl -s http://{gw}/.well-known/jwks.json       # keys to verify tokens and X-Gerbang-Assertion");
     println!();
