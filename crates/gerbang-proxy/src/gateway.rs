@@ -7,14 +7,14 @@
 //! 4. path normalisation (400 on anything ambiguous);
 //! 5. authenticate: bearer token, API key or client certificate → [`Principal`] (401);
 //! 6. route: `/{agency}/{service}` → [`Service`] in the registry snapshot (404);
-//! 7. body limit of the service (413, early when `Content-Length` says so);
-//! 8. pick an instance (round robin);
-//! 9. rewrite the request: upstream URI, hop-by-hop and client-controlled header removal
-//!    (credentials included), `Host`, forwarding headers, verified identity headers and the
-//!    gateway assertion;
-//! 10. forward with the service's timeouts, stream the response back.
-//!
-//! Later phases (authorise, limit, filter, record) slot in between 6 and 8.
+//! 7. authorise: the data-sharing agreement (403 with a reason), its rate limit and quota (429);
+//! 8. body limit of the service (413, early when `Content-Length` says so);
+//! 9. pick an instance (round robin);
+//! 10. rewrite the request: upstream URI, hop-by-hop and client-controlled header removal
+//!     (credentials included), `Host`, forwarding headers, verified identity headers, the
+//!     agreement id and the gateway assertion;
+//! 11. forward with the service's timeouts, stream the response back;
+//! 12. apply the agreement's field rules to the response (failing closed).
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
