@@ -9,7 +9,7 @@ use serde_json::{json, Value};
 use crate::limits::{period_of, LimitOutcome, Limits, MemoryQuotaStore};
 use crate::*;
 
-const NOW: i64 = 1_795_000_000; // 2026-11-19
+const NOW: i64 = 1_795_000_000; // 2026-11-18T11:06:40Z
 const DAY: i64 = 86_400;
 
 fn ep(method: &str, t: &str, c: Classification, subject: Option<&str>) -> Endpoint {
