@@ -94,6 +94,7 @@ impl TestGateway {
             .unwrap();
         }
         gerbang::config::create_signing_key(&dir.path().join("data/keys")).unwrap();
+        gerbang::config::ensure_audit_keys(&dir.path().join("data/keys")).unwrap();
         // Every application may call every service (tests of agreements bring their own).
         std::fs::create_dir_all(dir.path().join("agreements")).unwrap();
         if !agreements_given {

@@ -69,6 +69,8 @@ pub enum GatewayError {
     },
     #[error("the response could not be filtered: {0}")]
     ResponseFilterFailed(String),
+    #[error("the audit record could not be written")]
+    AuditUnavailable,
     #[error("internal error: {0}")]
     Internal(String),
 }
@@ -207,6 +209,13 @@ impl GatewayError {
                 reason.as_str(),
                 reason.message(),
                 Client,
+                false,
+            ),
+            GatewayError::AuditUnavailable => (
+                StatusCode::SERVICE_UNAVAILABLE,
+                "audit_unavailable",
+                "the gateway cannot record this call in its audit log, so it does not serve it",
+                Gateway,
                 false,
             ),
             GatewayError::ResponseFilterFailed(_) => (

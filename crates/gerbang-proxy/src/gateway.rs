@@ -116,6 +116,7 @@ pub struct Gateway {
     auth_failures: ReasonCounter,
     /// Quota counts outlive snapshots (a reload must not reset them).
     quotas: Arc<dyn gerbang_policy::limits::QuotaStore>,
+    audit: Option<Arc<crate::audit::AuditSink>>,
 }
 
 impl Gateway {
@@ -144,6 +145,7 @@ impl Gateway {
             issuer_endpoints,
             auth_failures: ReasonCounter::default(),
             quotas,
+            audit: None,
         }
     }
 
@@ -164,6 +166,17 @@ impl Gateway {
             &self.pool,
         );
         self.snapshot.store(Arc::new(snapshot));
+    }
+
+    /// Records every call in `sink` from now on.
+    pub fn with_audit(mut self, sink: Arc<crate::audit::AuditSink>) -> Self {
+        self.audit = Some(sink);
+        self
+    }
+
+    /// The audit pipeline, when there is one.
+    pub fn audit(&self) -> Option<&Arc<crate::audit::AuditSink>> {
+        self.audit.as_ref()
     }
 
     /// Authentication refusals so far, by reason (the metrics exporter reads these).
@@ -197,7 +210,62 @@ impl Gateway {
         let framing_error = req.headers().contains_key(AMBIGUOUS_FRAMING_MARKER)
             || (req.headers().contains_key(header::TRANSFER_ENCODING)
                 && req.headers().contains_key(header::CONTENT_LENGTH));
-        match self.forward(req, conn, &request_id).await {
+        let started = std::time::Instant::now();
+        let bytes_in = req
+            .headers()
+            .get(header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<u64>().ok());
+        let mut call = CallInfo::default();
+        let result = self.forward(req, conn, &request_id, &mut call).await;
+        // The audit record: written (or, with fsync on every record, on disk) before the answer.
+        let result = match &self.audit {
+            Some(sink) if call.service.is_some() || call.consumer.is_some() => {
+                let status = match &result {
+                    Ok(res) => res.status().as_u16(),
+                    Err(e) => e.status().as_u16(),
+                };
+                let bytes_out = match &result {
+                    Ok(res) => res
+                        .headers()
+                        .get(header::CONTENT_LENGTH)
+                        .and_then(|v| v.to_str().ok())
+                        .and_then(|v| v.parse::<u64>().ok()),
+                    Err(_) => None,
+                };
+                let (decision, reason) = match &result {
+                    Ok(_) => ("allow", None),
+                    Err(GatewayError::Unauthenticated(f)) => ("deny", Some(f.reason())),
+                    Err(GatewayError::Forbidden(r)) => ("deny", Some(r.as_str())),
+                    Err(GatewayError::Limited { reason, .. }) => ("deny", Some(reason.as_str())),
+                    Err(e) if call.agreement.is_some() => ("allow", Some(e.code())),
+                    Err(e) => ("error", Some(e.code())),
+                };
+                let fields = call.record(
+                    request_id.to_str().unwrap_or(""),
+                    &method,
+                    status,
+                    decision,
+                    reason,
+                    remote,
+                    bytes_in,
+                    bytes_out,
+                    started.elapsed(),
+                    sink,
+                );
+                if !sink.record(fields).await && sink.settings.fail_closed {
+                    tracing::error!(
+                        request_id = request_id.to_str().unwrap_or(""),
+                        "audit record not written: refusing the call (audit fail-closed)"
+                    );
+                    Err(GatewayError::AuditUnavailable)
+                } else {
+                    result
+                }
+            }
+            _ => result,
+        };
+        match result {
             Ok(mut res) => {
                 res.headers_mut()
                     .insert(headers::X_REQUEST_ID.clone(), request_id);
@@ -239,6 +307,7 @@ impl Gateway {
         req: Request<Incoming>,
         conn: ConnInfo,
         request_id: &HeaderValue,
+        call: &mut CallInfo,
     ) -> Result<Response<ResponseBody>, GatewayError> {
         // Limits on what the client sent.
         let target_len = req.uri().path_and_query().map_or(0, |pq| pq.as_str().len());
@@ -274,7 +343,9 @@ impl Gateway {
         let (agency, service_id, rest) = normalized
             .route_parts()
             .ok_or(GatewayError::RouteNotFound)?;
+        call.service = Some(format!("{agency}/{service_id}"));
         let principal = authenticate(&snapshot.auth, &req, &conn).await?;
+        call.consumer = Some(Arc::clone(&principal));
         let service = snapshot
             .registry
             .lookup(agency, service_id)
@@ -301,6 +372,11 @@ impl Gateway {
             now,
         };
         let decision = snapshot.policy.decide(&policy_req);
+        call.purpose = purpose.map(str::to_owned);
+        call.endpoint = decision.endpoint.map(|e| e.id.clone());
+        if let (Some(subject), Some(sink)) = (decision.subject, &self.audit) {
+            call.subject_hmac = Some(sink.subject_hash(subject));
+        }
         let agreement_index = match decision.outcome {
             gerbang_policy::Outcome::Allow { agreement } => agreement,
             gerbang_policy::Outcome::Deny { reason, .. } => {
@@ -311,6 +387,7 @@ impl Gateway {
             .policy
             .agreement(agreement_index)
             .ok_or_else(|| GatewayError::Internal("agreement index out of range".into()))?;
+        call.agreement = Some(agreement.id.clone());
         let rate = match snapshot.limits.check(
             &snapshot.policy,
             agreement_index,
@@ -576,6 +653,68 @@ async fn authenticate(
     auth.authenticate(presented)
         .await
         .map_err(GatewayError::Unauthenticated)
+}
+
+/// What one call was about, filled in by the pipeline as it learns it, for the audit record.
+/// Only registry ids, templates and codes: never a raw path, a credential or a subject id.
+#[derive(Default)]
+struct CallInfo {
+    service: Option<String>,
+    consumer: Option<Arc<Principal>>,
+    endpoint: Option<String>,
+    agreement: Option<String>,
+    purpose: Option<String>,
+    subject_hmac: Option<String>,
+}
+
+impl CallInfo {
+    #[allow(clippy::too_many_arguments)]
+    fn record(
+        &self,
+        request_id: &str,
+        method: &http::Method,
+        status: u16,
+        decision: &str,
+        reason: Option<&str>,
+        client: SocketAddr,
+        bytes_in: Option<u64>,
+        bytes_out: Option<u64>,
+        duration: Duration,
+        _sink: &crate::audit::AuditSink,
+    ) -> serde_json::Map<String, serde_json::Value> {
+        use serde_json::Value;
+        let mut m = serde_json::Map::new();
+        let opt = |v: Option<&str>| v.map_or(Value::Null, Value::from);
+        m.insert("request_id".into(), Value::from(request_id));
+        m.insert(
+            "consumer".into(),
+            opt(self.consumer.as_deref().map(|p| p.application.as_str())),
+        );
+        m.insert(
+            "consumer_agency".into(),
+            opt(self.consumer.as_deref().map(|p| p.agency.as_str())),
+        );
+        m.insert("service".into(), opt(self.service.as_deref()));
+        m.insert("endpoint".into(), opt(self.endpoint.as_deref()));
+        m.insert("method".into(), Value::from(method.as_str()));
+        m.insert("status".into(), Value::from(status));
+        m.insert("decision".into(), Value::from(decision));
+        m.insert("reason".into(), opt(reason));
+        m.insert("agreement".into(), opt(self.agreement.as_deref()));
+        m.insert("purpose".into(), opt(self.purpose.as_deref()));
+        m.insert("client".into(), Value::from(client.ip().to_string()));
+        m.insert("bytes_in".into(), bytes_in.map_or(Value::Null, Value::from));
+        m.insert(
+            "bytes_out".into(),
+            bytes_out.map_or(Value::Null, Value::from),
+        );
+        m.insert(
+            "duration_ms".into(),
+            Value::from((duration.as_secs_f64() * 1000.0 * 1000.0).round() / 1000.0),
+        );
+        m.insert("subject_hmac".into(), opt(self.subject_hmac.as_deref()));
+        m
+    }
 }
 
 /// Counts by a stable reason code. Only refusals pass here, so a lock is cheap enough.

@@ -2,6 +2,7 @@
 //! client. It receives validated settings and a registry; it reads no configuration file.
 
 pub mod admin;
+pub mod audit;
 pub mod body;
 pub mod error;
 pub mod framing;

@@ -17,8 +17,10 @@ use gerbang_registry::{
 };
 use serde::Deserialize;
 
+mod audit;
 mod auth;
 mod policy;
+pub use audit::{ensure_audit_keys, AuditConfig, SEAL_PUBLIC_FILE, SUBJECT_KEY_FILE};
 pub use auth::{create_signing_key, keys_dir_of, AuthConfig, ExternalKeySpec, ExternalSpec};
 use auth::{RawApplication, RawAuth};
 
@@ -76,6 +78,8 @@ struct RawConfig {
     log: RawLog,
     #[serde(default)]
     auth: RawAuth,
+    #[serde(default)]
+    audit: audit::RawAudit,
 }
 
 fn d(secs: u64) -> Duration {
@@ -302,6 +306,8 @@ pub struct Config {
     pub policy: gerbang_policy::PolicySet,
     /// Things that are allowed but probably wrong (expired or overlapping agreements).
     pub warnings: Vec<Problem>,
+    /// The audit log; `None` when `audit.enabled = false`.
+    pub audit: Option<AuditConfig>,
 }
 
 impl fmt::Debug for Config {
@@ -542,6 +548,8 @@ pub fn load(file: &Path, overrides: &Overrides) -> Result<Config, ConfigError> {
         &resolve,
         &mut problems,
     );
+    let keys_dir = auth::keys_dir_of(file).unwrap_or_else(|_| data_dir.join("keys"));
+    let audit = audit::load_audit(&raw.audit, file, &data_dir, &keys_dir, &mut problems);
     let loaded = load_registry(&registry_dir, &defaults, &mut problems);
     let mut warnings = Problems { list: Vec::new() };
     let agreements = loaded.as_ref().map(|l| {
@@ -632,6 +640,7 @@ pub fn load(file: &Path, overrides: &Overrides) -> Result<Config, ConfigError> {
                 credentials,
                 policy: gerbang_policy::PolicySet::new(services, agreements),
                 warnings: warnings.list,
+                audit,
             })
         }
         _ => Err(ConfigError {
@@ -941,6 +950,7 @@ mod tests {
         std::fs::write(p, text).unwrap();
         if name == "gerbang.toml" && !dir.join("data/keys").exists() {
             create_signing_key(&dir.join("data/keys")).unwrap();
+            ensure_audit_keys(&dir.join("data/keys")).unwrap();
             std::fs::create_dir_all(dir.join("agreements")).unwrap();
         }
     }
@@ -1173,10 +1183,9 @@ cert_fingerprints = ["sha256:zz"]
         let keys = dir.path().join("data/keys");
         let first = std::fs::read_dir(&keys)
             .unwrap()
-            .next()
-            .unwrap()
-            .unwrap()
-            .path();
+            .map(|e| e.unwrap().path())
+            .find(|p| p.extension().is_some_and(|x| x == "pem"))
+            .unwrap();
         let pem = std::fs::read(&first).unwrap();
         std::fs::remove_file(&first).unwrap();
         // Three generations: a retired one, the previous one and the newest.

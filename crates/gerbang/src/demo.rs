@@ -84,6 +84,7 @@ pub fn ensure_signing_key(main: &Path) -> std::io::Result<()> {
     if !has_key {
         crate::config::create_signing_key(&dir)?;
     }
+    crate::config::ensure_audit_keys(&dir)?;
     Ok(())
 }
 

@@ -19,6 +19,45 @@ struct Cli {
 }
 
 #[derive(Subcommand)]
+enum AuditCommand {
+    /// Check every file, link and seal; name the first bad record. Exit 0 when intact, 1 when
+    /// tampered with or incomplete.
+    Verify {
+        /// The gateway's data directory (audit files in `audit/`, keys in `keys/`).
+        #[arg(long)]
+        data_dir: PathBuf,
+        /// The seal public key (hex); default: keys/audit-seal.pub in the data directory. Keep
+        /// a copy outside the gateway's host: a key read from the same disk as the log proves
+        /// less.
+        #[arg(long)]
+        public_key: Option<PathBuf>,
+    },
+    /// Records of calls, by data subject (hashed with the gateway's key), consumer, service
+    /// and time.
+    Query {
+        #[arg(long)]
+        data_dir: PathBuf,
+        /// The data subject's id, e.g. a NIK.
+        #[arg(long)]
+        subject: Option<String>,
+        /// The calling application, agency/app.
+        #[arg(long)]
+        consumer: Option<String>,
+        /// The provider service, agency/service.
+        #[arg(long)]
+        service: Option<String>,
+        /// From this time (RFC 3339, e.g. 2026-11-28T00:00:00Z).
+        #[arg(long)]
+        since: Option<String>,
+        #[arg(long)]
+        until: Option<String>,
+        /// JSON Lines instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Subcommand)]
 enum Command {
     /// Run the gateway on a configuration file.
     Serve {
@@ -74,6 +113,11 @@ enum Command {
         /// The path as called on the gateway: /{agency}/{service}/{rest}.
         path: String,
     },
+    /// The audit log: verify its chain and seals, or find who accessed a citizen's data.
+    Audit {
+        #[command(subcommand)]
+        command: AuditCommand,
+    },
     /// Print an argon2id hash of a client secret or API key read from standard input (one line),
     /// for the configuration. The secret is never taken from the command line, where shell
     /// history and process listings would keep it.
@@ -103,6 +147,7 @@ fn main() -> ExitCode {
         Command::BenchUpstream { listen } => bench_upstream(listen),
         Command::HashSecret => hash_secret(),
         Command::NewApiKey => new_api_key(),
+        Command::Audit { command } => audit(command),
         Command::Explain {
             config,
             consumer,
@@ -324,6 +369,122 @@ fn explain(
     }
 }
 
+fn audit(command: AuditCommand) -> ExitCode {
+    match command {
+        AuditCommand::Verify {
+            data_dir,
+            public_key,
+        } => {
+            let key_file =
+                public_key.unwrap_or_else(|| data_dir.join("keys").join(config::SEAL_PUBLIC_FILE));
+            let key = match std::fs::read_to_string(&key_file)
+                .ok()
+                .and_then(|t| hex::decode(t.trim()).ok())
+            {
+                Some(k) => k,
+                None => {
+                    eprintln!(
+                        "cannot read the seal public key (hex) from {}",
+                        key_file.display()
+                    );
+                    return ExitCode::from(2);
+                }
+            };
+            match gerbang_audit::verify(&data_dir.join("audit"), &key) {
+                Ok(v) => {
+                    println!(
+                        "audit log intact: {} file(s), {} record(s), {} seal(s); {} record(s) after the last seal",
+                        v.files, v.records, v.seals, v.unsealed
+                    );
+                    if let Some((file, line)) = v.torn_tail {
+                        println!(
+                            "note: {}:{line} is an incomplete last line (a crash while writing), not tampering; the gateway cuts it and records a recovery on its next start",
+                            file.display()
+                        );
+                    }
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    println!("audit log NOT intact: {e}");
+                    ExitCode::from(1)
+                }
+            }
+        }
+        AuditCommand::Query {
+            data_dir,
+            subject,
+            consumer,
+            service,
+            since,
+            until,
+            json,
+        } => {
+            let key_file = data_dir.join("keys").join(config::SUBJECT_KEY_FILE);
+            let key = match std::fs::read_to_string(&key_file)
+                .ok()
+                .and_then(|t| gerbang_audit::SubjectKey::from_hex(&t).ok())
+            {
+                Some(k) => k,
+                None => {
+                    eprintln!("cannot read the subject key from {}", key_file.display());
+                    return ExitCode::from(2);
+                }
+            };
+            let filter = gerbang_audit::Filter {
+                subject,
+                consumer,
+                service,
+                since,
+                until,
+            };
+            let records = match gerbang_audit::query(&data_dir.join("audit"), &filter, &key) {
+                Ok(r) => r,
+                Err(e) => {
+                    eprintln!("cannot read the audit log: {e}");
+                    return ExitCode::from(2);
+                }
+            };
+            let s = |v: &serde_json::Value, k: &str| match &v[k] {
+                serde_json::Value::Null => "-".to_owned(),
+                serde_json::Value::String(t) => t.clone(),
+                other => other.to_string(),
+            };
+            if json {
+                for r in &records {
+                    println!("{r}");
+                }
+            } else {
+                println!(
+                    "{:<24} {:<20} {:<20} {:<24} {:>6} {:<8} {:<30} {:<22}",
+                    "time",
+                    "consumer",
+                    "service",
+                    "endpoint",
+                    "status",
+                    "decision",
+                    "agreement",
+                    "purpose"
+                );
+                for r in &records {
+                    println!(
+                        "{:<24} {:<20} {:<20} {:<24} {:>6} {:<8} {:<30} {:<22}",
+                        s(r, "time"),
+                        s(r, "consumer"),
+                        s(r, "service"),
+                        s(r, "endpoint"),
+                        s(r, "status"),
+                        s(r, "decision"),
+                        s(r, "agreement"),
+                        s(r, "purpose")
+                    );
+                }
+                println!("{} record(s)", records.len());
+            }
+            ExitCode::SUCCESS
+        }
+    }
+}
+
 fn new_api_key() -> ExitCode {
     match gerbang_auth::apikey::generate() {
         Some((key, digest)) => {
@@ -354,6 +515,17 @@ fn rotate_key(file: &std::path::Path) -> ExitCode {
         Ok(path) => {
             println!("{}", path.display());
             eprintln!("new signing key written; it signs from the next start");
+            match config::ensure_audit_keys(&dir) {
+                Ok(created) => {
+                    for p in created {
+                        eprintln!("audit key created: {}", p.display());
+                    }
+                }
+                Err(e) => {
+                    eprintln!("cannot create the audit keys in {}: {e}", dir.display());
+                    return ExitCode::from(1);
+                }
+            }
             ExitCode::SUCCESS
         }
         Err(e) => {

@@ -26,6 +26,8 @@ pub enum StartError {
     },
     #[error("authentication setup: {0}")]
     Auth(String),
+    #[error("audit log: {0}")]
+    Audit(String),
 }
 
 /// A gateway running in this process.
@@ -45,7 +47,13 @@ impl Running {
     pub async fn shutdown(self) -> ShutdownOutcome {
         self.health.set_ready(false);
         let _ = self.shutdown.send(true);
-        self.task.await.unwrap_or(ShutdownOutcome::DeadlineExceeded)
+        let outcome = self.task.await.unwrap_or(ShutdownOutcome::DeadlineExceeded);
+        // Every request has finished: seal and close the audit log.
+        if let Some(sink) = self.gateway.audit() {
+            let sink = std::sync::Arc::clone(sink);
+            let _ = tokio::task::spawn_blocking(move || sink.close()).await;
+        }
+        outcome
     }
 
     /// A future that starts shutdown when `signal` completes, then waits for it.
@@ -94,7 +102,7 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
         public_base_url,
         token_endpoint_concurrency: config.auth.token_endpoint_concurrency,
     };
-    let gateway = Arc::new(Gateway::new(
+    let mut gateway = Gateway::new(
         config.registry,
         Arc::new(authenticator),
         config.policy,
@@ -102,7 +110,34 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
         config.limits,
         config.upstream_tls,
         config.pool,
-    ));
+    );
+    if let Some(a) = config.audit {
+        let dir = a.dir.clone();
+        let writer = gerbang_audit::Writer::open(
+            gerbang_audit::WriterSettings {
+                dir: a.dir,
+                max_file_bytes: a.max_file_bytes,
+                fsync: a.fsync,
+                seal_every: a.seal_every,
+            },
+            a.seal_key,
+        )
+        .map_err(|e| StartError::Audit(format!("{}: {e}", dir.display())))?;
+        let sink = gerbang_proxy::audit::AuditSink::start(
+            writer,
+            a.subject_key,
+            gerbang_proxy::audit::AuditSettings {
+                wait_for_disk: a.fsync == gerbang_audit::chain::Fsync::Always,
+                fail_closed: a.fail_closed,
+                ack_timeout: a.ack_timeout,
+                queue: a.queue,
+                idle_sync: a.idle_sync,
+            },
+        )
+        .map_err(|e| StartError::Audit(e.to_string()))?;
+        gateway = gateway.with_audit(sink);
+    }
+    let gateway = Arc::new(gateway);
     let health = Arc::new(Health::new());
 
     let admin_settings = gerbang_proxy::ListenerSettings {

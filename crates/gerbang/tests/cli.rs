@@ -139,7 +139,7 @@ fn copy_of_repo_config() -> tempfile::TempDir {
 fn validate_accepts_the_example_configuration_once_it_has_a_signing_key() {
     let dir = copy_of_repo_config();
     let main = dir.path().join("gerbang.toml");
-    // Without a key: exactly that problem, with the command that fixes it.
+    // Without keys: the signing key and the two audit keys, with the command that fixes it.
     let out = bin()
         .args(["validate", "--config"])
         .arg(&main)
@@ -147,11 +147,12 @@ fn validate_accepts_the_example_configuration_once_it_has_a_signing_key() {
         .unwrap();
     assert_eq!(out.status.code(), Some(1));
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains("1 configuration problem(s)"), "{err}");
+    assert!(err.contains("3 configuration problem(s)"), "{err}");
     assert!(
         err.contains("auth.keys_dir:") && err.contains("gerbang rotate-key"),
         "{err}"
     );
+    assert!(err.contains("audit-seal.pk8"), "{err}");
     let out = bin()
         .args(["rotate-key", "--config"])
         .arg(&main)
@@ -211,6 +212,7 @@ fn broken_config() -> tempfile::TempDir {
     )
     .unwrap();
     gerbang::config::create_signing_key(&dir.path().join("data/keys")).unwrap();
+    gerbang::config::ensure_audit_keys(&dir.path().join("data/keys")).unwrap();
     std::fs::create_dir(dir.path().join("agreements")).unwrap();
     dir
 }
@@ -432,10 +434,30 @@ fn demo_serves_the_agencies_and_keeps_the_repository_config_untouched() {
 
     assert!(data.path().join("gerbang.toml").exists());
     assert!(data.path().join("registry/dukcapil.toml").exists());
-    let keys: Vec<_> = std::fs::read_dir(data.path().join("data/keys"))
+    let mut keys: Vec<String> = std::fs::read_dir(data.path().join("data/keys"))
         .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .filter(|n| !n.ends_with(".pem"))
         .collect();
-    assert_eq!(keys.len(), 1, "the demo generated its signing key");
+    keys.sort();
+    assert_eq!(
+        keys,
+        ["audit-seal.pk8", "audit-seal.pub", "audit-subject.key"],
+        "the demo generated its audit keys"
+    );
+    assert_eq!(
+        std::fs::read_dir(data.path().join("data/keys"))
+            .unwrap()
+            .filter(|e| e
+                .as_ref()
+                .unwrap()
+                .path()
+                .extension()
+                .is_some_and(|x| x == "pem"))
+            .count(),
+        1,
+        "and its signing key"
+    );
     assert_eq!(terminate(&mut child).code(), Some(0));
     assert_eq!(std::fs::read(repo_config()).unwrap(), before);
 }

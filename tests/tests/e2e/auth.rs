@@ -372,10 +372,9 @@ impl GatewayKey {
         let dir = gw.dir.path().join("data/keys");
         let entry = std::fs::read_dir(&dir)
             .unwrap()
-            .next()
-            .unwrap()
-            .unwrap()
-            .path();
+            .map(|e| e.unwrap().path())
+            .find(|p| p.extension().is_some_and(|x| x == "pem"))
+            .unwrap();
         let kid = entry.file_stem().unwrap().to_str().unwrap().to_owned();
         let pem = std::fs::read(&entry).unwrap();
         GatewayKey {

@@ -1,0 +1,160 @@
+//! The data plane's side of the audit log: one record per call, handed to a writer thread over
+//! a bounded queue so that a slow disk never blocks a request without bound.
+//!
+//! - With `fsync = always` a request waits (up to `ack_timeout`) until its record is on disk:
+//!   no response leaves without its record.
+//! - Otherwise the record is queued; a full queue is a failed write.
+//! - A failed write refuses the call with 503 `audit_unavailable` when the operator chose
+//!   fail-closed, or is counted (`dropped`) and the call served when fail-open.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::mpsc::{sync_channel, RecvTimeoutError, SyncSender, TrySendError};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use gerbang_audit::{SubjectKey, Writer};
+use serde_json::{Map, Value};
+
+/// How the data plane uses the audit log.
+#[derive(Debug, Clone)]
+pub struct AuditSettings {
+    /// Wait for each record to be on disk before answering.
+    pub wait_for_disk: bool,
+    /// Refuse calls whose record cannot be written.
+    pub fail_closed: bool,
+    /// Longest wait for the writer before a record counts as failed.
+    pub ack_timeout: Duration,
+    /// Records waiting for the writer at most.
+    pub queue: usize,
+    /// How often an idle writer syncs (for interval fsync) and checks for work.
+    pub idle_sync: Duration,
+}
+
+enum Job {
+    Record {
+        fields: Map<String, Value>,
+        ack: Option<tokio::sync::oneshot::Sender<bool>>,
+    },
+    Close,
+}
+
+/// Counters of the audit pipeline (exported as metrics).
+#[derive(Debug, Default)]
+pub struct AuditStats {
+    pub written: AtomicU64,
+    pub failed: AtomicU64,
+    /// Records lost in fail-open mode (the call was served anyway).
+    pub dropped: AtomicU64,
+    pub queued: AtomicU64,
+}
+
+/// A handle to the writer thread.
+pub struct AuditSink {
+    tx: SyncSender<Job>,
+    subject: SubjectKey,
+    pub settings: AuditSettings,
+    pub stats: Arc<AuditStats>,
+    thread: Mutex<Option<JoinHandle<()>>>,
+}
+
+impl AuditSink {
+    /// Starts the writer thread.
+    pub fn start(
+        mut writer: Writer,
+        subject: SubjectKey,
+        settings: AuditSettings,
+    ) -> std::io::Result<Arc<Self>> {
+        let (tx, rx) = sync_channel::<Job>(settings.queue.max(1));
+        let stats = Arc::new(AuditStats::default());
+        let thread_stats = Arc::clone(&stats);
+        let idle = settings.idle_sync;
+        let thread = std::thread::Builder::new()
+            .name("gerbang-audit".into())
+            .spawn(move || loop {
+                match rx.recv_timeout(idle) {
+                    Ok(Job::Record { fields, ack }) => {
+                        thread_stats.queued.fetch_sub(1, Ordering::Relaxed);
+                        let ok = match writer.append("call", fields) {
+                            Ok(_) => {
+                                thread_stats.written.fetch_add(1, Ordering::Relaxed);
+                                true
+                            }
+                            Err(e) => {
+                                thread_stats.failed.fetch_add(1, Ordering::Relaxed);
+                                tracing::error!(error = %e, "writing an audit record failed");
+                                false
+                            }
+                        };
+                        if let Some(ack) = ack {
+                            let _ = ack.send(ok);
+                        }
+                    }
+                    Err(RecvTimeoutError::Timeout) => {
+                        if let Err(e) = writer.sync() {
+                            tracing::error!(error = %e, "syncing the audit log failed");
+                        }
+                    }
+                    Ok(Job::Close) | Err(RecvTimeoutError::Disconnected) => {
+                        if let Err(e) = writer.close() {
+                            tracing::error!(error = %e, "closing the audit log failed");
+                        }
+                        return;
+                    }
+                }
+            })?;
+        Ok(Arc::new(Self {
+            tx,
+            subject,
+            settings,
+            stats,
+            thread: Mutex::new(Some(thread)),
+        }))
+    }
+
+    /// The keyed hash of a data subject id.
+    pub fn subject_hash(&self, subject: &str) -> String {
+        self.subject.hash(subject)
+    }
+
+    /// Records one call; `false` when the record could not be written (or queued).
+    pub async fn record(&self, fields: Map<String, Value>) -> bool {
+        let (ack, rx) = if self.settings.wait_for_disk {
+            let (tx, rx) = tokio::sync::oneshot::channel();
+            (Some(tx), Some(rx))
+        } else {
+            (None, None)
+        };
+        self.stats.queued.fetch_add(1, Ordering::Relaxed);
+        match self.tx.try_send(Job::Record { fields, ack }) {
+            Ok(()) => {}
+            Err(TrySendError::Full(_)) | Err(TrySendError::Disconnected(_)) => {
+                self.stats.queued.fetch_sub(1, Ordering::Relaxed);
+                self.stats.failed.fetch_add(1, Ordering::Relaxed);
+                return self.lost();
+            }
+        }
+        let Some(rx) = rx else {
+            return true;
+        };
+        match tokio::time::timeout(self.settings.ack_timeout, rx).await {
+            Ok(Ok(true)) => true,
+            _ => self.lost(),
+        }
+    }
+
+    fn lost(&self) -> bool {
+        if !self.settings.fail_closed {
+            self.stats.dropped.fetch_add(1, Ordering::Relaxed);
+        }
+        false
+    }
+
+    /// Seals, syncs and stops the writer (on shutdown).
+    pub fn close(&self) {
+        let _ = self.tx.send(Job::Close);
+        if let Some(t) = self.thread.lock().ok().and_then(|mut t| t.take()) {
+            let _ = t.join();
+        }
+    }
+}
