@@ -460,6 +460,66 @@ fn demo_serves_the_agencies_and_keeps_the_repository_config_untouched() {
     );
     assert_eq!(terminate(&mut child).code(), Some(0));
     assert_eq!(std::fs::read(repo_config()).unwrap(), before);
+
+    // The demo's audit log, in its data directory: intact, and it answers who saw this NIK.
+    let state = data.path().join("data");
+    let out = bin()
+        .args(["audit", "verify", "--data-dir"])
+        .arg(&state)
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(0), "{text}");
+    assert!(text.starts_with("audit log intact:"), "{text}");
+    assert!(
+        text.contains("0 record(s) after the last seal"),
+        "sealed on shutdown: {text}"
+    );
+    let out = bin()
+        .args([
+            "audit",
+            "query",
+            "--json",
+            "--subject",
+            "3603015505900001",
+            "--data-dir",
+        ])
+        .arg(&state)
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    let rows: Vec<serde_json::Value> = text
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert!(
+        rows.iter()
+            .any(|r| r["consumer"] == "dinkes/simpus" && r["decision"] == "allow"),
+        "{text}"
+    );
+    assert!(
+        rows.iter()
+            .any(|r| r["consumer"] == "diskominfo/portal" && r["reason"] == "no_agreement"),
+        "{text}"
+    );
+    assert!(
+        rows.iter().all(|r| r["service"] == "dukcapil/penduduk"),
+        "{text}"
+    );
+    let out = bin()
+        .args([
+            "audit",
+            "query",
+            "--consumer",
+            "bapenda/esppt",
+            "--data-dir",
+        ])
+        .arg(&state)
+        .output()
+        .unwrap();
+    let table = String::from_utf8_lossy(&out.stdout);
+    assert!(table.starts_with("time"), "{table}");
+    assert!(table.contains("penetapan-pajak"), "{table}");
 }
 
 #[test]

@@ -2,6 +2,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 mod admin;
+mod audit;
 mod auth;
 mod external_issuer;
 mod forwarding;
