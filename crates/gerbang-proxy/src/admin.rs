@@ -36,14 +36,44 @@ impl Health {
 /// Handler of the admin listener.
 pub struct Admin {
     health: std::sync::Arc<Health>,
+    metrics: Option<std::sync::Arc<crate::metrics::Metrics>>,
 }
 
 impl Admin {
     pub fn new(health: std::sync::Arc<Health>) -> Self {
-        Self { health }
+        Self {
+            health,
+            metrics: None,
+        }
+    }
+
+    /// Serves `GET /metrics` (Prometheus text format) from `metrics`.
+    pub fn with_metrics(mut self, metrics: std::sync::Arc<crate::metrics::Metrics>) -> Self {
+        self.metrics = Some(metrics);
+        self
     }
 
     fn respond(&self, req: &Request<Incoming>) -> Response<ResponseBody> {
+        if req.uri().path() == "/metrics" {
+            if let Some(m) = &self.metrics {
+                if req.method() != Method::GET && req.method() != Method::HEAD {
+                    let mut res = json_error(
+                        StatusCode::METHOD_NOT_ALLOWED,
+                        "method_not_allowed",
+                        "this resource serves GET and HEAD",
+                    );
+                    res.headers_mut()
+                        .insert(header::ALLOW, HeaderValue::from_static("GET, HEAD"));
+                    return res;
+                }
+                let mut res = Response::new(body::full(Bytes::from(m.render())));
+                res.headers_mut().insert(
+                    header::CONTENT_TYPE,
+                    HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
+                );
+                return res;
+            }
+        }
         let route = match req.uri().path() {
             "/health/live" => Some(true),
             "/health/ready" => Some(false),

@@ -117,6 +117,7 @@ pub struct Gateway {
     /// Quota counts outlive snapshots (a reload must not reset them).
     quotas: Arc<dyn gerbang_policy::limits::QuotaStore>,
     audit: Option<Arc<crate::audit::AuditSink>>,
+    metrics: Option<Arc<crate::metrics::Metrics>>,
 }
 
 impl Gateway {
@@ -146,6 +147,7 @@ impl Gateway {
             auth_failures: ReasonCounter::default(),
             quotas,
             audit: None,
+            metrics: None,
         }
     }
 
@@ -172,6 +174,86 @@ impl Gateway {
     pub fn with_audit(mut self, sink: Arc<crate::audit::AuditSink>) -> Self {
         self.audit = Some(sink);
         self
+    }
+
+    /// Counts every call in `metrics` from now on.
+    pub fn with_metrics(mut self, metrics: Arc<crate::metrics::Metrics>) -> Self {
+        self.metrics = Some(metrics);
+        self
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn observe(
+        &self,
+        m: &crate::metrics::Metrics,
+        call: &CallInfo,
+        method: &http::Method,
+        status: u16,
+        decision: &str,
+        reason: Option<&str>,
+        result: &Result<Response<ResponseBody>, GatewayError>,
+        elapsed: Duration,
+    ) {
+        let (consumer, agency) = match (&call.consumer, m.per_application) {
+            (Some(p), true) => (p.application.as_str(), p.agency.as_str()),
+            (Some(p), false) => ("*", p.agency.as_str()),
+            (None, _) => ("anonymous", "anonymous"),
+        };
+        let service = call
+            .service
+            .as_deref()
+            .or(call.issuer_endpoint)
+            .unwrap_or("unknown");
+        let endpoint = call.endpoint.as_deref().unwrap_or("none");
+        let method = match *method {
+            http::Method::GET
+            | http::Method::HEAD
+            | http::Method::POST
+            | http::Method::PUT
+            | http::Method::PATCH
+            | http::Method::DELETE
+            | http::Method::OPTIONS => method.as_str(),
+            _ => "other",
+        };
+        m.requests
+            .with_label_values(&[
+                consumer,
+                agency,
+                service,
+                endpoint,
+                method,
+                crate::metrics::status_class(status),
+                decision,
+            ])
+            .inc();
+        m.duration
+            .with_label_values(&[service])
+            .observe(elapsed.as_secs_f64());
+        match result {
+            Err(GatewayError::Unauthenticated(f)) => {
+                m.auth_failures.with_label_values(&[f.reason()]).inc();
+            }
+            Err(GatewayError::Forbidden(r)) => {
+                m.policy_decisions
+                    .with_label_values(&["deny", r.as_str()])
+                    .inc();
+            }
+            Err(GatewayError::Limited { reason: r, .. }) => {
+                m.limited
+                    .with_label_values(&[r.as_str(), call.agreement.as_deref().unwrap_or("none")])
+                    .inc();
+                m.policy_decisions
+                    .with_label_values(&["deny", r.as_str()])
+                    .inc();
+            }
+            _ if call.agreement.is_some() => {
+                m.policy_decisions
+                    .with_label_values(&["allow", "none"])
+                    .inc();
+            }
+            _ => {}
+        }
+        let _ = reason;
     }
 
     /// The audit pipeline, when there is one.
@@ -217,7 +299,18 @@ impl Gateway {
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.parse::<u64>().ok());
         let mut call = CallInfo::default();
+        if let Some(m) = &self.metrics {
+            m.in_flight.inc();
+        }
         let result = self.forward(req, conn, &request_id, &mut call).await;
+        let (decision, reason) = match &result {
+            Ok(_) => ("allow", None),
+            Err(GatewayError::Unauthenticated(f)) => ("deny", Some(f.reason())),
+            Err(GatewayError::Forbidden(r)) => ("deny", Some(r.as_str())),
+            Err(GatewayError::Limited { reason, .. }) => ("deny", Some(reason.as_str())),
+            Err(e) if call.agreement.is_some() => ("allow", Some(e.code())),
+            Err(e) => ("error", Some(e.code())),
+        };
         // The audit record: written (or, with fsync on every record, on disk) before the answer.
         let result = match &self.audit {
             Some(sink) if call.service.is_some() || call.consumer.is_some() => {
@@ -233,14 +326,6 @@ impl Gateway {
                         .and_then(|v| v.parse::<u64>().ok()),
                     Err(_) => None,
                 };
-                let (decision, reason) = match &result {
-                    Ok(_) => ("allow", None),
-                    Err(GatewayError::Unauthenticated(f)) => ("deny", Some(f.reason())),
-                    Err(GatewayError::Forbidden(r)) => ("deny", Some(r.as_str())),
-                    Err(GatewayError::Limited { reason, .. }) => ("deny", Some(reason.as_str())),
-                    Err(e) if call.agreement.is_some() => ("allow", Some(e.code())),
-                    Err(e) => ("error", Some(e.code())),
-                };
                 let fields = call.record(
                     request_id.to_str().unwrap_or(""),
                     &method,
@@ -251,9 +336,13 @@ impl Gateway {
                     bytes_in,
                     bytes_out,
                     started.elapsed(),
-                    sink,
                 );
-                if !sink.record(fields).await && sink.settings.fail_closed {
+                let written = sink.record(fields).await;
+                if let Some(m) = &self.metrics {
+                    let r = if written { "written" } else { "failed" };
+                    m.audit_records.with_label_values(&[r]).inc();
+                }
+                if !written && sink.settings.fail_closed {
                     tracing::error!(
                         request_id = request_id.to_str().unwrap_or(""),
                         "audit record not written: refusing the call (audit fail-closed)"
@@ -265,6 +354,23 @@ impl Gateway {
             }
             _ => result,
         };
+        if let Some(m) = &self.metrics {
+            m.in_flight.dec();
+            let status = match &result {
+                Ok(res) => res.status().as_u16(),
+                Err(e) => e.status().as_u16(),
+            };
+            self.observe(
+                m,
+                &call,
+                &method,
+                status,
+                decision,
+                reason,
+                &result,
+                started.elapsed(),
+            );
+        }
         match result {
             Ok(mut res) => {
                 res.headers_mut()
@@ -335,6 +441,11 @@ impl Gateway {
 
         let snapshot = self.snapshot.load_full();
         if oauth::is_issuer_path(req.uri().path()) {
+            call.issuer_endpoint = Some(match req.uri().path() {
+                oauth::TOKEN_PATH => "gateway/oauth-token",
+                oauth::JWKS_PATH => "gateway/jwks",
+                _ => "gateway/oauth-metadata",
+            });
             return self.issuer_endpoints.serve(req, &snapshot.auth).await;
         }
 
@@ -343,7 +454,11 @@ impl Gateway {
         let (agency, service_id, rest) = normalized
             .route_parts()
             .ok_or(GatewayError::RouteNotFound)?;
-        call.service = Some(format!("{agency}/{service_id}"));
+        // Only a registered service names itself in records and metrics: a client-made path
+        // could carry anything, a NIK included.
+        if let Ok(s) = snapshot.registry.lookup(agency, service_id) {
+            call.service = Some(s.full_id().to_owned());
+        }
         let principal = authenticate(&snapshot.auth, &req, &conn).await?;
         call.consumer = Some(Arc::clone(&principal));
         let service = snapshot
@@ -659,6 +774,8 @@ async fn authenticate(
 /// Only registry ids, templates and codes: never a raw path, a credential or a subject id.
 #[derive(Default)]
 struct CallInfo {
+    /// A fixed label for the issuer's own endpoints (metrics only; they are not audited).
+    issuer_endpoint: Option<&'static str>,
     service: Option<String>,
     consumer: Option<Arc<Principal>>,
     endpoint: Option<String>,
@@ -680,7 +797,6 @@ impl CallInfo {
         bytes_in: Option<u64>,
         bytes_out: Option<u64>,
         duration: Duration,
-        _sink: &crate::audit::AuditSink,
     ) -> serde_json::Map<String, serde_json::Value> {
         use serde_json::Value;
         let mut m = serde_json::Map::new();

@@ -80,6 +80,23 @@ struct RawConfig {
     auth: RawAuth,
     #[serde(default)]
     audit: audit::RawAudit,
+    #[serde(default)]
+    metrics: RawMetrics,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct RawMetrics {
+    /// Label requests by consumer application (off: by agency only, for very large registries).
+    per_application: bool,
+}
+
+impl Default for RawMetrics {
+    fn default() -> Self {
+        Self {
+            per_application: true,
+        }
+    }
 }
 
 fn d(secs: u64) -> Duration {
@@ -308,6 +325,8 @@ pub struct Config {
     pub warnings: Vec<Problem>,
     /// The audit log; `None` when `audit.enabled = false`.
     pub audit: Option<AuditConfig>,
+    /// Label metrics by consumer application.
+    pub metrics_per_application: bool,
 }
 
 impl fmt::Debug for Config {
@@ -641,6 +660,7 @@ pub fn load(file: &Path, overrides: &Overrides) -> Result<Config, ConfigError> {
                 policy: gerbang_policy::PolicySet::new(services, agreements),
                 warnings: warnings.list,
                 audit,
+                metrics_per_application: raw.metrics.per_application,
             })
         }
         _ => Err(ConfigError {

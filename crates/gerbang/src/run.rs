@@ -28,6 +28,8 @@ pub enum StartError {
     Auth(String),
     #[error("audit log: {0}")]
     Audit(String),
+    #[error("metrics: {0}")]
+    Metrics(String),
 }
 
 /// A gateway running in this process.
@@ -137,6 +139,9 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
         .map_err(|e| StartError::Audit(e.to_string()))?;
         gateway = gateway.with_audit(sink);
     }
+    let metrics = gerbang_proxy::metrics::Metrics::new(config.metrics_per_application)
+        .map_err(|e| StartError::Metrics(e.to_string()))?;
+    gateway = gateway.with_metrics(Arc::clone(&metrics));
     let gateway = Arc::new(gateway);
     let health = Arc::new(Health::new());
 
@@ -147,7 +152,7 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
     };
     let admin_task = tokio::spawn(serve(
         admin,
-        Arc::new(Admin::new(Arc::clone(&health))),
+        Arc::new(Admin::new(Arc::clone(&health)).with_metrics(metrics)),
         admin_settings,
         stop(rx.clone()),
     ));

@@ -7,6 +7,7 @@ mod auth;
 mod external_issuer;
 mod forwarding;
 mod limits;
+mod metrics;
 mod paths;
 mod policy;
 mod routing;
