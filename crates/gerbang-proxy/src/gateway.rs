@@ -354,6 +354,28 @@ impl Gateway {
             }
             _ => result,
         };
+        if tracing::enabled!(target: "gerbang::access", tracing::Level::INFO) {
+            // One access event per call: registry ids, template and codes only.
+            let status = match &result {
+                Ok(res) => res.status().as_u16(),
+                Err(e) => e.status().as_u16(),
+            };
+            tracing::info!(
+                target: "gerbang::access",
+                request_id = request_id.to_str().unwrap_or(""),
+                consumer = call.consumer.as_deref().map_or("-", |p| p.application.as_str()),
+                service = call.service.as_deref().or(call.issuer_endpoint).unwrap_or("-"),
+                endpoint = call.endpoint.as_deref().unwrap_or("-"),
+                method = %method,
+                status,
+                decision,
+                reason = reason.unwrap_or("-"),
+                agreement = call.agreement.as_deref().unwrap_or("-"),
+                duration_ms = started.elapsed().as_secs_f64() * 1000.0,
+                bytes_in = bytes_in.unwrap_or(0),
+                "call"
+            );
+        }
         if let Some(m) = &self.metrics {
             m.in_flight.dec();
             let status = match &result {

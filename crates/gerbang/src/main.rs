@@ -710,6 +710,20 @@ fn print_demo_banner(file: &std::path::Path, running: &gerbang::Running, backend
     println!("  curl -s -H \"Authorization: Bearer $TOKEN\" http://{gw}/bapenda/pbb/pbb/360301000100200300   # 403 no_agreement");
     println!("  curl -s http://{gw}/diskominfo/echo/x           # no token: 401 JSON error");
     println!("  curl -s http://{gw}/.well-known/jwks.json       # keys to verify tokens and X-Gerbang-Assertion");
+    println!(
+        "  curl -s http://{}/metrics                # Prometheus metrics",
+        running.admin_addr
+    );
+    let state = file
+        .parent()
+        .unwrap_or(std::path::Path::new("."))
+        .join("data");
+    println!("Audit log (every call; the NIK only as a keyed hash):");
+    println!("  gerbang audit verify --data-dir {}", state.display());
+    println!(
+        "  gerbang audit query --data-dir {} --subject 3603011505900001",
+        state.display()
+    );
     println!();
     println!("Press Ctrl-C to stop.");
 }
