@@ -28,6 +28,7 @@ pub struct Metrics {
     pub limited: IntCounterVec,
     pub in_flight: IntGauge,
     pub audit_records: IntCounterVec,
+    build: IntGaugeVec,
     /// Whether per-application labels are on (off for very large registries).
     pub per_application: bool,
 }
@@ -101,7 +102,7 @@ impl Metrics {
         registry.register(Box::new(limited.clone()))?;
         registry.register(Box::new(in_flight.clone()))?;
         registry.register(Box::new(audit_records.clone()))?;
-        registry.register(Box::new(build))?;
+        registry.register(Box::new(build.clone()))?;
         Ok(Arc::new(Self {
             registry,
             requests,
@@ -111,8 +112,28 @@ impl Metrics {
             limited,
             in_flight,
             audit_records,
+            build,
             per_application,
         }))
+    }
+
+    /// The names of every metric family, including those with no series yet.
+    pub fn family_names(&self) -> Vec<String> {
+        use prometheus::core::Collector;
+        let collectors: [&dyn Collector; 8] = [
+            &self.requests,
+            &self.duration,
+            &self.policy_decisions,
+            &self.auth_failures,
+            &self.limited,
+            &self.in_flight,
+            &self.audit_records,
+            &self.build,
+        ];
+        collectors
+            .iter()
+            .flat_map(|c| c.desc().into_iter().map(|d| d.fq_name.clone()))
+            .collect()
     }
 
     /// The exposition text.

@@ -98,3 +98,75 @@ async fn series_move_for_the_right_labels_and_never_carry_a_subject_id() {
         );
     }
 }
+
+/// Every metric the alert rules and the dashboard query is one the gateway exports (a rule on
+/// a misspelt series would never fire), and promtool accepts the rules and their unit tests.
+#[tokio::test]
+async fn alert_rules_and_dashboard_query_real_series() {
+    let up = backend(Kind::Echo, "e").await;
+    let gw = TestGateway::single(&[up.url()], "").await;
+    for path in ["/a/s/x", "/nope/x/y"] {
+        let _ = raw_request(gw.addr, &get(path, "")).await;
+    }
+    let _ = raw_request_as_is(gw.addr, &get("/a/s/x", "")).await;
+    let text =
+        String::from_utf8(raw_request_as_is(gw.admin, &get("/metrics", "")).await.body).unwrap();
+    let mut exported: std::collections::HashSet<String> = text
+        .lines()
+        .filter(|l| l.starts_with("# TYPE "))
+        .filter_map(|l| l.split(' ').nth(2).map(str::to_owned))
+        .collect();
+    // Families that have no series until their first event (a rate limit, say).
+    exported.extend(
+        gerbang_proxy::metrics::Metrics::new(true)
+            .unwrap()
+            .family_names(),
+    );
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy");
+    let rules = std::fs::read_to_string(root.join("prometheus/gerbang-alerts.yml")).unwrap();
+    let dashboard = std::fs::read_to_string(root.join("grafana/gerbang-dashboard.json")).unwrap();
+    let d: serde_json::Value = serde_json::from_str(&dashboard).unwrap();
+    assert!(d["panels"].as_array().unwrap().len() >= 8);
+    let mut referenced = Vec::new();
+    for text in [&rules, &dashboard] {
+        let mut rest = text.as_str();
+        while let Some(i) = rest.find("gerbang_") {
+            let name: String = rest[i..]
+                .chars()
+                .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
+                .collect();
+            rest = &rest[i + name.len()..];
+            referenced.push(name);
+        }
+    }
+    assert!(referenced.len() >= 10);
+    for name in &referenced {
+        let family = name
+            .trim_end_matches("_bucket")
+            .trim_end_matches("_sum")
+            .trim_end_matches("_count");
+        assert!(
+            exported.contains(family),
+            "`{name}` is not exported: {exported:?}"
+        );
+    }
+    for args in [
+        vec!["check", "rules", "prometheus/gerbang-alerts.yml"],
+        vec!["check", "config", "prometheus/prometheus.yml"],
+        vec!["test", "rules", "prometheus/gerbang-alerts.test.yml"],
+    ] {
+        match std::process::Command::new("promtool")
+            .args(&args)
+            .current_dir(&root)
+            .output()
+        {
+            Ok(out) => assert!(
+                out.status.success(),
+                "promtool {args:?}: {}{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            ),
+            Err(_) => break, // promtool is not installed on this machine
+        }
+    }
+}
