@@ -579,6 +579,20 @@ impl Gateway {
                 .headers
                 .insert(headers::X_GERBANG_AGREEMENT.clone(), v);
         }
+        // W3C trace context: a valid client traceparent goes on as it is; otherwise (absent,
+        // malformed, repeated) the gateway starts a trace.
+        let mut tps = parts.headers.get_all(&headers::TRACEPARENT).iter();
+        let client_tp = match (tps.next(), tps.next()) {
+            (Some(v), None) if headers::valid_traceparent(v.as_bytes()) => Some(v.clone()),
+            _ => None,
+        };
+        let tp = client_tp.unwrap_or_else(new_traceparent);
+        call.trace = tp
+            .to_str()
+            .ok()
+            .and_then(|t| t.get(3..35))
+            .map(str::to_owned);
+        parts.headers.insert(headers::TRACEPARENT.clone(), tp);
         if filter.is_some() {
             // The gateway must read the response to filter it: no compression.
             parts.headers.insert(
@@ -804,6 +818,8 @@ struct CallInfo {
     agreement: Option<String>,
     purpose: Option<String>,
     subject_hmac: Option<String>,
+    /// The W3C trace id of the call, for correlating the record with traces.
+    trace: Option<String>,
 }
 
 impl CallInfo {
@@ -851,6 +867,7 @@ impl CallInfo {
             Value::from((duration.as_secs_f64() * 1000.0 * 1000.0).round() / 1000.0),
         );
         m.insert("subject_hmac".into(), opt(self.subject_hmac.as_deref()));
+        m.insert("trace_id".into(), opt(self.trace.as_deref()));
         m
     }
 }
@@ -1047,6 +1064,27 @@ fn new_request_id() -> HeaderValue {
     let s = id.hyphenated().encode_lower(&mut buf);
     // A hyphenated UUID is always a valid header value.
     HeaderValue::from_str(s).unwrap_or_else(|_| HeaderValue::from_static("invalid-request-id"))
+}
+
+/// A new `traceparent` (sampled) with ids unique within the process and random across
+/// processes, made without a system call (as request ids are).
+fn new_traceparent() -> HeaderValue {
+    static SEED: std::sync::OnceLock<u64> = std::sync::OnceLock::new();
+    static COUNTER: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+    let seed = *SEED.get_or_init(|| {
+        let b = uuid::Uuid::new_v4().into_bytes();
+        u64::from_le_bytes([b[0], b[1], b[2], b[3], b[4], b[5], b[6], b[7]])
+    });
+    let n = COUNTER.fetch_add(3, Ordering::Relaxed);
+    let (a, b, c) = (
+        splitmix64(seed ^ n),
+        splitmix64(seed ^ (n + 1)),
+        splitmix64(seed ^ (n + 2)) | 1,
+    );
+    let text = format!("00-{a:016x}{b:016x}-{c:016x}-01");
+    HeaderValue::from_str(&text).unwrap_or_else(|_| {
+        HeaderValue::from_static("00-00000000000000000000000000000001-0000000000000001-01")
+    })
 }
 
 /// A bijection on u64 with good mixing (Steele, Lea and Flood's SplitMix64 finaliser).

@@ -38,6 +38,28 @@ pub const GATEWAY_HEADER_PREFIX: &str = "x-gerbang-";
 /// The one `X-Gerbang-*` header a client may send: the purpose of processing (read by policy).
 pub static X_GERBANG_PURPOSE: HeaderName = HeaderName::from_static("x-gerbang-purpose");
 
+/// W3C Trace Context.
+pub static TRACEPARENT: HeaderName = HeaderName::from_static("traceparent");
+
+/// Whether `v` is a W3C `traceparent` this gateway passes on: version `00`, a 32-hex trace id
+/// and a 16-hex parent id that are not all zeros, 2-hex flags, lower case.
+pub fn valid_traceparent(v: &[u8]) -> bool {
+    let hex = |b: &[u8]| {
+        b.iter()
+            .all(|c| c.is_ascii_digit() || (b'a'..=b'f').contains(c))
+    };
+    let zero = |b: &[u8]| b.iter().all(|c| *c == b'0');
+    v.len() == 55
+        && &v[..3] == b"00-"
+        && v[35] == b'-'
+        && v[52] == b'-'
+        && hex(&v[3..35])
+        && hex(&v[36..52])
+        && hex(&v[53..55])
+        && !zero(&v[3..35])
+        && !zero(&v[36..52])
+}
+
 /// The API key header (`X-API-Key`).
 pub static X_API_KEY: HeaderName = HeaderName::from_static("x-api-key");
 /// The verified calling application, `agency/app`.
@@ -256,6 +278,23 @@ mod tests {
         assert_eq!(h.len(), 2, "{h:?}");
         assert_eq!(h["x-gerbang-purpose"], "pelayanan-kesehatan");
         assert_eq!(h["x-gerbangx"], "not ours");
+    }
+
+    #[test]
+    fn traceparent_validation() {
+        assert!(valid_traceparent(
+            b"00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
+        ));
+        for bad in [
+            &b"00-00000000000000000000000000000000-00f067aa0ba902b7-01"[..],
+            b"00-4bf92f3577b34da6a3ce929d0e0e4736-0000000000000000-01",
+            b"01-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+            b"00-4BF92F3577B34DA6A3CE929D0E0E4736-00f067aa0ba902b7-01",
+            b"00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01-x",
+            b"garbage",
+        ] {
+            assert!(!valid_traceparent(bad), "{}", String::from_utf8_lossy(bad));
+        }
     }
 
     #[test]

@@ -99,3 +99,42 @@ async fn client_sent_gateway_identity_headers_never_reach_the_provider() {
     assert!(h.get("x-api-key").is_none(), "{h}");
     assert!(h.get("authorization").is_none(), "{h}");
 }
+
+#[tokio::test]
+async fn w3c_traceparent_is_passed_on_when_valid_and_started_otherwise() {
+    let echo = backend(Kind::Echo, "echo").await;
+    let gw = TestGateway::single(&[echo.url()], "").await;
+    let valid = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+    let r = raw_request(
+        gw.addr,
+        &get(
+            "/a/s/x",
+            &format!("traceparent: {valid}\r\ntracestate: v=1\r\n"),
+        ),
+    )
+    .await;
+    let h = r.json()["headers"].clone();
+    assert_eq!(h["traceparent"], valid);
+    assert_eq!(h["tracestate"], "v=1");
+    let mut seen = std::collections::HashSet::new();
+    for sent in [
+        "",
+        "traceparent: 00-zz-yy-01\r\n",
+        "traceparent: 00-00000000000000000000000000000000-00f067aa0ba902b7-01\r\n",
+    ] {
+        let r = raw_request(gw.addr, &get("/a/s/x", sent)).await;
+        let tp = r.json()["headers"]["traceparent"]
+            .as_str()
+            .unwrap()
+            .to_owned();
+        assert!(
+            gerbang_proxy::headers::valid_traceparent(tp.as_bytes()),
+            "{tp}"
+        );
+        assert!(tp.ends_with("-01"), "sampled: {tp}");
+        assert!(
+            seen.insert(tp[3..35].to_owned()),
+            "a new trace each time: {tp}"
+        );
+    }
+}
