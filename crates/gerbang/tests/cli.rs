@@ -724,3 +724,164 @@ fn explain_prints_the_decision_the_agreement_and_every_candidate() {
     assert_eq!(code, Some(3), "{out}");
     assert!(out.contains("path_traversal"), "{out}");
 }
+
+/// With `audit.fsync = "always"`, no 2xx reaches a client without its record on disk: kill the
+/// gateway with SIGKILL under load, then every request id a client saw succeed is in the log,
+/// and the log verifies (a torn last line is allowed: it is the crash). SIGKILL keeps the page
+/// cache, so this checks the ordering (record before response); only a power loss would show
+/// what fsync adds.
+#[test]
+fn sigkill_under_load_loses_no_acknowledged_record() {
+    let free_port = || {
+        std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+    };
+    let up_addr = free_port();
+    let mut upstream = bin()
+        .args(["bench-upstream", "--listen", &up_addr.to_string()])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let key = format!("gk_{}", "ab".repeat(32));
+    std::fs::write(
+        dir.path().join("gerbang.toml"),
+        "[log]\nformat = \"json\"\n[audit]\nfsync = \"always\"\nseal_every = 50\n",
+    )
+    .unwrap();
+    std::fs::create_dir(dir.path().join("registry")).unwrap();
+    std::fs::write(
+        dir.path().join("registry/t.toml"),
+        format!(
+            "[agency]\nid = \"t\"\nname = \"T\"\n[[application]]\nid = \"client\"\nname = \"C\"\n\
+             auth_methods = [\"api_key\"]\napi_keys = [{{ digest = \"{}\" }}]\n\
+             [[service]]\nid = \"up\"\nname = \"U\"\n[[service.instance]]\nname = \"u\"\nurl = \"http://{up_addr}\"\n",
+            gerbang_auth::apikey::digest_of(&key)
+        ),
+    )
+    .unwrap();
+    std::fs::create_dir(dir.path().join("agreements")).unwrap();
+    std::fs::write(
+        dir.path().join("agreements/t.toml"),
+        "[[agreement]]\nid = \"a\"\ntitle = \"t\"\nlegal_basis = \"x\"\nservice = \"t/up\"\nconsumers = [\"*\"]\n",
+    )
+    .unwrap();
+    gerbang::config::create_signing_key(&dir.path().join("data/keys")).unwrap();
+    gerbang::config::ensure_audit_keys(&dir.path().join("data/keys")).unwrap();
+    let mut child = bin()
+        .args(["serve", "--config"])
+        .arg(dir.path().join("gerbang.toml"))
+        .args(["--listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stderr = child.stderr.take().unwrap();
+    let gw: SocketAddr = wait_for_line(stderr, |line| {
+        let v: serde_json::Value = serde_json::from_str(line).ok()?;
+        (v["message"] == "gateway ready").then_some(())?;
+        v["data_addr"].as_str()?.parse().ok()
+    });
+    // Four clients, each on its own keep-alive connection, until the gateway dies.
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let clients: Vec<_> = (0..4)
+        .map(|c| {
+            let stop = std::sync::Arc::clone(&stop);
+            let key = key.clone();
+            std::thread::spawn(move || {
+                let mut acknowledged = Vec::new();
+                let Ok(mut s) = TcpStream::connect(gw) else {
+                    return acknowledged;
+                };
+                s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+                let mut reader = BufReader::new(s.try_clone().unwrap());
+                let mut n = 0u64;
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    n += 1;
+                    let id = format!("kill-{c}-{n}");
+                    let req = format!(
+                        "GET /t/up/x HTTP/1.1\r\nHost: g\r\nX-API-Key: {key}\r\nX-Request-Id: {id}\r\n\r\n"
+                    );
+                    if s.write_all(req.as_bytes()).is_err() {
+                        break;
+                    }
+                    // Status line, headers, then a Content-Length body.
+                    let mut line = String::new();
+                    if reader.read_line(&mut line).unwrap_or(0) == 0 {
+                        break;
+                    }
+                    let ok = line.starts_with("HTTP/1.1 200");
+                    let mut len = 0usize;
+                    loop {
+                        let mut h = String::new();
+                        if reader.read_line(&mut h).unwrap_or(0) == 0 {
+                            return acknowledged;
+                        }
+                        if h == "\r\n" {
+                            break;
+                        }
+                        if let Some(v) = h.to_ascii_lowercase().strip_prefix("content-length:") {
+                            len = v.trim().parse().unwrap_or(0);
+                        }
+                    }
+                    let mut body = vec![0u8; len];
+                    if reader.read_exact(&mut body).is_err() {
+                        break;
+                    }
+                    if ok {
+                        acknowledged.push(id);
+                    }
+                }
+                acknowledged
+            })
+        })
+        .collect();
+    std::thread::sleep(Duration::from_millis(1500));
+    let ok = Command::new("kill")
+        .args(["-KILL", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(ok.success());
+    let _ = child.wait();
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let acknowledged: Vec<String> = clients
+        .into_iter()
+        .flat_map(|t| t.join().unwrap())
+        .collect();
+    let _ = upstream.kill();
+    let _ = upstream.wait();
+    assert!(acknowledged.len() > 20, "load ran: {}", acknowledged.len());
+
+    let state = dir.path().join("data");
+    let out = bin()
+        .args(["audit", "verify", "--data-dir"])
+        .arg(&state)
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(0), "{text}");
+    let out = bin()
+        .args(["audit", "query", "--json", "--data-dir"])
+        .arg(&state)
+        .output()
+        .unwrap();
+    let recorded: std::collections::HashSet<String> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter_map(|v| v["request_id"].as_str().map(str::to_owned))
+        .collect();
+    let missing: Vec<&String> = acknowledged
+        .iter()
+        .filter(|id| !recorded.contains(*id))
+        .collect();
+    assert!(
+        missing.is_empty(),
+        "{} of {} acknowledged calls have no record: {:?}",
+        missing.len(),
+        acknowledged.len(),
+        &missing[..missing.len().min(5)]
+    );
+}
