@@ -87,6 +87,8 @@ struct RawConfig {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 struct RawMetrics {
+    /// Count calls for `GET /metrics`.
+    enabled: bool,
     /// Label requests by consumer application (off: by agency only, for very large registries).
     per_application: bool,
 }
@@ -94,6 +96,7 @@ struct RawMetrics {
 impl Default for RawMetrics {
     fn default() -> Self {
         Self {
+            enabled: true,
             per_application: true,
         }
     }
@@ -327,6 +330,8 @@ pub struct Config {
     pub audit: Option<AuditConfig>,
     /// Label metrics by consumer application.
     pub metrics_per_application: bool,
+    /// Count calls for `GET /metrics`.
+    pub metrics_enabled: bool,
 }
 
 impl fmt::Debug for Config {
@@ -661,6 +666,7 @@ pub fn load(file: &Path, overrides: &Overrides) -> Result<Config, ConfigError> {
                 warnings: warnings.list,
                 audit,
                 metrics_per_application: raw.metrics.per_application,
+                metrics_enabled: raw.metrics.enabled,
             })
         }
         _ => Err(ConfigError {

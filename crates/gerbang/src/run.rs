@@ -141,7 +141,9 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
     }
     let metrics = gerbang_proxy::metrics::Metrics::new(config.metrics_per_application)
         .map_err(|e| StartError::Metrics(e.to_string()))?;
-    gateway = gateway.with_metrics(Arc::clone(&metrics));
+    if config.metrics_enabled {
+        gateway = gateway.with_metrics(Arc::clone(&metrics));
+    }
     let gateway = Arc::new(gateway);
     let health = Arc::new(Health::new());
 
