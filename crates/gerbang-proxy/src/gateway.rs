@@ -190,7 +190,6 @@ impl Gateway {
         method: &http::Method,
         status: u16,
         decision: &str,
-        reason: Option<&str>,
         result: &Result<Response<ResponseBody>, GatewayError>,
         elapsed: Duration,
     ) {
@@ -253,7 +252,6 @@ impl Gateway {
             }
             _ => {}
         }
-        let _ = reason;
     }
 
     /// The audit pipeline, when there is one.
@@ -314,10 +312,7 @@ impl Gateway {
         // The audit record: written (or, with fsync on every record, on disk) before the answer.
         let result = match &self.audit {
             Some(sink) if call.service.is_some() || call.consumer.is_some() => {
-                let status = match &result {
-                    Ok(res) => res.status().as_u16(),
-                    Err(e) => e.status().as_u16(),
-                };
+                let status = response_status(&result);
                 let bytes_out = match &result {
                     Ok(res) => res
                         .headers()
@@ -354,12 +349,9 @@ impl Gateway {
             }
             _ => result,
         };
+        let status = response_status(&result);
         if tracing::enabled!(target: "gerbang::access", tracing::Level::INFO) {
             // One access event per call: registry ids, template and codes only.
-            let status = match &result {
-                Ok(res) => res.status().as_u16(),
-                Err(e) => e.status().as_u16(),
-            };
             tracing::info!(
                 target: "gerbang::access",
                 request_id = request_id.to_str().unwrap_or(""),
@@ -378,17 +370,12 @@ impl Gateway {
         }
         if let Some(m) = &self.metrics {
             m.in_flight.dec();
-            let status = match &result {
-                Ok(res) => res.status().as_u16(),
-                Err(e) => e.status().as_u16(),
-            };
             self.observe(
                 m,
                 &call,
                 &method,
                 status,
                 decision,
-                reason,
                 &result,
                 started.elapsed(),
             );
@@ -476,22 +463,21 @@ impl Gateway {
         let (agency, service_id, rest) = normalized
             .route_parts()
             .ok_or(GatewayError::RouteNotFound)?;
-        // Only a registered service names itself in records and metrics: a client-made path
-        // could carry anything, a NIK included.
-        if let Ok(s) = snapshot.registry.lookup(agency, service_id) {
+        // One lookup; its error waits until the caller is authenticated (an unauthenticated
+        // caller learns nothing of the registry). Only a registered service names itself in
+        // records and metrics: a client-made path could carry anything, a NIK included.
+        let looked_up = snapshot.registry.lookup(agency, service_id);
+        if let Ok(s) = looked_up {
             call.service = Some(s.full_id().to_owned());
         }
         let principal = authenticate(&snapshot.auth, &req, &conn).await?;
         call.consumer = Some(Arc::clone(&principal));
-        let service = snapshot
-            .registry
-            .lookup(agency, service_id)
-            .map_err(|e| match e {
-                LookupError::UnknownAgency => GatewayError::UnknownAgency(agency.to_owned()),
-                LookupError::UnknownService => {
-                    GatewayError::UnknownService(format!("{agency}/{service_id}"))
-                }
-            })?;
+        let service = looked_up.map_err(|e| match e {
+            LookupError::UnknownAgency => GatewayError::UnknownAgency(agency.to_owned()),
+            LookupError::UnknownService => {
+                GatewayError::UnknownService(format!("{agency}/{service_id}"))
+            }
+        })?;
 
         // Authorise: the data-sharing agreement that covers this call, and its limits.
         let now = unix_now();
@@ -670,6 +656,14 @@ impl Gateway {
             crate::error::set_rate_headers(res.headers_mut(), r);
         }
         Ok(res)
+    }
+}
+
+/// The status a result answers with.
+fn response_status(result: &Result<Response<ResponseBody>, GatewayError>) -> u16 {
+    match result {
+        Ok(res) => res.status().as_u16(),
+        Err(e) => e.status().as_u16(),
     }
 }
 
