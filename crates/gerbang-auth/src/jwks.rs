@@ -4,6 +4,7 @@
 //! cannot turn the gateway into a load generator against the issuer. A failed fetch keeps the
 //! last good keys: an issuer outage does not log everyone out.
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -35,6 +36,9 @@ pub struct JwksSource {
     last_attempt: Mutex<Option<Instant>>,
     /// Serialises fetches so that a burst of unknown-kid tokens makes one request.
     fetching: tokio::sync::Mutex<()>,
+    /// Fetches that swapped in new keys, and fetches that failed (exported as metrics).
+    succeeded: AtomicU64,
+    failed: AtomicU64,
 }
 
 /// Largest JWKS document accepted.
@@ -50,7 +54,17 @@ impl JwksSource {
             keys: ArcSwap::from_pointee(IssuerKeys::default()),
             last_attempt: Mutex::new(None),
             fetching: tokio::sync::Mutex::new(()),
+            succeeded: AtomicU64::new(0),
+            failed: AtomicU64::new(0),
         }
+    }
+
+    /// Fetches so far: (succeeded, failed).
+    pub fn fetch_counts(&self) -> (u64, u64) {
+        (
+            self.succeeded.load(Ordering::Relaxed),
+            self.failed.load(Ordering::Relaxed),
+        )
     }
 
     /// The keys in force.
@@ -66,6 +80,17 @@ impl JwksSource {
     }
 
     async fn fetch_and_swap(&self) -> Result<usize, JwksError> {
+        let result = self.fetch_and_swap_inner().await;
+        let counter = if result.is_ok() {
+            &self.succeeded
+        } else {
+            &self.failed
+        };
+        counter.fetch_add(1, Ordering::Relaxed);
+        result
+    }
+
+    async fn fetch_and_swap_inner(&self) -> Result<usize, JwksError> {
         let res = self
             .client
             .get(&self.url)
@@ -236,6 +261,8 @@ mod tests {
         );
         assert!(matches!(src.refresh().await, Err(JwksError::NoUsableKey)));
         assert!(src.keys().contains("b"));
+        // Two good fetches (start, the rotated kid) and three failed ones, as the metrics see.
+        assert_eq!(src.fetch_counts(), (2, 3));
 
         // Unreachable issuer.
         let gone = JwksSource::new(

@@ -49,6 +49,7 @@ pin_project_lite::pin_project! {
         seen: u64,
         limit: Option<u64>,
         watch: Option<Arc<BodyWatch>>,
+        counter: Option<prometheus::IntCounter>,
     }
 }
 
@@ -59,7 +60,14 @@ impl RequestBody {
             seen: 0,
             limit,
             watch,
+            counter: None,
         }
+    }
+
+    /// Adds every data byte that passes to `counter` (bytes received, per service).
+    pub fn counted(mut self, counter: prometheus::IntCounter) -> Self {
+        self.counter = Some(counter);
+        self
     }
 }
 
@@ -74,6 +82,9 @@ impl Body for RequestBody {
         let this = self.project();
         match this.inner.poll_frame(cx) {
             Poll::Ready(Some(Ok(frame))) => {
+                if let (Some(data), Some(c)) = (frame.data_ref(), this.counter.as_ref()) {
+                    c.inc_by(data.len() as u64);
+                }
                 if let (Some(data), Some(limit)) = (frame.data_ref(), *this.limit) {
                     *this.seen += data.len() as u64;
                     if *this.seen > limit {
@@ -114,6 +125,15 @@ pub enum ResponseBody {
     Upstream(Incoming),
     Inline(crate::h1::UpstreamBody),
     Full(Full<Bytes>),
+    /// Another body whose data bytes are added to a counter as they pass (bytes sent).
+    Counted(Box<ResponseBody>, prometheus::IntCounter),
+}
+
+impl ResponseBody {
+    /// This body, counting its data bytes into `counter`.
+    pub fn counted(self, counter: prometheus::IntCounter) -> Self {
+        ResponseBody::Counted(Box::new(self), counter)
+    }
 }
 
 /// Wraps a gateway-made body.
@@ -133,6 +153,15 @@ impl Body for ResponseBody {
             ResponseBody::Upstream(b) => Pin::new(b).poll_frame(cx).map_err(Into::into),
             ResponseBody::Inline(b) => Pin::new(b).poll_frame(cx).map_err(Into::into),
             ResponseBody::Full(b) => Pin::new(b).poll_frame(cx).map_err(|e| match e {}),
+            ResponseBody::Counted(b, counter) => {
+                let polled = Pin::new(b.as_mut()).poll_frame(cx);
+                if let Poll::Ready(Some(Ok(frame))) = &polled {
+                    if let Some(data) = frame.data_ref() {
+                        counter.inc_by(data.len() as u64);
+                    }
+                }
+                polled
+            }
         }
     }
 
@@ -141,6 +170,7 @@ impl Body for ResponseBody {
             ResponseBody::Upstream(b) => b.is_end_stream(),
             ResponseBody::Inline(b) => b.is_end_stream(),
             ResponseBody::Full(b) => b.is_end_stream(),
+            ResponseBody::Counted(b, _) => b.is_end_stream(),
         }
     }
 
@@ -149,6 +179,7 @@ impl Body for ResponseBody {
             ResponseBody::Upstream(b) => b.size_hint(),
             ResponseBody::Inline(b) => b.size_hint(),
             ResponseBody::Full(b) => b.size_hint(),
+            ResponseBody::Counted(b, _) => b.size_hint(),
         }
     }
 }

@@ -228,6 +228,9 @@ impl Gateway {
         m.duration
             .with_label_values(&[service])
             .observe(elapsed.as_secs_f64());
+        if let Some(r) = call.token_result {
+            m.token_requests.with_label_values(&[r]).inc();
+        }
         match result {
             Err(GatewayError::Unauthenticated(f)) => {
                 m.auth_failures.with_label_values(&[f.reason()]).inc();
@@ -380,11 +383,21 @@ impl Gateway {
                 started.elapsed(),
             );
         }
+        let sent = self.metrics.as_ref().map(|m| {
+            m.sent_bytes.with_label_values(&[call
+                .service
+                .as_deref()
+                .or(call.issuer_endpoint)
+                .unwrap_or("unknown")])
+        });
         match result {
             Ok(mut res) => {
                 res.headers_mut()
                     .insert(headers::X_REQUEST_ID.clone(), request_id);
-                res
+                match sent {
+                    Some(counter) => res.map(|b| b.counted(counter)),
+                    None => res,
+                }
             }
             Err(err) => {
                 let rid = request_id.to_str().unwrap_or("");
@@ -411,6 +424,9 @@ impl Gateway {
                     parts
                         .headers
                         .insert(header::CONNECTION, HeaderValue::from_static("close"));
+                }
+                if let Some(counter) = sent {
+                    counter.inc_by(bytes.len() as u64);
                 }
                 Response::from_parts(parts, body::full(bytes))
             }
@@ -455,7 +471,10 @@ impl Gateway {
                 oauth::JWKS_PATH => "gateway/jwks",
                 _ => "gateway/oauth-metadata",
             });
-            return self.issuer_endpoints.serve(req, &snapshot.auth).await;
+            return self
+                .issuer_endpoints
+                .serve(req, &snapshot.auth, &mut call.token_result)
+                .await;
         }
 
         // Normalise once; route and forward on the result.
@@ -598,9 +617,13 @@ impl Gateway {
         // A request with a body is watched: was it too large, or still arriving at a timeout?
         let watch =
             (!http_body::Body::is_end_stream(&incoming)).then(|| Arc::new(BodyWatch::default()));
-        let body = RequestBody::new(incoming, body_limit, watch.clone());
+        let mut body = RequestBody::new(incoming, body_limit, watch.clone());
+        if let Some(m) = &self.metrics {
+            body = body.counted(m.received_bytes.with_label_values(&[service.full_id()]));
+        }
 
         let timeout = service.limits.request_timeout;
+        let upstream_started = std::time::Instant::now();
         let inline_pool = snapshot
             .pools
             .get(service.index)
@@ -634,6 +657,22 @@ impl Gateway {
                 Ok(Ok(res)) => Ok(res.map(ResponseBody::Upstream)),
             }
         };
+        if let Some(m) = &self.metrics {
+            match &result {
+                Ok(_) => m
+                    .upstream_duration
+                    .with_label_values(&[service.full_id()])
+                    .observe(upstream_started.elapsed().as_secs_f64()),
+                Err(Exchange::Failed(
+                    GatewayError::UpstreamUnavailable { .. }
+                    | GatewayError::UpstreamConnectTimeout { .. },
+                )) => m
+                    .upstream_connect_failures
+                    .with_label_values(&[service.full_id(), instance.name.as_str()])
+                    .inc(),
+                Err(_) => {}
+            }
+        }
         let mut res = match result {
             Ok(res) => res,
             // A body over the limit explains any failure of the exchange.
@@ -814,6 +853,8 @@ struct CallInfo {
     subject_hmac: Option<String>,
     /// The W3C trace id of the call, for correlating the record with traces.
     trace: Option<String>,
+    /// What the token endpoint answered: `issued` or an OAuth error code.
+    token_result: Option<&'static str>,
 }
 
 impl CallInfo {

@@ -4,12 +4,17 @@
 //! reason codes — never a raw path, a token or a data-subject id. Unknown values collapse to
 //! fixed words (`anonymous`, `unknown`, `none`), so the series count is bounded by the registry:
 //! about consumers × services × endpoints × methods × 5 status classes × 3 decisions.
+//!
+//! Most series move on the request path. State that lives elsewhere (the audit queue, JWKS
+//! fetches of the auth crate, instance health) is read when `/metrics` is scraped, by the
+//! refresh hooks that the wiring registers with [`Metrics::on_scrape`].
 
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
+use prometheus::core::Collector;
 use prometheus::{
-    Encoder, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
-    TextEncoder,
+    Encoder, Gauge, GaugeVec, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, IntGaugeVec,
+    Opts, Registry, TextEncoder,
 };
 
 /// Buckets from 250 µs to 30 s.
@@ -18,17 +23,34 @@ const BUCKETS: [f64; 16] = [
     30.0,
 ];
 
+type Hook = Box<dyn Fn(&Metrics) + Send + Sync>;
+
 /// The gateway's metrics.
 pub struct Metrics {
     registry: Registry,
     pub requests: IntCounterVec,
     pub duration: HistogramVec,
+    pub upstream_duration: HistogramVec,
+    pub upstream_connect_failures: IntCounterVec,
+    pub received_bytes: IntCounterVec,
+    pub sent_bytes: IntCounterVec,
     pub policy_decisions: IntCounterVec,
     pub auth_failures: IntCounterVec,
     pub limited: IntCounterVec,
     pub in_flight: IntGauge,
+    pub open_connections: IntGaugeVec,
     pub audit_records: IntCounterVec,
+    pub audit_queue: IntGauge,
+    pub token_requests: IntCounterVec,
+    pub jwks_refreshes: IntCounterVec,
+    pub config_reloads: IntCounterVec,
+    pub config_last_reload_successful: IntGauge,
+    pub config_last_reload_success_time: Gauge,
+    pub config_info: IntGaugeVec,
+    pub credential_expiry: GaugeVec,
+    pub upstream_instance_healthy: IntGaugeVec,
     build: IntGaugeVec,
+    hooks: Mutex<Vec<Hook>>,
     /// Whether per-application labels are on (off for very large registries).
     pub per_application: bool,
 }
@@ -38,11 +60,49 @@ pub struct Metrics {
 #[error("metrics: {0}")]
 pub struct MetricsError(#[from] prometheus::Error);
 
+fn counter(
+    r: &Registry,
+    name: &str,
+    help: &str,
+    labels: &[&str],
+) -> Result<IntCounterVec, MetricsError> {
+    let c = IntCounterVec::new(Opts::new(name, help), labels)?;
+    r.register(Box::new(c.clone()))?;
+    Ok(c)
+}
+
+fn gauge_vec(
+    r: &Registry,
+    name: &str,
+    help: &str,
+    labels: &[&str],
+) -> Result<IntGaugeVec, MetricsError> {
+    let g = IntGaugeVec::new(Opts::new(name, help), labels)?;
+    r.register(Box::new(g.clone()))?;
+    Ok(g)
+}
+
+fn histogram(
+    r: &Registry,
+    name: &str,
+    help: &str,
+    labels: &[&str],
+) -> Result<HistogramVec, MetricsError> {
+    let h = HistogramVec::new(
+        HistogramOpts::new(name, help).buckets(BUCKETS.to_vec()),
+        labels,
+    )?;
+    r.register(Box::new(h.clone()))?;
+    Ok(h)
+}
+
 impl Metrics {
     pub fn new(per_application: bool) -> Result<Arc<Self>, MetricsError> {
-        let registry = Registry::new();
-        let requests = IntCounterVec::new(
-            Opts::new("gerbang_requests_total", "Calls through the data plane"),
+        let r = Registry::new();
+        let requests = counter(
+            &r,
+            "gerbang_requests_total",
+            "Calls through the data plane",
             &[
                 "consumer",
                 "consumer_agency",
@@ -53,91 +113,241 @@ impl Metrics {
                 "decision",
             ],
         )?;
-        let duration = HistogramVec::new(
-            HistogramOpts::new(
-                "gerbang_request_duration_seconds",
-                "Time from request to response head, whole gateway",
-            )
-            .buckets(BUCKETS.to_vec()),
+        let duration = histogram(
+            &r,
+            "gerbang_request_duration_seconds",
+            "Time from request to response head, whole gateway",
             &["service"],
         )?;
-        let policy_decisions = IntCounterVec::new(
-            Opts::new(
-                "gerbang_policy_decisions_total",
-                "Policy decisions by result and reason",
-            ),
+        let upstream_duration = histogram(
+            &r,
+            "gerbang_upstream_duration_seconds",
+            "Time from forwarding a request to the upstream's response head (connect included)",
+            &["service"],
+        )?;
+        let upstream_connect_failures = counter(
+            &r,
+            "gerbang_upstream_connect_failures_total",
+            "Connections to an upstream instance that failed or timed out",
+            &["service", "instance"],
+        )?;
+        let received_bytes = counter(
+            &r,
+            "gerbang_received_bytes_total",
+            "Request body bytes received from clients and forwarded",
+            &["service"],
+        )?;
+        let sent_bytes = counter(
+            &r,
+            "gerbang_sent_bytes_total",
+            "Response body bytes sent to clients",
+            &["service"],
+        )?;
+        let policy_decisions = counter(
+            &r,
+            "gerbang_policy_decisions_total",
+            "Policy decisions by result and reason",
             &["decision", "reason"],
         )?;
-        let auth_failures = IntCounterVec::new(
-            Opts::new(
-                "gerbang_auth_failures_total",
-                "Authentication refusals by reason",
-            ),
+        let auth_failures = counter(
+            &r,
+            "gerbang_auth_failures_total",
+            "Authentication refusals by reason",
             &["reason"],
         )?;
-        let limited = IntCounterVec::new(
-            Opts::new(
-                "gerbang_limit_refusals_total",
-                "Calls refused by an agreement's rate limit or quota",
-            ),
+        let limited = counter(
+            &r,
+            "gerbang_limit_refusals_total",
+            "Calls refused by an agreement's rate limit or quota",
             &["reason", "agreement"],
         )?;
         let in_flight = IntGauge::new("gerbang_in_flight_requests", "Requests being handled")?;
-        let audit_records = IntCounterVec::new(
-            Opts::new(
-                "gerbang_audit_records_total",
-                "Audit records by result (written, failed)",
-            ),
+        r.register(Box::new(in_flight.clone()))?;
+        let open_connections = gauge_vec(
+            &r,
+            "gerbang_open_connections",
+            "Client connections open, by listener",
+            &["listener"],
+        )?;
+        let audit_records = counter(
+            &r,
+            "gerbang_audit_records_total",
+            "Audit records by result (written, failed)",
             &["result"],
         )?;
-        let build = IntGaugeVec::new(
-            Opts::new("gerbang_build_info", "Build of the running gateway"),
+        let audit_queue = IntGauge::new(
+            "gerbang_audit_queue_depth",
+            "Audit records waiting for the writer",
+        )?;
+        r.register(Box::new(audit_queue.clone()))?;
+        let token_requests = counter(
+            &r,
+            "gerbang_token_requests_total",
+            "Requests to the token endpoint by result (issued or the OAuth error code)",
+            &["result"],
+        )?;
+        let jwks_refreshes = counter(
+            &r,
+            "gerbang_jwks_refreshes_total",
+            "Fetches of an external issuer's JWKS by result",
+            &["issuer", "result"],
+        )?;
+        let config_reloads = counter(
+            &r,
+            "gerbang_config_reloads_total",
+            "Configuration reloads by result",
+            &["result"],
+        )?;
+        let config_last_reload_successful = IntGauge::new(
+            "gerbang_config_last_reload_successful",
+            "Whether the last configuration load or reload succeeded",
+        )?;
+        r.register(Box::new(config_last_reload_successful.clone()))?;
+        let config_last_reload_success_time = Gauge::new(
+            "gerbang_config_last_reload_success_timestamp_seconds",
+            "Unix time of the last successful configuration load",
+        )?;
+        r.register(Box::new(config_last_reload_success_time.clone()))?;
+        let config_info = gauge_vec(
+            &r,
+            "gerbang_config_info",
+            "The configuration in force (SHA-256 prefix of its files)",
+            &["hash"],
+        )?;
+        let credential_expiry = GaugeVec::new(
+            Opts::new(
+                "gerbang_credential_expiry_timestamp_seconds",
+                "Unix time at which a credential of the gateway expires (signing key by rotation \
+                 policy, TLS certificate, API key)",
+            ),
+            &["kind", "name"],
+        )?;
+        r.register(Box::new(credential_expiry.clone()))?;
+        let upstream_instance_healthy = gauge_vec(
+            &r,
+            "gerbang_upstream_instance_healthy",
+            "Whether an upstream instance takes traffic (1) or is ejected or failing checks (0)",
+            &["service", "instance"],
+        )?;
+        let build = gauge_vec(
+            &r,
+            "gerbang_build_info",
+            "Build of the running gateway",
             &["version"],
         )?;
         build.with_label_values(&[env!("CARGO_PKG_VERSION")]).set(1);
-        registry.register(Box::new(requests.clone()))?;
-        registry.register(Box::new(duration.clone()))?;
-        registry.register(Box::new(policy_decisions.clone()))?;
-        registry.register(Box::new(auth_failures.clone()))?;
-        registry.register(Box::new(limited.clone()))?;
-        registry.register(Box::new(in_flight.clone()))?;
-        registry.register(Box::new(audit_records.clone()))?;
-        registry.register(Box::new(build.clone()))?;
         Ok(Arc::new(Self {
-            registry,
+            registry: r,
             requests,
             duration,
+            upstream_duration,
+            upstream_connect_failures,
+            received_bytes,
+            sent_bytes,
             policy_decisions,
             auth_failures,
             limited,
             in_flight,
+            open_connections,
             audit_records,
+            audit_queue,
+            token_requests,
+            jwks_refreshes,
+            config_reloads,
+            config_last_reload_successful,
+            config_last_reload_success_time,
+            config_info,
+            credential_expiry,
+            upstream_instance_healthy,
             build,
+            hooks: Mutex::new(Vec::new()),
             per_application,
         }))
     }
 
+    /// Runs `hook` before every scrape, to copy state kept elsewhere into gauges and counters.
+    pub fn on_scrape(&self, hook: impl Fn(&Metrics) + Send + Sync + 'static) {
+        if let Ok(mut hooks) = self.hooks.lock() {
+            hooks.push(Box::new(hook));
+        }
+    }
+
+    /// Records a configuration load: its hash, and success with the time, or failure.
+    pub fn config_loaded(&self, result: Result<&str, ()>, reload: bool) {
+        match result {
+            Ok(hash) => {
+                self.config_info.reset();
+                self.config_info.with_label_values(&[hash]).set(1);
+                self.config_last_reload_successful.set(1);
+                let now = std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map_or(0.0, |d| d.as_secs_f64());
+                self.config_last_reload_success_time.set(now);
+                if reload {
+                    self.config_reloads.with_label_values(&["success"]).inc();
+                }
+            }
+            Err(()) => {
+                self.config_last_reload_successful.set(0);
+                if reload {
+                    self.config_reloads.with_label_values(&["failure"]).inc();
+                }
+            }
+        }
+    }
+
+    /// Sets the expiry series to exactly `expiries` (kind, name, unix seconds).
+    pub fn set_expiries(&self, expiries: &[(&str, &str, i64)]) {
+        self.credential_expiry.reset();
+        for (kind, name, at) in expiries {
+            self.credential_expiry
+                .with_label_values(&[kind, name])
+                .set(*at as f64);
+        }
+    }
+
     /// The names of every metric family, including those with no series yet.
     pub fn family_names(&self) -> Vec<String> {
-        use prometheus::core::Collector;
-        let collectors: [&dyn Collector; 8] = [
+        let collectors: [&dyn Collector; 22] = [
             &self.requests,
             &self.duration,
+            &self.upstream_duration,
+            &self.upstream_connect_failures,
+            &self.received_bytes,
+            &self.sent_bytes,
             &self.policy_decisions,
             &self.auth_failures,
             &self.limited,
             &self.in_flight,
+            &self.open_connections,
             &self.audit_records,
+            &self.audit_queue,
+            &self.token_requests,
+            &self.jwks_refreshes,
+            &self.config_reloads,
+            &self.config_last_reload_successful,
+            &self.config_last_reload_success_time,
+            &self.config_info,
+            &self.credential_expiry,
+            &self.upstream_instance_healthy,
             &self.build,
         ];
-        collectors
+        let mut names: Vec<String> = collectors
             .iter()
             .flat_map(|c| c.desc().into_iter().map(|d| d.fq_name.clone()))
-            .collect()
+            .collect();
+        names.sort();
+        names.dedup();
+        names
     }
 
-    /// The exposition text.
+    /// The exposition text (after running the scrape hooks).
     pub fn render(&self) -> Vec<u8> {
+        if let Ok(hooks) = self.hooks.lock() {
+            for hook in hooks.iter() {
+                hook(self);
+            }
+        }
         let mut out = Vec::new();
         if TextEncoder::new()
             .encode(&self.registry.gather(), &mut out)
@@ -146,6 +356,18 @@ impl Metrics {
             out.clear();
         }
         out
+    }
+}
+
+/// Sets `counter` to `value` (a counter kept elsewhere, copied at scrape time; the scrape lock
+/// serialises the reset and the increment).
+pub fn copy_counter(counter: &prometheus::IntCounter, value: u64) {
+    let now = counter.get();
+    if value >= now {
+        counter.inc_by(value - now);
+    } else {
+        counter.reset();
+        counter.inc_by(value);
     }
 }
 

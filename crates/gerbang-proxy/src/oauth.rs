@@ -51,6 +51,7 @@ impl IssuerEndpoints {
         &self,
         req: Request<Incoming>,
         auth: &Arc<Authenticator>,
+        token_result: &mut Option<&'static str>,
     ) -> Result<Response<ResponseBody>, GatewayError> {
         let path = req.uri().path();
         if path == TOKEN_PATH {
@@ -58,8 +59,12 @@ impl IssuerEndpoints {
                 return Err(GatewayError::MethodNotAllowed { allow: "POST" });
             }
             let res = match self.token(req, auth).await {
-                Ok(body) => json(StatusCode::OK, body),
+                Ok(body) => {
+                    *token_result = Some("issued");
+                    json(StatusCode::OK, body)
+                }
                 Err(e) => {
+                    *token_result = Some(e.code());
                     let mut res = json(
                         StatusCode::from_u16(e.status()).unwrap_or(StatusCode::BAD_REQUEST),
                         e.body(),

@@ -52,6 +52,8 @@ pub struct ListenerSettings {
     /// Most client connections served at once; beyond it the listener stops accepting (new
     /// connections wait in the kernel's backlog) until one closes.
     pub max_connections: usize,
+    /// Counts the listener's open connections (a metrics gauge), when set.
+    pub open_connections: Option<prometheus::IntGauge>,
 }
 
 impl Default for ListenerSettings {
@@ -62,6 +64,7 @@ impl Default for ListenerSettings {
             max_head_bytes: 64 * 1024,
             shutdown_grace: Duration::from_secs(30),
             max_connections: 10_000,
+            open_connections: None,
         }
     }
 }
@@ -138,8 +141,10 @@ pub async fn serve<H: Handler>(
         let handshake_timeout = settings.header_read_timeout;
         // The same bound as hyper's buffer, so that the guard gives up only where hyper does.
         let max_head = settings.max_head_bytes.max(8192);
+        let open = settings.open_connections.clone().map(OpenConnection::new);
         tokio::spawn(async move {
             let _permit = permit;
+            let _open = open;
             let make_service = move |conn: ConnInfo| {
                 hyper::service::service_fn(move |req| {
                     let handler = Arc::clone(&handler);
@@ -198,5 +203,21 @@ pub async fn serve<H: Handler>(
             tracing::warn!(grace = ?settings.shutdown_grace, "shutdown grace period over; closing remaining connections");
             ShutdownOutcome::DeadlineExceeded
         }
+    }
+}
+
+/// One open connection in a gauge: counted up when made, down when dropped.
+struct OpenConnection(prometheus::IntGauge);
+
+impl OpenConnection {
+    fn new(gauge: prometheus::IntGauge) -> Self {
+        gauge.inc();
+        Self(gauge)
+    }
+}
+
+impl Drop for OpenConnection {
+    fn drop(&mut self) {
+        self.0.dec();
     }
 }

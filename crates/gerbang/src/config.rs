@@ -332,6 +332,11 @@ pub struct Config {
     pub metrics_per_application: bool,
     /// Count calls for `GET /metrics`.
     pub metrics_enabled: bool,
+    /// SHA-256 (first 16 hex digits) of every configuration input: the main file, the registry
+    /// and agreement files, and `GERBANG__*` overrides.
+    pub fingerprint: String,
+    /// When credentials of the gateway expire: (kind, name, Unix time).
+    pub expiries: Vec<(&'static str, String, i64)>,
 }
 
 impl fmt::Debug for Config {
@@ -479,6 +484,7 @@ pub fn load(file: &Path, overrides: &Overrides) -> Result<Config, ConfigError> {
         }
     };
 
+    let mut server_cert_expiry = None;
     let server_tls = raw.server.tls.as_ref().and_then(|t| {
         let cert = read_file(
             &resolve(&t.cert_file),
@@ -524,6 +530,7 @@ pub fn load(file: &Path, overrides: &Overrides) -> Result<Config, ConfigError> {
             }
         };
         let (cert, key) = (cert?, key?);
+        server_cert_expiry = certificate_not_after(&cert);
         match gerbang_proxy::tls::server_config_with_client_auth(&cert, &key, client_auth) {
             Ok(c) => Some(c),
             Err(e) => {
@@ -632,7 +639,26 @@ pub fn load(file: &Path, overrides: &Overrides) -> Result<Config, ConfigError> {
             Some(auth),
             Some(agreements),
         ) if problems.list.is_empty() => {
+            let mut expiries = Vec::new();
+            if let Some((kid, at)) = &auth.signing_key_due {
+                expiries.push(("signing_key", kid.clone(), *at));
+            }
+            if let Some(at) = server_cert_expiry {
+                expiries.push(("tls_certificate", "server".to_owned(), at));
+            }
+            for c in &credentials {
+                if let Some(at) = c.api_keys.iter().filter_map(|(_, e)| *e).min() {
+                    expiries.push(("api_key", c.application.clone(), at as i64));
+                }
+            }
+            let fingerprint = fingerprint(
+                file,
+                &[&registry_dir, &resolve(&raw.paths.agreements_dir)],
+                overrides,
+            );
             Ok(Config {
+                fingerprint,
+                expiries,
                 file: file.to_path_buf(),
                 listen,
                 admin_listen,
@@ -645,6 +671,7 @@ pub fn load(file: &Path, overrides: &Overrides) -> Result<Config, ConfigError> {
                     max_head_bytes: raw.limits.max_uri_bytes + raw.limits.max_header_bytes + 4096,
                     shutdown_grace: raw.server.shutdown_grace,
                     max_connections: raw.server.max_connections,
+                    open_connections: None,
                 },
                 limits: Limits {
                     max_uri_bytes: raw.limits.max_uri_bytes,
@@ -673,6 +700,50 @@ pub fn load(file: &Path, overrides: &Overrides) -> Result<Config, ConfigError> {
             problems: problems.list,
         }),
     }
+}
+
+/// The `notAfter` of the first certificate in `pem`, as Unix time.
+fn certificate_not_after(pem: &[u8]) -> Option<i64> {
+    let certs = gerbang_proxy::tls::parse_certs(pem).ok()?;
+    let first = certs.first()?;
+    let (_, cert) = x509_parser::parse_x509_certificate(first.as_ref()).ok()?;
+    Some(cert.validity().not_after.timestamp())
+}
+
+/// A short hash of every configuration input, for the `gerbang_config_info` series: two
+/// gateways with the same value run the same configuration.
+fn fingerprint(main: &Path, dirs: &[&Path], overrides: &Overrides) -> String {
+    use sha2::{Digest, Sha256};
+    let mut h = Sha256::new();
+    let mut add = |name: &str, bytes: &[u8]| {
+        h.update((name.len() as u64).to_be_bytes());
+        h.update(name.as_bytes());
+        h.update((bytes.len() as u64).to_be_bytes());
+        h.update(bytes);
+    };
+    add("main", &std::fs::read(main).unwrap_or_default());
+    for dir in dirs {
+        let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
+            .map(|e| e.filter_map(|e| e.ok()).map(|e| e.path()).collect())
+            .unwrap_or_default();
+        files.retain(|p| p.extension().is_some_and(|x| x == "toml"));
+        files.sort();
+        for f in files {
+            let name = f.file_name().and_then(|n| n.to_str()).unwrap_or("");
+            add(name, &std::fs::read(&f).unwrap_or_default());
+        }
+    }
+    let mut env: Vec<(String, String)> = std::env::vars()
+        .filter(|(k, _)| k.starts_with("GERBANG__"))
+        .collect();
+    env.sort();
+    for (k, v) in env {
+        add(&k, v.as_bytes());
+    }
+    for v in [&overrides.listen, &overrides.admin_listen].into_iter().flatten() {
+        add("override", v.as_bytes());
+    }
+    hex::encode(&h.finalize()[..8])
 }
 
 fn describe_config_error(e: &config::ConfigError) -> String {

@@ -85,6 +85,13 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
     };
     let externals =
         start_external_issuers(config.auth.externals, &config.upstream_tls, &rx, stop).await?;
+    let externals_for_metrics: Vec<(String, Arc<JwksSource>)> = externals
+        .iter()
+        .filter_map(|e| match &e.keys {
+            ExternalKeys::Jwks(source) => Some((e.issuer.issuer.clone(), Arc::clone(source))),
+            ExternalKeys::Static(_) => None,
+        })
+        .collect();
     let mut issuer = config.auth.issuer;
     let mut public_base_url = config.auth.public_base_url;
     if let Some(scheme) = config.auth.issuer_from_listener {
@@ -141,8 +148,39 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
     }
     let metrics = gerbang_proxy::metrics::Metrics::new(config.metrics_per_application)
         .map_err(|e| StartError::Metrics(e.to_string()))?;
+    metrics.config_loaded(Ok(&config.fingerprint), false);
+    let expiries: Vec<(&str, &str, i64)> = config
+        .expiries
+        .iter()
+        .map(|(k, n, at)| (*k, n.as_str(), *at))
+        .collect();
+    metrics.set_expiries(&expiries);
+    // State kept outside the metrics, copied in at each scrape.
+    for ext in &externals_for_metrics {
+        let (issuer, source) = (ext.0.clone(), Arc::clone(&ext.1));
+        metrics.on_scrape(move |m| {
+            let (ok, failed) = source.fetch_counts();
+            gerbang_proxy::metrics::copy_counter(
+                &m.jwks_refreshes.with_label_values(&[&issuer, "success"]),
+                ok,
+            );
+            gerbang_proxy::metrics::copy_counter(
+                &m.jwks_refreshes.with_label_values(&[&issuer, "failure"]),
+                failed,
+            );
+        });
+    }
+    if let Some(sink) = gateway.audit() {
+        let stats = Arc::clone(&sink.stats);
+        metrics.on_scrape(move |m| {
+            let queued = stats.queued.load(std::sync::atomic::Ordering::Relaxed);
+            m.audit_queue.set(i64::try_from(queued).unwrap_or(i64::MAX));
+        });
+    }
+    let mut data_settings = config.listener;
     if config.metrics_enabled {
         gateway = gateway.with_metrics(Arc::clone(&metrics));
+        data_settings.open_connections = Some(metrics.open_connections.with_label_values(&["data"]));
     }
     let gateway = Arc::new(gateway);
     let health = Arc::new(Health::new());
@@ -150,7 +188,8 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
     let admin_settings = gerbang_proxy::ListenerSettings {
         tls: None,
         max_connections: 256,
-        ..config.listener.clone()
+        open_connections: Some(metrics.open_connections.with_label_values(&["admin"])),
+        ..data_settings.clone()
     };
     let admin_task = tokio::spawn(serve(
         admin,
@@ -158,7 +197,7 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
         admin_settings,
         stop(rx.clone()),
     ));
-    let data_task = tokio::spawn(serve(data, Arc::clone(&gateway), config.listener, stop(rx)));
+    let data_task = tokio::spawn(serve(data, Arc::clone(&gateway), data_settings, stop(rx)));
     let task = tokio::spawn(async move {
         let data = data_task.await.unwrap_or(ShutdownOutcome::DeadlineExceeded);
         let _ = admin_task.await;

@@ -17,6 +17,8 @@ async fn series_move_for_the_right_labels_and_never_carry_a_subject_id() {
     let gw = TestGateway::start_with_agreements(&[&registry], Some(agreement), "", "").await;
     let nik = "3603015505900001";
     let path = format!("/dukcapil/penduduk/penduduk/{nik}");
+    // Body bytes the clients of this service received, to compare with the counter.
+    let mut body_bytes = 0;
     for _ in 0..3 {
         let r = raw_request(
             gw.addr,
@@ -24,12 +26,29 @@ async fn series_move_for_the_right_labels_and_never_carry_a_subject_id() {
         )
         .await;
         assert_eq!(r.status, 200);
+        body_bytes += r.body.len();
     }
-    assert_eq!(raw_request(gw.addr, &get(&path, "")).await.status, 403);
-    assert_eq!(
-        raw_request_as_is(gw.addr, &get(&path, "")).await.status,
-        401
-    );
+    let denied = raw_request(gw.addr, &get(&path, "")).await;
+    assert_eq!(denied.status, 403);
+    let unauthenticated = raw_request_as_is(gw.addr, &get(&path, "")).await;
+    assert_eq!(unauthenticated.status, 401);
+    body_bytes += denied.body.len() + unauthenticated.body.len();
+    // The token endpoint: an unknown client and a malformed request.
+    let token = |body: &str| {
+        format!(
+            "POST /oauth/token HTTP/1.1\r\nHost: gw.test\r\nContent-Type: application/x-www-form-urlencoded\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+            body.len()
+        )
+        .into_bytes()
+    };
+    let r = raw_request_as_is(
+        gw.addr,
+        &token("grant_type=client_credentials&client_id=x%2Fy&client_secret=z"),
+    )
+    .await;
+    assert_eq!(r.status, 401);
+    let r = raw_request_as_is(gw.addr, &token("grant_type=password")).await;
+    assert_eq!(r.status, 400);
     // A NIK in the service position of an unknown route must not become a label either.
     assert_eq!(
         raw_request(gw.addr, &get(&format!("/dukcapil/{nik}/x"), ""))
@@ -71,6 +90,50 @@ async fn series_move_for_the_right_labels_and_never_carry_a_subject_id() {
         "{text}"
     );
     assert_eq!(value("gerbang_in_flight_requests"), Some(0.0));
+    // Only the three allowed calls reached the upstream.
+    assert_eq!(
+        value("gerbang_upstream_duration_seconds_count{service=\"dukcapil/penduduk\"}"),
+        Some(3.0)
+    );
+    assert_eq!(
+        value("gerbang_sent_bytes_total{service=\"dukcapil/penduduk\"}"),
+        Some(body_bytes as f64),
+        "{text}"
+    );
+    assert_eq!(
+        value("gerbang_token_requests_total{result=\"invalid_client\"}"),
+        Some(1.0)
+    );
+    assert_eq!(
+        value("gerbang_token_requests_total{result=\"unsupported_grant_type\"}")
+            .or(value("gerbang_token_requests_total{result=\"invalid_request\"}")),
+        Some(1.0),
+        "{text}"
+    );
+    // The configuration and the credentials' expiry.
+    assert_eq!(value("gerbang_config_last_reload_successful"), Some(1.0));
+    let info = text
+        .lines()
+        .find(|l| l.starts_with("gerbang_config_info{hash=\""))
+        .expect("config info series");
+    assert!(info.ends_with(" 1"), "{info}");
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs_f64();
+    let key_due = text
+        .lines()
+        .find(|l| {
+            l.starts_with("gerbang_credential_expiry_timestamp_seconds{kind=\"signing_key\"")
+        })
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse::<f64>().ok())
+        .expect("signing key expiry series");
+    // A key made just now is due in 90 days (the default rotation age).
+    assert!(
+        (key_due - (now + 90.0 * 86_400.0)).abs() < 3_600.0,
+        "{key_due} vs {now}"
+    );
     assert!(!text.contains(nik), "a subject id became a label");
     assert!(!text.contains("/penduduk/36"), "a raw path became a label");
 
@@ -169,4 +232,90 @@ async fn alert_rules_and_dashboard_query_real_series() {
             Err(_) => break, // promtool is not installed on this machine
         }
     }
+}
+
+/// Bytes received, upstream connect failures and open connections move with what happens.
+#[tokio::test]
+async fn bytes_connect_failures_and_connections_are_counted() {
+    let up = backend(Kind::Echo, "e").await;
+    // A port with nothing listening: bound, then closed.
+    let dead = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap()
+    };
+    let gw = TestGateway::start(
+        &[
+            &agency("a", "s", &[up.url()], ""),
+            &agency("b", "dead", &[format!("http://{dead}")], ""),
+        ],
+        "",
+        "",
+    )
+    .await;
+    let body = "x".repeat(1000);
+    let post = format!(
+        "POST /a/s/echo HTTP/1.1\r\nHost: gw.test\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    );
+    assert_eq!(raw_request(gw.addr, post.as_bytes()).await.status, 200);
+    for _ in 0..2 {
+        assert_eq!(raw_request(gw.addr, &get("/b/dead/x", "")).await.status, 502);
+    }
+    // A client connection held open shows in the data listener's gauge.
+    let held = tokio::net::TcpStream::connect(gw.addr).await.unwrap();
+    let scrape = || async {
+        String::from_utf8(raw_request_as_is(gw.admin, &get("/metrics", "")).await.body).unwrap()
+    };
+    let value = |text: &str, series: &str| -> Option<f64> {
+        text.lines()
+            .find(|l| l.starts_with(series))
+            .and_then(|l| l.rsplit(' ').next())
+            .and_then(|v| v.parse().ok())
+    };
+    let mut text = scrape().await;
+    for _ in 0..50 {
+        if value(&text, "gerbang_open_connections{listener=\"data\"}") == Some(1.0) {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        text = scrape().await;
+    }
+    assert_eq!(
+        value(&text, "gerbang_open_connections{listener=\"data\"}"),
+        Some(1.0),
+        "{text}"
+    );
+    // The scrape's own connection.
+    assert_eq!(
+        value(&text, "gerbang_open_connections{listener=\"admin\"}"),
+        Some(1.0)
+    );
+    assert_eq!(
+        value(&text, "gerbang_received_bytes_total{service=\"a/s\"}"),
+        Some(1000.0),
+        "{text}"
+    );
+    assert_eq!(
+        value(
+            &text,
+            "gerbang_upstream_connect_failures_total{instance=\"i0\",service=\"b/dead\"}"
+        ),
+        Some(2.0),
+        "{text}"
+    );
+    assert_eq!(
+        value(&text, "gerbang_upstream_duration_seconds_count{service=\"b/dead\"}"),
+        None,
+        "a failed connect is not an upstream response time"
+    );
+    drop(held);
+    let mut closed = false;
+    for _ in 0..100 {
+        if value(&scrape().await, "gerbang_open_connections{listener=\"data\"}") == Some(0.0) {
+            closed = true;
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    assert!(closed, "the gauge comes back to 0 when the client leaves");
 }

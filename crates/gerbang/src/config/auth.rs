@@ -31,6 +31,10 @@ pub(super) struct RawAuth {
     assertion: bool,
     #[serde(with = "humantime_serde")]
     assertion_ttl: Duration,
+    /// How long a signing key is used before it should be rotated: the key's expiry metric
+    /// (and its alert) counts from the key file's time.
+    #[serde(with = "humantime_serde")]
+    signing_key_max_age: Duration,
     /// Request headers removed on every route, besides `X-Gerbang-*`.
     strip_headers: Vec<String>,
     /// Argon2 verifications run at once by the token endpoint; 0 = two per core.
@@ -49,6 +53,7 @@ impl Default for RawAuth {
             token_cache_size: 100_000,
             assertion: true,
             assertion_ttl: d(60),
+            signing_key_max_age: d(90 * 86_400),
             strip_headers: Vec::new(),
             token_endpoint_concurrency: 0,
             external: Vec::new(),
@@ -152,6 +157,8 @@ pub struct AuthConfig {
     /// Base URL of the token endpoint in the metadata document.
     pub public_base_url: String,
     pub token_endpoint_concurrency: usize,
+    /// When the signing key in force is due for rotation: its kid and Unix time.
+    pub signing_key_due: Option<(String, i64)>,
 }
 
 /// Key files older than their successor by more than this are retired: no token they signed
@@ -199,6 +206,9 @@ pub(super) fn load_auth(
     if raw.assertion && (raw.assertion_ttl < d(5) || raw.assertion_ttl > d(600)) {
         problems.push(file, "auth.assertion_ttl", "must be between 5s and 10m");
     }
+    if raw.signing_key_max_age < d(86_400) {
+        problems.push(file, "auth.signing_key_max_age", "at least 1d");
+    }
     if !(1..=10_000_000).contains(&raw.token_cache_size) {
         problems.push(
             file,
@@ -224,7 +234,7 @@ pub(super) fn load_auth(
     }
 
     let keys_dir = resolve_in(data_dir, &raw.keys_dir);
-    let ring = load_signing_keys(&keys_dir, retire_after(raw), file, problems);
+    let (ring, active_time) = load_signing_keys(&keys_dir, retire_after(raw), file, problems);
     let mut externals = Vec::new();
     for (i, e) in raw.external.iter().enumerate() {
         if let Some(spec) = external_spec(e, i, file, resolve, problems) {
@@ -243,7 +253,17 @@ pub(super) fn load_auth(
         }
     }
     let ring = ring?;
+    let signing_key_due = ring.active().zip(active_time).map(|(k, t)| {
+        let made = t
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs() as i64);
+        (
+            k.kid.clone(),
+            made.saturating_add(raw.signing_key_max_age.as_secs() as i64),
+        )
+    });
     (problems.list.len() == before).then(|| AuthConfig {
+        signing_key_due,
         issuer: Issuer {
             issuer: issuer_url,
             audience: raw.audience.clone(),
@@ -289,7 +309,7 @@ fn load_signing_keys(
     retire_after: Duration,
     file: &Path,
     problems: &mut Problems,
-) -> Option<KeyRing> {
+) -> (Option<KeyRing>, Option<SystemTime>) {
     let hint = "create one with `gerbang rotate-key --config FILE` (the demo creates its own)";
     let entries = match std::fs::read_dir(dir) {
         Ok(e) => e,
@@ -299,7 +319,7 @@ fn load_signing_keys(
                 "auth.keys_dir",
                 format!("cannot read {}: {e}; {hint}", dir.display()),
             );
-            return None;
+            return (None, None);
         }
     };
     let mut files: Vec<(String, PathBuf, Option<SystemTime>)> = entries
@@ -319,10 +339,11 @@ fn load_signing_keys(
             "auth.keys_dir",
             format!("no signing key (<kid>.pem) in {}; {hint}", dir.display()),
         );
-        return None;
+        return (None, None);
     }
     let now = SystemTime::now();
     let mut keys = Vec::new();
+    let mut active_time = None;
     let mut successor_time: Option<SystemTime> = None;
     for (kid, path, mtime) in files {
         let retired = successor_time
@@ -344,11 +365,16 @@ fn load_signing_keys(
             }
         };
         match SigningKey::from_pem(&kid, &pem) {
-            Ok(k) => keys.push(k),
+            Ok(k) => {
+                if keys.is_empty() {
+                    active_time = mtime;
+                }
+                keys.push(k);
+            }
             Err(e) => problems.push(file, "auth.keys_dir", format!("{}: {e}", path.display())),
         }
     }
-    KeyRing::new(keys).ok()
+    (KeyRing::new(keys).ok(), active_time)
 }
 
 /// Writes a new P-256 signing key to `dir` (created with mode 0700 if missing), named after the
