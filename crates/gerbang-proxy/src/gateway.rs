@@ -118,6 +118,7 @@ pub struct Gateway {
     quotas: Arc<dyn gerbang_policy::limits::QuotaStore>,
     audit: Option<Arc<crate::audit::AuditSink>>,
     metrics: Option<Arc<crate::metrics::Metrics>>,
+    spans: Option<Arc<dyn crate::trace::SpanSink>>,
 }
 
 impl Gateway {
@@ -148,6 +149,7 @@ impl Gateway {
             quotas,
             audit: None,
             metrics: None,
+            spans: None,
         }
     }
 
@@ -174,6 +176,17 @@ impl Gateway {
     pub fn with_audit(mut self, sink: Arc<crate::audit::AuditSink>) -> Self {
         self.audit = Some(sink);
         self
+    }
+
+    /// Exports a span of every call to `sink` from now on.
+    pub fn with_spans(mut self, sink: Arc<dyn crate::trace::SpanSink>) -> Self {
+        self.spans = Some(sink);
+        self
+    }
+
+    /// The span exporter, when there is one.
+    pub fn spans(&self) -> Option<&Arc<dyn crate::trace::SpanSink>> {
+        self.spans.as_ref()
     }
 
     /// Counts every call in `metrics` from now on.
@@ -300,6 +313,10 @@ impl Gateway {
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.parse::<u64>().ok());
         let mut call = CallInfo::default();
+        let wall_start = self.spans.is_some().then(std::time::SystemTime::now);
+        if self.spans.is_some() {
+            call.span = Some(crate::trace::span_ids(req.headers()));
+        }
         if let Some(m) = &self.metrics {
             m.in_flight.inc();
         }
@@ -382,6 +399,24 @@ impl Gateway {
                 &result,
                 started.elapsed(),
             );
+        }
+        if let (Some(sink), Some(ids), Some(start)) = (&self.spans, call.span, wall_start) {
+            if ids.sampled {
+                sink.export(crate::trace::CallSpan {
+                    ids,
+                    start,
+                    end: std::time::SystemTime::now(),
+                    request_id: request_id.to_str().unwrap_or(""),
+                    method: method.as_str(),
+                    status,
+                    decision,
+                    reason,
+                    consumer: call.consumer.as_deref().map(|p| p.application.as_str()),
+                    service: call.service.as_deref().or(call.issuer_endpoint),
+                    endpoint: call.endpoint.as_deref(),
+                    agreement: call.agreement.as_deref(),
+                });
+            }
         }
         let sent = self.metrics.as_ref().map(|m| {
             m.sent_bytes.with_label_values(&[call
@@ -584,14 +619,20 @@ impl Gateway {
                 .headers
                 .insert(headers::X_GERBANG_AGREEMENT.clone(), v);
         }
-        // W3C trace context: a valid client traceparent goes on as it is; otherwise (absent,
+        // W3C trace context. With a span exporter the gateway's span is the upstream's parent;
+        // without one a valid client traceparent goes on as it is, and otherwise (absent,
         // malformed, repeated) the gateway starts a trace.
-        let mut tps = parts.headers.get_all(&headers::TRACEPARENT).iter();
-        let client_tp = match (tps.next(), tps.next()) {
-            (Some(v), None) if headers::valid_traceparent(v.as_bytes()) => Some(v.clone()),
-            _ => None,
+        let tp = match &call.span {
+            Some(ids) => ids.header(),
+            None => {
+                let mut tps = parts.headers.get_all(&headers::TRACEPARENT).iter();
+                let client_tp = match (tps.next(), tps.next()) {
+                    (Some(v), None) if headers::valid_traceparent(v.as_bytes()) => Some(v.clone()),
+                    _ => None,
+                };
+                client_tp.unwrap_or_else(new_traceparent)
+            }
         };
-        let tp = client_tp.unwrap_or_else(new_traceparent);
         call.trace = tp
             .to_str()
             .ok()
@@ -855,6 +896,8 @@ struct CallInfo {
     trace: Option<String>,
     /// What the token endpoint answered: `issued` or an OAuth error code.
     token_result: Option<&'static str>,
+    /// The call's span, when spans are exported.
+    span: Option<crate::trace::SpanIds>,
 }
 
 impl CallInfo {
@@ -1104,6 +1147,17 @@ fn new_request_id() -> HeaderValue {
 /// A new `traceparent` (sampled) with ids unique within the process and random across
 /// processes, made without a system call (as request ids are).
 fn new_traceparent() -> HeaderValue {
+    let [a, b, c] = random_words();
+    let c = c | 1;
+    let text = format!("00-{a:016x}{b:016x}-{c:016x}-01");
+    HeaderValue::from_str(&text).unwrap_or_else(|_| {
+        HeaderValue::from_static("00-00000000000000000000000000000001-0000000000000001-01")
+    })
+}
+
+/// Three 64-bit words unique within the process (a counter through a bijection) and random
+/// across processes (a random seed): trace and span ids.
+pub(crate) fn random_words() -> [u64; 3] {
     static SEED: std::sync::OnceLock<u64> = std::sync::OnceLock::new();
     static COUNTER: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
     let seed = *SEED.get_or_init(|| {
@@ -1111,15 +1165,11 @@ fn new_traceparent() -> HeaderValue {
         u64::from_le_bytes([b[0], b[1], b[2], b[3], b[4], b[5], b[6], b[7]])
     });
     let n = COUNTER.fetch_add(3, Ordering::Relaxed);
-    let (a, b, c) = (
+    [
         splitmix64(seed ^ n),
         splitmix64(seed ^ (n + 1)),
-        splitmix64(seed ^ (n + 2)) | 1,
-    );
-    let text = format!("00-{a:016x}{b:016x}-{c:016x}-01");
-    HeaderValue::from_str(&text).unwrap_or_else(|_| {
-        HeaderValue::from_static("00-00000000000000000000000000000001-0000000000000001-01")
-    })
+        splitmix64(seed ^ (n + 2)),
+    ]
 }
 
 /// A bijection on u64 with good mixing (Steele, Lea and Flood's SplitMix64 finaliser).

@@ -14,6 +14,7 @@ pub mod oauth;
 pub mod path;
 pub mod server;
 pub mod tls;
+pub mod trace;
 pub mod upstream;
 
 pub use admin::{Admin, Health};

@@ -82,6 +82,33 @@ struct RawConfig {
     audit: audit::RawAudit,
     #[serde(default)]
     metrics: RawMetrics,
+    #[serde(default)]
+    tracing: RawTracing,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct RawTracing {
+    /// OTLP/HTTP (protobuf) traces endpoint, e.g. `http://127.0.0.1:4318/v1/traces`; empty: off.
+    otlp_endpoint: String,
+    /// `service.name` of the exported spans.
+    service_name: String,
+}
+
+impl Default for RawTracing {
+    fn default() -> Self {
+        Self {
+            otlp_endpoint: String::new(),
+            service_name: "gerbang".into(),
+        }
+    }
+}
+
+/// Where the gateway's spans go (OTLP over HTTP).
+#[derive(Debug, Clone)]
+pub struct OtlpSettings {
+    pub endpoint: String,
+    pub service_name: String,
 }
 
 #[derive(Debug, Deserialize)]
@@ -337,6 +364,8 @@ pub struct Config {
     pub fingerprint: String,
     /// When credentials of the gateway expire: (kind, name, Unix time).
     pub expiries: Vec<(&'static str, String, i64)>,
+    /// Span export; `None` when `tracing.otlp_endpoint` is empty.
+    pub otlp: Option<OtlpSettings>,
 }
 
 impl fmt::Debug for Config {
@@ -564,6 +593,28 @@ pub fn load(file: &Path, overrides: &Overrides) -> Result<Config, ConfigError> {
         max_body_bytes: None,
     };
     let registry_dir = resolve(&raw.paths.registry_dir);
+    let otlp = (!raw.tracing.otlp_endpoint.is_empty()).then(|| OtlpSettings {
+        endpoint: raw.tracing.otlp_endpoint.clone(),
+        service_name: raw.tracing.service_name.clone(),
+    });
+    if let Some(o) = &otlp {
+        match o.endpoint.parse::<http::Uri>() {
+            Ok(u) if matches!(u.scheme_str(), Some("http" | "https")) && u.host().is_some() => {}
+            _ => problems.push(
+                file,
+                "tracing.otlp_endpoint",
+                format!("`{}` is not an http(s) URL", o.endpoint),
+            ),
+        }
+        if !cfg!(feature = "otlp") {
+            problems.push(
+                file,
+                "tracing.otlp_endpoint",
+                "this build has no OTLP exporter; build with `cargo build --release --features otlp` \
+                 or leave the endpoint empty",
+            );
+        }
+    }
     let data_dir = resolve(&raw.paths.data_dir);
     let listener_scheme = if raw.server.tls.is_some() {
         "https"
@@ -659,6 +710,7 @@ pub fn load(file: &Path, overrides: &Overrides) -> Result<Config, ConfigError> {
             Ok(Config {
                 fingerprint,
                 expiries,
+                otlp,
                 file: file.to_path_buf(),
                 listen,
                 admin_listen,
@@ -740,7 +792,10 @@ fn fingerprint(main: &Path, dirs: &[&Path], overrides: &Overrides) -> String {
     for (k, v) in env {
         add(&k, v.as_bytes());
     }
-    for v in [&overrides.listen, &overrides.admin_listen].into_iter().flatten() {
+    for v in [&overrides.listen, &overrides.admin_listen]
+        .into_iter()
+        .flatten()
+    {
         add("override", v.as_bytes());
     }
     hex::encode(&h.finalize()[..8])
@@ -1173,6 +1228,34 @@ url = "ftp://127.0.0.1:1/x"
             let err = load(&dir.path().join("gerbang.toml"), &Overrides::default()).unwrap_err();
             assert!(err.to_string().contains(want), "{err}");
         }
+    }
+
+    #[test]
+    fn an_otlp_endpoint_must_be_a_url_and_needs_the_feature() {
+        let dir = tempfile::tempdir().unwrap();
+        write(dir.path(), "registry/dukcapil.toml", AGENCY);
+        write(
+            dir.path(),
+            "gerbang.toml",
+            "[tracing]\notlp_endpoint = \"collector:4318\"\n",
+        );
+        let err = load(&dir.path().join("gerbang.toml"), &Overrides::default()).unwrap_err();
+        assert!(
+            err.to_string()
+                .contains("tracing.otlp_endpoint: `collector:4318` is not an http(s) URL"),
+            "{err}"
+        );
+        write(
+            dir.path(),
+            "gerbang.toml",
+            "[tracing]\notlp_endpoint = \"http://127.0.0.1:4318/v1/traces\"\n",
+        );
+        let result = load(&dir.path().join("gerbang.toml"), &Overrides::default());
+        let feature_problem = result.as_ref().err().is_some_and(|e| {
+            e.to_string()
+                .contains("this build has no OTLP exporter; build with")
+        });
+        assert_eq!(feature_problem, !cfg!(feature = "otlp"));
     }
 
     #[test]

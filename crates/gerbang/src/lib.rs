@@ -4,6 +4,8 @@
 
 pub mod config;
 pub mod demo;
+#[cfg(feature = "otlp")]
+pub mod otlp;
 pub mod run;
 
 pub use config::{load, ConfigError, Overrides, Problem};

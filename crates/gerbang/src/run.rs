@@ -30,6 +30,8 @@ pub enum StartError {
     Audit(String),
     #[error("metrics: {0}")]
     Metrics(String),
+    #[error("tracing: {0}")]
+    Tracing(String),
 }
 
 /// A gateway running in this process.
@@ -54,6 +56,11 @@ impl Running {
         if let Some(sink) = self.gateway.audit() {
             let sink = std::sync::Arc::clone(sink);
             let _ = tokio::task::spawn_blocking(move || sink.close()).await;
+        }
+        // Flush the spans of the last calls.
+        if let Some(spans) = self.gateway.spans() {
+            let spans = std::sync::Arc::clone(spans);
+            let _ = tokio::task::spawn_blocking(move || spans.shutdown()).await;
         }
         outcome
     }
@@ -120,6 +127,11 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
         config.upstream_tls,
         config.pool,
     );
+    #[cfg(feature = "otlp")]
+    if let Some(o) = &config.otlp {
+        let sink = crate::otlp::Otlp::start(o).map_err(|e| StartError::Tracing(e.to_string()))?;
+        gateway = gateway.with_spans(Arc::new(sink));
+    }
     if let Some(a) = config.audit {
         let dir = a.dir.clone();
         let writer = gerbang_audit::Writer::open(
@@ -180,7 +192,8 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
     let mut data_settings = config.listener;
     if config.metrics_enabled {
         gateway = gateway.with_metrics(Arc::clone(&metrics));
-        data_settings.open_connections = Some(metrics.open_connections.with_label_values(&["data"]));
+        data_settings.open_connections =
+            Some(metrics.open_connections.with_label_values(&["data"]));
     }
     let gateway = Arc::new(gateway);
     let health = Arc::new(Health::new());

@@ -105,8 +105,9 @@ async fn series_move_for_the_right_labels_and_never_carry_a_subject_id() {
         Some(1.0)
     );
     assert_eq!(
-        value("gerbang_token_requests_total{result=\"unsupported_grant_type\"}")
-            .or(value("gerbang_token_requests_total{result=\"invalid_request\"}")),
+        value("gerbang_token_requests_total{result=\"unsupported_grant_type\"}").or(value(
+            "gerbang_token_requests_total{result=\"invalid_request\"}"
+        )),
         Some(1.0),
         "{text}"
     );
@@ -123,9 +124,7 @@ async fn series_move_for_the_right_labels_and_never_carry_a_subject_id() {
         .as_secs_f64();
     let key_due = text
         .lines()
-        .find(|l| {
-            l.starts_with("gerbang_credential_expiry_timestamp_seconds{kind=\"signing_key\"")
-        })
+        .find(|l| l.starts_with("gerbang_credential_expiry_timestamp_seconds{kind=\"signing_key\""))
         .and_then(|l| l.rsplit(' ').next())
         .and_then(|v| v.parse::<f64>().ok())
         .expect("signing key expiry series");
@@ -259,7 +258,10 @@ async fn bytes_connect_failures_and_connections_are_counted() {
     );
     assert_eq!(raw_request(gw.addr, post.as_bytes()).await.status, 200);
     for _ in 0..2 {
-        assert_eq!(raw_request(gw.addr, &get("/b/dead/x", "")).await.status, 502);
+        assert_eq!(
+            raw_request(gw.addr, &get("/b/dead/x", "")).await.status,
+            502
+        );
     }
     // A client connection held open shows in the data listener's gauge.
     let held = tokio::net::TcpStream::connect(gw.addr).await.unwrap();
@@ -304,14 +306,21 @@ async fn bytes_connect_failures_and_connections_are_counted() {
         "{text}"
     );
     assert_eq!(
-        value(&text, "gerbang_upstream_duration_seconds_count{service=\"b/dead\"}"),
+        value(
+            &text,
+            "gerbang_upstream_duration_seconds_count{service=\"b/dead\"}"
+        ),
         None,
         "a failed connect is not an upstream response time"
     );
     drop(held);
     let mut closed = false;
     for _ in 0..100 {
-        if value(&scrape().await, "gerbang_open_connections{listener=\"data\"}") == Some(0.0) {
+        if value(
+            &scrape().await,
+            "gerbang_open_connections{listener=\"data\"}",
+        ) == Some(0.0)
+        {
             closed = true;
             break;
         }
