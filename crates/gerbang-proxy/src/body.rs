@@ -45,7 +45,7 @@ pin_project_lite::pin_project! {
     /// afterwards whether the body was too large or is still arriving.
     pub struct RequestBody {
         #[pin]
-        inner: Incoming,
+        inner: Option<Incoming>,
         seen: u64,
         limit: Option<u64>,
         watch: Option<Arc<BodyWatch>>,
@@ -56,10 +56,21 @@ pin_project_lite::pin_project! {
 impl RequestBody {
     pub fn new(inner: Incoming, limit: Option<u64>, watch: Option<Arc<BodyWatch>>) -> Self {
         Self {
-            inner,
+            inner: Some(inner),
             seen: 0,
             limit,
             watch,
+            counter: None,
+        }
+    }
+
+    /// An empty body: a request without one, sent again (a retry).
+    pub fn empty() -> Self {
+        Self {
+            inner: None,
+            seen: 0,
+            limit: None,
+            watch: None,
             counter: None,
         }
     }
@@ -80,7 +91,10 @@ impl Body for RequestBody {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
         let this = self.project();
-        match this.inner.poll_frame(cx) {
+        let Some(inner) = this.inner.as_pin_mut() else {
+            return Poll::Ready(None);
+        };
+        match inner.poll_frame(cx) {
             Poll::Ready(Some(Ok(frame))) => {
                 if let (Some(data), Some(c)) = (frame.data_ref(), this.counter.as_ref()) {
                     c.inc_by(data.len() as u64);
@@ -108,11 +122,14 @@ impl Body for RequestBody {
     }
 
     fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
+        self.inner.as_ref().is_none_or(Body::is_end_stream)
     }
 
     fn size_hint(&self) -> SizeHint {
-        self.inner.size_hint()
+        match &self.inner {
+            Some(b) => b.size_hint(),
+            None => SizeHint::with_exact(0),
+        }
     }
 }
 

@@ -43,6 +43,10 @@ pub enum GatewayError {
     UnknownService(String),
     #[error("service `{0}` has no upstream instance")]
     NoInstance(String),
+    #[error("service `{0}` has no healthy upstream instance")]
+    NoHealthyUpstream(String),
+    #[error("service `{0}` is at its circuit-breaker limit")]
+    UpstreamOverloaded(String),
     #[error("connecting to upstream {instance} failed: {detail}")]
     UpstreamUnavailable { instance: String, detail: String },
     #[error("connecting to upstream {instance} timed out")]
@@ -148,6 +152,20 @@ impl GatewayError {
                 StatusCode::SERVICE_UNAVAILABLE,
                 "no_upstream_instance",
                 "the service has no upstream instance to forward to",
+                Gateway,
+                false,
+            ),
+            GatewayError::NoHealthyUpstream(_) => (
+                StatusCode::SERVICE_UNAVAILABLE,
+                "no_healthy_upstream",
+                "no instance of the provider's service is healthy; try again later",
+                Upstream,
+                false,
+            ),
+            GatewayError::UpstreamOverloaded(_) => (
+                StatusCode::SERVICE_UNAVAILABLE,
+                "upstream_overloaded",
+                "the provider's service has as many calls in flight as it may take; try again shortly",
                 Gateway,
                 false,
             ),
@@ -283,6 +301,10 @@ impl GatewayError {
                 if let Some(r) = rate {
                     set_rate_headers(res.headers_mut(), r);
                 }
+            }
+            GatewayError::NoHealthyUpstream(_) | GatewayError::UpstreamOverloaded(_) => {
+                res.headers_mut()
+                    .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
             }
             _ => {}
         }

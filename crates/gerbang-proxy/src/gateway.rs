@@ -468,6 +468,257 @@ impl Gateway {
         }
     }
 
+    /// Sends the call to an instance and, after a failure that allows it, to another: after a
+    /// connect failure any request (its body was not read), after 502/503/504, a reset or a
+    /// per-try timeout only an idempotent request without a body. Each outcome feeds passive
+    /// outlier detection.
+    #[allow(clippy::too_many_arguments)]
+    async fn exchange(
+        &self,
+        snapshot: &Snapshot,
+        service: &Service,
+        parts: &mut http::request::Parts,
+        path_and_query: &PathAndQuery,
+        body: RequestBody,
+        watch: &Option<Arc<BodyWatch>>,
+        hash_key: Option<&[u8]>,
+    ) -> Result<Response<ResponseBody>, GatewayError> {
+        let policy = &service.retry;
+        let has_body = watch.is_some();
+        let replayable = !has_body && parts.method.is_idempotent();
+        let timeout = service.limits.request_timeout;
+        let per_try = policy.per_try_timeout.unwrap_or(timeout).min(timeout);
+        let deadline = std::time::Instant::now() + timeout;
+        let mut tried = [0usize; 10];
+        let mut n_tried = 0;
+        let mut body = Some(body);
+        let mut _retry_slot = None;
+        let Some((mut index, mut instance)) = service.select(hash_key, &[]) else {
+            return Err(GatewayError::NoHealthyUpstream(
+                service.full_id().to_owned(),
+            ));
+        };
+        loop {
+            if let Some(slot) = tried.get_mut(n_tried) {
+                *slot = index;
+                n_tried += 1;
+            }
+            let health = service.health(index);
+            let _in_flight = health.map(|h| h.track());
+            let try_body = match body.take() {
+                Some(b) => b,
+                None => RequestBody::empty(),
+            };
+            let remaining = deadline.saturating_duration_since(std::time::Instant::now());
+            let try_timeout = per_try.min(remaining);
+            let started = std::time::Instant::now();
+            let outcome = self
+                .try_once(
+                    snapshot,
+                    service,
+                    index,
+                    instance,
+                    parts,
+                    path_and_query,
+                    try_body,
+                    try_timeout,
+                )
+                .await;
+            // What happened, for health, metrics and the retry decision.
+            let (failed, retry_reason) = match &outcome {
+                Ok(res) => {
+                    let st = res.status().as_u16();
+                    let reason = matches!(st, 502..=504).then_some("status_5xx");
+                    (st >= 500, reason.filter(|_| replayable))
+                }
+                Err(TryError::Overloaded) => (false, None),
+                Err(TryError::Connect { .. }) => (true, Some("connect_failure")),
+                Err(TryError::TimedOut) => {
+                    let client_slow = watch.as_ref().is_some_and(|w| !w.finished());
+                    (!client_slow, Some("timeout").filter(|_| replayable))
+                }
+                Err(TryError::Failed(GatewayError::UpstreamFailed { .. })) => {
+                    (true, Some("reset").filter(|_| replayable))
+                }
+                Err(TryError::Failed(_)) => (false, None),
+            };
+            if let Some(m) = &self.metrics {
+                match &outcome {
+                    Ok(_) => m
+                        .upstream_duration
+                        .with_label_values(&[service.full_id()])
+                        .observe(started.elapsed().as_secs_f64()),
+                    Err(TryError::Connect { .. }) => m
+                        .upstream_connect_failures
+                        .with_label_values(&[service.full_id(), instance.name.as_str()])
+                        .inc(),
+                    Err(_) => {}
+                }
+            }
+            if let Some(h) = health {
+                if failed {
+                    if let Some(ejected_for) =
+                        h.report_failure(gerbang_registry::health::now_ms(), &service.outlier)
+                    {
+                        tracing::warn!(
+                            service = service.full_id(),
+                            instance = %instance.name,
+                            ejected_for_ms = ejected_for.as_millis() as u64,
+                            "upstream instance ejected after consecutive failures"
+                        );
+                        if let Some(m) = &self.metrics {
+                            m.upstream_ejections
+                                .with_label_values(&[service.full_id(), instance.name.as_str()])
+                                .inc();
+                        }
+                    }
+                } else if outcome.is_ok() {
+                    h.report_success();
+                }
+            }
+            // May this call go to another instance?
+            let unsent = match &outcome {
+                Err(TryError::Connect { unsent, .. }) => unsent.is_some() || !has_body,
+                _ => !has_body,
+            };
+            let next = match retry_reason {
+                Some(_) if unsent && (n_tried as u32) < policy.attempts.min(10) => {
+                    service.select(hash_key, &tried[..n_tried])
+                }
+                _ => None,
+            };
+            let next = next.and_then(|n| {
+                let slot = service.load.retry(policy);
+                if slot.is_none() {
+                    tracing::debug!(service = service.full_id(), "retry budget spent");
+                }
+                slot.map(|s| (n, s))
+            });
+            let Some(((next_index, next_instance), slot)) = next else {
+                return match outcome {
+                    Ok(res) => Ok(res),
+                    Err(TryError::Overloaded) => Err(GatewayError::UpstreamOverloaded(
+                        service.full_id().to_owned(),
+                    )),
+                    Err(TryError::Connect { error, .. }) | Err(TryError::Failed(error)) => {
+                        Err(error)
+                    }
+                    Err(TryError::TimedOut) => Err(timeout_error(watch, instance, try_timeout)),
+                };
+            };
+            // The failed try's body (a connect failure hands it back) goes to the next one.
+            if let Err(TryError::Connect { unsent, .. }) = outcome {
+                body = unsent;
+            }
+            _retry_slot = Some(slot);
+            if let (Some(m), Some(reason)) = (&self.metrics, retry_reason) {
+                m.upstream_retries
+                    .with_label_values(&[service.full_id(), reason])
+                    .inc();
+            }
+            let backoff = policy.backoff(n_tried as u32, random_words()[0]);
+            let remaining = deadline.saturating_duration_since(std::time::Instant::now());
+            if backoff >= remaining {
+                return Err(GatewayError::UpstreamTimeout {
+                    instance: instance.to_string(),
+                    timeout_ms: timeout.as_millis(),
+                });
+            }
+            if !backoff.is_zero() {
+                tokio::time::sleep(backoff).await;
+            }
+            index = next_index;
+            instance = next_instance;
+        }
+    }
+
+    /// One try against one instance.
+    #[allow(clippy::too_many_arguments)]
+    async fn try_once(
+        &self,
+        snapshot: &Snapshot,
+        service: &Service,
+        index: usize,
+        instance: &gerbang_registry::Instance,
+        parts: &mut http::request::Parts,
+        path_and_query: &PathAndQuery,
+        body: RequestBody,
+        timeout: Duration,
+    ) -> Result<Response<ResponseBody>, TryError> {
+        let host = HeaderValue::from_str(instance.authority.as_str()).map_err(|e| {
+            TryError::Failed(GatewayError::Internal(format!("upstream authority: {e}")))
+        })?;
+        parts.headers.insert(header::HOST, host);
+        let inline_pool = snapshot
+            .pools
+            .get(service.index)
+            .and_then(|p| p.get(index))
+            .and_then(Option::as_ref);
+        if let Some(pool) = inline_pool {
+            // Plain http:// instance: the inline HTTP/1.1 client, origin-form target.
+            let pending = h1::PendingLimit {
+                load: &service.load,
+                settings: &service.breaker,
+            };
+            let sent = h1::send(
+                pool,
+                service.limits.connect_timeout,
+                parts,
+                body,
+                Some(pending),
+            );
+            match tokio::time::timeout(timeout, sent).await {
+                Err(_elapsed) => Err(TryError::TimedOut),
+                Ok(Err(h1::SendError {
+                    error: H1Error::Overloaded,
+                    ..
+                })) => Err(TryError::Overloaded),
+                Ok(Err(h1::SendError { error, unsent })) => {
+                    let error = classify_h1_error(error, instance.to_string());
+                    Err(match error {
+                        GatewayError::UpstreamUnavailable { .. }
+                        | GatewayError::UpstreamConnectTimeout { .. } => {
+                            TryError::Connect { error, unsent }
+                        }
+                        other => TryError::Failed(other),
+                    })
+                }
+                Ok(Ok(res)) => Ok(res.map(ResponseBody::Inline)),
+            }
+        } else {
+            // https:// instance: hyper-util with rustls, absolute-form URI.
+            let client = snapshot
+                .clients
+                .get(service.index)
+                .and_then(Option::as_ref)
+                .ok_or_else(|| {
+                    TryError::Failed(GatewayError::Internal("no client for service".into()))
+                })?;
+            let uri = absolute_uri(instance, path_and_query.clone()).map_err(TryError::Failed)?;
+            let mut upstream_req = Request::new(body);
+            *upstream_req.method_mut() = parts.method.clone();
+            *upstream_req.uri_mut() = uri;
+            *upstream_req.version_mut() = parts.version;
+            *upstream_req.headers_mut() = parts.headers.clone();
+            match tokio::time::timeout(timeout, client.request(upstream_req)).await {
+                Err(_elapsed) => Err(TryError::TimedOut),
+                Ok(Err(e)) => {
+                    let error = classify_client_error(&e, instance.to_string());
+                    Err(match error {
+                        // hyper-util keeps the body: only a request without one is sent again.
+                        GatewayError::UpstreamUnavailable { .. }
+                        | GatewayError::UpstreamConnectTimeout { .. } => TryError::Connect {
+                            error,
+                            unsent: None,
+                        },
+                        other => TryError::Failed(other),
+                    })
+                }
+                Ok(Ok(res)) => Ok(res.map(ResponseBody::Upstream)),
+            }
+        }
+    }
+
     async fn forward(
         &self,
         req: Request<Incoming>,
@@ -593,10 +844,21 @@ impl Gateway {
             }
         }
 
-        let (instance_index, instance) = service
-            .pick()
-            .ok_or_else(|| GatewayError::NoInstance(service.full_id().to_owned()))?;
+        // The circuit breaker: a slot while this call is in flight to the service.
+        let _request_slot = service
+            .load
+            .request(&service.breaker)
+            .ok_or_else(|| GatewayError::UpstreamOverloaded(service.full_id().to_owned()))?;
+        if service.instances.is_empty() {
+            return Err(GatewayError::NoInstance(service.full_id().to_owned()));
+        }
         let path_and_query = upstream_path(service, rest, req.uri().query())?;
+        let hash_key = match &service.balancing {
+            gerbang_registry::Balancing::ConsistentHash { header } => {
+                req.headers().get(header).map(|v| v.as_bytes().to_vec())
+            }
+            _ => None,
+        };
 
         let (mut parts, incoming) = req.into_parts();
         let original_host = parts.headers.get(header::HOST).cloned().or_else(|| {
@@ -647,13 +909,11 @@ impl Gateway {
             );
         }
         let is_head = parts.method == http::Method::HEAD;
-        let host = HeaderValue::from_str(instance.authority.as_str())
-            .map_err(|e| GatewayError::Internal(format!("upstream authority: {e}")))?;
-        parts.headers.insert(header::HOST, host);
         parts
             .headers
             .insert(headers::X_REQUEST_ID.clone(), request_id.clone());
         parts.version = Version::HTTP_11;
+        parts.uri = Uri::from(path_and_query.clone());
 
         // A request with a body is watched: was it too large, or still arriving at a timeout?
         let watch =
@@ -662,59 +922,18 @@ impl Gateway {
         if let Some(m) = &self.metrics {
             body = body.counted(m.received_bytes.with_label_values(&[service.full_id()]));
         }
-
-        let timeout = service.limits.request_timeout;
-        let upstream_started = std::time::Instant::now();
-        let inline_pool = snapshot
-            .pools
-            .get(service.index)
-            .and_then(|p| p.get(instance_index))
-            .and_then(Option::as_ref);
-        let result = if let Some(pool) = inline_pool {
-            // Plain http:// instance: the inline HTTP/1.1 client, origin-form target.
-            parts.uri = Uri::from(path_and_query);
-            let upstream_req = Request::from_parts(parts, body);
-            let sent = h1::send(pool, service.limits.connect_timeout, upstream_req);
-            match tokio::time::timeout(timeout, sent).await {
-                Err(_elapsed) => Err(Exchange::TimedOut),
-                Ok(Err(e)) => Err(Exchange::Failed(classify_h1_error(e, instance.to_string()))),
-                Ok(Ok(res)) => Ok(res.map(ResponseBody::Inline)),
-            }
-        } else {
-            // https:// instance: hyper-util with rustls, absolute-form URI.
-            let client = snapshot
-                .clients
-                .get(service.index)
-                .and_then(Option::as_ref)
-                .ok_or_else(|| GatewayError::Internal("no client for service".into()))?;
-            parts.uri = absolute_uri(instance, path_and_query)?;
-            let upstream_req = Request::from_parts(parts, body);
-            match tokio::time::timeout(timeout, client.request(upstream_req)).await {
-                Err(_elapsed) => Err(Exchange::TimedOut),
-                Ok(Err(e)) => Err(Exchange::Failed(classify_client_error(
-                    &e,
-                    instance.to_string(),
-                ))),
-                Ok(Ok(res)) => Ok(res.map(ResponseBody::Upstream)),
-            }
-        };
-        if let Some(m) = &self.metrics {
-            match &result {
-                Ok(_) => m
-                    .upstream_duration
-                    .with_label_values(&[service.full_id()])
-                    .observe(upstream_started.elapsed().as_secs_f64()),
-                Err(Exchange::Failed(
-                    GatewayError::UpstreamUnavailable { .. }
-                    | GatewayError::UpstreamConnectTimeout { .. },
-                )) => m
-                    .upstream_connect_failures
-                    .with_label_values(&[service.full_id(), instance.name.as_str()])
-                    .inc(),
-                Err(_) => {}
-            }
-        }
-        let mut res = match result {
+        let res = self
+            .exchange(
+                &snapshot,
+                service,
+                &mut parts,
+                &path_and_query,
+                body,
+                &watch,
+                hash_key.as_deref(),
+            )
+            .await;
+        let mut res = match res {
             Ok(res) => res,
             // A body over the limit explains any failure of the exchange.
             Err(_) if watch.as_ref().is_some_and(|w| w.exceeded()) => {
@@ -722,8 +941,7 @@ impl Gateway {
                     limit: body_limit.unwrap_or(0),
                 })
             }
-            Err(Exchange::TimedOut) => return Err(timeout_error(&watch, instance, timeout)),
-            Err(Exchange::Failed(e)) => return Err(e),
+            Err(e) => return Err(e),
         };
         headers::remove_hop_by_hop(res.headers_mut());
         let mut res = match filter {
@@ -1237,8 +1455,17 @@ fn absolute_uri(
 }
 
 /// How an exchange with an upstream failed, before the body limit is taken into account.
-enum Exchange {
+/// How one try failed.
+enum TryError {
+    /// No response head within the try's timeout.
     TimedOut,
+    /// The connection could not be made; `unsent` is the body when none of it was read.
+    Connect {
+        error: GatewayError,
+        unsent: Option<RequestBody>,
+    },
+    /// The circuit breaker's limit on connections being opened.
+    Overloaded,
     Failed(GatewayError),
 }
 
@@ -1271,6 +1498,7 @@ fn classify_h1_error(err: H1Error, instance: String) -> GatewayError {
             GatewayError::BodyTooLarge { limit }
         }
         H1Error::ClientBody(e) => GatewayError::ClientBody(e.to_string()),
+        H1Error::Overloaded => GatewayError::Internal("connection limit".into()),
         e @ (H1Error::Write(_) | H1Error::Read(_) | H1Error::Closed | H1Error::Invalid(_)) => {
             GatewayError::UpstreamFailed {
                 instance,

@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
-use http::{Method, Request, Response, StatusCode, Version};
+use http::{Method, Response, StatusCode, Version};
 use http_body::{Body, Frame, SizeHint};
 use http_body_util::BodyExt;
 use tokio::io::AsyncWriteExt;
@@ -49,6 +49,8 @@ pub enum H1Error {
     Closed,
     #[error("invalid response from upstream: {0}")]
     Invalid(&'static str),
+    #[error("too many connections being opened to the service")]
+    Overloaded,
 }
 
 /// A pooled connection with its read buffer (kept to spare an allocation per request).
@@ -122,20 +124,43 @@ impl InstancePool {
     }
 }
 
-/// Sends `req` (origin-form URI, `Host` set, hop-by-hop headers removed) to the instance of
-/// `pool` and returns the response with its body still streaming.
+/// A failed [`send`]: the error and, when it came before any of the body was read (the
+/// connection could not be made), the body, so that the call can go to another instance.
+pub struct SendError {
+    pub error: H1Error,
+    pub unsent: Option<RequestBody>,
+}
+
+impl From<H1Error> for SendError {
+    fn from(error: H1Error) -> Self {
+        Self {
+            error,
+            unsent: None,
+        }
+    }
+}
+
+/// Bounds the connections being opened at once (the circuit breaker's `max_pending`).
+pub struct PendingLimit<'a> {
+    pub load: &'a Arc<gerbang_registry::ServiceLoad>,
+    pub settings: &'a gerbang_registry::BreakerSettings,
+}
+
+/// Sends a request (`parts` with an origin-form URI, `Host` set, hop-by-hop headers removed,
+/// and `body`) to the instance of `pool` and returns the response with its body streaming.
 pub async fn send(
     pool: &Arc<InstancePool>,
     connect_timeout: Duration,
-    req: Request<RequestBody>,
-) -> Result<Response<UpstreamBody>, H1Error> {
-    let (parts, mut body) = req.into_parts();
+    parts: &http::request::Parts,
+    mut body: RequestBody,
+    pending: Option<PendingLimit<'_>>,
+) -> Result<Response<UpstreamBody>, SendError> {
     let no_body = body.is_end_stream();
     let exact = body.size_hint().exact();
     let chunked = !no_body && exact.is_none();
     // Framing comes from the body hyper decoded, never from the client's headers.
     let length = if no_body { None } else { exact };
-    let head = encode_head(&parts, chunked, length);
+    let head = encode_head(parts, chunked, length);
     let is_head = parts.method == Method::HEAD;
     // Only an idempotent request without a body is sent again after a reused connection failed:
     // the first attempt may have reached the application before the connection broke.
@@ -147,18 +172,39 @@ pub async fn send(
     loop {
         let (mut stream, mut buf, was_reused) = match reused.take() {
             Some((s, b)) => (s, b, true),
-            None => (
-                pool.connect(connect_timeout).await?,
-                BytesMut::with_capacity(READ_CHUNK),
-                false,
-            ),
+            None => {
+                // Nothing of the body has been read yet: a failure here hands it back.
+                let slot = match &pending {
+                    Some(p) => match p.load.pending(p.settings) {
+                        Some(slot) => Some(slot),
+                        None => {
+                            return Err(SendError {
+                                error: H1Error::Overloaded,
+                                unsent: Some(body),
+                            })
+                        }
+                    },
+                    None => None,
+                };
+                let connected = pool.connect(connect_timeout).await;
+                drop(slot);
+                match connected {
+                    Ok(stream) => (stream, BytesMut::with_capacity(READ_CHUNK), false),
+                    Err(error) => {
+                        return Err(SendError {
+                            error,
+                            unsent: Some(body),
+                        })
+                    }
+                }
+            }
         };
         if no_body {
             if let Err(e) = stream.write_all(&head).await {
                 if was_reused && retryable {
                     continue;
                 }
-                return Err(H1Error::Write(e));
+                return Err(H1Error::Write(e).into());
             }
         } else {
             if let Err(e) = write_with_body(&mut stream, &head, &mut body, chunked).await {
@@ -166,8 +212,8 @@ pub async fn send(
                     // The upstream may have answered early (413, 401) and closed: use it.
                     H1Error::Write(_) => read_response(stream, buf, pool, is_head, false)
                         .await
-                        .map_err(|_| e),
-                    other => Err(other),
+                        .map_err(|_| e.into()),
+                    other => Err(other.into()),
                 };
             }
         }
@@ -177,10 +223,12 @@ pub async fn send(
             {
                 continue
             }
-            Err(e) => return Err(e),
+            Err(e) => return Err(e.into()),
             Ok(()) => {}
         }
-        return read_response(stream, buf, pool, is_head, true).await;
+        return read_response(stream, buf, pool, is_head, true)
+            .await
+            .map_err(Into::into);
     }
 }
 

@@ -32,6 +32,8 @@ pub struct Metrics {
     pub duration: HistogramVec,
     pub upstream_duration: HistogramVec,
     pub upstream_connect_failures: IntCounterVec,
+    pub upstream_retries: IntCounterVec,
+    pub upstream_ejections: IntCounterVec,
     pub received_bytes: IntCounterVec,
     pub sent_bytes: IntCounterVec,
     pub policy_decisions: IntCounterVec,
@@ -129,6 +131,18 @@ impl Metrics {
             &r,
             "gerbang_upstream_connect_failures_total",
             "Connections to an upstream instance that failed or timed out",
+            &["service", "instance"],
+        )?;
+        let upstream_retries = counter(
+            &r,
+            "gerbang_upstream_retries_total",
+            "Calls sent to another instance after a failed try, by the failure",
+            &["service", "reason"],
+        )?;
+        let upstream_ejections = counter(
+            &r,
+            "gerbang_upstream_ejections_total",
+            "Instances taken out of rotation by passive outlier detection",
             &["service", "instance"],
         )?;
         let received_bytes = counter(
@@ -242,6 +256,8 @@ impl Metrics {
             duration,
             upstream_duration,
             upstream_connect_failures,
+            upstream_retries,
+            upstream_ejections,
             received_bytes,
             sent_bytes,
             policy_decisions,
@@ -308,11 +324,13 @@ impl Metrics {
 
     /// The names of every metric family, including those with no series yet.
     pub fn family_names(&self) -> Vec<String> {
-        let collectors: [&dyn Collector; 22] = [
+        let collectors: [&dyn Collector; 24] = [
             &self.requests,
             &self.duration,
             &self.upstream_duration,
             &self.upstream_connect_failures,
+            &self.upstream_retries,
+            &self.upstream_ejections,
             &self.received_bytes,
             &self.sent_bytes,
             &self.policy_decisions,

@@ -3,14 +3,24 @@
 //!
 //! Types here are already validated: the binary parses and checks the configuration files and
 //! builds a [`Registry`] with [`RegistryBuilder`]. The registry is immutable once built; a reload
-//! builds a new one and swaps it in whole. Load balancing state (the round-robin cursor) lives in
-//! the [`Service`] so that selection needs no lock.
+//! builds a new one and swaps it in whole, adopting the health state of unchanged instances.
+//!
+//! As in pingora-load-balancing, discovery (the instances a service lists), health
+//! ([`health`]: active checks and passive outlier detection) and selection ([`balance`]) are
+//! separate; selection reads health through atomics and takes no lock.
+
+pub mod balance;
+pub mod health;
+pub mod resilience;
 
 use std::collections::HashMap;
 use std::fmt;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
+
+pub use balance::Balancing;
+pub use health::{HealthCheckSettings, InstanceHealth, InstanceState, OutlierSettings};
+pub use resilience::{BreakerSettings, RetryPolicy, ServiceLoad};
 
 /// A government agency (OPD), e.g. `dukcapil`.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -62,6 +72,8 @@ pub struct Instance {
     pub scheme: Scheme,
     /// `host:port` (or `host` with the scheme's default port), as sent in `Host`.
     pub authority: http::uri::Authority,
+    /// Share of traffic under weighted balancing, 1 to [`balance::MAX_WEIGHT`].
+    pub weight: u32,
 }
 
 impl fmt::Display for Instance {
@@ -91,11 +103,22 @@ pub struct Service {
     pub base_path: String,
     pub limits: ServiceLimits,
     pub instances: Vec<Instance>,
+    pub balancing: Balancing,
+    pub outlier: OutlierSettings,
+    pub health_check: Option<HealthCheckSettings>,
+    pub retry: RetryPolicy,
+    pub breaker: BreakerSettings,
+    /// Requests, retries and connection attempts in flight (circuit breaking, retry budget);
+    /// carried over by a reload like instance health.
+    pub load: Arc<ServiceLoad>,
+    /// Live state of each instance (same order as `instances`).
+    health: Vec<Arc<InstanceHealth>>,
+    weights: Vec<u32>,
+    selector: balance::Selector,
     /// Dense index of this service in its registry, for per-service side tables.
     pub index: usize,
     /// `agency/service`, computed once.
     full_id: String,
-    cursor: AtomicUsize,
 }
 
 impl Service {
@@ -104,15 +127,44 @@ impl Service {
         &self.full_id
     }
 
-    /// Picks the next instance in round-robin order, with its index in [`Service::instances`];
-    /// `None` when the service has no instance.
-    pub fn pick(&self) -> Option<(usize, &Instance)> {
-        let n = self.instances.len();
-        if n == 0 {
-            return None;
-        }
-        let i = self.cursor.fetch_add(1, Ordering::Relaxed) % n;
+    /// Picks an instance for a call: its index in [`Service::instances`] and the instance.
+    /// `key` is the value of the consistent-hash header (if any); `tried` are instances this
+    /// call already used. `None` when no instance is available.
+    pub fn select(&self, key: Option<&[u8]>, tried: &[usize]) -> Option<(usize, &Instance)> {
+        let i = self.selector.select(
+            &self.balancing,
+            &self.health,
+            &self.weights,
+            key,
+            tried,
+            health::now_ms(),
+        )?;
         self.instances.get(i).map(|inst| (i, inst))
+    }
+
+    /// [`Service::select`] with no key and nothing tried.
+    pub fn pick(&self) -> Option<(usize, &Instance)> {
+        self.select(None, &[])
+    }
+
+    /// The live state of instance `i`.
+    pub fn health(&self, i: usize) -> Option<&Arc<InstanceHealth>> {
+        self.health.get(i)
+    }
+
+    /// Every instance with its state now.
+    pub fn instance_states(&self) -> impl Iterator<Item = (&Instance, InstanceState)> {
+        let now = health::now_ms();
+        self.instances
+            .iter()
+            .zip(&self.health)
+            .map(move |(i, h)| (i, h.state(now)))
+    }
+
+    /// Whether any instance takes calls now.
+    pub fn any_available(&self) -> bool {
+        let now = health::now_ms();
+        self.health.iter().any(|h| h.available(now))
     }
 }
 
@@ -126,7 +178,8 @@ pub enum LookupError {
 #[derive(Debug, Default)]
 struct AgencyEntry {
     agency: Option<Agency>,
-    services: HashMap<String, Arc<Service>>,
+    /// Service slug → index in `Registry::services`.
+    services: HashMap<String, usize>,
 }
 
 /// An immutable, validated registry snapshot.
@@ -147,7 +200,37 @@ impl Registry {
         entry
             .services
             .get(service)
+            .and_then(|i| self.services.get(*i))
             .ok_or(LookupError::UnknownService)
+    }
+
+    /// Takes over the health state of every instance that `old` also has (same service, name,
+    /// scheme and authority), so that a reload neither forgets an ejection nor re-checks from
+    /// scratch. Call before the registry is shared.
+    pub fn adopt_health(&mut self, old: &Registry) {
+        for svc in &mut self.services {
+            let Some(prev) = old
+                .lookup(&svc.agency, &svc.id)
+                .ok()
+                .filter(|p| p.full_id == svc.full_id)
+            else {
+                continue;
+            };
+            let Some(svc) = Arc::get_mut(svc) else {
+                continue;
+            };
+            svc.load = Arc::clone(&prev.load);
+            for (i, inst) in svc.instances.iter().enumerate() {
+                let same = prev.instances.iter().position(|p| {
+                    p.name == inst.name && p.scheme == inst.scheme && p.authority == inst.authority
+                });
+                if let (Some(j), Some(slot)) = (same, svc.health.get_mut(i)) {
+                    if let Some(h) = prev.health.get(j) {
+                        *slot = Arc::clone(h);
+                    }
+                }
+            }
+        }
     }
 
     pub fn agencies(&self) -> impl Iterator<Item = &Agency> {
@@ -208,6 +291,36 @@ pub struct ServiceSpec {
     pub base_path: String,
     pub limits: ServiceLimits,
     pub instances: Vec<Instance>,
+    pub balancing: Balancing,
+    pub outlier: OutlierSettings,
+    pub health_check: Option<HealthCheckSettings>,
+    pub retry: RetryPolicy,
+    pub breaker: BreakerSettings,
+}
+
+impl ServiceSpec {
+    /// A spec with round-robin balancing, default outlier detection and no active checks.
+    pub fn new(
+        agency: impl Into<String>,
+        id: impl Into<String>,
+        limits: ServiceLimits,
+        instances: Vec<Instance>,
+    ) -> Self {
+        let id = id.into();
+        Self {
+            agency: agency.into(),
+            name: id.clone(),
+            id,
+            base_path: String::new(),
+            limits,
+            instances,
+            balancing: Balancing::RoundRobin,
+            outlier: OutlierSettings::default(),
+            health_check: None,
+            retry: RetryPolicy::default(),
+            breaker: BreakerSettings::default(),
+        }
+    }
 }
 
 impl RegistryBuilder {
@@ -248,6 +361,7 @@ impl RegistryBuilder {
             )));
         }
         let full_id = format!("{}/{}", spec.agency, spec.id);
+        let weights: Vec<u32> = spec.instances.iter().map(|i| i.weight).collect();
         let service = Arc::new(Service {
             full_id,
             agency: spec.agency,
@@ -255,11 +369,23 @@ impl RegistryBuilder {
             name: spec.name,
             base_path: spec.base_path,
             limits: spec.limits,
+            health: spec
+                .instances
+                .iter()
+                .map(|_| Arc::new(InstanceHealth::default()))
+                .collect(),
+            selector: balance::Selector::new(&spec.balancing, &weights),
+            weights,
             instances: spec.instances,
+            balancing: spec.balancing,
+            outlier: spec.outlier,
+            health_check: spec.health_check,
+            retry: spec.retry,
+            breaker: spec.breaker,
+            load: Arc::new(ServiceLoad::default()),
             index,
-            cursor: AtomicUsize::new(0),
         });
-        entry.services.insert(spec.id, Arc::clone(&service));
+        entry.services.insert(spec.id, index);
         self.registry.services.push(service);
         Ok(self)
     }
@@ -293,6 +419,7 @@ mod tests {
             name: name.into(),
             scheme: Scheme::Http,
             authority: format!("127.0.0.1:{port}").parse().unwrap(),
+            weight: 1,
         }
     }
 
@@ -303,14 +430,12 @@ mod tests {
             name: "Disdukcapil".into(),
         })
         .unwrap();
-        b.service(ServiceSpec {
-            agency: "dukcapil".into(),
-            id: "penduduk".into(),
-            name: "Penduduk".into(),
-            base_path: String::new(),
-            limits: limits(),
-            instances: vec![instance("a", 1), instance("b", 2), instance("c", 3)],
-        })
+        b.service(ServiceSpec::new(
+            "dukcapil",
+            "penduduk",
+            limits(),
+            vec![instance("a", 1), instance("b", 2), instance("c", 3)],
+        ))
         .unwrap();
         b.build()
     }
@@ -339,6 +464,42 @@ mod tests {
         }
         assert_eq!(counts.len(), 3);
         assert!(counts.values().all(|&c| c == 100), "{counts:?}");
+    }
+
+    #[test]
+    fn a_reload_keeps_the_health_of_unchanged_instances_only() {
+        let old = registry();
+        let s = old.lookup("dukcapil", "penduduk").unwrap();
+        let eject = OutlierSettings {
+            consecutive_failures: 1,
+            ..Default::default()
+        };
+        for i in 0..3 {
+            assert!(s.health(i).unwrap().report_failure(0, &eject).is_some());
+        }
+        let mut b = RegistryBuilder::new();
+        b.agency(Agency {
+            id: "dukcapil".into(),
+            name: "Disdukcapil".into(),
+        })
+        .unwrap();
+        // `a` unchanged, `b` moved to another port, `c` gone, `d` new.
+        b.service(ServiceSpec::new(
+            "dukcapil",
+            "penduduk",
+            limits(),
+            vec![instance("a", 1), instance("b", 9), instance("d", 4)],
+        ))
+        .unwrap();
+        let mut new = b.build();
+        new.adopt_health(&old);
+        let states: Vec<&str> = new
+            .lookup("dukcapil", "penduduk")
+            .unwrap()
+            .instance_states()
+            .map(|(_, st)| st.as_str())
+            .collect();
+        assert_eq!(states, ["ejected", "healthy", "healthy"]);
     }
 
     #[test]

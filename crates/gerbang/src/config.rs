@@ -311,6 +311,65 @@ struct RawService {
     /// Declared endpoints; when present, calls to other paths are refused.
     #[serde(default)]
     endpoint: Vec<policy::RawEndpoint>,
+    /// `round_robin` (default), `weighted`, `least_request` or `consistent_hash`.
+    #[serde(default)]
+    load_balancing: Option<String>,
+    /// The header whose value `consistent_hash` keeps on one instance.
+    #[serde(default)]
+    hash_header: Option<String>,
+    #[serde(default)]
+    health_check: Option<RawHealthCheck>,
+    #[serde(default)]
+    outlier_detection: Option<RawOutlier>,
+    #[serde(default)]
+    retry: Option<RawRetry>,
+    #[serde(default)]
+    circuit_breaker: Option<RawBreaker>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct RawRetry {
+    attempts: u32,
+    #[serde(with = "humantime_serde")]
+    per_try_timeout: Option<Duration>,
+    budget_percent: u32,
+    min_retry_concurrency: u32,
+    #[serde(with = "humantime_serde")]
+    backoff_base: Duration,
+    #[serde(with = "humantime_serde")]
+    backoff_max: Duration,
+}
+
+impl Default for RawRetry {
+    fn default() -> Self {
+        let d = gerbang_registry::RetryPolicy::default();
+        Self {
+            attempts: d.attempts,
+            per_try_timeout: d.per_try_timeout,
+            budget_percent: d.budget_percent,
+            min_retry_concurrency: d.min_retry_concurrency,
+            backoff_base: d.backoff_base,
+            backoff_max: d.backoff_max,
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct RawBreaker {
+    max_requests: u32,
+    max_pending: u32,
+}
+
+impl Default for RawBreaker {
+    fn default() -> Self {
+        let d = gerbang_registry::BreakerSettings::default();
+        Self {
+            max_requests: d.max_requests,
+            max_pending: d.max_pending,
+        }
+    }
 }
 
 #[derive(Debug, Deserialize)]
@@ -318,6 +377,57 @@ struct RawService {
 struct RawInstance {
     name: String,
     url: String,
+    #[serde(default = "one")]
+    weight: u32,
+}
+
+fn one() -> u32 {
+    1
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct RawHealthCheck {
+    path: String,
+    #[serde(with = "humantime_serde")]
+    interval: Duration,
+    #[serde(with = "humantime_serde")]
+    timeout: Duration,
+    healthy_threshold: u32,
+    unhealthy_threshold: u32,
+}
+
+impl Default for RawHealthCheck {
+    fn default() -> Self {
+        Self {
+            path: "/health".into(),
+            interval: Duration::from_secs(5),
+            timeout: Duration::from_secs(1),
+            healthy_threshold: 2,
+            unhealthy_threshold: 3,
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct RawOutlier {
+    consecutive_failures: u32,
+    #[serde(with = "humantime_serde")]
+    base_ejection: Duration,
+    #[serde(with = "humantime_serde")]
+    max_ejection: Duration,
+}
+
+impl Default for RawOutlier {
+    fn default() -> Self {
+        let d = gerbang_registry::OutlierSettings::default();
+        Self {
+            consecutive_failures: d.consecutive_failures,
+            base_ejection: d.base_ejection,
+            max_ejection: d.max_ejection,
+        }
+    }
 }
 
 // ---------------------------------------------------------------- typed
@@ -1045,16 +1155,156 @@ fn service_spec(
                 format!("instance `{}` is listed twice", inst.name),
             );
         }
+        if !(1..=gerbang_registry::balance::MAX_WEIGHT).contains(&inst.weight) {
+            problems.push(
+                path,
+                ikey("weight"),
+                format!(
+                    "must be between 1 and {}",
+                    gerbang_registry::balance::MAX_WEIGHT
+                ),
+            );
+        }
         match parse_instance_url(&inst.url) {
             Ok((scheme, authority)) => instances.push(Instance {
                 name: inst.name.clone(),
                 scheme,
                 authority,
+                weight: inst.weight,
             }),
             Err(msg) => problems.push(path, ikey("url"), msg),
         }
     }
+    let balancing = balancing_of(raw, &key, path, problems);
+    let health_check = raw.health_check.as_ref().and_then(|h| {
+        let before = problems.list.len();
+        let normalized = gerbang_proxy::path::normalize(h.path.split('?').next().unwrap_or(""));
+        if !h.path.starts_with('/') || normalized.is_err() || h.path.parse::<http::Uri>().is_err() {
+            problems.push(
+                path,
+                key("health_check.path"),
+                format!("`{}` is not an absolute path such as \"/health\"", h.path),
+            );
+        }
+        if h.interval < Duration::from_millis(100) || h.interval > Duration::from_secs(3600) {
+            problems.push(
+                path,
+                key("health_check.interval"),
+                "must be between 100ms and 1h",
+            );
+        }
+        if h.timeout.is_zero() || h.timeout > h.interval {
+            problems.push(
+                path,
+                key("health_check.timeout"),
+                "must be greater than zero and at most the interval",
+            );
+        }
+        for (k, v) in [
+            ("healthy_threshold", h.healthy_threshold),
+            ("unhealthy_threshold", h.unhealthy_threshold),
+        ] {
+            if !(1..=100).contains(&v) {
+                problems.push(
+                    path,
+                    key(&format!("health_check.{k}")),
+                    "must be between 1 and 100",
+                );
+            }
+        }
+        (problems.list.len() == before).then(|| gerbang_registry::HealthCheckSettings {
+            path: h.path.clone(),
+            interval: h.interval,
+            timeout: h.timeout,
+            healthy_threshold: h.healthy_threshold,
+            unhealthy_threshold: h.unhealthy_threshold,
+        })
+    });
+    let outlier = match &raw.outlier_detection {
+        None => gerbang_registry::OutlierSettings::default(),
+        Some(o) => {
+            if o.consecutive_failures > 1000 {
+                problems.push(
+                    path,
+                    key("outlier_detection.consecutive_failures"),
+                    "at most 1000 (0 turns passive ejection off)",
+                );
+            }
+            if o.base_ejection.is_zero() || o.base_ejection > o.max_ejection {
+                problems.push(
+                    path,
+                    key("outlier_detection.base_ejection"),
+                    "must be greater than zero and at most max_ejection",
+                );
+            }
+            gerbang_registry::OutlierSettings {
+                consecutive_failures: o.consecutive_failures,
+                base_ejection: o.base_ejection,
+                max_ejection: o.max_ejection,
+            }
+        }
+    };
+    let retry = match &raw.retry {
+        None => gerbang_registry::RetryPolicy::default(),
+        Some(r) => {
+            if !(1..=10).contains(&r.attempts) {
+                problems.push(
+                    path,
+                    key("retry.attempts"),
+                    "must be between 1 (no retries) and 10",
+                );
+            }
+            if r.per_try_timeout.is_some_and(|t| t.is_zero()) {
+                problems.push(
+                    path,
+                    key("retry.per_try_timeout"),
+                    "must be greater than zero",
+                );
+            }
+            if r.budget_percent > 100 {
+                problems.push(path, key("retry.budget_percent"), "at most 100");
+            }
+            if r.backoff_base > r.backoff_max || r.backoff_max > Duration::from_secs(10) {
+                problems.push(
+                    path,
+                    key("retry.backoff_base"),
+                    "must be at most backoff_max, which is at most 10s",
+                );
+            }
+            gerbang_registry::RetryPolicy {
+                attempts: r.attempts,
+                per_try_timeout: r.per_try_timeout,
+                budget_percent: r.budget_percent,
+                min_retry_concurrency: r.min_retry_concurrency,
+                backoff_base: r.backoff_base,
+                backoff_max: r.backoff_max,
+            }
+        }
+    };
+    let breaker = match &raw.circuit_breaker {
+        None => gerbang_registry::BreakerSettings::default(),
+        Some(b) => {
+            for (k, v) in [
+                ("max_requests", b.max_requests),
+                ("max_pending", b.max_pending),
+            ] {
+                if !(1..=1_000_000).contains(&v) {
+                    problems.push(
+                        path,
+                        key(&format!("circuit_breaker.{k}")),
+                        "must be between 1 and 1000000",
+                    );
+                }
+            }
+            gerbang_registry::BreakerSettings {
+                max_requests: b.max_requests,
+                max_pending: b.max_pending,
+            }
+        }
+    };
     (problems.list.len() == before).then(|| ServiceSpec {
+        retry,
+        breaker,
         agency: agency.to_owned(),
         id: raw.id.clone(),
         name: raw.name.clone(),
@@ -1065,7 +1315,63 @@ fn service_spec(
             max_body_bytes: raw.max_body_bytes,
         },
         instances,
+        balancing: balancing.unwrap_or(gerbang_registry::Balancing::RoundRobin),
+        outlier,
+        health_check,
     })
+}
+
+fn balancing_of(
+    raw: &RawService,
+    key: &dyn Fn(&str) -> String,
+    path: &Path,
+    problems: &mut Problems,
+) -> Option<gerbang_registry::Balancing> {
+    use gerbang_registry::Balancing;
+    let b = match raw.load_balancing.as_deref().unwrap_or("round_robin") {
+        "round_robin" => Balancing::RoundRobin,
+        "weighted" => Balancing::Weighted,
+        "least_request" => Balancing::LeastRequest,
+        "consistent_hash" => {
+            let Some(h) = raw.hash_header.as_deref() else {
+                problems.push(
+                    path,
+                    key("hash_header"),
+                    "consistent_hash needs the header to hash on, e.g. hash_header = \"X-Session-Id\"",
+                );
+                return None;
+            };
+            match http::HeaderName::from_bytes(h.as_bytes()) {
+                Ok(header) => Balancing::ConsistentHash { header },
+                Err(_) => {
+                    problems.push(
+                        path,
+                        key("hash_header"),
+                        format!("`{h}` is not a header name"),
+                    );
+                    return None;
+                }
+            }
+        }
+        other => {
+            problems.push(
+                path,
+                key("load_balancing"),
+                format!(
+                    "`{other}` is not one of round_robin, weighted, least_request, consistent_hash"
+                ),
+            );
+            return None;
+        }
+    };
+    if raw.hash_header.is_some() && !matches!(b, Balancing::ConsistentHash { .. }) {
+        problems.push(
+            path,
+            key("hash_header"),
+            "only used with load_balancing = \"consistent_hash\"",
+        );
+    }
+    Some(b)
 }
 
 fn parse_instance_url(s: &str) -> Result<(Scheme, http::uri::Authority), String> {
