@@ -37,6 +37,7 @@ impl Health {
 pub struct Admin {
     health: std::sync::Arc<Health>,
     metrics: Option<std::sync::Arc<crate::metrics::Metrics>>,
+    gateway: Option<std::sync::Arc<crate::gateway::Gateway>>,
 }
 
 impl Admin {
@@ -44,7 +45,43 @@ impl Admin {
         Self {
             health,
             metrics: None,
+            gateway: None,
         }
+    }
+
+    /// Reports the state of every upstream instance of `gateway` in `/health/ready`.
+    pub fn with_gateway(mut self, gateway: std::sync::Arc<crate::gateway::Gateway>) -> Self {
+        self.gateway = Some(gateway);
+        self
+    }
+
+    /// `{"status":"ready","services":[{"service":…,"available":…,"instances":[…]}]}`.
+    fn readiness_body(&self) -> String {
+        let mut services = Vec::new();
+        if let Some(g) = &self.gateway {
+            for svc in g.registry().services() {
+                let instances: Vec<serde_json::Value> = svc
+                    .instance_states()
+                    .map(|(inst, state)| {
+                        let mut v = serde_json::json!({
+                            "name": inst.name,
+                            "url": inst.to_string(),
+                            "state": state.as_str(),
+                        });
+                        if let gerbang_registry::InstanceState::Ejected { remaining_ms } = state {
+                            v["returns_in_ms"] = remaining_ms.into();
+                        }
+                        v
+                    })
+                    .collect();
+                services.push(serde_json::json!({
+                    "service": svc.full_id(),
+                    "available": svc.any_available(),
+                    "instances": instances,
+                }));
+            }
+        }
+        serde_json::json!({ "status": "ready", "services": services }).to_string()
     }
 
     /// Serves `GET /metrics` (Prometheus text format) from `metrics`.
@@ -96,7 +133,9 @@ impl Admin {
             return json(StatusCode::OK, r#"{"status":"live"}"#);
         }
         if self.health.is_ready() {
-            json(StatusCode::OK, r#"{"status":"ready"}"#)
+            let mut res = json(StatusCode::OK, "");
+            *res.body_mut() = body::full(Bytes::from(self.readiness_body()));
+            res
         } else {
             json_error(
                 StatusCode::SERVICE_UNAVAILABLE,

@@ -155,13 +155,18 @@ impl Gateway {
 
     /// Replaces the registry and its credentials atomically; requests in flight finish on the
     /// snapshot they began with.
+    ///
+    /// Unchanged instances keep their health state and their idle upstream connections; the
+    /// caller serialises replacements (the reload path holds a lock).
     pub fn replace_registry(
         &self,
-        registry: Registry,
+        mut registry: Registry,
         auth: Arc<Authenticator>,
         policy: gerbang_policy::PolicySet,
     ) {
-        let snapshot = build_snapshot(
+        let old = self.snapshot.load_full();
+        registry.adopt_health(&old.registry);
+        let mut snapshot = build_snapshot(
             registry,
             auth,
             policy,
@@ -169,7 +174,13 @@ impl Gateway {
             &self.tls_client,
             &self.pool,
         );
+        adopt_pools(&mut snapshot, &old);
         self.snapshot.store(Arc::new(snapshot));
+    }
+
+    /// The upstream TLS settings (for the health checker's client).
+    pub fn upstream_tls(&self) -> Arc<ClientConfig> {
+        Arc::clone(&self.tls_client)
     }
 
     /// Records every call in `sink` from now on.
@@ -1334,6 +1345,29 @@ fn build_snapshot(
         identities: IdentityCache::default(),
         limits: gerbang_policy::limits::Limits::new(&policy, Arc::clone(quotas)),
         policy: Arc::new(policy),
+    }
+}
+
+/// Takes over the old snapshot's connection pools of plain-HTTP instances with the same
+/// authority, so that a reload does not close idle upstream connections.
+fn adopt_pools(new: &mut Snapshot, old: &Snapshot) {
+    let mut by_authority: std::collections::HashMap<&str, &Arc<InstancePool>> =
+        std::collections::HashMap::new();
+    for (svc, pools) in old.registry.services().iter().zip(&old.pools) {
+        for (inst, pool) in svc.instances.iter().zip(pools) {
+            if let Some(p) = pool {
+                by_authority.insert(inst.authority.as_str(), p);
+            }
+        }
+    }
+    for (svc, pools) in new.registry.services().iter().zip(new.pools.iter_mut()) {
+        for (inst, pool) in svc.instances.iter().zip(pools.iter_mut()) {
+            if let (Some(slot), Some(old)) =
+                (pool.as_mut(), by_authority.get(inst.authority.as_str()))
+            {
+                *slot = Arc::clone(old);
+            }
+        }
     }
 }
 

@@ -9,6 +9,7 @@ pub mod framing;
 pub mod gateway;
 pub mod h1;
 pub mod headers;
+pub mod health_check;
 pub mod metrics;
 pub mod oauth;
 pub mod path;

@@ -197,6 +197,26 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
     }
     let gateway = Arc::new(gateway);
     let health = Arc::new(Health::new());
+    {
+        // Instance health as gauges, read from the registry in force at each scrape.
+        let gateway = Arc::clone(&gateway);
+        metrics.on_scrape(move |m| {
+            m.upstream_instance_healthy.reset();
+            for svc in gateway.registry().services() {
+                for (inst, state) in svc.instance_states() {
+                    let up = i64::from(state == gerbang_registry::InstanceState::Healthy);
+                    m.upstream_instance_healthy
+                        .with_label_values(&[svc.full_id(), inst.name.as_str()])
+                        .set(up);
+                }
+            }
+        });
+    }
+    tokio::spawn(gerbang_proxy::health_check::run(
+        Arc::clone(&gateway),
+        gateway.upstream_tls(),
+        stop(rx.clone()),
+    ));
 
     let admin_settings = gerbang_proxy::ListenerSettings {
         tls: None,
@@ -206,7 +226,11 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
     };
     let admin_task = tokio::spawn(serve(
         admin,
-        Arc::new(Admin::new(Arc::clone(&health)).with_metrics(metrics)),
+        Arc::new(
+            Admin::new(Arc::clone(&health))
+                .with_metrics(metrics)
+                .with_gateway(Arc::clone(&gateway)),
+        ),
         admin_settings,
         stop(rx.clone()),
     ));

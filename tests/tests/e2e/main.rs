@@ -4,6 +4,7 @@
 mod admin;
 mod audit;
 mod auth;
+mod balancing;
 mod external_issuer;
 mod forwarding;
 mod limits;
