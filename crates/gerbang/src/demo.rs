@@ -132,6 +132,17 @@ impl Backend {
     }
 
     async fn respond(&self, req: Request<Incoming>) -> Response<ResponseBody> {
+        if req.uri().path() == "/health" && self.kind != Kind::Fixed {
+            // The target of the gateway's active health checks.
+            let mut res = Response::new(body::full(Bytes::from_static(b"{\"status\":\"ok\"}")));
+            res.headers_mut().insert(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("application/json"),
+            );
+            res.headers_mut()
+                .insert("x-demo-instance", self.instance.clone());
+            return res;
+        }
         if self.kind == Kind::Fixed {
             let mut res = Response::new(body::full(Bytes::from_static(FIXED_BODY)));
             res.headers_mut().insert(

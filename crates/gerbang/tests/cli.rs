@@ -85,6 +85,31 @@ fn http_exchange(addr: SocketAddr, request: &str) -> (u16, String, String) {
     (status, head.to_ascii_lowercase(), body.to_owned())
 }
 
+/// A child process that is killed if the test panics before it ends it.
+struct KillOnDrop(Child);
+
+impl std::ops::Deref for KillOnDrop {
+    type Target = Child;
+    fn deref(&self) -> &Child {
+        &self.0
+    }
+}
+
+impl std::ops::DerefMut for KillOnDrop {
+    fn deref_mut(&mut self) -> &mut Child {
+        &mut self.0
+    }
+}
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        if matches!(self.0.try_wait(), Ok(None)) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+}
+
 fn terminate(child: &mut Child) -> std::process::ExitStatus {
     let ok = Command::new("kill")
         .args(["-TERM", &child.id().to_string()])
@@ -277,16 +302,18 @@ fn serve_becomes_ready_and_exits_0_on_sigterm() {
         .unwrap();
     assert!(out.status.success());
     std::fs::create_dir(dir.path().join("agreements")).unwrap();
-    let mut child = bin()
-        .args(["serve", "--config"])
-        .arg(dir.path().join("gerbang.toml"))
-        .args(["--listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0"])
-        // The environment overrides the file: JSON logs make the addresses easy to read.
-        .env("GERBANG__LOG__FORMAT", "json")
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let mut child = KillOnDrop(
+        bin()
+            .args(["serve", "--config"])
+            .arg(dir.path().join("gerbang.toml"))
+            .args(["--listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0"])
+            // The environment overrides the file: JSON logs make the addresses easy to read.
+            .env("GERBANG__LOG__FORMAT", "json")
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap(),
+    );
     let stderr = child.stderr.take().unwrap();
     let (data, admin) = wait_for_line(stderr, |line| {
         let v: serde_json::Value = serde_json::from_str(line).ok()?;
@@ -309,20 +336,22 @@ fn serve_becomes_ready_and_exits_0_on_sigterm() {
 fn demo_serves_the_agencies_and_keeps_the_repository_config_untouched() {
     let before = std::fs::read(repo_config()).unwrap();
     let data = tempfile::tempdir().unwrap();
-    let mut child = bin()
-        .args([
-            "demo",
-            "--listen",
-            "127.0.0.1:0",
-            "--admin-listen",
-            "127.0.0.1:0",
-            "--data-dir",
-        ])
-        .arg(data.path())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
+    let mut child = KillOnDrop(
+        bin()
+            .args([
+                "demo",
+                "--listen",
+                "127.0.0.1:0",
+                "--admin-listen",
+                "127.0.0.1:0",
+                "--data-dir",
+            ])
+            .arg(data.path())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
     let stdout = child.stdout.take().unwrap();
     let gw: SocketAddr = wait_for_line(stdout, |line| {
         line.trim()
@@ -771,14 +800,16 @@ fn sigkill_under_load_loses_no_acknowledged_record() {
     .unwrap();
     gerbang::config::create_signing_key(&dir.path().join("data/keys")).unwrap();
     gerbang::config::ensure_audit_keys(&dir.path().join("data/keys")).unwrap();
-    let mut child = bin()
-        .args(["serve", "--config"])
-        .arg(dir.path().join("gerbang.toml"))
-        .args(["--listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0"])
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let mut child = KillOnDrop(
+        bin()
+            .args(["serve", "--config"])
+            .arg(dir.path().join("gerbang.toml"))
+            .args(["--listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap(),
+    );
     let stderr = child.stderr.take().unwrap();
     let gw: SocketAddr = wait_for_line(stderr, |line| {
         let v: serde_json::Value = serde_json::from_str(line).ok()?;
