@@ -1537,6 +1537,69 @@ url = "ftp://127.0.0.1:1/x"
     }
 
     #[test]
+    fn balancing_health_retry_and_breaker_settings_are_checked_with_file_and_key() {
+        let dir = tempfile::tempdir().unwrap();
+        write(dir.path(), "gerbang.toml", "");
+        for (settings, want) in [
+            (
+                "load_balancing = \"random\"",
+                "service[0].load_balancing: `random` is not one of",
+            ),
+            (
+                "load_balancing = \"consistent_hash\"",
+                "service[0].hash_header: consistent_hash needs the header",
+            ),
+            (
+                "hash_header = \"X-Session-Id\"",
+                "service[0].hash_header: only used with load_balancing",
+            ),
+            (
+                "[service.health_check]\ninterval = \"1s\"\ntimeout = \"2s\"",
+                "service[0].health_check.timeout: must be greater than zero and at most the interval",
+            ),
+            (
+                "[service.health_check]\npath = \"health\"",
+                "service[0].health_check.path: `health` is not an absolute path",
+            ),
+            (
+                "[service.health_check]\nunhealthy_threshold = 0",
+                "service[0].health_check.unhealthy_threshold: must be between 1 and 100",
+            ),
+            (
+                "[service.outlier_detection]\nbase_ejection = \"10m\"",
+                "service[0].outlier_detection.base_ejection: must be greater than zero and at most max_ejection",
+            ),
+            (
+                "[service.retry]\nattempts = 0",
+                "service[0].retry.attempts: must be between 1 (no retries) and 10",
+            ),
+            (
+                "[service.circuit_breaker]\nmax_requests = 0",
+                "service[0].circuit_breaker.max_requests: must be between 1 and 1000000",
+            ),
+        ] {
+            let agency = AGENCY.replace(
+                "max_body_bytes = 1024\n",
+                &format!("max_body_bytes = 1024\n{settings}\n"),
+            );
+            write(dir.path(), "registry/dukcapil.toml", &agency);
+            let err = load(&dir.path().join("gerbang.toml"), &Overrides::default()).unwrap_err();
+            assert!(err.to_string().contains(want), "{settings}: {err}");
+        }
+        let agency = AGENCY.replace(
+            "url = \"http://127.0.0.1:18101\"",
+            "url = \"http://127.0.0.1:18101\"\nweight = 0",
+        );
+        write(dir.path(), "registry/dukcapil.toml", &agency);
+        let err = load(&dir.path().join("gerbang.toml"), &Overrides::default()).unwrap_err();
+        assert!(
+            err.to_string()
+                .contains("service[0].instance[0].weight: must be between 1 and 100"),
+            "{err}"
+        );
+    }
+
+    #[test]
     fn an_otlp_endpoint_must_be_a_url_and_needs_the_feature() {
         let dir = tempfile::tempdir().unwrap();
         write(dir.path(), "registry/dukcapil.toml", AGENCY);
