@@ -234,6 +234,53 @@ impl Writer {
         Ok(seq)
     }
 
+    /// As [`Writer::append_buffered`], with the record's fields already serialised as a JSON
+    /// object (`{...}`) that has none of the chain's keys (`seq`, `prev`, `kind`, `time`): the
+    /// line is the chain's keys followed by these fields, with no map built in between.
+    pub fn append_raw_buffered(&mut self, kind: &str, fields: &[u8]) -> io::Result<u64> {
+        let inner = fields
+            .strip_prefix(b"{")
+            .and_then(|f| f.strip_suffix(b"}"))
+            .ok_or_else(|| {
+                io::Error::new(io::ErrorKind::InvalidData, "fields are not a JSON object")
+            })?;
+        let now = SystemTime::now();
+        self.roll_if_needed(now)?;
+        let seq = self.seq + 1;
+        let mut line = Vec::with_capacity(fields.len() + 160);
+        line.extend_from_slice(b"{\"seq\":");
+        line.extend_from_slice(seq.to_string().as_bytes());
+        line.extend_from_slice(b",\"prev\":\"");
+        line.extend_from_slice(self.prev.as_bytes());
+        line.extend_from_slice(b"\",\"kind\":");
+        serde_json::to_writer(&mut line, kind)
+            .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))?;
+        line.extend_from_slice(b",\"time\":\"");
+        line.extend_from_slice(rfc3339(now).as_bytes());
+        line.push(b'"');
+        if !inner.iter().all(u8::is_ascii_whitespace) {
+            line.push(b',');
+            line.extend_from_slice(inner);
+        }
+        line.push(b'}');
+        let hash = sha256_hex(&line);
+        line.push(b'\n');
+        let f = self
+            .file
+            .as_mut()
+            .ok_or_else(|| io::Error::other("no audit file open"))?;
+        f.write_all(&line)?;
+        self.file_bytes += line.len() as u64;
+        self.seq = seq;
+        self.prev = hash;
+        self.dirty = true;
+        self.since_seal += 1;
+        if self.since_seal >= self.settings.seal_every.max(1) {
+            self.seal()?;
+        }
+        Ok(seq)
+    }
+
     /// Writes the buffered records and syncs them as the fsync policy says.
     pub fn finish_batch(&mut self) -> io::Result<()> {
         if let Some(f) = self.file.as_mut() {

@@ -287,3 +287,39 @@ fn queries_find_a_subject_by_its_keyed_hash() {
         "2026-11-18T11:06:40.123Z"
     );
 }
+
+#[test]
+fn raw_records_chain_verify_and_answer_queries_like_map_records() {
+    let dir = tempfile::tempdir().unwrap();
+    let der = SealKey::generate_pkcs8().unwrap();
+    let key = SealKey::from_pkcs8(&der).unwrap();
+    let public = key.public_key();
+    let subject = SubjectKey::from_hex(&SubjectKey::generate_hex().unwrap()).unwrap();
+    let mut w = Writer::open(settings(dir.path(), 1024, 3), key).unwrap();
+    for i in 0..20u64 {
+        let fields = serde_json::to_vec(&Value::Object(call(i, &subject))).unwrap();
+        if i % 3 == 0 {
+            w.append("call", call(i, &subject)).unwrap();
+        } else {
+            w.append_raw_buffered("call", &fields).unwrap();
+            w.finish_batch().unwrap();
+        }
+    }
+    w.append_raw_buffered("empty", b"{}").unwrap();
+    assert!(
+        w.append_raw_buffered("call", b"[1]").is_err(),
+        "not an object"
+    );
+    w.close().unwrap();
+    let v = verify(dir.path(), &public).unwrap();
+    assert!(v.records >= 21, "{v:?}");
+    let filter = Filter {
+        subject: Some("3603015505900004".into()),
+        ..Filter::default()
+    };
+    let found = query(dir.path(), &filter, &subject).unwrap();
+    assert_eq!(found.len(), 1);
+    assert_eq!(found[0]["consumer"], "dinkes/simpus");
+    assert_eq!(found[0]["kind"], "call");
+    assert!(found[0]["time"].is_string());
+}
