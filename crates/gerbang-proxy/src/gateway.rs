@@ -333,6 +333,11 @@ impl Gateway {
         }
         let result = self.forward(req, conn, &request_id, &mut call).await;
         let (decision, reason) = match &result {
+            // The issuer's own endpoints decide nothing about data sharing.
+            Ok(_) if call.issuer_endpoint.is_some() => {
+                ("none", call.token_result.filter(|r| *r != "issued"))
+            }
+            Err(e) if call.issuer_endpoint.is_some() => ("none", Some(e.code())),
             Ok(_) => ("allow", None),
             Err(GatewayError::Unauthenticated(f)) => ("deny", Some(f.reason())),
             Err(GatewayError::Forbidden(r)) => ("deny", Some(r.as_str())),

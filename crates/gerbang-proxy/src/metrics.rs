@@ -3,7 +3,8 @@
 //! Labels come only from registry ids, endpoint templates, methods, status classes and stable
 //! reason codes — never a raw path, a token or a data-subject id. Unknown values collapse to
 //! fixed words (`anonymous`, `unknown`, `none`), so the series count is bounded by the registry:
-//! about consumers × services × endpoints × methods × 5 status classes × 3 decisions.
+//! about consumers × services × endpoints × methods × 5 status classes × 4 decisions (`allow`,
+//! `deny`, `error` before any agreement applied, `none` for the issuer's own endpoints).
 //!
 //! Most series move on the request path. State that lives elsewhere (the audit queue, JWKS
 //! fetches of the auth crate, instance health) is read when `/metrics` is scraped, by the

@@ -104,6 +104,12 @@ async fn series_move_for_the_right_labels_and_never_carry_a_subject_id() {
         value("gerbang_token_requests_total{result=\"invalid_client\"}"),
         Some(1.0)
     );
+    // The issuer's endpoints make no data-sharing decision.
+    assert_eq!(
+        value("gerbang_requests_total{consumer=\"anonymous\",consumer_agency=\"anonymous\",decision=\"none\",endpoint=\"none\",method=\"POST\",service=\"gateway/oauth-token\",status_class=\"4xx\"}"),
+        Some(2.0),
+        "{text}"
+    );
     assert_eq!(
         value("gerbang_token_requests_total{result=\"unsupported_grant_type\"}").or(value(
             "gerbang_token_requests_total{result=\"invalid_request\"}"
