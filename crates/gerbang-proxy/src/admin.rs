@@ -90,7 +90,8 @@ impl Admin {
         self
     }
 
-    fn respond(&self, req: &Request<Incoming>) -> Response<ResponseBody> {
+    /// Answers the built-in resources (`/health/*`, `/metrics`); 404 for anything else.
+    pub fn respond(&self, req: &Request<Incoming>) -> Response<ResponseBody> {
         if req.uri().path() == "/metrics" {
             if let Some(m) = &self.metrics {
                 if req.method() != Method::GET && req.method() != Method::HEAD {

@@ -38,6 +38,7 @@ pub struct AuditSettings {
 
 enum Job {
     Record {
+        kind: &'static str,
         /// The record's own fields as a serialised JSON object; the writer adds the chain's.
         fields: Vec<u8>,
         ack: Option<tokio::sync::oneshot::Sender<bool>>,
@@ -88,17 +89,19 @@ impl AuditSink {
             .name("gerbang-audit".into())
             .spawn(move || loop {
                 match rx.recv_timeout(idle) {
-                    Ok(Job::Record { fields, ack }) => {
+                    Ok(Job::Record { kind, fields, ack }) => {
                         // Group commit: everything already queued goes out in one write (and,
                         // with fsync always, one fsync); then every waiter is answered.
                         if !linger.is_zero() {
                             std::thread::sleep(linger);
                         }
-                        let mut batch = vec![(fields, ack)];
+                        let mut batch = vec![(kind, fields, ack)];
                         let mut closing = false;
                         while batch.len() < MAX_BATCH {
                             match rx.try_recv() {
-                                Ok(Job::Record { fields, ack }) => batch.push((fields, ack)),
+                                Ok(Job::Record { kind, fields, ack }) => {
+                                    batch.push((kind, fields, ack))
+                                }
                                 Ok(Job::Close) => {
                                     closing = true;
                                     break;
@@ -111,9 +114,9 @@ impl AuditSink {
                             .fetch_sub(batch.len() as u64, Ordering::Relaxed);
                         let mut acks = Vec::with_capacity(batch.len());
                         let mut ok = true;
-                        for (fields, ack) in batch {
+                        for (kind, fields, ack) in batch {
                             if ok {
-                                if let Err(e) = writer.append_raw_buffered("call", &fields) {
+                                if let Err(e) = writer.append_raw_buffered(kind, &fields) {
                                     tracing::error!(error = %e, "writing an audit record failed");
                                     ok = false;
                                 }
@@ -171,6 +174,11 @@ impl AuditSink {
 
     /// Records one call; `false` when the record could not be written (or queued).
     pub async fn record(&self, fields: Vec<u8>) -> bool {
+        self.record_kind("call", fields).await
+    }
+
+    /// Records an entry of another kind (`admin`: a change through the admin API).
+    pub async fn record_kind(&self, kind: &'static str, fields: Vec<u8>) -> bool {
         let (ack, rx) = if self.settings.wait_for_disk {
             let (tx, rx) = tokio::sync::oneshot::channel();
             (Some(tx), Some(rx))
@@ -178,7 +186,7 @@ impl AuditSink {
             (None, None)
         };
         self.stats.queued.fetch_add(1, Ordering::Relaxed);
-        match self.tx.try_send(Job::Record { fields, ack }) {
+        match self.tx.try_send(Job::Record { kind, fields, ack }) {
             Ok(()) => {}
             Err(TrySendError::Full(_)) | Err(TrySendError::Disconnected(_)) => {
                 self.stats.queued.fetch_sub(1, Ordering::Relaxed);

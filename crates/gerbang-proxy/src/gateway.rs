@@ -296,6 +296,11 @@ impl Gateway {
         Arc::clone(&self.snapshot.load().auth)
     }
 
+    /// The agreements currently in force.
+    pub fn policy(&self) -> Arc<gerbang_policy::PolicySet> {
+        Arc::clone(&self.snapshot.load().policy)
+    }
+
     /// The registry currently in force.
     pub fn registry(&self) -> Arc<Registry> {
         Arc::clone(&self.snapshot.load().registry)
@@ -1391,7 +1396,7 @@ fn adopt_pools(new: &mut Snapshot, old: &Snapshot) {
 /// A UUIDv7 request id: millisecond timestamp, then 74 bits that are unique within the process
 /// (a bijective mix of a counter) and random across processes (a seed drawn once). No system
 /// call per request, unlike drawing fresh randomness for each id.
-fn new_request_id() -> HeaderValue {
+pub fn new_request_id() -> HeaderValue {
     static SEED: std::sync::OnceLock<u64> = std::sync::OnceLock::new();
     static COUNTER: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
     let seed = *SEED.get_or_init(|| {

@@ -180,14 +180,36 @@ fn default_client_auth() -> String {
 #[serde(deny_unknown_fields, default)]
 struct RawAdmin {
     listen: String,
+    /// Bearer tokens of the admin API, by name (who, in the audit log) and SHA-256 digest.
+    tokens: Vec<RawAdminToken>,
+    /// Reload when a registry, agreement or key file changes.
+    watch_files: bool,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawAdminToken {
+    name: String,
+    digest: String,
 }
 
 impl Default for RawAdmin {
     fn default() -> Self {
         Self {
             listen: "127.0.0.1:9080".into(),
+            tokens: Vec::new(),
+            watch_files: true,
         }
     }
+}
+
+/// A bearer token of the admin API.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AdminToken {
+    /// Who uses it; recorded with every admin action.
+    pub name: String,
+    /// `sha256:` + hex of the token.
+    pub digest: String,
 }
 
 #[derive(Debug, Deserialize)]
@@ -476,6 +498,13 @@ pub struct Config {
     pub expiries: Vec<(&'static str, String, i64)>,
     /// Span export; `None` when `tracing.otlp_endpoint` is empty.
     pub otlp: Option<OtlpSettings>,
+    /// The command-line overrides this was loaded with (a reload uses them again).
+    pub overrides: Overrides,
+    pub agreements_dir: PathBuf,
+    /// Where the signing keys are.
+    pub keys_dir: PathBuf,
+    pub admin_tokens: Vec<AdminToken>,
+    pub watch_files: bool,
 }
 
 impl fmt::Debug for Config {
@@ -486,6 +515,39 @@ impl fmt::Debug for Config {
             .field("admin_listen", &self.admin_listen)
             .field("registry_dir", &self.registry_dir)
             .finish_non_exhaustive()
+    }
+}
+
+/// Registry and agreement files as a proposed change would leave them: path → new text, or
+/// `None` for a file the change deletes. The admin API validates a change against the files
+/// on disk with its overlay before it writes anything.
+pub type Overlay = std::collections::HashMap<PathBuf, Option<String>>;
+
+/// The `*.toml` files of `dir` as `overlay` would leave them, sorted.
+pub(crate) fn toml_files(dir: &Path, overlay: &Overlay) -> std::io::Result<Vec<PathBuf>> {
+    let mut files: Vec<PathBuf> = std::fs::read_dir(dir)?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.extension().is_some_and(|x| x == "toml"))
+        .collect();
+    for (path, text) in overlay {
+        if path.parent() == Some(dir) && path.extension().is_some_and(|x| x == "toml") {
+            match text {
+                Some(_) if !files.contains(path) => files.push(path.clone()),
+                None => files.retain(|f| f != path),
+                Some(_) => {}
+            }
+        }
+    }
+    files.sort();
+    Ok(files)
+}
+
+/// The text of `path` as `overlay` would leave it.
+pub(crate) fn read_text(path: &Path, overlay: &Overlay) -> std::io::Result<String> {
+    match overlay.get(path) {
+        Some(Some(text)) => Ok(text.clone()),
+        Some(None) => Err(std::io::Error::from(std::io::ErrorKind::NotFound)),
+        None => std::fs::read_to_string(path),
     }
 }
 
@@ -512,6 +574,15 @@ impl Problems {
 
 /// Loads and validates `file`, its environment overrides and its registry directory.
 pub fn load(file: &Path, overrides: &Overrides) -> Result<Config, ConfigError> {
+    load_with(file, overrides, &Overlay::new())
+}
+
+/// [`load`] with registry and agreement files replaced as `overlay` says.
+pub fn load_with(
+    file: &Path,
+    overrides: &Overrides,
+    overlay: &Overlay,
+) -> Result<Config, ConfigError> {
     let mut problems = Problems { list: Vec::new() };
     let mut builder = config::Config::builder()
         .add_source(config::File::from(file).format(config::FileFormat::Toml))
@@ -553,6 +624,37 @@ pub fn load(file: &Path, overrides: &Overrides) -> Result<Config, ConfigError> {
 
     let listen = parse_addr(&raw.server.listen, file, "server.listen", &mut problems);
     let admin_listen = parse_addr(&raw.admin.listen, file, "admin.listen", &mut problems);
+    let mut admin_tokens: Vec<AdminToken> = Vec::new();
+    for (i, t) in raw.admin.tokens.iter().enumerate() {
+        if t.name.is_empty() || t.name.len() > 64 {
+            problems.push(
+                file,
+                format!("admin.tokens[{i}].name"),
+                "1 to 64 characters",
+            );
+        }
+        if !gerbang_auth::apikey::is_valid_digest(&t.digest) {
+            problems.push(
+                file,
+                format!("admin.tokens[{i}].digest"),
+                "not `sha256:` + 64 lower-case hex digits (`gerbang new-api-key` makes a token and its digest)",
+            );
+        }
+        if admin_tokens
+            .iter()
+            .any(|o| o.digest == t.digest || o.name == t.name)
+        {
+            problems.push(
+                file,
+                format!("admin.tokens[{i}]"),
+                "two admin tokens share a name or a digest",
+            );
+        }
+        admin_tokens.push(AdminToken {
+            name: t.name.clone(),
+            digest: t.digest.clone(),
+        });
+    }
     if let (Some(a), Some(b)) = (listen, admin_listen) {
         if a == b && a.port() != 0 {
             problems.push(file, "admin.listen", "must differ from server.listen");
@@ -742,7 +844,7 @@ pub fn load(file: &Path, overrides: &Overrides) -> Result<Config, ConfigError> {
     );
     let keys_dir = auth::keys_dir_of(file).unwrap_or_else(|_| data_dir.join("keys"));
     let audit = audit::load_audit(&raw.audit, file, &data_dir, &keys_dir, &mut problems);
-    let loaded = load_registry(&registry_dir, &defaults, &mut problems);
+    let loaded = load_registry(&registry_dir, &defaults, overlay, &mut problems);
     let mut warnings = Problems { list: Vec::new() };
     let agreements = loaded.as_ref().map(|l| {
         let known = policy::Known {
@@ -760,6 +862,7 @@ pub fn load(file: &Path, overrides: &Overrides) -> Result<Config, ConfigError> {
             .map_or(0, |d| d.as_secs() as i64);
         policy::load_agreements(
             &resolve(&raw.paths.agreements_dir),
+            overlay,
             &known,
             now,
             &mut problems,
@@ -816,11 +919,17 @@ pub fn load(file: &Path, overrides: &Overrides) -> Result<Config, ConfigError> {
                 file,
                 &[&registry_dir, &resolve(&raw.paths.agreements_dir)],
                 overrides,
+                overlay,
             );
             Ok(Config {
                 fingerprint,
                 expiries,
                 otlp,
+                overrides: overrides.clone(),
+                agreements_dir: resolve(&raw.paths.agreements_dir),
+                keys_dir: keys_dir.clone(),
+                admin_tokens,
+                watch_files: raw.admin.watch_files,
                 file: file.to_path_buf(),
                 listen,
                 admin_listen,
@@ -874,7 +983,7 @@ fn certificate_not_after(pem: &[u8]) -> Option<i64> {
 
 /// A short hash of every configuration input, for the `gerbang_config_info` series: two
 /// gateways with the same value run the same configuration.
-fn fingerprint(main: &Path, dirs: &[&Path], overrides: &Overrides) -> String {
+fn fingerprint(main: &Path, dirs: &[&Path], overrides: &Overrides, overlay: &Overlay) -> String {
     use sha2::{Digest, Sha256};
     let mut h = Sha256::new();
     let mut add = |name: &str, bytes: &[u8]| {
@@ -885,14 +994,9 @@ fn fingerprint(main: &Path, dirs: &[&Path], overrides: &Overrides) -> String {
     };
     add("main", &std::fs::read(main).unwrap_or_default());
     for dir in dirs {
-        let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
-            .map(|e| e.filter_map(|e| e.ok()).map(|e| e.path()).collect())
-            .unwrap_or_default();
-        files.retain(|p| p.extension().is_some_and(|x| x == "toml"));
-        files.sort();
-        for f in files {
+        for f in toml_files(dir, overlay).unwrap_or_default() {
             let name = f.file_name().and_then(|n| n.to_str()).unwrap_or("");
-            add(name, &std::fs::read(&f).unwrap_or_default());
+            add(name, read_text(&f, overlay).unwrap_or_default().as_bytes());
         }
     }
     let mut env: Vec<(String, String)> = std::env::vars()
@@ -962,19 +1066,19 @@ struct Loaded {
 /// First path segments the gateway serves itself (`/oauth/token`) or will (`/catalog/…`).
 const RESERVED_AGENCY_IDS: [&str; 3] = ["oauth", "catalog", "admin"];
 
-fn load_registry(dir: &Path, defaults: &ServiceLimits, problems: &mut Problems) -> Option<Loaded> {
-    let entries = match std::fs::read_dir(dir) {
-        Ok(e) => e,
+fn load_registry(
+    dir: &Path,
+    defaults: &ServiceLimits,
+    overlay: &Overlay,
+    problems: &mut Problems,
+) -> Option<Loaded> {
+    let files = match toml_files(dir, overlay) {
+        Ok(f) => f,
         Err(e) => {
             problems.push(dir, "", format!("cannot read the registry directory: {e}"));
             return None;
         }
     };
-    let mut files: Vec<PathBuf> = entries
-        .filter_map(|e| e.ok().map(|e| e.path()))
-        .filter(|p| p.extension().is_some_and(|x| x == "toml"))
-        .collect();
-    files.sort();
     if files.is_empty() {
         problems.push(dir, "", "the registry directory holds no .toml file");
     }
@@ -984,7 +1088,7 @@ fn load_registry(dir: &Path, defaults: &ServiceLimits, problems: &mut Problems) 
     let mut credentials = Vec::new();
     let mut services = std::collections::HashMap::new();
     for path in files {
-        let text = match std::fs::read_to_string(&path) {
+        let text = match read_text(&path, overlay) {
             Ok(t) => t,
             Err(e) => {
                 problems.push(&path, "", format!("cannot read: {e}"));

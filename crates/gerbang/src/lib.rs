@@ -2,10 +2,13 @@
 //! binary (`main.rs`) only parses the command line and calls in here; end-to-end tests use the
 //! same functions.
 
+pub mod admin_api;
+pub mod admin_store;
 pub mod config;
 pub mod demo;
 #[cfg(feature = "otlp")]
 pub mod otlp;
+pub mod reload;
 pub mod run;
 
 pub use config::{load, ConfigError, Overrides, Problem};

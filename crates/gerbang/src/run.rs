@@ -41,6 +41,8 @@ pub struct Running {
     pub admin_addr: SocketAddr,
     pub health: Arc<Health>,
     pub gateway: Arc<Gateway>,
+    /// Reloads the configuration (SIGHUP, file changes and the admin API use it).
+    pub reloader: Arc<crate::reload::Reloader>,
     shutdown: watch::Sender<bool>,
     task: JoinHandle<ShutdownOutcome>,
 }
@@ -81,6 +83,9 @@ async fn bind(what: &'static str, addr: SocketAddr) -> Result<TcpListener, Start
 
 /// Binds the listeners of `config` and starts serving.
 pub async fn start(config: Config) -> Result<Running, StartError> {
+    let reload_seed = crate::reload::Seed::of(&config);
+    let admin_tokens = config.admin_tokens.clone();
+    let watch_files = config.watch_files;
     let data = bind("data plane", config.listen).await?;
     let admin = bind("admin", config.admin_listen).await?;
     let data_addr = data.local_addr().unwrap_or(config.listen);
@@ -99,16 +104,20 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
             ExternalKeys::Static(_) => None,
         })
         .collect();
+    let mut public_base_url = config.auth.public_base_url.clone();
+    let listener_issuer = config
+        .auth
+        .issuer_from_listener
+        .map(|scheme| format!("{scheme}://{data_addr}"));
     let mut issuer = config.auth.issuer;
-    let mut public_base_url = config.auth.public_base_url;
-    if let Some(scheme) = config.auth.issuer_from_listener {
-        issuer.issuer = format!("{scheme}://{data_addr}");
-        public_base_url.clone_from(&issuer.issuer);
+    if let Some(url) = &listener_issuer {
+        issuer.issuer.clone_from(url);
+        public_base_url.clone_from(url);
     }
     let authenticator = Authenticator::new(
         Arc::new(issuer),
         &config.credentials,
-        externals,
+        externals.clone(),
         config.auth.token_cache_size,
     )
     .map_err(|e| StartError::Auth(e.to_string()))?;
@@ -217,6 +226,23 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
         gateway.upstream_tls(),
         stop(rx.clone()),
     ));
+    let reloader = Arc::new(reload_seed.finish(
+        Arc::clone(&gateway),
+        Arc::clone(&metrics),
+        externals,
+        listener_issuer,
+    ));
+    tokio::spawn(crate::reload::on_sighup(
+        Arc::clone(&reloader),
+        stop(rx.clone()),
+    ));
+    if watch_files {
+        tokio::spawn(crate::reload::watch_files(
+            Arc::clone(&reloader),
+            std::time::Duration::from_millis(300),
+            stop(rx.clone()),
+        ));
+    }
 
     let admin_settings = gerbang_proxy::ListenerSettings {
         tls: None,
@@ -226,11 +252,14 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
     };
     let admin_task = tokio::spawn(serve(
         admin,
-        Arc::new(
+        Arc::new(crate::admin_api::AdminApi::new(
             Admin::new(Arc::clone(&health))
                 .with_metrics(metrics)
                 .with_gateway(Arc::clone(&gateway)),
-        ),
+            Arc::clone(&reloader),
+            Arc::clone(&gateway),
+            admin_tokens,
+        )),
         admin_settings,
         stop(rx.clone()),
     ));
@@ -247,6 +276,7 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
         admin_addr,
         health,
         gateway,
+        reloader,
         shutdown: tx,
         task,
     })

@@ -224,13 +224,14 @@ fn instant(dt: &toml::value::Datetime, end_of_day: bool) -> Option<i64> {
 /// (a warning).
 pub(super) fn load_agreements(
     dir: &Path,
+    overlay: &super::Overlay,
     known: &Known<'_>,
     now: i64,
     problems: &mut Problems,
     warnings: &mut Problems,
 ) -> Vec<Agreement> {
-    let entries = match std::fs::read_dir(dir) {
-        Ok(e) => e,
+    let files = match super::toml_files(dir, overlay) {
+        Ok(f) => f,
         Err(e) => {
             problems.push(
                 dir,
@@ -240,14 +241,9 @@ pub(super) fn load_agreements(
             return Vec::new();
         }
     };
-    let mut files: Vec<PathBuf> = entries
-        .filter_map(|e| e.ok().map(|e| e.path()))
-        .filter(|p| p.extension().is_some_and(|x| x == "toml"))
-        .collect();
-    files.sort();
     let mut out: Vec<(PathBuf, String, Agreement)> = Vec::new();
     for path in files {
-        let text = match std::fs::read_to_string(&path) {
+        let text = match super::read_text(&path, overlay) {
             Ok(t) => t,
             Err(e) => {
                 problems.push(&path, "", format!("cannot read: {e}"));

@@ -1,0 +1,366 @@
+//! Live reconfiguration: read and validate the configuration again, then swap the new registry,
+//! agreements and credentials in at once. Requests in flight finish on the snapshot they began
+//! with; client connections stay open; unchanged instances keep their health and idle upstream
+//! connections. A configuration with problems is refused whole and the running one stays.
+//!
+//! Triggers: `SIGHUP`, `POST /admin/reload`, an admin API change, and (with
+//! `admin.watch_files`) a change to a registry, agreement or key file.
+//!
+//! What a reload applies: registry files (agencies, applications and their credentials,
+//! services, instances, balancing, health checks, retries, breakers), agreement files, signing
+//! keys and `[auth]` token settings. Listener addresses, TLS, limits, the audit log, metrics,
+//! tracing and `[[auth.external]]` issuers take effect on restart; a reload that sees them
+//! changed says so in its report.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use gerbang_auth::authn::{Authenticator, External};
+use gerbang_proxy::metrics::Metrics;
+use gerbang_proxy::Gateway;
+
+use crate::config::{Config, Overrides, Problem};
+
+/// What a successful reload did.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Applied {
+    /// The new configuration's hash (`gerbang_config_info`).
+    pub hash: String,
+    /// Settings that changed but take effect on restart only.
+    pub restart_needed: Vec<String>,
+    /// Warnings of the new configuration (expired or overlapping agreements).
+    pub warnings: Vec<String>,
+}
+
+/// Settings fixed for the life of the process, to tell when a reload cannot apply a change.
+#[derive(Debug, Clone, PartialEq)]
+struct Fixed {
+    listen: std::net::SocketAddr,
+    admin_listen: std::net::SocketAddr,
+    externals: Vec<String>,
+    audit: bool,
+    metrics: (bool, bool),
+    otlp: Option<String>,
+}
+
+impl Fixed {
+    fn of(c: &Config) -> Self {
+        Self {
+            listen: c.listen,
+            admin_listen: c.admin_listen,
+            externals: c
+                .auth
+                .externals
+                .iter()
+                .map(|e| e.issuer.issuer.clone())
+                .collect(),
+            audit: c.audit.is_some(),
+            metrics: (c.metrics_enabled, c.metrics_per_application),
+            otlp: c.otlp.as_ref().map(|o| o.endpoint.clone()),
+        }
+    }
+
+    fn differences(&self, other: &Fixed) -> Vec<String> {
+        let mut out = Vec::new();
+        let mut diff = |changed: bool, what: &str| {
+            if changed {
+                out.push(what.to_owned());
+            }
+        };
+        diff(self.listen != other.listen, "server.listen");
+        diff(self.admin_listen != other.admin_listen, "admin.listen");
+        diff(self.externals != other.externals, "auth.external");
+        diff(self.audit != other.audit, "audit.enabled");
+        diff(self.metrics != other.metrics, "metrics");
+        diff(self.otlp != other.otlp, "tracing.otlp_endpoint");
+        out
+    }
+}
+
+/// Reloads the configuration of a running gateway.
+pub struct Reloader {
+    file: PathBuf,
+    overrides: Overrides,
+    gateway: Arc<Gateway>,
+    metrics: Arc<Metrics>,
+    externals: Vec<Arc<External>>,
+    /// The issuer URL when it comes from the bound listener (port 0 in tests).
+    listener_issuer: Option<String>,
+    token_cache_size: usize,
+    fixed: Fixed,
+    /// One reload at a time; admin changes hold it from validation to swap.
+    lock: tokio::sync::Mutex<()>,
+    /// Paths the file watcher watches.
+    pub watched: Vec<PathBuf>,
+    registry_dir: PathBuf,
+    agreements_dir: PathBuf,
+}
+
+/// What a [`Reloader`] needs from the configuration it starts with (taken before the
+/// configuration is consumed by the start).
+pub struct Seed {
+    file: PathBuf,
+    overrides: Overrides,
+    token_cache_size: usize,
+    fixed: Fixed,
+    watched: Vec<PathBuf>,
+    registry_dir: PathBuf,
+    agreements_dir: PathBuf,
+}
+
+impl Seed {
+    pub fn of(config: &Config) -> Self {
+        let mut watched = vec![
+            config.file.clone(),
+            config.registry_dir.clone(),
+            config.agreements_dir.clone(),
+            config.keys_dir.clone(),
+        ];
+        watched.dedup();
+        Self {
+            file: config.file.clone(),
+            overrides: config.overrides.clone(),
+            token_cache_size: config.auth.token_cache_size,
+            fixed: Fixed::of(config),
+            watched,
+            registry_dir: config.registry_dir.clone(),
+            agreements_dir: config.agreements_dir.clone(),
+        }
+    }
+
+    pub fn finish(
+        self,
+        gateway: Arc<Gateway>,
+        metrics: Arc<Metrics>,
+        externals: Vec<Arc<External>>,
+        listener_issuer: Option<String>,
+    ) -> Reloader {
+        Reloader {
+            file: self.file,
+            overrides: self.overrides,
+            gateway,
+            metrics,
+            externals,
+            listener_issuer,
+            token_cache_size: self.token_cache_size,
+            fixed: self.fixed,
+            lock: tokio::sync::Mutex::new(()),
+            watched: self.watched,
+            registry_dir: self.registry_dir,
+            agreements_dir: self.agreements_dir,
+        }
+    }
+}
+
+impl Reloader {
+    /// The main configuration file.
+    pub fn file(&self) -> &std::path::Path {
+        &self.file
+    }
+
+    /// The registry directory.
+    pub fn registry_dir(&self) -> &std::path::Path {
+        &self.registry_dir
+    }
+
+    /// The agreements directory.
+    pub fn agreements_dir(&self) -> &std::path::Path {
+        &self.agreements_dir
+    }
+
+    /// Holds the reload lock (admin changes: validate, persist, apply without a reload
+    /// in between).
+    pub async fn lock(&self) -> tokio::sync::MutexGuard<'_, ()> {
+        self.lock.lock().await
+    }
+
+    /// Loads and checks the configuration on disk without applying it.
+    pub async fn validate(&self) -> Result<Config, Vec<Problem>> {
+        self.validate_with(crate::config::Overlay::new()).await
+    }
+
+    /// As [`Reloader::validate`], with files replaced as `overlay` says (a proposed change).
+    pub async fn validate_with(
+        &self,
+        overlay: crate::config::Overlay,
+    ) -> Result<Config, Vec<Problem>> {
+        let (file, overrides) = (self.file.clone(), self.overrides.clone());
+        tokio::task::spawn_blocking(move || crate::config::load_with(&file, &overrides, &overlay))
+            .await
+            .map_err(|e| {
+                vec![Problem {
+                    file: PathBuf::new(),
+                    key: String::new(),
+                    message: format!("validation did not finish: {e}"),
+                }]
+            })?
+            .map_err(|e| e.problems)
+    }
+
+    /// Reloads from disk; `trigger` names the cause for the log.
+    pub async fn reload(&self, trigger: &str) -> Result<Applied, Vec<Problem>> {
+        let _one = self.lock.lock().await;
+        self.reload_locked(trigger).await
+    }
+
+    /// [`Reloader::reload`] for a caller that holds [`Reloader::lock`].
+    pub async fn reload_locked(&self, trigger: &str) -> Result<Applied, Vec<Problem>> {
+        let started = std::time::Instant::now();
+        let config = match self.validate().await {
+            Ok(c) => c,
+            Err(problems) => {
+                self.metrics.config_loaded(Err(()), true);
+                for p in &problems {
+                    tracing::error!(trigger, problem = %p, "configuration refused; the running configuration stays");
+                }
+                return Err(problems);
+            }
+        };
+        let new_fixed = Fixed::of(&config);
+        let Config {
+            auth: auth_config,
+            credentials,
+            registry,
+            policy,
+            fingerprint: hash,
+            expiries,
+            warnings,
+            ..
+        } = config;
+        let mut issuer = auth_config.issuer;
+        if let (Some(url), Some(_)) = (&self.listener_issuer, auth_config.issuer_from_listener) {
+            issuer.issuer.clone_from(url);
+        }
+        let externals = self.externals.clone();
+        let cache = self.token_cache_size;
+        // Building the authenticator hashes a dummy secret (argon2): off the runtime's threads.
+        let auth = tokio::task::spawn_blocking(move || {
+            Authenticator::new(Arc::new(issuer), &credentials, externals, cache)
+        })
+        .await;
+        let auth = match auth {
+            Ok(Ok(a)) => a,
+            Ok(Err(e)) => return Err(self.refuse(trigger, e.to_string())),
+            Err(e) => return Err(self.refuse(trigger, e.to_string())),
+        };
+        let restart_needed = self.fixed.differences(&new_fixed);
+        let warnings: Vec<String> = warnings.iter().map(ToString::to_string).collect();
+        let expiries: Vec<(&str, &str, i64)> = expiries
+            .iter()
+            .map(|(k, n, at)| (*k, n.as_str(), *at))
+            .collect();
+        self.metrics.set_expiries(&expiries);
+        self.gateway
+            .replace_registry(registry, Arc::new(auth), policy);
+        self.metrics.config_loaded(Ok(&hash), true);
+        tracing::info!(
+            trigger,
+            hash,
+            took_ms = started.elapsed().as_millis() as u64,
+            restart_needed = ?restart_needed,
+            "configuration reloaded"
+        );
+        Ok(Applied {
+            hash,
+            restart_needed,
+            warnings,
+        })
+    }
+
+    fn refuse(&self, trigger: &str, message: String) -> Vec<Problem> {
+        self.metrics.config_loaded(Err(()), true);
+        tracing::error!(trigger, problem = %message, "configuration refused; the running configuration stays");
+        vec![Problem {
+            file: self.file.clone(),
+            key: "application".into(),
+            message,
+        }]
+    }
+}
+
+/// Reloads on `SIGHUP` until `shutdown` completes.
+pub async fn on_sighup(reloader: Arc<Reloader>, shutdown: impl std::future::Future<Output = ()>) {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        let Ok(mut hup) = signal(SignalKind::hangup()) else {
+            tracing::warn!("cannot listen for SIGHUP; reload with POST /admin/reload");
+            return;
+        };
+        tokio::pin!(shutdown);
+        loop {
+            tokio::select! {
+                () = &mut shutdown => return,
+                got = hup.recv() => {
+                    if got.is_none() { return; }
+                    let _ = reloader.reload("sighup").await;
+                }
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = (reloader, shutdown);
+    }
+}
+
+/// Reloads when a watched file changes (a quiet period of `debounce` after the last change, so
+/// that an editor's temporary files and renames make one reload), until `shutdown` completes.
+pub async fn watch_files(
+    reloader: Arc<Reloader>,
+    debounce: Duration,
+    shutdown: impl std::future::Future<Output = ()>,
+) {
+    use notify::{RecursiveMode, Watcher};
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<()>();
+    let watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
+        if let Ok(e) = event {
+            let relevant = e
+                .paths
+                .iter()
+                .any(|p| p.extension().is_some_and(|x| x == "toml" || x == "pem"));
+            if relevant && !matches!(e.kind, notify::EventKind::Access(_)) {
+                let _ = tx.send(());
+            }
+        }
+    });
+    let mut watcher = match watcher {
+        Ok(w) => w,
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot watch the configuration files; reload with SIGHUP or POST /admin/reload");
+            return;
+        }
+    };
+    for path in &reloader.watched {
+        // The main file is watched through its directory (editors replace files by rename).
+        let target = if path.is_file() {
+            path.parent()
+                .map(PathBuf::from)
+                .unwrap_or_else(|| path.clone())
+        } else {
+            path.clone()
+        };
+        if let Err(e) = watcher.watch(&target, RecursiveMode::NonRecursive) {
+            tracing::warn!(path = %target.display(), error = %e, "cannot watch");
+        }
+    }
+    tokio::pin!(shutdown);
+    loop {
+        tokio::select! {
+            () = &mut shutdown => return,
+            got = rx.recv() => {
+                if got.is_none() { return; }
+                // Quiet period: more changes restart it.
+                loop {
+                    match tokio::time::timeout(debounce, rx.recv()).await {
+                        Ok(Some(())) => continue,
+                        Ok(None) => return,
+                        Err(_) => break,
+                    }
+                }
+                let _ = reloader.reload("file change").await;
+            }
+        }
+    }
+}
