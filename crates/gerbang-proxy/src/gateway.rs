@@ -784,6 +784,32 @@ impl Gateway {
                 .await;
         }
 
+        if crate::catalog::is_catalog_path(req.uri().path()) {
+            call.issuer_endpoint = Some("gateway/catalog");
+            let principal = authenticate(&snapshot.auth, &req, &conn).await?;
+            call.consumer = Some(Arc::clone(&principal));
+            if req.method() != http::Method::GET && req.method() != http::Method::HEAD {
+                return Err(GatewayError::MethodNotAllowed { allow: "GET, HEAD" });
+            }
+            let body = match req.uri().path() {
+                crate::catalog::SERVICES_PATH => {
+                    crate::catalog::services(&snapshot.registry, &snapshot.policy)
+                }
+                crate::catalog::ALLOWED_PATH => {
+                    crate::catalog::allowed(&principal, &snapshot.policy, unix_now())
+                }
+                _ => return Err(GatewayError::RouteNotFound),
+            };
+            let mut res = Response::new(body::full(bytes::Bytes::from(body.to_string())));
+            res.headers_mut().insert(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("application/json"),
+            );
+            res.headers_mut()
+                .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+            return Ok(res);
+        }
+
         // Normalise once; route and forward on the result.
         let normalized = path::normalize(req.uri().path()).map_err(GatewayError::Path)?;
         let (agency, service_id, rest) = normalized

@@ -4,6 +4,7 @@
 pub mod admin;
 pub mod audit;
 pub mod body;
+pub mod catalog;
 pub mod error;
 pub mod framing;
 pub mod gateway;

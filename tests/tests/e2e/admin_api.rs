@@ -408,3 +408,58 @@ async fn twenty_reloads_under_load_fail_no_request() {
     assert!(count("success") >= 12.0, "{metrics}");
     assert!(count("failure") >= 4.0, "{metrics}");
 }
+
+#[tokio::test]
+async fn the_catalogue_lists_services_and_what_the_caller_may_use() {
+    let up = backend(Kind::Penduduk, "p").await;
+    let registry = format!(
+        "{}\n[[service.endpoint]]\nmethod = \"GET\"\npath = \"/penduduk/{{nik}}\"\nclassification = \"rahasia\"\nsubject = \"nik\"\n\n[[service.endpoint]]\nmethod = \"GET\"\npath = \"/statistik\"\nclassification = \"terbuka\"\n",
+        agency("dukcapil", "penduduk", &[up.url()], "")
+    );
+    let agreements = "[[agreement]]\nid = \"pks-1\"\ntitle = \"Statistik\"\nlegal_basis = \"PKS 1\"\n\
+        service = \"dukcapil/penduduk\"\nconsumers = [\"test\"]\nmax_classification = \"terbatas\"\n\
+        purposes = [\"statistik\"]\nquota = { limit = 100, per = \"day\" }\n\
+        [agreement.fields]\nmask = [{ path = \"nik\", keep_first = 6, keep_last = 4 }]\n\n\
+        [[agreement]]\nid = \"pks-2\"\ntitle = \"Lain\"\nlegal_basis = \"PKS 2\"\n\
+        service = \"dukcapil/penduduk\"\nconsumers = [\"dukcapil\"]\n";
+    let gw = TestGateway::start_with_agreements(&[&registry], Some(agreements), "", "").await;
+    // Authenticated like any call.
+    let r = raw_request_as_is(gw.addr, &get("/catalog/services", "")).await;
+    assert_eq!(r.status, 401);
+    let s = raw_request(gw.addr, &get("/catalog/services", "")).await;
+    assert_eq!(s.status, 200);
+    let v = s.json();
+    let svc = &v["services"][0];
+    assert_eq!(svc["service"], "dukcapil/penduduk");
+    assert_eq!(svc["agency"]["id"], "dukcapil");
+    assert_eq!(svc["health"]["available"], true);
+    assert_eq!(svc["endpoints"].as_array().unwrap().len(), 2);
+    assert_eq!(svc["endpoints"][0]["personal_data"], true);
+    let a = raw_request(gw.addr, &get("/catalog/allowed", "")).await;
+    assert_eq!(a.status, 200);
+    let v = a.json();
+    assert_eq!(v["application"], "test/client");
+    let list = v["agreements"].as_array().unwrap();
+    assert_eq!(
+        list.len(),
+        1,
+        "only the agreement that names the caller: {v}"
+    );
+    assert_eq!(list[0]["agreement"], "pks-1");
+    assert_eq!(list[0]["matched_by"], "agency");
+    assert_eq!(list[0]["state"], "active");
+    assert_eq!(list[0]["purposes"][0], "statistik");
+    assert_eq!(list[0]["quota"]["per"], "day");
+    assert_eq!(list[0]["fields"]["mask"][0], "nik");
+    // Above the agreement's classification: the rahasia endpoint is not offered.
+    let eps = list[0]["endpoints"].as_array().unwrap();
+    assert_eq!(eps.len(), 1);
+    assert_eq!(eps[0]["id"], "GET /statistik");
+    let r = raw_request(
+        gw.addr,
+        b"POST /catalog/services HTTP/1.1\r\nHost: gw\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
+    )
+    .await;
+    assert_eq!(r.status, 405);
+    assert_eq!(r.header("allow"), Some("GET, HEAD"));
+}
