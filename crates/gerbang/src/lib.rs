@@ -3,6 +3,7 @@
 //! same functions.
 
 pub mod admin_api;
+pub mod admin_cli;
 pub mod admin_store;
 pub mod config;
 pub mod demo;

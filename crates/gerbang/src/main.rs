@@ -113,6 +113,9 @@ enum Command {
         /// The path as called on the gateway: /{agency}/{service}/{rest}.
         path: String,
     },
+    /// Call the admin API of a running gateway: reload, validate, explain, and list, read,
+    /// change or delete agencies, applications, services and agreements.
+    Admin(gerbang::admin_cli::AdminArgs),
     /// The audit log: verify its chain and seals, or find who accessed a citizen's data.
     Audit {
         #[command(subcommand)]
@@ -148,6 +151,7 @@ fn main() -> ExitCode {
         Command::HashSecret => hash_secret(),
         Command::NewApiKey => new_api_key(),
         Command::Audit { command } => audit(command),
+        Command::Admin(args) => gerbang::admin_cli::run(args),
         Command::Explain {
             config,
             consumer,

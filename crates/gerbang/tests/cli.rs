@@ -15,7 +15,12 @@ fn bin() -> Command {
 }
 
 fn repo_config() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../config/gerbang.toml")
+    repo_dir().join("gerbang.toml")
+}
+
+/// The repository's `config/` directory.
+fn repo_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../config")
 }
 
 /// `GET path` over a fresh connection; returns (status, body).
@@ -353,11 +358,20 @@ fn demo_serves_the_agencies_and_keeps_the_repository_config_untouched() {
             .unwrap(),
     );
     let stdout = child.stdout.take().unwrap();
-    let gw: SocketAddr = wait_for_line(stdout, |line| {
-        line.trim()
-            .strip_prefix("data plane")
-            .and_then(|r| r.trim().strip_prefix("http://"))
-            .and_then(|a| a.parse().ok())
+    let data_plane = std::sync::Mutex::new(None::<SocketAddr>);
+    let (gw, admin): (SocketAddr, SocketAddr) = wait_for_line(stdout, move |line| {
+        let addr = |prefix: &str| -> Option<SocketAddr> {
+            line.trim()
+                .strip_prefix(prefix)
+                .and_then(|r| r.trim().strip_prefix("http://"))
+                .and_then(|a| a.split('/').next())
+                .and_then(|a| a.parse().ok())
+        };
+        if let Some(a) = addr("data plane") {
+            *data_plane.lock().unwrap() = Some(a);
+        }
+        let admin = addr("admin")?;
+        Some(((*data_plane.lock().unwrap())?, admin))
     });
     // Every demo service requires a token, the public ones too.
     for path in [
@@ -487,8 +501,69 @@ fn demo_serves_the_agencies_and_keeps_the_repository_config_untouched() {
         1,
         "and its signing key"
     );
+    // `gerbang admin` with the demo's admin token: list, change a service, read it back.
+    let admin_url = format!("http://{admin}");
+    let admin_cmd = |args: &[&str], token: &str| {
+        bin()
+            .args(["admin", "--url", &admin_url])
+            .args(args)
+            .env("GERBANG_ADMIN_TOKEN", token)
+            .output()
+            .unwrap()
+    };
+    let out = admin_cmd(&["list", "services"], "demo-admin-token");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let list: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let echo = list["services"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["agency"] == "diskominfo" && s["id"] == "echo")
+        .unwrap()
+        .clone();
+    assert_eq!(echo["health"]["echo-1"], "healthy");
+    let mut changed = echo.clone();
+    changed["name"] = "Echo (diubah lewat admin API)".into();
+    let file = data.path().join("echo.json");
+    std::fs::write(&file, changed.to_string()).unwrap();
+    let out = admin_cmd(
+        &[
+            "put",
+            "service",
+            "diskominfo/echo",
+            "--file",
+            file.to_str().unwrap(),
+        ],
+        "demo-admin-token",
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = admin_cmd(&["get", "service", "diskominfo/echo"], "demo-admin-token");
+    let got: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(got["name"], "Echo (diubah lewat admin API)");
+    // Persisted in the demo's copy of the configuration, not in the repository's.
+    let persisted = std::fs::read_to_string(data.path().join("registry/diskominfo.toml")).unwrap();
+    assert!(persisted.contains("Echo (diubah lewat admin API)"));
+    let out = admin_cmd(&["reload"], "demo-admin-token");
+    assert!(out.status.success());
+    let out = admin_cmd(&["list", "agencies"], "wrong-token");
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("unauthenticated"));
+
     assert_eq!(terminate(&mut child).code(), Some(0));
     assert_eq!(std::fs::read(repo_config()).unwrap(), before);
+    assert!(
+        !std::fs::read_to_string(repo_dir().join("registry/diskominfo.toml"))
+            .unwrap()
+            .contains("diubah")
+    );
 
     // The demo's audit log, in its data directory: intact, and it answers who saw this NIK.
     let state = data.path().join("data");
