@@ -317,6 +317,9 @@ async fn twenty_reloads_under_load_fail_no_request() {
     .await;
     assert_eq!(base_failed, 0);
 
+    // The backends' URLs (the backends themselves must outlive the load: a closure that took
+    // them would stop them when it ends, while calls are still in flight).
+    let (url1, url2) = (up1.url(), up2.url());
     let refused = Arc::new(AtomicUsize::new(0));
     let applied = Arc::new(AtomicUsize::new(0));
     let (sent, failed, mut lat) = under_load(&gw, || {
@@ -355,7 +358,7 @@ async fn twenty_reloads_under_load_fail_no_request() {
                     }
                     // An admin API change, and an invalid one (refused with 422).
                     _ => {
-                        let svc = json!({ "name": format!("s v{i}"), "instance": [{ "name": "i0", "url": up1.url() }, { "name": "i1", "url": up2.url() }] });
+                        let svc = json!({ "name": format!("s v{i}"), "instance": [{ "name": "i0", "url": url1 }, { "name": "i1", "url": url2 }] });
                         let r = admin(&gw, "PUT", "/admin/services/a/s", Some(&svc), "").await;
                         assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
                         let bad = json!({ "name": "x", "instance": [] });
@@ -407,6 +410,7 @@ async fn twenty_reloads_under_load_fail_no_request() {
     };
     assert!(count("success") >= 12.0, "{metrics}");
     assert!(count("failure") >= 4.0, "{metrics}");
+    drop((up1, up2));
 }
 
 #[tokio::test]
