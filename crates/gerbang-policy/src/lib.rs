@@ -353,6 +353,11 @@ impl PolicySet {
         }
     }
 
+    #[cfg(test)]
+    pub(crate) fn services_for_tests(&self) -> HashMap<String, ServicePolicy> {
+        self.services.clone()
+    }
+
     pub fn agreements(&self) -> &[Agreement] {
         &self.agreements
     }

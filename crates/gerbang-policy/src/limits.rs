@@ -92,7 +92,7 @@ pub enum LimitOutcome {
 
 /// Rate limiters and quota counting for one [`PolicySet`].
 pub struct Limits {
-    rates: Vec<Option<(KeyedLimiter, RateInfo)>>,
+    rates: Vec<Option<(Arc<KeyedLimiter>, RateInfo)>>,
     quotas: Arc<dyn QuotaStore>,
 }
 
@@ -122,12 +122,33 @@ impl Limits {
                     reset_secs: full_secs.max(1),
                 };
                 Some((
-                    RateLimiter::keyed(quota).with_middleware::<StateInformationMiddleware>(),
+                    Arc::new(
+                        RateLimiter::keyed(quota).with_middleware::<StateInformationMiddleware>(),
+                    ),
                     info,
                 ))
             })
             .collect();
         Self { rates, quotas }
+    }
+
+    /// Takes over the rate-limit state of `old` (built for `old_set`) for every agreement of
+    /// `set` with the same id and the same rate: a reload must not hand every caller a fresh
+    /// burst. An agreement whose rate changed starts afresh.
+    pub fn adopt(&mut self, set: &PolicySet, old: &Limits, old_set: &PolicySet) {
+        for (i, a) in set.agreements().iter().enumerate() {
+            let Some(j) = old_set
+                .agreements()
+                .iter()
+                .position(|o| o.id == a.id && o.rate == a.rate)
+            else {
+                continue;
+            };
+            if let (Some(Some(slot)), Some(Some(prev))) = (self.rates.get_mut(i), old.rates.get(j))
+            {
+                slot.0 = Arc::clone(&prev.0);
+            }
+        }
     }
 
     /// Applies the rate limit, then the quota, of agreement `agreement` (an index into `set`)

@@ -631,6 +631,52 @@ fn rate_limit_per_application_with_burst() {
 }
 
 #[test]
+fn a_reload_keeps_rate_limit_state_unless_the_rate_changed() {
+    let set = fixture();
+    let quotas: Arc<dyn crate::limits::QuotaStore> = Arc::new(MemoryQuotaStore::default());
+    let old = Limits::new(&set, Arc::clone(&quotas));
+    let echo = set
+        .agreements()
+        .iter()
+        .position(|a| a.id == "echo-all")
+        .unwrap();
+    for _ in 0..30 {
+        assert!(matches!(
+            old.check(&set, echo, "dinkes/simpus", NOW),
+            LimitOutcome::Pass { .. }
+        ));
+    }
+    // The same agreements again (a reload): the burst is still spent.
+    let mut again = Limits::new(&set, Arc::clone(&quotas));
+    again.adopt(&set, &old, &set);
+    assert!(matches!(
+        again.check(&set, echo, "dinkes/simpus", NOW),
+        LimitOutcome::Limited {
+            reason: Reason::RateLimited,
+            ..
+        }
+    ));
+    // Without adopting (what a reload did before), the caller would get a fresh burst.
+    let fresh = Limits::new(&set, Arc::clone(&quotas));
+    assert!(matches!(
+        fresh.check(&set, echo, "dinkes/simpus", NOW),
+        LimitOutcome::Pass { .. }
+    ));
+    // A changed rate starts afresh.
+    let mut agreements = set.agreements().to_vec();
+    if let Some(r) = agreements[echo].rate.as_mut() {
+        r.limit += 1;
+    }
+    let changed = PolicySet::new(set.services_for_tests(), agreements);
+    let mut after = Limits::new(&changed, Arc::clone(&quotas));
+    after.adopt(&changed, &old, &set);
+    assert!(matches!(
+        after.check(&changed, echo, "dinkes/simpus", NOW),
+        LimitOutcome::Pass { .. }
+    ));
+}
+
+#[test]
 fn quota_per_day_in_jakarta_time() {
     let set = fixture();
     let limits = Limits::new(&set, Arc::new(MemoryQuotaStore::default()));

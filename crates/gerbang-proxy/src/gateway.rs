@@ -175,6 +175,9 @@ impl Gateway {
             &self.pool,
         );
         adopt_pools(&mut snapshot, &old);
+        // Rate-limit state of unchanged agreements carries over: no fresh burst per reload.
+        let policy = Arc::clone(&snapshot.policy);
+        snapshot.limits.adopt(&policy, &old.limits, &old.policy);
         self.snapshot.store(Arc::new(snapshot));
     }
 

@@ -175,6 +175,32 @@ async fn the_demo_agreements_hold() {
     let retry: u64 = r.header("retry-after").unwrap().parse().unwrap();
     assert!((1..=2).contains(&retry), "{retry}");
     assert_eq!(r.header("ratelimit-remaining"), Some("0"));
+    // A reload does not hand out a fresh burst: after it, only what the rate (10/s) refilled
+    // in the meantime passes, not another 30.
+    let spent_at = std::time::Instant::now();
+    gw.running
+        .as_ref()
+        .unwrap()
+        .reloader
+        .reload("test")
+        .await
+        .unwrap();
+    let mut passed = 0;
+    for _ in 0..40 {
+        if call(&gw, "GET", "/diskominfo/echo/x", &portal, "")
+            .await
+            .status
+            == 429
+        {
+            break;
+        }
+        passed += 1;
+    }
+    let refilled = (spent_at.elapsed().as_secs_f64() * 10.0).ceil() as usize + 1;
+    assert!(
+        passed <= refilled.min(29),
+        "{passed} calls passed after the reload; the rate refilled at most {refilled}"
+    );
     // Another application's budget is its own.
     assert_eq!(
         call(&gw, "GET", "/diskominfo/echo/x", &simpus, "")
