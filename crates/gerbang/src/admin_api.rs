@@ -130,6 +130,8 @@ struct Caller {
     name: String,
     client: IpAddr,
     if_match: Option<String>,
+    /// `?dry_run=true`: validate the change against every other file, write nothing.
+    dry_run: bool,
 }
 
 impl AdminApi {
@@ -235,6 +237,10 @@ impl AdminApi {
                 .get(header::IF_MATCH)
                 .and_then(|v| v.to_str().ok())
                 .map(str::to_owned),
+            dry_run: req
+                .uri()
+                .query()
+                .is_some_and(|q| q.split('&').any(|p| p == "dry_run=true" || p == "dry_run")),
         };
         let body = match read_json(req).await {
             Ok(b) => b,
@@ -509,7 +515,9 @@ impl AdminApi {
 
     // ------------------------------------------------------------------ change
 
-    /// Validates `overlay` with every other file, writes it, applies it, audits it.
+    /// Validates `overlay` with every other file, writes it, applies it, audits it. `Err` is the
+    /// answer to give instead: the problems, or (for a dry run) the 200 saying the change is
+    /// valid and was not written.
     async fn apply(
         &self,
         overlay: Overlay,
@@ -520,6 +528,15 @@ impl AdminApi {
     ) -> Result<(), Answer> {
         if let Err(problems) = self.reloader.validate_with(overlay.clone()).await {
             return Err(Answer::problems(&problems));
+        }
+        if caller.dry_run {
+            // Checked with every other file; nothing written, nothing applied.
+            return Err(Answer::ok(json!({
+                "dry_run": true,
+                "valid": true,
+                "action": action,
+                "resource": after,
+            })));
         }
         for (path, text) in &overlay {
             store::persist(path, text.as_deref()).map_err(Answer::from)?;

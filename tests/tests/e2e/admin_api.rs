@@ -103,6 +103,21 @@ async fn changes_are_validated_persisted_applied_live_and_audited() {
         "name": "Layanan baru",
         "instance": [{ "name": "n-1", "url": up.url() }],
     });
+    // A dry run checks the change against every other file and writes nothing.
+    let r = admin(
+        &gw,
+        "PUT",
+        "/admin/services/a/baru?dry_run=true",
+        Some(&service),
+        "",
+    )
+    .await;
+    assert_eq!(r.status, 200, "{:?}", String::from_utf8_lossy(&r.body));
+    assert_eq!(r.json()["dry_run"], true);
+    assert_eq!(
+        raw_request(gw.addr, &get("/a/baru/x", "")).await.status,
+        404
+    );
     let r = admin(&gw, "PUT", "/admin/services/a/baru", Some(&service), "").await;
     assert_eq!(r.status, 201, "{:?}", String::from_utf8_lossy(&r.body));
     let etag1 = r.header("etag").unwrap().to_owned();
@@ -131,6 +146,15 @@ async fn changes_are_validated_persisted_applied_live_and_audited() {
     let before = std::fs::read_to_string(&registry_file).unwrap();
     let bad =
         json!({ "name": "Rusak", "instance": [{ "name": "r-1", "url": "ftp://127.0.0.1:1" }] });
+    let r = admin(
+        &gw,
+        "PUT",
+        "/admin/services/a/rusak?dry_run=true",
+        Some(&bad),
+        "",
+    )
+    .await;
+    assert_eq!(r.status, 422, "a dry run finds the same problems");
     let r = admin(&gw, "PUT", "/admin/services/a/rusak", Some(&bad), "").await;
     assert_eq!(r.status, 422);
     assert_eq!(r.error_code(), "invalid_config");
