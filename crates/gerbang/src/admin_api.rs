@@ -527,6 +527,10 @@ impl AdminApi {
         after: Option<&Value>,
     ) -> Result<(), Answer> {
         if let Err(problems) = self.reloader.validate_with(overlay.clone()).await {
+            if !caller.dry_run {
+                self.reloader
+                    .refused(&format!("admin api ({})", caller.name), &problems);
+            }
             return Err(Answer::problems(&problems));
         }
         if caller.dry_run {

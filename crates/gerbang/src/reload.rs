@@ -210,10 +210,7 @@ impl Reloader {
         let config = match self.validate().await {
             Ok(c) => c,
             Err(problems) => {
-                self.metrics.config_loaded(Err(()), true);
-                for p in &problems {
-                    tracing::error!(trigger, problem = %p, "configuration refused; the running configuration stays");
-                }
+                self.refused(trigger, &problems);
                 return Err(problems);
             }
         };
@@ -266,6 +263,14 @@ impl Reloader {
             restart_needed,
             warnings,
         })
+    }
+
+    /// Counts and logs a refused change (the running configuration stays).
+    pub fn refused(&self, trigger: &str, problems: &[Problem]) {
+        self.metrics.config_loaded(Err(()), true);
+        for p in problems {
+            tracing::error!(trigger, problem = %p, "configuration refused; the running configuration stays");
+        }
     }
 
     fn refuse(&self, trigger: &str, message: String) -> Vec<Problem> {

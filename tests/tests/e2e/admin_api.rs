@@ -344,11 +344,8 @@ async fn twenty_reloads_under_load_fail_no_request() {
     // The backends' URLs (the backends themselves must outlive the load: a closure that took
     // them would stop them when it ends, while calls are still in flight).
     let (url1, url2) = (up1.url(), up2.url());
-    let refused = Arc::new(AtomicUsize::new(0));
-    let applied = Arc::new(AtomicUsize::new(0));
     let (sent, failed, mut lat) = under_load(&gw, || {
         let gw = Arc::clone(&gw);
-        let (refused, applied) = (Arc::clone(&refused), Arc::clone(&applied));
         async move {
             for i in 0..20 {
                 match i % 5 {
@@ -363,7 +360,6 @@ async fn twenty_reloads_under_load_fail_no_request() {
                         tokio::time::sleep(Duration::from_millis(400)).await;
                         std::fs::write(&file, &two).unwrap();
                         tokio::time::sleep(Duration::from_millis(400)).await;
-                        refused.fetch_add(1, Ordering::SeqCst);
                     }
                     // SIGHUP.
                     2 => {
@@ -378,7 +374,6 @@ async fn twenty_reloads_under_load_fail_no_request() {
                     3 => {
                         let r = admin(&gw, "POST", "/admin/reload", None, "").await;
                         assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
-                        applied.fetch_add(1, Ordering::SeqCst);
                     }
                     // An admin API change, and an invalid one (refused with 422).
                     _ => {
@@ -388,7 +383,6 @@ async fn twenty_reloads_under_load_fail_no_request() {
                         let bad = json!({ "name": "x", "instance": [] });
                         let r = admin(&gw, "PUT", "/admin/services/a/s", Some(&bad), "").await;
                         assert_eq!(r.status, 422);
-                        applied.fetch_add(1, Ordering::SeqCst);
                     }
                 }
                 tokio::time::sleep(Duration::from_millis(50)).await;
@@ -405,7 +399,6 @@ async fn twenty_reloads_under_load_fail_no_request() {
     );
     assert!(sent > 200, "load ran: {sent}");
     assert_eq!(failed, 0, "of {sent} calls");
-    assert_eq!(refused.load(Ordering::SeqCst), 4);
     // The final configuration is in force: two instances.
     let ready = raw_request_as_is(gw.admin, &get("/health/ready", ""))
         .await
@@ -432,6 +425,8 @@ async fn twenty_reloads_under_load_fail_no_request() {
             .and_then(|v| v.parse().ok())
             .unwrap_or(0.0)
     };
+    // 12 applied for certain (SIGHUP, API reloads, API changes; file edits add more); refused:
+    // the 4 invalid API changes, and the invalid file edits the watcher saw before the repair.
     assert!(count("success") >= 12.0, "{metrics}");
     assert!(count("failure") >= 4.0, "{metrics}");
     drop((up1, up2));
