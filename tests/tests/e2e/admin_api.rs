@@ -486,3 +486,35 @@ async fn the_catalogue_lists_services_and_what_the_caller_may_use() {
     assert_eq!(r.status, 405);
     assert_eq!(r.header("allow"), Some("GET, HEAD"));
 }
+
+#[tokio::test]
+async fn a_reload_brings_a_rotated_signing_key_into_use() {
+    let up = backend(Kind::Echo, "e").await;
+    let gw = TestGateway::start(&[&agency("a", "s", &[up.url()], "")], "", "").await;
+    let kids = || async {
+        let v = raw_request_as_is(gw.addr, &get("/.well-known/jwks.json", ""))
+            .await
+            .json();
+        v["keys"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|k| k["kid"].as_str().unwrap().to_owned())
+            .collect::<Vec<_>>()
+    };
+    let before = kids().await;
+    assert_eq!(before.len(), 1);
+    // Key names sort by creation time (to the second).
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    gerbang::config::create_signing_key(&gw.dir.path().join("data/keys")).unwrap();
+    gw.running
+        .as_ref()
+        .unwrap()
+        .reloader
+        .reload("test")
+        .await
+        .unwrap();
+    let after = kids().await;
+    assert_eq!(after.len(), 2, "the old key stays published: {after:?}");
+    assert!(after.contains(&before[0]));
+}

@@ -503,3 +503,52 @@ async fn active_health_checks_take_an_instance_out_and_bring_it_back() {
     }
     assert_eq!(seen.len(), 2);
 }
+
+#[tokio::test]
+async fn a_reload_keeps_the_health_of_unchanged_instances() {
+    let a = Running::new("a").await;
+    let dead = refused_addr().await;
+    let settings = "[service.outlier_detection]\nconsecutive_failures = 1\nbase_ejection = \"60s\"\nmax_ejection = \"60s\"";
+    let gw = TestGateway::start(
+        &[&service(
+            settings,
+            &[("a", a.url(), 1), ("dead", format!("http://{dead}"), 1)],
+        )],
+        "",
+        "",
+    )
+    .await;
+    // Calls until the dead instance has been tried once: ejected for a minute.
+    let mut ejected = false;
+    for _ in 0..10 {
+        assert_eq!(
+            call(gw.addr, "").await.0,
+            200,
+            "retried on the live instance"
+        );
+        if state_of(&readiness(&gw).await, "dead") == "ejected" {
+            ejected = true;
+            break;
+        }
+    }
+    assert!(ejected);
+    // A reload (same instances; another service setting changed) keeps the ejection.
+    let file = gw.dir.path().join("registry/a0.toml");
+    let text = std::fs::read_to_string(&file)
+        .unwrap()
+        .replace("name = \"s\"\n", "name = \"s (baru)\"\n");
+    std::fs::write(&file, text).unwrap();
+    gw.running
+        .as_ref()
+        .unwrap()
+        .reloader
+        .reload("test")
+        .await
+        .unwrap();
+    assert_eq!(state_of(&readiness(&gw).await, "dead"), "ejected");
+    let before = a.hits();
+    for _ in 0..5 {
+        assert_eq!(call(gw.addr, "").await, (200, "a".to_owned()));
+    }
+    assert_eq!(a.hits(), before + 5, "no call went to the ejected instance");
+}
