@@ -370,6 +370,24 @@ pub struct Verification {
     pub torn_tail: Option<(PathBuf, usize)>,
     /// Records after the last seal (not yet covered by a signature).
     pub unsealed: u64,
+    /// The latest seal as an anchor to keep outside the gateway's host.
+    pub last_seal: Option<Anchor>,
+}
+
+/// A point of the chain exported off the host: "record `seq` hashes to `hash`" (from a seal,
+/// with its signature and time). Whoever controls the host, and with it the seal key, can
+/// rewrite and re-seal the whole log; an anchor kept elsewhere exposes that, because the
+/// rewritten chain no longer passes through it.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Anchor {
+    pub seq: u64,
+    pub hash: String,
+    /// The seal's signature (base64) over `hash`.
+    #[serde(default)]
+    pub sig: String,
+    /// When the seal was written.
+    #[serde(default)]
+    pub time: String,
 }
 
 /// The first problem found.
@@ -384,6 +402,15 @@ pub struct VerifyError {
 
 /// Checks every file, link and seal of the chain in `dir` with the seal public key.
 pub fn verify(dir: &Path, public_key: &[u8]) -> Result<Verification, VerifyError> {
+    verify_with_anchors(dir, public_key, &[])
+}
+
+/// [`verify`], and the chain must pass through every anchor exported earlier.
+pub fn verify_with_anchors(
+    dir: &Path,
+    public_key: &[u8],
+    anchors: &[Anchor],
+) -> Result<Verification, VerifyError> {
     let err = |file: &Path, line: usize, what: String| VerifyError {
         file: file.display().to_string(),
         line,
@@ -407,6 +434,7 @@ pub fn verify(dir: &Path, public_key: &[u8]) -> Result<Verification, VerifyError
     let mut torn_tail = None;
     // Where the previous record is: a broken link names it, the record that was changed.
     let mut prev_at: Option<(PathBuf, usize)> = None;
+    let mut last_seal = None;
     let last_index = files.len() - 1;
     for (fi, (n, path)) in files.iter().enumerate() {
         let expected_number = fi as u64 + 1;
@@ -479,13 +507,49 @@ pub fn verify(dir: &Path, public_key: &[u8]) -> Result<Verification, VerifyError
                 }
                 seals += 1;
                 since_seal = 0;
+                last_seal = Some(Anchor {
+                    seq,
+                    hash: prev.clone(),
+                    sig: v
+                        .get("sig")
+                        .and_then(Value::as_str)
+                        .unwrap_or("")
+                        .to_owned(),
+                    time: v
+                        .get("time")
+                        .and_then(Value::as_str)
+                        .unwrap_or("")
+                        .to_owned(),
+                });
             } else {
                 since_seal += 1;
             }
             seq += 1;
             prev = sha256_hex(line);
             prev_at = Some((path.clone(), lineno));
+            if let Some(a) = anchors.iter().find(|a| a.seq == seq) {
+                if a.hash != prev {
+                    return Err(err(
+                        path,
+                        lineno,
+                        format!(
+                            "record {seq} is not the one anchored outside the host (seal of {}): the log was rewritten",
+                            if a.time.is_empty() { "an earlier export" } else { a.time.as_str() }
+                        ),
+                    ));
+                }
+            }
         }
+    }
+    if let Some(a) = anchors.iter().filter(|a| a.seq > seq).max_by_key(|a| a.seq) {
+        return Err(err(
+            dir,
+            0,
+            format!(
+                "the log ends at record {seq}, but record {} was anchored outside the host: records were removed",
+                a.seq
+            ),
+        ));
     }
     Ok(Verification {
         files: files.len(),
@@ -493,6 +557,7 @@ pub fn verify(dir: &Path, public_key: &[u8]) -> Result<Verification, VerifyError
         seals,
         torn_tail,
         unsealed: since_seal,
+        last_seal,
     })
 }
 

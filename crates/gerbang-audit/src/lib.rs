@@ -17,7 +17,9 @@ pub mod chain;
 pub mod keys;
 pub mod query;
 
-pub use chain::{verify, Verification, VerifyError, Writer, WriterSettings};
+pub use chain::{
+    verify, verify_with_anchors, Anchor, Verification, VerifyError, Writer, WriterSettings,
+};
 pub use keys::{SealKey, SubjectKey};
 pub use query::{query, Filter};
 

@@ -31,6 +31,19 @@ enum AuditCommand {
         /// less.
         #[arg(long)]
         public_key: Option<PathBuf>,
+        /// Anchors exported earlier with `gerbang audit anchor` (JSON Lines): the chain must
+        /// pass through every one, which exposes a log rewritten and re-sealed on the host.
+        #[arg(long)]
+        anchors: Option<PathBuf>,
+    },
+    /// Verify the log and print its latest seal as an anchor (one JSON line) to keep outside the
+    /// gateway's host, e.g. appended to a file on another machine from cron. Later,
+    /// `audit verify --anchors FILE` checks the log still passes through every anchor.
+    Anchor {
+        #[arg(long)]
+        data_dir: PathBuf,
+        #[arg(long)]
+        public_key: Option<PathBuf>,
     },
     /// Records of calls, by data subject (hashed with the gateway's key), consumer, service
     /// and time.
@@ -373,33 +386,88 @@ fn explain(
     }
 }
 
+/// The seal public key: `public_key`, or `keys/audit-seal.pub` in the data directory.
+fn seal_public_key(data_dir: &std::path::Path, public_key: Option<PathBuf>) -> Option<Vec<u8>> {
+    let key_file =
+        public_key.unwrap_or_else(|| data_dir.join("keys").join(config::SEAL_PUBLIC_FILE));
+    let key = std::fs::read_to_string(&key_file)
+        .ok()
+        .and_then(|t| hex::decode(t.trim()).ok());
+    if key.is_none() {
+        eprintln!(
+            "cannot read the seal public key (hex) from {}",
+            key_file.display()
+        );
+    }
+    key
+}
+
 fn audit(command: AuditCommand) -> ExitCode {
     match command {
-        AuditCommand::Verify {
+        AuditCommand::Anchor {
             data_dir,
             public_key,
         } => {
-            let key_file =
-                public_key.unwrap_or_else(|| data_dir.join("keys").join(config::SEAL_PUBLIC_FILE));
-            let key = match std::fs::read_to_string(&key_file)
-                .ok()
-                .and_then(|t| hex::decode(t.trim()).ok())
-            {
-                Some(k) => k,
-                None => {
-                    eprintln!(
-                        "cannot read the seal public key (hex) from {}",
-                        key_file.display()
-                    );
-                    return ExitCode::from(2);
-                }
+            let Some(key) = seal_public_key(&data_dir, public_key) else {
+                return ExitCode::from(2);
             };
             match gerbang_audit::verify(&data_dir.join("audit"), &key) {
+                Ok(v) => match v.last_seal {
+                    Some(a) => {
+                        println!("{}", serde_json::to_string(&a).unwrap_or_default());
+                        ExitCode::SUCCESS
+                    }
+                    None => {
+                        eprintln!("the log has no seal yet");
+                        ExitCode::from(1)
+                    }
+                },
+                Err(e) => {
+                    eprintln!("audit log NOT intact: {e}");
+                    ExitCode::from(1)
+                }
+            }
+        }
+        AuditCommand::Verify {
+            data_dir,
+            public_key,
+            anchors,
+        } => {
+            let Some(key) = seal_public_key(&data_dir, public_key) else {
+                return ExitCode::from(2);
+            };
+            let mut pinned = Vec::new();
+            if let Some(file) = anchors {
+                let text = match std::fs::read_to_string(&file) {
+                    Ok(t) => t,
+                    Err(e) => {
+                        eprintln!("cannot read {}: {e}", file.display());
+                        return ExitCode::from(2);
+                    }
+                };
+                for (i, line) in text
+                    .lines()
+                    .enumerate()
+                    .filter(|(_, l)| !l.trim().is_empty())
+                {
+                    match serde_json::from_str::<gerbang_audit::Anchor>(line) {
+                        Ok(a) => pinned.push(a),
+                        Err(e) => {
+                            eprintln!("{}:{}: not an anchor: {e}", file.display(), i + 1);
+                            return ExitCode::from(2);
+                        }
+                    }
+                }
+            }
+            match gerbang_audit::verify_with_anchors(&data_dir.join("audit"), &key, &pinned) {
                 Ok(v) => {
                     println!(
                         "audit log intact: {} file(s), {} record(s), {} seal(s); {} record(s) after the last seal",
                         v.files, v.records, v.seals, v.unsealed
                     );
+                    if !pinned.is_empty() {
+                        println!("passes through all {} anchor(s)", pinned.len());
+                    }
                     if let Some((file, line)) = v.torn_tail {
                         println!(
                             "note: {}:{line} is an incomplete last line (a crash while writing), not tampering; the gateway cuts it and records a recovery on its next start",

@@ -579,6 +579,39 @@ fn demo_serves_the_agencies_and_keeps_the_repository_config_untouched() {
         text.contains("0 record(s) after the last seal"),
         "sealed on shutdown: {text}"
     );
+    // An anchor to keep off the host, and a verify through it; a forged anchor fails.
+    let out = bin()
+        .args(["audit", "anchor", "--data-dir"])
+        .arg(&state)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(0));
+    let anchor: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert!(anchor["seq"].as_u64().unwrap() > 0);
+    let anchors = data.path().join("anchors.jsonl");
+    std::fs::write(&anchors, &out.stdout).unwrap();
+    let out = bin()
+        .args(["audit", "verify", "--data-dir"])
+        .arg(&state)
+        .arg("--anchors")
+        .arg(&anchors)
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(0), "{text}");
+    assert!(text.contains("passes through all 1 anchor(s)"), "{text}");
+    let mut forged = anchor.clone();
+    forged["hash"] = "00".repeat(32).into();
+    std::fs::write(&anchors, forged.to_string()).unwrap();
+    let out = bin()
+        .args(["audit", "verify", "--data-dir"])
+        .arg(&state)
+        .arg("--anchors")
+        .arg(&anchors)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("the log was rewritten"));
     let out = bin()
         .args([
             "audit",

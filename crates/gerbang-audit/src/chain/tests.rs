@@ -323,3 +323,41 @@ fn raw_records_chain_verify_and_answer_queries_like_map_records() {
     assert_eq!(found[0]["kind"], "call");
     assert!(found[0]["time"].is_string());
 }
+
+#[test]
+fn an_anchor_kept_elsewhere_exposes_a_rewritten_or_shortened_log() {
+    let dir = tempfile::tempdir().unwrap();
+    let der = SealKey::generate_pkcs8().unwrap();
+    let public = SealKey::from_pkcs8(&der).unwrap().public_key();
+    let subject = SubjectKey::from_hex(&SubjectKey::generate_hex().unwrap()).unwrap();
+    let write = |consumer: &str, n: u64| {
+        let _ = std::fs::remove_dir_all(dir.path());
+        std::fs::create_dir_all(dir.path()).unwrap();
+        let mut w = Writer::open(
+            settings(dir.path(), 1 << 20, 5),
+            SealKey::from_pkcs8(&der).unwrap(),
+        )
+        .unwrap();
+        for i in 0..n {
+            let mut m = call(i, &subject);
+            m.insert("consumer".into(), Value::from(consumer));
+            w.append("call", m).unwrap();
+        }
+        w.close().unwrap();
+    };
+    write("dinkes/simpus", 12);
+    let v = verify(dir.path(), &public).unwrap();
+    let anchor = v.last_seal.clone().expect("a seal");
+    assert!(anchor.seq >= 5 && !anchor.sig.is_empty() && !anchor.time.is_empty());
+    assert!(verify_with_anchors(dir.path(), &public, std::slice::from_ref(&anchor)).is_ok());
+    // Someone with the host (and its seal key) writes a different history: it verifies on its
+    // own, but not through the anchor.
+    write("bapenda/esppt", 12);
+    assert!(verify(dir.path(), &public).is_ok());
+    let e = verify_with_anchors(dir.path(), &public, std::slice::from_ref(&anchor)).unwrap_err();
+    assert!(e.what.contains("the log was rewritten"), "{e}");
+    // A log cut short before the anchor.
+    write("dinkes/simpus", 3);
+    let e = verify_with_anchors(dir.path(), &public, &[anchor]).unwrap_err();
+    assert!(e.what.contains("records were removed"), "{e}");
+}
