@@ -520,6 +520,7 @@ impl AdminApi {
     /// valid and was not written.
     async fn apply(
         &self,
+        current: &mut String,
         overlay: Overlay,
         caller: &Caller,
         action: String,
@@ -545,7 +546,11 @@ impl AdminApi {
         for (path, text) in &overlay {
             store::persist(path, text.as_deref()).map_err(Answer::from)?;
         }
-        if let Err(problems) = self.reloader.reload_locked("admin api").await {
+        if let Err(problems) = self
+            .reloader
+            .reload_locked(current, "admin api", false)
+            .await
+        {
             // Validated a moment ago: only a concurrent hand edit can get here.
             return Err(Answer::problems(&problems));
         }
@@ -576,7 +581,7 @@ impl AdminApi {
         body: &Value,
         caller: &Caller,
     ) -> Answer {
-        let _one = self.reloader.lock().await;
+        let mut current = self.reloader.lock().await;
         let existing = match self.store.agency_file(id) {
             Ok(f) => f,
             Err(e) => return e.into(),
@@ -600,7 +605,7 @@ impl AdminApi {
             }
             let overlay = Overlay::from([(f.path.clone(), None)]);
             return match self
-                .apply(overlay, caller, action, before.as_ref(), None)
+                .apply(&mut current, overlay, caller, action, before.as_ref(), None)
                 .await
             {
                 Ok(()) => deleted(),
@@ -660,7 +665,14 @@ impl AdminApi {
             .unwrap_or(Value::Null);
         let overlay = Overlay::from([(path, Some(doc.to_string()))]);
         match self
-            .apply(overlay, caller, action, before.as_ref(), Some(&after))
+            .apply(
+                &mut current,
+                overlay,
+                caller,
+                action,
+                before.as_ref(),
+                Some(&after),
+            )
             .await
         {
             Ok(()) => with_etag(after),
@@ -677,7 +689,7 @@ impl AdminApi {
         body: &Value,
         caller: &Caller,
     ) -> Answer {
-        let _one = self.reloader.lock().await;
+        let mut current = self.reloader.lock().await;
         let mut f = match self.store.agency_file(agency) {
             Ok(Some(f)) => f,
             Ok(None) => {
@@ -704,7 +716,7 @@ impl AdminApi {
             }
             let overlay = Overlay::from([(f.path.clone(), Some(f.doc.to_string()))]);
             return match self
-                .apply(overlay, caller, action, before.as_ref(), None)
+                .apply(&mut current, overlay, caller, action, before.as_ref(), None)
                 .await
             {
                 Ok(()) => deleted(),
@@ -752,7 +764,14 @@ impl AdminApi {
         }
         let overlay = Overlay::from([(f.path.clone(), Some(f.doc.to_string()))]);
         match self
-            .apply(overlay, caller, action, before.as_ref(), Some(&new))
+            .apply(
+                &mut current,
+                overlay,
+                caller,
+                action,
+                before.as_ref(),
+                Some(&new),
+            )
             .await
         {
             Ok(()) => {
@@ -773,7 +792,7 @@ impl AdminApi {
     }
 
     async fn rotate_secret(&self, agency: &str, id: &str, body: &Value, caller: &Caller) -> Answer {
-        let _one = self.reloader.lock().await;
+        let mut current = self.reloader.lock().await;
         let mut f = match self.store.agency_file(agency) {
             Ok(Some(f)) => f,
             Ok(None) => return Answer::error(StatusCode::NOT_FOUND, "not_found", "no such agency"),
@@ -834,7 +853,14 @@ impl AdminApi {
         let overlay = Overlay::from([(f.path.clone(), Some(f.doc.to_string()))]);
         let action = format!("POST /admin/applications/{agency}/{id}/rotate-secret");
         match self
-            .apply(overlay, caller, action, Some(&before), Some(&after))
+            .apply(
+                &mut current,
+                overlay,
+                caller,
+                action,
+                Some(&before),
+                Some(&after),
+            )
             .await
         {
             Ok(()) => Answer {
@@ -857,7 +883,7 @@ impl AdminApi {
         body: &Value,
         caller: &Caller,
     ) -> Answer {
-        let _one = self.reloader.lock().await;
+        let mut current = self.reloader.lock().await;
         let existing = match self.store.agreement_file(id) {
             Ok(f) => f,
             Err(e) => return e.into(),
@@ -876,7 +902,7 @@ impl AdminApi {
             store::remove_entry(&mut f.doc, "agreement", id);
             let overlay = Overlay::from([(f.path.clone(), Some(f.doc.to_string()))]);
             return match self
-                .apply(overlay, caller, action, before.as_ref(), None)
+                .apply(&mut current, overlay, caller, action, before.as_ref(), None)
                 .await
             {
                 Ok(()) => deleted(),
@@ -934,7 +960,14 @@ impl AdminApi {
         }
         let overlay = Overlay::from([(path, Some(doc.to_string()))]);
         match self
-            .apply(overlay, caller, action, before.as_ref(), Some(&new))
+            .apply(
+                &mut current,
+                overlay,
+                caller,
+                action,
+                before.as_ref(),
+                Some(&new),
+            )
             .await
         {
             Ok(()) => Answer {

@@ -918,6 +918,7 @@ pub fn load_with(
             let fingerprint = fingerprint(
                 file,
                 &[&registry_dir, &resolve(&raw.paths.agreements_dir)],
+                &keys_dir,
                 overrides,
                 overlay,
             );
@@ -983,7 +984,13 @@ fn certificate_not_after(pem: &[u8]) -> Option<i64> {
 
 /// A short hash of every configuration input, for the `gerbang_config_info` series: two
 /// gateways with the same value run the same configuration.
-fn fingerprint(main: &Path, dirs: &[&Path], overrides: &Overrides, overlay: &Overlay) -> String {
+fn fingerprint(
+    main: &Path,
+    dirs: &[&Path],
+    keys_dir: &Path,
+    overrides: &Overrides,
+    overlay: &Overlay,
+) -> String {
     use sha2::{Digest, Sha256};
     let mut h = Sha256::new();
     let mut add = |name: &str, bytes: &[u8]| {
@@ -998,6 +1005,28 @@ fn fingerprint(main: &Path, dirs: &[&Path], overrides: &Overrides, overlay: &Ove
             let name = f.file_name().and_then(|n| n.to_str()).unwrap_or("");
             add(name, read_text(&f, overlay).unwrap_or_default().as_bytes());
         }
+    }
+    // Key files by name, size and time (not their secret contents): a rotated key changes it.
+    let mut keys: Vec<(String, u64, u128)> = std::fs::read_dir(keys_dir)
+        .map(|entries| {
+            entries
+                .filter_map(|e| e.ok())
+                .filter_map(|e| {
+                    let m = e.metadata().ok()?;
+                    let t = m
+                        .modified()
+                        .ok()?
+                        .duration_since(std::time::UNIX_EPOCH)
+                        .ok()?
+                        .as_nanos();
+                    Some((e.file_name().to_string_lossy().into_owned(), m.len(), t))
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    keys.sort();
+    for (name, len, t) in keys {
+        add(&name, format!("{len}:{t}").as_bytes());
     }
     let mut env: Vec<(String, String)> = std::env::vars()
         .filter(|(k, _)| k.starts_with("GERBANG__"))

@@ -89,8 +89,9 @@ pub struct Reloader {
     listener_issuer: Option<String>,
     token_cache_size: usize,
     fixed: Fixed,
-    /// One reload at a time; admin changes hold it from validation to swap.
-    lock: tokio::sync::Mutex<()>,
+    /// One reload at a time; admin changes hold it from validation to swap. Holds the hash of
+    /// the configuration in force.
+    lock: tokio::sync::Mutex<String>,
     /// Paths the file watcher watches.
     pub watched: Vec<PathBuf>,
     registry_dir: PathBuf,
@@ -107,6 +108,7 @@ pub struct Seed {
     watched: Vec<PathBuf>,
     registry_dir: PathBuf,
     agreements_dir: PathBuf,
+    hash: String,
 }
 
 impl Seed {
@@ -126,6 +128,7 @@ impl Seed {
             watched,
             registry_dir: config.registry_dir.clone(),
             agreements_dir: config.agreements_dir.clone(),
+            hash: config.fingerprint.clone(),
         }
     }
 
@@ -145,7 +148,7 @@ impl Seed {
             listener_issuer,
             token_cache_size: self.token_cache_size,
             fixed: self.fixed,
-            lock: tokio::sync::Mutex::new(()),
+            lock: tokio::sync::Mutex::new(self.hash),
             watched: self.watched,
             registry_dir: self.registry_dir,
             agreements_dir: self.agreements_dir,
@@ -171,7 +174,7 @@ impl Reloader {
 
     /// Holds the reload lock (admin changes: validate, persist, apply without a reload
     /// in between).
-    pub async fn lock(&self) -> tokio::sync::MutexGuard<'_, ()> {
+    pub async fn lock(&self) -> tokio::sync::MutexGuard<'_, String> {
         self.lock.lock().await
     }
 
@@ -200,12 +203,26 @@ impl Reloader {
 
     /// Reloads from disk; `trigger` names the cause for the log.
     pub async fn reload(&self, trigger: &str) -> Result<Applied, Vec<Problem>> {
-        let _one = self.lock.lock().await;
-        self.reload_locked(trigger).await
+        let mut current = self.lock.lock().await;
+        self.reload_locked(&mut current, trigger, false).await
     }
 
-    /// [`Reloader::reload`] for a caller that holds [`Reloader::lock`].
-    pub async fn reload_locked(&self, trigger: &str) -> Result<Applied, Vec<Problem>> {
+    /// Reloads after a file change, unless the files are what is in force already (an admin
+    /// API write wakes the watcher too).
+    pub async fn reload_if_changed(&self, trigger: &str) -> Result<Applied, Vec<Problem>> {
+        let mut current = self.lock.lock().await;
+        self.reload_locked(&mut current, trigger, true).await
+    }
+
+    /// [`Reloader::reload`] for a caller that holds [`Reloader::lock`] (`current` is what it
+    /// guards: the hash in force). With `skip_unchanged`, a configuration whose hash is the one
+    /// in force is not swapped in again.
+    pub async fn reload_locked(
+        &self,
+        current: &mut String,
+        trigger: &str,
+        skip_unchanged: bool,
+    ) -> Result<Applied, Vec<Problem>> {
         let started = std::time::Instant::now();
         let config = match self.validate().await {
             Ok(c) => c,
@@ -214,6 +231,14 @@ impl Reloader {
                 return Err(problems);
             }
         };
+        if skip_unchanged && config.fingerprint == *current {
+            tracing::debug!(trigger, hash = %current, "configuration unchanged; nothing to apply");
+            return Ok(Applied {
+                hash: current.clone(),
+                restart_needed: Vec::new(),
+                warnings: Vec::new(),
+            });
+        }
         let new_fixed = Fixed::of(&config);
         let Config {
             auth: auth_config,
@@ -251,6 +276,7 @@ impl Reloader {
         self.gateway
             .replace_registry(registry, Arc::new(auth), policy);
         self.metrics.config_loaded(Ok(&hash), true);
+        current.clone_from(&hash);
         tracing::info!(
             trigger,
             hash,
@@ -364,7 +390,7 @@ pub async fn watch_files(
                         Err(_) => break,
                     }
                 }
-                let _ = reloader.reload("file change").await;
+                let _ = reloader.reload_if_changed("file change").await;
             }
         }
     }

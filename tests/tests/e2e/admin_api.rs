@@ -255,6 +255,16 @@ async fn changes_are_validated_persisted_applied_live_and_audited() {
         "2 PUTs, 1 update, 1 rotation (refused ones are not changes)"
     );
 
+    // Each change was applied once: the file watcher, woken by the writes, finds the files
+    // already in force.
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    let metrics =
+        String::from_utf8(raw_request_as_is(gw.admin, &get("/metrics", "")).await.body).unwrap();
+    assert!(
+        metrics.contains("gerbang_config_reloads_total{result=\"success\"} 4\n"),
+        "{metrics}"
+    );
+
     // Persisted: a new gateway on the same files serves the new service.
     gw.shutdown().await;
     let cfg = gerbang::load(
