@@ -506,7 +506,13 @@ impl Gateway {
         body: RequestBody,
         watch: &Option<Arc<BodyWatch>>,
         hash_key: Option<&[u8]>,
-    ) -> Result<Response<ResponseBody>, GatewayError> {
+    ) -> Result<
+        (
+            Response<ResponseBody>,
+            Option<gerbang_registry::health::InFlight>,
+        ),
+        GatewayError,
+    > {
         let policy = &service.retry;
         let has_body = watch.is_some();
         let replayable = !has_body && parts.method.is_idempotent();
@@ -528,7 +534,7 @@ impl Gateway {
                 n_tried += 1;
             }
             let health = service.health(index);
-            let _in_flight = health.map(|h| h.track());
+            let in_flight = health.map(|h| h.track());
             let try_body = match body.take() {
                 Some(b) => b,
                 None => RequestBody::empty(),
@@ -620,7 +626,8 @@ impl Gateway {
             });
             let Some(((next_index, next_instance), slot)) = next else {
                 return match outcome {
-                    Ok(res) => Ok(res),
+                    // The instance counts the call until its response body has been sent.
+                    Ok(res) => Ok((res, in_flight)),
                     Err(TryError::Overloaded) => Err(GatewayError::UpstreamOverloaded(
                         service.full_id().to_owned(),
                     )),
@@ -894,8 +901,9 @@ impl Gateway {
             }
         }
 
-        // The circuit breaker: a slot while this call is in flight to the service.
-        let _request_slot = service
+        // The circuit breaker: a slot while this call is in flight to the service (until its
+        // response body has been sent).
+        let request_slot = service
             .load
             .request(&service.breaker)
             .ok_or_else(|| GatewayError::UpstreamOverloaded(service.full_id().to_owned()))?;
@@ -983,8 +991,8 @@ impl Gateway {
                 hash_key.as_deref(),
             )
             .await;
-        let mut res = match res {
-            Ok(res) => res,
+        let (mut res, in_flight) = match res {
+            Ok(pair) => pair,
             // A body over the limit explains any failure of the exchange.
             Err(_) if watch.as_ref().is_some_and(|w| w.exceeded()) => {
                 return Err(GatewayError::BodyTooLarge {
@@ -1003,7 +1011,7 @@ impl Gateway {
         if let Some(r) = &rate {
             crate::error::set_rate_headers(res.headers_mut(), r);
         }
-        Ok(res)
+        Ok(res.map(|b| ResponseBody::Guarded(Box::new(b), Box::new((request_slot, in_flight)))))
     }
 }
 

@@ -552,3 +552,52 @@ async fn a_reload_keeps_the_health_of_unchanged_instances() {
     }
     assert_eq!(a.hits(), before + 5, "no call went to the ejected instance");
 }
+
+#[tokio::test]
+async fn the_breaker_counts_a_call_until_its_body_has_been_sent() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    // An upstream whose response head comes at once and whose body takes 600 ms.
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        loop {
+            let Ok((mut s, _)) = listener.accept().await else {
+                return;
+            };
+            tokio::spawn(async move {
+                let mut buf = [0u8; 4096];
+                let _ = s.read(&mut buf).await;
+                let _ = s
+                    .write_all(b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nmulai\r\n")
+                    .await;
+                tokio::time::sleep(Duration::from_millis(600)).await;
+                let _ = s.write_all(b"7\r\nselesai\r\n0\r\n\r\n").await;
+            });
+        }
+    });
+    let gw = Arc::new(
+        TestGateway::start(
+            &[&service(
+                "[service.circuit_breaker]\nmax_requests = 1",
+                &[("slow", format!("http://{addr}"), 1)],
+            )],
+            "",
+            "",
+        )
+        .await,
+    );
+    let first = {
+        let gw = Arc::clone(&gw);
+        tokio::spawn(async move { raw_request(gw.addr, &get("/a/s/x", "")).await })
+    };
+    // The first call's head has arrived long before its body ends.
+    tokio::time::sleep(Duration::from_millis(250)).await;
+    let r = raw_request(gw.addr, &get("/a/s/x", "")).await;
+    assert_eq!(r.status, 503, "the streaming call still holds the slot");
+    assert_eq!(r.error_code(), "upstream_overloaded");
+    let first = first.await.unwrap();
+    assert_eq!(first.status, 200);
+    assert_eq!(first.body, b"mulaiselesai");
+    let r = raw_request(gw.addr, &get("/a/s/x", "")).await;
+    assert_eq!(r.status, 200, "released when the body ended");
+}
