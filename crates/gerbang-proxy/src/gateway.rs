@@ -733,6 +733,9 @@ impl Gateway {
             *upstream_req.headers_mut() = parts.headers.clone();
             match tokio::time::timeout(timeout, client.request(upstream_req)).await {
                 Err(_elapsed) => Err(TryError::TimedOut),
+                Ok(Err(e)) if caused_by::<crate::upstream::TooManyPending>(&e) => {
+                    Err(TryError::Overloaded)
+                }
                 Ok(Err(e)) => {
                     let error = classify_client_error(&e, instance.to_string());
                     Err(match error {
@@ -1375,7 +1378,13 @@ fn build_snapshot(
             s.instances
                 .iter()
                 .any(|i| i.scheme == gerbang_registry::Scheme::Https)
-                .then(|| build_client(Arc::clone(tls), s.limits.connect_timeout, pool))
+                .then(|| {
+                    let limit = crate::upstream::ConnectLimit {
+                        load: Arc::clone(&s.load),
+                        settings: s.breaker,
+                    };
+                    build_client(Arc::clone(tls), s.limits.connect_timeout, pool, Some(limit))
+                })
         })
         .collect();
     let pools = registry
@@ -1633,6 +1642,18 @@ fn classify_client_error(
     } else {
         GatewayError::UpstreamFailed { instance, detail }
     }
+}
+
+/// Whether an `E` is somewhere in `err`'s chain of sources.
+fn caused_by<E: std::error::Error + 'static>(err: &(dyn std::error::Error + 'static)) -> bool {
+    let mut source = Some(err);
+    while let Some(e) = source {
+        if e.downcast_ref::<E>().is_some() {
+            return true;
+        }
+        source = e.source();
+    }
+    false
 }
 
 fn error_chain(err: &dyn std::error::Error) -> String {

@@ -37,6 +37,7 @@ pub async fn run(
             idle_timeout: Duration::from_secs(60),
             max_idle_per_host: 2,
         },
+        None,
     );
     // (service, instance name, URL) → when its next probe is due.
     let mut due: HashMap<(String, String, String), Instant> = HashMap::new();

@@ -13,7 +13,63 @@ use rustls::ClientConfig;
 use crate::body::RequestBody;
 
 /// The client type used for every upstream.
-pub type UpstreamClient = Client<HttpsConnector<HttpConnector>, RequestBody>;
+pub type UpstreamClient = Client<Limited<HttpsConnector<HttpConnector>>, RequestBody>;
+
+/// The circuit breaker's limit on connections being opened, for the pooled client.
+#[derive(Clone)]
+pub struct ConnectLimit {
+    pub load: Arc<gerbang_registry::ServiceLoad>,
+    pub settings: gerbang_registry::BreakerSettings,
+}
+
+/// Connecting is refused because `max_pending` connections are being opened already.
+#[derive(Debug, thiserror::Error)]
+#[error("too many connections being opened to the service")]
+pub struct TooManyPending;
+
+/// A connector that holds a breaker slot while it connects (none: no limit).
+#[derive(Clone)]
+pub struct Limited<C> {
+    inner: C,
+    limit: Option<ConnectLimit>,
+}
+
+type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+impl<C> tower::Service<http::Uri> for Limited<C>
+where
+    C: tower::Service<http::Uri> + Clone + Send + 'static,
+    C::Future: Send + 'static,
+    C::Error: Into<BoxError>,
+{
+    type Response = C::Response;
+    type Error = BoxError;
+    type Future =
+        std::pin::Pin<Box<dyn std::future::Future<Output = Result<C::Response, BoxError>> + Send>>;
+
+    fn poll_ready(
+        &mut self,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx).map_err(Into::into)
+    }
+
+    fn call(&mut self, uri: http::Uri) -> Self::Future {
+        let slot = match &self.limit {
+            Some(l) => match l.load.pending(&l.settings) {
+                Some(slot) => Some(slot),
+                None => return Box::pin(async { Err(Box::new(TooManyPending) as BoxError) }),
+            },
+            None => None,
+        };
+        let connecting = self.inner.call(uri);
+        Box::pin(async move {
+            let result = connecting.await.map_err(Into::into);
+            drop(slot);
+            result
+        })
+    }
+}
 
 /// Settings shared by every upstream connection pool.
 #[derive(Debug, Clone)]
@@ -38,6 +94,7 @@ pub fn build_client(
     tls: Arc<ClientConfig>,
     connect_timeout: Duration,
     pool: &PoolSettings,
+    limit: Option<ConnectLimit>,
 ) -> UpstreamClient {
     let mut http = HttpConnector::new();
     http.enforce_http(false);
@@ -49,6 +106,10 @@ pub fn build_client(
         .enable_http1()
         .enable_http2()
         .wrap_connector(http);
+    let connector = Limited {
+        inner: connector,
+        limit,
+    };
     Client::builder(TokioExecutor::new())
         .pool_idle_timeout(pool.idle_timeout)
         .pool_max_idle_per_host(pool.max_idle_per_host)

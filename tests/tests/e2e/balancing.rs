@@ -601,3 +601,35 @@ async fn the_breaker_counts_a_call_until_its_body_has_been_sent() {
     let r = raw_request(gw.addr, &get("/a/s/x", "")).await;
     assert_eq!(r.status, 200, "released when the body ended");
 }
+
+#[tokio::test]
+async fn max_pending_bounds_connections_being_opened_to_tls_instances_too() {
+    // A TLS instance whose handshake never finishes: each new connection stays pending.
+    let hang = raw_upstream(RawBehaviour::Hang).await;
+    let gw = Arc::new(
+        TestGateway::start(
+            &[&service(
+                "request_timeout = \"1s\"\n[service.circuit_breaker]\nmax_pending = 1\n[service.retry]\nattempts = 1",
+                &[("tls", format!("https://{}", hang.addr), 1)],
+            )],
+            "",
+            "",
+        )
+        .await,
+    );
+    let first = {
+        let gw = Arc::clone(&gw);
+        tokio::spawn(async move { raw_request(gw.addr, &get("/a/s/x", "")).await })
+    };
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let started = std::time::Instant::now();
+    let r = raw_request(gw.addr, &get("/a/s/x", "")).await;
+    assert_eq!(r.status, 503);
+    assert_eq!(r.error_code(), "upstream_overloaded");
+    assert!(
+        started.elapsed() < Duration::from_millis(500),
+        "refused at once"
+    );
+    let first = first.await.unwrap();
+    assert_eq!(first.status, 504, "the pending one times out");
+}
