@@ -347,10 +347,12 @@ pub async fn watch_files(
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<()>();
     let watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
         if let Ok(e) = event {
-            let relevant = e
-                .paths
-                .iter()
-                .any(|p| p.extension().is_some_and(|x| x == "toml" || x == "pem"));
+            // Configuration files, and Kubernetes' `..data` link, which a ConfigMap volume swaps
+            // to change all its files at once.
+            let relevant = e.paths.iter().any(|p| {
+                p.extension().is_some_and(|x| x == "toml" || x == "pem")
+                    || p.file_name().is_some_and(|n| n == "..data")
+            });
             if relevant && !matches!(e.kind, notify::EventKind::Access(_)) {
                 let _ = tx.send(());
             }

@@ -528,3 +528,42 @@ async fn a_reload_brings_a_rotated_signing_key_into_use() {
     assert_eq!(after.len(), 2, "the old key stays published: {after:?}");
     assert!(after.contains(&before[0]));
 }
+
+/// Kubernetes changes a ConfigMap volume by swapping its `..data` link to a new directory; the
+/// files themselves are links through it. The watcher must see that and reload.
+#[cfg(unix)]
+#[tokio::test]
+async fn a_configmap_style_link_swap_is_applied_live() {
+    use std::os::unix::fs::symlink;
+    let up = backend(Kind::Echo, "e").await;
+    let gw = TestGateway::start(&[&agency("a", "s", &[up.url()], "")], "", "").await;
+    let reg = gw.dir.path().join("registry");
+    // Turn a0.toml into a ConfigMap-like layout: a0.toml -> ..data/a0.toml, ..data -> ..v1.
+    std::fs::create_dir(reg.join("..v1")).unwrap();
+    std::fs::rename(reg.join("a0.toml"), reg.join("..v1/a0.toml")).unwrap();
+    symlink("..v1", reg.join("..data")).unwrap();
+    symlink("..data/a0.toml", reg.join("a0.toml")).unwrap();
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    assert_eq!(raw_request(gw.addr, &get("/a/s/x", "")).await.status, 200);
+    assert_eq!(raw_request(gw.addr, &get("/a/t/x", "")).await.status, 404);
+    // The new version adds service `t`; the swap is one rename of `..data`.
+    std::fs::create_dir(reg.join("..v2")).unwrap();
+    let v2 = format!(
+        "{}\n[[service]]\nid = \"t\"\nname = \"t\"\n\n[[service.instance]]\nname = \"t0\"\nurl = \"{}\"\n",
+        agency("a", "s", &[up.url()], ""),
+        up.url()
+    );
+    std::fs::write(reg.join("..v2/a0.toml"), v2).unwrap();
+    symlink("..v2", reg.join("..data_tmp")).unwrap();
+    std::fs::rename(reg.join("..data_tmp"), reg.join("..data")).unwrap();
+    let mut routed = false;
+    for _ in 0..100 {
+        // Known now (403: no agreement names the new service yet), no longer 404.
+        if raw_request(gw.addr, &get("/a/t/x", "")).await.status == 403 {
+            routed = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(routed, "the swapped ConfigMap was not applied");
+}
