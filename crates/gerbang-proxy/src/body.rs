@@ -91,11 +91,18 @@ impl Body for RequestBody {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
         let this = self.project();
-        let Some(inner) = this.inner.as_pin_mut() else {
+        let Some(mut inner) = this.inner.as_pin_mut() else {
             return Poll::Ready(None);
         };
-        match inner.poll_frame(cx) {
+        match inner.as_mut().poll_frame(cx) {
             Poll::Ready(Some(Ok(frame))) => {
+                // A client (hyper's, for https instances) stops reading once the body says it
+                // is at its end after the last frame: the client has sent everything then.
+                if inner.is_end_stream() {
+                    if let Some(w) = this.watch.as_ref() {
+                        w.finished.store(true, Ordering::Relaxed);
+                    }
+                }
                 if let (Some(data), Some(c)) = (frame.data_ref(), this.counter.as_ref()) {
                     c.inc_by(data.len() as u64);
                 }

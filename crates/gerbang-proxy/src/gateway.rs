@@ -565,7 +565,12 @@ impl Gateway {
                 Err(TryError::Connect { .. }) => (true, Some("connect_failure")),
                 Err(TryError::TimedOut) => {
                     let client_slow = watch.as_ref().is_some_and(|w| !w.finished());
-                    (!client_slow, Some("timeout").filter(|_| replayable))
+                    // A try squeezed by the overall deadline says nothing about the instance.
+                    let full_try = try_timeout >= per_try;
+                    (
+                        !client_slow && full_try,
+                        Some("timeout").filter(|_| replayable),
+                    )
                 }
                 Err(TryError::Failed(GatewayError::UpstreamFailed { .. })) => {
                     (true, Some("reset").filter(|_| replayable))
@@ -617,6 +622,14 @@ impl Gateway {
                 }
                 _ => None,
             };
+            // The back-off must fit in the time left; otherwise the current result stands.
+            let backoff = policy.backoff(n_tried as u32, random_words()[0]);
+            let remaining = deadline.saturating_duration_since(std::time::Instant::now());
+            let next = next.filter(|_| backoff < remaining);
+            // This call's previous retry slot is released before it asks for the next one.
+            if next.is_some() {
+                drop(_retry_slot.take());
+            }
             let next = next.and_then(|n| {
                 let slot = service.load.retry(policy);
                 if slot.is_none() {
@@ -646,14 +659,6 @@ impl Gateway {
                 m.upstream_retries
                     .with_label_values(&[service.full_id(), reason])
                     .inc();
-            }
-            let backoff = policy.backoff(n_tried as u32, random_words()[0]);
-            let remaining = deadline.saturating_duration_since(std::time::Instant::now());
-            if backoff >= remaining {
-                return Err(GatewayError::UpstreamTimeout {
-                    instance: instance.to_string(),
-                    timeout_ms: timeout.as_millis(),
-                });
             }
             if !backoff.is_zero() {
                 tokio::time::sleep(backoff).await;

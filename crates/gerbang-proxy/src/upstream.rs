@@ -27,11 +27,14 @@ pub struct ConnectLimit {
 #[error("too many connections being opened to the service")]
 pub struct TooManyPending;
 
-/// A connector that holds a breaker slot while it connects (none: no limit).
+/// A connector that bounds a whole connect, TCP and TLS handshake, by `timeout` (the TCP
+/// connector's own timeout does not cover the handshake) and holds a breaker slot while it
+/// connects (no limit: no slot).
 #[derive(Clone)]
 pub struct Limited<C> {
     inner: C,
     limit: Option<ConnectLimit>,
+    timeout: Duration,
 }
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
@@ -63,8 +66,15 @@ where
             None => None,
         };
         let connecting = self.inner.call(uri);
+        let timeout = self.timeout;
         Box::pin(async move {
-            let result = connecting.await.map_err(Into::into);
+            let result = match tokio::time::timeout(timeout, connecting).await {
+                Ok(r) => r.map_err(Into::into),
+                Err(_) => Err(Box::new(std::io::Error::new(
+                    std::io::ErrorKind::TimedOut,
+                    "connecting (TCP and TLS) timed out",
+                )) as BoxError),
+            };
             drop(slot);
             result
         })
@@ -109,6 +119,7 @@ pub fn build_client(
     let connector = Limited {
         inner: connector,
         limit,
+        timeout: connect_timeout,
     };
     Client::builder(TokioExecutor::new())
         .pool_idle_timeout(pool.idle_timeout)

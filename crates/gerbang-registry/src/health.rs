@@ -153,6 +153,11 @@ impl InstanceHealth {
         if settings.consecutive_failures == 0 {
             return None;
         }
+        // Calls that were in flight when the instance was ejected do not count toward the
+        // next ejection.
+        if self.ejected_until.load(Ordering::Relaxed) > now {
+            return None;
+        }
         let failures = self.failures.fetch_add(1, Ordering::Relaxed) + 1;
         if failures < settings.consecutive_failures {
             return None;
@@ -182,6 +187,12 @@ impl InstanceHealth {
         }
         self.failures.store(0, Ordering::Relaxed);
         Some(Duration::from_millis(ms))
+    }
+
+    /// Forgets the active checks' verdict (the service no longer has checks, or new ones).
+    pub fn reset_check(&self) {
+        self.check_ok.store(true, Ordering::Relaxed);
+        self.check_streak.store(0, Ordering::Relaxed);
     }
 
     /// Records an active check's result. Returns the new verdict when it changed.
@@ -266,6 +277,23 @@ mod tests {
             assert_eq!(h.report_failure(200_000, &s), None);
         }
         assert_eq!(h.report_failure(200_000, &s), Some(Duration::from_secs(10)));
+    }
+
+    #[test]
+    fn failures_while_ejected_do_not_count_toward_the_next_ejection() {
+        let h = InstanceHealth::default();
+        let s = outlier();
+        for _ in 0..3 {
+            h.report_failure(0, &s);
+        }
+        assert!(!h.available(1));
+        // Calls that were in flight when it was ejected fail too.
+        for _ in 0..5 {
+            assert_eq!(h.report_failure(5_000, &s), None);
+        }
+        // Back at 10 s: one more failure is one, not the sixth.
+        assert_eq!(h.report_failure(11_000, &s), None);
+        assert!(h.available(11_000));
     }
 
     #[test]

@@ -226,6 +226,11 @@ impl Registry {
                 });
                 if let (Some(j), Some(slot)) = (same, svc.health.get_mut(i)) {
                     if let Some(h) = prev.health.get(j) {
+                        // A verdict of checks that no longer exist (or changed) must not keep
+                        // the instance out: nothing would ever bring it back.
+                        if svc.health_check != prev.health_check {
+                            h.reset_check();
+                        }
                         *slot = Arc::clone(h);
                     }
                 }
@@ -500,6 +505,48 @@ mod tests {
             .map(|(_, st)| st.as_str())
             .collect();
         assert_eq!(states, ["ejected", "healthy", "healthy"]);
+    }
+
+    #[test]
+    fn removing_the_health_check_forgets_its_verdict() {
+        let check = HealthCheckSettings {
+            path: "/health".into(),
+            interval: Duration::from_secs(1),
+            timeout: Duration::from_secs(1),
+            healthy_threshold: 1,
+            unhealthy_threshold: 1,
+        };
+        let build = |hc: Option<HealthCheckSettings>| {
+            let mut b = RegistryBuilder::new();
+            b.agency(Agency {
+                id: "dukcapil".into(),
+                name: "D".into(),
+            })
+            .unwrap();
+            let mut spec =
+                ServiceSpec::new("dukcapil", "penduduk", limits(), vec![instance("a", 1)]);
+            spec.health_check = hc;
+            b.service(spec).unwrap();
+            b.build()
+        };
+        let old = build(Some(check.clone()));
+        let h = old
+            .lookup("dukcapil", "penduduk")
+            .unwrap()
+            .health(0)
+            .unwrap();
+        assert_eq!(h.record_check(false, &check), Some(false));
+        // Same checks: the verdict stays.
+        let mut same = build(Some(check.clone()));
+        same.adopt_health(&old);
+        assert!(!same.lookup("dukcapil", "penduduk").unwrap().any_available());
+        // Checks removed: nothing could bring the instance back, so the verdict goes.
+        let mut without = build(None);
+        without.adopt_health(&same);
+        assert!(without
+            .lookup("dukcapil", "penduduk")
+            .unwrap()
+            .any_available());
     }
 
     #[test]

@@ -633,3 +633,26 @@ async fn max_pending_bounds_connections_being_opened_to_tls_instances_too() {
     let first = first.await.unwrap();
     assert_eq!(first.status, 504, "the pending one times out");
 }
+
+#[tokio::test]
+async fn a_tls_handshake_that_never_finishes_is_a_connect_timeout() {
+    let hang = raw_upstream(RawBehaviour::Hang).await;
+    let gw = TestGateway::start(
+        &[&service(
+            "connect_timeout = \"300ms\"\nrequest_timeout = \"5s\"\n[service.retry]\nattempts = 1",
+            &[("tls", format!("https://{}", hang.addr), 1)],
+        )],
+        "",
+        "",
+    )
+    .await;
+    let started = std::time::Instant::now();
+    let r = raw_request(gw.addr, &get("/a/s/x", "")).await;
+    assert_eq!(r.status, 504);
+    assert_eq!(r.error_code(), "upstream_connect_timeout");
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "the connect timeout covers the handshake: {:?}",
+        started.elapsed()
+    );
+}
