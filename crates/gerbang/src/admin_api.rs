@@ -21,7 +21,7 @@ use gerbang_proxy::server::Handler;
 use gerbang_proxy::{Admin, ConnInfo, Gateway};
 
 use crate::admin_store::{self as store, EditFile, Store, StoreError};
-use crate::config::{AdminToken, Overlay, Problem};
+use crate::config::{Overlay, Problem};
 use crate::reload::Reloader;
 
 /// Every route of the admin API: path template and methods. `GET /admin/openapi.json`
@@ -62,7 +62,6 @@ pub struct AdminApi {
     builtin: Admin,
     reloader: Arc<Reloader>,
     gateway: Arc<Gateway>,
-    tokens: Vec<AdminToken>,
     store: Store,
 }
 
@@ -135,12 +134,7 @@ struct Caller {
 }
 
 impl AdminApi {
-    pub fn new(
-        builtin: Admin,
-        reloader: Arc<Reloader>,
-        gateway: Arc<Gateway>,
-        tokens: Vec<AdminToken>,
-    ) -> Self {
+    pub fn new(builtin: Admin, reloader: Arc<Reloader>, gateway: Arc<Gateway>) -> Self {
         let store = Store {
             registry_dir: reloader.registry_dir().to_path_buf(),
             agreements_dir: reloader.agreements_dir().to_path_buf(),
@@ -149,7 +143,6 @@ impl AdminApi {
             builtin,
             reloader,
             gateway,
-            tokens,
             store,
         }
     }
@@ -163,7 +156,8 @@ impl AdminApi {
         }
         let digest = gerbang_auth::apikey::digest_of(token);
         let mut found = None;
-        for t in &self.tokens {
+        // The tokens in force: a reload that removed one revokes it at once.
+        for t in self.reloader.admin_tokens().iter() {
             // Compare every digest in full: the time does not tell which one nearly matched.
             let same = t.digest.len() == digest.len()
                 && t.digest
@@ -536,13 +530,20 @@ impl AdminApi {
         }
         if caller.dry_run {
             // Checked with every other file; nothing written, nothing applied.
+            let mut resource = after.cloned().unwrap_or(Value::Null);
+            redact("application", &mut resource);
             return Err(Answer::ok(json!({
                 "dry_run": true,
                 "valid": true,
                 "action": action,
-                "resource": after,
+                "resource": resource,
             })));
         }
+        // What the files held, to put back if the change cannot be applied after all.
+        let previous: Vec<(std::path::PathBuf, Option<String>)> = overlay
+            .keys()
+            .map(|p| (p.clone(), std::fs::read_to_string(p).ok()))
+            .collect();
         for (path, text) in &overlay {
             store::persist(path, text.as_deref()).map_err(Answer::from)?;
         }
@@ -551,7 +552,13 @@ impl AdminApi {
             .reload_locked(current, "admin api", false)
             .await
         {
-            // Validated a moment ago: only a concurrent hand edit can get here.
+            // Validated a moment ago: only a concurrent hand edit can get here. Put the files
+            // back so that disk and the running configuration agree.
+            for (path, text) in &previous {
+                if let Err(e) = store::persist(path, text.as_deref()) {
+                    tracing::error!(path = %path.display(), error = %e, "could not restore a file after a refused change");
+                }
+            }
             return Err(Answer::problems(&problems));
         }
         let digest = |v: Option<&Value>| v.map(store::etag);
@@ -595,9 +602,8 @@ impl AdminApi {
             let Some(f) = existing else {
                 return Answer::error(StatusCode::NOT_FOUND, "not_found", "no such agency");
             };
-            if !store::entries(&f.doc, "service").is_empty()
-                || !store::entries(&f.doc, "application").is_empty()
-            {
+            // Anything besides `[agency]` (services, applications, in any TOML form).
+            if f.doc.iter().any(|(k, _)| k != "agency") {
                 return StoreError::Conflict(
                     "the agency still has services or applications; delete them first".into(),
                 )
@@ -762,6 +768,8 @@ impl AdminApi {
         if let Err(e) = store::put_entry(&mut f.doc, array, id, &new) {
             return e.into();
         }
+        // The ETag and the answer describe what the file now holds (the same as a GET).
+        let mut new = store::entry(&f.doc, array, id).unwrap_or(new);
         let overlay = Overlay::from([(f.path.clone(), Some(f.doc.to_string()))]);
         match self
             .apply(
@@ -834,8 +842,14 @@ impl AdminApi {
         let mut after = before.clone();
         let mut hashes = vec![Value::from(hash)];
         if keep_previous {
-            if let Some(old) = before.get("client_secret_hashes").and_then(Value::as_array) {
-                hashes.extend(old.iter().cloned());
+            // The newest previous secret only: every kept hash costs an argon2 check on each
+            // wrong secret.
+            if let Some(old) = before
+                .get("client_secret_hashes")
+                .and_then(Value::as_array)
+                .and_then(|a| a.first())
+            {
+                hashes.push(old.clone());
             }
         }
         after["client_secret_hashes"] = Value::Array(hashes);
@@ -946,11 +960,13 @@ impl AdminApi {
                 let doc = match std::fs::read_to_string(&path) {
                     Ok(t) => match t.parse::<toml_edit::DocumentMut>() {
                         Ok(d) => d,
-                        Err(e) => {
-                            return StoreError::Invalid(format!("{}: {e}", path.display())).into()
-                        }
+                        Err(e) => return StoreError::Io(format!("{}: {e}", path.display())).into(),
                     },
-                    Err(_) => toml_edit::DocumentMut::new(),
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                        toml_edit::DocumentMut::new()
+                    }
+                    // Any other failure must not become "start from an empty file".
+                    Err(e) => return StoreError::Io(format!("{}: {e}", path.display())).into(),
                 };
                 (path, doc)
             }
@@ -958,6 +974,7 @@ impl AdminApi {
         if let Err(e) = store::put_entry(&mut doc, "agreement", id, &new) {
             return e.into();
         }
+        let new = store::entry(&doc, "agreement", id).unwrap_or(new);
         let overlay = Overlay::from([(path, Some(doc.to_string()))]);
         match self
             .apply(

@@ -43,9 +43,10 @@ impl Store {
         for path in files {
             let text = std::fs::read_to_string(&path)
                 .map_err(|e| StoreError::Io(format!("{}: {e}", path.display())))?;
+            // A broken file is the server's problem, not the caller's: logged, 500.
             let doc = text
                 .parse::<DocumentMut>()
-                .map_err(|e| StoreError::Invalid(format!("{}: {e}", path.display())))?;
+                .map_err(|e| StoreError::Io(format!("{}: {e}", path.display())))?;
             out.push(EditFile { path, doc });
         }
         Ok(out)
@@ -276,6 +277,11 @@ pub fn persist(path: &Path, text: Option<&str>) -> Result<(), StoreError> {
             let tmp = dir.join(format!(".{name}.{}.tmp", std::process::id()));
             {
                 let mut f = std::fs::File::create(&tmp).map_err(io)?;
+                // The new file keeps the old one's permissions (registry files hold secret
+                // hashes; they must not become readable to more than before).
+                if let Ok(meta) = std::fs::metadata(path) {
+                    f.set_permissions(meta.permissions()).map_err(io)?;
+                }
                 f.write_all(text.as_bytes()).map_err(io)?;
                 f.sync_all().map_err(io)?;
             }
@@ -372,6 +378,14 @@ url = "http://127.0.0.1:2"
         let dir = tempfile::tempdir().unwrap();
         let p = dir.path().join("a.toml");
         persist(&p, Some("x = 1\n")).unwrap();
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o640)).unwrap();
+            persist(&p, Some("x = 1\n")).unwrap();
+            let mode = std::fs::metadata(&p).unwrap().permissions().mode() & 0o777;
+            assert_eq!(mode, 0o640, "the old file's permissions are kept");
+        }
         persist(&p, Some("x = 2\n")).unwrap();
         assert_eq!(std::fs::read_to_string(&p).unwrap(), "x = 2\n");
         assert_eq!(

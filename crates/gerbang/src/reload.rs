@@ -42,6 +42,7 @@ struct Fixed {
     audit: bool,
     metrics: (bool, bool),
     otlp: Option<String>,
+    dirs: (PathBuf, PathBuf),
 }
 
 impl Fixed {
@@ -58,6 +59,7 @@ impl Fixed {
             audit: c.audit.is_some(),
             metrics: (c.metrics_enabled, c.metrics_per_application),
             otlp: c.otlp.as_ref().map(|o| o.endpoint.clone()),
+            dirs: (c.registry_dir.clone(), c.agreements_dir.clone()),
         }
     }
 
@@ -74,6 +76,10 @@ impl Fixed {
         diff(self.audit != other.audit, "audit.enabled");
         diff(self.metrics != other.metrics, "metrics");
         diff(self.otlp != other.otlp, "tracing.otlp_endpoint");
+        diff(
+            self.dirs != other.dirs,
+            "paths.registry_dir / paths.agreements_dir",
+        );
         out
     }
 }
@@ -96,6 +102,8 @@ pub struct Reloader {
     pub watched: Vec<PathBuf>,
     registry_dir: PathBuf,
     agreements_dir: PathBuf,
+    /// Admin API tokens in force (a reload revokes removed ones at once).
+    admin_tokens: std::sync::RwLock<Arc<Vec<crate::config::AdminToken>>>,
 }
 
 /// What a [`Reloader`] needs from the configuration it starts with (taken before the
@@ -109,6 +117,7 @@ pub struct Seed {
     registry_dir: PathBuf,
     agreements_dir: PathBuf,
     hash: String,
+    admin_tokens: Vec<crate::config::AdminToken>,
 }
 
 impl Seed {
@@ -129,6 +138,7 @@ impl Seed {
             registry_dir: config.registry_dir.clone(),
             agreements_dir: config.agreements_dir.clone(),
             hash: config.fingerprint.clone(),
+            admin_tokens: config.admin_tokens.clone(),
         }
     }
 
@@ -152,6 +162,7 @@ impl Seed {
             watched: self.watched,
             registry_dir: self.registry_dir,
             agreements_dir: self.agreements_dir,
+            admin_tokens: std::sync::RwLock::new(Arc::new(self.admin_tokens)),
         }
     }
 }
@@ -160,6 +171,14 @@ impl Reloader {
     /// The main configuration file.
     pub fn file(&self) -> &std::path::Path {
         &self.file
+    }
+
+    /// The admin API tokens in force.
+    pub fn admin_tokens(&self) -> Arc<Vec<crate::config::AdminToken>> {
+        self.admin_tokens
+            .read()
+            .map(|t| Arc::clone(&t))
+            .unwrap_or_default()
     }
 
     /// The registry directory.
@@ -240,6 +259,7 @@ impl Reloader {
             });
         }
         let new_fixed = Fixed::of(&config);
+        let tokens = config.admin_tokens.clone();
         let Config {
             auth: auth_config,
             credentials,
@@ -277,6 +297,9 @@ impl Reloader {
             .replace_registry(registry, Arc::new(auth), policy);
         self.metrics.config_loaded(Ok(&hash), true);
         current.clone_from(&hash);
+        if let Ok(mut t) = self.admin_tokens.write() {
+            *t = Arc::new(tokens);
+        }
         tracing::info!(
             trigger,
             hash,

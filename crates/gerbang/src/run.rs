@@ -84,7 +84,6 @@ async fn bind(what: &'static str, addr: SocketAddr) -> Result<TcpListener, Start
 /// Binds the listeners of `config` and starts serving.
 pub async fn start(config: Config) -> Result<Running, StartError> {
     let reload_seed = crate::reload::Seed::of(&config);
-    let admin_tokens = config.admin_tokens.clone();
     let watch_files = config.watch_files;
     let data = bind("data plane", config.listen).await?;
     let admin = bind("admin", config.admin_listen).await?;
@@ -258,7 +257,6 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
                 .with_gateway(Arc::clone(&gateway)),
             Arc::clone(&reloader),
             Arc::clone(&gateway),
-            admin_tokens,
         )),
         admin_settings,
         stop(rx.clone()),

@@ -567,3 +567,50 @@ async fn a_configmap_style_link_swap_is_applied_live() {
     }
     assert!(routed, "the swapped ConfigMap was not applied");
 }
+
+#[tokio::test]
+async fn a_reload_revokes_a_removed_admin_token_and_secrets_stay_hidden() {
+    let up = backend(Kind::Echo, "e").await;
+    let gw = TestGateway::start(&[&agency("a", "s", &[up.url()], "")], "", &admin_extra()).await;
+    // Rotation keeps at most the newest previous secret.
+    for _ in 0..3 {
+        let r = admin(
+            &gw,
+            "POST",
+            "/admin/applications/test/client/rotate-secret",
+            Some(&json!({ "keep_previous": true })),
+            "",
+        )
+        .await;
+        assert_eq!(r.status, 200);
+    }
+    let app = admin(&gw, "GET", "/admin/applications/test/client", None, "").await;
+    assert_eq!(app.json()["client_secret_count"], 2);
+    // A dry run shows the resource, without the hashes.
+    let mut body = app.json();
+    body["name"] = "Klien uji".into();
+    let r = admin(
+        &gw,
+        "PUT",
+        "/admin/applications/test/client?dry_run=true",
+        Some(&body),
+        "",
+    )
+    .await;
+    assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+    assert!(!String::from_utf8_lossy(&r.body).contains("argon2"));
+    assert_eq!(r.json()["resource"]["client_secret_count"], 2);
+    // The token is removed from the file; the reload revokes it at once.
+    let main = gw.dir.path().join("gerbang.toml");
+    let text = std::fs::read_to_string(&main).unwrap();
+    let without: String = text
+        .lines()
+        .filter(|l| !l.starts_with("tokens = "))
+        .map(|l| format!("{l}\n"))
+        .collect();
+    std::fs::write(&main, without).unwrap();
+    let r = admin(&gw, "POST", "/admin/reload", None, "").await;
+    assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+    let r = admin(&gw, "GET", "/admin/agencies", None, "").await;
+    assert_eq!(r.status, 401, "the removed token no longer works");
+}
