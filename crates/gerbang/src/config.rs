@@ -583,6 +583,8 @@ pub fn load_with(
     overrides: &Overrides,
     overlay: &Overlay,
 ) -> Result<Config, ConfigError> {
+    let mut fp = Fingerprint::new();
+    fp.add("main", &std::fs::read(file).unwrap_or_default());
     let mut problems = Problems { list: Vec::new() };
     let mut builder = config::Config::builder()
         .add_source(config::File::from(file).format(config::FileFormat::Toml))
@@ -833,6 +835,8 @@ pub fn load_with(
     } else {
         "http"
     };
+    let keys_dir_early = auth::keys_dir_of(file).unwrap_or_else(|_| data_dir.join("keys"));
+    fp.add_keys(&keys_dir_early);
     let auth = auth::load_auth(
         &raw.auth,
         file,
@@ -844,7 +848,7 @@ pub fn load_with(
     );
     let keys_dir = auth::keys_dir_of(file).unwrap_or_else(|_| data_dir.join("keys"));
     let audit = audit::load_audit(&raw.audit, file, &data_dir, &keys_dir, &mut problems);
-    let loaded = load_registry(&registry_dir, &defaults, overlay, &mut problems);
+    let loaded = load_registry(&registry_dir, &defaults, overlay, &mut fp, &mut problems);
     let mut warnings = Problems { list: Vec::new() };
     let agreements = loaded.as_ref().map(|l| {
         let known = policy::Known {
@@ -863,6 +867,7 @@ pub fn load_with(
         policy::load_agreements(
             &resolve(&raw.paths.agreements_dir),
             overlay,
+            &mut fp,
             &known,
             now,
             &mut problems,
@@ -915,13 +920,7 @@ pub fn load_with(
                     expiries.push(("api_key", c.application.clone(), at as i64));
                 }
             }
-            let fingerprint = fingerprint(
-                file,
-                &[&registry_dir, &resolve(&raw.paths.agreements_dir)],
-                &keys_dir,
-                overrides,
-                overlay,
-            );
+            let fingerprint = fp.finish(overrides);
             Ok(Config {
                 fingerprint,
                 expiries,
@@ -982,66 +981,70 @@ fn certificate_not_after(pem: &[u8]) -> Option<i64> {
     Some(cert.validity().not_after.timestamp())
 }
 
-/// A short hash of every configuration input, for the `gerbang_config_info` series: two
-/// gateways with the same value run the same configuration.
-fn fingerprint(
-    main: &Path,
-    dirs: &[&Path],
-    keys_dir: &Path,
-    overrides: &Overrides,
-    overlay: &Overlay,
-) -> String {
-    use sha2::{Digest, Sha256};
-    let mut h = Sha256::new();
-    let mut add = |name: &str, bytes: &[u8]| {
-        h.update((name.len() as u64).to_be_bytes());
-        h.update(name.as_bytes());
-        h.update((bytes.len() as u64).to_be_bytes());
-        h.update(bytes);
-    };
-    add("main", &std::fs::read(main).unwrap_or_default());
-    for dir in dirs {
-        for f in toml_files(dir, overlay).unwrap_or_default() {
-            let name = f.file_name().and_then(|n| n.to_str()).unwrap_or("");
-            add(name, read_text(&f, overlay).unwrap_or_default().as_bytes());
+/// A short hash of every configuration input, for the `gerbang_config_info` series (two
+/// gateways with the same value run the same configuration) and for skipping a reload of what
+/// is in force. Registry and agreement files are hashed from the very text the loader parsed;
+/// the main file and the key files are read before their loaders, so a file that changes
+/// meanwhile makes the hash older than what was loaded, never newer (a newer hash would make the
+/// next reload skip a change that was not applied).
+pub(crate) struct Fingerprint(sha2::Sha256);
+
+impl Fingerprint {
+    fn new() -> Self {
+        use sha2::Digest;
+        Self(sha2::Sha256::new())
+    }
+
+    pub(crate) fn add(&mut self, name: &str, bytes: &[u8]) {
+        use sha2::Digest;
+        self.0.update((name.len() as u64).to_be_bytes());
+        self.0.update(name.as_bytes());
+        self.0.update((bytes.len() as u64).to_be_bytes());
+        self.0.update(bytes);
+    }
+
+    /// Key files by name, size and time (not their secret contents): a rotated key changes it.
+    fn add_keys(&mut self, keys_dir: &Path) {
+        let mut keys: Vec<(String, u64, u128)> = std::fs::read_dir(keys_dir)
+            .map(|entries| {
+                entries
+                    .filter_map(|e| e.ok())
+                    .filter_map(|e| {
+                        let m = e.metadata().ok()?;
+                        let t = m
+                            .modified()
+                            .ok()?
+                            .duration_since(std::time::UNIX_EPOCH)
+                            .ok()?
+                            .as_nanos();
+                        Some((e.file_name().to_string_lossy().into_owned(), m.len(), t))
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
+        keys.sort();
+        for (name, len, t) in keys {
+            self.add(&name, format!("{len}:{t}").as_bytes());
         }
     }
-    // Key files by name, size and time (not their secret contents): a rotated key changes it.
-    let mut keys: Vec<(String, u64, u128)> = std::fs::read_dir(keys_dir)
-        .map(|entries| {
-            entries
-                .filter_map(|e| e.ok())
-                .filter_map(|e| {
-                    let m = e.metadata().ok()?;
-                    let t = m
-                        .modified()
-                        .ok()?
-                        .duration_since(std::time::UNIX_EPOCH)
-                        .ok()?
-                        .as_nanos();
-                    Some((e.file_name().to_string_lossy().into_owned(), m.len(), t))
-                })
-                .collect()
-        })
-        .unwrap_or_default();
-    keys.sort();
-    for (name, len, t) in keys {
-        add(&name, format!("{len}:{t}").as_bytes());
+
+    fn finish(mut self, overrides: &Overrides) -> String {
+        use sha2::Digest;
+        let mut env: Vec<(String, String)> = std::env::vars()
+            .filter(|(k, _)| k.starts_with("GERBANG__"))
+            .collect();
+        env.sort();
+        for (k, v) in env {
+            self.add(&k, v.as_bytes());
+        }
+        for v in [&overrides.listen, &overrides.admin_listen]
+            .into_iter()
+            .flatten()
+        {
+            self.add("override", v.as_bytes());
+        }
+        hex::encode(&self.0.finalize()[..8])
     }
-    let mut env: Vec<(String, String)> = std::env::vars()
-        .filter(|(k, _)| k.starts_with("GERBANG__"))
-        .collect();
-    env.sort();
-    for (k, v) in env {
-        add(&k, v.as_bytes());
-    }
-    for v in [&overrides.listen, &overrides.admin_listen]
-        .into_iter()
-        .flatten()
-    {
-        add("override", v.as_bytes());
-    }
-    hex::encode(&h.finalize()[..8])
 }
 
 fn describe_config_error(e: &config::ConfigError) -> String {
@@ -1099,6 +1102,7 @@ fn load_registry(
     dir: &Path,
     defaults: &ServiceLimits,
     overlay: &Overlay,
+    fp: &mut Fingerprint,
     problems: &mut Problems,
 ) -> Option<Loaded> {
     let files = match toml_files(dir, overlay) {
@@ -1124,6 +1128,10 @@ fn load_registry(
                 continue;
             }
         };
+        fp.add(
+            path.file_name().and_then(|n| n.to_str()).unwrap_or(""),
+            text.as_bytes(),
+        );
         match toml::from_str::<RawAgencyFile>(&text) {
             Ok(raw) => agency_files.push((path, raw)),
             Err(e) => {

@@ -225,6 +225,7 @@ fn instant(dt: &toml::value::Datetime, end_of_day: bool) -> Option<i64> {
 pub(super) fn load_agreements(
     dir: &Path,
     overlay: &super::Overlay,
+    fp: &mut super::Fingerprint,
     known: &Known<'_>,
     now: i64,
     problems: &mut Problems,
@@ -250,6 +251,10 @@ pub(super) fn load_agreements(
                 continue;
             }
         };
+        fp.add(
+            path.file_name().and_then(|n| n.to_str()).unwrap_or(""),
+            text.as_bytes(),
+        );
         let raw: RawAgreementFile = match toml::from_str(&text) {
             Ok(r) => r,
             Err(e) => {
