@@ -124,7 +124,7 @@ pub fn put_entry(
                     StoreError::Invalid(format!("`{array}` is not an array of tables"))
                 })?;
             if let Some(slot) = arr.get_mut(i) {
-                *slot = table;
+                merge_table(slot, table);
             }
         }
         None => {
@@ -141,6 +141,40 @@ pub fn put_entry(
         }
     }
     Ok(())
+}
+
+/// Makes `old` hold what `new` holds while keeping what can be kept of `old`'s layout: the
+/// comments and formatting of keys whose values stay, the position of sub-tables, and the
+/// order of keys. Keys that `new` lacks are removed.
+fn merge_table(old: &mut Table, new: Table) {
+    let gone: Vec<String> = old
+        .iter()
+        .map(|(k, _)| k.to_owned())
+        .filter(|k| !new.contains_key(k))
+        .collect();
+    for k in gone {
+        old.remove(&k);
+    }
+    for (k, item) in new {
+        match (old.get_mut(&k), item) {
+            (Some(Item::Value(ov)), Item::Value(mut nv)) => {
+                // Same key: the new value with the old one's comments and spacing.
+                if ov.to_string().trim() != nv.to_string().trim() {
+                    *nv.decor_mut() = ov.decor().clone();
+                    *ov = nv;
+                }
+            }
+            (Some(Item::Table(ot)), Item::Table(nt)) => merge_table(ot, nt),
+            (Some(Item::ArrayOfTables(oa)), Item::ArrayOfTables(na)) if oa.len() == na.len() => {
+                for (ot, nt) in oa.iter_mut().zip(na) {
+                    merge_table(ot, nt);
+                }
+            }
+            (_, item) => {
+                old.insert(&k, item);
+            }
+        }
+    }
 }
 
 /// Removes the entry `id` of `[[array]]`; false when there is none.
@@ -244,7 +278,13 @@ pub fn json_to_table(v: &Value) -> Result<Table, StoreError> {
         return Err(StoreError::Invalid("the body must be a JSON object".into()));
     };
     let mut t = Table::new();
-    for (k, x) in o {
+    // Readable order: the id and the name first, then the rest as given.
+    let first = ["id", "name", "title"];
+    let ordered = first
+        .iter()
+        .filter_map(|k| o.get_key_value(*k))
+        .chain(o.iter().filter(|(k, _)| !first.contains(&k.as_str())));
+    for (k, x) in ordered {
         match x {
             Value::Object(_) => {
                 t.insert(k, Item::Table(json_to_table(x)?));
@@ -346,6 +386,16 @@ url = "http://127.0.0.1:2"
         let text = doc.to_string();
         assert!(text.contains("# Dinas Kependudukan (a comment that must survive)"));
         assert!(text.contains("# trailing comment"));
+        // Editing the entry keeps the comment on a key whose value stayed.
+        let mut p = entry(&doc, "service", "penduduk").unwrap();
+        p["instance"][0]["url"] = "http://127.0.0.1:9".into();
+        put_entry(&mut doc, "service", "penduduk", &p).unwrap();
+        let text = doc.to_string();
+        assert!(
+            text.contains("name = \"Penduduk\"   # trailing comment"),
+            "{text}"
+        );
+        assert!(text.contains("url = \"http://127.0.0.1:9\""), "{text}");
         let reparsed: DocumentMut = text.parse().unwrap();
         assert_eq!(entry(&reparsed, "service", "kk").unwrap(), changed);
         assert_eq!(
