@@ -689,6 +689,8 @@ fn serve(cfg: Config, with_demo_backends: bool) -> ExitCode {
         }
     };
     rt.block_on(async move {
+        // Before anything starts: SIGTERM from now on drains instead of killing.
+        let terminated = gerbang::run::termination_signal();
         let mut backends = Vec::new();
         if with_demo_backends {
             match start_demo_backends(&cfg).await {
@@ -710,7 +712,7 @@ fn serve(cfg: Config, with_demo_backends: bool) -> ExitCode {
         if with_demo_backends {
             print_demo_banner(&file, &running, &backends);
         }
-        let outcome = running.run_until(gerbang::run::termination_signal()).await;
+        let outcome = running.run_until(terminated).await;
         tracing::info!(?outcome, "stopped");
         ExitCode::SUCCESS
     })

@@ -333,30 +333,48 @@ impl Reloader {
     }
 }
 
-/// Reloads on `SIGHUP` until `shutdown` completes.
-pub async fn on_sighup(reloader: Arc<Reloader>, shutdown: impl std::future::Future<Output = ()>) {
-    #[cfg(unix)]
-    {
-        use tokio::signal::unix::{signal, SignalKind};
-        let Ok(mut hup) = signal(SignalKind::hangup()) else {
-            tracing::warn!("cannot listen for SIGHUP; reload with POST /admin/reload");
-            return;
-        };
-        tokio::pin!(shutdown);
-        loop {
-            tokio::select! {
-                () = &mut shutdown => return,
-                got = hup.recv() => {
-                    if got.is_none() { return; }
-                    let _ = reloader.reload("sighup").await;
-                }
+/// The `SIGHUP` handler, installed now (see [`on_sighup`]).
+#[cfg(unix)]
+pub fn hangup_signal() -> Option<tokio::signal::unix::Signal> {
+    tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()).ok()
+}
+
+/// No `SIGHUP` here.
+#[cfg(not(unix))]
+pub fn hangup_signal() -> Option<()> {
+    None
+}
+
+/// Reloads on each `SIGHUP` caught by `hup` until `shutdown` completes.
+#[cfg(unix)]
+pub async fn on_sighup(
+    hup: Option<tokio::signal::unix::Signal>,
+    reloader: Arc<Reloader>,
+    shutdown: impl std::future::Future<Output = ()>,
+) {
+    let Some(mut hup) = hup else {
+        tracing::warn!("cannot listen for SIGHUP; reload with POST /admin/reload");
+        return;
+    };
+    tokio::pin!(shutdown);
+    loop {
+        tokio::select! {
+            () = &mut shutdown => return,
+            got = hup.recv() => {
+                if got.is_none() { return; }
+                let _ = reloader.reload("sighup").await;
             }
         }
     }
-    #[cfg(not(unix))]
-    {
-        let _ = (reloader, shutdown);
-    }
+}
+
+/// No `SIGHUP` here: reload with the admin API or a file change.
+#[cfg(not(unix))]
+pub async fn on_sighup(
+    _hup: Option<()>,
+    _reloader: Arc<Reloader>,
+    _shutdown: impl std::future::Future<Output = ()>,
+) {
 }
 
 /// Reloads when a watched file changes (a quiet period of `debounce` after the last change, so

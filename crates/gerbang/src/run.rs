@@ -231,7 +231,10 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
         externals,
         listener_issuer,
     ));
+    // Installed before the gateway reports ready: an early SIGHUP must reload, not end the
+    // process (its default action).
     tokio::spawn(crate::reload::on_sighup(
+        crate::reload::hangup_signal(),
         Arc::clone(&reloader),
         stop(rx.clone()),
     ));
@@ -337,25 +340,33 @@ where
     Ok(out)
 }
 
-/// Completes on SIGTERM or SIGINT (Ctrl-C).
-pub async fn termination_signal() {
+/// Completes on SIGTERM or SIGINT (Ctrl-C). The handlers are installed when this is called,
+/// not when the future is first polled: a signal that arrives in between must not fall to the
+/// default action (which ends the process at once, without draining).
+pub fn termination_signal() -> impl Future<Output = ()> {
     #[cfg(unix)]
     {
         use tokio::signal::unix::{signal, SignalKind};
-        match signal(SignalKind::terminate()) {
-            Ok(mut term) => {
-                tokio::select! {
-                    _ = term.recv() => {},
-                    _ = tokio::signal::ctrl_c() => {},
+        let term = signal(SignalKind::terminate());
+        let int = signal(SignalKind::interrupt());
+        async move {
+            match (term, int) {
+                (Ok(mut term), Ok(mut int)) => {
+                    tokio::select! {
+                        _ = term.recv() => {},
+                        _ = int.recv() => {},
+                    }
                 }
-            }
-            Err(_) => {
-                let _ = tokio::signal::ctrl_c().await;
+                _ => {
+                    let _ = tokio::signal::ctrl_c().await;
+                }
             }
         }
     }
     #[cfg(not(unix))]
     {
-        let _ = tokio::signal::ctrl_c().await;
+        async {
+            let _ = tokio::signal::ctrl_c().await;
+        }
     }
 }
