@@ -164,7 +164,11 @@ struct AppEntry {
 /// See the module documentation.
 pub struct Authenticator {
     issuer: Arc<Issuer>,
-    cache: TokenCache,
+    cache: Arc<TokenCache>,
+    /// What a cached verification depends on (applications with their index, agency, methods
+    /// and scopes; the issuer and its keys; the external issuers): two authenticators with the
+    /// same value may share their cache.
+    cache_key: [u8; 32],
     externals: HashMap<String, Arc<External>>,
     apps: HashMap<String, AppEntry>,
     api_keys: ApiKeyStore,
@@ -222,11 +226,35 @@ impl Authenticator {
                 return Err(AuthConfigError::DuplicateIssuer(iss));
             }
         }
+        let cache_key = {
+            let mut text = String::new();
+            for (i, app) in apps.iter().enumerate() {
+                text.push_str(&format!(
+                    "{i}\0{}\0{}\0{:?}\0{:?}\n",
+                    app.application, app.agency, app.methods, app.scopes
+                ));
+            }
+            // The public keys themselves, not only their ids: a key file replaced under the
+            // same name must not leave its predecessor's tokens verified.
+            let keys = serde_json::to_string(&issuer.keys.jwks()).unwrap_or_default();
+            text.push_str(&format!(
+                "{}\0{}\0{:?}\0{:?}\0{keys}\n",
+                issuer.issuer, issuer.audience, issuer.ttl, issuer.leeway
+            ));
+            let mut ext: Vec<&String> = by_issuer.keys().collect();
+            ext.sort();
+            text.push_str(&format!("{ext:?}\n{cache_capacity}"));
+            let d = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, text.as_bytes());
+            let mut key = [0u8; 32];
+            key.copy_from_slice(d.as_ref());
+            key
+        };
         let dummy_hash =
             crate::secret::hash_secret(&uuid::Uuid::new_v4().to_string()).unwrap_or_default();
         Ok(Self {
             issuer,
-            cache: TokenCache::new(cache_capacity),
+            cache: Arc::new(TokenCache::new(cache_capacity)),
+            cache_key,
             externals: by_issuer,
             apps: entries,
             api_keys,
@@ -492,6 +520,18 @@ impl Authenticator {
         self.cache.len()
     }
 
+    /// Takes over `old`'s verified-token cache when every verification it holds is still what
+    /// this authenticator would decide (see `cache_key`): a reload that leaves applications and
+    /// keys alone does not make every caller's token be verified again. Returns whether it did.
+    pub fn adopt_cache(&mut self, old: &Authenticator) -> bool {
+        if self.cache_key == old.cache_key {
+            self.cache = Arc::clone(&old.cache);
+            true
+        } else {
+            false
+        }
+    }
+
     /// The token lifetime of the built-in issuer.
     pub fn token_ttl(&self) -> Duration {
         self.issuer.ttl
@@ -581,6 +621,42 @@ mod tests {
         };
         key_app.methods.enable("api_key");
         (vec![token_app, key_app], key)
+    }
+
+    #[tokio::test]
+    async fn a_new_authenticator_keeps_the_cache_only_when_nothing_it_depends_on_changed() {
+        let iss = issuer();
+        let (apps, _) = apps();
+        let old = Authenticator::new(Arc::clone(&iss), &apps, Vec::new(), 100).unwrap();
+        let t = iss.issue("dinkes/simpus", "dinkes", "read").unwrap();
+        let auth = format!("Bearer {t}");
+        let presented = Presented {
+            authorization: Some(auth.as_bytes()),
+            ..Default::default()
+        };
+        let p = old.authenticate(presented).await.unwrap();
+        // The same applications and keys (a reload that changed something else): kept.
+        let mut same = Authenticator::new(Arc::clone(&iss), &apps, Vec::new(), 100).unwrap();
+        assert!(same.adopt_cache(&old));
+        assert_eq!(same.cached_tokens(), 1);
+        assert!(Arc::ptr_eq(
+            &p,
+            &same.authenticate(presented).await.unwrap()
+        ));
+        // An application's scopes changed, an application removed, or other keys: not kept.
+        let mut fewer_scopes = apps.clone();
+        fewer_scopes[0].scopes = vec!["read".into()];
+        let mut removed = apps.clone();
+        removed.remove(1);
+        for changed in [fewer_scopes, removed] {
+            let mut other =
+                Authenticator::new(Arc::clone(&iss), &changed, Vec::new(), 100).unwrap();
+            assert!(!other.adopt_cache(&old));
+            assert_eq!(other.cached_tokens(), 0);
+        }
+        // Another key under the same id.
+        let mut new_keys = Authenticator::new(issuer(), &apps, Vec::new(), 100).unwrap();
+        assert!(!new_keys.adopt_cache(&old));
     }
 
     #[tokio::test]

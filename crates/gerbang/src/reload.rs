@@ -281,11 +281,13 @@ impl Reloader {
             Authenticator::new(Arc::new(issuer), &credentials, externals, cache)
         })
         .await;
-        let auth = match auth {
+        let mut auth = match auth {
             Ok(Ok(a)) => a,
             Ok(Err(e)) => return Err(self.refuse(trigger, e.to_string())),
             Err(e) => return Err(self.refuse(trigger, e.to_string())),
         };
+        // Unchanged applications and keys: the tokens verified so far stay verified.
+        let kept_cache = auth.adopt_cache(&self.gateway.authenticator());
         let restart_needed = self.fixed.differences(&new_fixed);
         let warnings: Vec<String> = warnings.iter().map(ToString::to_string).collect();
         let expiries: Vec<(&str, &str, i64)> = expiries
@@ -304,6 +306,7 @@ impl Reloader {
             trigger,
             hash,
             took_ms = started.elapsed().as_millis() as u64,
+            kept_token_cache = kept_cache,
             restart_needed = ?restart_needed,
             "configuration reloaded"
         );
