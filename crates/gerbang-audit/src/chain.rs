@@ -226,6 +226,15 @@ impl Writer {
     /// Appends one record to the write buffer; [`Writer::finish_batch`] writes the batch out
     /// (one write, and with [`Fsync::Always`] one fsync, for many records: group commit).
     pub fn append_buffered(&mut self, kind: &str, fields: Map<String, Value>) -> io::Result<u64> {
+        let fields = serde_json::to_vec(&Value::Object(fields))
+            .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))?;
+        self.append_raw_buffered(kind, &fields)
+    }
+
+    /// As [`Writer::append_buffered`], with the record's fields already serialised as a JSON
+    /// object (`{...}`) that has none of the chain's keys (`seq`, `prev`, `kind`, `time`): the
+    /// line is the chain's keys followed by these fields, with no map built in between.
+    pub fn append_raw_buffered(&mut self, kind: &str, fields: &[u8]) -> io::Result<u64> {
         let seq = self.write_line(kind, fields)?;
         self.since_seal += 1;
         if self.since_seal >= self.settings.seal_every.max(1) {
@@ -234,10 +243,17 @@ impl Writer {
         Ok(seq)
     }
 
-    /// As [`Writer::append_buffered`], with the record's fields already serialised as a JSON
-    /// object (`{...}`) that has none of the chain's keys (`seq`, `prev`, `kind`, `time`): the
-    /// line is the chain's keys followed by these fields, with no map built in between.
-    pub fn append_raw_buffered(&mut self, kind: &str, fields: &[u8]) -> io::Result<u64> {
+    /// Writes the buffered records and syncs them as the fsync policy says.
+    pub fn finish_batch(&mut self) -> io::Result<()> {
+        if let Some(f) = self.file.as_mut() {
+            f.flush()?;
+        }
+        self.sync_per_policy()
+    }
+
+    /// Writes one line: the chain's keys (`seq`, `prev`, `kind`, `time`) spliced in front of
+    /// `fields`, a serialised JSON object.
+    fn write_line(&mut self, kind: &str, fields: &[u8]) -> io::Result<u64> {
         let inner = fields
             .strip_prefix(b"{")
             .and_then(|f| f.strip_suffix(b"}"))
@@ -274,44 +290,6 @@ impl Writer {
         self.seq = seq;
         self.prev = hash;
         self.dirty = true;
-        self.since_seal += 1;
-        if self.since_seal >= self.settings.seal_every.max(1) {
-            self.seal()?;
-        }
-        Ok(seq)
-    }
-
-    /// Writes the buffered records and syncs them as the fsync policy says.
-    pub fn finish_batch(&mut self) -> io::Result<()> {
-        if let Some(f) = self.file.as_mut() {
-            f.flush()?;
-        }
-        self.sync_per_policy()
-    }
-
-    fn write_line(&mut self, kind: &str, mut fields: Map<String, Value>) -> io::Result<u64> {
-        let now = SystemTime::now();
-        self.roll_if_needed(now)?;
-        let seq = self.seq + 1;
-        fields.insert("seq".into(), Value::from(seq));
-        fields.insert("prev".into(), Value::from(self.prev.clone()));
-        fields.insert("kind".into(), Value::from(kind));
-        fields
-            .entry("time")
-            .or_insert_with(|| Value::from(rfc3339(now)));
-        let mut line = serde_json::to_vec(&Value::Object(fields))
-            .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))?;
-        let hash = sha256_hex(&line);
-        line.push(b'\n');
-        let f = self
-            .file
-            .as_mut()
-            .ok_or_else(|| io::Error::other("no audit file open"))?;
-        f.write_all(&line)?;
-        self.file_bytes += line.len() as u64;
-        self.seq = seq;
-        self.prev = hash;
-        self.dirty = true;
         Ok(seq)
     }
 
@@ -324,7 +302,9 @@ impl Writer {
             "sig".into(),
             Value::from(base64::engine::general_purpose::STANDARD.encode(sig)),
         );
-        self.write_line("seal", m)?;
+        let fields = serde_json::to_vec(&Value::Object(m))
+            .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))?;
+        self.write_line("seal", &fields)?;
         self.since_seal = 0;
         Ok(())
     }
