@@ -110,7 +110,7 @@ impl From<StoreError> for Answer {
     fn from(e: StoreError) -> Self {
         match e {
             StoreError::NotFound(m) => Answer::error(StatusCode::NOT_FOUND, "not_found", &m),
-            StoreError::Invalid(m) => Answer::error(StatusCode::BAD_REQUEST, "invalid_request", &m),
+            StoreError::Invalid(m) => invalid(&m),
             StoreError::Conflict(m) => Answer::error(StatusCode::CONFLICT, "conflict", &m),
             StoreError::Io(m) => {
                 tracing::error!(error = %m, "admin API: file operation failed");
@@ -428,18 +428,11 @@ impl AdminApi {
         let (Some(consumer), Some(method), Some(path)) =
             (field("consumer"), field("method"), field("path"))
         else {
-            return Answer::error(
-                StatusCode::BAD_REQUEST,
-                "invalid_request",
-                "give consumer (agency/app), method and path (and purpose when the agreement asks for one)",
+            return invalid("give consumer (agency/app), method and path (and purpose when the agreement asks for one)",
             );
         };
         let Some((agency, _)) = consumer.split_once('/') else {
-            return Answer::error(
-                StatusCode::BAD_REQUEST,
-                "invalid_request",
-                "consumer must be agency/app",
-            );
+            return invalid("consumer must be agency/app");
         };
         let normalized =
             match gerbang_proxy::path::normalize(path.split('?').next().unwrap_or(path)) {
@@ -610,37 +603,22 @@ impl AdminApi {
                 .into();
             }
             let overlay = Overlay::from([(f.path.clone(), None)]);
-            return match self
+            return self
                 .apply(&mut current, overlay, caller, action, before.as_ref(), None)
                 .await
-            {
-                Ok(()) => deleted(),
-                Err(a) => a,
-            };
+                .map_or_else(|a| a, |()| deleted());
         }
         let Some(name) = body.get("name").and_then(Value::as_str) else {
-            return Answer::error(
-                StatusCode::BAD_REQUEST,
-                "invalid_request",
-                "give the agency's name",
-            );
+            return invalid("give the agency's name");
         };
-        if body.get("id").is_some_and(|v| v.as_str() != Some(id)) {
-            return Answer::error(
-                StatusCode::BAD_REQUEST,
-                "invalid_request",
-                "the body's id differs from the path's",
-            );
+        if let Err(a) = resource_body(body, id) {
+            return a;
         }
         let (path, mut doc) = match existing {
             Some(f) => (f.path, f.doc),
             None => {
                 if !crate::config::is_slug(id) {
-                    return Answer::error(
-                        StatusCode::BAD_REQUEST,
-                        "invalid_request",
-                        "an agency id is a slug (a-z, 0-9, '-')",
-                    );
+                    return invalid("an agency id is a slug (a-z, 0-9, '-')");
                 }
                 let path = self.store.registry_dir.join(format!("{id}.toml"));
                 if path.exists() {
@@ -721,34 +699,17 @@ impl AdminApi {
                 );
             }
             let overlay = Overlay::from([(f.path.clone(), Some(f.doc.to_string()))]);
-            return match self
+            return self
                 .apply(&mut current, overlay, caller, action, before.as_ref(), None)
                 .await
-            {
-                Ok(()) => deleted(),
-                Err(a) => a,
-            };
+                .map_or_else(|a| a, |()| deleted());
         }
-        let Some(obj) = body.as_object() else {
-            return Answer::error(
-                StatusCode::BAD_REQUEST,
-                "invalid_request",
-                "the body must be a JSON object",
-            );
+        let obj = match resource_body(body, id) {
+            Ok(o) => o,
+            Err(a) => return a,
         };
-        if obj.get("id").is_some_and(|v| v.as_str() != Some(id)) {
-            return Answer::error(
-                StatusCode::BAD_REQUEST,
-                "invalid_request",
-                "the body's id differs from the path's",
-            );
-        }
         if obj.contains_key("agency") && obj.get("agency").and_then(Value::as_str) != Some(agency) {
-            return Answer::error(
-                StatusCode::BAD_REQUEST,
-                "invalid_request",
-                "the body's agency differs from the path's",
-            );
+            return invalid("the body's agency differs from the path's");
         }
         let mut new = Value::Object(obj.clone());
         if let Some(m) = new.as_object_mut() {
@@ -915,28 +876,15 @@ impl AdminApi {
             };
             store::remove_entry(&mut f.doc, "agreement", id);
             let overlay = Overlay::from([(f.path.clone(), Some(f.doc.to_string()))]);
-            return match self
+            return self
                 .apply(&mut current, overlay, caller, action, before.as_ref(), None)
                 .await
-            {
-                Ok(()) => deleted(),
-                Err(a) => a,
-            };
+                .map_or_else(|a| a, |()| deleted());
         }
-        let Some(obj) = body.as_object() else {
-            return Answer::error(
-                StatusCode::BAD_REQUEST,
-                "invalid_request",
-                "the body must be a JSON object",
-            );
+        let obj = match resource_body(body, id) {
+            Ok(o) => o,
+            Err(a) => return a,
         };
-        if obj.get("id").is_some_and(|v| v.as_str() != Some(id)) {
-            return Answer::error(
-                StatusCode::BAD_REQUEST,
-                "invalid_request",
-                "the body's id differs from the path's",
-            );
-        }
         let mut new = Value::Object(obj.clone());
         new["id"] = Value::from(id);
         let (path, mut doc) = match existing {
@@ -950,11 +898,7 @@ impl AdminApi {
                     .map(|(a, _)| a.to_owned())
                     .filter(|a| crate::config::is_slug(a))
                 else {
-                    return Answer::error(
-                        StatusCode::BAD_REQUEST,
-                        "invalid_request",
-                        "give the service, agency/service",
-                    );
+                    return invalid("give the service, agency/service");
                 };
                 let path = self.store.agreements_dir.join(format!("{provider}.toml"));
                 let doc = match std::fs::read_to_string(&path) {
@@ -1013,6 +957,25 @@ fn redact(array: &str, v: &mut Value) {
             }
         }
     }
+}
+
+/// 400 `invalid_request` with `message`.
+fn invalid(message: &str) -> Answer {
+    Answer::error(StatusCode::BAD_REQUEST, "invalid_request", message)
+}
+
+/// The request body as the JSON object of resource `id` (an `id` in it must be the path's).
+fn resource_body<'a>(
+    body: &'a Value,
+    id: &str,
+) -> Result<&'a serde_json::Map<String, Value>, Answer> {
+    let obj = body
+        .as_object()
+        .ok_or_else(|| invalid("the body must be a JSON object"))?;
+    if obj.get("id").is_some_and(|v| v.as_str() != Some(id)) {
+        return Err(invalid("the body's id differs from the path's"));
+    }
+    Ok(obj)
 }
 
 fn with_etag(v: Value) -> Answer {
