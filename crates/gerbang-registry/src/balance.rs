@@ -44,6 +44,8 @@ pub(crate) struct Selector {
     schedule: Vec<u32>,
     /// (point, instance index), sorted by point (consistent hashing only).
     ring: Vec<(u64, u32)>,
+    /// Each instance's weight, clamped to 1..=`MAX_WEIGHT`.
+    weights: Vec<u32>,
     cursor: AtomicU64,
 }
 
@@ -61,6 +63,7 @@ impl Selector {
         Self {
             schedule,
             ring,
+            weights,
             cursor: AtomicU64::new(0),
         }
     }
@@ -70,7 +73,6 @@ impl Selector {
         &self,
         balancing: &Balancing,
         health: &[std::sync::Arc<InstanceHealth>],
-        weights: &[u32],
         key: Option<&[u8]>,
         tried: &[usize],
         now: u64,
@@ -108,9 +110,7 @@ impl Selector {
                         }
                         // Fewer requests per unit of weight wins: (fa+1)/wa < (fb+1)/wb.
                         let load = |i: usize| u64::from(health[i].in_flight()) + 1;
-                        let w = |i: usize| {
-                            u64::from(weights.get(i).copied().unwrap_or(1).clamp(1, MAX_WEIGHT))
-                        };
+                        let w = |i: usize| u64::from(self.weights.get(i).copied().unwrap_or(1));
                         Some(if load(a) * w(b) <= load(b) * w(a) {
                             a
                         } else {
@@ -224,9 +224,7 @@ mod tests {
         let sel = Selector::new(b, weights);
         let mut c = HashMap::new();
         for k in 0..calls {
-            let i = sel
-                .select(b, health, weights, key(k).as_deref(), &[], 0)
-                .unwrap();
+            let i = sel.select(b, health, key(k).as_deref(), &[], 0).unwrap();
             *c.entry(i).or_insert(0) += 1;
         }
         c
@@ -264,10 +262,10 @@ mod tests {
             let sel = Selector::new(&b, &[1, 1, 1]);
             for k in 0..200u32 {
                 let key = k.to_be_bytes();
-                let i = sel.select(&b, &h, &[1, 1, 1], Some(&key), &[2], 1).unwrap();
+                let i = sel.select(&b, &h, Some(&key), &[2], 1).unwrap();
                 assert_eq!(i, 0, "{b:?}");
             }
-            assert_eq!(sel.select(&b, &h, &[1, 1, 1], None, &[0, 2], 1), None);
+            assert_eq!(sel.select(&b, &h, None, &[0, 2], 1), None);
         }
     }
 
@@ -292,15 +290,8 @@ mod tests {
         let h = healths(4);
         let sel = Selector::new(&b, &[1, 1, 1, 1]);
         let pick = |k: u32, h: &[Arc<InstanceHealth>]| {
-            sel.select(
-                &b,
-                h,
-                &[1, 1, 1, 1],
-                Some(format!("session-{k}").as_bytes()),
-                &[],
-                1,
-            )
-            .unwrap()
+            sel.select(&b, h, Some(format!("session-{k}").as_bytes()), &[], 1)
+                .unwrap()
         };
         let before: Vec<usize> = (0..4000).map(|k| pick(k, &h)).collect();
         let again: Vec<usize> = (0..4000).map(|k| pick(k, &h)).collect();

@@ -113,7 +113,6 @@ pub struct Service {
     pub load: Arc<ServiceLoad>,
     /// Live state of each instance (same order as `instances`).
     health: Vec<Arc<InstanceHealth>>,
-    weights: Vec<u32>,
     selector: balance::Selector,
     /// Dense index of this service in its registry, for per-service side tables.
     pub index: usize,
@@ -131,14 +130,9 @@ impl Service {
     /// `key` is the value of the consistent-hash header (if any); `tried` are instances this
     /// call already used. `None` when no instance is available.
     pub fn select(&self, key: Option<&[u8]>, tried: &[usize]) -> Option<(usize, &Instance)> {
-        let i = self.selector.select(
-            &self.balancing,
-            &self.health,
-            &self.weights,
-            key,
-            tried,
-            health::now_ms(),
-        )?;
+        let i =
+            self.selector
+                .select(&self.balancing, &self.health, key, tried, health::now_ms())?;
         self.instances.get(i).map(|inst| (i, inst))
     }
 
@@ -380,7 +374,6 @@ impl RegistryBuilder {
                 .map(|_| Arc::new(InstanceHealth::default()))
                 .collect(),
             selector: balance::Selector::new(&spec.balancing, &weights),
-            weights,
             instances: spec.instances,
             balancing: spec.balancing,
             outlier: spec.outlier,
