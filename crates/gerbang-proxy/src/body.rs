@@ -153,7 +153,11 @@ pub enum ResponseBody {
     Counted(Box<ResponseBody>, prometheus::IntCounter),
     /// Another body with what must live until it has been sent: the call's circuit-breaker slot
     /// and its instance's in-flight count.
-    Guarded(Box<ResponseBody>, Box<dyn std::any::Any + Send>),
+    Guarded(
+        Box<ResponseBody>,
+        gerbang_registry::resilience::Slot,
+        Option<gerbang_registry::health::InFlight>,
+    ),
 }
 
 impl ResponseBody {
@@ -180,7 +184,7 @@ impl Body for ResponseBody {
             ResponseBody::Upstream(b) => Pin::new(b).poll_frame(cx).map_err(Into::into),
             ResponseBody::Inline(b) => Pin::new(b).poll_frame(cx).map_err(Into::into),
             ResponseBody::Full(b) => Pin::new(b).poll_frame(cx).map_err(|e| match e {}),
-            ResponseBody::Guarded(b, _) => Pin::new(b.as_mut()).poll_frame(cx),
+            ResponseBody::Guarded(b, ..) => Pin::new(b.as_mut()).poll_frame(cx),
             ResponseBody::Counted(b, counter) => {
                 let polled = Pin::new(b.as_mut()).poll_frame(cx);
                 if let Poll::Ready(Some(Ok(frame))) = &polled {
@@ -198,7 +202,7 @@ impl Body for ResponseBody {
             ResponseBody::Upstream(b) => b.is_end_stream(),
             ResponseBody::Inline(b) => b.is_end_stream(),
             ResponseBody::Full(b) => b.is_end_stream(),
-            ResponseBody::Counted(b, _) | ResponseBody::Guarded(b, _) => b.is_end_stream(),
+            ResponseBody::Counted(b, _) | ResponseBody::Guarded(b, ..) => b.is_end_stream(),
         }
     }
 
@@ -207,7 +211,7 @@ impl Body for ResponseBody {
             ResponseBody::Upstream(b) => b.size_hint(),
             ResponseBody::Inline(b) => b.size_hint(),
             ResponseBody::Full(b) => b.size_hint(),
-            ResponseBody::Counted(b, _) | ResponseBody::Guarded(b, _) => b.size_hint(),
+            ResponseBody::Counted(b, _) | ResponseBody::Guarded(b, ..) => b.size_hint(),
         }
     }
 }

@@ -1019,7 +1019,7 @@ impl Gateway {
         if let Some(r) = &rate {
             crate::error::set_rate_headers(res.headers_mut(), r);
         }
-        Ok(res.map(|b| ResponseBody::Guarded(Box::new(b), Box::new((request_slot, in_flight)))))
+        Ok(res.map(|b| ResponseBody::Guarded(Box::new(b), request_slot, in_flight)))
     }
 }
 
