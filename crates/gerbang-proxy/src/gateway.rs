@@ -113,7 +113,6 @@ pub struct Gateway {
     pool: PoolSettings,
     identity: IdentitySettings,
     issuer_endpoints: IssuerEndpoints,
-    auth_failures: ReasonCounter,
     /// Quota counts outlive snapshots (a reload must not reset them).
     quotas: Arc<dyn gerbang_policy::limits::QuotaStore>,
     audit: Option<Arc<crate::audit::AuditSink>>,
@@ -145,7 +144,6 @@ impl Gateway {
             pool,
             identity,
             issuer_endpoints,
-            auth_failures: ReasonCounter::default(),
             quotas,
             audit: None,
             metrics: None,
@@ -290,8 +288,11 @@ impl Gateway {
     }
 
     /// Authentication refusals so far, by reason (the metrics exporter reads these).
-    pub fn auth_failures(&self) -> Vec<(&'static str, u64)> {
-        self.auth_failures.snapshot()
+    pub fn auth_failures(&self) -> Vec<(String, u64)> {
+        self.metrics
+            .as_ref()
+            .map(|m| crate::metrics::counts(&m.auth_failures))
+            .unwrap_or_default()
     }
 
     /// The authenticator currently in force.
@@ -462,7 +463,6 @@ impl Gateway {
                 let rid = request_id.to_str().unwrap_or("");
                 if let GatewayError::Unauthenticated(f) = &err {
                     // The reason only; never the credential.
-                    self.auth_failures.record(f.reason());
                     tracing::info!(request_id = rid, %method, reason = f.reason(), peer = %remote, "authentication refused");
                 }
                 match err.source_kind() {
@@ -1243,30 +1243,6 @@ impl CallInfo {
         // Serialising borrowed strings and numbers into a Vec cannot fail.
         let _ = serde_json::to_writer(&mut out, &record);
         out
-    }
-}
-
-/// Counts by a stable reason code. Only refusals pass here, so a lock is cheap enough.
-#[derive(Default)]
-struct ReasonCounter {
-    counts: Mutex<HashMap<&'static str, u64>>,
-}
-
-impl ReasonCounter {
-    fn record(&self, reason: &'static str) {
-        if let Ok(mut m) = self.counts.lock() {
-            *m.entry(reason).or_insert(0) += 1;
-        }
-    }
-
-    fn snapshot(&self) -> Vec<(&'static str, u64)> {
-        let mut v: Vec<_> = self
-            .counts
-            .lock()
-            .map(|m| m.iter().map(|(k, v)| (*k, *v)).collect())
-            .unwrap_or_default();
-        v.sort_unstable();
-        v
     }
 }
 

@@ -378,6 +378,25 @@ impl Metrics {
     }
 }
 
+/// The series of a one-label counter family: (label value, count), sorted.
+pub fn counts(family: &IntCounterVec) -> Vec<(String, u64)> {
+    let mut out: Vec<(String, u64)> = family
+        .collect()
+        .iter()
+        .flat_map(|f| f.get_metric())
+        .map(|m| {
+            let label = m
+                .get_label()
+                .first()
+                .map(|l| l.value().to_owned())
+                .unwrap_or_default();
+            (label, m.get_counter().get_value() as u64)
+        })
+        .collect();
+    out.sort();
+    out
+}
+
 /// Sets `counter` to `value` (a counter kept elsewhere, copied at scrape time; the scrape lock
 /// serialises the reset and the increment).
 pub fn copy_counter(counter: &prometheus::IntCounter, value: u64) {

@@ -633,7 +633,7 @@ async fn malformed_forged_and_misused_tokens_are_all_refused_with_their_reason()
         ),
     ];
     assert!(cases.len() >= 25);
-    let mut expected: HashMap<&str, u64> = HashMap::new();
+    let mut expected: HashMap<String, u64> = HashMap::new();
     for (name, token, reason) in &cases {
         let r = raw_request_as_is(gw.addr, &get("/a/s/x", &bearer(token))).await;
         assert_eq!(
@@ -654,7 +654,7 @@ async fn malformed_forged_and_misused_tokens_are_all_refused_with_their_reason()
             Some(r#"Bearer realm="gerbang", error="invalid_token""#),
             "{name}"
         );
-        *expected.entry(reason).or_default() += 1;
+        *expected.entry(reason.to_string()).or_default() += 1;
     }
     // Header-level defects.
     for (name, headers, reason) in [
@@ -682,10 +682,10 @@ async fn malformed_forged_and_misused_tokens_are_all_refused_with_their_reason()
                 .starts_with("Bearer realm=\"gerbang\", error="),
             "{name}"
         );
-        *expected.entry(reason).or_default() += 1;
+        *expected.entry(reason.to_string()).or_default() += 1;
     }
     // Each refusal was counted under its own reason.
-    let reasons: HashMap<&str, u64> = gw
+    let reasons: HashMap<String, u64> = gw
         .running
         .as_ref()
         .unwrap()

@@ -159,7 +159,7 @@ async fn external_tokens_map_to_applications_survive_rotation_and_outage() {
         );
     }
 
-    let reasons: HashMap<&str, u64> = gw
+    let reasons: HashMap<String, u64> = gw
         .running
         .as_ref()
         .unwrap()
@@ -167,11 +167,11 @@ async fn external_tokens_map_to_applications_survive_rotation_and_outage() {
         .auth_failures()
         .into_iter()
         .collect();
-    let mut expected: HashMap<&str, u64> = HashMap::new();
+    let mut expected: HashMap<String, u64> = HashMap::new();
     for (_, _, reason) in &refused {
-        *expected.entry(reason).or_default() += 1;
+        *expected.entry(reason.to_string()).or_default() += 1;
     }
-    expected.insert("unknown_kid", 5);
+    expected.insert("unknown_kid".into(), 5);
     assert_eq!(reasons, expected);
 }
 
@@ -271,7 +271,7 @@ async fn external_issuer_keys_from_pem_files() {
         &claims("portal-client", "p4"),
     );
     assert_eq!(call(&gw, &unknown).await.status, 401);
-    let reasons: HashMap<&str, u64> = gw
+    let reasons: HashMap<String, u64> = gw
         .running
         .as_ref()
         .unwrap()
