@@ -100,9 +100,13 @@ fn tokens(c: &mut Criterion) {
         b.iter(|| {
             issuer
                 .assertion(
-                    "dinkes/simpus",
-                    "dinkes",
-                    black_box("dukcapil/penduduk"),
+                    &gerbang_auth::token::AssertedCall {
+                        application: "dinkes/simpus",
+                        agency: "dinkes",
+                        audience: black_box("dukcapil/penduduk"),
+                        agreement: "pks-2025-017",
+                        purpose: Some("pelayanan-kesehatan"),
+                    },
                     Duration::from_secs(60),
                 )
                 .unwrap()
@@ -137,6 +141,7 @@ fn policy(c: &mut Criterion) {
                     ep("GET", "/statistik", Classification::Terbuka),
                 ],
                 classification: Classification::Terbatas,
+                path_matching: PathMatching::Exact,
             },
         );
         for k in 0..10 {
@@ -179,6 +184,7 @@ fn policy(c: &mut Criterion) {
         service: "opd512/layanan",
         method: "GET",
         path: "/penduduk/3603015505900001",
+        query: None,
         purpose: Some("pelayanan"),
         now: 1_795_000_000,
     };

@@ -20,6 +20,17 @@ pub const TOKEN_TYPE: &str = "at+jwt";
 /// access token.
 pub const ASSERTION_TYPE: &str = "gerbang-assertion+jwt";
 
+/// What a gateway assertion vouches for: the calling application and its agency, the provider
+/// service (`aud`), the agreement that allowed the call and the purpose the policy checked.
+#[derive(Debug, Clone, Copy)]
+pub struct AssertedCall<'a> {
+    pub application: &'a str,
+    pub agency: &'a str,
+    pub audience: &'a str,
+    pub agreement: &'a str,
+    pub purpose: Option<&'a str>,
+}
+
 /// Longest token accepted for verification; longer ones are refused unparsed.
 pub const MAX_TOKEN_BYTES: usize = 8 * 1024;
 
@@ -159,9 +170,7 @@ impl Issuer {
     /// Returns the JWT and its `exp`.
     pub fn assertion(
         &self,
-        application: &str,
-        agency: &str,
-        audience: &str,
+        call: &AssertedCall<'_>,
         ttl: Duration,
     ) -> Result<(String, u64), IssueError> {
         let key = self.keys.active().ok_or(IssueError::NoKey)?;
@@ -170,16 +179,20 @@ impl Issuer {
         header.kid = Some(key.kid.clone());
         let iat = now();
         let exp = iat + ttl.as_secs().max(1);
-        let claims = serde_json::json!({
+        let mut claims = serde_json::json!({
             "iss": self.issuer,
-            "sub": application,
-            "aud": audience,
+            "sub": call.application,
+            "aud": call.audience,
             "iat": iat,
             "nbf": iat,
             "exp": exp,
             "jti": uuid::Uuid::new_v4().to_string(),
-            "agency": agency,
+            "agency": call.agency,
+            "agreement": call.agreement,
         });
+        if let (Some(p), Some(map)) = (call.purpose, claims.as_object_mut()) {
+            map.insert("purpose".to_owned(), serde_json::Value::from(p));
+        }
         jsonwebtoken::encode(&header, &claims, &key.encoding)
             .map(|t| (t, exp))
             .map_err(|_| IssueError::Signing)

@@ -2,7 +2,7 @@
 //! response body that is either the upstream's stream or a gateway-made JSON error.
 
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
@@ -16,6 +16,10 @@ use hyper::body::Incoming;
 pub enum RequestBodyError {
     #[error("request body exceeds {0} bytes")]
     TooLarge(u64),
+    #[error(
+        "request body of {received} bytes or more does not match its declared length of {declared}"
+    )]
+    LengthMismatch { declared: u64, received: u64 },
     #[error(transparent)]
     Client(#[from] hyper::Error),
 }
@@ -25,9 +29,15 @@ pub enum RequestBodyError {
 pub struct BodyWatch {
     exceeded: AtomicBool,
     finished: AtomicBool,
+    received: AtomicU64,
 }
 
 impl BodyWatch {
+    /// Data bytes read from the client so far (what the audit record counts).
+    pub fn received(&self) -> u64 {
+        self.received.load(Ordering::Relaxed)
+    }
+
     /// The body went over the service's limit.
     pub fn exceeded(&self) -> bool {
         self.exceeded.load(Ordering::Relaxed)
@@ -42,12 +52,22 @@ impl BodyWatch {
 pin_project_lite::pin_project! {
     /// The client's body, forwarded frame by frame (flat memory), failing once more than
     /// `limit` bytes have passed. `watch` (when the request has a body) tells the handler
-    /// afterwards whether the body was too large or is still arriving.
+    /// afterwards whether the body was too large or is still arriving, and how much came.
+    ///
+    /// A provider sees a complete request only when the client completed it: with a declared
+    /// length, the frame that reaches it is held back until the client's body has ended
+    /// cleanly (HTTP/2 can send more DATA than `content-length` says, or reset the stream);
+    /// a longer or shorter body is an error, so the upstream request stays incomplete and its
+    /// connection is closed. Without a declared length the upstream body is chunked, and its
+    /// last chunk is written only after the client's body ended.
     pub struct RequestBody {
         #[pin]
         inner: Option<Incoming>,
         seen: u64,
         limit: Option<u64>,
+        declared: Option<u64>,
+        held: Option<Frame<Bytes>>,
+        ended: bool,
         watch: Option<Arc<BodyWatch>>,
         counter: Option<prometheus::IntCounter>,
     }
@@ -55,10 +75,14 @@ pin_project_lite::pin_project! {
 
 impl RequestBody {
     pub fn new(inner: Incoming, limit: Option<u64>, watch: Option<Arc<BodyWatch>>) -> Self {
+        let declared = inner.size_hint().exact();
         Self {
             inner: Some(inner),
             seen: 0,
             limit,
+            declared,
+            held: None,
+            ended: false,
             watch,
             counter: None,
         }
@@ -70,6 +94,9 @@ impl RequestBody {
             inner: None,
             seen: 0,
             limit: None,
+            declared: None,
+            held: None,
+            ended: true,
             watch: None,
             counter: None,
         }
@@ -79,6 +106,19 @@ impl RequestBody {
     pub fn counted(mut self, counter: prometheus::IntCounter) -> Self {
         self.counter = Some(counter);
         self
+    }
+
+    /// For a body declared empty whose stream is still open (HTTP/2 `content-length: 0`
+    /// before `END_STREAM`): waits for its end, so that no upstream request is sent complete
+    /// before the client's is. Any data is a length mismatch.
+    pub async fn settle_declared_empty(&mut self) -> Result<(), RequestBodyError> {
+        if self.declared != Some(0) || http_body::Body::is_end_stream(self) {
+            return Ok(());
+        }
+        while let Some(frame) = http_body_util::BodyExt::frame(self).await {
+            frame?;
+        }
+        Ok(())
     }
 }
 
@@ -90,24 +130,45 @@ impl Body for RequestBody {
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
-        let this = self.project();
-        let Some(mut inner) = this.inner.as_pin_mut() else {
-            return Poll::Ready(None);
-        };
-        match inner.as_mut().poll_frame(cx) {
-            Poll::Ready(Some(Ok(frame))) => {
-                // A client (hyper's, for https instances) stops reading once the body says it
-                // is at its end after the last frame: the client has sent everything then.
-                if inner.is_end_stream() {
+        let mut this = self.project();
+        loop {
+            if *this.ended {
+                return Poll::Ready(this.held.take().map(Ok));
+            }
+            let Some(mut inner) = this.inner.as_mut().as_pin_mut() else {
+                *this.ended = true;
+                continue;
+            };
+            let frame = match inner.as_mut().poll_frame(cx) {
+                Poll::Pending => return Poll::Pending,
+                Poll::Ready(Some(Err(e))) => return Poll::Ready(Some(Err(e.into()))),
+                Poll::Ready(None) => {
+                    if let Some(declared) = *this.declared {
+                        if *this.seen != declared {
+                            return Poll::Ready(Some(Err(RequestBodyError::LengthMismatch {
+                                declared,
+                                received: *this.seen,
+                            })));
+                        }
+                    }
                     if let Some(w) = this.watch.as_ref() {
                         w.finished.store(true, Ordering::Relaxed);
                     }
+                    *this.ended = true;
+                    continue;
                 }
-                if let (Some(data), Some(c)) = (frame.data_ref(), this.counter.as_ref()) {
-                    c.inc_by(data.len() as u64);
+                Poll::Ready(Some(Ok(frame))) => frame,
+            };
+            let len = frame.data_ref().map_or(0, |d| d.len() as u64);
+            if len > 0 {
+                *this.seen += len;
+                if let Some(c) = this.counter.as_ref() {
+                    c.inc_by(len);
                 }
-                if let (Some(data), Some(limit)) = (frame.data_ref(), *this.limit) {
-                    *this.seen += data.len() as u64;
+                if let Some(w) = this.watch.as_ref() {
+                    w.received.fetch_add(len, Ordering::Relaxed);
+                }
+                if let Some(limit) = *this.limit {
                     if *this.seen > limit {
                         if let Some(w) = this.watch.as_ref() {
                             w.exceeded.store(true, Ordering::Relaxed);
@@ -115,27 +176,55 @@ impl Body for RequestBody {
                         return Poll::Ready(Some(Err(RequestBodyError::TooLarge(limit))));
                     }
                 }
-                Poll::Ready(Some(Ok(frame)))
+                if let Some(declared) = *this.declared {
+                    if *this.seen > declared {
+                        return Poll::Ready(Some(Err(RequestBodyError::LengthMismatch {
+                            declared,
+                            received: *this.seen,
+                        })));
+                    }
+                }
             }
-            Poll::Ready(Some(Err(e))) => Poll::Ready(Some(Err(e.into()))),
-            Poll::Ready(None) => {
+            if this.held.is_some() {
+                // Nothing may follow the declared length but the end (or trailers, which the
+                // upstream request does not carry).
+                continue;
+            }
+            if inner.is_end_stream() {
+                // A client (hyper's, for https instances) stops reading once the body says it
+                // is at its end after the last frame: the client has sent everything then.
+                if let Some(declared) = *this.declared {
+                    if *this.seen != declared {
+                        return Poll::Ready(Some(Err(RequestBodyError::LengthMismatch {
+                            declared,
+                            received: *this.seen,
+                        })));
+                    }
+                }
                 if let Some(w) = this.watch.as_ref() {
                     w.finished.store(true, Ordering::Relaxed);
                 }
-                Poll::Ready(None)
+                *this.ended = true;
+                return Poll::Ready(Some(Ok(frame)));
             }
-            Poll::Pending => Poll::Pending,
+            if len > 0 && *this.declared == Some(*this.seen) {
+                // The last declared bytes: released only when the client's body has ended.
+                *this.held = Some(frame);
+                continue;
+            }
+            return Poll::Ready(Some(Ok(frame)));
         }
     }
 
     fn is_end_stream(&self) -> bool {
-        self.inner.as_ref().is_none_or(Body::is_end_stream)
+        self.held.is_none() && (self.ended || self.inner.as_ref().is_none_or(Body::is_end_stream))
     }
 
     fn size_hint(&self) -> SizeHint {
-        match &self.inner {
-            Some(b) => b.size_hint(),
-            None => SizeHint::with_exact(0),
+        match (&self.inner, self.declared) {
+            (Some(_), Some(n)) => SizeHint::with_exact(n),
+            (Some(b), None) => b.size_hint(),
+            (None, _) => SizeHint::with_exact(0),
         }
     }
 }

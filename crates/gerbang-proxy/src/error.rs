@@ -35,6 +35,12 @@ pub enum GatewayError {
     AmbiguousFraming,
     #[error("request has an invalid Content-Length")]
     InvalidContentLength,
+    #[error("invalid Host: {0}")]
+    InvalidHost(&'static str),
+    #[error("unsupported expectation in Expect")]
+    ExpectationFailed,
+    #[error("X-Gerbang-Purpose is repeated, a list, or not plain text")]
+    PurposeAmbiguous,
     #[error("the path names no agency and service")]
     RouteNotFound,
     #[error("unknown agency `{0}`")]
@@ -124,6 +130,27 @@ impl GatewayError {
                 StatusCode::BAD_REQUEST,
                 "invalid_content_length",
                 "the request's Content-Length is not a single valid number",
+                Client,
+                false,
+            ),
+            GatewayError::InvalidHost(_) => (
+                StatusCode::BAD_REQUEST,
+                "invalid_host",
+                "the request must name its host once: one Host header (HTTP/1.1), agreeing with an absolute target or :authority, without user information",
+                Client,
+                false,
+            ),
+            GatewayError::ExpectationFailed => (
+                StatusCode::EXPECTATION_FAILED,
+                "expectation_failed",
+                "the only expectation the gateway meets is Expect: 100-continue",
+                Client,
+                false,
+            ),
+            GatewayError::PurposeAmbiguous => (
+                StatusCode::BAD_REQUEST,
+                "purpose_ambiguous",
+                "send X-Gerbang-Purpose once, with one purpose",
                 Client,
                 false,
             ),

@@ -327,11 +327,6 @@ impl Gateway {
             || (req.headers().contains_key(header::TRANSFER_ENCODING)
                 && req.headers().contains_key(header::CONTENT_LENGTH));
         let started = std::time::Instant::now();
-        let bytes_in = req
-            .headers()
-            .get(header::CONTENT_LENGTH)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.parse::<u64>().ok());
         let mut call = CallInfo::default();
         let wall_start = self.spans.is_some().then(std::time::SystemTime::now);
         if self.spans.is_some() {
@@ -341,6 +336,8 @@ impl Gateway {
             m.in_flight.inc();
         }
         let result = self.forward(req, conn, &request_id, &mut call).await;
+        // What the client's body actually delivered so far, not what it declared.
+        let bytes_in = Some(call.body.as_ref().map_or(0, |w| w.received()));
         let (decision, reason) = match &result {
             // The issuer's own endpoints decide nothing about data sharing.
             Ok(_) if call.issuer_endpoint.is_some() => {
@@ -450,7 +447,7 @@ impl Gateway {
                 .or(call.issuer_endpoint)
                 .unwrap_or("unknown")])
         });
-        match result {
+        let res = match result {
             Ok(mut res) => {
                 res.headers_mut()
                     .insert(headers::X_REQUEST_ID.clone(), request_id);
@@ -489,6 +486,11 @@ impl Gateway {
                 }
                 Response::from_parts(parts, body::full(bytes))
             }
+        };
+        if method == http::Method::HEAD {
+            without_body(res)
+        } else {
+            res
         }
     }
 
@@ -788,6 +790,8 @@ impl Gateway {
         {
             return Err(GatewayError::AmbiguousFraming);
         }
+        check_host(&req)?;
+        check_expect(&req)?;
 
         let snapshot = self.snapshot.load_full();
         if oauth::is_issuer_path(req.uri().path()) {
@@ -851,16 +855,15 @@ impl Gateway {
 
         // Authorise: the data-sharing agreement that covers this call, and its limits.
         let now = unix_now();
-        let purpose = req
-            .headers()
-            .get(&headers::X_GERBANG_PURPOSE)
-            .and_then(|v| v.to_str().ok());
+        let purpose_value = single_purpose(req.headers())?;
+        let purpose = purpose_value.as_ref().and_then(|v| v.to_str().ok());
         let policy_req = gerbang_policy::Request {
             application: &principal.application,
             agency: &principal.agency,
             service: service.full_id(),
             method: req.method().as_str(),
             path: if rest.is_empty() { "/" } else { rest },
+            query: req.uri().query(),
             purpose,
             now,
         };
@@ -927,21 +930,48 @@ impl Gateway {
         };
 
         let (mut parts, incoming) = req.into_parts();
-        let original_host = parts.headers.get(header::HOST).cloned().or_else(|| {
-            parts
-                .uri
-                .authority()
-                .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
-        });
+        // The host the client addressed: `:authority` (HTTP/2) or the absolute-form target
+        // wins over `Host` (RFC 9113 §8.3.1; check_host refused a disagreement).
+        let original_host = parts
+            .uri
+            .authority()
+            .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
+            .or_else(|| parts.headers.get(header::HOST).cloned());
         headers::remove_hop_by_hop(&mut parts.headers);
-        headers::remove_client_controlled(&mut parts.headers, &self.identity.strip_headers);
+        headers::remove_client_controlled(
+            &mut parts.headers,
+            &self.identity.strip_headers,
+            &service.allow_underscore_headers,
+        );
+        // The gateway met `Expect: 100-continue` itself (hyper answers it when the body is
+        // first read) and sends the body at once: the provider is not asked to wait.
+        parts.headers.remove(header::EXPECT);
+        if parts.version == Version::HTTP_2 {
+            headers::join_cookies(&mut parts.headers);
+        }
         headers::set_forwarding(
             &mut parts.headers,
             conn.remote.ip(),
             conn.proto,
             original_host,
         );
-        self.set_identity(&mut parts.headers, &principal, service, &snapshot);
+        // The provider receives exactly the purpose the policy judged.
+        match purpose_value.clone() {
+            Some(v) => {
+                parts.headers.insert(headers::X_GERBANG_PURPOSE.clone(), v);
+            }
+            None => {
+                parts.headers.remove(&headers::X_GERBANG_PURPOSE);
+            }
+        }
+        self.set_identity(
+            &mut parts.headers,
+            &principal,
+            service,
+            &snapshot,
+            (agreement_index, &agreement.id),
+            purpose,
+        );
         if let Ok(v) = HeaderValue::from_str(&agreement.id) {
             parts
                 .headers
@@ -968,13 +998,19 @@ impl Gateway {
             .map(str::to_owned);
         parts.headers.insert(headers::TRACEPARENT.clone(), tp);
         if filter.is_some() {
-            // The gateway must read the response to filter it: no compression.
+            // The gateway must read the response to filter it: no compression. It answers
+            // with a representation of its own, so every feature that describes the
+            // provider's (parts of it, validators of it) is closed: no ranges, no conditions,
+            // and HEAD is answered from a filtered GET.
             parts.headers.insert(
                 header::ACCEPT_ENCODING,
                 HeaderValue::from_static("identity"),
             );
+            headers::remove_range_and_conditions(&mut parts.headers);
+            if parts.method == http::Method::HEAD {
+                parts.method = http::Method::GET;
+            }
         }
-        let is_head = parts.method == http::Method::HEAD;
         parts
             .headers
             .insert(headers::X_REQUEST_ID.clone(), request_id.clone());
@@ -984,10 +1020,14 @@ impl Gateway {
         // A request with a body is watched: was it too large, or still arriving at a timeout?
         let watch =
             (!http_body::Body::is_end_stream(&incoming)).then(|| Arc::new(BodyWatch::default()));
+        call.body = watch.clone();
         let mut body = RequestBody::new(incoming, body_limit, watch.clone());
         if let Some(m) = &self.metrics {
             body = body.counted(m.received_bytes.with_label_values(&[service.full_id()]));
         }
+        body.settle_declared_empty()
+            .await
+            .map_err(|e| GatewayError::ClientBody(e.to_string()))?;
         let res = self
             .exchange(
                 &snapshot,
@@ -1011,16 +1051,101 @@ impl Gateway {
         };
         headers::remove_hop_by_hop(res.headers_mut());
         let mut res = match filter {
-            Some(rules) if !is_head => {
+            Some(rules) => {
                 filter_response(res, rules, self.limits.max_filtered_response_bytes).await?
             }
-            _ => res,
+            None => res,
         };
         if let Some(r) = &rate {
             crate::error::set_rate_headers(res.headers_mut(), r);
         }
         Ok(res.map(|b| ResponseBody::Guarded(Box::new(b), request_slot, in_flight)))
     }
+}
+
+/// The answer to a HEAD: the headers a GET would get, no body. hyper leaves out the body of a
+/// HEAD response over HTTP/1.1, but over HTTP/2 a body sent with it is a protocol error that
+/// resets the stream; a gateway-made body (an error, a filtered or catalogue answer) states
+/// its length first.
+fn without_body(res: Response<ResponseBody>) -> Response<ResponseBody> {
+    let (mut parts, body) = res.into_parts();
+    if !parts.headers.contains_key(header::CONTENT_LENGTH) {
+        if let Some(n) = http_body::Body::size_hint(&body).exact() {
+            parts
+                .headers
+                .insert(header::CONTENT_LENGTH, HeaderValue::from(n));
+        }
+    }
+    Response::from_parts(parts, body::full(Bytes::new()))
+}
+
+/// RFC 9112 §3.2 and RFC 9113 §8.3.1: an HTTP/1.1 request names its host in exactly one
+/// `Host`; an absolute-form target or `:authority` and `Host` must agree; user information
+/// in either is refused (it is not part of a host, and providers must not see it).
+fn check_host<B>(req: &Request<B>) -> Result<(), GatewayError> {
+    let mut hosts = req.headers().get_all(header::HOST).iter();
+    let host = hosts.next();
+    if hosts.next().is_some() {
+        return Err(GatewayError::InvalidHost("several Host headers"));
+    }
+    let authority = req.uri().authority();
+    if authority.is_some_and(|a| a.as_str().contains('@'))
+        || host.is_some_and(|h| h.as_bytes().contains(&b'@'))
+    {
+        return Err(GatewayError::InvalidHost(
+            "user information in the authority",
+        ));
+    }
+    match (host, authority) {
+        (None, None) if req.version() == Version::HTTP_11 => Err(GatewayError::InvalidHost(
+            "an HTTP/1.1 request without Host",
+        )),
+        (Some(h), Some(a)) if !h.as_bytes().eq_ignore_ascii_case(a.as_str().as_bytes()) => Err(
+            GatewayError::InvalidHost("Host disagrees with the request target's authority"),
+        ),
+        (Some(h), _) if h.is_empty() => Err(GatewayError::InvalidHost("an empty Host")),
+        _ => Ok(()),
+    }
+}
+
+/// The only expectation met is `100-continue` (hyper sends the interim answer when the body is
+/// first read; a refused call never reads it): anything else is 417 (RFC 9110 §10.1.1).
+fn check_expect<B>(req: &Request<B>) -> Result<(), GatewayError> {
+    for v in req.headers().get_all(header::EXPECT) {
+        if !v
+            .as_bytes()
+            .trim_ascii()
+            .eq_ignore_ascii_case(b"100-continue")
+        {
+            return Err(GatewayError::ExpectationFailed);
+        }
+    }
+    Ok(())
+}
+
+/// The purpose of processing the client declared: one `X-Gerbang-Purpose` with one value.
+/// Repeated, a comma list (the same as repeated, RFC 9110 §5.3), empty or not visible ASCII is
+/// ambiguous: policy and provider must read the same single value.
+fn single_purpose(h: &http::HeaderMap) -> Result<Option<HeaderValue>, GatewayError> {
+    let mut all = h.get_all(&headers::X_GERBANG_PURPOSE).iter();
+    let Some(v) = all.next() else {
+        return Ok(None);
+    };
+    if all.next().is_some() {
+        return Err(GatewayError::PurposeAmbiguous);
+    }
+    let s = v
+        .to_str()
+        .map_err(|_| GatewayError::PurposeAmbiguous)?
+        .trim();
+    if s.is_empty()
+        || s.len() != v.len()
+        || s.contains(',')
+        || !s.bytes().all(|b| b.is_ascii_graphic() || b == b' ')
+    {
+        return Err(GatewayError::PurposeAmbiguous);
+    }
+    Ok(Some(v.clone()))
 }
 
 /// The status a result answers with.
@@ -1045,12 +1170,19 @@ async fn filter_response(
     cap: usize,
 ) -> Result<Response<ResponseBody>, GatewayError> {
     use http_body_util::BodyExt;
+    let fail = |why: &str| GatewayError::ResponseFilterFailed(why.to_owned());
     let status = res.status();
-    if status == http::StatusCode::NO_CONTENT || status == http::StatusCode::NOT_MODIFIED {
-        return Ok(res);
+    // A part of the provider's representation, or an answer about its validators, describes
+    // the unfiltered body (a slice of it can be valid JSON that the filter would pass): the
+    // conditions were removed before forwarding, so a provider sending these is not followed.
+    if matches!(status.as_u16(), 206 | 304 | 412 | 416) {
+        return Err(fail("a partial or conditional answer cannot be filtered"));
     }
     let (mut parts, body) = res.into_parts();
-    let fail = |why: &str| GatewayError::ResponseFilterFailed(why.to_owned());
+    headers::remove_validators(&mut parts.headers);
+    if status == http::StatusCode::NO_CONTENT {
+        return Ok(Response::from_parts(parts, body));
+    }
     let encoding = parts
         .headers
         .get(header::CONTENT_ENCODING)
@@ -1083,16 +1215,6 @@ async fn filter_response(
     rules.apply(&mut doc);
     let out = serde_json::to_vec(&doc)
         .map_err(|e| GatewayError::ResponseFilterFailed(format!("serialising: {e}")))?;
-    // The representation changed: its validators and digests no longer describe it.
-    for h in [
-        "etag",
-        "content-md5",
-        "digest",
-        "repr-digest",
-        "content-digest",
-    ] {
-        parts.headers.remove(h);
-    }
     parts.headers.remove(header::TRANSFER_ENCODING);
     parts
         .headers
@@ -1108,10 +1230,14 @@ impl Gateway {
         principal: &Principal,
         service: &Service,
         snapshot: &Snapshot,
+        agreement: (usize, &str),
+        purpose: Option<&str>,
     ) {
         let Some(id) = snapshot.identities.get(
             principal,
             service,
+            agreement,
+            purpose,
             self.identity.assertion_ttl,
             &snapshot.auth,
         ) else {
@@ -1182,6 +1308,8 @@ struct CallInfo {
     token_result: Option<&'static str>,
     /// The call's span, when spans are exported.
     span: Option<crate::trace::SpanIds>,
+    /// The request body as it was read (bytes actually received), when there was one.
+    body: Option<Arc<BodyWatch>>,
 }
 
 impl CallInfo {
@@ -1255,6 +1383,10 @@ struct Identity {
     /// a lookup well under one).
     assertion: Option<HeaderValue>,
     renew_at: u64,
+    /// What the entry was made for, confirmed on every hit (the key is a hash of it).
+    pair: u64,
+    agreement: usize,
+    purpose: Option<Box<str>>,
 }
 
 /// [`Identity`] per (application index, service index) of one snapshot. Keys are two dense
@@ -1282,24 +1414,47 @@ impl std::hash::Hasher for IndexHasher {
     }
 }
 
+/// The table key of an identity: the (application, service) pair, the agreement and the
+/// purpose mixed into one word (FNV-1a over the purpose; hits are confirmed field by field).
+fn identity_key(pair: u64, agreement: usize, purpose: Option<&str>) -> u64 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325 ^ pair;
+    h = (h ^ agreement as u64).wrapping_mul(0x0100_0000_01b3);
+    if let Some(p) = purpose {
+        h = (h ^ 0xff).wrapping_mul(0x0100_0000_01b3);
+        for b in p.bytes() {
+            h = (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3);
+        }
+    }
+    h
+}
+
 /// Most pairs remembered before the table starts over.
 const IDENTITY_CACHE_MAX: usize = 100_000;
 
 impl IdentityCache {
+    /// The identity of `principal` calling `service` under `agreement` (index, id) for
+    /// `purpose`: the assertion names both, so an entry serves only that combination.
     fn get(
         &self,
         principal: &Principal,
         service: &Service,
+        agreement: (usize, &str),
+        purpose: Option<&str>,
         assertion_ttl: Option<Duration>,
         auth: &Authenticator,
     ) -> Option<Identity> {
-        let key = (u64::from(principal.index) << 32) | service.index as u64;
+        let pair = (u64::from(principal.index) << 32) | service.index as u64;
+        let key = identity_key(pair, agreement.0, purpose);
         let now = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| d.as_secs());
         if let Ok(map) = self.map.lock() {
             if let Some(id) = map.get(&key) {
-                if now < id.renew_at {
+                if now < id.renew_at
+                    && id.pair == pair
+                    && id.agreement == agreement.0
+                    && id.purpose.as_deref() == purpose
+                {
                     return Some(id.clone());
                 }
             }
@@ -1310,12 +1465,14 @@ impl IdentityCache {
             None => (None, u64::MAX),
             Some(ttl) => {
                 let audience = format!("{}/{}", service.agency, service.id);
-                match auth.issuer().assertion(
-                    &principal.application,
-                    &principal.agency,
-                    &audience,
-                    ttl,
-                ) {
+                let call = gerbang_auth::token::AssertedCall {
+                    application: &principal.application,
+                    agency: &principal.agency,
+                    audience: &audience,
+                    agreement: agreement.1,
+                    purpose,
+                };
+                match auth.issuer().assertion(&call, ttl) {
                     Ok((jwt, exp)) => (
                         HeaderValue::from_str(&jwt).ok(),
                         exp.saturating_sub(ttl.as_secs() / 2),
@@ -1333,6 +1490,9 @@ impl IdentityCache {
             agency,
             assertion,
             renew_at,
+            pair,
+            agreement: agreement.0,
+            purpose: purpose.map(Box::from),
         };
         if let Ok(mut map) = self.map.lock() {
             if map.len() >= IDENTITY_CACHE_MAX {

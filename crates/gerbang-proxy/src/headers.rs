@@ -74,27 +74,147 @@ pub static X_GERBANG_AGREEMENT: HeaderName = HeaderName::from_static("x-gerbang-
 /// The gateway's signed assertion of the caller, for the provider to verify.
 pub static X_GERBANG_ASSERTION: HeaderName = HeaderName::from_static("x-gerbang-assertion");
 
-/// Removes, in one pass, every header a client may not pass on: `X-Gerbang-*` except the
-/// purpose (a provider must only ever see identity headers the gateway verified and set), the
-/// forwarding headers the gateway does not maintain (`Forwarded`, `X-Real-IP`, …), the
-/// credentials meant for the gateway (`Authorization`, `X-API-Key`: a provider must not be able
-/// to replay them), and the configured `extra` names.
-pub fn remove_client_controlled(headers: &mut HeaderMap, extra: &[HeaderName]) {
+/// Headers that make a provider run another method or path than the one the policy judged
+/// (frameworks honour them to tunnel methods through proxies): removed from every request.
+const OVERRIDE_HEADERS: [HeaderName; 5] = [
+    HeaderName::from_static("x-http-method-override"),
+    HeaderName::from_static("x-http-method"),
+    HeaderName::from_static("x-method-override"),
+    HeaderName::from_static("x-original-url"),
+    HeaderName::from_static("x-rewrite-url"),
+];
+
+/// Headers whose meaning framing, routing or conditional handling depends on: a name that is
+/// one of these once `_` is read as `-` never passes, whatever a service allows.
+const FRAMING_AND_ROUTING: [HeaderName; 4] = [
+    header::CONTENT_LENGTH,
+    header::TRANSFER_ENCODING,
+    header::HOST,
+    header::EXPECT,
+];
+
+/// The name as CGI, WSGI, Rack and similar stacks see it: lower case (a [`HeaderName`] already
+/// is) with `_` read as `-`, so that `X_Remote_User` and `x-remote-user` compare equal.
+pub fn canonical_name(name: &str) -> std::borrow::Cow<'_, str> {
+    if name.contains('_') {
+        std::borrow::Cow::Owned(name.replace('_', "-"))
+    } else {
+        std::borrow::Cow::Borrowed(name)
+    }
+}
+
+/// Whether a client may not pass on a header with this canonical name (see
+/// [`remove_client_controlled`]).
+fn client_may_not_send(canonical: &str, extra: &[HeaderName]) -> bool {
+    canonical.starts_with(GATEWAY_HEADER_PREFIX)
+        || canonical == header::AUTHORIZATION.as_str()
+        || canonical == X_API_KEY.as_str()
+        || UNMAINTAINED_FORWARDING
+            .iter()
+            .any(|u| u.as_str() == canonical)
+        || OVERRIDE_HEADERS.iter().any(|u| u.as_str() == canonical)
+        || extra
+            .iter()
+            .any(|u| canonical_name(u.as_str()).as_ref() == canonical)
+}
+
+/// Removes, in one pass, every header a client may not pass on:
+///
+/// - every name containing `_`, unless the service allows that exact name (`allow_underscore`)
+///   and its canonical form is nothing the gateway guards: many provider stacks read
+///   `X_Gerbang_Consumer` as `X-Gerbang-Consumer`, so such a name would carry a forged
+///   identity past the strip (nginx drops them by default for the same reason);
+/// - `X-Gerbang-*` except the purpose (a provider must only ever see identity headers the
+///   gateway verified and set);
+/// - the forwarding headers the gateway does not maintain (`Forwarded`, `X-Real-IP`, …);
+/// - method and URL overrides (`X-HTTP-Method-Override`, `X-Original-URL`, …): the provider
+///   must run the method and path the policy judged;
+/// - the credentials meant for the gateway (`Authorization`, `X-API-Key`: a provider must not
+///   be able to replay them), and the configured `extra` names.
+///
+/// Names are compared on their canonical form ([`canonical_name`]).
+pub fn remove_client_controlled(
+    headers: &mut HeaderMap,
+    extra: &[HeaderName],
+    allow_underscore: &[String],
+) {
     let mut found: Option<Vec<HeaderName>> = None;
     for name in headers.keys() {
-        let gateway_only =
-            name.as_str().starts_with(GATEWAY_HEADER_PREFIX) && *name != X_GERBANG_PURPOSE;
-        if gateway_only
-            || *name == header::AUTHORIZATION
-            || *name == X_API_KEY
-            || UNMAINTAINED_FORWARDING.iter().any(|u| u == name)
-            || extra.iter().any(|u| u == name)
-        {
+        let s = name.as_str();
+        let remove = if s.contains('_') {
+            let canonical = canonical_name(s);
+            !allow_underscore.iter().any(|a| a == s)
+                || canonical == X_GERBANG_PURPOSE.as_str()
+                || client_may_not_send(&canonical, extra)
+                || HOP_BY_HOP.iter().any(|h| h.as_str() == canonical)
+                || FRAMING_AND_ROUTING.iter().any(|h| h.as_str() == canonical)
+        } else {
+            *name != X_GERBANG_PURPOSE && client_may_not_send(s, extra)
+        };
+        if remove {
             found.get_or_insert_with(Vec::new).push(name.clone());
         }
     }
     for name in found.iter().flatten() {
         headers.remove(name);
+    }
+}
+
+/// Request headers that ask for a part of a representation or make the answer depend on its
+/// validators. On a filtered route the client gets the gateway's representation, never the
+/// provider's, so none of them may reach the provider.
+const RANGE_AND_CONDITIONS: [HeaderName; 6] = [
+    header::RANGE,
+    header::IF_RANGE,
+    header::IF_MATCH,
+    header::IF_NONE_MATCH,
+    header::IF_MODIFIED_SINCE,
+    header::IF_UNMODIFIED_SINCE,
+];
+
+/// Response headers that describe the provider's representation: its validators, digests and
+/// ranges. A filtered body is another representation, so they never leave with it (an `ETag`
+/// of the unfiltered body is an offline oracle for the masked digits).
+const VALIDATORS: [HeaderName; 9] = [
+    header::ETAG,
+    header::LAST_MODIFIED,
+    header::CONTENT_RANGE,
+    header::ACCEPT_RANGES,
+    HeaderName::from_static("content-md5"),
+    HeaderName::from_static("digest"),
+    HeaderName::from_static("repr-digest"),
+    HeaderName::from_static("content-digest"),
+    HeaderName::from_static("want-repr-digest"),
+];
+
+/// Removes `Range`, `If-Range` and every conditional request header.
+pub fn remove_range_and_conditions(headers: &mut HeaderMap) {
+    for h in &RANGE_AND_CONDITIONS {
+        headers.remove(h);
+    }
+}
+
+/// Removes the validators, digests and range headers of a response.
+pub fn remove_validators(headers: &mut HeaderMap) {
+    for h in &VALIDATORS {
+        headers.remove(h);
+    }
+}
+
+/// RFC 9113 §8.2.3: an HTTP/2 client may split `cookie` into several fields; before the
+/// request goes on as HTTP/1.1 they are joined into one with `"; "`.
+pub fn join_cookies(headers: &mut HeaderMap) {
+    let mut values = headers.get_all(header::COOKIE).iter();
+    let (Some(first), Some(_)) = (values.next(), values.next()) else {
+        return;
+    };
+    let mut joined = first.as_bytes().to_vec();
+    for v in headers.get_all(header::COOKIE).iter().skip(1) {
+        joined.extend_from_slice(b"; ");
+        joined.extend_from_slice(v.as_bytes());
+    }
+    if let Ok(v) = HeaderValue::from_bytes(&joined) {
+        headers.insert(header::COOKIE, v);
     }
 }
 
@@ -274,10 +394,108 @@ mod tests {
         h.insert(header::AUTHORIZATION, HeaderValue::from_static("Bearer t"));
         h.insert("x-api-key", HeaderValue::from_static("gk_1"));
         h.insert("x-remote-user", HeaderValue::from_static("admin"));
-        remove_client_controlled(&mut h, &[HeaderName::from_static("x-remote-user")]);
+        remove_client_controlled(&mut h, &[HeaderName::from_static("x-remote-user")], &[]);
         assert_eq!(h.len(), 2, "{h:?}");
         assert_eq!(h["x-gerbang-purpose"], "pelayanan-kesehatan");
         assert_eq!(h["x-gerbangx"], "not ours");
+    }
+
+    #[test]
+    fn underscore_names_are_dropped_unless_allowed_and_harmless() {
+        let mut h = HeaderMap::new();
+        for (n, v) in [
+            ("x_remote_user", "admin"),
+            ("x_gerbang_consumer", "dukcapil/siak"),
+            ("x_gerbang_purpose", "penegakan-hukum"),
+            ("x_api_key", "gk_1"),
+            ("x_custom_trace", "keep"),
+            ("x_forwarded_prefix", "/admin"),
+            ("content_length", "5"),
+            ("x_http_method_override", "DELETE"),
+            ("x-remote-user", "admin"),
+            ("x-ok", "1"),
+        ] {
+            h.insert(HeaderName::from_static(n), HeaderValue::from_static(v));
+        }
+        let allow: Vec<String> = [
+            "x_custom_trace",
+            "x_gerbang_consumer",
+            "x_remote_user",
+            "x_gerbang_purpose",
+            "content_length",
+            "x_http_method_override",
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+        remove_client_controlled(&mut h, &[HeaderName::from_static("x-remote-user")], &allow);
+        let mut left: Vec<&str> = h.keys().map(HeaderName::as_str).collect();
+        left.sort_unstable();
+        // Allowed by the service and harmless once canonical: kept. Everything else goes,
+        // allowed or not, when its canonical form is a guarded name.
+        assert_eq!(left, ["x-ok", "x_custom_trace"]);
+    }
+
+    #[test]
+    fn cookies_are_joined_once() {
+        let mut h = HeaderMap::new();
+        h.append(header::COOKIE, HeaderValue::from_static("a=1"));
+        h.append(header::COOKIE, HeaderValue::from_static("b=2"));
+        h.append(header::COOKIE, HeaderValue::from_static("c=3"));
+        join_cookies(&mut h);
+        let all: Vec<_> = h.get_all(header::COOKIE).iter().collect();
+        assert_eq!(all, ["a=1; b=2; c=3"]);
+    }
+
+    #[test]
+    fn ranges_conditions_and_validators_go() {
+        let mut h = HeaderMap::new();
+        for n in [
+            "range",
+            "if-range",
+            "if-match",
+            "if-none-match",
+            "if-modified-since",
+            "if-unmodified-since",
+        ] {
+            h.insert(HeaderName::from_static(n), HeaderValue::from_static("x"));
+        }
+        h.insert("accept", HeaderValue::from_static("application/json"));
+        remove_range_and_conditions(&mut h);
+        assert_eq!(h.len(), 1, "{h:?}");
+        let mut r = HeaderMap::new();
+        for n in [
+            "etag",
+            "last-modified",
+            "content-range",
+            "accept-ranges",
+            "content-md5",
+            "digest",
+            "repr-digest",
+            "content-digest",
+        ] {
+            r.insert(HeaderName::from_static(n), HeaderValue::from_static("x"));
+        }
+        r.insert("content-type", HeaderValue::from_static("application/json"));
+        remove_validators(&mut r);
+        assert_eq!(r.len(), 1, "{r:?}");
+    }
+
+    #[test]
+    fn override_headers_are_removed() {
+        let mut h = HeaderMap::new();
+        for n in [
+            "x-http-method-override",
+            "x-http-method",
+            "x-method-override",
+            "x-original-url",
+            "x-rewrite-url",
+        ] {
+            h.insert(HeaderName::from_static(n), HeaderValue::from_static("x"));
+        }
+        h.insert("x-kept", HeaderValue::from_static("1"));
+        remove_client_controlled(&mut h, &[], &[]);
+        assert_eq!(h.len(), 1, "{h:?}");
     }
 
     #[test]
@@ -320,7 +538,7 @@ mod tests {
         h.insert("x-forwarded-proto", HeaderValue::from_static("gopher"));
         h.insert("forwarded", HeaderValue::from_static("for=10.9.9.9"));
         h.insert("x-real-ip", HeaderValue::from_static("10.9.9.9"));
-        remove_client_controlled(&mut h, &[]);
+        remove_client_controlled(&mut h, &[], &[]);
         set_forwarding(
             &mut h,
             "127.0.0.1".parse().unwrap(),

@@ -108,6 +108,9 @@ pub struct Service {
     pub health_check: Option<HealthCheckSettings>,
     pub retry: RetryPolicy,
     pub breaker: BreakerSettings,
+    /// Request header names containing `_` that this service's provider expects, lower case;
+    /// every other such name is dropped before forwarding.
+    pub allow_underscore_headers: Vec<String>,
     /// Requests, retries and connection attempts in flight (circuit breaking, retry budget);
     /// carried over by a reload like instance health.
     pub load: Arc<ServiceLoad>,
@@ -295,6 +298,8 @@ pub struct ServiceSpec {
     pub health_check: Option<HealthCheckSettings>,
     pub retry: RetryPolicy,
     pub breaker: BreakerSettings,
+    /// See [`Service::allow_underscore_headers`].
+    pub allow_underscore_headers: Vec<String>,
 }
 
 impl ServiceSpec {
@@ -318,6 +323,7 @@ impl ServiceSpec {
             health_check: None,
             retry: RetryPolicy::default(),
             breaker: BreakerSettings::default(),
+            allow_underscore_headers: Vec::new(),
         }
     }
 }
@@ -380,6 +386,7 @@ impl RegistryBuilder {
             health_check: spec.health_check,
             retry: spec.retry,
             breaker: spec.breaker,
+            allow_underscore_headers: spec.allow_underscore_headers,
             load: Arc::new(ServiceLoad::default()),
             index,
         });
