@@ -2,7 +2,7 @@
 //! from them. Pure: no I/O, no clock of its own (the caller passes `now`), no configuration
 //! format (the binary parses files into these types).
 //!
-//! - [`template`]: endpoint path templates (`/penduduk/{nik}`);
+//! - [`template`]: endpoint templates (`/penduduk/{nik}`, `/penduduk?nik={nik}`);
 //! - [`fields`]: response field rules (allow-list, deny-list, mask) on JSON;
 //! - [`limits`]: per-agreement, per-application rate limits (governor) and quotas;
 //! - [`PolicySet`]: agreements indexed by (service, consumer) and [`PolicySet::decide`].
@@ -10,7 +10,13 @@
 //! ## The decision rule
 //! 1. When the service declares endpoints, the request must match one (method and path
 //!    template; the most specific template wins), else `method_not_allowed` (the path matches
-//!    an endpoint of another method) or `endpoint_not_declared`.
+//!    an endpoint of another method) or `endpoint_not_declared`. A service whose provider
+//!    ignores case ([`PathMatching::CaseInsensitive`]) has its literals matched with case and
+//!    trailing dots folded. An endpoint that names a subject or declares query parameters
+//!    then checks the query ([`PathTemplate::match_query`]): on a subject endpoint only
+//!    declared parameters, each once; anything ambiguous is refused with a `query_*` reason,
+//!    which the gateway answers with 400 ([`Reason::is_bad_request`]), before any agreement
+//!    is looked at. The subject comes from the path or the query, as the endpoint declares.
 //! 2. Candidates are the agreements of this service whose consumers name the application, its
 //!    agency, or `*`: three index lookups, never a scan. None: `no_agreement`.
 //! 3. Candidates are tried from the most specific consumer (application, then agency, then
@@ -30,7 +36,7 @@ use std::fmt;
 use std::str::FromStr;
 
 pub use fields::{FieldPath, FieldRules, Mask};
-pub use template::PathTemplate;
+pub use template::{PathMatching, PathTemplate, QueryError};
 
 /// Data classification (SPBE / BSSN levels), ordered from open to secret.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -74,9 +80,11 @@ pub struct Endpoint {
     pub method: String,
     pub template: PathTemplate,
     pub classification: Classification,
-    /// The path parameter that names the data subject (e.g. `nik`), for the audit log.
+    /// The path or query parameter that names the data subject (e.g. `nik`), for the audit
+    /// log. Its endpoint accepts only declared query parameters.
     pub subject_param: Option<String>,
-    /// `METHOD /template`, e.g. `GET /penduduk/{nik}`: how agreements name it.
+    /// `METHOD /template`, e.g. `GET /penduduk/{nik}` or `GET /penduduk?nik={nik}`: how
+    /// agreements name it.
     pub id: String,
 }
 
@@ -106,6 +114,48 @@ pub struct ServicePolicy {
     pub endpoints: Vec<Endpoint>,
     /// Classification of the service, for calls when it declares no endpoints.
     pub classification: Classification,
+    /// How the provider matches paths (`path_matching`); exact unless declared otherwise.
+    pub path_matching: PathMatching,
+}
+
+/// A literal endpoint that a `{param}` endpoint of a lower classification takes case variants
+/// of (see [`ServicePolicy::shadows`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Shadow {
+    /// Index in `endpoints` of the `{param}` endpoint (the lower classification).
+    pub by: usize,
+    /// Index of the endpoint whose literal it shadows.
+    pub shadowed: usize,
+    /// A path that the lower endpoint takes and a case-insensitive provider serves as the
+    /// higher one, e.g. `/laporan/REKAP-NIK`.
+    pub example: String,
+}
+
+impl ServicePolicy {
+    /// Every pair of endpoints (whatever their methods) where one with a `{param}` (or `/*`)
+    /// at some position, matched exactly, takes case or trailing-dot variants of a literal
+    /// that another endpoint of a higher classification has at that position: with a provider
+    /// that ignores case, such a call would be judged at the lower classification and served
+    /// from the higher one. Methods are not compared: the provider's handlers of the higher
+    /// path may serve other methods than the one declared.
+    pub fn shadows(&self) -> Vec<Shadow> {
+        let mut out = Vec::new();
+        for (by, low) in self.endpoints.iter().enumerate() {
+            for (shadowed, high) in self.endpoints.iter().enumerate() {
+                if low.classification >= high.classification {
+                    continue;
+                }
+                if let Some(example) = low.template.shadows(&high.template) {
+                    out.push(Shadow {
+                        by,
+                        shadowed,
+                        example,
+                    });
+                }
+            }
+        }
+        out
+    }
 }
 
 /// Who an agreement is for.
@@ -202,6 +252,25 @@ pub enum Reason {
     ClassificationExceeded,
     RateLimited,
     QuotaExhausted,
+    /// The query is not plain `name=value` pairs, or is ambiguous ([`QueryError::Malformed`]).
+    QueryMalformed,
+    /// An undeclared query parameter or value ([`QueryError::NotAllowed`]).
+    QueryNotAllowed,
+    /// A query parameter given more than once ([`QueryError::Repeated`]).
+    QueryRepeated,
+    /// A declared query parameter is missing ([`QueryError::Missing`]).
+    QueryMissing,
+}
+
+impl From<QueryError> for Reason {
+    fn from(e: QueryError) -> Self {
+        match e {
+            QueryError::Malformed => Reason::QueryMalformed,
+            QueryError::NotAllowed => Reason::QueryNotAllowed,
+            QueryError::Repeated => Reason::QueryRepeated,
+            QueryError::Missing => Reason::QueryMissing,
+        }
+    }
 }
 
 impl Reason {
@@ -219,7 +288,23 @@ impl Reason {
             Reason::ClassificationExceeded => "classification_exceeded",
             Reason::RateLimited => "rate_limited",
             Reason::QuotaExhausted => "quota_exhausted",
+            Reason::QueryMalformed => "query_malformed",
+            Reason::QueryNotAllowed => "query_not_allowed",
+            Reason::QueryRepeated => "query_repeated",
+            Reason::QueryMissing => "query_missing",
         }
+    }
+
+    /// The request itself is refused (HTTP 400: its query does not fit the endpoint), rather
+    /// than denied by the agreements (403) or limited (429).
+    pub fn is_bad_request(self) -> bool {
+        matches!(
+            self,
+            Reason::QueryMalformed
+                | Reason::QueryNotAllowed
+                | Reason::QueryRepeated
+                | Reason::QueryMissing
+        )
     }
 
     /// A sentence for the client.
@@ -247,6 +332,14 @@ impl Reason {
                 "the agreement's rate limit is reached; retry after the Retry-After delay"
             }
             Reason::QuotaExhausted => "the agreement's quota for this period is used up",
+            Reason::QueryMalformed => {
+                "the query must be name=value pairs joined by '&': no ';' or '+', no empty or encoded names, no encoded delimiters, and a plain subject value"
+            }
+            Reason::QueryNotAllowed => {
+                "this endpoint does not accept this query parameter or value (names are case-sensitive)"
+            }
+            Reason::QueryRepeated => "a query parameter is given more than once",
+            Reason::QueryMissing => "a query parameter this endpoint requires is missing or empty",
         }
     }
 }
@@ -268,6 +361,8 @@ pub struct Request<'a> {
     pub method: &'a str,
     /// The normalised path below the service, starting with `/`.
     pub path: &'a str,
+    /// The raw query (after `?`, as forwarded), `None` without a `?`.
+    pub query: Option<&'a str>,
     pub purpose: Option<&'a str>,
     /// Seconds since the epoch.
     pub now: i64,
@@ -291,7 +386,8 @@ pub struct Decision<'p, 'a> {
     pub outcome: Outcome,
     /// The endpoint the request matched, when the service declares endpoints.
     pub endpoint: Option<&'p Endpoint>,
-    /// The value of the endpoint's subject parameter (e.g. the NIK), for the audit log only.
+    /// The value of the endpoint's subject parameter (e.g. the NIK) from the path or the query,
+    /// byte for byte what the provider receives; for the audit log only.
     pub subject: Option<&'a str>,
 }
 
@@ -404,7 +500,7 @@ impl PolicySet {
             Some(s) if !s.endpoints.is_empty() => {
                 let mut path_matched = false;
                 for e in &s.endpoints {
-                    let Some(params) = e.template.matches(req.path) else {
+                    let Some(params) = e.template.matches_with(req.path, s.path_matching) else {
                         continue;
                     };
                     path_matched = true;
@@ -425,6 +521,24 @@ impl PolicySet {
                     return deny(reason, None, None, None);
                 };
                 classification = e.classification;
+                // The query: checked on a subject endpoint (only declared parameters) and on
+                // one that declares parameters; refused before any agreement is considered.
+                if e.subject_param.is_some() || e.template.declares_query() {
+                    let subject_param = e.subject_param.as_deref();
+                    match e
+                        .template
+                        .match_query(req.query, subject_param.is_some(), subject_param)
+                    {
+                        Ok(params) => {
+                            if subject.is_none() {
+                                subject = subject_param.and_then(|name| {
+                                    params.iter().find(|(n, _)| *n == name).map(|(_, v)| *v)
+                                });
+                            }
+                        }
+                        Err(q) => return deny(q.into(), None, endpoint, subject),
+                    }
+                }
             }
             Some(s) => classification = s.classification,
             None => classification = Classification::Terbatas,

@@ -55,6 +55,7 @@ fn fixture() -> PolicySet {
                 ep("GET", "/statistik", Terbuka, None),
             ],
             classification: Rahasia,
+            path_matching: PathMatching::Exact,
         },
     );
     services.insert(
@@ -65,6 +66,7 @@ fn fixture() -> PolicySet {
                 ep("GET", "/faskes/{id}", Terbuka, None),
             ],
             classification: Terbuka,
+            path_matching: PathMatching::Exact,
         },
     );
     services.insert(
@@ -72,6 +74,7 @@ fn fixture() -> PolicySet {
         ServicePolicy {
             endpoints: vec![],
             classification: Terbuka,
+            path_matching: PathMatching::Exact,
         },
     );
     services.insert(
@@ -79,6 +82,7 @@ fn fixture() -> PolicySet {
         ServicePolicy {
             endpoints: vec![ep("GET", "/pbb/{nop}", Terbatas, None)],
             classification: Terbatas,
+            path_matching: PathMatching::Exact,
         },
     );
     let penduduk = "dukcapil/penduduk";
@@ -540,6 +544,7 @@ fn decision_table() {
             service: case.service,
             method: case.method,
             path: case.path,
+            query: None,
             purpose: case.purpose,
             now: case.now,
         };
@@ -571,6 +576,7 @@ fn subject_and_endpoint_are_reported() {
         service: "dukcapil/penduduk",
         method: "GET",
         path: "/penduduk/3603015505900001",
+        query: None,
         purpose: Some("pelayanan-kesehatan"),
         now: NOW,
     };
@@ -729,6 +735,7 @@ fn index_lookups_do_not_depend_on_unrelated_agreements() {
             ServicePolicy {
                 endpoints: vec![ep("GET", "/x/{id}", Classification::Terbatas, Some("id"))],
                 classification: Classification::Terbatas,
+                path_matching: PathMatching::Exact,
             },
         );
         for k in 0..10 {
@@ -745,6 +752,7 @@ fn index_lookups_do_not_depend_on_unrelated_agreements() {
         service: "a512/s",
         method: "GET",
         path: "/x/1",
+        query: None,
         purpose: None,
         now: NOW,
     };
@@ -853,4 +861,220 @@ proptest! {
             prop_assert!(obj.keys().all(|k| k == "data"));
         }
     }
+}
+
+/// A service that takes the NIK in the query, and one whose provider ignores case.
+fn query_fixture(matching: PathMatching) -> PolicySet {
+    use Classification::*;
+    let mut services = HashMap::new();
+    services.insert(
+        "dukcapil/cari".to_owned(),
+        ServicePolicy {
+            endpoints: vec![
+                ep("GET", "/penduduk?nik={nik}", Rahasia, Some("nik")),
+                ep("GET", "/penduduk/{nik}", Rahasia, Some("nik")),
+                ep("GET", "/wilayah?kode={kode}", Terbuka, None),
+                ep("GET", "/statistik", Terbuka, None),
+            ],
+            classification: Rahasia,
+            path_matching: PathMatching::Exact,
+        },
+    );
+    services.insert(
+        "bappeda/laporan".to_owned(),
+        ServicePolicy {
+            endpoints: vec![
+                ep("GET", "/laporan/{id}", Terbuka, None),
+                ep("GET", "/laporan/rekap-nik", Rahasia, None),
+            ],
+            classification: Terbuka,
+            path_matching: matching,
+        },
+    );
+    let agreements = vec![
+        agreement("pks-cari", "dukcapil/cari", &["dinkes/simpus"]),
+        Agreement {
+            max_classification: Terbuka,
+            ..agreement("open-laporan", "bappeda/laporan", &["*"])
+        },
+    ];
+    PolicySet::new(services, agreements)
+}
+
+fn query_req<'a>(service: &'a str, path: &'a str, query: Option<&'a str>) -> Request<'a> {
+    Request {
+        application: "dinkes/simpus",
+        agency: "dinkes",
+        service,
+        method: "GET",
+        path,
+        query,
+        purpose: None,
+        now: NOW,
+    }
+}
+
+#[test]
+fn the_subject_comes_from_the_query_and_the_query_is_strict() {
+    let set = query_fixture(PathMatching::Exact);
+    let d = set.decide(&query_req(
+        "dukcapil/cari",
+        "/penduduk",
+        Some("nik=3603015505900001"),
+    ));
+    assert!(matches!(d.outcome, Outcome::Allow { .. }), "{d:?}");
+    assert_eq!(d.endpoint.unwrap().id, "GET /penduduk?nik={nik}");
+    assert_eq!(d.subject, Some("3603015505900001"));
+    for (path, query, reason) in [
+        (
+            "/penduduk",
+            "nik=3603015505900001&nik=3603015505900002",
+            Reason::QueryRepeated,
+        ),
+        (
+            "/penduduk",
+            "nik=3603015505900001&x=1",
+            Reason::QueryNotAllowed,
+        ),
+        (
+            "/penduduk",
+            "nik=3603015505900001&NIK=3603015505900002",
+            Reason::QueryNotAllowed,
+        ),
+        (
+            "/penduduk",
+            "nik=3603015505900001&%6Eik=3603015505900002",
+            Reason::QueryMalformed,
+        ),
+        (
+            "/penduduk",
+            "nik=3603015505900001;nik=3603015505900002",
+            Reason::QueryMalformed,
+        ),
+        (
+            "/penduduk",
+            "nik=%33603015505900001",
+            Reason::QueryMalformed,
+        ),
+        ("/penduduk", "id=1", Reason::QueryNotAllowed),
+        ("/penduduk", "", Reason::QueryMissing),
+        // A path subject: its endpoint takes no query parameter at all.
+        (
+            "/penduduk/3603015505900001",
+            "nik=3603015505900002",
+            Reason::QueryNotAllowed,
+        ),
+        ("/wilayah", "kode=36&kode=37", Reason::QueryRepeated),
+    ] {
+        let req = query_req("dukcapil/cari", path, Some(query));
+        let d = set.decide(&req);
+        assert_eq!(
+            d.outcome,
+            Outcome::Deny {
+                reason,
+                agreement: None
+            },
+            "{path}?{query}"
+        );
+        assert!(reason.is_bad_request());
+        assert!(
+            d.endpoint.is_some(),
+            "{path}?{query}: the endpoint is known"
+        );
+        // The subject of a refused query is not taken from it; a path subject stays.
+        let want = path.strip_prefix("/penduduk/");
+        assert_eq!(d.subject, want, "{path}?{query}");
+        assert_eq!(set.explain(&req).decision.outcome, d.outcome);
+    }
+    let d = set.decide(&query_req("dukcapil/cari", "/penduduk", None));
+    assert_eq!(
+        d.outcome,
+        Outcome::Deny {
+            reason: Reason::QueryMissing,
+            agreement: None
+        }
+    );
+    // Endpoints without a subject or declared query do not look at the query.
+    let d = set.decide(&query_req("dukcapil/cari", "/statistik", Some("a=1;b&&")));
+    assert!(matches!(d.outcome, Outcome::Allow { .. }), "{d:?}");
+    // A declared query without a subject lets other parameters pass.
+    let d = set.decide(&query_req(
+        "dukcapil/cari",
+        "/wilayah",
+        Some("kode=36&halaman=2"),
+    ));
+    assert!(matches!(d.outcome, Outcome::Allow { .. }), "{d:?}");
+    assert_eq!(d.subject, None);
+    assert!(!Reason::NoAgreement.is_bad_request());
+    assert_eq!(Reason::QueryNotAllowed.as_str(), "query_not_allowed");
+}
+
+#[test]
+fn a_case_insensitive_provider_has_case_variants_judged_as_the_literal() {
+    let exact = query_fixture(PathMatching::Exact);
+    let folded = query_fixture(PathMatching::CaseInsensitive);
+    for path in [
+        "/laporan/REKAP-NIK",
+        "/laporan/rekap-nik.",
+        "/laporan/Rekap-Nik..",
+        "/laporan/rekap-ni%E2%84%AA",
+    ] {
+        let req = query_req("bappeda/laporan", path, None);
+        // Exact: the template takes it (what the provider is asserted to do too).
+        let d = exact.decide(&req);
+        assert_eq!(d.endpoint.unwrap().id, "GET /laporan/{id}", "{path}");
+        assert!(matches!(d.outcome, Outcome::Allow { .. }), "{path}");
+        // Case-insensitive: judged as the rahasia endpoint, beyond the open agreement.
+        let d = folded.decide(&req);
+        assert_eq!(d.endpoint.unwrap().id, "GET /laporan/rekap-nik", "{path}");
+        assert_eq!(
+            d.outcome,
+            Outcome::Deny {
+                reason: Reason::ClassificationExceeded,
+                agreement: Some(1)
+            },
+            "{path}"
+        );
+    }
+    let d = folded.decide(&query_req("bappeda/laporan", "/laporan/2024", None));
+    assert_eq!(d.endpoint.unwrap().id, "GET /laporan/{id}");
+    assert!(matches!(d.outcome, Outcome::Allow { .. }));
+}
+
+#[test]
+fn shadowing_counts_only_a_lower_classification() {
+    use Classification::*;
+    let service = |endpoints| ServicePolicy {
+        endpoints,
+        classification: Terbatas,
+        path_matching: PathMatching::Exact,
+    };
+    let s = service(vec![
+        ep("GET", "/laporan/{id}", Terbuka, None),
+        ep("GET", "/laporan/rekap-nik", Rahasia, None),
+        ep("GET", "/laporan/ringkas", Terbuka, None),
+        ep("POST", "/laporan/{id}/arsip", Terbatas, None),
+        ep("DELETE", "/laporan/hapus/arsip", SangatRahasia, None),
+    ]);
+    assert_eq!(
+        s.shadows(),
+        vec![
+            Shadow {
+                by: 0,
+                shadowed: 1,
+                example: "/laporan/REKAP-NIK".into()
+            },
+            Shadow {
+                by: 3,
+                shadowed: 4,
+                example: "/laporan/HAPUS/arsip".into()
+            },
+        ],
+        "same classification (ringkas) is no shadow; methods are not compared"
+    );
+    let s = service(vec![
+        ep("GET", "/laporan/{id}", Rahasia, None),
+        ep("GET", "/laporan/rekap-nik", Terbuka, None),
+    ]);
+    assert!(s.shadows().is_empty(), "a literal of a lower class is safe");
 }

@@ -69,6 +69,8 @@ pub enum GatewayError {
     Unauthenticated(gerbang_auth::authn::AuthFailure),
     #[error("method not allowed here")]
     MethodNotAllowed { allow: &'static str },
+    /// Denied by the agreements (403), or a query the endpoint refuses (400, the `query_*`
+    /// reasons).
     #[error("denied by policy: {0}")]
     Forbidden(gerbang_policy::Reason),
     #[error("limited by the agreement: {reason}")]
@@ -242,8 +244,13 @@ impl GatewayError {
                 let (code, message) = unauthenticated(f);
                 (StatusCode::UNAUTHORIZED, code, message, Client, false)
             }
+            // A query the endpoint refuses is the request's fault (400), not a denial.
             GatewayError::Forbidden(reason) => (
-                StatusCode::FORBIDDEN,
+                if reason.is_bad_request() {
+                    StatusCode::BAD_REQUEST
+                } else {
+                    StatusCode::FORBIDDEN
+                },
                 reason.as_str(),
                 reason.message(),
                 Client,

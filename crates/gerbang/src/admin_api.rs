@@ -464,6 +464,7 @@ impl AdminApi {
             service: &service_id,
             method,
             path: if rest.is_empty() { "/" } else { rest },
+            query: path.split_once('?').map(|(_, q)| q),
             purpose: field("purpose"),
             now,
         };

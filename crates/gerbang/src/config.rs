@@ -333,6 +333,10 @@ struct RawService {
     /// Declared endpoints; when present, calls to other paths are refused.
     #[serde(default)]
     endpoint: Vec<policy::RawEndpoint>,
+    /// How the provider matches paths: `exact` or `case_insensitive` (needed when a literal
+    /// endpoint is shadowed by a `{param}` of a lower classification).
+    #[serde(default)]
+    path_matching: Option<String>,
     /// `round_robin` (default), `weighted`, `least_request` or `consistent_hash`.
     #[serde(default)]
     load_balancing: Option<String>,
@@ -1205,6 +1209,7 @@ fn load_registry(
                     path,
                     i,
                     svc.classification.as_deref(),
+                    svc.path_matching.as_deref(),
                     &svc.endpoint,
                     problems,
                 ),

@@ -295,6 +295,7 @@ fn explain(
         service: &service_id,
         method,
         path: if rest.is_empty() { "/" } else { rest },
+        query: path.split_once('?').map(|(_, q)| q),
         purpose,
         now,
     };

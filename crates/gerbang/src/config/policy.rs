@@ -4,8 +4,8 @@ use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
 
 use gerbang_policy::{
-    Agreement, Classification, Consumer, Endpoint, FieldPath, FieldRules, Mask, PathTemplate,
-    QuotaPeriod, QuotaSpec, RatePeriod, RateSpec, ServicePolicy,
+    Agreement, Classification, Consumer, Endpoint, FieldPath, FieldRules, Mask, PathMatching,
+    PathTemplate, QuotaPeriod, QuotaSpec, RatePeriod, RateSpec, ServicePolicy,
 };
 use serde::Deserialize;
 
@@ -16,10 +16,11 @@ use super::Problems;
 #[serde(deny_unknown_fields)]
 pub(super) struct RawEndpoint {
     method: String,
+    /// `/penduduk/{nik}`, or with declared query parameters `/penduduk?nik={nik}`.
     path: String,
     #[serde(default)]
     classification: Option<String>,
-    /// The path parameter naming the data subject, e.g. `nik`.
+    /// The path or query parameter naming the data subject, e.g. `nik`.
     #[serde(default)]
     subject: Option<String>,
 }
@@ -54,6 +55,7 @@ pub(super) fn service_policy(
     path: &Path,
     i: usize,
     raw_classification: Option<&str>,
+    raw_path_matching: Option<&str>,
     raw: &[RawEndpoint],
     problems: &mut Problems,
 ) -> ServicePolicy {
@@ -64,7 +66,21 @@ pub(super) fn service_policy(
         format!("service[{i}].classification"),
         problems,
     );
+    let path_matching = match raw_path_matching {
+        None | Some("exact") => PathMatching::Exact,
+        Some("case_insensitive") => PathMatching::CaseInsensitive,
+        Some(other) => {
+            problems.push(
+                path,
+                format!("service[{i}].path_matching"),
+                format!("`{other}` is not \"exact\" or \"case_insensitive\""),
+            );
+            PathMatching::Exact
+        }
+    };
     let mut endpoints: Vec<Endpoint> = Vec::new();
+    // Index in `raw` of each endpoint kept, for the keys of later problems.
+    let mut raw_index: Vec<usize> = Vec::new();
     for (j, e) in raw.iter().enumerate() {
         let key = |k: &str| format!("service[{i}].endpoint[{j}].{k}");
         let method = e.method.to_ascii_uppercase();
@@ -100,20 +116,75 @@ pub(super) fn service_policy(
             problems,
         );
         let endpoint = Endpoint::new(&method, template, class, e.subject.clone());
-        if endpoints.iter().any(|x| x.id == endpoint.id) {
+        let same_path = |x: &Endpoint| {
+            x.method == endpoint.method && x.template.path_str() == endpoint.template.path_str()
+        };
+        if let Some(x) = endpoints.iter().find(|x| same_path(x)) {
+            let detail = if x.id == endpoint.id {
+                String::new()
+            } else {
+                format!(" (as `{}`: a query does not tell endpoints apart)", x.id)
+            };
             problems.push(
                 path,
                 key("path"),
-                format!("`{}` is declared twice", endpoint.id),
+                format!("`{}` is declared twice{detail}", endpoint.id),
             );
             continue;
         }
+        if path_matching == PathMatching::CaseInsensitive {
+            if let Some(x) = endpoints.iter().find(|x| {
+                x.method == endpoint.method && x.template.same_when_folded(&endpoint.template)
+            }) {
+                problems.push(
+                    path,
+                    key("path"),
+                    format!(
+                        "`{}` and `{}` are the same path to a provider that ignores case (path_matching = \"case_insensitive\")",
+                        endpoint.id, x.id
+                    ),
+                );
+                continue;
+            }
+        }
         endpoints.push(endpoint);
+        raw_index.push(j);
     }
-    ServicePolicy {
+    let policy = ServicePolicy {
         endpoints,
         classification: service_class,
+        path_matching,
+    };
+    // A literal that a `{param}` of a lower classification takes case variants of: refused
+    // until the service says how its provider matches paths.
+    if raw_path_matching.is_none() {
+        for s in policy.shadows() {
+            let (Some(low), Some(high), Some(j)) = (
+                policy.endpoints.get(s.by),
+                policy.endpoints.get(s.shadowed),
+                raw_index.get(s.by),
+            ) else {
+                continue;
+            };
+            problems.push(
+                path,
+                format!("service[{i}].endpoint[{j}].path"),
+                format!(
+                    "`{}` ({}) also takes `{}`, which a provider that ignores case or trailing dots serves as `{}` ({}); \
+                     declare how the provider matches paths with the service's path_matching: \
+                     \"case_insensitive\" (the gateway then folds case and trailing dots and judges such calls as `{}`) \
+                     or \"exact\" (you assert the provider matches paths exactly)",
+                    low.id,
+                    low.classification.as_str(),
+                    s.example,
+                    high.id,
+                    high.classification.as_str(),
+                    high.id,
+                ),
+            );
+        }
     }
+    policy
 }
 
 #[derive(Debug, Deserialize)]
