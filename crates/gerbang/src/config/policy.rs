@@ -646,3 +646,141 @@ fn agreement(
         fields,
     })
 }
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+    use super::*;
+
+    #[derive(Deserialize)]
+    struct Endpoints {
+        endpoint: Vec<RawEndpoint>,
+    }
+
+    /// `service_policy` over endpoints written as `(method, path, classification, subject)`.
+    fn load(
+        path_matching: Option<&str>,
+        endpoints: &[(&str, &str, &str, Option<&str>)],
+    ) -> (ServicePolicy, Vec<String>) {
+        let mut text = String::new();
+        for (m, p, c, s) in endpoints {
+            text.push_str(&format!(
+                "[[endpoint]]\nmethod = \"{m}\"\npath = \"{p}\"\nclassification = \"{c}\"\n"
+            ));
+            if let Some(s) = s {
+                text.push_str(&format!("subject = \"{s}\"\n"));
+            }
+        }
+        let raw: Endpoints = toml::from_str(&text).unwrap();
+        let mut problems = Problems { list: Vec::new() };
+        let policy = service_policy(
+            Path::new("r.toml"),
+            0,
+            None,
+            path_matching,
+            &raw.endpoint,
+            &mut problems,
+        );
+        let list = problems.list.iter().map(ToString::to_string).collect();
+        (policy, list)
+    }
+
+    const SHADOWED: &[(&str, &str, &str, Option<&str>)] = &[
+        ("GET", "/laporan/rekap-nik", "rahasia", None),
+        ("GET", "/laporan/{id}", "terbuka", None),
+    ];
+
+    #[test]
+    fn a_shadowed_literal_needs_path_matching() {
+        let (_, problems) = load(None, SHADOWED);
+        assert_eq!(problems.len(), 1, "{problems:?}");
+        let p = &problems[0];
+        assert!(
+            p.starts_with("r.toml: service[0].endpoint[1].path: `GET /laporan/{id}` (terbuka) also takes `/laporan/REKAP-NIK`"),
+            "{p}"
+        );
+        assert!(p.contains("`GET /laporan/rekap-nik` (rahasia)"), "{p}");
+        assert!(
+            p.contains("path_matching")
+                && p.contains("\"case_insensitive\"")
+                && p.contains("\"exact\""),
+            "{p}"
+        );
+        for (mode, want) in [
+            ("exact", PathMatching::Exact),
+            ("case_insensitive", PathMatching::CaseInsensitive),
+        ] {
+            let (policy, problems) = load(Some(mode), SHADOWED);
+            assert!(problems.is_empty(), "{mode}: {problems:?}");
+            assert_eq!(policy.path_matching, want);
+        }
+        let (_, problems) = load(Some("insensitive"), SHADOWED);
+        assert_eq!(
+            problems,
+            ["r.toml: service[0].path_matching: `insensitive` is not \"exact\" or \"case_insensitive\""]
+        );
+        // The same classification, or a parameter of a higher one: nothing to refuse.
+        let (_, problems) = load(
+            None,
+            &[
+                ("GET", "/laporan/rekap", "terbuka", None),
+                ("GET", "/laporan/{id}", "terbuka", None),
+                ("GET", "/arsip/ringkas", "terbuka", None),
+                ("GET", "/arsip/{id}", "rahasia", None),
+            ],
+        );
+        assert!(problems.is_empty(), "{problems:?}");
+    }
+
+    #[test]
+    fn case_insensitive_paths_must_differ_when_folded() {
+        let (_, problems) = load(
+            Some("case_insensitive"),
+            &[
+                ("GET", "/laporan/Rekap", "terbuka", None),
+                ("GET", "/laporan/rekap", "rahasia", None),
+            ],
+        );
+        assert_eq!(problems.len(), 1, "{problems:?}");
+        assert!(problems[0].contains("the same path to a provider that ignores case"));
+    }
+
+    #[test]
+    fn query_declarations_and_subjects() {
+        let (policy, problems) = load(
+            None,
+            &[
+                (
+                    "GET",
+                    "/penduduk?nik={nik}&tahun={tahun}",
+                    "rahasia",
+                    Some("nik"),
+                ),
+                ("GET", "/wilayah?jenis=desa", "terbuka", None),
+            ],
+        );
+        assert!(problems.is_empty(), "{problems:?}");
+        assert_eq!(
+            policy.endpoints[0].id,
+            "GET /penduduk?nik={nik}&tahun={tahun}"
+        );
+        let (_, problems) = load(
+            None,
+            &[
+                ("GET", "/penduduk?nik={nik}", "rahasia", Some("id")),
+                ("GET", "/a?nik=", "rahasia", None),
+                ("GET", "/b", "rahasia", None),
+                ("GET", "/b?x={x}", "rahasia", None),
+            ],
+        );
+        assert_eq!(
+            problems,
+            [
+                "r.toml: service[0].endpoint[0].subject: `id` is not a parameter of `/penduduk?nik={nik}`",
+                "r.toml: service[0].endpoint[1].path: `/a?nik=`: query part `nik=` is not `name={param}` or `name=value` (name and value of letters, digits, '-', '.', '_', '~'; parts joined by '&')",
+                "r.toml: service[0].endpoint[3].path: `GET /b?x={x}` is declared twice (as `GET /b`: a query does not tell endpoints apart)",
+            ]
+        );
+    }
+}
