@@ -3,6 +3,7 @@
 
 mod admin;
 mod admin_api;
+mod adversarial;
 mod audit;
 mod auth;
 mod balancing;
