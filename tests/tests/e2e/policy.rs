@@ -592,3 +592,222 @@ async fn field_rules_fail_closed() {
     let v: Value = r.json();
     assert_eq!(v["headers"]["accept-encoding"], "identity");
 }
+
+/// The call records of the gateway's audit log, oldest first.
+fn call_records(gw: &TestGateway) -> Vec<Value> {
+    let dir = gw.dir.path().join("data/audit");
+    let mut files: Vec<_> = std::fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    files.sort();
+    files
+        .iter()
+        .flat_map(|f| {
+            std::fs::read_to_string(f)
+                .unwrap()
+                .lines()
+                .map(|l| serde_json::from_str::<Value>(l).unwrap())
+                .collect::<Vec<_>>()
+        })
+        .filter(|r| r["kind"] == "call")
+        .collect()
+}
+
+#[tokio::test]
+async fn the_query_is_under_policy_and_the_audited_subject_is_the_one_the_provider_gets() {
+    let echo = backend(Kind::Echo, "echo").await;
+    let registry = format!(
+        "{}\n[[service.endpoint]]\nmethod = \"GET\"\npath = \"/penduduk?nik={{nik}}\"\nclassification = \"rahasia\"\nsubject = \"nik\"\n\
+         \n[[service.endpoint]]\nmethod = \"GET\"\npath = \"/penduduk/{{nik}}\"\nclassification = \"rahasia\"\nsubject = \"nik\"\n\
+         \n[[service.endpoint]]\nmethod = \"GET\"\npath = \"/kk?nik={{nik}}&nama={{nama}}&jenis=ringkas\"\nclassification = \"rahasia\"\nsubject = \"nik\"\n",
+        agency("dukcapil", "cari", &[echo.url()], "")
+    );
+    let gw = TestGateway::start(&[&registry], "", "[audit]\nfsync = \"always\"\n").await;
+    let key = gerbang_audit::SubjectKey::from_hex(
+        &std::fs::read_to_string(gw.dir.path().join("data/keys/audit-subject.key")).unwrap(),
+    )
+    .unwrap();
+    let nik = "3603015505900001";
+    let other = "3603015505900002";
+
+    // Allowed: the provider gets the query byte for byte, and the audit record's subject is the
+    // hash of the NIK it got.
+    for (path, want_query) in [
+        (
+            format!("/dukcapil/cari/penduduk?nik={nik}"),
+            format!("nik={nik}"),
+        ),
+        (
+            format!("/dukcapil/cari/kk?jenis=ringkas&nama=Budi%20Santoso&nik={nik}"),
+            format!("jenis=ringkas&nama=Budi%20Santoso&nik={nik}"),
+        ),
+    ] {
+        let r = raw_request(gw.addr, &get(&path, "")).await;
+        assert_eq!(
+            r.status,
+            200,
+            "{path}: {}",
+            String::from_utf8_lossy(&r.body)
+        );
+        let received = r.json()["query"].as_str().unwrap().to_owned();
+        assert_eq!(received, want_query, "{path}");
+        let provider_nik = received
+            .split('&')
+            .find_map(|p| p.strip_prefix("nik="))
+            .unwrap();
+        let record = call_records(&gw).pop().unwrap();
+        assert_eq!(record["status"], 200);
+        assert_eq!(
+            record["subject_hmac"].as_str(),
+            Some(key.hash(provider_nik).as_str()),
+            "{path}: the audited subject is the NIK the provider received"
+        );
+    }
+
+    // Refused before anything reaches the provider: 400 in the JSON shape, recorded as denied.
+    for (path, code) in [
+        (
+            format!("/dukcapil/cari/penduduk?nik={nik}&nik={other}"),
+            "query_repeated",
+        ),
+        (
+            format!("/dukcapil/cari/penduduk?nik={nik}&cetak=1"),
+            "query_not_allowed",
+        ),
+        (
+            format!("/dukcapil/cari/penduduk?nik={nik}&NIK={other}"),
+            "query_not_allowed",
+        ),
+        (
+            format!("/dukcapil/cari/penduduk?nik={nik}&%6Eik={other}"),
+            "query_malformed",
+        ),
+        (
+            format!("/dukcapil/cari/penduduk?nik={nik};nik={other}"),
+            "query_malformed",
+        ),
+        (
+            format!("/dukcapil/cari/penduduk?nik=%33{}", &nik[1..]),
+            "query_malformed",
+        ),
+        ("/dukcapil/cari/penduduk".to_owned(), "query_missing"),
+        (
+            format!("/dukcapil/cari/kk?nik={nik}&nama=a%26nik%3D{other}&jenis=ringkas"),
+            "query_malformed",
+        ),
+        (
+            format!("/dukcapil/cari/kk?nik={nik}&nama=a&jenis=lengkap"),
+            "query_not_allowed",
+        ),
+        // The reproduction: a path subject, another NIK in the query.
+        (
+            format!("/dukcapil/cari/penduduk/{nik}?nik={other}"),
+            "query_not_allowed",
+        ),
+    ] {
+        let r = raw_request(gw.addr, &get(&path, "")).await;
+        assert_eq!(
+            r.status,
+            400,
+            "{path}: {}",
+            String::from_utf8_lossy(&r.body)
+        );
+        assert_eq!(r.error_code(), code, "{path}");
+        assert!(r.json()["error"]["request_id"].is_string());
+        let record = call_records(&gw).pop().unwrap();
+        assert_eq!(record["decision"], "deny", "{path}");
+        assert_eq!(record["reason"], code, "{path}");
+        assert_eq!(record["status"], 400, "{path}");
+        assert_ne!(
+            record["subject_hmac"].as_str(),
+            Some(key.hash(other).as_str()),
+            "{path}"
+        );
+    }
+    // A path subject is still the audited one when the query is refused.
+    let record = call_records(&gw).pop().unwrap();
+    assert_eq!(
+        record["subject_hmac"].as_str(),
+        Some(key.hash(nik).as_str())
+    );
+}
+
+#[tokio::test]
+async fn a_case_insensitive_provider_has_case_variants_judged_as_the_secret_endpoint() {
+    let echo = backend(Kind::Echo, "echo").await;
+    let endpoints = "[[service.endpoint]]\nmethod = \"GET\"\npath = \"/laporan/{id}\"\nclassification = \"terbuka\"\n\
+         \n[[service.endpoint]]\nmethod = \"GET\"\npath = \"/laporan/rekap-nik\"\nclassification = \"rahasia\"\n";
+    let registry = format!(
+        "{}\n{endpoints}",
+        agency(
+            "bappeda",
+            "laporan",
+            &[echo.url()],
+            "path_matching = \"case_insensitive\""
+        )
+    );
+    let agreements = "[[agreement]]\nid = \"open-laporan\"\ntitle = \"t\"\nlegal_basis = \"x\"\n\
+        service = \"bappeda/laporan\"\nconsumers = [\"*\"]\nmax_classification = \"terbuka\"\n";
+    let gw = TestGateway::start_with_agreements(
+        &[&registry],
+        Some(agreements),
+        "",
+        "[audit]\nfsync = \"always\"\n",
+    )
+    .await;
+    for path in [
+        "/bappeda/laporan/laporan/rekap-nik",
+        "/bappeda/laporan/laporan/REKAP-NIK",
+        "/bappeda/laporan/laporan/Rekap-Nik",
+        "/bappeda/laporan/laporan/rekap-nik.",
+        "/bappeda/laporan/laporan/rekap-nik%2E%2E",
+        "/bappeda/laporan/laporan/rekap-ni%E2%84%AA",
+    ] {
+        let r = raw_request(gw.addr, &get(path, "")).await;
+        assert_eq!(
+            r.status,
+            403,
+            "{path}: {}",
+            String::from_utf8_lossy(&r.body)
+        );
+        assert_eq!(r.error_code(), "classification_exceeded", "{path}");
+        let record = call_records(&gw).pop().unwrap();
+        assert_eq!(record["endpoint"], "GET /laporan/rekap-nik", "{path}");
+    }
+    let r = raw_request(gw.addr, &get("/bappeda/laporan/laporan/2026-05", "")).await;
+    assert_eq!(r.status, 200);
+    assert_eq!(
+        call_records(&gw).pop().unwrap()["endpoint"],
+        "GET /laporan/{id}"
+    );
+
+    // Without path_matching the same registry is refused, saying what to add.
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir_all(dir.path().join("registry")).unwrap();
+    std::fs::write(
+        dir.path().join("registry/bappeda.toml"),
+        format!(
+            "{}\n{endpoints}",
+            agency("bappeda", "laporan", &[echo.url()], "")
+        ),
+    )
+    .unwrap();
+    std::fs::write(
+        dir.path().join("gerbang.toml"),
+        "[server]\nlisten = \"127.0.0.1:0\"\n[admin]\nlisten = \"127.0.0.1:0\"\n",
+    )
+    .unwrap();
+    let e = gerbang::load(
+        &dir.path().join("gerbang.toml"),
+        &gerbang::Overrides::default(),
+    )
+    .err()
+    .expect("the shadowing registry is refused")
+    .to_string();
+    assert!(
+        e.contains("`GET /laporan/{id}` (terbuka) also takes `/laporan/REKAP-NIK`")
+            && e.contains("path_matching"),
+        "{e}"
+    );
+}
