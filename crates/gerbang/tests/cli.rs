@@ -1024,3 +1024,125 @@ fn sigkill_under_load_loses_no_acknowledged_record() {
         &missing[..missing.len().min(5)]
     );
 }
+
+/// A literal endpoint that a `{param}` endpoint of a lower classification takes case variants
+/// of is refused until the service says how its provider matches paths; with
+/// `case_insensitive`, explain judges `/laporan/REKAP-NIK` as the literal.
+#[test]
+fn validate_refuses_a_shadowed_literal_until_path_matching_is_declared() {
+    let dir = copy_of_repo_config();
+    let main = dir.path().join("gerbang.toml");
+    assert!(bin()
+        .args(["rotate-key", "--config"])
+        .arg(&main)
+        .output()
+        .unwrap()
+        .status
+        .success());
+    let write = |path_matching: &str| {
+        std::fs::write(
+            dir.path().join("registry/bappeda.toml"),
+            format!(
+                "[agency]\nid = \"bappeda\"\nname = \"Bappeda\"\n\n[[service]]\nid = \"laporan\"\n\
+                 name = \"Laporan\"\n{path_matching}\n\n[[service.instance]]\nname = \"l-1\"\n\
+                 url = \"http://127.0.0.1:18199\"\n\n[[service.endpoint]]\nmethod = \"GET\"\n\
+                 path = \"/laporan/{{id}}\"\nclassification = \"terbuka\"\n\n[[service.endpoint]]\n\
+                 method = \"GET\"\npath = \"/laporan/rekap-nik\"\nclassification = \"rahasia\"\n"
+            ),
+        )
+        .unwrap();
+    };
+    let validate = || {
+        let out = bin()
+            .args(["validate", "--config"])
+            .arg(&main)
+            .output()
+            .unwrap();
+        (
+            out.status.code(),
+            format!(
+                "{}{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            ),
+        )
+    };
+    write("");
+    let (code, out) = validate();
+    assert_eq!(code, Some(1), "{out}");
+    assert!(out.contains("1 configuration problem(s)"), "{out}");
+    assert!(
+        out.contains(
+            "bappeda.toml: service[0].endpoint[0].path: `GET /laporan/{id}` (terbuka) also takes \
+             `/laporan/REKAP-NIK`, which a provider that ignores case or trailing dots serves as \
+             `GET /laporan/rekap-nik` (rahasia); declare how the provider matches paths with the \
+             service's path_matching: \"case_insensitive\""
+        ),
+        "{out}"
+    );
+    assert!(out.contains("or \"exact\""), "{out}");
+
+    write("path_matching = \"exact\"");
+    let (code, out) = validate();
+    assert_eq!(code, Some(0), "{out}");
+
+    write("path_matching = \"case_insensitive\"");
+    let (code, out) = validate();
+    assert_eq!(code, Some(0), "{out}");
+    let out = bin()
+        .args(["explain", "--config"])
+        .arg(&main)
+        .args([
+            "--consumer",
+            "dinkes/simpus",
+            "GET",
+            "/bappeda/laporan/laporan/REKAP-NIK",
+        ])
+        .output()
+        .unwrap();
+    let out = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.contains("endpoint: GET /laporan/rekap-nik (rahasia)"),
+        "{out}"
+    );
+}
+
+/// `gerbang explain` checks the query like the gateway: a NIK in the query of an endpoint whose
+/// subject is in the path is refused.
+#[test]
+fn explain_takes_a_path_with_a_query() {
+    let dir = copy_of_repo_config();
+    let main = dir.path().join("gerbang.toml");
+    assert!(bin()
+        .args(["rotate-key", "--config"])
+        .arg(&main)
+        .output()
+        .unwrap()
+        .status
+        .success());
+    let explain = |path: &str| {
+        let out = bin()
+            .args(["explain", "--config"])
+            .arg(&main)
+            .args([
+                "--consumer",
+                "dinkes/simpus",
+                "--purpose",
+                "pelayanan-kesehatan",
+                "GET",
+                path,
+            ])
+            .output()
+            .unwrap();
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+        )
+    };
+    let nik = "/dukcapil/penduduk/penduduk/3603015505900001";
+    let (code, out) = explain(&format!("{nik}?nik=3603015505900002"));
+    assert_eq!(code, Some(3), "{out}");
+    assert!(out.starts_with("decision: DENY query_not_allowed"), "{out}");
+    let (code, out) = explain(&format!("{nik}?"));
+    assert_eq!(code, Some(0), "{out}");
+}
