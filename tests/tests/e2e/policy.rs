@@ -798,13 +798,13 @@ async fn a_case_insensitive_provider_has_case_variants_judged_as_the_secret_endp
         "[server]\nlisten = \"127.0.0.1:0\"\n[admin]\nlisten = \"127.0.0.1:0\"\n",
     )
     .unwrap();
-    let e = gerbang::load(
+    let Err(e) = gerbang::load(
         &dir.path().join("gerbang.toml"),
         &gerbang::Overrides::default(),
-    )
-    .err()
-    .expect("the shadowing registry is refused")
-    .to_string();
+    ) else {
+        panic!("the shadowing registry is refused");
+    };
+    let e = e.to_string();
     assert!(
         e.contains("`GET /laporan/{id}` (terbuka) also takes `/laporan/REKAP-NIK`")
             && e.contains("path_matching"),
