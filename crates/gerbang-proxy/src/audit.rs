@@ -203,6 +203,23 @@ impl AuditSink {
         }
     }
 
+    /// Queues a record without waiting for it (a call whose client went away before it was
+    /// answered: there is no one to wait for). Returns whether it was queued.
+    pub fn record_detached(&self, fields: Vec<u8>) -> bool {
+        self.stats.queued.fetch_add(1, Ordering::Relaxed);
+        let job = Job::Record {
+            kind: "call",
+            fields,
+            ack: None,
+        };
+        if self.tx.try_send(job).is_ok() {
+            return true;
+        }
+        self.stats.queued.fetch_sub(1, Ordering::Relaxed);
+        self.stats.failed.fetch_add(1, Ordering::Relaxed);
+        self.lost()
+    }
+
     fn lost(&self) -> bool {
         if !self.settings.fail_closed {
             self.stats.dropped.fetch_add(1, Ordering::Relaxed);

@@ -83,8 +83,9 @@ pub struct IdentitySettings {
     pub strip_headers: Vec<HeaderName>,
     /// Base URL of the issuer endpoints, for the metadata document.
     pub public_base_url: String,
-    /// Token requests whose secrets are checked at once (argon2 is deliberately costly).
-    pub token_endpoint_concurrency: usize,
+    /// The token endpoint's limits: argon2 checks at once (overall and per source), failed
+    /// client authentications per source and per client.
+    pub token_endpoint: crate::token_guard::TokenEndpointSettings,
 }
 
 /// An immutable view of routing state; a reload swaps in a new one.
@@ -133,10 +134,8 @@ impl Gateway {
         let quotas: Arc<dyn gerbang_policy::limits::QuotaStore> =
             Arc::new(gerbang_policy::limits::MemoryQuotaStore::default());
         let snapshot = build_snapshot(registry, auth, policy, &quotas, &tls_client, &pool);
-        let issuer_endpoints = IssuerEndpoints::new(
-            identity.public_base_url.clone(),
-            identity.token_endpoint_concurrency,
-        );
+        let issuer_endpoints =
+            IssuerEndpoints::new(identity.public_base_url.clone(), &identity.token_endpoint);
         Self {
             snapshot: ArcSwap::from_pointee(snapshot),
             limits,
@@ -295,6 +294,11 @@ impl Gateway {
             .unwrap_or_default()
     }
 
+    /// The token endpoint's limits (throttled counts for the metrics).
+    pub fn token_guard(&self) -> Arc<crate::token_guard::TokenGuard> {
+        Arc::clone(self.issuer_endpoints.guard())
+    }
+
     /// The authenticator currently in force.
     pub fn authenticator(&self) -> Arc<Authenticator> {
         Arc::clone(&self.snapshot.load().auth)
@@ -327,17 +331,32 @@ impl Gateway {
             || (req.headers().contains_key(header::TRANSFER_ENCODING)
                 && req.headers().contains_key(header::CONTENT_LENGTH));
         let started = std::time::Instant::now();
-        let mut call = CallInfo::default();
         let wall_start = self.spans.is_some().then(std::time::SystemTime::now);
-        if self.spans.is_some() {
-            call.span = Some(crate::trace::span_ids(req.headers()));
-        }
         if let Some(m) = &self.metrics {
             m.in_flight.inc();
         }
-        let result = self.forward(req, conn, &request_id, &mut call).await;
+        // Until the pipeline has answered, a dropped future (the client reset the stream or
+        // closed the connection) still leaves its audit record and its in-flight count.
+        let mut pending = Unanswered {
+            gateway: self,
+            call: CallInfo::default(),
+            request_id: &request_id,
+            method: &method,
+            remote,
+            started,
+            answered: false,
+        };
+        if self.spans.is_some() {
+            pending.call.span = Some(crate::trace::span_ids(req.headers()));
+        }
+        let result = self
+            .forward(req, conn, &request_id, &mut pending.call)
+            .await;
+        pending.answered = true;
+        let call = std::mem::take(&mut pending.call);
+        drop(pending);
         // What the client's body actually delivered so far, not what it declared.
-        let bytes_in = Some(call.body.as_ref().map_or(0, |w| w.received()));
+        let bytes_in = call.body.as_ref().map_or(0, |w| w.received());
         let (decision, reason) = match &result {
             // The issuer's own endpoints decide nothing about data sharing.
             Ok(_) if call.issuer_endpoint.is_some() => {
@@ -370,7 +389,7 @@ impl Gateway {
                     decision,
                     reason,
                     remote,
-                    bytes_in,
+                    Some(bytes_in),
                     bytes_out,
                     started.elapsed(),
                 );
@@ -406,7 +425,7 @@ impl Gateway {
                 reason = reason.unwrap_or("-"),
                 agreement = call.agreement.as_deref().unwrap_or("-"),
                 duration_ms = started.elapsed().as_secs_f64() * 1000.0,
-                bytes_in = bytes_in.unwrap_or(0),
+                bytes_in,
                 "call"
             );
         }
@@ -802,7 +821,12 @@ impl Gateway {
             });
             return self
                 .issuer_endpoints
-                .serve(req, &snapshot.auth, &mut call.token_result)
+                .serve(
+                    req,
+                    conn.remote.ip(),
+                    &snapshot.auth,
+                    &mut call.token_result,
+                )
                 .await;
         }
 
@@ -1288,6 +1312,59 @@ async fn authenticate(
     auth.authenticate(presented)
         .await
         .map_err(GatewayError::Unauthenticated)
+}
+
+/// A call the pipeline has not answered yet. Dropped unanswered (hyper drops the handler's
+/// future when the client resets the stream or closes the connection), it records the call as
+/// `499 client_closed` (the code nginx made usual) and releases its in-flight count, so that
+/// no call that reached the pipeline goes unaudited.
+struct Unanswered<'a> {
+    gateway: &'a Gateway,
+    call: CallInfo,
+    request_id: &'a HeaderValue,
+    method: &'a http::Method,
+    remote: SocketAddr,
+    started: std::time::Instant,
+    answered: bool,
+}
+
+impl Drop for Unanswered<'_> {
+    fn drop(&mut self) {
+        if self.answered {
+            return;
+        }
+        if let Some(m) = &self.gateway.metrics {
+            m.in_flight.dec();
+        }
+        let call = &self.call;
+        let Some(sink) = &self.gateway.audit else {
+            return;
+        };
+        if call.service.is_none() && call.consumer.is_none() {
+            return;
+        }
+        let decision = if call.agreement.is_some() {
+            "allow"
+        } else {
+            "error"
+        };
+        let fields = call.record(
+            self.request_id.to_str().unwrap_or(""),
+            self.method,
+            499,
+            decision,
+            Some("client_closed"),
+            self.remote,
+            Some(call.body.as_ref().map_or(0, |w| w.received())),
+            None,
+            self.started.elapsed(),
+        );
+        let queued = sink.record_detached(fields);
+        if let Some(m) = &self.gateway.metrics {
+            let r = if queued { "written" } else { "failed" };
+            m.audit_records.with_label_values(&[r]).inc();
+        }
+    }
 }
 
 /// What one call was about, filled in by the pipeline as it learns it, for the audit record.

@@ -264,7 +264,7 @@ fn answer(seen: &Seen) -> Vec<u8> {
 
 /// The gateway of the corpus: `dukcapil/penduduk` (filtered: NIK masked, marital status
 /// dropped, purpose required, declared endpoints) and `uji/echo` (unfiltered, any path).
-pub async fn corpus_gateway(provider: SocketAddr, service_extra: &str) -> TestGateway {
+pub async fn corpus_gateway(provider: SocketAddr, service_extra: &str, extra: &str) -> TestGateway {
     let dukcapil = format!(
         r#"[agency]
 id = "dukcapil"
@@ -335,9 +335,17 @@ service = "uji/echo"
 consumers = ["*"]
 max_classification = "sangat-rahasia"
 "#;
-    TestGateway::start_with_agreements(&[dukcapil.as_str(), uji.as_str()], Some(agreements), "", "")
-        .await
+    TestGateway::start_with_agreements(
+        &[dukcapil.as_str(), uji.as_str()],
+        Some(agreements),
+        "",
+        extra,
+    )
+    .await
 }
+
+/// A check of the request the provider received.
+pub type SeenCheck = Box<dyn Fn(&Seen) -> Result<(), String> + Send + Sync>;
 
 /// What the provider must (not) have received for a case.
 pub enum Reach {
@@ -346,7 +354,7 @@ pub enum Reach {
     /// The call reached the provider, complete, without any of these headers (lower case).
     Without(Vec<&'static str>),
     /// The call reached the provider; the check says what it must have looked like.
-    Check(Box<dyn Fn(&Seen) -> Result<(), String> + Send + Sync>),
+    Check(SeenCheck),
     /// Whatever reached the provider never reached it complete.
     NeverComplete,
 }
@@ -688,9 +696,27 @@ pub fn corpus() -> Vec<Case> {
         None,
         Reach::Check(Box::new(|s: &Seen| {
             match s.all("x-gerbang-purpose").as_slice() {
-                ["pelayanan-kesehatan"] => Ok(()),
-                other => Err(format!("{other:?}")),
+                ["pelayanan-kesehatan"] => {}
+                other => return Err(format!("{other:?}")),
             }
+            // The gateway's assertion names the purpose and the agreement it checked.
+            let claims = s
+                .header("x-gerbang-assertion")
+                .and_then(|t| t.split('.').nth(1))
+                .and_then(|p| {
+                    use base64::Engine;
+                    base64::engine::general_purpose::URL_SAFE_NO_PAD
+                        .decode(p)
+                        .ok()
+                })
+                .and_then(|b| serde_json::from_slice::<serde_json::Value>(&b).ok())
+                .ok_or("no readable assertion")?;
+            if claims["purpose"] != "pelayanan-kesehatan"
+                || claims["agreement"] != "pks-uji-penduduk"
+            {
+                return Err(format!("assertion claims {claims}"));
+            }
+            Ok(())
         })),
     ));
     for (h, code) in [
@@ -1048,7 +1074,7 @@ pub fn corpus() -> Vec<Case> {
         ),
         ("Authorization: Basic dGVzdDp0ZXN0\r\n", "invalid_token"),
         (
-            &format!("Authorization: Bearer a\r\nAuthorization: Bearer b\r\n"),
+            "Authorization: Bearer a\r\nAuthorization: Bearer b\r\n",
             "invalid_token",
         ),
         (
@@ -1231,7 +1257,7 @@ async fn send_raw(addr: SocketAddr, request: &[u8], half_close: bool) -> (Option
 #[tokio::test]
 async fn hostile_requests_get_exact_answers_and_leak_nothing() {
     let (provider, rec) = recording_provider().await;
-    let gw = corpus_gateway(provider, "").await;
+    let gw = corpus_gateway(provider, "", "[audit]\nfsync = \"always\"\n").await;
     let cases = corpus();
     assert!(cases.len() >= 200, "the corpus has {} cases", cases.len());
     let failures = run_corpus(gw.addr, &rec, &cases).await;
@@ -1247,7 +1273,7 @@ async fn hostile_requests_get_exact_answers_and_leak_nothing() {
 #[tokio::test]
 async fn filtered_record_is_masked_and_head_matches_get() {
     let (provider, _rec) = recording_provider().await;
-    let gw = corpus_gateway(provider, "").await;
+    let gw = corpus_gateway(provider, "", "[audit]\nfsync = \"always\"\n").await;
     let path = format!("/dukcapil/penduduk/penduduk/{NIK}");
     let get = raw_request(gw.addr, &get(&path, PURPOSE)).await;
     assert_eq!(get.status, 200);
@@ -1278,6 +1304,24 @@ async fn filtered_record_is_masked_and_head_matches_get() {
         "HEAD states the filtered GET's length"
     );
     assert!(head.header("etag").is_none() && head.header("accept-ranges").is_none());
+}
+
+/// Every audit record the gateway wrote so far.
+fn audit_records(gw: &TestGateway) -> Vec<serde_json::Value> {
+    let dir = gw.dir.path().join("data/audit");
+    let mut out = Vec::new();
+    let mut files: Vec<_> = std::fs::read_dir(&dir)
+        .map(|d| d.filter_map(|e| e.ok()).map(|e| e.path()).collect())
+        .unwrap_or_default();
+    files.sort();
+    for f in files {
+        for line in std::fs::read_to_string(f).unwrap_or_default().lines() {
+            if let Ok(v) = serde_json::from_str(line) {
+                out.push(v);
+            }
+        }
+    }
+    out
 }
 
 /// An HTTP/2 (prior knowledge) connection to the gateway.
@@ -1346,7 +1390,7 @@ async fn h2_send(
 #[tokio::test]
 async fn http2_requests_reach_the_provider_complete_or_not_at_all() {
     let (provider, rec) = recording_provider().await;
-    let gw = corpus_gateway(provider, "").await;
+    let gw = corpus_gateway(provider, "", "[audit]\nfsync = \"always\"\n").await;
     let url = |p: &str| format!("http://{}{p}", gw.addr);
     let rec_path = format!("/dukcapil/penduduk/penduduk/{NIK}");
     let mut failures: Vec<String> = Vec::new();
@@ -1358,7 +1402,7 @@ async fn http2_requests_reach_the_provider_complete_or_not_at_all() {
         ("h2", "0", &[b"abc"], true),
         ("h3", "10", &[b"0123456789", b"ab"], true),
         ("h4", "5", &[b"01234"], false),
-        ("h5", "10", &[b"01234"], true),
+        ("h5", "10", &[b"01234", b"56"], true),
     ];
     for (id, cl, data, end) in bodies {
         let req = h2_req("POST", &url("/uji/echo/x"), id, &[("content-length", cl)]);
@@ -1373,6 +1417,20 @@ async fn http2_requests_reach_the_provider_complete_or_not_at_all() {
         }
         if status == Some(200) {
             failures.push(format!("{id}: the client got 200"));
+        }
+    }
+    // Every one of them is audited, with the bytes the gateway actually received (h2 refuses
+    // the frame that breaks the declared length, so at most the 5 before it), never the
+    // declared 10.
+    let audited = audit_records(&gw);
+    for id in ["h1", "h2", "h3", "h4", "h5"] {
+        let r = audited.iter().find(|r| r["request_id"] == id);
+        let bytes_in = r.and_then(|r| r["bytes_in"].as_u64());
+        let want_max = if id == "h3" { 10 } else { 5 };
+        if bytes_in.is_none_or(|b| b > want_max) {
+            failures.push(format!(
+                "{id}: audit record {r:?}, want bytes_in <= {want_max}"
+            ));
         }
     }
     // The complete body passes.
