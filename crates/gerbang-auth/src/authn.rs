@@ -79,8 +79,14 @@ pub struct AppCredentials {
     pub cert_fingerprints: Vec<String>,
     /// Client certificate names (DNS/URI SAN or subject CN).
     pub cert_names: Vec<String>,
-    /// Values of an external issuer's client claim that identify this application.
+    /// The external issuer (its `iss`) whose tokens may identify this application; tokens of
+    /// any other issuer never do.
+    pub external_issuer: Option<String>,
+    /// Values of that issuer's client claim that identify this application.
     pub external_client_ids: Vec<String>,
+    /// Whether a client claim equal to the application's full id (`agency/app`) identifies it
+    /// too (opt-in: otherwise only `external_client_ids` do).
+    pub external_client_id_is_registry_id: bool,
 }
 
 /// Where an external issuer's keys come from.
@@ -147,8 +153,10 @@ pub enum AuthConfigError {
     ApiKey(String, String),
     #[error("application `{0}`: {1}")]
     Certificate(String, MtlsConfigError),
-    #[error("application `{0}`: external client id `{1}` already identifies `{2}`")]
-    ExternalId(String, String, String),
+    #[error(
+        "application `{0}`: client id `{1}` of external issuer `{3}` already identifies `{2}`"
+    )]
+    ExternalId(String, String, String, String),
     #[error("external issuer `{0}` is configured twice")]
     DuplicateIssuer(String),
 }
@@ -157,6 +165,8 @@ struct AppEntry {
     index: u32,
     agency: String,
     methods: Methods,
+    /// The one external issuer whose tokens may name this application.
+    external_issuer: Option<String>,
     secret_hashes: Vec<String>,
     scopes: Vec<String>,
 }
@@ -165,19 +175,25 @@ struct AppEntry {
 pub struct Authenticator {
     issuer: Arc<Issuer>,
     cache: Arc<TokenCache>,
-    /// What a cached verification depends on (applications with their index, agency, methods
-    /// and scopes; the issuer and its keys; the external issuers): two authenticators with the
-    /// same value may share their cache.
+    /// What a cached verification depends on (applications with their index, agency, methods,
+    /// scopes, external issuer, external client ids and the registry-id opt-in; the issuer and
+    /// its keys; the external issuers and their settings): two authenticators with the same
+    /// value may share their cache.
     cache_key: [u8; 32],
     externals: HashMap<String, Arc<External>>,
     apps: HashMap<String, AppEntry>,
     api_keys: ApiKeyStore,
     mtls: MtlsIdentities,
-    external_ids: HashMap<String, String>,
+    /// Per external issuer (`iss`): client claim value → application. A token is mapped only
+    /// within its own issuer's table, so no issuer can name another issuer's applications.
+    external_ids: ExternalIds,
     /// A hash of a random secret, verified against when a client id is unknown so that the
     /// token endpoint takes as long for unknown clients as for a wrong secret.
     dummy_hash: String,
 }
+
+/// External issuer (`iss`) → client claim value → application (`agency/app`).
+type ExternalIds = HashMap<String, HashMap<String, String>>;
 
 fn now() -> u64 {
     SystemTime::now()
@@ -213,6 +229,7 @@ impl Authenticator {
                     index,
                     agency: app.agency.clone(),
                     methods: app.methods,
+                    external_issuer: app.external_issuer.clone(),
                     secret_hashes: app.secret_hashes.clone(),
                     scopes: app.scopes.clone(),
                 };
@@ -229,9 +246,19 @@ impl Authenticator {
         let cache_key = {
             let mut text = String::new();
             for (i, app) in apps.iter().enumerate() {
+                // The external mapping too: a reload that removes a client id or rebinds the
+                // application to another issuer must not leave tokens verified under the old
+                // mapping in the cache.
+                let mut ids: Vec<&String> = app.external_client_ids.iter().collect();
+                ids.sort();
                 text.push_str(&format!(
-                    "{i}\0{}\0{}\0{:?}\0{:?}\n",
-                    app.application, app.agency, app.methods, app.scopes
+                    "{i}\0{}\0{}\0{:?}\0{:?}\0{:?}\0{ids:?}\0{}\n",
+                    app.application,
+                    app.agency,
+                    app.methods,
+                    app.scopes,
+                    app.external_issuer,
+                    app.external_client_id_is_registry_id
                 ));
             }
             // The public keys themselves, not only their ids: a key file replaced under the
@@ -241,7 +268,11 @@ impl Authenticator {
                 "{}\0{}\0{:?}\0{:?}\0{keys}\n",
                 issuer.issuer, issuer.audience, issuer.ttl, issuer.leeway
             ));
-            let mut ext: Vec<&String> = by_issuer.keys().collect();
+            // Each external issuer with its settings (audiences, algorithms, leeway, claim).
+            let mut ext: Vec<String> = by_issuer
+                .values()
+                .map(|e| format!("{:?}", e.issuer))
+                .collect();
             ext.sort();
             text.push_str(&format!("{ext:?}\n{cache_capacity}"));
             let d = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, text.as_bytes());
@@ -270,13 +301,12 @@ impl Authenticator {
         Self::indexes(apps).map(|_| ())
     }
 
-    #[allow(clippy::type_complexity)]
     fn indexes(
         apps: &[AppCredentials],
-    ) -> Result<(ApiKeyStore, MtlsIdentities, HashMap<String, String>), AuthConfigError> {
+    ) -> Result<(ApiKeyStore, MtlsIdentities, ExternalIds), AuthConfigError> {
         let mut api_keys = ApiKeyStore::default();
         let mut mtls = MtlsIdentities::default();
-        let mut external_ids: HashMap<String, String> = HashMap::new();
+        let mut external_ids = ExternalIds::new();
         for app in apps {
             for (digest, expires_at) in &app.api_keys {
                 let entry = ApiKeyEntry {
@@ -298,13 +328,26 @@ impl Authenticator {
                 mtls.insert_name(name, &app.application)
                     .map_err(|e| AuthConfigError::Certificate(app.application.clone(), e))?;
             }
-            for id in &app.external_client_ids {
-                if let Some(other) = external_ids.insert(id.clone(), app.application.clone()) {
-                    return Err(AuthConfigError::ExternalId(
-                        app.application.clone(),
-                        id.clone(),
-                        other,
-                    ));
+            // Client ids are indexed under the application's own issuer only; an application
+            // that names no issuer is never identified by an external token.
+            let Some(iss) = &app.external_issuer else {
+                continue;
+            };
+            let table = external_ids.entry(iss.clone()).or_default();
+            let registry_id = app
+                .external_client_id_is_registry_id
+                .then_some(&app.application);
+            for id in app.external_client_ids.iter().chain(registry_id) {
+                match table.insert(id.clone(), app.application.clone()) {
+                    Some(other) if other != app.application => {
+                        return Err(AuthConfigError::ExternalId(
+                            app.application.clone(),
+                            id.clone(),
+                            other,
+                            iss.clone(),
+                        ));
+                    }
+                    _ => {}
                 }
             }
         }
@@ -373,6 +416,12 @@ impl Authenticator {
         if !app.methods.allows(&method) {
             return Err(AuthFailure::MethodNotAllowed);
         }
+        // The issuer tables guarantee this already; checked again where the principal is made.
+        if let AuthMethod::ExternalJwt { issuer } = &method {
+            if app.external_issuer.as_deref() != Some(issuer.as_str()) {
+                return Err(AuthFailure::UnknownApplication);
+            }
+        }
         Ok(Arc::new(Principal {
             application: application.to_owned(),
             agency: app.agency.clone(),
@@ -411,15 +460,13 @@ impl Authenticator {
         } else {
             let ext = self.externals.get(&iss).ok_or(AuthFailure::UnknownIssuer)?;
             let id = self.verify_external(ext, token).await?;
+            // Only this issuer's table: a client id (or registry id) that another issuer's
+            // applications use names nothing here.
             let app = self
                 .external_ids
-                .get(&id.client_id)
+                .get(&iss)
+                .and_then(|table| table.get(&id.client_id))
                 .cloned()
-                .or_else(|| {
-                    self.apps
-                        .contains_key(&id.client_id)
-                        .then(|| id.client_id.clone())
-                })
                 .ok_or(AuthFailure::UnknownApplication)?;
             let scopes = id.claims.get("scope").and_then(|s| s.as_str()).map(|s| {
                 s.split(' ')
@@ -488,6 +535,13 @@ impl Authenticator {
         }
         self.principal(client_id, AuthMethod::IssuedToken, None)
             .map_err(|_| ClientAuthError::UnauthorizedClient)
+    }
+
+    /// Whether `client_id` is a registered application (the token endpoint keys its limit on
+    /// failed authentications per client by registered ids only, so that made-up ids cannot
+    /// grow its table).
+    pub fn is_application(&self, client_id: &str) -> bool {
+        self.apps.contains_key(client_id)
     }
 
     /// The scopes granted for a request of `requested` (space-separated; empty = all the
@@ -657,6 +711,220 @@ mod tests {
         // Another key under the same id.
         let mut new_keys = Authenticator::new(issuer(), &apps, Vec::new(), 100).unwrap();
         assert!(!new_keys.adopt_cache(&old));
+    }
+
+    /// A stand-in external issuer with its own key.
+    struct Idp {
+        iss: String,
+        pem: String,
+    }
+
+    impl Idp {
+        fn new(iss: &str) -> Self {
+            Self {
+                iss: iss.into(),
+                pem: generate_pem().unwrap(),
+            }
+        }
+
+        fn external(&self) -> Arc<External> {
+            let jwks = KeyRing::new(vec![SigningKey::from_pem("k", self.pem.as_bytes()).unwrap()])
+                .unwrap()
+                .jwks();
+            Arc::new(External {
+                issuer: ExternalIssuer::new(
+                    self.iss.clone(),
+                    vec!["gerbang".into()],
+                    vec![jsonwebtoken::Algorithm::ES256],
+                    Duration::from_secs(5),
+                    "azp".into(),
+                )
+                .unwrap(),
+                keys: ExternalKeys::Static(Arc::new(IssuerKeys::from_jwks(&jwks))),
+            })
+        }
+
+        fn token(&self, azp: &str) -> String {
+            let mut h = jsonwebtoken::Header::new(jsonwebtoken::Algorithm::ES256);
+            h.kid = Some("k".into());
+            let claims = serde_json::json!({
+                "iss": self.iss, "aud": "gerbang", "azp": azp, "exp": now() + 300,
+                "jti": uuid::Uuid::new_v4().to_string()
+            });
+            let k = jsonwebtoken::EncodingKey::from_ec_pem(self.pem.as_bytes()).unwrap();
+            format!("Bearer {}", jsonwebtoken::encode(&h, &claims, &k).unwrap())
+        }
+    }
+
+    fn external_app(id: &str, iss: &str, ids: &[&str], registry_id: bool) -> AppCredentials {
+        let mut app = AppCredentials {
+            application: format!("diskominfo/{id}"),
+            agency: "diskominfo".into(),
+            external_issuer: Some(iss.into()),
+            external_client_ids: ids.iter().map(|s| s.to_string()).collect(),
+            external_client_id_is_registry_id: registry_id,
+            ..Default::default()
+        };
+        app.methods.enable("external_jwt");
+        app
+    }
+
+    async fn who(a: &Authenticator, authz: &str) -> Result<String, AuthFailure> {
+        a.authenticate(Presented {
+            authorization: Some(authz.as_bytes()),
+            ..Default::default()
+        })
+        .await
+        .map(|p| p.application.clone())
+    }
+
+    #[tokio::test]
+    async fn external_tokens_name_only_applications_bound_to_their_issuer() {
+        let (a, b) = (
+            Idp::new("https://sso-a.test"),
+            Idp::new("https://sso-b.test"),
+        );
+        let apps = vec![
+            external_app("portal", &a.iss, &["portal-client"], false),
+            external_app("kiosk", &b.iss, &["kiosk-client"], true),
+            external_app("desk", &a.iss, &["desk-client"], false),
+        ];
+        let auth =
+            Authenticator::new(issuer(), &apps, vec![a.external(), b.external()], 100).unwrap();
+        assert_eq!(
+            who(&auth, &a.token("portal-client")).await.unwrap(),
+            "diskominfo/portal"
+        );
+        assert_eq!(
+            who(&auth, &b.token("kiosk-client")).await.unwrap(),
+            "diskominfo/kiosk"
+        );
+        // Issuer B cannot mint for A's application, by its client id or by its registry id.
+        for azp in ["portal-client", "diskominfo/portal", "desk-client"] {
+            assert_eq!(
+                who(&auth, &b.token(azp)).await,
+                Err(AuthFailure::UnknownApplication),
+                "{azp}"
+            );
+        }
+        // Nor A for B's (which opted in to its registry id, for B only).
+        for azp in ["kiosk-client", "diskominfo/kiosk"] {
+            assert_eq!(
+                who(&auth, &a.token(azp)).await,
+                Err(AuthFailure::UnknownApplication),
+                "{azp}"
+            );
+        }
+        // The registry id identifies only an application that opted in.
+        assert_eq!(
+            who(&auth, &b.token("diskominfo/kiosk")).await.unwrap(),
+            "diskominfo/kiosk"
+        );
+        assert_eq!(
+            who(&auth, &a.token("diskominfo/desk")).await,
+            Err(AuthFailure::UnknownApplication)
+        );
+        // An application naming no issuer is named by no external token.
+        let mut unbound = external_app("portal", &a.iss, &["portal-client"], true);
+        unbound.external_issuer = None;
+        let auth = Authenticator::new(issuer(), &[unbound], vec![a.external()], 100).unwrap();
+        for azp in ["portal-client", "diskominfo/portal"] {
+            assert_eq!(
+                who(&auth, &a.token(azp)).await,
+                Err(AuthFailure::UnknownApplication)
+            );
+        }
+    }
+
+    #[test]
+    fn client_ids_are_unique_per_issuer_only() {
+        let (a, b) = ("https://sso-a.test", "https://sso-b.test");
+        // The same client id at two issuers names two applications.
+        let ok = [
+            external_app("portal", a, &["portal"], false),
+            external_app("kiosk", b, &["portal"], false),
+        ];
+        assert!(Authenticator::check_unique(&ok).is_ok());
+        // At one issuer it may name one only, registry ids included.
+        let twice = [
+            external_app("portal", a, &["portal"], false),
+            external_app("kiosk", a, &["portal"], false),
+        ];
+        assert!(matches!(
+            Authenticator::check_unique(&twice),
+            Err(AuthConfigError::ExternalId(..))
+        ));
+        let as_registry_id = [
+            external_app("portal", a, &[], true),
+            external_app("kiosk", a, &["diskominfo/portal"], false),
+        ];
+        assert!(matches!(
+            Authenticator::check_unique(&as_registry_id),
+            Err(AuthConfigError::ExternalId(..))
+        ));
+    }
+
+    #[tokio::test]
+    async fn the_cache_is_not_kept_when_an_external_mapping_changed() {
+        let (a, b) = (
+            Idp::new("https://sso-a.test"),
+            Idp::new("https://sso-b.test"),
+        );
+        let externals = vec![a.external(), b.external()];
+        let apps = vec![external_app(
+            "portal",
+            &a.iss,
+            &["portal-client", "legacy"],
+            false,
+        )];
+        let old = Authenticator::new(issuer(), &apps, externals.clone(), 100).unwrap();
+        let iss = Arc::clone(old.issuer());
+        let token = a.token("legacy");
+        assert_eq!(who(&old, &token).await.unwrap(), "diskominfo/portal");
+        assert_eq!(old.cached_tokens(), 1);
+        // Unchanged (the client ids in another order): kept.
+        let mut reordered = apps.clone();
+        reordered[0].external_client_ids.reverse();
+        let mut same =
+            Authenticator::new(Arc::clone(&iss), &reordered, externals.clone(), 100).unwrap();
+        assert!(same.adopt_cache(&old));
+        // A client id removed, the issuer changed, the registry-id opt-in changed: not kept,
+        // and the token verified before is judged again.
+        let mut removed = apps.clone();
+        removed[0].external_client_ids = vec!["portal-client".into()];
+        let mut rebound = apps.clone();
+        rebound[0].external_issuer = Some(b.iss.clone());
+        let mut opted_in = apps.clone();
+        opted_in[0].external_client_id_is_registry_id = true;
+        for (what, changed) in [
+            ("client id removed", removed),
+            ("other issuer", rebound),
+            ("registry id opt-in", opted_in),
+        ] {
+            let mut new =
+                Authenticator::new(Arc::clone(&iss), &changed, externals.clone(), 100).unwrap();
+            assert!(!new.adopt_cache(&old), "{what}");
+            assert_eq!(new.cached_tokens(), 0, "{what}");
+            if what != "registry id opt-in" {
+                assert_eq!(
+                    who(&new, &token).await,
+                    Err(AuthFailure::UnknownApplication),
+                    "{what}"
+                );
+            }
+        }
+        // Another external issuer's settings (its audiences, say): not kept.
+        let mut other_aud = (*a.external()).issuer.clone();
+        other_aud.audiences = vec!["another".into()];
+        let changed_issuer = vec![
+            Arc::new(External {
+                issuer: other_aud,
+                keys: ExternalKeys::Static(Arc::new(IssuerKeys::default())),
+            }),
+            b.external(),
+        ];
+        let mut new = Authenticator::new(Arc::clone(&iss), &apps, changed_issuer, 100).unwrap();
+        assert!(!new.adopt_cache(&old));
     }
 
     #[tokio::test]

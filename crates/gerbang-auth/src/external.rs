@@ -20,6 +20,8 @@ pub enum ExternalConfigError {
     Symmetric(&'static str),
     #[error("the claim that names the application must not be empty")]
     NoClientClaim,
+    #[error("at least one audience is required: the `aud` value that marks a token as meant for this gateway (an issuer's tokens for other services must not be accepted here)")]
+    NoAudience,
 }
 
 /// Settings of one external issuer.
@@ -27,7 +29,7 @@ pub enum ExternalConfigError {
 pub struct ExternalIssuer {
     /// Expected `iss`.
     pub issuer: String,
-    /// Accepted `aud` values (any one suffices); empty means `aud` is not checked.
+    /// Accepted `aud` values (any one suffices); never empty, so `aud` is always checked.
     pub audiences: Vec<String>,
     /// Pinned algorithms: tokens naming any other are refused.
     algorithms: Vec<Algorithm>,
@@ -139,6 +141,9 @@ impl ExternalIssuer {
         if client_claim.is_empty() {
             return Err(ExternalConfigError::NoClientClaim);
         }
+        if audiences.is_empty() || audiences.iter().any(String::is_empty) {
+            return Err(ExternalConfigError::NoAudience);
+        }
         Ok(Self {
             issuer,
             audiences,
@@ -166,12 +171,9 @@ impl ExternalIssuer {
             |v| {
                 v.leeway = self.leeway.as_secs();
                 v.set_issuer(&[&self.issuer]);
-                if self.audiences.is_empty() {
-                    v.validate_aud = false;
-                } else {
-                    v.set_audience(&self.audiences);
-                }
-                v.set_required_spec_claims(&["exp", "iss"]);
+                // `new` refuses an issuer without audiences: `aud` is always required.
+                v.set_audience(&self.audiences);
+                v.set_required_spec_claims(&["exp", "iss", "aud"]);
             },
         )?;
         let client_id = claims
@@ -271,6 +273,10 @@ mod tests {
             iss.verify(&old.token(c), &both),
             Err(Refusal::WrongAudience)
         );
+        // No `aud` at all: refused, not waved through.
+        let mut c = claims();
+        c.as_object_mut().unwrap().remove("aud");
+        assert!(iss.verify(&old.token(c), &both).is_err());
         let mut c = claims();
         c["iss"] = "https://evil.test".into();
         assert_eq!(iss.verify(&old.token(c), &both), Err(Refusal::WrongIssuer));
@@ -284,7 +290,7 @@ mod tests {
         assert_eq!(
             ExternalIssuer::new(
                 "i".into(),
-                vec![],
+                vec!["gerbang".into()],
                 vec![Algorithm::HS256],
                 Duration::ZERO,
                 "azp".into()
@@ -293,8 +299,14 @@ mod tests {
             ExternalConfigError::Symmetric("HS256")
         );
         assert_eq!(
-            ExternalIssuer::new("i".into(), vec![], vec![], Duration::ZERO, "azp".into())
-                .unwrap_err(),
+            ExternalIssuer::new(
+                "i".into(),
+                vec!["gerbang".into()],
+                vec![],
+                Duration::ZERO,
+                "azp".into()
+            )
+            .unwrap_err(),
             ExternalConfigError::NoAlgorithm
         );
         // An `oct` key in the JWKS is dropped, so an HS256 token naming it finds nothing.
@@ -304,6 +316,23 @@ mod tests {
         .unwrap();
         let keys = IssuerKeys::from_jwks(&jwks);
         assert!(keys.is_empty());
+    }
+
+    #[test]
+    fn an_issuer_without_audiences_is_refused() {
+        for audiences in [vec![], vec![String::new()]] {
+            assert_eq!(
+                ExternalIssuer::new(
+                    "i".into(),
+                    audiences,
+                    vec![Algorithm::ES256],
+                    Duration::ZERO,
+                    "azp".into()
+                )
+                .unwrap_err(),
+                ExternalConfigError::NoAudience
+            );
+        }
     }
 
     #[test]

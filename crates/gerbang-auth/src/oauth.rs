@@ -36,6 +36,10 @@ pub enum OAuthError {
     InvalidScope,
     #[error("the token endpoint is busy; try again shortly")]
     TemporarilyUnavailable,
+    /// Too many failed client authentications from this source address or for this client id:
+    /// refused before any secret is checked, until `retry_after_secs` have passed.
+    #[error("too many failed client authentications; try again after the time in Retry-After")]
+    SlowDown { retry_after_secs: u64 },
     #[error("the server failed to issue a token")]
     ServerError,
 }
@@ -50,18 +54,30 @@ impl OAuthError {
             OAuthError::UnsupportedGrantType => "unsupported_grant_type",
             OAuthError::InvalidScope => "invalid_scope",
             OAuthError::TemporarilyUnavailable => "temporarily_unavailable",
+            // Registered for the token endpoint by RFC 8628 §3.5 (OAuth Extensions Error
+            // Registry): "slow down"; answered with 429 and Retry-After.
+            OAuthError::SlowDown { .. } => "slow_down",
             OAuthError::ServerError => "server_error",
         }
     }
 
-    /// The HTTP status: 401 for `invalid_client` (with `WWW-Authenticate`), 503 when busy,
-    /// 500 on a server failure, 400 otherwise.
+    /// The HTTP status: 401 for `invalid_client` (with `WWW-Authenticate`), 429 for
+    /// `slow_down` (with `Retry-After`), 503 when busy, 500 on a server failure, 400 otherwise.
     pub fn status(&self) -> u16 {
         match self {
             OAuthError::InvalidClient => 401,
+            OAuthError::SlowDown { .. } => 429,
             OAuthError::TemporarilyUnavailable => 503,
             OAuthError::ServerError => 500,
             _ => 400,
+        }
+    }
+
+    /// Seconds for `Retry-After`, when the client should wait before trying again.
+    pub fn retry_after(&self) -> Option<u64> {
+        match self {
+            OAuthError::SlowDown { retry_after_secs } => Some(*retry_after_secs),
+            _ => None,
         }
     }
 
@@ -339,5 +355,11 @@ mod tests {
         }
         assert_eq!(OAuthError::InvalidClient.status(), 401);
         assert_eq!(OAuthError::UnsupportedGrantType.status(), 400);
+        let slow = OAuthError::SlowDown {
+            retry_after_secs: 7,
+        };
+        assert_eq!((slow.status(), slow.code()), (429, "slow_down"));
+        assert_eq!(slow.retry_after(), Some(7));
+        assert_eq!(OAuthError::InvalidClient.retry_after(), None);
     }
 }

@@ -16,6 +16,7 @@ pub mod oauth;
 pub mod path;
 pub mod server;
 pub mod tls;
+pub mod token_guard;
 pub mod trace;
 pub mod upstream;
 

@@ -45,6 +45,7 @@ pub struct Metrics {
     pub audit_records: IntCounterVec,
     pub audit_queue: IntGauge,
     pub token_requests: IntCounterVec,
+    pub token_auth_throttled: IntCounterVec,
     pub jwks_refreshes: IntCounterVec,
     pub config_reloads: IntCounterVec,
     pub config_last_reload_successful: IntGauge,
@@ -201,6 +202,12 @@ impl Metrics {
             "Requests to the token endpoint by result (issued or the OAuth error code)",
             &["result"],
         )?;
+        let token_auth_throttled = counter(
+            &r,
+            "gerbang_token_auth_throttled_total",
+            "Token requests refused (429 slow_down) before any secret check, because their source address or client id used up its allowance of failed client authentications",
+            &["by"],
+        )?;
         let jwks_refreshes = counter(
             &r,
             "gerbang_jwks_refreshes_total",
@@ -269,6 +276,7 @@ impl Metrics {
             audit_records,
             audit_queue,
             token_requests,
+            token_auth_throttled,
             jwks_refreshes,
             config_reloads,
             config_last_reload_successful,
@@ -325,7 +333,7 @@ impl Metrics {
 
     /// The names of every metric family, including those with no series yet.
     pub fn family_names(&self) -> Vec<String> {
-        let collectors: [&dyn Collector; 24] = [
+        let collectors: [&dyn Collector; 25] = [
             &self.requests,
             &self.duration,
             &self.upstream_duration,
@@ -342,6 +350,7 @@ impl Metrics {
             &self.audit_records,
             &self.audit_queue,
             &self.token_requests,
+            &self.token_auth_throttled,
             &self.jwks_refreshes,
             &self.config_reloads,
             &self.config_last_reload_successful,

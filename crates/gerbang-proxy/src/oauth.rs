@@ -1,21 +1,24 @@
 //! The built-in issuer's HTTP endpoints on the data plane: `POST /oauth/token` (client
 //! credentials), `GET /.well-known/jwks.json` and `GET /.well-known/oauth-authorization-server`.
 //! Protocol rules live in `gerbang_auth::oauth`; this module moves bytes and bounds the work:
-//! argon2 runs on the blocking pool, at most `concurrency` at once.
+//! argon2 runs on the blocking pool, within the limits of [`crate::token_guard`] (failed
+//! authentications per source and per client, consulted before any secret is checked; a fair
+//! share of the argon2 slots per source).
 
+use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use gerbang_auth::authn::Authenticator;
+use gerbang_auth::authn::{Authenticator, ClientAuthError};
 use gerbang_auth::oauth::{self, OAuthError, RawTokenRequest};
 use http::{header, HeaderValue, Method, Request, Response, StatusCode};
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
-use tokio::sync::Semaphore;
 
 use crate::body::{self, ResponseBody};
 use crate::error::GatewayError;
+use crate::token_guard::{Throttled, TokenEndpointSettings, TokenGuard};
 
 pub const TOKEN_PATH: &str = "/oauth/token";
 pub const JWKS_PATH: &str = "/.well-known/jwks.json";
@@ -23,14 +26,15 @@ pub const METADATA_PATH: &str = "/.well-known/oauth-authorization-server";
 
 /// Time a client has to send a token request body.
 const BODY_TIMEOUT: Duration = Duration::from_secs(10);
-/// Time a token request may wait for a free argon2 slot before `temporarily_unavailable`.
+/// Time a token request may wait for its source's turn and a free argon2 slot before
+/// `temporarily_unavailable`.
 const QUEUE_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Settings and state of the issuer endpoints.
 pub struct IssuerEndpoints {
     /// Base URL for the metadata document's endpoint URLs.
     pub public_base_url: String,
-    slots: Arc<Semaphore>,
+    guard: Arc<TokenGuard>,
 }
 
 /// Whether `path` is one of the issuer endpoints (checked before routing).
@@ -39,17 +43,23 @@ pub fn is_issuer_path(path: &str) -> bool {
 }
 
 impl IssuerEndpoints {
-    pub fn new(public_base_url: String, concurrency: usize) -> Self {
+    pub fn new(public_base_url: String, settings: &TokenEndpointSettings) -> Self {
         Self {
             public_base_url,
-            slots: Arc::new(Semaphore::new(concurrency.max(1))),
+            guard: TokenGuard::new(settings),
         }
     }
 
-    /// Serves `req` on an issuer path.
+    /// The token endpoint's limits (their counts are exported at scrape time).
+    pub fn guard(&self) -> &Arc<TokenGuard> {
+        &self.guard
+    }
+
+    /// Serves `req` on an issuer path; `source` is the client's address (the TCP peer).
     pub async fn serve(
         &self,
         req: Request<Incoming>,
+        source: IpAddr,
         auth: &Arc<Authenticator>,
         token_result: &mut Option<&'static str>,
     ) -> Result<Response<ResponseBody>, GatewayError> {
@@ -58,7 +68,7 @@ impl IssuerEndpoints {
             if req.method() != Method::POST {
                 return Err(GatewayError::MethodNotAllowed { allow: "POST" });
             }
-            let res = match self.token(req, auth).await {
+            let res = match self.token(req, source, auth).await {
                 Ok(body) => {
                     *token_result = Some("issued");
                     json(StatusCode::OK, body)
@@ -74,6 +84,10 @@ impl IssuerEndpoints {
                             header::WWW_AUTHENTICATE,
                             HeaderValue::from_static(r#"Basic realm="gerbang""#),
                         );
+                    }
+                    if let Some(secs) = e.retry_after() {
+                        res.headers_mut()
+                            .insert(header::RETRY_AFTER, HeaderValue::from(secs));
                     }
                     res
                 }
@@ -103,6 +117,7 @@ impl IssuerEndpoints {
     async fn token(
         &self,
         req: Request<Incoming>,
+        source: IpAddr,
         auth: &Arc<Authenticator>,
     ) -> Result<String, OAuthError> {
         let (parts, incoming) = req.into_parts();
@@ -132,22 +147,47 @@ impl IssuerEndpoints {
             body: &body,
         };
         let request = oauth::parse_token_request(raw)?;
-        let permit = tokio::time::timeout(QUEUE_TIMEOUT, Arc::clone(&self.slots).acquire_owned())
+        // Limits on failures, before any secret is checked; client ids count only when
+        // registered (made-up ones would only fill the table).
+        let client = auth
+            .is_application(&request.client_id)
+            .then_some(request.client_id.as_str());
+        self.guard
+            .check(source, client)
+            .map_err(|t| slow_down(t, source, &request.client_id))?;
+        let admission = self
+            .guard
+            .admit(source, QUEUE_TIMEOUT)
             .await
-            .map_err(|_| OAuthError::TemporarilyUnavailable)?
             .map_err(|_| OAuthError::TemporarilyUnavailable)?;
+        // Again after waiting: the requests this one waited behind may have used up the
+        // allowance.
+        self.guard
+            .check(source, client)
+            .map_err(|t| slow_down(t, source, &request.client_id))?;
         let checker = Arc::clone(auth);
+        let guard = Arc::clone(&self.guard);
+        let counted_client = client.map(str::to_owned);
         let (client_id, secret) = (request.client_id.clone(), request.client_secret);
-        let checked = tokio::task::spawn_blocking(move || {
-            let _permit = permit;
-            checker.check_client_secret(&client_id, &secret)
+        let (checked, used_up) = tokio::task::spawn_blocking(move || {
+            let checked = checker.check_client_secret(&client_id, &secret);
+            // A failure is counted before the slot is given up, so that the source's next
+            // request, which waits for this slot, already sees it.
+            let used_up = (checked.as_ref().err() == Some(&ClientAuthError::InvalidClient))
+                .then(|| guard.failed(source, counted_client.as_deref()));
+            drop(admission);
+            (checked, used_up)
         })
         .await
         .map_err(|_| OAuthError::ServerError)?;
         let principal = match checked {
             Ok(p) => p,
             Err(e) => {
-                tracing::info!(client_id = %request.client_id, reason = ?e, "token request refused");
+                // Logged once per used-up allowance, not per refused request of a flood.
+                if let Some((by_source, by_client)) = used_up.filter(|(s, c)| *s || *c) {
+                    tracing::warn!(client_id = %request.client_id, %source, by_source, by_client, "too many failed client authentications: further token requests are refused (429 slow_down) until the allowance comes back");
+                }
+                tracing::info!(client_id = %request.client_id, %source, reason = ?e, "token request refused");
                 return Err(e.into());
             }
         };
@@ -165,6 +205,15 @@ impl IssuerEndpoints {
             auth.token_ttl().as_secs(),
             &scopes,
         ))
+    }
+}
+
+/// The refusal of a request over a failure limit (counted by the guard; the warning was
+/// logged when the allowance was used up).
+fn slow_down(t: Throttled, source: IpAddr, client_id: &str) -> OAuthError {
+    tracing::debug!(%client_id, %source, by = t.by.as_str(), retry_after_secs = t.retry_after_secs(), "token request refused: too many failed client authentications");
+    OAuthError::SlowDown {
+        retry_after_secs: t.retry_after_secs(),
     }
 }
 

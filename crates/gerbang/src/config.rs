@@ -852,7 +852,16 @@ pub fn load_with(
     );
     let keys_dir = auth::keys_dir_of(file).unwrap_or_else(|_| data_dir.join("keys"));
     let audit = audit::load_audit(&raw.audit, file, &data_dir, &keys_dir, &mut problems);
-    let loaded = load_registry(&registry_dir, &defaults, overlay, &mut fp, &mut problems);
+    // Applications name the external issuer they trust by its `issuer` (`iss`).
+    let external_issuers: Vec<String> = raw.auth.external.iter().map(|e| e.issuer_id()).collect();
+    let loaded = load_registry(
+        &registry_dir,
+        &defaults,
+        &external_issuers,
+        overlay,
+        &mut fp,
+        &mut problems,
+    );
     let mut warnings = Problems { list: Vec::new() };
     let agreements = loaded.as_ref().map(|l| {
         let known = policy::Known {
@@ -878,17 +887,6 @@ pub fn load_with(
             &mut warnings,
         )
     });
-    if let Some(l) = &loaded {
-        if raw.auth.external.is_empty() {
-            for c in l.credentials.iter().filter(|c| c.methods.external_jwt) {
-                problems.push(
-                    &registry_dir,
-                    c.application.as_str(),
-                    "uses `external_jwt` but gerbang.toml configures no [[auth.external]] issuer",
-                );
-            }
-        }
-    }
 
     match (
         listen,
@@ -1105,6 +1103,7 @@ const RESERVED_AGENCY_IDS: [&str; 3] = ["oauth", "catalog", "admin"];
 fn load_registry(
     dir: &Path,
     defaults: &ServiceLimits,
+    external_issuers: &[String],
     overlay: &Overlay,
     fp: &mut Fingerprint,
     problems: &mut Problems,
@@ -1200,7 +1199,14 @@ fn load_registry(
             }) {
                 problems.push(path, key, e.to_string());
             }
-            credentials.push(auth::app_credentials(path, i, agency, app, problems));
+            credentials.push(auth::app_credentials(
+                path,
+                i,
+                agency,
+                app,
+                external_issuers,
+                problems,
+            ));
         }
         for (i, svc) in raw.service.iter().enumerate() {
             services.insert(

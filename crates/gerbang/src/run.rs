@@ -124,7 +124,7 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
         assertion_ttl: config.auth.assertion_ttl,
         strip_headers: config.auth.strip_headers,
         public_base_url,
-        token_endpoint_concurrency: config.auth.token_endpoint_concurrency,
+        token_endpoint: config.auth.token_endpoint,
     };
     let mut gateway = Gateway::new(
         config.registry,
@@ -204,6 +204,19 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
             Some(metrics.open_connections.with_label_values(&["data"]));
     }
     let gateway = Arc::new(gateway);
+    {
+        // Token requests refused by the failure limits, counted by the guard.
+        let guard = gateway.token_guard();
+        metrics.on_scrape(move |m| {
+            let (by_source, by_client) = guard.throttled_counts();
+            for (by, n) in [("source", by_source), ("client", by_client)] {
+                gerbang_proxy::metrics::copy_counter(
+                    &m.token_auth_throttled.with_label_values(&[by]),
+                    n,
+                );
+            }
+        });
+    }
     let health = Arc::new(Health::new());
     {
         // Instance health as gauges, read from the registry in force at each scrape.

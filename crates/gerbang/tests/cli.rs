@@ -269,6 +269,62 @@ fn validate_lists_every_problem_and_fails() {
     );
 }
 
+/// Every application that allows `external_jwt` names the one configured issuer it trusts and
+/// how that issuer's tokens name it; every external issuer checks `aud`. Each problem by file,
+/// key and reason.
+#[test]
+fn validate_binds_external_jwt_applications_to_a_configured_issuer() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("gerbang.toml"),
+        "[server]\nlisten = \"127.0.0.1:0\"\n[admin]\nlisten = \"127.0.0.1:0\"\n\
+         [auth]\ntoken_failures_per_source = 10\ntoken_failures_per_client = 5\n\
+         [[auth.external]]\nissuer = \"https://sso-a.test\"\naudiences = [\"gerbang\"]\n\
+         algorithms = [\"ES256\"]\njwks_url = \"https://sso-a.test/jwks\"\n\
+         [[auth.external]]\nissuer = \"https://sso-b.test\"\n\
+         algorithms = [\"ES256\"]\njwks_url = \"https://sso-b.test/jwks\"\n",
+    )
+    .unwrap();
+    std::fs::create_dir(dir.path().join("registry")).unwrap();
+    let app = |id: &str, extra: &str| {
+        format!("[[application]]\nid = \"{id}\"\nname = \"{id}\"\n{extra}\n")
+    };
+    let registry = [
+        "[agency]\nid = \"diskominfo\"\nname = \"Diskominfo\"\n".to_owned(),
+        app("bound", "auth_methods = [\"external_jwt\"]\nexternal_issuer = \"https://sso-a.test\"\nexternal_client_ids = [\"portal\"]"),
+        app("unbound", "auth_methods = [\"external_jwt\"]\nexternal_client_ids = [\"kiosk\"]"),
+        app("unknown-issuer", "auth_methods = [\"external_jwt\"]\nexternal_issuer = \"https://sso-c.test\"\nexternal_client_ids = [\"desk\"]"),
+        app("unnamed", "auth_methods = [\"external_jwt\"]\nexternal_issuer = \"https://sso-a.test\""),
+        app("opted-in", "auth_methods = [\"external_jwt\"]\nexternal_issuer = \"https://sso-a.test\"\nexternal_client_id_is_registry_id = true"),
+        app("no-jwt", "auth_methods = [\"api_key\"]\napi_keys = [{ digest = \"sha256:0000000000000000000000000000000000000000000000000000000000000000\" }]\nexternal_issuer = \"https://sso-a.test\"\nexternal_client_id_is_registry_id = true"),
+    ]
+    .concat();
+    std::fs::write(dir.path().join("registry/diskominfo.toml"), registry).unwrap();
+    gerbang::config::create_signing_key(&dir.path().join("data/keys")).unwrap();
+    gerbang::config::ensure_audit_keys(&dir.path().join("data/keys")).unwrap();
+    std::fs::create_dir(dir.path().join("agreements")).unwrap();
+    let out = bin()
+        .args(["validate", "--config"])
+        .arg(dir.path().join("gerbang.toml"))
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    for want in [
+        "gerbang.toml: auth.external[1].audiences: required",
+        "gerbang.toml: auth.token_failures_per_client: must be larger than token_failures_per_source (10)",
+        "diskominfo.toml: application[1].external_issuer: `external_jwt` is in auth_methods but external_issuer is missing",
+        "diskominfo.toml: application[2].external_issuer: `https://sso-c.test` is not the `issuer` of an [[auth.external]] entry (one of https://sso-a.test, https://sso-b.test)",
+        "diskominfo.toml: application[3].external_client_ids: `external_jwt` is in auth_methods but external_client_ids is empty",
+        "diskominfo.toml: application[5].external_issuer: external_issuer is set but `external_jwt` is not in auth_methods",
+        "diskominfo.toml: application[5].external_client_id_is_registry_id: external_client_id_is_registry_id is set but `external_jwt` is not in auth_methods",
+    ] {
+        assert!(err.contains(want), "missing `{want}` in:\n{err}");
+    }
+    // The two valid applications (a client id, the registry id opt-in) raise nothing.
+    assert!(err.contains("7 configuration problem(s)"), "{err}");
+}
+
 #[test]
 fn serve_refuses_invalid_configuration_with_the_same_messages() {
     let dir = broken_config();

@@ -1,6 +1,9 @@
 //! Tokens of an external issuer (a mock Keycloak serving a JWKS), signed with the `p256` crate:
 //! accepted and mapped to registered applications; key rotation picked up at once; an issuer
-//! outage does not log anyone out; the algorithm is pinned.
+//! outage does not log anyone out; the algorithm is pinned. Applications are bound to one
+//! issuer: another issuer cannot mint tokens for them, `aud` is always checked, a registry id
+//! names an application only when it opts in, and a reload that removes a mapping ends the
+//! cached tokens that relied on it.
 
 use std::collections::HashMap;
 
@@ -11,12 +14,15 @@ use serde_json::{json, Value};
 const ISS: &str = "https://sso.kab.test/realms/opd";
 
 async fn gateway_with(idp: &MockIdp, echo: &Upstream, min_refetch: &str) -> TestGateway {
-    let portal = "[agency]\nid = \"diskominfo\"\nname = \"Diskominfo\"\n\n[[application]]\n\
-                  id = \"portal\"\nname = \"Portal\"\nauth_methods = [\"external_jwt\"]\n\
-                  external_client_ids = [\"portal-client\"]\n\n[[application]]\nid = \"kiosk\"\n\
-                  name = \"Kiosk\"\nauth_methods = [\"external_jwt\"]\n";
+    let portal = format!(
+        "[agency]\nid = \"diskominfo\"\nname = \"Diskominfo\"\n\n[[application]]\n\
+         id = \"portal\"\nname = \"Portal\"\nauth_methods = [\"external_jwt\"]\n\
+         external_issuer = \"{ISS}\"\nexternal_client_ids = [\"portal-client\"]\n\n\
+         [[application]]\nid = \"kiosk\"\nname = \"Kiosk\"\nauth_methods = [\"external_jwt\"]\n\
+         external_issuer = \"{ISS}\"\nexternal_client_id_is_registry_id = true\n"
+    );
     TestGateway::start(
-        &[&agency("a", "s", &[echo.url()], ""), portal],
+        &[&agency("a", "s", &[echo.url()], ""), &portal],
         "",
         &format!(
             "[[auth.external]]\nissuer = \"{ISS}\"\naudiences = [\"gerbang\"]\n\
@@ -57,7 +63,7 @@ async fn external_tokens_map_to_applications_survive_rotation_and_outage() {
     let gw = gateway_with(&idp, &echo, "30s").await;
     assert_eq!(idp.fetches(), 1, "keys fetched at start");
 
-    // Mapped by external_client_ids, and by the application id itself.
+    // Mapped by external_client_ids, and by the application id itself (kiosk opted in).
     let r = call(
         &gw,
         &kc1.sign(&header("kc-1"), &claims("portal-client", "t1")),
@@ -210,11 +216,13 @@ async fn external_issuer_keys_from_pem_files() {
     let ed = rcgen::KeyPair::generate_for(&rcgen::PKCS_ED25519).unwrap();
     let ec_file = write_file(dir.path(), "kc-ec.pem", &ec.public_key_pem());
     let ed_file = write_file(dir.path(), "kc-ed.pem", &ed.public_key_pem());
-    let portal = "[agency]\nid = \"diskominfo\"\nname = \"Diskominfo\"\n\n[[application]]\n\
-                  id = \"portal\"\nname = \"Portal\"\nauth_methods = [\"external_jwt\"]\n\
-                  external_client_ids = [\"portal-client\"]\n";
+    let portal = format!(
+        "[agency]\nid = \"diskominfo\"\nname = \"Diskominfo\"\n\n[[application]]\n\
+         id = \"portal\"\nname = \"Portal\"\nauth_methods = [\"external_jwt\"]\n\
+         external_issuer = \"{ISS}\"\nexternal_client_ids = [\"portal-client\"]\n"
+    );
     let gw = TestGateway::start(
-        &[&agency("a", "s", &[echo.url()], ""), portal],
+        &[&agency("a", "s", &[echo.url()], ""), &portal],
         "",
         &format!(
             "[[auth.external]]\nissuer = \"{ISS}\"\naudiences = [\"gerbang\"]\n\
@@ -285,4 +293,210 @@ async fn external_issuer_keys_from_pem_files() {
         "{reasons:?}"
     );
     assert_eq!(reasons.get("unknown_kid"), Some(&1), "{reasons:?}");
+}
+
+const ISS_B: &str = "https://sso.other.test/realms/vendor";
+
+/// Two issuers: `diskominfo/portal` (client id `portal-client`, also `legacy-client`) trusts
+/// A only; `diskominfo/kiosk` (client id `kiosk-client`, and its registry id by opt-in) trusts B.
+fn two_issuer_registry(portal_ids: &str) -> String {
+    format!(
+        "[agency]\nid = \"diskominfo\"\nname = \"Diskominfo\"\n\n[[application]]\n\
+         id = \"portal\"\nname = \"Portal\"\nauth_methods = [\"external_jwt\"]\n\
+         external_issuer = \"{ISS}\"\nexternal_client_ids = [{portal_ids}]\n\n\
+         [[application]]\nid = \"kiosk\"\nname = \"Kiosk\"\nauth_methods = [\"external_jwt\"]\n\
+         external_issuer = \"{ISS_B}\"\nexternal_client_ids = [\"kiosk-client\"]\n\
+         external_client_id_is_registry_id = true\n"
+    )
+}
+
+fn two_issuers(a: &MockIdp, b: &MockIdp) -> String {
+    format!(
+        "[[auth.external]]\nissuer = \"{ISS}\"\naudiences = [\"gerbang\"]\n\
+         algorithms = [\"ES256\"]\njwks_url = \"{}\"\n\
+         [[auth.external]]\nissuer = \"{ISS_B}\"\naudiences = [\"gerbang\"]\n\
+         algorithms = [\"ES256\"]\njwks_url = \"{}\"\n",
+        a.url, b.url
+    )
+}
+
+fn claims_of(iss: &str, azp: &str, jti: &str) -> Value {
+    let mut c = claims(azp, jti);
+    c["iss"] = json!(iss);
+    c
+}
+
+fn consumer(r: &RawResponse) -> String {
+    assert_eq!(r.status, 200, "{:?}", String::from_utf8_lossy(&r.body));
+    r.json()["headers"]["x-gerbang-consumer"]
+        .as_str()
+        .unwrap()
+        .to_owned()
+}
+
+#[tokio::test]
+async fn an_issuer_cannot_mint_tokens_for_an_application_bound_to_another() {
+    let echo = backend(Kind::Echo, "echo").await;
+    let (ka, kb) = (P256Signer::new("a-1", 1), P256Signer::new("b-1", 2));
+    let (idp_a, idp_b) = (MockIdp::start(&[&ka]).await, MockIdp::start(&[&kb]).await);
+    let gw = TestGateway::start(
+        &[
+            &agency("a", "s", &[echo.url()], ""),
+            &two_issuer_registry("\"portal-client\""),
+        ],
+        "",
+        &two_issuers(&idp_a, &idp_b),
+    )
+    .await;
+    let a = |azp: &str, jti: &str| ka.sign(&header("a-1"), &claims_of(ISS, azp, jti));
+    let b = |azp: &str, jti: &str| kb.sign(&header("b-1"), &claims_of(ISS_B, azp, jti));
+    // Each issuer names its own applications.
+    assert_eq!(
+        consumer(&call(&gw, &a("portal-client", "1")).await),
+        "diskominfo/portal"
+    );
+    assert_eq!(
+        consumer(&call(&gw, &b("kiosk-client", "2")).await),
+        "diskominfo/kiosk"
+    );
+    // B cannot mint a token for A's application: not by A's client id, not by its registry id.
+    // And A cannot mint for B's application, though B's accepts its registry id from B.
+    for (what, token) in [
+        ("B as portal-client", b("portal-client", "3")),
+        ("B as diskominfo/portal", b("diskominfo/portal", "4")),
+        ("A as kiosk-client", a("kiosk-client", "5")),
+        ("A as diskominfo/kiosk", a("diskominfo/kiosk", "6")),
+    ] {
+        let r = call(&gw, &token).await;
+        assert_eq!(r.status, 401, "{what}");
+        assert_eq!(r.error_code(), "invalid_token", "{what}");
+    }
+    // A token of B signed with A's key (B's `iss`, A's kid): B does not know the key.
+    let forged = ka.sign(&header("a-1"), &claims_of(ISS_B, "kiosk-client", "7"));
+    assert_eq!(call(&gw, &forged).await.status, 401);
+    let reasons: HashMap<String, u64> = gw
+        .running
+        .as_ref()
+        .unwrap()
+        .gateway
+        .auth_failures()
+        .into_iter()
+        .collect();
+    assert_eq!(reasons.get("unknown_application"), Some(&4), "{reasons:?}");
+}
+
+#[tokio::test]
+async fn audiences_are_required_and_always_checked() {
+    // An issuer without audiences is a configuration error (it would accept the issuer's
+    // tokens for any other service).
+    let dir = tempfile::tempdir().unwrap();
+    let main = dir.path().join("gerbang.toml");
+    std::fs::write(
+        &main,
+        format!(
+            "[server]\nlisten = \"127.0.0.1:0\"\n[[auth.external]]\nissuer = \"{ISS}\"\n\
+             algorithms = [\"ES256\"]\njwks_url = \"http://127.0.0.1:9/jwks\"\n"
+        ),
+    )
+    .unwrap();
+    let err = match gerbang::load(&main, &gerbang::Overrides::default()) {
+        Ok(_) => panic!("an issuer without audiences is refused"),
+        Err(e) => e.to_string(),
+    };
+    assert!(
+        err.contains("gerbang.toml: auth.external[0].audiences: required"),
+        "{err}"
+    );
+
+    let echo = backend(Kind::Echo, "echo").await;
+    let kc = P256Signer::new("kc-1", 1);
+    let idp = MockIdp::start(&[&kc]).await;
+    let gw = gateway_with(&idp, &echo, "30s").await;
+    let with_aud = |aud: Option<Value>, jti: &str| {
+        let mut c = claims("portal-client", jti);
+        match aud {
+            Some(a) => c["aud"] = a,
+            None => {
+                c.as_object_mut().unwrap().remove("aud");
+            }
+        }
+        kc.sign(&header("kc-1"), &c)
+    };
+    assert_eq!(
+        consumer(&call(&gw, &with_aud(Some(json!("gerbang")), "1")).await),
+        "diskominfo/portal"
+    );
+    for (what, aud) in [
+        ("no aud", None),
+        ("another service's aud", Some(json!("simpeg-api"))),
+        ("several, none ours", Some(json!(["account", "simpeg-api"]))),
+        ("empty list", Some(json!([]))),
+    ] {
+        let r = call(&gw, &with_aud(aud, what)).await;
+        assert_eq!(r.status, 401, "{what}");
+        assert_eq!(r.error_code(), "invalid_token", "{what}");
+    }
+}
+
+#[tokio::test]
+async fn a_registry_id_as_client_claim_needs_the_applications_opt_in() {
+    let echo = backend(Kind::Echo, "echo").await;
+    let kc = P256Signer::new("kc-1", 1);
+    let idp = MockIdp::start(&[&kc]).await;
+    // portal maps `portal-client` only; kiosk opted in to its registry id.
+    let gw = gateway_with(&idp, &echo, "30s").await;
+    let t = |azp: &str, jti: &str| kc.sign(&header("kc-1"), &claims(azp, jti));
+    let r = call(&gw, &t("diskominfo/portal", "1")).await;
+    assert_eq!(
+        r.status, 401,
+        "no fallback to the registry id without opt-in"
+    );
+    assert_eq!(r.error_code(), "invalid_token");
+    assert_eq!(
+        consumer(&call(&gw, &t("portal-client", "2")).await),
+        "diskominfo/portal"
+    );
+    assert_eq!(
+        consumer(&call(&gw, &t("diskominfo/kiosk", "3")).await),
+        "diskominfo/kiosk"
+    );
+}
+
+#[tokio::test]
+async fn a_reload_that_removes_a_mapping_ends_the_cached_token() {
+    let echo = backend(Kind::Echo, "echo").await;
+    let (ka, kb) = (P256Signer::new("a-1", 1), P256Signer::new("b-1", 2));
+    let (idp_a, idp_b) = (MockIdp::start(&[&ka]).await, MockIdp::start(&[&kb]).await);
+    let gw = TestGateway::start(
+        &[
+            &agency("a", "s", &[echo.url()], ""),
+            &two_issuer_registry("\"portal-client\", \"legacy-client\""),
+        ],
+        "",
+        &two_issuers(&idp_a, &idp_b),
+    )
+    .await;
+    let legacy = ka.sign(&header("a-1"), &claims_of(ISS, "legacy-client", "l1"));
+    let current = ka.sign(&header("a-1"), &claims_of(ISS, "portal-client", "c1"));
+    // Verified once, then served from the token cache.
+    for _ in 0..2 {
+        assert_eq!(consumer(&call(&gw, &legacy).await), "diskominfo/portal");
+        assert_eq!(consumer(&call(&gw, &current).await), "diskominfo/portal");
+    }
+    let running = gw.running.as_ref().unwrap();
+    assert!(running.gateway.authenticator().cached_tokens() >= 2);
+    // The registry file loses `legacy-client`; everything else stays.
+    std::fs::write(
+        gw.dir.path().join("registry/a1.toml"),
+        two_issuer_registry("\"portal-client\""),
+    )
+    .unwrap();
+    running.reloader.reload("test").await.unwrap();
+    let r = call(&gw, &legacy).await;
+    assert_eq!(
+        r.status, 401,
+        "the cached token must not outlive its mapping"
+    );
+    assert_eq!(r.error_code(), "invalid_token");
+    assert_eq!(consumer(&call(&gw, &current).await), "diskominfo/portal");
 }

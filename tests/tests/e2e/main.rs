@@ -17,5 +17,6 @@ mod routing;
 mod shutdown;
 mod streaming;
 mod tls;
+mod token_abuse;
 mod upstream_failures;
 mod upstream_protocol;

@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime};
 
 use gerbang_auth::authn::{AppCredentials, Methods};
-use gerbang_auth::external::{ExternalIssuer, IssuerKeys};
+use gerbang_auth::external::{ExternalConfigError, ExternalIssuer, IssuerKeys};
 use gerbang_auth::keys::{KeyRing, SigningKey};
 use gerbang_auth::token::Issuer;
 use jsonwebtoken::Algorithm;
@@ -39,6 +39,15 @@ pub(super) struct RawAuth {
     strip_headers: Vec<String>,
     /// Argon2 verifications run at once by the token endpoint; 0 = two per core.
     token_endpoint_concurrency: usize,
+    /// Argon2 verifications one source address may have running or waiting for a slot.
+    token_endpoint_concurrency_per_source: usize,
+    /// Failed client authentications one source address may make in a burst; 0 = no limit.
+    token_failures_per_source: u32,
+    /// Failed client authentications for one registered client id in a burst; 0 = no limit.
+    token_failures_per_client: u32,
+    /// Time in which a used-up allowance of failures comes back whole.
+    #[serde(with = "humantime_serde")]
+    token_failure_window: Duration,
     pub(super) external: Vec<RawExternal>,
 }
 
@@ -56,6 +65,10 @@ impl Default for RawAuth {
             signing_key_max_age: d(90 * 86_400),
             strip_headers: Vec::new(),
             token_endpoint_concurrency: 0,
+            token_endpoint_concurrency_per_source: 1,
+            token_failures_per_source: 10,
+            token_failures_per_client: 30,
+            token_failure_window: d(60),
             external: Vec::new(),
         }
     }
@@ -80,6 +93,14 @@ pub(super) struct RawExternal {
     refresh_interval: Duration,
     #[serde(default = "default_min_refetch", with = "humantime_serde")]
     min_refetch_interval: Duration,
+}
+
+impl RawExternal {
+    /// What identifies this issuer to applications (`external_issuer` in registry files): its
+    /// `issuer`, the `iss` of its tokens.
+    pub(super) fn issuer_id(&self) -> String {
+        self.issuer.clone()
+    }
 }
 
 fn default_client_claim() -> String {
@@ -113,8 +134,16 @@ pub(super) struct RawApplication {
     pub cert_fingerprints: Vec<String>,
     #[serde(default)]
     pub cert_names: Vec<String>,
+    /// The `[[auth.external]]` issuer (its `issuer`) whose tokens may identify this
+    /// application; required with `external_jwt`.
+    #[serde(default)]
+    pub external_issuer: Option<String>,
     #[serde(default)]
     pub external_client_ids: Vec<String>,
+    /// Whether a client claim equal to the application's full id (`agency/app`) identifies it
+    /// besides `external_client_ids` (off unless set).
+    #[serde(default)]
+    pub external_client_id_is_registry_id: bool,
 }
 
 #[derive(Debug, Deserialize)]
@@ -156,7 +185,8 @@ pub struct AuthConfig {
     pub strip_headers: Vec<http::HeaderName>,
     /// Base URL of the token endpoint in the metadata document.
     pub public_base_url: String,
-    pub token_endpoint_concurrency: usize,
+    /// The token endpoint's limits (argon2 slots, failed authentications).
+    pub token_endpoint: gerbang_proxy::token_guard::TokenEndpointSettings,
     /// When the signing key in force is due for rotation: its kid and Unix time.
     pub signing_key_due: Option<(String, i64)>,
 }
@@ -216,6 +246,7 @@ pub(super) fn load_auth(
             "must be between 1 and 10000000",
         );
     }
+    check_token_endpoint(raw, file, problems);
     let mut strip_headers = Vec::new();
     for (i, h) in raw.strip_headers.iter().enumerate() {
         match http::HeaderName::from_bytes(h.as_bytes()) {
@@ -277,12 +308,49 @@ pub(super) fn load_auth(
         assertion_ttl: raw.assertion.then_some(raw.assertion_ttl),
         strip_headers,
         public_base_url,
-        token_endpoint_concurrency: if raw.token_endpoint_concurrency == 0 {
-            2 * std::thread::available_parallelism().map_or(1, |n| n.get())
-        } else {
-            raw.token_endpoint_concurrency
+        token_endpoint: gerbang_proxy::token_guard::TokenEndpointSettings {
+            concurrency: if raw.token_endpoint_concurrency == 0 {
+                2 * std::thread::available_parallelism().map_or(1, |n| n.get())
+            } else {
+                raw.token_endpoint_concurrency
+            },
+            per_source: raw.token_endpoint_concurrency_per_source,
+            failures_per_source: raw.token_failures_per_source,
+            failures_per_client: raw.token_failures_per_client,
+            failure_window: raw.token_failure_window,
         },
     })
+}
+
+/// The token endpoint's limits: a source gets at least one secret check at a time; the window
+/// is long enough to divide; one source alone cannot use up a client's allowance.
+fn check_token_endpoint(raw: &RawAuth, file: &Path, problems: &mut Problems) {
+    if raw.token_endpoint_concurrency_per_source == 0 {
+        problems.push(
+            file,
+            "auth.token_endpoint_concurrency_per_source",
+            "at least 1 (secret checks one source address may have running or waiting at once)",
+        );
+    }
+    if raw.token_failure_window < d(1) || raw.token_failure_window > d(86_400) {
+        problems.push(
+            file,
+            "auth.token_failure_window",
+            "must be between 1s and 24h",
+        );
+    }
+    let (per_source, per_client) = (raw.token_failures_per_source, raw.token_failures_per_client);
+    if per_source > 0 && per_client > 0 && per_client <= per_source {
+        problems.push(
+            file,
+            "auth.token_failures_per_client",
+            format!(
+                "must be larger than token_failures_per_source ({per_source}) or 0: otherwise one \
+                 source address guessing at a client's secret can keep that client from getting \
+                 tokens"
+            ),
+        );
+    }
 }
 
 fn is_protected(n: &http::HeaderName) -> bool {
@@ -478,6 +546,20 @@ fn external_spec(
             ),
         }
     }
+    if e.audiences.is_empty() {
+        problems.push(
+            file,
+            key("audiences"),
+            "required: the `aud` values (any one suffices) that mark a token as meant for this \
+             gateway, e.g. [\"gerbang\"]; without it the issuer's tokens for any other service \
+             would be accepted here",
+        );
+    }
+    for (j, a) in e.audiences.iter().enumerate() {
+        if a.is_empty() {
+            problems.push(file, key(&format!("audiences[{j}]")), "must not be empty");
+        }
+    }
     let issuer = match ExternalIssuer::new(
         e.issuer.clone(),
         e.audiences.clone(),
@@ -486,6 +568,12 @@ fn external_spec(
         e.client_claim.clone(),
     ) {
         Ok(i) => Some(i),
+        // Reported above, by key.
+        Err(ExternalConfigError::NoAudience) => None,
+        Err(err @ ExternalConfigError::NoClientClaim) => {
+            problems.push(file, key("client_claim"), err.to_string());
+            None
+        }
         Err(err) => {
             problems.push(file, key("algorithms"), err.to_string());
             None
@@ -614,12 +702,14 @@ fn strip_zero(b: &[u8]) -> &[u8] {
     b
 }
 
-/// Validates the credential keys of `application[i]` and builds its credentials.
+/// Validates the credential keys of `application[i]` and builds its credentials;
+/// `external_issuers` are the `issuer`s of the `[[auth.external]]` entries.
 pub(super) fn app_credentials(
     path: &Path,
     i: usize,
     agency: &str,
     raw: &RawApplication,
+    external_issuers: &[String],
     problems: &mut Problems,
 ) -> AppCredentials {
     let key = |k: &str| format!("application[{i}].{k}");
@@ -684,6 +774,14 @@ pub(super) fn app_credentials(
             "external_client_ids is set but `external_jwt` is not in auth_methods",
         );
     }
+    check_external(
+        path,
+        &key,
+        raw,
+        methods.external_jwt,
+        external_issuers,
+        problems,
+    );
     for (j, h) in raw.client_secret_hashes.iter().enumerate() {
         if !gerbang_auth::secret::is_valid_hash(h) {
             problems.push(
@@ -750,7 +848,78 @@ pub(super) fn app_credentials(
         api_keys,
         cert_fingerprints: raw.cert_fingerprints.clone(),
         cert_names: raw.cert_names.clone(),
+        external_issuer: raw.external_issuer.clone(),
         external_client_ids: raw.external_client_ids.clone(),
+        external_client_id_is_registry_id: raw.external_client_id_is_registry_id,
+    }
+}
+
+/// An application with `external_jwt` names one configured issuer and at least one way its
+/// tokens name the application; without `external_jwt` it names none.
+fn check_external(
+    path: &Path,
+    key: &dyn Fn(&str) -> String,
+    raw: &RawApplication,
+    external_jwt: bool,
+    external_issuers: &[String],
+    problems: &mut Problems,
+) {
+    if !external_jwt {
+        if raw.external_issuer.is_some() {
+            problems.push(
+                path,
+                key("external_issuer"),
+                "external_issuer is set but `external_jwt` is not in auth_methods",
+            );
+        }
+        if raw.external_client_id_is_registry_id {
+            problems.push(
+                path,
+                key("external_client_id_is_registry_id"),
+                "external_client_id_is_registry_id is set but `external_jwt` is not in auth_methods",
+            );
+        }
+        return;
+    }
+    let known = if external_issuers.is_empty() {
+        "gerbang.toml configures no [[auth.external]] issuer".to_owned()
+    } else {
+        format!("one of {}", external_issuers.join(", "))
+    };
+    match &raw.external_issuer {
+        None => problems.push(
+            path,
+            key("external_issuer"),
+            format!(
+                "`external_jwt` is in auth_methods but external_issuer is missing: name the \
+                 [[auth.external]] issuer (its `issuer`) whose tokens may identify this \
+                 application ({known})"
+            ),
+        ),
+        Some(iss) if !external_issuers.contains(iss) => problems.push(
+            path,
+            key("external_issuer"),
+            format!("`{iss}` is not the `issuer` of an [[auth.external]] entry ({known})"),
+        ),
+        Some(_) => {}
+    }
+    if raw.external_client_ids.is_empty() && !raw.external_client_id_is_registry_id {
+        problems.push(
+            path,
+            key("external_client_ids"),
+            "`external_jwt` is in auth_methods but external_client_ids is empty: list the values \
+             of the issuer's client claim that identify this application (or set \
+             external_client_id_is_registry_id = true to accept its full id `agency/app`)",
+        );
+    }
+    for (j, id) in raw.external_client_ids.iter().enumerate() {
+        if id.is_empty() {
+            problems.push(
+                path,
+                key(&format!("external_client_ids[{j}]")),
+                "must not be empty",
+            );
+        }
     }
 }
 
