@@ -441,6 +441,24 @@ mod tests {
     }
 
     #[test]
+    fn a_refused_query_is_400_and_a_denial_403() {
+        use gerbang_policy::Reason;
+        for (reason, status) in [
+            (Reason::QueryRepeated, StatusCode::BAD_REQUEST),
+            (Reason::QueryNotAllowed, StatusCode::BAD_REQUEST),
+            (Reason::QueryMalformed, StatusCode::BAD_REQUEST),
+            (Reason::QueryMissing, StatusCode::BAD_REQUEST),
+            (Reason::NoAgreement, StatusCode::FORBIDDEN),
+            (Reason::ClassificationExceeded, StatusCode::FORBIDDEN),
+        ] {
+            let res = GatewayError::Forbidden(reason).to_response("r");
+            assert_eq!(res.status(), status, "{reason}");
+            let v: serde_json::Value = serde_json::from_slice(res.body()).unwrap();
+            assert_eq!(v["error"]["code"], reason.as_str());
+        }
+    }
+
+    #[test]
     fn details_never_reach_the_client() {
         let e = GatewayError::UpstreamUnavailable {
             instance: "http://10.1.2.3:8080".into(),
