@@ -623,7 +623,16 @@ async fn the_query_is_under_policy_and_the_audited_subject_is_the_one_the_provid
          \n[[service.endpoint]]\nmethod = \"GET\"\npath = \"/kk?nik={{nik}}&nama={{nama}}&jenis=ringkas\"\nclassification = \"rahasia\"\nsubject = \"nik\"\n",
         agency("dukcapil", "cari", &[echo.url()], "")
     );
-    let gw = TestGateway::start(&[&registry], "", "[audit]\nfsync = \"always\"\n").await;
+    let admin_token = "admin-token-for-tests-0123456789";
+    let gw = TestGateway::start(
+        &[&registry],
+        "",
+        &format!(
+            "tokens = [{{ name = \"ops\", digest = \"{}\" }}]\n[audit]\nfsync = \"always\"\n",
+            gerbang_auth::apikey::digest_of(admin_token)
+        ),
+    )
+    .await;
     let key = gerbang_audit::SubjectKey::from_hex(
         &std::fs::read_to_string(gw.dir.path().join("data/keys/audit-subject.key")).unwrap(),
     )
@@ -731,6 +740,25 @@ async fn the_query_is_under_policy_and_the_audited_subject_is_the_one_the_provid
         record["subject_hmac"].as_str(),
         Some(key.hash(nik).as_str())
     );
+
+    // The admin API's explain checks the query as the gateway does.
+    let explain = |path: String| {
+        let body = serde_json::json!({ "consumer": "test/client", "method": "GET", "path": path })
+            .to_string();
+        let req = format!(
+            "POST /admin/explain HTTP/1.1\r\nHost: admin\r\nAuthorization: Bearer {admin_token}\r\n\
+             Content-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+            body.len()
+        );
+        let addr = gw.admin;
+        async move { raw_request_as_is(addr, req.as_bytes()).await.json() }
+    };
+    let e = explain(format!("/dukcapil/cari/penduduk?nik={nik}&nik={other}")).await;
+    assert_eq!(e["decision"], "deny", "{e}");
+    assert_eq!(e["reason"], "query_repeated", "{e}");
+    assert_eq!(e["endpoint"], "GET /penduduk?nik={nik}", "{e}");
+    let e = explain(format!("/dukcapil/cari/penduduk?nik={nik}")).await;
+    assert_eq!(e["decision"], "allow", "{e}");
 }
 
 #[tokio::test]
