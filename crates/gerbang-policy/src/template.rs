@@ -434,6 +434,21 @@ impl PathTemplate {
 /// character nor `%`; the decoded bytes must be UTF-8.
 fn check_value(value: &str) -> Result<(), QueryError> {
     let bytes = value.as_bytes();
+    let plain_byte = |b: u8| {
+        is_unreserved(b)
+            || matches!(
+                b,
+                b'!' | b'$' | b'\'' | b'(' | b')' | b'*' | b',' | b':' | b'@' | b'/' | b'?'
+            )
+    };
+    // Most values hold no `%`: ASCII only, nothing to decode.
+    if !value.contains('%') {
+        return if bytes.iter().all(|b| plain_byte(*b)) {
+            Ok(())
+        } else {
+            Err(QueryError::Malformed)
+        };
+    }
     let mut decoded = Vec::with_capacity(bytes.len());
     let mut i = 0;
     while let Some(&b) = bytes.get(i) {
@@ -449,12 +464,7 @@ fn check_value(value: &str) -> Result<(), QueryError> {
             }
             decoded.push(d);
             i += 3;
-        } else if is_unreserved(b)
-            || matches!(
-                b,
-                b'!' | b'$' | b'\'' | b'(' | b')' | b'*' | b',' | b':' | b'@' | b'/' | b'?'
-            )
-        {
+        } else if plain_byte(b) {
             decoded.push(b);
             i += 1;
         } else {
@@ -479,20 +489,24 @@ fn loose_eq(a: &str, b: &str) -> bool {
 /// and spaces dropped (Windows and IIS drop them), then both folded (Unicode upper then lower
 /// case, so that `K` (U+212A KELVIN SIGN) and `ſ` fold like `k` and `s`).
 fn folded_eq(literal: &str, segment: &str) -> bool {
-    let trim = |s: &'_ str| s.trim_end_matches(['.', ' ']).to_owned();
     // Fast path: plain ASCII on both sides.
     if segment.is_ascii() && !segment.contains('%') {
-        return trim(literal).eq_ignore_ascii_case(&trim(segment));
+        return trim_dots(literal).eq_ignore_ascii_case(trim_dots(segment));
     }
     let decoded = percent_decode(segment);
     let fold = |s: &str| -> String {
-        trim(s)
+        trim_dots(s)
             .chars()
             .flat_map(char::to_uppercase)
             .flat_map(char::to_lowercase)
             .collect()
     };
     fold(literal) == fold(&decoded)
+}
+
+/// Without the trailing dots and spaces that Windows and IIS drop.
+fn trim_dots(s: &str) -> &str {
+    s.trim_end_matches(['.', ' '])
 }
 
 /// `%XX` decoded where the result is UTF-8; the segment as it is otherwise.
