@@ -351,6 +351,10 @@ struct RawService {
     retry: Option<RawRetry>,
     #[serde(default)]
     circuit_breaker: Option<RawBreaker>,
+    /// Request header names with `_` that the provider expects; every other such name is
+    /// dropped (many stacks read `_` as `-`, so they could carry forged identity headers).
+    #[serde(default)]
+    allow_underscore_headers: Vec<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -1454,7 +1458,21 @@ fn service_spec(
             }
         }
     };
+    let mut allow_underscore_headers = Vec::new();
+    for (j, name) in raw.allow_underscore_headers.iter().enumerate() {
+        match http::HeaderName::from_bytes(name.as_bytes()) {
+            Ok(n) if n.as_str().contains('_') => {
+                allow_underscore_headers.push(n.as_str().to_owned());
+            }
+            _ => problems.push(
+                path,
+                key(&format!("allow_underscore_headers[{j}]")),
+                format!("`{name}` is not a header name containing '_' (names without '_' are never dropped)"),
+            ),
+        }
+    }
     (problems.list.len() == before).then(|| ServiceSpec {
+        allow_underscore_headers,
         retry,
         breaker,
         agency: agency.to_owned(),
