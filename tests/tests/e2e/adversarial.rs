@@ -296,6 +296,39 @@ subject = "nik"
 [[service.instance]]
 name = "p1"
 url = "http://{provider}"
+
+[[service]]
+id = "cari"
+name = "Pencarian (NIK in the query)"
+
+[[service.endpoint]]
+method = "GET"
+path = "/penduduk?nik={{nik}}"
+classification = "rahasia"
+subject = "nik"
+
+[[service.instance]]
+name = "c1"
+url = "http://{provider}"
+
+[[service]]
+id = "laporan"
+name = "Laporan (a case-insensitive provider)"
+path_matching = "case_insensitive"
+
+[[service.endpoint]]
+method = "GET"
+path = "/laporan/{{id}}"
+classification = "terbuka"
+
+[[service.endpoint]]
+method = "GET"
+path = "/laporan/rekap-nik"
+classification = "rahasia"
+
+[[service.instance]]
+name = "l1"
+url = "http://{provider}"
 "#
     );
     let uji = format!(
@@ -326,6 +359,22 @@ max_classification = "rahasia"
 [agreement.fields]
 mask = [{ path = "nik", keep_first = 6, keep_last = 4 }]
 deny = ["status_perkawinan"]
+
+[[agreement]]
+id = "pks-uji-cari"
+title = "t"
+legal_basis = "test"
+service = "dukcapil/cari"
+consumers = ["test/client"]
+max_classification = "rahasia"
+
+[[agreement]]
+id = "open-uji-laporan"
+title = "t"
+legal_basis = "test"
+service = "dukcapil/laporan"
+consumers = ["test/client"]
+max_classification = "terbuka"
 
 [[agreement]]
 id = "open-uji-echo"
@@ -743,6 +792,92 @@ pub fn corpus() -> Vec<Case> {
             Reach::Never,
         ));
     }
+
+    // ---- the query under policy: the audited subject is the one the provider receives ----
+    let cari = "/dukcapil/cari/penduduk";
+    for (q, code) in [
+        (format!("?nik={NIK}&nik={OTHER_NIK}"), "query_repeated"),
+        (format!("?nik={OTHER_NIK}&nik={NIK}"), "query_repeated"),
+        (format!("?nik={NIK}&cetak=1"), "query_not_allowed"),
+        (format!("?nik={NIK}&NIK={OTHER_NIK}"), "query_not_allowed"),
+        (format!("?nik={NIK}&%6Eik={OTHER_NIK}"), "query_malformed"),
+        (format!("?%6Eik={NIK}"), "query_malformed"),
+        (format!("?nik={NIK};nik={OTHER_NIK}"), "query_malformed"),
+        (format!("?nik=%33{}", &NIK[1..]), "query_malformed"),
+        (format!("?nik={NIK}%26nik%3D{OTHER_NIK}"), "query_malformed"),
+        (format!("?nik={NIK}+{OTHER_NIK}"), "query_malformed"),
+        (format!("?nik={NIK}&"), "query_malformed"),
+        (format!("?&nik={NIK}"), "query_malformed"),
+        ("?nik".to_owned(), "query_malformed"),
+        (format!("?nik={NIK}=x"), "query_malformed"),
+        (String::new(), "query_missing"),
+        ("?cetak=1".to_owned(), "query_not_allowed"),
+    ] {
+        let i = id();
+        v.push(case(
+            &format!("query {q:?} on a query-subject endpoint"),
+            req(&i, "GET", &format!("{cari}{q}"), "", ""),
+            400,
+            Some(code),
+            Reach::Never,
+        ));
+    }
+    let i = id();
+    v.push(case(
+        "a declared query subject passes byte for byte",
+        req(&i, "GET", &format!("{cari}?nik={NIK}"), "", ""),
+        200,
+        None,
+        Reach::Check(Box::new(|s: &Seen| {
+            (s.target == format!("/penduduk?nik={NIK}"))
+                .then_some(())
+                .ok_or_else(|| format!("target {}", s.target))
+        })),
+    ));
+    for (q, code) in [
+        (format!("?nik={OTHER_NIK}"), "query_not_allowed"),
+        ("?x=1".to_owned(), "query_not_allowed"),
+        (format!("?nik={OTHER_NIK}&nik={NIK}"), "query_not_allowed"),
+    ] {
+        let i = id();
+        v.push(case(
+            &format!("query {q:?} beside a path subject"),
+            req(&i, "GET", &format!("{rec_path}{q}"), PURPOSE, ""),
+            400,
+            Some(code),
+            Reach::Never,
+        ));
+    }
+
+    // ---- a literal endpoint shadowed by a template: judged as the provider matches it ----
+    for p in [
+        "/laporan/rekap-nik",
+        "/laporan/REKAP-NIK",
+        "/laporan/Rekap-Nik",
+        "/laporan/rekap-nik.",
+        "/laporan/rekap-nik..",
+        "/laporan/rekap-nik%2E",
+        "/laporan/rekap%2Dnik",
+        "/laporan/REKAP-NIK%20",
+        "/laporan/rekap-ni%E2%84%AA",
+    ] {
+        let i = id();
+        v.push(case(
+            &format!("{p} is judged as the secret literal"),
+            req(&i, "GET", &format!("/dukcapil/laporan{p}"), "", ""),
+            403,
+            Some("classification_exceeded"),
+            Reach::Never,
+        ));
+    }
+    let i = id();
+    v.push(case(
+        "an open report passes",
+        req(&i, "GET", "/dukcapil/laporan/laporan/2026-01", "", ""),
+        200,
+        None,
+        Reach::Without(vec![]),
+    ));
 
     // ---- Host, Expect, absolute form --------------------------------------------------------
     let raw = |i: &str, head: &str| -> Vec<u8> {
