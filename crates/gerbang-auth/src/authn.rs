@@ -914,7 +914,7 @@ mod tests {
             }
         }
         // Another external issuer's settings (its audiences, say): not kept.
-        let mut other_aud = (*a.external()).issuer.clone();
+        let mut other_aud = a.external().issuer.clone();
         other_aud.audiences = vec!["another".into()];
         let changed_issuer = vec![
             Arc::new(External {

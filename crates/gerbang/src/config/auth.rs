@@ -339,6 +339,14 @@ fn check_token_endpoint(raw: &RawAuth, file: &Path, problems: &mut Problems) {
             "must be between 1s and 24h",
         );
     }
+    for (k, n) in [
+        ("token_failures_per_source", raw.token_failures_per_source),
+        ("token_failures_per_client", raw.token_failures_per_client),
+    ] {
+        if n > 1_000_000 {
+            problems.push(file, format!("auth.{k}"), "at most 1000000 (0 = no limit)");
+        }
+    }
     let (per_source, per_client) = (raw.token_failures_per_source, raw.token_failures_per_client);
     if per_source > 0 && per_client > 0 && per_client <= per_source {
         problems.push(
