@@ -103,6 +103,16 @@ pub struct External {
     pub keys: ExternalKeys,
 }
 
+impl External {
+    /// The generation of the keys (moves when a JWKS fetch drops or replaces a key).
+    fn key_generation(&self) -> u64 {
+        match &self.keys {
+            ExternalKeys::Jwks(source) => source.generation(),
+            ExternalKeys::Static(_) => 0,
+        }
+    }
+}
+
 /// Why a request was not authenticated. `reason` is the stable label for logs and metrics.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum AuthFailure {
@@ -433,14 +443,25 @@ impl Authenticator {
 
     async fn verify_token(&self, raw: &[u8]) -> Result<Arc<Principal>, AuthFailure> {
         let t = now();
-        if let Some(p) = self.cache.get_at(raw, t) {
-            return Ok(p);
+        if let Some((p, generation)) = self.cache.get_entry_at(raw, t) {
+            // An external token is judged again once its issuer dropped or replaced a key.
+            let current = match &p.method {
+                AuthMethod::ExternalJwt { issuer } => self
+                    .externals
+                    .get(issuer)
+                    .is_some_and(|e| e.key_generation() == generation),
+                _ => true,
+            };
+            if current {
+                return Ok(p);
+            }
         }
         if raw.len() > crate::token::MAX_TOKEN_BYTES {
             return Err(AuthFailure::Token(Refusal::TooLarge));
         }
         let token = check_b64token(raw)?;
         let iss = peek_issuer(token).ok_or(AuthFailure::Token(Refusal::Malformed))?;
+        let mut generation = 0;
         let (principal, exp) = if iss == self.issuer.issuer {
             let claims = self.issuer.verify(token).map_err(AuthFailure::Token)?;
             if claims.agency.is_empty() {
@@ -459,6 +480,8 @@ impl Authenticator {
             (p, claims.exp)
         } else {
             let ext = self.externals.get(&iss).ok_or(AuthFailure::UnknownIssuer)?;
+            // Read before verifying: a key dropped meanwhile makes this entry stale at once.
+            generation = ext.key_generation();
             let id = self.verify_external(ext, token).await?;
             // Only this issuer's table: a client id (or registry id) that another issuer's
             // applications use names nothing here.
@@ -478,7 +501,8 @@ impl Authenticator {
             let p = self.principal(&app, AuthMethod::ExternalJwt { issuer: iss }, scopes)?;
             (p, exp)
         };
-        self.cache.insert(token, Arc::clone(&principal), exp);
+        self.cache
+            .insert_at_generation(token, Arc::clone(&principal), exp, generation);
         Ok(principal)
     }
 

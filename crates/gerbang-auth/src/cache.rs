@@ -30,6 +30,8 @@ struct Entry {
     /// The token's `exp` (seconds since the epoch).
     exp: u64,
     inserted: u64,
+    /// The key generation of the issuer the token was verified against (0 when it has none).
+    generation: u64,
 }
 
 /// See the module documentation.
@@ -71,6 +73,15 @@ impl TokenCache {
 
     /// The caller `token` proved, if it was verified before and has not expired at `now_secs`.
     pub fn get_at(&self, token: impl AsRef<[u8]>, now_secs: u64) -> Option<Arc<Principal>> {
+        self.get_entry_at(token, now_secs).map(|(p, _)| p)
+    }
+
+    /// As [`TokenCache::get_at`], with the key generation the token was verified under.
+    pub fn get_entry_at(
+        &self,
+        token: impl AsRef<[u8]>,
+        now_secs: u64,
+    ) -> Option<(Arc<Principal>, u64)> {
         let token = token.as_ref();
         let key = self.key(token);
         let mut shard = self.shard(key)?.lock().ok()?;
@@ -82,7 +93,7 @@ impl TokenCache {
             shard.remove(&key);
             return None;
         }
-        Some(Arc::clone(&entry.principal))
+        Some((Arc::clone(&entry.principal), entry.generation))
     }
 
     /// The caller `token` proved, if it was verified before and has not expired.
@@ -92,6 +103,17 @@ impl TokenCache {
 
     /// Remembers a verified token and its caller until `exp`.
     pub fn insert(&self, token: &str, principal: Arc<Principal>, exp: u64) {
+        self.insert_at_generation(token, principal, exp, 0);
+    }
+
+    /// As [`TokenCache::insert`], noting the key generation of the issuer that verified it.
+    pub fn insert_at_generation(
+        &self,
+        token: &str,
+        principal: Arc<Principal>,
+        exp: u64,
+        generation: u64,
+    ) {
         let key = self.key(token.as_bytes());
         let seq = self.clock.fetch_add(1, Ordering::Relaxed);
         let Some(Ok(mut shard)) = self.shard(key).map(|s| s.lock()) else {
@@ -115,6 +137,7 @@ impl TokenCache {
                 principal,
                 exp,
                 inserted: seq,
+                generation,
             },
         );
     }

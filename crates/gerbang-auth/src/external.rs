@@ -57,6 +57,8 @@ struct PreparedKey {
     alg: Option<Algorithm>,
     family: Family,
     key: DecodingKey,
+    /// The JWK as published, to tell a key replaced under the same `kid`.
+    material: String,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -103,7 +105,16 @@ impl IssuerKeys {
             let Ok(key) = DecodingKey::from_jwk(jwk) else {
                 continue;
             };
-            by_kid.insert(kid, PreparedKey { alg, family, key });
+            let material = serde_json::to_string(jwk).unwrap_or_default();
+            by_kid.insert(
+                kid,
+                PreparedKey {
+                    alg,
+                    family,
+                    key,
+                    material,
+                },
+            );
         }
         Self { by_kid }
     }
@@ -119,6 +130,16 @@ impl IssuerKeys {
 
     pub fn contains(&self, kid: &str) -> bool {
         self.by_kid.contains_key(kid)
+    }
+
+    /// Whether every key of `old` is still here, unchanged (keys may have been added): then
+    /// nothing verified with `old` would be judged differently now.
+    pub fn retains(&self, old: &IssuerKeys) -> bool {
+        old.by_kid.iter().all(|(kid, k)| {
+            self.by_kid
+                .get(kid)
+                .is_some_and(|n| n.material == k.material)
+        })
     }
 }
 

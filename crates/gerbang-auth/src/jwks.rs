@@ -39,6 +39,9 @@ pub struct JwksSource {
     /// Fetches that swapped in new keys, and fetches that failed (exported as metrics).
     succeeded: AtomicU64,
     failed: AtomicU64,
+    /// Counts key sets that dropped or replaced a key: tokens verified before may no longer
+    /// verify, so cached verifications made under an earlier generation are judged again.
+    generation: AtomicU64,
 }
 
 /// Largest JWKS document accepted.
@@ -56,7 +59,14 @@ impl JwksSource {
             fetching: tokio::sync::Mutex::new(()),
             succeeded: AtomicU64::new(0),
             failed: AtomicU64::new(0),
+            generation: AtomicU64::new(0),
         }
+    }
+
+    /// The key generation: it moves when a fetch drops or replaces a key (not when one is
+    /// added). Read it before verifying; a verification is current while it stays.
+    pub fn generation(&self) -> u64 {
+        self.generation.load(Ordering::SeqCst)
     }
 
     /// Fetches so far: (succeeded, failed).
@@ -120,7 +130,13 @@ impl JwksSource {
             return Err(JwksError::NoUsableKey);
         }
         let n = keys.len();
+        let dropped_one = !keys.retains(&self.keys.load());
+        // Keys first, then the generation: whoever reads the new generation then loads the new
+        // keys, so no verification with a dropped key is ever recorded under it.
         self.keys.store(Arc::new(keys));
+        if dropped_one {
+            self.generation.fetch_add(1, Ordering::SeqCst);
+        }
         Ok(n)
     }
 
@@ -263,6 +279,8 @@ mod tests {
         assert!(src.keys().contains("b"));
         // Two good fetches (start, the rotated kid) and three failed ones, as the metrics see.
         assert_eq!(src.fetch_counts(), (2, 3));
+        // "a" was dropped by the rotation; failed fetches change nothing.
+        assert_eq!(src.generation(), 1);
 
         // Unreachable issuer.
         let gone = JwksSource::new(
@@ -272,5 +290,36 @@ mod tests {
         );
         assert!(matches!(gone.refresh().await, Err(JwksError::Fetch(_))));
         assert!(gone.keys().is_empty());
+    }
+
+    #[tokio::test]
+    async fn the_generation_moves_when_a_key_is_dropped_or_replaced_only() {
+        let idp = mock().await;
+        // (kid, PEM) pairs.
+        let key = |kid: &str| (kid.to_owned(), generate_pem().unwrap());
+        let (a, b) = (key("a"), key("b"));
+        let doc = |keys: Vec<&(String, String)>| {
+            let ring = KeyRing::new(
+                keys.into_iter()
+                    .map(|(kid, pem)| SigningKey::from_pem(kid, pem.as_bytes()).unwrap())
+                    .collect(),
+            )
+            .unwrap();
+            serde_json::to_string(&ring.jwks()).unwrap()
+        };
+        let src = JwksSource::new(idp.url.clone(), reqwest::Client::new(), Duration::ZERO);
+        let b2 = key("b");
+        let steps = [
+            (doc(vec![&a]), 0, "first keys"),
+            (doc(vec![&a]), 0, "the same again"),
+            (doc(vec![&a, &b]), 0, "one added"),
+            (doc(vec![&b]), 1, "a dropped"),
+            (doc(vec![&b2]), 2, "b replaced under the same kid"),
+        ];
+        for (body, want, what) in steps {
+            *idp.body.lock().unwrap() = (200, body);
+            src.refresh().await.unwrap();
+            assert_eq!(src.generation(), want, "{what}");
+        }
     }
 }

@@ -500,3 +500,28 @@ async fn a_reload_that_removes_a_mapping_ends_the_cached_token() {
     assert_eq!(r.error_code(), "invalid_token");
     assert_eq!(consumer(&call(&gw, &current).await), "diskominfo/portal");
 }
+
+#[tokio::test]
+async fn a_key_the_issuer_drops_ends_the_cached_tokens_it_signed() {
+    let echo = backend(Kind::Echo, "echo").await;
+    let (kc1, kc2) = (P256Signer::new("kc-1", 1), P256Signer::new("kc-2", 2));
+    let idp = MockIdp::start(&[&kc1]).await;
+    let gw = gateway_with(&idp, &echo, "30s").await;
+    let old = kc1.sign(&header("kc-1"), &claims("portal-client", "k1"));
+    // Verified, then served from the cache.
+    for _ in 0..2 {
+        assert_eq!(consumer(&call(&gw, &old).await), "diskominfo/portal");
+    }
+    // The issuer drops kc-1 (say it leaked) and signs with kc-2; the first kc-2 token makes
+    // the gateway fetch the new set.
+    idp.serve_keys(&[&kc2]);
+    let new = kc2.sign(&header("kc-2"), &claims("portal-client", "k2"));
+    assert_eq!(consumer(&call(&gw, &new).await), "diskominfo/portal");
+    let r = call(&gw, &old).await;
+    assert_eq!(
+        r.status, 401,
+        "a cached token must not outlive the key that verified it"
+    );
+    assert_eq!(r.error_code(), "invalid_token");
+    assert_eq!(consumer(&call(&gw, &new).await), "diskominfo/portal");
+}
