@@ -1668,3 +1668,176 @@ async fn http2_requests_reach_the_provider_complete_or_not_at_all() {
     }
     assert!(failures.is_empty(), "{}", failures.join("\n"));
 }
+
+/// Forged and misbound tokens of external issuers: each is refused before the provider sees
+/// anything, while the properly bound ones pass (so the refusals are not a broken setup).
+#[tokio::test]
+async fn external_tokens_speak_only_for_applications_bound_to_their_issuer() {
+    use crate::external_issuer::{claims_of, header, two_issuer_registry, two_issuers, ISS, ISS_B};
+    let (provider, rec) = recording_provider().await;
+    let (ka, kb) = (P256Signer::new("a-1", 1), P256Signer::new("b-1", 2));
+    let (idp_a, idp_b) = (MockIdp::start(&[&ka]).await, MockIdp::start(&[&kb]).await);
+    let uji = format!(
+        "[agency]\nid = \"uji\"\nname = \"Uji\"\n\n[[service]]\nid = \"echo\"\nname = \"Echo\"\n\n\
+         [[service.instance]]\nname = \"e1\"\nurl = \"http://{provider}\"\n"
+    );
+    let agreements =
+        "[[agreement]]\nid = \"open-uji-echo\"\ntitle = \"t\"\nlegal_basis = \"test\"\n\
+        service = \"uji/echo\"\nconsumers = [\"*\"]\nmax_classification = \"terbatas\"\n";
+    let gw = TestGateway::start_with_agreements(
+        &[&uji, &two_issuer_registry("\"portal-client\"")],
+        Some(agreements),
+        "",
+        &two_issuers(&idp_a, &idp_b),
+    )
+    .await;
+    let t = now();
+    let a = |c: serde_json::Value| ka.sign(&header("a-1"), &c);
+    let b = |c: serde_json::Value| kb.sign(&header("b-1"), &c);
+    let with = |mut c: serde_json::Value, k: &str, v: serde_json::Value| {
+        c[k] = v;
+        c
+    };
+    let without = |mut c: serde_json::Value, k: &str| {
+        if let Some(m) = c.as_object_mut() {
+            m.remove(k);
+        }
+        c
+    };
+    let hs = format!(
+        "{}.{}.{}",
+        b64url(br#"{"alg":"HS256","typ":"JWT","kid":"a-1"}"#),
+        b64url(claims_of(ISS, "portal-client", "hs").to_string().as_bytes()),
+        b64url(b"forged")
+    );
+    let none = format!(
+        "{}.{}.",
+        b64url(br#"{"alg":"none","typ":"JWT"}"#),
+        b64url(
+            claims_of(ISS, "portal-client", "none")
+                .to_string()
+                .as_bytes()
+        ),
+    );
+    let cases: Vec<(&str, String, u16)> = vec![
+        (
+            "A as its own portal-client",
+            a(claims_of(ISS, "portal-client", "1")),
+            200,
+        ),
+        (
+            "B as its own kiosk-client",
+            b(claims_of(ISS_B, "kiosk-client", "2")),
+            200,
+        ),
+        (
+            "B by the opted-in registry id",
+            b(claims_of(ISS_B, "diskominfo/kiosk", "3")),
+            200,
+        ),
+        (
+            "B as A's portal-client",
+            b(claims_of(ISS_B, "portal-client", "4")),
+            401,
+        ),
+        (
+            "B as A's diskominfo/portal",
+            b(claims_of(ISS_B, "diskominfo/portal", "5")),
+            401,
+        ),
+        (
+            "A as B's kiosk-client",
+            a(claims_of(ISS, "kiosk-client", "6")),
+            401,
+        ),
+        (
+            "A as B's diskominfo/kiosk",
+            a(claims_of(ISS, "diskominfo/kiosk", "7")),
+            401,
+        ),
+        (
+            "A by a registry id without opt-in",
+            a(claims_of(ISS, "diskominfo/portal", "8")),
+            401,
+        ),
+        (
+            "A's key under B's iss",
+            ka.sign(&header("a-1"), &claims_of(ISS_B, "kiosk-client", "9")),
+            401,
+        ),
+        (
+            "B's key under A's iss",
+            kb.sign(&header("b-1"), &claims_of(ISS, "portal-client", "10")),
+            401,
+        ),
+        (
+            "A with another audience",
+            a(with(
+                claims_of(ISS, "portal-client", "11"),
+                "aud",
+                "other".into(),
+            )),
+            401,
+        ),
+        (
+            "A without an audience",
+            a(without(claims_of(ISS, "portal-client", "12"), "aud")),
+            401,
+        ),
+        (
+            "A expired",
+            a(with(
+                claims_of(ISS, "portal-client", "13"),
+                "exp",
+                (t - 600).into(),
+            )),
+            401,
+        ),
+        (
+            "A not yet valid",
+            a(with(
+                claims_of(ISS, "portal-client", "14"),
+                "nbf",
+                (t + 600).into(),
+            )),
+            401,
+        ),
+        (
+            "A without a client claim",
+            a(without(claims_of(ISS, "portal-client", "15"), "azp")),
+            401,
+        ),
+        (
+            "A with an unknown kid",
+            ka.sign(&header("a-9"), &claims_of(ISS, "portal-client", "16")),
+            401,
+        ),
+        (
+            "an unknown issuer",
+            a(claims_of("https://evil.example/", "portal-client", "17")),
+            401,
+        ),
+        ("HS256 under A's kid", hs, 401),
+        ("alg none", none, 401),
+    ];
+    let mut failures = Vec::new();
+    for (k, (what, token, want)) in cases.iter().enumerate() {
+        let id = format!("x{k}");
+        let r = raw_request_as_is(
+            gw.addr,
+            format!(
+                "GET /uji/echo/x HTTP/1.1\r\nHost: gw.test\r\nAuthorization: Bearer {token}\r\nX-Request-Id: {id}\r\nConnection: close\r\n\r\n"
+            )
+            .as_bytes(),
+        )
+        .await;
+        let reached = !rec.get(&id).is_empty();
+        let ok = r.status == *want
+            && reached == (*want == 200)
+            && (*want == 200 || r.error_code() == "invalid_token");
+        if !ok {
+            failures.push(format!("{what}: {} reached={reached}", r.status));
+        }
+    }
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+}

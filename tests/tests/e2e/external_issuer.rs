@@ -11,7 +11,7 @@ use gerbang::demo::Kind;
 use gerbang_e2e::*;
 use serde_json::{json, Value};
 
-const ISS: &str = "https://sso.kab.test/realms/opd";
+pub(crate) const ISS: &str = "https://sso.kab.test/realms/opd";
 
 async fn gateway_with(idp: &MockIdp, echo: &Upstream, min_refetch: &str) -> TestGateway {
     let portal = format!(
@@ -34,7 +34,7 @@ async fn gateway_with(idp: &MockIdp, echo: &Upstream, min_refetch: &str) -> Test
     .await
 }
 
-fn claims(azp: &str, jti: &str) -> Value {
+pub(crate) fn claims(azp: &str, jti: &str) -> Value {
     let t = now();
     json!({
         "iss": ISS, "aud": ["account", "gerbang"], "azp": azp, "sub": "f81d4fae-7dec",
@@ -42,7 +42,7 @@ fn claims(azp: &str, jti: &str) -> Value {
     })
 }
 
-fn header(kid: &str) -> Value {
+pub(crate) fn header(kid: &str) -> Value {
     json!({"alg": "ES256", "typ": "JWT", "kid": kid})
 }
 
@@ -295,11 +295,11 @@ async fn external_issuer_keys_from_pem_files() {
     assert_eq!(reasons.get("unknown_kid"), Some(&1), "{reasons:?}");
 }
 
-const ISS_B: &str = "https://sso.other.test/realms/vendor";
+pub(crate) const ISS_B: &str = "https://sso.other.test/realms/vendor";
 
 /// Two issuers: `diskominfo/portal` (client id `portal-client`, also `legacy-client`) trusts
 /// A only; `diskominfo/kiosk` (client id `kiosk-client`, and its registry id by opt-in) trusts B.
-fn two_issuer_registry(portal_ids: &str) -> String {
+pub(crate) fn two_issuer_registry(portal_ids: &str) -> String {
     format!(
         "[agency]\nid = \"diskominfo\"\nname = \"Diskominfo\"\n\n[[application]]\n\
          id = \"portal\"\nname = \"Portal\"\nauth_methods = [\"external_jwt\"]\n\
@@ -310,7 +310,7 @@ fn two_issuer_registry(portal_ids: &str) -> String {
     )
 }
 
-fn two_issuers(a: &MockIdp, b: &MockIdp) -> String {
+pub(crate) fn two_issuers(a: &MockIdp, b: &MockIdp) -> String {
     format!(
         "[[auth.external]]\nissuer = \"{ISS}\"\naudiences = [\"gerbang\"]\n\
          algorithms = [\"ES256\"]\njwks_url = \"{}\"\n\
@@ -320,7 +320,7 @@ fn two_issuers(a: &MockIdp, b: &MockIdp) -> String {
     )
 }
 
-fn claims_of(iss: &str, azp: &str, jti: &str) -> Value {
+pub(crate) fn claims_of(iss: &str, azp: &str, jti: &str) -> Value {
     let mut c = claims(azp, jti);
     c["iss"] = json!(iss);
     c
