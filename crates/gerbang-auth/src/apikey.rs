@@ -24,6 +24,13 @@ pub enum ApiKeyRefusal {
 }
 
 impl ApiKeyRefusal {
+    /// Every refusal (keep in step with `as_str`).
+    pub const ALL: [ApiKeyRefusal; 3] = [
+        ApiKeyRefusal::Malformed,
+        ApiKeyRefusal::Unknown,
+        ApiKeyRefusal::Expired,
+    ];
+
     pub fn as_str(self) -> &'static str {
         match self {
             ApiKeyRefusal::Malformed => "api_key_malformed",

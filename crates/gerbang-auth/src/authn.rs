@@ -154,6 +154,24 @@ impl AuthFailure {
             AuthFailure::RepeatedApiKey => "api_key_repeated",
         }
     }
+
+    /// Every reason code `reason` can give, each once (metrics export them at 0 from the
+    /// start, so that the first refusal of a kind is an increase).
+    pub fn reasons() -> Vec<&'static str> {
+        let mut all = vec![
+            AuthFailure::Missing,
+            AuthFailure::NotBearer,
+            AuthFailure::UnknownIssuer,
+            AuthFailure::UnknownCertificate,
+            AuthFailure::UnknownApplication,
+            AuthFailure::MethodNotAllowed,
+            AuthFailure::IdentityMismatch,
+            AuthFailure::RepeatedApiKey,
+        ];
+        all.extend(Refusal::ALL.map(AuthFailure::Token));
+        all.extend(ApiKeyRefusal::ALL.map(AuthFailure::ApiKey));
+        all.iter().map(AuthFailure::reason).collect()
+    }
 }
 
 /// Why the authenticator could not be built from the configuration.

@@ -45,6 +45,18 @@ pub enum OAuthError {
 }
 
 impl OAuthError {
+    /// Every `error` value `code` can give (keep in step with it).
+    pub const CODES: [&'static str; 8] = [
+        "invalid_request",
+        "invalid_client",
+        "unauthorized_client",
+        "unsupported_grant_type",
+        "invalid_scope",
+        "temporarily_unavailable",
+        "slow_down",
+        "server_error",
+    ];
+
     /// The `error` value.
     pub fn code(&self) -> &'static str {
         match self {

@@ -82,6 +82,23 @@ pub enum Refusal {
 }
 
 impl Refusal {
+    /// Every refusal (for metrics exported at 0 before the first one; keep in step with
+    /// `as_str`).
+    pub const ALL: [Refusal; 12] = [
+        Refusal::TooLarge,
+        Refusal::Malformed,
+        Refusal::AlgorithmNotAllowed,
+        Refusal::WrongType,
+        Refusal::MissingKid,
+        Refusal::UnknownKid,
+        Refusal::BadSignature,
+        Refusal::Expired,
+        Refusal::NotYetValid,
+        Refusal::WrongIssuer,
+        Refusal::WrongAudience,
+        Refusal::MissingClaim,
+    ];
+
     pub fn as_str(self) -> &'static str {
         match self {
             Refusal::TooLarge => "token_too_large",

@@ -274,6 +274,27 @@ impl From<QueryError> for Reason {
 }
 
 impl Reason {
+    /// Every reason (for metrics exported at 0 before the first one; keep in step with
+    /// `as_str`).
+    pub const ALL: [Reason; 16] = [
+        Reason::NoAgreement,
+        Reason::EndpointNotCovered,
+        Reason::EndpointNotDeclared,
+        Reason::MethodNotAllowed,
+        Reason::PurposeMissing,
+        Reason::PurposeNotAllowed,
+        Reason::AgreementNotYetValid,
+        Reason::AgreementExpired,
+        Reason::AgreementSuspended,
+        Reason::ClassificationExceeded,
+        Reason::RateLimited,
+        Reason::QuotaExhausted,
+        Reason::QueryMalformed,
+        Reason::QueryNotAllowed,
+        Reason::QueryRepeated,
+        Reason::QueryMissing,
+    ];
+
     pub fn as_str(self) -> &'static str {
         match self {
             Reason::NoAgreement => "no_agreement",

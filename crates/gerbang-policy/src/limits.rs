@@ -200,10 +200,17 @@ impl Limits {
                 .try_consume(&a.id, application, period, q.limit)
                 .is_err()
             {
+                // The quota is what refuses, so the `RateLimit-*` headers describe it: its
+                // limit, nothing left, and the seconds until the next period starts.
+                let until_next = u64::try_from(next - now).unwrap_or(1).max(1);
                 return LimitOutcome::Limited {
                     reason: Reason::QuotaExhausted,
-                    retry_after_secs: u64::try_from(next - now).unwrap_or(1).max(1),
-                    rate,
+                    retry_after_secs: until_next,
+                    rate: Some(RateInfo {
+                        limit: u32::try_from(q.limit).unwrap_or(u32::MAX),
+                        remaining: 0,
+                        reset_secs: until_next,
+                    }),
                 };
             }
         }

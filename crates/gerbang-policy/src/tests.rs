@@ -705,8 +705,20 @@ fn quota_per_day_in_jakarta_time() {
         LimitOutcome::Limited {
             reason: Reason::QuotaExhausted,
             retry_after_secs,
-            ..
-        } => assert_eq!(retry_after_secs, 3600, "until midnight WIB"),
+            rate,
+        } => {
+            assert_eq!(retry_after_secs, 3600, "until midnight WIB");
+            // The quota's own numbers, for the `RateLimit-*` headers of the 429.
+            let quota = set.agreements()[lab].quota.unwrap();
+            assert_eq!(
+                rate,
+                Some(super::limits::RateInfo {
+                    limit: u32::try_from(quota.limit).unwrap(),
+                    remaining: 0,
+                    reset_secs: 3600,
+                })
+            );
+        }
         other => panic!("{other:?}"),
     }
     // Midnight in Jakarta: a new day.

@@ -26,6 +26,13 @@ const BUCKETS: [f64; 16] = [
 
 type Hook = Box<dyn Fn(&Metrics) + Send + Sync>;
 
+/// The `result` values of `gerbang_config_reloads_total`.
+const RELOAD_RESULTS: [&str; 2] = ["success", "failure"];
+/// The `result` values of `gerbang_audit_records_total`.
+const AUDIT_RESULTS: [&str; 2] = ["written", "failed"];
+/// The `by` values of `gerbang_token_auth_throttled_total`.
+const TOKEN_THROTTLED_BY: [&str; 2] = ["source", "client"];
+
 /// The gateway's metrics.
 pub struct Metrics {
     registry: Registry,
@@ -133,7 +140,7 @@ impl Metrics {
             &r,
             "gerbang_upstream_connect_failures_total",
             "Connections to an upstream instance that failed or timed out",
-            &["service", "instance"],
+            &["service", "upstream_instance"],
         )?;
         let upstream_retries = counter(
             &r,
@@ -145,7 +152,7 @@ impl Metrics {
             &r,
             "gerbang_upstream_ejections_total",
             "Instances taken out of rotation by passive outlier detection",
-            &["service", "instance"],
+            &["service", "upstream_instance"],
         )?;
         let received_bytes = counter(
             &r,
@@ -249,7 +256,7 @@ impl Metrics {
             &r,
             "gerbang_upstream_instance_healthy",
             "Whether an upstream instance takes traffic (1) or is ejected or failing checks (0)",
-            &["service", "instance"],
+            &["service", "upstream_instance"],
         )?;
         let build = gauge_vec(
             &r,
@@ -258,6 +265,27 @@ impl Metrics {
             &["version"],
         )?;
         build.with_label_values(&[env!("CARGO_PKG_VERSION")]).set(1);
+        // Counters whose label values are a fixed set exist at 0 from the start, so that
+        // `increase()` and `rate()` see their first event (a series born at 1 shows no increase).
+        for result in RELOAD_RESULTS {
+            config_reloads.with_label_values(&[result]);
+        }
+        for result in AUDIT_RESULTS {
+            audit_records.with_label_values(&[result]);
+        }
+        for result in std::iter::once("issued").chain(gerbang_auth::oauth::OAuthError::CODES) {
+            token_requests.with_label_values(&[result]);
+        }
+        for by in TOKEN_THROTTLED_BY {
+            token_auth_throttled.with_label_values(&[by]);
+        }
+        for reason in gerbang_auth::authn::AuthFailure::reasons() {
+            auth_failures.with_label_values(&[reason]);
+        }
+        policy_decisions.with_label_values(&["allow", "none"]);
+        for reason in gerbang_policy::Reason::ALL {
+            policy_decisions.with_label_values(&["deny", reason.as_str()]);
+        }
         Ok(Arc::new(Self {
             registry: r,
             requests,
@@ -387,12 +415,14 @@ impl Metrics {
     }
 }
 
-/// The series of a one-label counter family: (label value, count), sorted.
+/// The series of a one-label counter family that have counted something: (label value, count),
+/// sorted (series exported at 0 before their first event are left out).
 pub fn counts(family: &IntCounterVec) -> Vec<(String, u64)> {
     let mut out: Vec<(String, u64)> = family
         .collect()
         .iter()
         .flat_map(|f| f.get_metric())
+        .filter(|m| m.get_counter().get_value() > 0.0)
         .map(|m| {
             let label = m
                 .get_label()
@@ -426,5 +456,95 @@ pub fn status_class(status: u16) -> &'static str {
         3 => "3xx",
         4 => "4xx",
         _ => "5xx",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rendered() -> String {
+        let m = Metrics::new(true).unwrap();
+        String::from_utf8(m.render()).unwrap()
+    }
+
+    #[test]
+    fn counters_with_a_fixed_set_of_labels_start_at_zero() {
+        let text = rendered();
+        for series in [
+            "gerbang_config_reloads_total{result=\"success\"} 0",
+            "gerbang_config_reloads_total{result=\"failure\"} 0",
+            "gerbang_audit_records_total{result=\"written\"} 0",
+            "gerbang_audit_records_total{result=\"failed\"} 0",
+            "gerbang_token_requests_total{result=\"issued\"} 0",
+            "gerbang_token_requests_total{result=\"invalid_client\"} 0",
+            "gerbang_token_requests_total{result=\"slow_down\"} 0",
+            "gerbang_token_auth_throttled_total{by=\"source\"} 0",
+            "gerbang_token_auth_throttled_total{by=\"client\"} 0",
+            "gerbang_auth_failures_total{reason=\"missing_credentials\"} 0",
+            "gerbang_auth_failures_total{reason=\"bad_signature\"} 0",
+            "gerbang_auth_failures_total{reason=\"api_key_unknown\"} 0",
+            "gerbang_policy_decisions_total{decision=\"allow\",reason=\"none\"} 0",
+            "gerbang_policy_decisions_total{decision=\"deny\",reason=\"no_agreement\"} 0",
+            "gerbang_policy_decisions_total{decision=\"deny\",reason=\"quota_exhausted\"} 0",
+        ] {
+            assert!(
+                text.lines().any(|l| l == series),
+                "{series} missing:\n{text}"
+            );
+        }
+        // 2 + 2 + 9 + 2 + 23 + 17 series, each label value once.
+        let zeros = text
+            .lines()
+            .filter(|l| !l.starts_with('#') && l.ends_with(" 0") && l.contains("_total{"))
+            .count();
+        assert_eq!(zeros, 55, "{text}");
+    }
+
+    #[test]
+    fn counts_leave_out_series_that_counted_nothing() {
+        let m = Metrics::new(true).unwrap();
+        assert!(counts(&m.auth_failures).is_empty());
+        m.auth_failures.with_label_values(&["expired"]).inc();
+        assert_eq!(counts(&m.auth_failures), vec![("expired".to_owned(), 1)]);
+    }
+
+    #[test]
+    fn a_reload_moves_its_result_from_zero() {
+        let m = Metrics::new(true).unwrap();
+        m.config_loaded(Err(()), true);
+        let text = String::from_utf8(m.render()).unwrap();
+        assert!(text.contains("gerbang_config_reloads_total{result=\"failure\"} 1"));
+        assert!(text.contains("gerbang_config_reloads_total{result=\"success\"} 0"));
+    }
+
+    #[test]
+    fn upstream_series_name_their_instance_upstream_instance() {
+        let m = Metrics::new(true).unwrap();
+        m.upstream_connect_failures
+            .with_label_values(&["a/s", "i0"])
+            .inc();
+        m.upstream_ejections.with_label_values(&["a/s", "i0"]).inc();
+        m.upstream_instance_healthy
+            .with_label_values(&["a/s", "i0"])
+            .set(1);
+        let text = String::from_utf8(m.render()).unwrap();
+        for name in [
+            "gerbang_upstream_connect_failures_total",
+            "gerbang_upstream_ejections_total",
+            "gerbang_upstream_instance_healthy",
+        ] {
+            assert!(
+                text.contains(&format!(
+                    "{name}{{service=\"a/s\",upstream_instance=\"i0\"}} 1"
+                )),
+                "{text}"
+            );
+        }
+        // `instance` is Prometheus' label for the scrape target; no series may carry it.
+        assert!(
+            !text.contains("{instance=") && !text.contains(",instance="),
+            "{text}"
+        );
     }
 }

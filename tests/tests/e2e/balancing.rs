@@ -349,7 +349,8 @@ async fn a_killed_instance_is_ejected_traffic_moves_and_it_returns() {
     let metrics =
         String::from_utf8(raw_request_as_is(gw.admin, &get("/metrics", "")).await.body).unwrap();
     assert!(
-        metrics.contains("gerbang_upstream_ejections_total{instance=\"b\",service=\"a/s\"}"),
+        metrics
+            .contains("gerbang_upstream_ejections_total{service=\"a/s\",upstream_instance=\"b\"}"),
         "{metrics}"
     );
     assert!(metrics
@@ -465,8 +466,10 @@ async fn active_health_checks_take_an_instance_out_and_bring_it_back() {
     assert!(out, "b was not marked unhealthy");
     let metrics =
         String::from_utf8(raw_request_as_is(gw.admin, &get("/metrics", "")).await.body).unwrap();
-    assert!(metrics.contains("gerbang_upstream_instance_healthy{instance=\"b\",service=\"a/s\"} 0"));
-    assert!(metrics.contains("gerbang_upstream_instance_healthy{instance=\"a\",service=\"a/s\"} 1"));
+    assert!(metrics
+        .contains("gerbang_upstream_instance_healthy{service=\"a/s\",upstream_instance=\"b\"} 0"));
+    assert!(metrics
+        .contains("gerbang_upstream_instance_healthy{service=\"a/s\",upstream_instance=\"a\"} 1"));
     for _ in 0..20 {
         assert_eq!(call(gw.addr, "").await, (200, "a".to_owned()));
     }

@@ -155,3 +155,30 @@ async fn connections_beyond_max_connections_wait_for_a_free_slot() {
     assert_eq!(r.status, 200);
     drop(second);
 }
+
+/// A call refused by the agreement's quota carries `RateLimit-*` like one refused by its rate:
+/// the quota's limit, nothing remaining, and the seconds until the next period (the same as
+/// `Retry-After`), also when the agreement has no rate limit.
+#[tokio::test]
+async fn quota_refusal_carries_ratelimit_headers() {
+    let echo = backend(Kind::Echo, "echo").await;
+    let registry = agency("a", "s", &[echo.url()], "");
+    let agreement = "[[agreement]]\nid = \"pks-quota\"\ntitle = \"t\"\nlegal_basis = \"x\"\n\
+        service = \"a/s\"\nconsumers = [\"test/client\"]\nmax_classification = \"sangat-rahasia\"\n\
+        quota = { limit = 3, per = \"day\" }\n";
+    let gw = TestGateway::start_with_agreements(&[&registry], Some(agreement), "", "").await;
+    for _ in 0..3 {
+        let r = raw_request(gw.addr, &get("/a/s/x", "")).await;
+        assert_eq!(r.status, 200);
+    }
+    let r = raw_request(gw.addr, &get("/a/s/x", "")).await;
+    assert_eq!(r.status, 429);
+    assert_eq!(r.error_code(), "quota_exhausted");
+    assert_eq!(r.header("ratelimit-limit"), Some("3"));
+    assert_eq!(r.header("ratelimit-remaining"), Some("0"));
+    let retry: u64 = r.header("retry-after").unwrap().parse().unwrap();
+    let reset: u64 = r.header("ratelimit-reset").unwrap().parse().unwrap();
+    assert!((1..=86_400).contains(&reset), "{reset}");
+    // Both count down to the same instant (the start of the next day in Jakarta).
+    assert!(retry.abs_diff(reset) <= 1, "retry {retry}, reset {reset}");
+}

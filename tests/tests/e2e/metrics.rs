@@ -110,11 +110,11 @@ async fn series_move_for_the_right_labels_and_never_carry_a_subject_id() {
         Some(2.0),
         "{text}"
     );
+    // Both results exist from the start (at 0); the malformed request counted under one.
     assert_eq!(
-        value("gerbang_token_requests_total{result=\"unsupported_grant_type\"}").or(value(
-            "gerbang_token_requests_total{result=\"invalid_request\"}"
-        )),
-        Some(1.0),
+        value("gerbang_token_requests_total{result=\"unsupported_grant_type\"}").unwrap_or(0.0)
+            + value("gerbang_token_requests_total{result=\"invalid_request\"}").unwrap_or(0.0),
+        1.0,
         "{text}"
     );
     // The configuration and the credentials' expiry.
@@ -165,6 +165,41 @@ async fn series_move_for_the_right_labels_and_never_carry_a_subject_id() {
             String::from_utf8_lossy(&out.stderr)
         );
     }
+}
+
+/// A fresh gateway exports the counters whose label values are a fixed set at 0, so that the
+/// first reload failure, audit failure or refusal is an `increase()` and not a new series; and
+/// no series carries Prometheus' own target label `instance`.
+#[tokio::test]
+async fn a_fresh_gateway_exports_known_counters_at_zero() {
+    let up = backend(Kind::Echo, "e").await;
+    let gw = TestGateway::single(&[up.url()], "").await;
+    let m = raw_request_as_is(gw.admin, &get("/metrics", "")).await;
+    assert_eq!(m.status, 200);
+    let text = String::from_utf8(m.body).unwrap();
+    for series in [
+        "gerbang_config_reloads_total{result=\"success\"} 0",
+        "gerbang_config_reloads_total{result=\"failure\"} 0",
+        "gerbang_audit_records_total{result=\"written\"} 0",
+        "gerbang_audit_records_total{result=\"failed\"} 0",
+        "gerbang_token_requests_total{result=\"issued\"} 0",
+        "gerbang_token_requests_total{result=\"invalid_client\"} 0",
+        "gerbang_token_auth_throttled_total{by=\"source\"} 0",
+        "gerbang_token_auth_throttled_total{by=\"client\"} 0",
+        "gerbang_auth_failures_total{reason=\"missing_credentials\"} 0",
+        "gerbang_auth_failures_total{reason=\"expired\"} 0",
+        "gerbang_policy_decisions_total{decision=\"deny\",reason=\"quota_exhausted\"} 0",
+        "gerbang_policy_decisions_total{decision=\"allow\",reason=\"none\"} 0",
+    ] {
+        assert!(
+            text.lines().any(|l| l == series),
+            "`{series}` missing:\n{text}"
+        );
+    }
+    assert!(
+        !text.contains("{instance=") && !text.contains(",instance="),
+        "{text}"
+    );
 }
 
 /// Every metric the alert rules and the dashboard query is one the gateway exports (a rule on
@@ -306,7 +341,7 @@ async fn bytes_connect_failures_and_connections_are_counted() {
     assert_eq!(
         value(
             &text,
-            "gerbang_upstream_connect_failures_total{instance=\"i0\",service=\"b/dead\"}"
+            "gerbang_upstream_connect_failures_total{service=\"b/dead\",upstream_instance=\"i0\"}"
         ),
         Some(2.0),
         "{text}"
