@@ -84,7 +84,7 @@ pub fn span_ids(request: &HeaderMap) -> SpanIds {
         (Some(v), None) if headers::valid_traceparent(v.as_bytes()) => parse(v.as_bytes()),
         _ => None,
     };
-    let [a, b, c] = crate::gateway::random_words();
+    let [a, b, c] = crate::ids::random_words();
     let span_id = (c | 1).to_be_bytes();
     match client {
         Some((trace_id, parent, sampled)) => SpanIds {

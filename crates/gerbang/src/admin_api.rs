@@ -177,7 +177,7 @@ impl AdminApi {
         if path != "/admin" && !path.starts_with("/admin/") {
             return self.builtin.respond(&req);
         }
-        let rid = gerbang_proxy::gateway::new_request_id();
+        let rid = gerbang_proxy::ids::new_request_id();
         let mut res = self.route_and_answer(req, conn, &path, &rid).await;
         res.headers_mut()
             .insert(gerbang_proxy::headers::X_REQUEST_ID.clone(), rid);

@@ -268,8 +268,15 @@ impl Reloader {
             fingerprint: hash,
             expiries,
             warnings,
+            limits,
             ..
         } = config;
+        // What a reload applies besides registry, credentials and agreements.
+        let settings = gerbang_proxy::Reloadable {
+            limits,
+            strip_headers: auth_config.strip_headers,
+            assertion_ttl: auth_config.assertion_ttl,
+        };
         let mut issuer = auth_config.issuer;
         if let (Some(url), Some(_)) = (&self.listener_issuer, auth_config.issuer_from_listener) {
             issuer.issuer.clone_from(url);
@@ -296,7 +303,7 @@ impl Reloader {
             .collect();
         self.metrics.set_expiries(&expiries);
         self.gateway
-            .replace_registry(registry, Arc::new(auth), policy);
+            .replace_registry(registry, Arc::new(auth), policy, settings);
         self.metrics.config_loaded(Ok(&hash), true);
         current.clone_from(&hash);
         if let Ok(mut t) = self.admin_tokens.write() {

@@ -1,0 +1,94 @@
+//! Request and trace ids: unique within the process without a system call per request, and
+//! random across processes.
+
+use std::sync::atomic::Ordering;
+
+use http::header::HeaderValue;
+
+use crate::headers;
+
+/// The call's request id: the client's `X-Request-Id` when it is plain (see
+/// [`headers::acceptable_request_id`]), otherwise a new one.
+pub fn request_id(h: &http::HeaderMap) -> HeaderValue {
+    h.get(&headers::X_REQUEST_ID)
+        .and_then(headers::acceptable_request_id)
+        .and_then(|id| HeaderValue::from_str(id).ok())
+        .unwrap_or_else(new_request_id)
+}
+
+/// A UUIDv7 request id: millisecond timestamp, then 74 bits that are unique within the process
+/// (a bijective mix of a counter) and random across processes (a seed drawn once). No system
+/// call per request, unlike drawing fresh randomness for each id.
+pub fn new_request_id() -> HeaderValue {
+    static SEED: std::sync::OnceLock<u64> = std::sync::OnceLock::new();
+    static COUNTER: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let seed = *SEED.get_or_init(|| {
+        let b = uuid::Uuid::new_v4().into_bytes();
+        u64::from_le_bytes([b[0], b[1], b[2], b[3], b[4], b[5], b[6], b[8]])
+    });
+    let n = COUNTER.fetch_add(1, Ordering::Relaxed);
+    let mixed = splitmix64(seed.wrapping_add(n));
+    let mut tail = [0u8; 10];
+    tail[..8].copy_from_slice(&mixed.to_le_bytes());
+    tail[8..].copy_from_slice(&((seed >> 48) as u16 ^ (n >> 32) as u16).to_le_bytes());
+    let millis = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64);
+    let id = uuid::Builder::from_unix_timestamp_millis(millis, &tail).into_uuid();
+    let mut buf = uuid::Uuid::encode_buffer();
+    let s = id.hyphenated().encode_lower(&mut buf);
+    // A hyphenated UUID is always a valid header value.
+    HeaderValue::from_str(s).unwrap_or_else(|_| HeaderValue::from_static("invalid-request-id"))
+}
+
+/// A new `traceparent` (sampled) with ids unique within the process and random across
+/// processes, made without a system call (as request ids are).
+pub(crate) fn new_traceparent() -> HeaderValue {
+    let [a, b, c] = random_words();
+    let c = c | 1;
+    let text = format!("00-{a:016x}{b:016x}-{c:016x}-01");
+    HeaderValue::from_str(&text).unwrap_or_else(|_| {
+        HeaderValue::from_static("00-00000000000000000000000000000001-0000000000000001-01")
+    })
+}
+
+/// Three 64-bit words unique within the process (a counter through a bijection) and random
+/// across processes (a random seed): trace and span ids.
+pub(crate) fn random_words() -> [u64; 3] {
+    static SEED: std::sync::OnceLock<u64> = std::sync::OnceLock::new();
+    static COUNTER: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+    let seed = *SEED.get_or_init(|| {
+        let b = uuid::Uuid::new_v4().into_bytes();
+        u64::from_le_bytes([b[0], b[1], b[2], b[3], b[4], b[5], b[6], b[7]])
+    });
+    let n = COUNTER.fetch_add(3, Ordering::Relaxed);
+    [
+        splitmix64(seed ^ n),
+        splitmix64(seed ^ (n + 1)),
+        splitmix64(seed ^ (n + 2)),
+    ]
+}
+
+/// A bijection on u64 with good mixing (Steele, Lea and Flood's SplitMix64 finaliser).
+fn splitmix64(mut z: u64) -> u64 {
+    z = z.wrapping_add(0x9E37_79B9_7F4A_7C15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    z ^ (z >> 31)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn request_ids_are_unique_uuid_v7() {
+        let mut seen = std::collections::HashSet::new();
+        for _ in 0..10_000 {
+            let id = new_request_id();
+            let u = uuid::Uuid::parse_str(id.to_str().unwrap()).unwrap();
+            assert_eq!(u.get_version_num(), 7);
+            assert!(seen.insert(u));
+        }
+    }
+}

@@ -1,0 +1,32 @@
+//! The per-call context: what the phases learn about a call, for the phases after them and
+//! for the record.
+
+use std::sync::Arc;
+
+use gerbang_auth::Principal;
+
+use crate::body::BodyWatch;
+
+/// What one call was about, filled in by the pipeline as it learns it, for the audit record.
+/// Only registry ids, templates and codes: never a raw path, a credential or a subject id.
+#[derive(Default)]
+pub(crate) struct Call {
+    /// A fixed label for the issuer's own endpoints (metrics only; they are not audited).
+    pub(crate) issuer_endpoint: Option<&'static str>,
+    pub(crate) service: Option<String>,
+    pub(crate) consumer: Option<Arc<Principal>>,
+    pub(crate) endpoint: Option<String>,
+    pub(crate) agreement: Option<String>,
+    pub(crate) purpose: Option<String>,
+    pub(crate) subject_hmac: Option<String>,
+    /// The W3C trace id of the call, for correlating the record with traces.
+    pub(crate) trace: Option<String>,
+    /// What the token endpoint answered: `issued` or an OAuth error code.
+    pub(crate) token_result: Option<&'static str>,
+    /// The call's span, when spans are exported.
+    pub(crate) span: Option<crate::trace::SpanIds>,
+    /// When the call began, for its span (only with a span exporter).
+    pub(crate) wall_start: Option<std::time::SystemTime>,
+    /// The request body as it was read (bytes actually received), when there was one.
+    pub(crate) body: Option<Arc<BodyWatch>>,
+}

@@ -1,0 +1,379 @@
+//! Phase 9: every call leaves an audit record (written, or on disk with `fsync = "always"`,
+//! before the answer), an access-log event, its metrics and, with an exporter, its span. Only
+//! registry ids, templates and codes: never a raw path, a credential or a subject id.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use http::header::HeaderValue;
+use http::Response;
+
+use super::context::Call;
+use crate::body::ResponseBody;
+use crate::error::GatewayError;
+use crate::gateway::Gateway;
+
+/// How a call was answered, for its record.
+#[derive(Clone, Copy)]
+pub(crate) struct Answer<'a> {
+    pub request_id: &'a str,
+    pub method: &'a http::Method,
+    pub status: u16,
+    pub decision: &'a str,
+    pub reason: Option<&'a str>,
+    pub client: SocketAddr,
+    /// Body bytes actually received from the client.
+    pub bytes_in: u64,
+    pub bytes_out: Option<u64>,
+    pub duration: Duration,
+}
+
+/// Records a call the pipeline answered with `result`; with the audit log fail-closed, a
+/// record that could not be written turns the answer into 503 `audit_unavailable`.
+pub(crate) async fn record(
+    gateway: &Gateway,
+    call: &Call,
+    request_id: &HeaderValue,
+    method: &http::Method,
+    client: SocketAddr,
+    started: std::time::Instant,
+    result: Result<Response<ResponseBody>, GatewayError>,
+) -> Result<Response<ResponseBody>, GatewayError> {
+    let (decision, reason) = decision_of(call, &result);
+    let rid = request_id.to_str().unwrap_or("");
+    let answer = |status, result: &Result<Response<ResponseBody>, GatewayError>| Answer {
+        request_id: rid,
+        method,
+        status,
+        decision,
+        reason,
+        client,
+        bytes_in: call.bytes_in(),
+        bytes_out: match result {
+            Ok(res) => res
+                .headers()
+                .get(http::header::CONTENT_LENGTH)
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.parse::<u64>().ok()),
+            Err(_) => None,
+        },
+        duration: started.elapsed(),
+    };
+    // The audit record: written (or, with fsync on every record, on disk) before the answer.
+    let result = match &gateway.audit {
+        Some(sink) if call.service.is_some() || call.consumer.is_some() => {
+            let fields = call.audit_record(&answer(response_status(&result), &result));
+            let written = sink.record(fields).await;
+            if let Some(m) = &gateway.metrics {
+                let r = if written { "written" } else { "failed" };
+                m.audit_records.with_label_values(&[r]).inc();
+            }
+            if !written && sink.settings.fail_closed {
+                tracing::error!(
+                    request_id = rid,
+                    "audit record not written: refusing the call (audit fail-closed)"
+                );
+                Err(GatewayError::AuditUnavailable)
+            } else {
+                result
+            }
+        }
+        _ => result,
+    };
+    let status = response_status(&result);
+    let a = answer(status, &result);
+    if tracing::enabled!(target: "gerbang::access", tracing::Level::INFO) {
+        // One access event per call: registry ids, template and codes only.
+        tracing::info!(
+            target: "gerbang::access",
+            request_id = rid,
+            consumer = call.consumer.as_deref().map_or("-", |p| p.application.as_str()),
+            service = call.service.as_deref().or(call.issuer_endpoint).unwrap_or("-"),
+            endpoint = call.endpoint.as_deref().unwrap_or("-"),
+            method = %method,
+            status,
+            decision,
+            reason = reason.unwrap_or("-"),
+            agreement = call.agreement.as_deref().unwrap_or("-"),
+            duration_ms = a.duration.as_secs_f64() * 1000.0,
+            bytes_in = a.bytes_in,
+            "call"
+        );
+    }
+    if let Some(m) = &gateway.metrics {
+        m.in_flight.dec();
+        observe(m, call, method, status, decision, &result, a.duration);
+    }
+    if let (Some(sink), Some(ids), Some(start)) = (gateway.spans(), call.span, call.wall_start) {
+        if ids.sampled {
+            sink.export(crate::trace::CallSpan {
+                ids,
+                start,
+                end: std::time::SystemTime::now(),
+                request_id: rid,
+                method: method.as_str(),
+                status,
+                decision,
+                reason,
+                consumer: call.consumer.as_deref().map(|p| p.application.as_str()),
+                service: call.service.as_deref().or(call.issuer_endpoint),
+                endpoint: call.endpoint.as_deref(),
+                agreement: call.agreement.as_deref(),
+            });
+        }
+    }
+    result
+}
+
+/// The call's decision (`allow`, `deny`, `error`, or `none` for the gateway's own endpoints)
+/// and its reason code.
+fn decision_of(
+    call: &Call,
+    result: &Result<Response<ResponseBody>, GatewayError>,
+) -> (&'static str, Option<&'static str>) {
+    match result {
+        // The issuer's own endpoints decide nothing about data sharing.
+        Ok(_) if call.issuer_endpoint.is_some() => {
+            ("none", call.token_result.filter(|r| *r != "issued"))
+        }
+        Err(e) if call.issuer_endpoint.is_some() => ("none", Some(e.code())),
+        Ok(_) => ("allow", None),
+        Err(GatewayError::Unauthenticated(f)) => ("deny", Some(f.reason())),
+        Err(GatewayError::Forbidden(r)) => ("deny", Some(r.as_str())),
+        Err(GatewayError::Limited { reason, .. }) => ("deny", Some(reason.as_str())),
+        Err(e) if call.agreement.is_some() => ("allow", Some(e.code())),
+        Err(e) => ("error", Some(e.code())),
+    }
+}
+
+/// The status a result answers with.
+pub(crate) fn response_status(result: &Result<Response<ResponseBody>, GatewayError>) -> u16 {
+    match result {
+        Ok(res) => res.status().as_u16(),
+        Err(e) => e.status().as_u16(),
+    }
+}
+
+fn observe(
+    m: &crate::metrics::Metrics,
+    call: &Call,
+    method: &http::Method,
+    status: u16,
+    decision: &str,
+    result: &Result<Response<ResponseBody>, GatewayError>,
+    elapsed: Duration,
+) {
+    let (consumer, agency) = match (&call.consumer, m.per_application) {
+        (Some(p), true) => (p.application.as_str(), p.agency.as_str()),
+        (Some(p), false) => ("*", p.agency.as_str()),
+        (None, _) => ("anonymous", "anonymous"),
+    };
+    let service = call
+        .service
+        .as_deref()
+        .or(call.issuer_endpoint)
+        .unwrap_or("unknown");
+    let endpoint = call.endpoint.as_deref().unwrap_or("none");
+    let method = match *method {
+        http::Method::GET
+        | http::Method::HEAD
+        | http::Method::POST
+        | http::Method::PUT
+        | http::Method::PATCH
+        | http::Method::DELETE
+        | http::Method::OPTIONS => method.as_str(),
+        _ => "other",
+    };
+    m.requests
+        .with_label_values(&[
+            consumer,
+            agency,
+            service,
+            endpoint,
+            method,
+            crate::metrics::status_class(status),
+            decision,
+        ])
+        .inc();
+    m.duration
+        .with_label_values(&[service])
+        .observe(elapsed.as_secs_f64());
+    if let Some(r) = call.token_result {
+        m.token_requests.with_label_values(&[r]).inc();
+    }
+    match result {
+        Err(GatewayError::Unauthenticated(f)) => {
+            m.auth_failures.with_label_values(&[f.reason()]).inc();
+        }
+        Err(GatewayError::Forbidden(r)) => {
+            m.policy_decisions
+                .with_label_values(&["deny", r.as_str()])
+                .inc();
+        }
+        Err(GatewayError::Limited { reason: r, .. }) => {
+            m.limited
+                .with_label_values(&[r.as_str(), call.agreement.as_deref().unwrap_or("none")])
+                .inc();
+            m.policy_decisions
+                .with_label_values(&["deny", r.as_str()])
+                .inc();
+        }
+        _ if call.agreement.is_some() => {
+            m.policy_decisions
+                .with_label_values(&["allow", "none"])
+                .inc();
+        }
+        _ => {}
+    }
+}
+
+/// A call the pipeline has not answered yet. Dropped unanswered (hyper drops the handler's
+/// future when the client resets the stream or closes the connection), it records the call as
+/// `499 client_closed` (the code nginx made usual) and releases its in-flight count, so that
+/// no call that reached the pipeline goes unaudited.
+pub(crate) struct Unanswered<'a> {
+    gateway: &'a Gateway,
+    pub(crate) call: Call,
+    request_id: &'a HeaderValue,
+    method: &'a http::Method,
+    remote: SocketAddr,
+    started: std::time::Instant,
+    answered: bool,
+}
+
+impl Drop for Unanswered<'_> {
+    fn drop(&mut self) {
+        if self.answered {
+            return;
+        }
+        if let Some(m) = &self.gateway.metrics {
+            m.in_flight.dec();
+        }
+        let call = &self.call;
+        let Some(sink) = &self.gateway.audit else {
+            return;
+        };
+        if call.service.is_none() && call.consumer.is_none() {
+            return;
+        }
+        let decision = if call.agreement.is_some() {
+            "allow"
+        } else {
+            "error"
+        };
+        let fields = call.audit_record(&Answer {
+            request_id: self.request_id.to_str().unwrap_or(""),
+            method: self.method,
+            status: 499,
+            decision,
+            reason: Some("client_closed"),
+            client: self.remote,
+            bytes_in: call.bytes_in(),
+            bytes_out: None,
+            duration: self.started.elapsed(),
+        });
+        let queued = sink.record_detached(fields);
+        if let Some(m) = &self.gateway.metrics {
+            let r = if queued { "written" } else { "failed" };
+            m.audit_records.with_label_values(&[r]).inc();
+        }
+    }
+}
+
+impl<'a> Unanswered<'a> {
+    /// A call that has just reached the pipeline (counted in flight from now on).
+    pub(crate) fn new(
+        gateway: &'a Gateway,
+        request_id: &'a HeaderValue,
+        method: &'a http::Method,
+        remote: SocketAddr,
+    ) -> Self {
+        if let Some(m) = &gateway.metrics {
+            m.in_flight.inc();
+        }
+        Self {
+            gateway,
+            call: Call::default(),
+            request_id,
+            method,
+            remote,
+            started: std::time::Instant::now(),
+            answered: false,
+        }
+    }
+
+    /// The pipeline answered: the context goes on to the record.
+    pub(crate) fn answered(mut self) -> (Call, std::time::Instant) {
+        self.answered = true;
+        (std::mem::take(&mut self.call), self.started)
+    }
+}
+
+impl Call {
+    /// The call's audit record, serialised.
+    pub(crate) fn audit_record(&self, a: &Answer<'_>) -> Vec<u8> {
+        let Answer {
+            request_id,
+            method,
+            status,
+            decision,
+            reason,
+            client,
+            bytes_in,
+            bytes_out,
+            duration,
+        } = *a;
+        /// The record's fields, serialised straight from borrowed values: one buffer, no map
+        /// of owned strings (which cost more than the rest of the record together).
+        #[derive(serde::Serialize)]
+        struct CallRecord<'a> {
+            request_id: &'a str,
+            consumer: Option<&'a str>,
+            consumer_agency: Option<&'a str>,
+            service: Option<&'a str>,
+            endpoint: Option<&'a str>,
+            method: &'a str,
+            status: u16,
+            decision: &'a str,
+            reason: Option<&'a str>,
+            agreement: Option<&'a str>,
+            purpose: Option<&'a str>,
+            client: std::net::IpAddr,
+            bytes_in: u64,
+            bytes_out: Option<u64>,
+            duration_ms: f64,
+            subject_hmac: Option<&'a str>,
+            trace_id: Option<&'a str>,
+        }
+        let record = CallRecord {
+            request_id,
+            consumer: self.consumer.as_deref().map(|p| p.application.as_str()),
+            consumer_agency: self.consumer.as_deref().map(|p| p.agency.as_str()),
+            service: self.service.as_deref(),
+            endpoint: self.endpoint.as_deref(),
+            method: method.as_str(),
+            status,
+            decision,
+            reason,
+            agreement: self.agreement.as_deref(),
+            purpose: self.purpose.as_deref(),
+            client: client.ip(),
+            bytes_in,
+            bytes_out,
+            duration_ms: (duration.as_secs_f64() * 1000.0 * 1000.0).round() / 1000.0,
+            subject_hmac: self.subject_hmac.as_deref(),
+            trace_id: self.trace.as_deref(),
+        };
+        let mut out = Vec::with_capacity(512);
+        // Serialising borrowed strings and numbers into a Vec cannot fail.
+        let _ = serde_json::to_writer(&mut out, &record);
+        out
+    }
+}
+
+impl Call {
+    /// Body bytes actually received from the client so far.
+    pub(crate) fn bytes_in(&self) -> u64 {
+        self.body.as_ref().map_or(0, |w| w.received())
+    }
+}

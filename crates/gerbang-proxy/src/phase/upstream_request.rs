@@ -1,0 +1,336 @@
+//! Phase 6: the request the provider receives. Upstream URI (base path, normalised rest, the
+//! query byte for byte); headers a client may not pass on removed; `Host`, forwarding headers,
+//! the purpose the policy checked, the verified identity, the agreement and the gateway's
+//! assertion set; W3C trace context; and, on a route with field rules, no ranges or conditions
+//! and HEAD sent as GET (the client gets the gateway's representation, never the provider's).
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::time::Duration;
+
+use bytes::Bytes;
+use gerbang_auth::authn::Authenticator;
+use gerbang_auth::{AuthMethod, Principal};
+use gerbang_registry::Service;
+use http::header::{self, HeaderValue};
+use http::request::Parts;
+use http::uri::PathAndQuery;
+use http::{Uri, Version};
+
+use super::authorise::Grant;
+use super::context::Call;
+use crate::error::GatewayError;
+use crate::gateway::{ConnInfo, Snapshot};
+use crate::headers;
+
+/// What the rewrite of one call needs besides the request.
+pub(crate) struct Rewrite<'a> {
+    pub snapshot: &'a Snapshot,
+    pub service: &'a Service,
+    pub principal: &'a Principal,
+    pub grant: &'a Grant<'a>,
+    pub conn: &'a ConnInfo,
+    pub request_id: &'a HeaderValue,
+}
+
+impl Rewrite<'_> {
+    /// Turns the client's request head into the one the provider receives, for the upstream
+    /// target `path_and_query`.
+    pub(crate) fn apply(&self, parts: &mut Parts, path_and_query: &PathAndQuery, call: &mut Call) {
+        let settings = &self.snapshot.settings;
+        // The host the client addressed: `:authority` (HTTP/2) or the absolute-form target
+        // wins over `Host` (RFC 9113 §8.3.1; the checks refused a disagreement).
+        let original_host = parts
+            .uri
+            .authority()
+            .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
+            .or_else(|| parts.headers.get(header::HOST).cloned());
+        headers::remove_hop_by_hop(&mut parts.headers);
+        headers::remove_client_controlled(
+            &mut parts.headers,
+            &settings.strip_headers,
+            &self.service.allow_underscore_headers,
+        );
+        // The gateway met `Expect: 100-continue` itself (hyper answers it when the body is
+        // first read) and sends the body at once: the provider is not asked to wait.
+        parts.headers.remove(header::EXPECT);
+        if parts.version == Version::HTTP_2 {
+            headers::join_cookies(&mut parts.headers);
+        }
+        headers::set_forwarding(
+            &mut parts.headers,
+            self.conn.remote.ip(),
+            self.conn.proto,
+            original_host,
+        );
+        // The provider receives exactly the purpose the policy judged.
+        match self.grant.purpose.clone() {
+            Some(v) => {
+                parts.headers.insert(headers::X_GERBANG_PURPOSE.clone(), v);
+            }
+            None => {
+                parts.headers.remove(&headers::X_GERBANG_PURPOSE);
+            }
+        }
+        set_identity(
+            &mut parts.headers,
+            self.principal,
+            self.service,
+            self.snapshot,
+            (self.grant.index, &self.grant.agreement.id),
+            self.grant.purpose(),
+            settings.assertion_ttl,
+        );
+        if let Ok(v) = HeaderValue::from_str(&self.grant.agreement.id) {
+            parts
+                .headers
+                .insert(headers::X_GERBANG_AGREEMENT.clone(), v);
+        }
+        // W3C trace context. With a span exporter the gateway's span is the upstream's parent;
+        // without one a valid client traceparent goes on as it is, and otherwise (absent,
+        // malformed, repeated) the gateway starts a trace.
+        let tp = match &call.span {
+            Some(ids) => ids.header(),
+            None => {
+                let mut tps = parts.headers.get_all(&headers::TRACEPARENT).iter();
+                let client_tp = match (tps.next(), tps.next()) {
+                    (Some(v), None) if headers::valid_traceparent(v.as_bytes()) => Some(v.clone()),
+                    _ => None,
+                };
+                client_tp.unwrap_or_else(crate::ids::new_traceparent)
+            }
+        };
+        call.trace = tp
+            .to_str()
+            .ok()
+            .and_then(|t| t.get(3..35))
+            .map(str::to_owned);
+        parts.headers.insert(headers::TRACEPARENT.clone(), tp);
+        if self.grant.filter().is_some() {
+            // The gateway must read the response to filter it: no compression. It answers
+            // with a representation of its own, so every feature that describes the
+            // provider's (parts of it, validators of it) is closed: no ranges, no conditions,
+            // and HEAD is answered from a filtered GET.
+            parts.headers.insert(
+                header::ACCEPT_ENCODING,
+                HeaderValue::from_static("identity"),
+            );
+            headers::remove_range_and_conditions(&mut parts.headers);
+            if parts.method == http::Method::HEAD {
+                parts.method = http::Method::GET;
+            }
+        }
+        parts
+            .headers
+            .insert(headers::X_REQUEST_ID.clone(), self.request_id.clone());
+        parts.version = Version::HTTP_11;
+        parts.uri = Uri::from(path_and_query.clone());
+    }
+}
+
+/// `{base_path}{rest}?{query}`; the query is passed on byte for byte.
+pub(crate) fn upstream_path(
+    service: &Service,
+    rest: &str,
+    query: Option<&str>,
+) -> Result<PathAndQuery, GatewayError> {
+    let mut pq = String::with_capacity(
+        service.base_path.len() + rest.len() + query.map_or(0, |q| q.len() + 1) + 1,
+    );
+    pq.push_str(&service.base_path);
+    pq.push_str(rest);
+    if pq.is_empty() {
+        pq.push('/');
+    }
+    if let Some(q) = query {
+        pq.push('?');
+        pq.push_str(q);
+    }
+    PathAndQuery::from_maybe_shared(Bytes::from(pq))
+        .map_err(|e| GatewayError::Internal(format!("upstream path: {e}")))
+}
+
+/// Sets the verified identity headers, and the gateway assertion when configured.
+fn set_identity(
+    headers: &mut http::HeaderMap,
+    principal: &Principal,
+    service: &Service,
+    snapshot: &Snapshot,
+    agreement: (usize, &str),
+    purpose: Option<&str>,
+    assertion_ttl: Option<Duration>,
+) {
+    let Some(id) = snapshot.identities.get(
+        principal,
+        service,
+        agreement,
+        purpose,
+        assertion_ttl,
+        &snapshot.auth,
+    ) else {
+        return;
+    };
+    headers.insert(headers::X_GERBANG_CONSUMER.clone(), id.consumer);
+    headers.insert(headers::X_GERBANG_CONSUMER_AGENCY.clone(), id.agency);
+    headers.insert(
+        headers::X_GERBANG_AUTH_METHOD.clone(),
+        HeaderValue::from_static(method_name(&principal.method)),
+    );
+    if let Some(a) = id.assertion {
+        headers.insert(headers::X_GERBANG_ASSERTION.clone(), a);
+    }
+}
+
+/// The configuration name of an authentication method, as providers see it.
+fn method_name(m: &AuthMethod) -> &'static str {
+    match m {
+        AuthMethod::IssuedToken => "client_secret",
+        AuthMethod::ExternalJwt { .. } => "external_jwt",
+        AuthMethod::ApiKey => "api_key",
+        AuthMethod::Mtls => "mtls",
+    }
+}
+
+/// The identity headers of one (application, service) pair, ready to clone into requests.
+#[derive(Clone)]
+struct Identity {
+    consumer: HeaderValue,
+    agency: HeaderValue,
+    /// The signed assertion; reused for half its lifetime (signing costs tens of microseconds,
+    /// a lookup well under one).
+    assertion: Option<HeaderValue>,
+    renew_at: u64,
+    /// What the entry was made for, confirmed on every hit (the key is a hash of it).
+    pair: u64,
+    agreement: usize,
+    purpose: Option<Box<str>>,
+}
+
+/// [`Identity`] per (application index, service index) of one snapshot. Keys are two dense
+/// indices, so the table hashes one integer.
+#[derive(Default)]
+pub(crate) struct IdentityCache {
+    map: Mutex<HashMap<u64, Identity, std::hash::BuildHasherDefault<IndexHasher>>>,
+}
+
+/// A hasher for keys that are already well spread small integers (a multiply suffices).
+#[derive(Default)]
+struct IndexHasher(u64);
+
+impl std::hash::Hasher for IndexHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        for b in bytes {
+            self.0 = (self.0 ^ u64::from(*b)).wrapping_mul(0x0100_0000_01b3);
+        }
+    }
+    fn write_u64(&mut self, n: u64) {
+        self.0 = n.wrapping_mul(0x9E37_79B9_7F4A_7C15);
+    }
+}
+
+/// The table key of an identity: the (application, service) pair, the agreement and the
+/// purpose mixed into one word (FNV-1a over the purpose; hits are confirmed field by field).
+fn identity_key(pair: u64, agreement: usize, purpose: Option<&str>) -> u64 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325 ^ pair;
+    h = (h ^ agreement as u64).wrapping_mul(0x0100_0000_01b3);
+    if let Some(p) = purpose {
+        h = (h ^ 0xff).wrapping_mul(0x0100_0000_01b3);
+        for b in p.bytes() {
+            h = (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3);
+        }
+    }
+    h
+}
+
+/// Most pairs remembered before the table starts over.
+const IDENTITY_CACHE_MAX: usize = 100_000;
+
+impl IdentityCache {
+    /// The identity of `principal` calling `service` under `agreement` (index, id) for
+    /// `purpose`: the assertion names both, so an entry serves only that combination.
+    fn get(
+        &self,
+        principal: &Principal,
+        service: &Service,
+        agreement: (usize, &str),
+        purpose: Option<&str>,
+        assertion_ttl: Option<Duration>,
+        auth: &Authenticator,
+    ) -> Option<Identity> {
+        let pair = (u64::from(principal.index) << 32) | service.index as u64;
+        let key = identity_key(pair, agreement.0, purpose);
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
+        if let Ok(map) = self.map.lock() {
+            if let Some(id) = map.get(&key) {
+                if now < id.renew_at
+                    && id.pair == pair
+                    && id.agreement == agreement.0
+                    && id.purpose.as_deref() == purpose
+                {
+                    return Some(id.clone());
+                }
+            }
+        }
+        let consumer = HeaderValue::from_str(&principal.application).ok()?;
+        let agency = HeaderValue::from_str(&principal.agency).ok()?;
+        let (assertion, renew_at) = match assertion_ttl {
+            None => (None, u64::MAX),
+            Some(ttl) => {
+                let audience = format!("{}/{}", service.agency, service.id);
+                let call = gerbang_auth::token::AssertedCall {
+                    application: &principal.application,
+                    agency: &principal.agency,
+                    audience: &audience,
+                    agreement: agreement.1,
+                    purpose,
+                };
+                match auth.issuer().assertion(&call, ttl) {
+                    Ok((jwt, exp)) => (
+                        HeaderValue::from_str(&jwt).ok(),
+                        exp.saturating_sub(ttl.as_secs() / 2),
+                    ),
+                    Err(e) => {
+                        // Without an assertion the request still goes out; the next one retries.
+                        tracing::error!(error = %e, "signing a gateway assertion failed");
+                        (None, 0)
+                    }
+                }
+            }
+        };
+        let id = Identity {
+            consumer,
+            agency,
+            assertion,
+            renew_at,
+            pair,
+            agreement: agreement.0,
+            purpose: purpose.map(Box::from),
+        };
+        if let Ok(mut map) = self.map.lock() {
+            if map.len() >= IDENTITY_CACHE_MAX {
+                map.clear();
+            }
+            map.insert(key, id.clone());
+        }
+        Some(id)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn identity_keys_separate_agreements_and_purposes() {
+        let k = |a, p| identity_key(7, a, p);
+        assert_ne!(k(1, None), k(2, None));
+        assert_ne!(k(1, Some("a")), k(1, Some("b")));
+        assert_ne!(k(1, None), k(1, Some("")));
+        assert_eq!(k(1, Some("a")), k(1, Some("a")));
+    }
+}
