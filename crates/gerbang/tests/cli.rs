@@ -393,10 +393,143 @@ fn serve_becomes_ready_and_exits_0_on_sigterm() {
     assert_eq!(st.code(), Some(0), "graceful exit");
 }
 
+/// `gerbang_config_reloads_total{result}` as the admin listener at `admin` reports it.
+fn reload_count(admin: SocketAddr, result: &str) -> Option<u64> {
+    let (status, body) = http_get(admin, "/metrics");
+    assert_eq!(status, 200);
+    let prefix = format!("gerbang_config_reloads_total{{result=\"{result}\"}} ");
+    body.lines()
+        .find_map(|l| l.strip_prefix(&prefix))
+        .and_then(|v| v.parse().ok())
+}
+
+/// Polls `cond` every 20 ms until it holds or `patience` runs out; whether it held.
+fn eventually(patience: Duration, mut cond: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + patience;
+    loop {
+        if cond() {
+            return true;
+        }
+        if Instant::now() >= deadline {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// SIGHUP reloads the gateway process that receives it: a service added to the registry file
+/// (not watched) is served after the signal, and the reload is counted once. The signal goes to
+/// a child process, never to the test process, whose other tests run gateways of their own.
+#[test]
+fn sighup_reloads_only_the_process_that_receives_it() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("gerbang.toml"),
+        "[admin]\nwatch_files = false\n",
+    )
+    .unwrap();
+    std::fs::create_dir(dir.path().join("registry")).unwrap();
+    let service = |id: &str| {
+        format!("[[service]]\nid = \"{id}\"\nname = \"S\"\n[[service.instance]]\nname = \"a\"\nurl = \"http://127.0.0.1:9\"\n")
+    };
+    let agency = "[agency]\nid = \"x\"\nname = \"X\"\n";
+    let registry = dir.path().join("registry/x.toml");
+    std::fs::write(&registry, format!("{agency}{}", service("s"))).unwrap();
+    std::fs::create_dir(dir.path().join("agreements")).unwrap();
+    let out = bin()
+        .args(["rotate-key", "--config"])
+        .arg(dir.path().join("gerbang.toml"))
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let mut child = KillOnDrop(
+        bin()
+            .args(["serve", "--config"])
+            .arg(dir.path().join("gerbang.toml"))
+            .args(["--listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0"])
+            .env("GERBANG__LOG__FORMAT", "json")
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap(),
+    );
+    let stderr = child.stderr.take().unwrap();
+    let admin = wait_for_line(stderr, |line| {
+        let v: serde_json::Value = serde_json::from_str(line).ok()?;
+        if v["message"] != "gateway ready" {
+            return None;
+        }
+        v["admin_addr"].as_str()?.parse::<SocketAddr>().ok()
+    });
+    let services = |admin: SocketAddr| -> Vec<String> {
+        let (_, body) = http_get(admin, "/health/ready");
+        let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+        v["services"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter_map(|s| s["service"].as_str().map(str::to_owned))
+            .collect()
+    };
+    assert_eq!(services(admin), ["x/s"]);
+    assert_eq!(reload_count(admin, "success"), Some(0));
+    std::fs::write(
+        &registry,
+        format!("{agency}{}{}", service("s"), service("t")),
+    )
+    .unwrap();
+    let ok = Command::new("kill")
+        .args(["-HUP", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(ok.success());
+    assert!(
+        eventually(Duration::from_secs(15), || reload_count(admin, "success")
+            == Some(1)),
+        "no reload counted after SIGHUP"
+    );
+    let mut now = services(admin);
+    now.sort();
+    assert_eq!(now, ["x/s", "x/t"]);
+    assert_eq!(reload_count(admin, "failure"), Some(0));
+    let st = terminate(&mut child);
+    assert_eq!(st.code(), Some(0), "graceful exit");
+}
+
+/// Writes the demo's example configuration into `dir` (as `gerbang demo` does on first start)
+/// with its backends' fixed addresses (127.0.0.1:18101–18105) moved to ports free right now, so
+/// that the demo started on `dir` (which keeps an existing configuration) binds no fixed port.
+fn demo_config_on_free_ports(dir: &Path) {
+    let fixed: Vec<String> = (18101..=18105).map(|p| format!("127.0.0.1:{p}")).collect();
+    // Bound together, so the five ports differ; released just before the demo binds them.
+    let listeners: Vec<std::net::TcpListener> = fixed
+        .iter()
+        .map(|_| std::net::TcpListener::bind("127.0.0.1:0").unwrap())
+        .collect();
+    let free: Vec<String> = listeners
+        .iter()
+        .map(|l| l.local_addr().unwrap().to_string())
+        .collect();
+    let mut moved = 0;
+    for (name, text) in gerbang::demo::EXAMPLE_FILES {
+        let mut text = (*text).to_owned();
+        for (from, to) in fixed.iter().zip(&free) {
+            moved += text.matches(from.as_str()).count();
+            text = text.replace(from.as_str(), to);
+        }
+        let path = dir.join(name);
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        std::fs::write(path, text).unwrap();
+    }
+    assert_eq!(moved, 5, "every demo backend address moved");
+    drop(listeners);
+}
+
 #[test]
 fn demo_serves_the_agencies_and_keeps_the_repository_config_untouched() {
     let before = std::fs::read(repo_config()).unwrap();
     let data = tempfile::tempdir().unwrap();
+    demo_config_on_free_ports(data.path());
     let mut child = KillOnDrop(
         bin()
             .args([
