@@ -151,11 +151,19 @@ pub fn agency(agency: &str, service: &str, urls: &[String], service_extra: &str)
 pub struct Upstream {
     pub addr: SocketAddr,
     _stop: oneshot::Sender<()>,
+    /// Connections accepted so far (counted by [`raw_upstream`] only).
+    accepted: std::sync::Arc<std::sync::atomic::AtomicUsize>,
 }
 
 impl Upstream {
     pub fn url(&self) -> String {
         format!("http://{}", self.addr)
+    }
+
+    /// Connections a [`raw_upstream`] has accepted so far (always 0 for other upstreams): a
+    /// test waits on this to know that a call has reached the upstream.
+    pub fn accepted(&self) -> usize {
+        self.accepted.load(std::sync::atomic::Ordering::SeqCst)
     }
 }
 
@@ -168,7 +176,11 @@ pub async fn backend(kind: Kind, instance: &str) -> Upstream {
     tokio::spawn(gerbang::demo::serve_backend(listener, b, async {
         let _ = rx.await;
     }));
-    Upstream { addr, _stop: tx }
+    Upstream {
+        addr,
+        _stop: tx,
+        accepted: Default::default(),
+    }
 }
 
 /// Starts an echo backend behind TLS with `tls` (HTTP/2 and HTTP/1.1 offered).
@@ -184,7 +196,11 @@ pub async fn tls_backend(tls: std::sync::Arc<rustls::ServerConfig>) -> Upstream 
     tokio::spawn(gerbang_proxy::serve(listener, b, settings, async {
         let _ = rx.await;
     }));
-    Upstream { addr, _stop: tx }
+    Upstream {
+        addr,
+        _stop: tx,
+        accepted: Default::default(),
+    }
 }
 
 /// What a raw upstream does with each connection after reading the request head.
@@ -205,12 +221,15 @@ pub async fn raw_upstream(behaviour: RawBehaviour) -> Upstream {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let (tx, mut rx) = oneshot::channel::<()>();
+    let accepted = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let counter = std::sync::Arc::clone(&accepted);
     tokio::spawn(async move {
         loop {
             let (mut s, _) = tokio::select! {
                 _ = &mut rx => return,
                 r = listener.accept() => match r { Ok(p) => p, Err(_) => return },
             };
+            counter.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
             let b = behaviour.clone();
             tokio::spawn(async move {
                 let _ = read_head(&mut s).await;
@@ -231,7 +250,11 @@ pub async fn raw_upstream(behaviour: RawBehaviour) -> Upstream {
             });
         }
     });
-    Upstream { addr, _stop: tx }
+    Upstream {
+        addr,
+        _stop: tx,
+        accepted,
+    }
 }
 
 async fn read_head(s: &mut TcpStream) -> Vec<u8> {
@@ -438,6 +461,24 @@ pub async fn eventually(patience: Duration, mut cond: impl FnMut() -> bool) -> b
     let deadline = tokio::time::Instant::now() + patience;
     loop {
         if cond() {
+            return true;
+        }
+        if tokio::time::Instant::now() >= deadline {
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// As [`eventually`], for a condition that must be awaited (a request, say).
+pub async fn eventually_async<F, Fut>(patience: Duration, mut cond: F) -> bool
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = tokio::time::Instant::now() + patience;
+    loop {
+        if cond().await {
             return true;
         }
         if tokio::time::Instant::now() >= deadline {

@@ -307,7 +307,8 @@ async fn a_killed_instance_is_ejected_traffic_moves_and_it_returns() {
             }
         }));
     }
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    // The load reaches both instances before b stops.
+    assert!(eventually(Duration::from_secs(5), || b.hits() > 10).await);
     let b_addr = b.addr;
     let b_script = Arc::clone(&b.script);
     b.stop();
@@ -426,7 +427,8 @@ async fn the_circuit_breaker_trips_at_once_and_recovers() {
             tokio::spawn(async move { call(gw.addr, "").await.0 })
         })
         .collect();
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    // Both hold their slot once the upstream has them (it answers after 600 ms).
+    assert!(eventually(Duration::from_secs(5), || a.hits() == 2).await);
     let started = std::time::Instant::now();
     let r = raw_request(gw.addr, &get("/a/s/x", "")).await;
     assert_eq!(r.status, 503);
@@ -562,17 +564,21 @@ async fn the_breaker_counts_a_call_until_its_body_has_been_sent() {
     // An upstream whose response head comes at once and whose body takes 600 ms.
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
+    let heads_sent = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let sent = Arc::clone(&heads_sent);
     tokio::spawn(async move {
         loop {
             let Ok((mut s, _)) = listener.accept().await else {
                 return;
             };
+            let sent = Arc::clone(&sent);
             tokio::spawn(async move {
                 let mut buf = [0u8; 4096];
                 let _ = s.read(&mut buf).await;
                 let _ = s
                     .write_all(b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nmulai\r\n")
                     .await;
+                sent.fetch_add(1, Ordering::SeqCst);
                 tokio::time::sleep(Duration::from_millis(600)).await;
                 let _ = s.write_all(b"7\r\nselesai\r\n0\r\n\r\n").await;
             });
@@ -593,8 +599,12 @@ async fn the_breaker_counts_a_call_until_its_body_has_been_sent() {
         let gw = Arc::clone(&gw);
         tokio::spawn(async move { raw_request(gw.addr, &get("/a/s/x", "")).await })
     };
-    // The first call's head has arrived long before its body ends.
-    tokio::time::sleep(Duration::from_millis(250)).await;
+    // The first call's head has left the upstream; its body ends 600 ms later.
+    assert!(
+        eventually(Duration::from_secs(5), || heads_sent.load(Ordering::SeqCst)
+            == 1)
+        .await
+    );
     let r = raw_request(gw.addr, &get("/a/s/x", "")).await;
     assert_eq!(r.status, 503, "the streaming call still holds the slot");
     assert_eq!(r.error_code(), "upstream_overloaded");
@@ -624,7 +634,8 @@ async fn max_pending_bounds_connections_being_opened_to_tls_instances_too() {
         let gw = Arc::clone(&gw);
         tokio::spawn(async move { raw_request(gw.addr, &get("/a/s/x", "")).await })
     };
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    // Its connection is pending (TCP accepted, the TLS handshake never answered).
+    assert!(eventually(Duration::from_secs(5), || hang.accepted() == 1).await);
     let started = std::time::Instant::now();
     let r = raw_request(gw.addr, &get("/a/s/x", "")).await;
     assert_eq!(r.status, 503);

@@ -22,7 +22,10 @@ async fn in_flight_request_finishes_and_new_connections_are_refused() {
     let addr = gw.addr;
     let health = gw.running.as_ref().unwrap().health.clone();
     let in_flight = tokio::spawn(async move { raw_request(addr, &get("/a/s/slow", "")).await });
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(
+        eventually(Duration::from_secs(5), || up.accepted() == 1).await,
+        "the call reached the upstream"
+    );
 
     let t = Instant::now();
     let running = gw.running.take().unwrap();
@@ -31,9 +34,11 @@ async fn in_flight_request_finishes_and_new_connections_are_refused() {
         eventually(Duration::from_secs(2), || !health.is_ready()).await,
         "not ready while draining"
     );
-    tokio::time::sleep(Duration::from_millis(100)).await;
     assert!(
-        tokio::net::TcpStream::connect(addr).await.is_err(),
+        eventually_async(Duration::from_secs(2), || async {
+            tokio::net::TcpStream::connect(addr).await.is_err()
+        })
+        .await,
         "the listener is closed once shutdown begins"
     );
 
@@ -65,7 +70,10 @@ async fn shutdown_gives_up_after_the_grace_period() {
         )
         .await;
     });
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert!(
+        eventually(Duration::from_secs(5), || up.accepted() == 1).await,
+        "the call reached the upstream"
+    );
     let t = Instant::now();
     assert_eq!(gw.shutdown().await, ShutdownOutcome::DeadlineExceeded);
     let took = t.elapsed();
