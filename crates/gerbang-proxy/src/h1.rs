@@ -101,6 +101,13 @@ impl InstancePool {
         }
     }
 
+    /// Idle connections held (checked in, not yet probed). For tests and the fuzz target,
+    /// which check that a connection is kept only after a response that ended cleanly.
+    #[doc(hidden)]
+    pub fn idle_count(&self) -> usize {
+        self.idle.lock().map_or(0, |l| l.len())
+    }
+
     fn checkin(&self, stream: TcpStream, mut buf: BytesMut) {
         buf.clear();
         if let Ok(mut list) = self.idle.lock() {
@@ -681,5 +688,578 @@ impl Drop for UpstreamBody {
             self.conn = None;
         }
         self.finish();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::AsyncReadExt;
+    use tokio::net::TcpListener;
+
+    fn map(pairs: &[(&str, &str)]) -> HeaderMap {
+        let mut m = HeaderMap::new();
+        for (n, v) in pairs {
+            m.append(
+                HeaderName::from_bytes(n.as_bytes()).unwrap(),
+                HeaderValue::from_str(v).unwrap(),
+            );
+        }
+        m
+    }
+
+    fn parse(bytes: &[u8]) -> Result<Option<(StatusCode, Version, HeaderMap)>, H1Error> {
+        parse_head(&mut BytesMut::from(bytes))
+    }
+
+    #[test]
+    fn parses_a_response_head_and_consumes_exactly_it() {
+        let mut buf = BytesMut::from(
+            &b"HTTP/1.1 201 Created\r\nX-A: 1\r\nx-a: 2\r\nContent-Length: 3\r\n\r\nabc"[..],
+        );
+        let (status, version, headers) = parse_head(&mut buf).unwrap().unwrap();
+        assert_eq!(status, StatusCode::CREATED);
+        assert_eq!(version, Version::HTTP_11);
+        assert_eq!(headers.get_all("x-a").iter().count(), 2);
+        assert_eq!(&buf[..], b"abc");
+
+        let (_, version, _) = parse(b"HTTP/1.0 200 OK\r\n\r\n").unwrap().unwrap();
+        assert_eq!(version, Version::HTTP_10);
+        // A bare LF ends lines too (httparse), and a reason phrase is optional.
+        assert!(parse(b"HTTP/1.1 200\n\n").unwrap().is_some());
+    }
+
+    #[test]
+    fn a_partial_head_asks_for_more_and_leaves_the_buffer() {
+        let partial = &b"HTTP/1.1 200 OK\r\nContent-Len"[..];
+        let mut buf = BytesMut::from(partial);
+        assert!(parse_head(&mut buf).unwrap().is_none());
+        assert_eq!(&buf[..], partial);
+        assert!(parse(b"").unwrap().is_none());
+    }
+
+    #[test]
+    fn malformed_heads_and_upgrades_are_refused() {
+        for bad in [
+            &b"HTTP/1.1 2000 OK\r\n\r\n"[..],
+            b"HTTP/2 200 OK\r\n\r\n",
+            b"ICY 200 OK\r\n\r\n",
+            b"HTTP/1.1 200 OK\r\nBad Name: x\r\n\r\n",
+            b"HTTP/1.1 200 OK\r\nX: a\rb\r\n\r\n",
+            b"HTTP/1.1 200 OK\r\n folded: x\r\n\r\n",
+            b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n\r\n",
+        ] {
+            assert!(
+                matches!(parse(bad), Err(H1Error::Invalid(_))),
+                "{:?}",
+                String::from_utf8_lossy(bad)
+            );
+        }
+        let mut many = b"HTTP/1.1 200 OK\r\n".to_vec();
+        for i in 0..=MAX_HEADERS {
+            many.extend_from_slice(format!("x-{i}: v\r\n").as_bytes());
+        }
+        many.extend_from_slice(b"\r\n");
+        assert!(matches!(parse(&many), Err(H1Error::Invalid(_))));
+    }
+
+    #[test]
+    fn informational_heads_are_consumed_without_their_fields() {
+        let mut buf = BytesMut::from(
+            &b"HTTP/1.1 103 Early Hints\r\nLink: </a>\r\n\r\nHTTP/1.1 200 OK\r\n\r\n"[..],
+        );
+        let (status, _, headers) = parse_head(&mut buf).unwrap().unwrap();
+        assert_eq!(status, StatusCode::EARLY_HINTS);
+        assert!(headers.is_empty());
+        assert_eq!(&buf[..], b"HTTP/1.1 200 OK\r\n\r\n");
+    }
+
+    #[test]
+    fn framing_follows_rfc_9112_section_6_3() {
+        let ok = StatusCode::OK;
+        let f = |pairs: &[(&str, &str)], status, is_head| {
+            response_framing(&map(pairs), status, is_head)
+        };
+        let chunked = Framing::Chunked(ChunkState::Size);
+        // No body, whatever the fields say.
+        assert_eq!(
+            f(&[("content-length", "5")], ok, true).unwrap(),
+            Framing::Length(0)
+        );
+        assert_eq!(
+            f(
+                &[("transfer-encoding", "chunked")],
+                StatusCode::NO_CONTENT,
+                false
+            )
+            .unwrap(),
+            Framing::Length(0)
+        );
+        assert_eq!(
+            f(&[("content-length", "5")], StatusCode::NOT_MODIFIED, false).unwrap(),
+            Framing::Length(0)
+        );
+        // Transfer-Encoding: chunked only when it is the last coding of the last field.
+        assert_eq!(
+            f(&[("transfer-encoding", "chunked")], ok, false).unwrap(),
+            chunked
+        );
+        assert_eq!(
+            f(&[("transfer-encoding", "gzip, CHUNKED ")], ok, false).unwrap(),
+            chunked
+        );
+        assert_eq!(
+            f(&[("transfer-encoding", "chunked, gzip")], ok, false).unwrap(),
+            Framing::UntilClose
+        );
+        assert_eq!(
+            f(
+                &[
+                    ("transfer-encoding", "chunked"),
+                    ("transfer-encoding", "gzip")
+                ],
+                ok,
+                false
+            )
+            .unwrap(),
+            Framing::UntilClose
+        );
+        // Transfer-Encoding wins over Content-Length, even an invalid one.
+        assert_eq!(
+            f(
+                &[("content-length", "x"), ("transfer-encoding", "chunked")],
+                ok,
+                false
+            )
+            .unwrap(),
+            chunked
+        );
+        // Content-Length: digits only, repeated values must agree.
+        assert_eq!(
+            f(&[("content-length", " 42 ")], ok, false).unwrap(),
+            Framing::Length(42)
+        );
+        assert_eq!(
+            f(
+                &[("content-length", "7"), ("content-length", "7")],
+                ok,
+                false
+            )
+            .unwrap(),
+            Framing::Length(7)
+        );
+        for bad in ["+5", "-1", "", "5, 5", "0x10", "18446744073709551616"] {
+            assert!(
+                f(&[("content-length", bad)], ok, false).is_err(),
+                "content-length {bad:?}"
+            );
+        }
+        assert!(f(
+            &[("content-length", "7"), ("content-length", "8")],
+            ok,
+            false
+        )
+        .is_err());
+        // Neither: the body runs until the connection closes.
+        assert_eq!(f(&[], ok, false).unwrap(), Framing::UntilClose);
+    }
+
+    /// A body over bytes already received (no connection: the end of `bytes` is end of
+    /// stream). Returns the data and the error that ended it, if any.
+    async fn decode(bytes: &[u8], framing: Framing) -> (Vec<u8>, Option<io::Error>) {
+        let mut body = UpstreamBody {
+            conn: None,
+            buf: BytesMut::from(bytes),
+            framing,
+            keep_alive: true,
+            pool: Arc::new(InstancePool::new("127.0.0.1:9", 1, Duration::from_secs(1))),
+        };
+        let mut data = Vec::new();
+        while let Some(frame) = body.frame().await {
+            match frame {
+                Ok(f) => data.extend_from_slice(&f.into_data().unwrap()),
+                Err(e) => return (data, Some(e)),
+            }
+        }
+        assert!(body.is_end_stream() || matches!(framing, Framing::UntilClose));
+        (data, None)
+    }
+
+    async fn chunked(bytes: &[u8]) -> (Vec<u8>, Option<io::Error>) {
+        decode(bytes, Framing::Chunked(ChunkState::Size)).await
+    }
+
+    #[tokio::test]
+    async fn chunked_bodies_with_extensions_and_trailers() {
+        let (data, err) = chunked(
+            b"5;name=\"v;x\"\r\nhello\r\n6 \t; a ; b\r\n world\r\n0\r\nX-T: 1\r\nY: 2\r\n\r\n",
+        )
+        .await;
+        assert!(err.is_none(), "{err:?}");
+        assert_eq!(data, b"hello world");
+        // Upper-case hex, leading zeros (up to 16 digits), no trailers.
+        let (data, err) = chunked(b"000000000000000A\r\n0123456789\r\n0\r\n\r\n").await;
+        assert!(err.is_none());
+        assert_eq!(data, b"0123456789");
+    }
+
+    #[tokio::test]
+    async fn bad_chunk_size_lines_are_refused() {
+        for bad in [
+            &b"\r\nx\r\n0\r\n\r\n"[..],             // no digits
+            b"g\r\nx\r\n0\r\n\r\n",                 // not hex
+            b"-1\r\nx\r\n0\r\n\r\n",                // sign
+            b"0x1\r\nx\r\n0\r\n\r\n",               // prefix
+            b"1 2\r\nx\r\n0\r\n\r\n",               // digits after whitespace
+            b"1\x0b\r\nx\r\n0\r\n\r\n",             // other whitespace
+            b"00000000000000001\r\nx\r\n0\r\n\r\n", // 17 digits: refused, not wrapped
+        ] {
+            let (data, err) = chunked(bad).await;
+            assert_eq!(
+                err.map(|e| e.kind()),
+                Some(io::ErrorKind::InvalidData),
+                "{:?}",
+                String::from_utf8_lossy(bad)
+            );
+            assert!(data.is_empty());
+        }
+    }
+
+    #[tokio::test]
+    async fn the_largest_chunk_size_does_not_overflow() {
+        // 16 hex digits of f: u64::MAX bytes announced; the stream ends first.
+        let (data, err) = chunked(b"ffffffffffffffff\r\nabc").await;
+        assert_eq!(data, b"abc");
+        assert_eq!(err.map(|e| e.kind()), Some(io::ErrorKind::UnexpectedEof));
+    }
+
+    #[tokio::test]
+    async fn chunk_data_must_end_with_crlf() {
+        for bad in [
+            &b"3\r\nabcd\r\n0\r\n\r\n"[..],
+            b"3\r\nabc\n0\r\n\r\n",
+            b"3\r\nabc\r\r",
+        ] {
+            let (data, err) = chunked(bad).await;
+            assert_eq!(data, b"abc");
+            assert_eq!(err.map(|e| e.kind()), Some(io::ErrorKind::InvalidData));
+        }
+    }
+
+    #[tokio::test]
+    async fn long_size_lines_and_trailers_are_refused() {
+        let mut line = b"1;".to_vec();
+        line.extend(std::iter::repeat_n(b'x', 5000));
+        let (_, err) = chunked(&line).await;
+        assert_eq!(err.map(|e| e.kind()), Some(io::ErrorKind::InvalidData));
+
+        let mut trailer = b"0\r\nX: ".to_vec();
+        trailer.extend(std::iter::repeat_n(b'v', MAX_TRAILER_LINE + 1));
+        let (_, err) = chunked(&trailer).await;
+        assert_eq!(err.map(|e| e.kind()), Some(io::ErrorKind::InvalidData));
+
+        let mut many = b"0\r\n".to_vec();
+        for _ in 0..(MAX_TRAILERS / 100 + 1) {
+            many.extend_from_slice(&[b'x'; 98]);
+            many.extend_from_slice(b"\r\n");
+        }
+        many.extend_from_slice(b"\r\n");
+        let (_, err) = chunked(&many).await;
+        assert_eq!(err.map(|e| e.kind()), Some(io::ErrorKind::InvalidData));
+    }
+
+    #[tokio::test]
+    async fn a_stream_ending_inside_chunked_framing_is_an_error() {
+        for cut in [
+            &b"5\r\nhel"[..],
+            b"5\r\nhello",
+            b"5\r\nhello\r\n",
+            b"0\r\n",
+            b"0\r\nX: 1\r\n",
+            b"5",
+        ] {
+            let (_, err) = chunked(cut).await;
+            assert_eq!(
+                err.map(|e| e.kind()),
+                Some(io::ErrorKind::UnexpectedEof),
+                "{:?}",
+                String::from_utf8_lossy(cut)
+            );
+        }
+    }
+
+    #[tokio::test]
+    async fn length_and_close_delimited_bodies() {
+        let (data, err) = decode(b"hello world", Framing::Length(5)).await;
+        assert!(err.is_none());
+        assert_eq!(data, b"hello");
+        let (data, err) = decode(b"hel", Framing::Length(5)).await;
+        assert_eq!(data, b"hel");
+        assert_eq!(err.map(|e| e.kind()), Some(io::ErrorKind::UnexpectedEof));
+        let (data, err) = decode(b"", Framing::Length(0)).await;
+        assert!(err.is_none() && data.is_empty());
+        let (data, err) = decode(b"all of it", Framing::UntilClose).await;
+        assert!(err.is_none());
+        assert_eq!(data, b"all of it");
+    }
+
+    /// An upstream that answers each connection's requests with the next of `answers`, written
+    /// in one piece after the request head, then (when `close`) closes. Returns its address
+    /// and the number of connections accepted so far.
+    async fn upstream(
+        answers: Vec<&'static [u8]>,
+        close: bool,
+    ) -> (String, Arc<std::sync::atomic::AtomicUsize>) {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap().to_string();
+        let accepted = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let count = Arc::clone(&accepted);
+        tokio::spawn(async move {
+            let mut answers = answers.into_iter();
+            loop {
+                let Ok((mut s, _)) = listener.accept().await else {
+                    return;
+                };
+                count.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                let mut req = Vec::new();
+                let mut buf = [0u8; 1024];
+                loop {
+                    while !req.windows(4).any(|w| w == b"\r\n\r\n") {
+                        match s.read(&mut buf).await {
+                            Ok(0) | Err(_) => break,
+                            Ok(n) => req.extend_from_slice(&buf[..n]),
+                        }
+                    }
+                    let Some(pos) = req.windows(4).position(|w| w == b"\r\n\r\n") else {
+                        break;
+                    };
+                    req.drain(..pos + 4);
+                    let Some(answer) = answers.next() else {
+                        return;
+                    };
+                    s.write_all(answer).await.unwrap();
+                    if close {
+                        let _ = s.shutdown().await;
+                        break;
+                    }
+                }
+            }
+        });
+        (addr, accepted)
+    }
+
+    fn request(method: Method) -> http::request::Parts {
+        http::Request::builder()
+            .method(method)
+            .uri("/x")
+            .header("host", "upstream")
+            .body(())
+            .unwrap()
+            .into_parts()
+            .0
+    }
+
+    /// Sends `method` and reads the whole response: status, headers, body, and whether the
+    /// connection went back to the pool.
+    async fn call(
+        pool: &Arc<InstancePool>,
+        method: Method,
+    ) -> Result<(StatusCode, HeaderMap, Vec<u8>, bool), H1Error> {
+        let res = send(
+            pool,
+            Duration::from_secs(5),
+            &request(method),
+            RequestBody::empty(),
+            None,
+        )
+        .await
+        .map_err(|e| e.error)?;
+        let (parts, body) = res.into_parts();
+        let data = body.collect().await.map_err(H1Error::Read)?.to_bytes();
+        let pooled = pool.idle_count() == 1;
+        Ok((parts.status, parts.headers, data.to_vec(), pooled))
+    }
+
+    fn pool(addr: &str) -> Arc<InstancePool> {
+        Arc::new(InstancePool::new(addr, 4, Duration::from_secs(60)))
+    }
+
+    #[tokio::test]
+    async fn a_clean_keep_alive_response_returns_its_connection_for_the_next_call() {
+        let (addr, accepted) = upstream(
+            vec![
+                b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nhello",
+                b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n0\r\n\r\n",
+                b"HTTP/1.1 204 No Content\r\n\r\n",
+            ],
+            false,
+        )
+        .await;
+        let pool = pool(&addr);
+        let (status, _, body, pooled) = call(&pool, Method::GET).await.unwrap();
+        assert_eq!(
+            (status, &body[..], pooled),
+            (StatusCode::OK, &b"hello"[..], true)
+        );
+        let (_, _, body, pooled) = call(&pool, Method::GET).await.unwrap();
+        assert_eq!((&body[..], pooled), (&b"abc"[..], true));
+        let (status, _, body, pooled) = call(&pool, Method::GET).await.unwrap();
+        assert_eq!(
+            (status, body.is_empty(), pooled),
+            (StatusCode::NO_CONTENT, true, true)
+        );
+        assert_eq!(accepted.load(std::sync::atomic::Ordering::SeqCst), 1);
+    }
+
+    #[tokio::test]
+    async fn connections_that_cannot_be_reused_are_closed() {
+        for answer in [
+            // Close-delimited.
+            &b"HTTP/1.1 200 OK\r\n\r\nuntil close"[..],
+            // HTTP/1.0 (closes by default).
+            b"HTTP/1.0 200 OK\r\nContent-Length: 2\r\n\r\nok",
+            // Connection: close, as one token of several.
+            b"HTTP/1.1 200 OK\r\nConnection: keep-alive, Close\r\nContent-Length: 2\r\n\r\nok",
+            // Bytes beyond the response: the connection is out of step.
+            b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nokHTTP/1.1 200 OK\r\n\r\n",
+            // A final coding other than chunked: read until close.
+            b"HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip\r\n\r\nzzz",
+        ] {
+            let (addr, _) = upstream(vec![answer], true).await;
+            let pool = pool(&addr);
+            let (status, _, _, pooled) = call(&pool, Method::GET).await.unwrap();
+            assert_eq!(status, StatusCode::OK);
+            assert!(!pooled, "{:?}", String::from_utf8_lossy(answer));
+        }
+    }
+
+    #[tokio::test]
+    async fn content_length_with_transfer_encoding_is_read_as_chunked_and_not_passed_on() {
+        let (addr, _) = upstream(
+            vec![b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n0\r\n\r\n"],
+            false,
+        )
+        .await;
+        let pool = pool(&addr);
+        let (_, headers, body, pooled) = call(&pool, Method::GET).await.unwrap();
+        assert_eq!(body, b"abc");
+        assert!(!headers.contains_key(header::CONTENT_LENGTH));
+        assert!(
+            !pooled,
+            "an ambiguous response never leaves its connection for reuse"
+        );
+    }
+
+    #[tokio::test]
+    async fn informational_responses_are_skipped() {
+        let (addr, _) = upstream(
+            vec![b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 103 Early Hints\r\nLink: </a>\r\n\r\nHTTP/1.1 201 Created\r\nContent-Length: 2\r\n\r\nok"],
+            false,
+        )
+        .await;
+        let (status, headers, body, _) = call(&pool(&addr), Method::GET).await.unwrap();
+        assert_eq!(status, StatusCode::CREATED);
+        assert!(!headers.contains_key("link"));
+        assert_eq!(body, b"ok");
+    }
+
+    #[tokio::test]
+    async fn a_head_response_has_no_body_whatever_its_length_says() {
+        let (addr, _) = upstream(
+            vec![b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\n"],
+            false,
+        )
+        .await;
+        let pool = pool(&addr);
+        let (_, headers, body, pooled) = call(&pool, Method::HEAD).await.unwrap();
+        assert!(body.is_empty());
+        assert_eq!(headers[header::CONTENT_LENGTH], "10");
+        assert!(pooled);
+    }
+
+    #[tokio::test]
+    async fn errors_before_a_complete_head() {
+        let (addr, _) = upstream(vec![b"HTTP/1.1 200 OK\r\nContent-"], true).await;
+        assert!(matches!(
+            call(&pool(&addr), Method::GET).await,
+            Err(H1Error::Closed)
+        ));
+        let (addr, _) = upstream(vec![b"HTTP/1.1 101 Switching Protocols\r\n\r\n"], true).await;
+        assert!(matches!(
+            call(&pool(&addr), Method::GET).await,
+            Err(H1Error::Invalid(_))
+        ));
+        let (addr, _) = upstream(
+            vec![b"HTTP/1.1 200 OK\r\nContent-Length: 1, 2\r\n\r\n"],
+            true,
+        )
+        .await;
+        assert!(matches!(
+            call(&pool(&addr), Method::GET).await,
+            Err(H1Error::Invalid(_))
+        ));
+        // Nothing listens: a connect error, and the (empty) body comes back for another try.
+        let dead = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = dead.local_addr().unwrap().to_string();
+        drop(dead);
+        let err = send(
+            &pool(&addr),
+            Duration::from_secs(5),
+            &request(Method::POST),
+            RequestBody::empty(),
+            None,
+        )
+        .await
+        .err()
+        .unwrap();
+        assert!(matches!(err.error, H1Error::Connect(_)));
+        assert!(err.unsent.is_some());
+    }
+
+    #[tokio::test]
+    async fn a_pooled_connection_the_upstream_closed_is_not_used() {
+        // Keep-alive response, then the upstream closes: the pooled connection is dead, and the
+        // next call opens a new one instead of failing.
+        let (addr, accepted) = upstream(
+            vec![
+                b"HTTP/1.1 200 OK\r\nContent-Length: 1\r\n\r\na",
+                b"HTTP/1.1 200 OK\r\nContent-Length: 1\r\n\r\nb",
+            ],
+            true,
+        )
+        .await;
+        let pool = pool(&addr);
+        let (_, _, body, pooled) = call(&pool, Method::GET).await.unwrap();
+        assert_eq!((&body[..], pooled), (&b"a"[..], true));
+        // Let the FIN arrive.
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        let (_, _, body, _) = call(&pool, Method::GET).await.unwrap();
+        assert_eq!(body, b"b");
+        assert_eq!(accepted.load(std::sync::atomic::Ordering::SeqCst), 2);
+    }
+
+    #[test]
+    fn request_heads_take_framing_from_the_body_not_the_client() {
+        let mut parts = request(Method::POST);
+        parts
+            .headers
+            .insert(header::CONTENT_LENGTH, HeaderValue::from_static("99"));
+        parts.headers.insert(
+            header::TRANSFER_ENCODING,
+            HeaderValue::from_static("chunked"),
+        );
+        let text = |h: BytesMut| String::from_utf8(h.to_vec()).unwrap();
+        let h = text(encode_head(&parts, false, Some(5)));
+        assert!(h.starts_with("POST /x HTTP/1.1\r\n"));
+        assert!(h.ends_with("content-length: 5\r\n\r\n"));
+        assert!(!h.contains("99") && !h.contains("transfer-encoding"));
+        let h = text(encode_head(&parts, true, None));
+        assert!(h.ends_with("transfer-encoding: chunked\r\n\r\n"));
+        assert!(!h.contains("content-length"));
+        // A declared empty body keeps saying so; no declaration, no field.
+        assert!(text(encode_head(&parts, false, None)).ends_with("content-length: 0\r\n\r\n"));
+        let get = request(Method::GET);
+        let h = text(encode_head(&get, false, None));
+        assert_eq!(h, "GET /x HTTP/1.1\r\nhost: upstream\r\n\r\n");
     }
 }
