@@ -281,6 +281,31 @@ mod tests {
         assert_eq!(doc, json!({"nik": "1", "nama": "A", "alamat": {"rt": "1"}}));
     }
 
+    /// Found by fuzz/field_filter: without serde_json's `float_roundtrip`, this decimal was
+    /// parsed one unit in the last place off, so a filtered response carried another number
+    /// than the provider sent (and the gateway's output did not parse back to what it wrote).
+    #[test]
+    fn numbers_survive_filtering_exactly() {
+        for text in [
+            "949.999999998999998",
+            "0.30000000000000004",
+            "2.2250738585072011e-308",
+            "1.7976931348623157e308",
+            "-0.0",
+            "18446744073709551615",
+            "-9223372036854775808",
+        ] {
+            let doc: Value = serde_json::from_str(&format!("{{\"a\": {text}, \"b\": 1}}")).unwrap();
+            let mut filtered = doc.clone();
+            rules(&[], &["b"], &[]).apply(&mut filtered);
+            let out = serde_json::to_vec(&filtered).unwrap();
+            let back: Value = serde_json::from_slice(&out).unwrap();
+            assert_eq!(back["a"], doc["a"], "{text}");
+            let exact: f64 = text.parse().unwrap();
+            assert_eq!(back["a"].as_f64(), Some(exact), "{text}");
+        }
+    }
+
     #[test]
     fn arrays_nesting_and_odd_values() {
         let mut doc = json!({"data": [
