@@ -33,54 +33,112 @@ pub struct Applied {
     pub warnings: Vec<String>,
 }
 
-/// Settings fixed for the life of the process, to tell when a reload cannot apply a change.
+/// Settings fixed for the life of the process, to tell when a reload cannot apply a change:
+/// each as the configuration key an operator would change, and its value in a comparable form.
+/// Everything else a reload applies (registry, agreements, credentials, signing keys, admin
+/// tokens, [`gerbang_proxy::Reloadable`]). `tests/tests/e2e/reload_boundary.rs` changes every
+/// key of the configuration reference and checks that a reload applies it or names it here.
 #[derive(Debug, Clone, PartialEq)]
-struct Fixed {
-    listen: std::net::SocketAddr,
-    admin_listen: std::net::SocketAddr,
-    externals: Vec<String>,
-    audit: bool,
-    metrics: (bool, bool),
-    otlp: Option<String>,
-    dirs: (PathBuf, PathBuf),
-}
+struct Fixed(Vec<(&'static str, String)>);
 
 impl Fixed {
     fn of(c: &Config) -> Self {
-        Self {
-            listen: c.listen,
-            admin_listen: c.admin_listen,
-            externals: c
-                .auth
-                .externals
-                .iter()
-                .map(|e| e.issuer.issuer.clone())
-                .collect(),
-            audit: c.audit.is_some(),
-            metrics: (c.metrics_enabled, c.metrics_per_application),
-            otlp: c.otlp.as_ref().map(|o| o.endpoint.clone()),
-            dirs: (c.registry_dir.clone(), c.agreements_dir.clone()),
-        }
+        // What the typed configuration cannot compare (TLS material, trust roots) is compared
+        // as written in the main file.
+        let raw: toml::Table = std::fs::read_to_string(&c.file)
+            .ok()
+            .and_then(|t| t.parse().ok())
+            .unwrap_or_default();
+        let written = |section: &str, key: &str| {
+            raw.get(section)
+                .and_then(|s| s.get(key))
+                .map(|v| v.to_string())
+                .unwrap_or_default()
+        };
+        let audit = c.audit.as_ref().map(|a| {
+            format!(
+                "{} {:?} {} {} {} {} {:?} {:?}",
+                a.dir.display(),
+                a.fsync,
+                a.fail_closed,
+                a.max_file_bytes,
+                a.seal_every,
+                a.queue,
+                a.ack_timeout,
+                a.idle_sync
+            )
+        });
+        let externals: Vec<String> = c
+            .auth
+            .externals
+            .iter()
+            .map(|e| format!("{:?}", e.issuer))
+            .collect();
+        Fixed(vec![
+            ("server.listen", c.listen.to_string()),
+            ("server.worker_threads", c.worker_threads.to_string()),
+            (
+                "server.shutdown_grace",
+                format!("{:?}", c.listener.shutdown_grace),
+            ),
+            (
+                "server.header_read_timeout",
+                format!("{:?}", c.listener.header_read_timeout),
+            ),
+            (
+                "server.max_connections",
+                c.listener.max_connections.to_string(),
+            ),
+            ("server.tls", written("server", "tls")),
+            ("admin.listen", c.admin_listen.to_string()),
+            ("admin.watch_files", c.watch_files.to_string()),
+            ("upstream.system_roots", written("upstream", "system_roots")),
+            ("upstream.ca_files", written("upstream", "ca_files")),
+            (
+                "upstream.pool_idle_timeout",
+                format!("{:?}", c.pool.idle_timeout),
+            ),
+            (
+                "upstream.pool_max_idle_per_host",
+                c.pool.max_idle_per_host.to_string(),
+            ),
+            ("paths.registry_dir", c.registry_dir.display().to_string()),
+            (
+                "paths.agreements_dir",
+                c.agreements_dir.display().to_string(),
+            ),
+            ("paths.data_dir", c.data_dir.display().to_string()),
+            ("auth.keys_dir", c.keys_dir.display().to_string()),
+            ("log", format!("{} {}", c.log.json, c.log.level)),
+            (
+                "tracing.otlp_endpoint",
+                format!("{:?}", c.otlp.as_ref().map(|o| &o.endpoint)),
+            ),
+            ("tracing.service_name", written("tracing", "service_name")),
+            // The metadata document's base URL (the issuer itself is applied).
+            ("auth.issuer", c.auth.public_base_url.clone()),
+            ("auth.token_cache_size", c.auth.token_cache_size.to_string()),
+            (
+                "auth.token_endpoint",
+                format!("{:?}", c.auth.token_endpoint),
+            ),
+            ("auth.external", externals.join(" | ")),
+            ("audit", format!("{audit:?}")),
+            (
+                "metrics",
+                format!("{} {}", c.metrics_enabled, c.metrics_per_application),
+            ),
+        ])
     }
 
+    /// The keys whose values differ.
     fn differences(&self, other: &Fixed) -> Vec<String> {
-        let mut out = Vec::new();
-        let mut diff = |changed: bool, what: &str| {
-            if changed {
-                out.push(what.to_owned());
-            }
-        };
-        diff(self.listen != other.listen, "server.listen");
-        diff(self.admin_listen != other.admin_listen, "admin.listen");
-        diff(self.externals != other.externals, "auth.external");
-        diff(self.audit != other.audit, "audit.enabled");
-        diff(self.metrics != other.metrics, "metrics");
-        diff(self.otlp != other.otlp, "tracing.otlp_endpoint");
-        diff(
-            self.dirs != other.dirs,
-            "paths.registry_dir / paths.agreements_dir",
-        );
-        out
+        self.0
+            .iter()
+            .zip(&other.0)
+            .filter(|(a, b)| a.1 != b.1)
+            .map(|(a, _)| a.0.to_owned())
+            .collect()
     }
 }
 

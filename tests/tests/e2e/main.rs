@@ -13,6 +13,7 @@ mod limits;
 mod metrics;
 mod paths;
 mod policy;
+mod reload_boundary;
 mod routing;
 mod shutdown;
 mod streaming;
