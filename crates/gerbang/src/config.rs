@@ -20,7 +20,9 @@ use serde::Deserialize;
 mod audit;
 mod auth;
 mod policy;
-pub use audit::{ensure_audit_keys, AuditConfig, SEAL_PUBLIC_FILE, SUBJECT_KEY_FILE};
+pub use audit::{
+    audit_dirs_of, ensure_audit_keys, AuditConfig, AuditDirs, SEAL_PUBLIC_FILE, SUBJECT_KEY_FILE,
+};
 pub use auth::{create_signing_key, keys_dir_of, AuthConfig, ExternalKeySpec, ExternalSpec};
 use auth::{RawApplication, RawAuth};
 
@@ -28,17 +30,39 @@ use auth::{RawApplication, RawAuth};
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Problem {
     pub file: PathBuf,
-    /// Dotted key (`server.listen`, `service[0].instance[1].url`) or `line N` for syntax errors.
+    /// Dotted key (`server.listen`, `service[0].instance[1].url`), `line N` for syntax errors,
+    /// or `line N: what` for a located entry (`line 12: agreement pks-001: service`).
     pub key: String,
     pub message: String,
 }
 
+impl Problem {
+    /// The line the key names, when it names one (`line N` or `line N: …`).
+    pub fn line(&self) -> Option<usize> {
+        split_line(&self.key).map(|(n, _)| n)
+    }
+}
+
+/// `line N` → (N, ""); `line N: rest` → (N, rest).
+fn split_line(key: &str) -> Option<(usize, &str)> {
+    let rest = key.strip_prefix("line ")?;
+    let digits = rest.bytes().take_while(u8::is_ascii_digit).count();
+    let n = rest.get(..digits)?.parse().ok()?;
+    match rest.get(digits..)? {
+        "" => Some((n, "")),
+        tail => tail.strip_prefix(": ").map(|t| (n, t)),
+    }
+}
+
 impl fmt::Display for Problem {
+    /// `file: key: message`, or `file:N: rest: message` when the key names a line.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        if self.key.is_empty() {
-            write!(f, "{}: {}", self.file.display(), self.message)
-        } else {
-            write!(f, "{}: {}: {}", self.file.display(), self.key, self.message)
+        let file = self.file.display();
+        match split_line(&self.key) {
+            Some((n, "")) => write!(f, "{file}:{n}: {}", self.message),
+            Some((n, rest)) => write!(f, "{file}:{n}: {rest}: {}", self.message),
+            None if self.key.is_empty() => write!(f, "{file}: {}", self.message),
+            None => write!(f, "{file}: {}: {}", self.key, self.message),
         }
     }
 }
@@ -614,21 +638,34 @@ pub fn load_with(
     };
     set("server.listen", &overrides.listen);
     set("admin.listen", &overrides.admin_listen);
-    let raw: RawConfig = match builder.build().and_then(|c| c.try_deserialize()) {
-        Ok(raw) => raw,
-        Err(e) => {
-            problems.push(file, "", describe_config_error(&e));
-            return Err(ConfigError {
-                problems: problems.list,
-            });
-        }
-    };
     let base = file.parent().unwrap_or(Path::new("."));
     let resolve = |p: &Path| {
         if p.is_absolute() {
             p.to_path_buf()
         } else {
             base.join(p)
+        }
+    };
+    let raw: RawConfig = match builder.build().and_then(|c| c.try_deserialize()) {
+        Ok(raw) => raw,
+        Err(e) => {
+            problems.push(file, "", describe_config_error(&e));
+            // The registry and the agreements do not depend on the rest of the main file:
+            // check them where it says (or, if it cannot say, where the defaults put them), so
+            // that one typo does not hide their problems.
+            let paths = PathsOf::main_file(file);
+            let _ = load_registry_and_agreements(
+                &resolve(&paths.registry_dir),
+                &resolve(&paths.agreements_dir),
+                &RawUpstream::default().service_defaults(),
+                &paths.external_issuers,
+                overlay,
+                &mut fp,
+                &mut problems,
+            );
+            return Err(ConfigError {
+                problems: problems.list,
+            });
         }
     };
 
@@ -809,11 +846,7 @@ pub fn load_with(
             }
         };
 
-    let defaults = ServiceLimits {
-        connect_timeout: raw.upstream.connect_timeout,
-        request_timeout: raw.upstream.request_timeout,
-        max_body_bytes: None,
-    };
+    let defaults = raw.upstream.service_defaults();
     let registry_dir = resolve(&raw.paths.registry_dir);
     let otlp = (!raw.tracing.otlp_endpoint.is_empty()).then(|| OtlpSettings {
         endpoint: raw.tracing.otlp_endpoint.clone(),
@@ -858,39 +891,41 @@ pub fn load_with(
     let audit = audit::load_audit(&raw.audit, file, &data_dir, &keys_dir, &mut problems);
     // Applications name the external issuer they trust by its `issuer` (`iss`).
     let external_issuers: Vec<String> = raw.auth.external.iter().map(|e| e.issuer_id()).collect();
-    let loaded = load_registry(
+    let stages = load_registry_and_agreements(
         &registry_dir,
+        &resolve(&raw.paths.agreements_dir),
         &defaults,
         &external_issuers,
         overlay,
         &mut fp,
         &mut problems,
     );
-    let mut warnings = Problems { list: Vec::new() };
-    let agreements = loaded.as_ref().map(|l| {
-        let known = policy::Known {
-            services: &l.services,
-            applications: l
-                .registry
-                .applications()
-                .iter()
-                .map(|a| a.full_id())
-                .collect(),
-            agencies: l.registry.agencies().map(|a| a.id.clone()).collect(),
-        };
-        let now = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_secs() as i64);
-        policy::load_agreements(
-            &resolve(&raw.paths.agreements_dir),
-            overlay,
-            &mut fp,
-            &known,
-            now,
-            &mut problems,
-            &mut warnings,
-        )
+    let warnings = stages.warnings;
+    // An application that authenticates by client certificate needs a listener that asks for
+    // one.
+    let asks_for_certificates = raw.server.tls.as_ref().is_some_and(|t| {
+        matches!(t.client_auth.as_str(), "optional" | "required") && !t.client_ca_files.is_empty()
     });
+    if !asks_for_certificates {
+        let missing = match &raw.server.tls {
+            None => "gerbang.toml has no [server.tls]",
+            Some(_) => "[server.tls] asks clients for no certificate",
+        };
+        for (path, key) in &stages.mtls_applications {
+            problems.push(
+                path,
+                key.as_str(),
+                format!(
+                    "`mtls` is in auth_methods but {missing}: add [server.tls] with cert_file, \
+                     key_file, client_auth = \"optional\" (or \"required\") and client_ca_files \
+                     (the CAs of the client certificates) to {}",
+                    file.display()
+                ),
+            );
+        }
+    }
+    let loaded = stages.complete.then_some(stages.loaded);
+    let agreements = Some(stages.agreements);
 
     match (
         listen,
@@ -976,6 +1011,134 @@ pub fn load_with(
         _ => Err(ConfigError {
             problems: problems.list,
         }),
+    }
+}
+
+impl RawUpstream {
+    /// Timeouts a service inherits when it sets none.
+    fn service_defaults(&self) -> ServiceLimits {
+        ServiceLimits {
+            connect_timeout: self.connect_timeout,
+            request_timeout: self.request_timeout,
+            max_body_bytes: None,
+        }
+    }
+}
+
+/// What the registry and agreement checks need from a main file that did not load: read
+/// leniently (any other key may be wrong), with the same environment overrides.
+struct PathsOf {
+    registry_dir: PathBuf,
+    agreements_dir: PathBuf,
+    /// `issuer` of every `[[auth.external]]` entry that has one.
+    external_issuers: Vec<String>,
+}
+
+impl PathsOf {
+    fn main_file(file: &Path) -> Self {
+        let table: toml::Table = std::fs::read_to_string(file)
+            .ok()
+            .and_then(|t| toml::from_str(&t).ok())
+            .unwrap_or_default();
+        let path = |key: &str, env: &str, default: &str| -> PathBuf {
+            std::env::var_os(env)
+                .filter(|v| !v.is_empty())
+                .map(PathBuf::from)
+                .or_else(|| {
+                    table
+                        .get("paths")
+                        .and_then(|p| p.get(key))
+                        .and_then(|v| v.as_str())
+                        .map(PathBuf::from)
+                })
+                .unwrap_or_else(|| default.into())
+        };
+        let external_issuers = table
+            .get("auth")
+            .and_then(|a| a.get("external"))
+            .and_then(|e| e.as_array())
+            .map(|list| {
+                list.iter()
+                    .filter_map(|e| e.get("issuer").and_then(|i| i.as_str()))
+                    .map(str::to_owned)
+                    .collect()
+            })
+            .unwrap_or_default();
+        Self {
+            registry_dir: path("registry_dir", "GERBANG__PATHS__REGISTRY_DIR", "registry"),
+            agreements_dir: path(
+                "agreements_dir",
+                "GERBANG__PATHS__AGREEMENTS_DIR",
+                "agreements",
+            ),
+            external_issuers,
+        }
+    }
+}
+
+/// The registry and the agreements, each checked as far as it can be.
+struct Stages {
+    /// What the registry files declared validly.
+    loaded: Loaded,
+    /// No problem in the registry files.
+    complete: bool,
+    agreements: Vec<gerbang_policy::Agreement>,
+    warnings: Problems,
+    /// (file, key) of every application that lists `mtls`.
+    mtls_applications: Vec<(PathBuf, String)>,
+}
+
+/// Loads the registry, then checks the agreements against whatever of it is valid: a problem
+/// in a registry file does not hide the agreements' problems.
+fn load_registry_and_agreements(
+    registry_dir: &Path,
+    agreements_dir: &Path,
+    defaults: &ServiceLimits,
+    external_issuers: &[String],
+    overlay: &Overlay,
+    fp: &mut Fingerprint,
+    problems: &mut Problems,
+) -> Stages {
+    let before = problems.list.len();
+    let (loaded, mtls_applications) = load_registry(
+        registry_dir,
+        defaults,
+        external_issuers,
+        overlay,
+        fp,
+        problems,
+    );
+    let complete = problems.list.len() == before;
+    let mut warnings = Problems { list: Vec::new() };
+    let known = policy::Known {
+        services: &loaded.services,
+        applications: loaded
+            .registry
+            .applications()
+            .iter()
+            .map(|a| a.full_id())
+            .collect(),
+        agencies: loaded.registry.agencies().map(|a| a.id.clone()).collect(),
+        registry_complete: complete,
+    };
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs() as i64);
+    let agreements = policy::load_agreements(
+        agreements_dir,
+        overlay,
+        fp,
+        &known,
+        now,
+        problems,
+        &mut warnings,
+    );
+    Stages {
+        loaded,
+        complete,
+        agreements,
+        warnings,
+        mtls_applications,
     }
 }
 
@@ -1084,6 +1247,60 @@ fn read_file(path: &Path, file: &Path, key: &str, problems: &mut Problems) -> Op
     }
 }
 
+/// The line (from 1) of a dotted key such as `agreement[1].consumers[0]` in a TOML text: of
+/// the deepest part of the key that is in the text (the entry itself when the field is absent).
+/// `None` when the text does not parse or not even the key's first part is in it.
+pub(crate) fn line_of(text: &str, dotted: &str) -> Option<usize> {
+    use toml_edit::{Item, TableLike, Value};
+    enum Node<'a> {
+        Table(&'a dyn TableLike),
+        Item(&'a Item),
+        Value(&'a Value),
+    }
+    let doc = toml_edit::Document::parse(text).ok()?;
+    let mut node = Node::Table(doc.as_table());
+    let mut at = None;
+    'parts: for part in dotted.split('.') {
+        let (name, indexes) = part.split_at(part.find('[').unwrap_or(part.len()));
+        let next = match node {
+            Node::Table(t) => t.get(name).map(Node::Item),
+            Node::Item(i) => i.as_table_like().and_then(|t| t.get(name)).map(Node::Item),
+            Node::Value(Value::InlineTable(t)) => t.get(name).map(Node::Value),
+            Node::Value(_) => None,
+        };
+        let Some(next) = next else { break };
+        node = next;
+        at = match &node {
+            Node::Item(i) => i.span(),
+            Node::Value(v) => v.span(),
+            Node::Table(_) => None,
+        }
+        .map(|s| s.start)
+        .or(at);
+        for idx in indexes.split(['[', ']']).filter(|x| !x.is_empty()) {
+            let Ok(n) = idx.parse::<usize>() else {
+                break 'parts;
+            };
+            let (next, span) = match node {
+                Node::Item(Item::ArrayOfTables(a)) => match a.get(n) {
+                    Some(t) => (Node::Table(t), t.span()),
+                    None => break 'parts,
+                },
+                Node::Item(Item::Value(Value::Array(a))) | Node::Value(Value::Array(a)) => {
+                    match a.get(n) {
+                        Some(v) => (Node::Value(v), v.span()),
+                        None => break 'parts,
+                    }
+                }
+                _ => break 'parts,
+            };
+            node = next;
+            at = span.map(|s| s.start).or(at);
+        }
+    }
+    at.map(|pos| text.get(..pos).unwrap_or("").matches('\n').count() + 1)
+}
+
 /// A lower-case slug: letters, digits and `-`, starting with a letter or digit, 1–63 bytes.
 pub fn is_slug(s: &str) -> bool {
     let b = s.as_bytes();
@@ -1111,12 +1328,18 @@ fn load_registry(
     overlay: &Overlay,
     fp: &mut Fingerprint,
     problems: &mut Problems,
-) -> Option<Loaded> {
+) -> (Loaded, Vec<(PathBuf, String)>) {
+    let mut mtls_applications = Vec::new();
     let files = match toml_files(dir, overlay) {
         Ok(f) => f,
         Err(e) => {
             problems.push(dir, "", format!("cannot read the registry directory: {e}"));
-            return None;
+            let empty = Loaded {
+                registry: RegistryBuilder::new().build(),
+                credentials: Vec::new(),
+                services: std::collections::HashMap::new(),
+            };
+            return (empty, mtls_applications);
         }
     };
     if files.is_empty() {
@@ -1203,6 +1426,9 @@ fn load_registry(
             }) {
                 problems.push(path, key, e.to_string());
             }
+            if app.auth_methods.iter().any(|m| m == "mtls") {
+                mtls_applications.push((path.clone(), format!("application[{i}].auth_methods")));
+            }
             credentials.push(auth::app_credentials(
                 path,
                 i,
@@ -1237,11 +1463,12 @@ fn load_registry(
             problems.push(dir, "application", e.to_string());
         }
     }
-    (problems.list.len() == before).then(|| Loaded {
+    let loaded = Loaded {
         registry: builder.build(),
         credentials,
         services,
-    })
+    };
+    (loaded, mtls_applications)
 }
 
 fn service_spec(
@@ -1676,7 +1903,7 @@ url = "ftp://127.0.0.1:1/x"
             "b.toml: service[0].base_path:",
             "b.toml: service[0].max_body_bytes:",
             "b.toml: service[0].instance[0].url:",
-            "c.toml: line 4: unknown field `colour`",
+            "c.toml:4: unknown field `colour`",
         ] {
             assert!(text.contains(needle), "missing {needle:?} in:\n{text}");
         }
@@ -1984,10 +2211,14 @@ deny = ["a..b"]
             "dukcapil.toml: service[0].endpoint[1].method: `FETCH` is not one of",
             "dukcapil.toml: service[0].endpoint[2].subject: `nik` is not a parameter of `/y/{id}`",
             "dukcapil.toml: service[0].endpoint[2].classification: `secret` is not a classification",
+            // The registry's problems do not hide the agreements': they are checked against
+            // what of the registry is valid, and an unknown name says it may be its entry's fault.
+            "a.toml:14: agreement ok-1: consumers[0]: `dinkes/ghost` is not a registered application or agency (or its registry entry has a problem reported here)",
+            "a.toml:16: agreement ok-1: methods[0]: `FETCH` is not one of",
         ] {
             assert!(text.contains(want), "missing `{want}` in:\n{text}");
         }
-        // Agreements are checked against a valid registry (else every name would look unknown).
+        // With a valid registry, an unknown name is just unknown.
         write(
             dir.path(),
             "registry/dukcapil.toml",
@@ -1998,20 +2229,20 @@ deny = ["a..b"]
         let err = load(&dir.path().join("gerbang.toml"), &Overrides::default()).unwrap_err();
         let text = err.to_string();
         for want in [
-            "a.toml: agreement[0].id: `bad id!` is not an id",
-            "a.toml: agreement[0].service: `dukcapil/nope` is not a registered service",
-            "a.toml: agreement[0].consumers: name at least one consumer",
-            "a.toml: agreement[1].consumers[0]: `dinkes/ghost` is not a registered application or agency",
-            "a.toml: agreement[1].consumers[1]: `ghostagency` is not a registered",
-            "a.toml: agreement[1].endpoints[0]: `GET /penduduk/{id}` is not an endpoint of `dukcapil/penduduk` (declared: GET /penduduk/{nik})",
-            "a.toml: agreement[1].methods[0]: `FETCH` is not one of",
-            "a.toml: agreement[1].purposes[0]: `Pelayanan Kesehatan` is not a purpose code",
-            "a.toml: agreement[1].valid_until: is before valid_from",
-            "a.toml: agreement[1].status: `paused` is not",
-            "a.toml: agreement[1].max_classification: `top` is not a classification",
-            "a.toml: agreement[1].rate_limit.per: `hour` is not",
-            "a.toml: agreement[1].quota.per: `week` is not",
-            "a.toml: agreement[1].fields.deny[0]: `a..b` is not a field path",
+            "a.toml:3: agreement[0]: id: `bad id!` is not an id",
+            "a.toml:6: agreement[0]: service: `dukcapil/nope` is not a registered service",
+            "a.toml:7: agreement[0]: consumers: name at least one consumer",
+            "a.toml:14: agreement ok-1: consumers[0]: `dinkes/ghost` is not a registered application or agency",
+            "a.toml:14: agreement ok-1: consumers[1]: `ghostagency` is not a registered",
+            "a.toml:15: agreement ok-1: endpoints[0]: `GET /penduduk/{id}` is not an endpoint of `dukcapil/penduduk` (declared: GET /penduduk/{nik})",
+            "a.toml:16: agreement ok-1: methods[0]: `FETCH` is not one of",
+            "a.toml:17: agreement ok-1: purposes[0]: `Pelayanan Kesehatan` is not a purpose code",
+            "a.toml:19: agreement ok-1: valid_until: is before valid_from",
+            "a.toml:20: agreement ok-1: status: `paused` is not",
+            "a.toml:21: agreement ok-1: max_classification: `top` is not a classification",
+            "a.toml:22: agreement ok-1: rate_limit.per: `hour` is not",
+            "a.toml:23: agreement ok-1: quota.per: `week` is not",
+            "a.toml:25: agreement ok-1: fields.deny[0]: `a..b` is not a field path",
         ] {
             assert!(text.contains(want), "missing `{want}` in:\n{text}");
         }
@@ -2057,13 +2288,13 @@ endpoints = ["GET /penduduk/{nik}"]
         assert!(
             warnings
                 .iter()
-                .any(|w| w.contains("a.toml: agreement[0].valid_until: `old` has expired")),
+                .any(|w| w.contains("a.toml:8: agreement old: valid_until: `old` has expired")),
             "{warnings:?}"
         );
         assert!(
-            warnings
-                .iter()
-                .any(|w| w.contains("agreement[2].consumers: `twin-b` overlaps `twin-a`")),
+            warnings.iter().any(|w| w
+                .contains("a.toml:22: agreement twin-b: consumers: `twin-b` overlaps `twin-a` (")
+                && w.contains("a.toml:11) for the same consumer")),
             "{warnings:?}"
         );
         assert_eq!(c.policy.agreements().len(), 3);

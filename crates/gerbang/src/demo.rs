@@ -88,6 +88,44 @@ pub fn ensure_signing_key(main: &Path) -> std::io::Result<()> {
     Ok(())
 }
 
+/// The `gerbang audit` commands for the log of the configuration `cfg`, as a user types them
+/// (the demo prints them): by configuration file, which finds the log wherever `audit.dir`
+/// and `auth.keys_dir` put it, and by data directory when the log and keys are in its
+/// `audit/` and `keys/`. Empty when the audit log is off.
+pub fn audit_commands(cfg: &crate::config::Config) -> Vec<String> {
+    let Some(audit) = &cfg.audit else {
+        return Vec::new();
+    };
+    let file = shell_word(&cfg.file);
+    let mut out = vec![
+        format!("gerbang audit verify --config {file}      # every link and seal checked"),
+        format!(
+            "gerbang audit query --config {file} --subject 3603011505900001   # who saw this NIK"
+        ),
+        format!("gerbang audit anchor --config {file}      # the latest seal, to keep elsewhere"),
+    ];
+    if audit.dir == cfg.data_dir.join("audit") && cfg.keys_dir == cfg.data_dir.join("keys") {
+        out.push(format!(
+            "gerbang audit verify --data-dir {}",
+            shell_word(&cfg.data_dir)
+        ));
+    }
+    out
+}
+
+/// `path` as one shell word: as is when it is plain, else in single quotes.
+fn shell_word(path: &Path) -> String {
+    let s = path.display().to_string();
+    if !s.is_empty()
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"/._-+:=@%,".contains(&b))
+    {
+        s
+    } else {
+        format!("'{}'", s.replace('\'', "'\\''"))
+    }
+}
+
 /// Which fictional backend a demo service runs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Kind {

@@ -11,11 +11,28 @@ use gerbang::demo;
 #[command(
     name = "gerbang",
     version,
-    about = "Service-integration gateway for regional government agencies (SPBE)"
+    about = "Service-integration gateway for regional government agencies (SPBE)",
+    after_help = "Exit status: 0 success (valid, intact, allowed); 1 a finding (`validate`: the \
+                  configuration has problems; `audit verify`/`anchor`: the log is not intact; a \
+                  run that failed); 2 a usage or configuration error (bad arguments, a file or \
+                  directory that cannot be read, `serve` refusing an invalid configuration); \
+                  3 `explain`: the call would be denied (an unknown application included)."
 )]
 struct Cli {
     #[command(subcommand)]
     command: Command,
+}
+
+/// Where an audit command reads the log: a data directory, or the configuration that names it.
+#[derive(clap::Args)]
+#[group(required = true, multiple = false)]
+struct AuditSource {
+    /// The gateway's data directory (`paths.data_dir`: the log in `audit/`, keys in `keys/`).
+    #[arg(long)]
+    data_dir: Option<PathBuf>,
+    /// The gateway's main configuration file: the log and keys where `serve` would put them.
+    #[arg(long, short)]
+    config: Option<PathBuf>,
 }
 
 #[derive(Subcommand)]
@@ -23,9 +40,8 @@ enum AuditCommand {
     /// Check every file, link and seal; name the first bad record. Exit 0 when intact, 1 when
     /// tampered with or incomplete.
     Verify {
-        /// The gateway's data directory (audit files in `audit/`, keys in `keys/`).
-        #[arg(long)]
-        data_dir: PathBuf,
+        #[command(flatten)]
+        source: AuditSource,
         /// The seal public key (hex); default: keys/audit-seal.pub in the data directory. Keep
         /// a copy outside the gateway's host: a key read from the same disk as the log proves
         /// less.
@@ -40,16 +56,16 @@ enum AuditCommand {
     /// gateway's host, e.g. appended to a file on another machine from cron. Later,
     /// `audit verify --anchors FILE` checks the log still passes through every anchor.
     Anchor {
-        #[arg(long)]
-        data_dir: PathBuf,
+        #[command(flatten)]
+        source: AuditSource,
         #[arg(long)]
         public_key: Option<PathBuf>,
     },
     /// Records of calls, by data subject (hashed with the gateway's key), consumer, service
     /// and time.
     Query {
-        #[arg(long)]
-        data_dir: PathBuf,
+        #[command(flatten)]
+        source: AuditSource,
         /// The data subject's id, e.g. a NIK.
         #[arg(long)]
         subject: Option<String>,
@@ -111,7 +127,8 @@ enum Command {
     },
     /// Explain the policy decision for a call: the decision, the agreement and the rule that
     /// decided, and every agreement considered with why it did not match. Exit status 0 when
-    /// the call would be allowed, 3 when denied, 2 on a usage or configuration error.
+    /// the call would be allowed, 3 when denied (`DENY (unknown application)` when the
+    /// registry has no such application), 2 on a usage or configuration error.
     Explain {
         #[arg(long, short, default_value = "/etc/gerbang/gerbang.toml")]
         config: PathBuf,
@@ -265,7 +282,13 @@ fn explain(
         .application(agency, consumer.split_once('/').map_or("", |c| c.1))
         .is_none()
     {
-        eprintln!("note: `{consumer}` is not a registered application; the gateway would refuse it at authentication");
+        // Authentication comes before routing and policy: no agreement can allow it.
+        println!("decision: DENY (unknown application)");
+        println!(
+            "  `{consumer}` is not a registered application; the gateway refuses its \
+             credentials at authentication (401) before any agreement is considered"
+        );
+        return ExitCode::from(3);
     }
     let normalized = match gerbang_proxy::path::normalize(path.split('?').next().unwrap_or(path)) {
         Ok(n) => n,
@@ -387,17 +410,63 @@ fn explain(
     }
 }
 
-/// The seal public key: `public_key`, or `keys/audit-seal.pub` in the data directory.
-fn seal_public_key(data_dir: &std::path::Path, public_key: Option<PathBuf>) -> Option<Vec<u8>> {
-    let key_file =
-        public_key.unwrap_or_else(|| data_dir.join("keys").join(config::SEAL_PUBLIC_FILE));
+/// The log's directory and its key directory, from `--data-dir` or `--config`; a directory
+/// without an audit log is refused with where it looked and, when a subdirectory has one (the
+/// directory given to `gerbang demo --data-dir` holds the gateway's data directory `data/`),
+/// which one was probably meant.
+fn audit_dirs(source: AuditSource) -> Result<config::AuditDirs, String> {
+    let dirs = match (source.data_dir, source.config) {
+        (_, Some(file)) => config::audit_dirs_of(&file)?,
+        (Some(dir), None) => config::AuditDirs {
+            audit_dir: dir.join("audit"),
+            keys_dir: dir.join("keys"),
+            data_dir: dir,
+        },
+        (None, None) => return Err("give --data-dir DIR or --config FILE".to_owned()),
+    };
+    if dirs.audit_dir.is_dir() {
+        return Ok(dirs);
+    }
+    let dir = &dirs.data_dir;
+    let mut hint = String::new();
+    if let Ok(entries) = std::fs::read_dir(dir) {
+        let mut subs: Vec<PathBuf> = entries
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .filter(|p| p.join("audit").is_dir())
+            .collect();
+        subs.sort();
+        if let Some(sub) = subs.first() {
+            hint = format!("; did you mean --data-dir {}?", sub.display());
+        }
+        if dir.join("gerbang.toml").is_file() {
+            hint.push_str(&format!(
+                " ({} is a configuration directory: `--config {}` finds its log)",
+                dir.display(),
+                dir.join("gerbang.toml").display()
+            ));
+        }
+    } else {
+        hint = "; it does not exist or cannot be read".to_owned();
+    }
+    Err(format!(
+        "{} has no audit log: looked for the directory {}, which is missing{hint}",
+        dir.display(),
+        dirs.audit_dir.display()
+    ))
+}
+
+/// The seal public key: `public_key`, or the one in the key directory.
+fn seal_public_key(dirs: &config::AuditDirs, public_key: Option<PathBuf>) -> Option<Vec<u8>> {
+    let key_file = public_key.unwrap_or_else(|| dirs.keys_dir.join(config::SEAL_PUBLIC_FILE));
     let key = std::fs::read_to_string(&key_file)
         .ok()
         .and_then(|t| hex::decode(t.trim()).ok());
     if key.is_none() {
         eprintln!(
-            "cannot read the seal public key (hex) from {}",
-            key_file.display()
+            "cannot read the seal public key (hex) from {} (the log is in {}); give it with \
+             --public-key FILE",
+            key_file.display(),
+            dirs.audit_dir.display()
         );
     }
     key
@@ -405,14 +474,18 @@ fn seal_public_key(data_dir: &std::path::Path, public_key: Option<PathBuf>) -> O
 
 fn audit(command: AuditCommand) -> ExitCode {
     match command {
-        AuditCommand::Anchor {
-            data_dir,
-            public_key,
-        } => {
-            let Some(key) = seal_public_key(&data_dir, public_key) else {
+        AuditCommand::Anchor { source, public_key } => {
+            let dirs = match audit_dirs(source) {
+                Ok(d) => d,
+                Err(e) => {
+                    eprintln!("{e}");
+                    return ExitCode::from(2);
+                }
+            };
+            let Some(key) = seal_public_key(&dirs, public_key) else {
                 return ExitCode::from(2);
             };
-            match gerbang_audit::verify(&data_dir.join("audit"), &key) {
+            match gerbang_audit::verify(&dirs.audit_dir, &key) {
                 Ok(v) => match v.last_seal {
                     Some(a) => {
                         println!("{}", serde_json::to_string(&a).unwrap_or_default());
@@ -430,11 +503,18 @@ fn audit(command: AuditCommand) -> ExitCode {
             }
         }
         AuditCommand::Verify {
-            data_dir,
+            source,
             public_key,
             anchors,
         } => {
-            let Some(key) = seal_public_key(&data_dir, public_key) else {
+            let dirs = match audit_dirs(source) {
+                Ok(d) => d,
+                Err(e) => {
+                    eprintln!("{e}");
+                    return ExitCode::from(2);
+                }
+            };
+            let Some(key) = seal_public_key(&dirs, public_key) else {
                 return ExitCode::from(2);
             };
             let mut pinned = Vec::new();
@@ -460,7 +540,7 @@ fn audit(command: AuditCommand) -> ExitCode {
                     }
                 }
             }
-            match gerbang_audit::verify_with_anchors(&data_dir.join("audit"), &key, &pinned) {
+            match gerbang_audit::verify_with_anchors(&dirs.audit_dir, &key, &pinned) {
                 Ok(v) => {
                     println!(
                         "audit log intact: {} file(s), {} record(s), {} seal(s); {} record(s) after the last seal",
@@ -484,7 +564,7 @@ fn audit(command: AuditCommand) -> ExitCode {
             }
         }
         AuditCommand::Query {
-            data_dir,
+            source,
             subject,
             consumer,
             service,
@@ -492,7 +572,14 @@ fn audit(command: AuditCommand) -> ExitCode {
             until,
             json,
         } => {
-            let key_file = data_dir.join("keys").join(config::SUBJECT_KEY_FILE);
+            let dirs = match audit_dirs(source) {
+                Ok(d) => d,
+                Err(e) => {
+                    eprintln!("{e}");
+                    return ExitCode::from(2);
+                }
+            };
+            let key_file = dirs.keys_dir.join(config::SUBJECT_KEY_FILE);
             let key = match std::fs::read_to_string(&key_file)
                 .ok()
                 .and_then(|t| gerbang_audit::SubjectKey::from_hex(&t).ok())
@@ -510,7 +597,7 @@ fn audit(command: AuditCommand) -> ExitCode {
                 since,
                 until,
             };
-            let records = match gerbang_audit::query(&data_dir.join("audit"), &filter, &key) {
+            let records = match gerbang_audit::query(&dirs.audit_dir, &filter, &key) {
                 Ok(r) => r,
                 Err(e) => {
                     eprintln!("cannot read the audit log: {e}");
@@ -703,6 +790,7 @@ fn serve(cfg: Config, with_demo_backends: bool) -> ExitCode {
             }
         }
         let file = cfg.file.clone();
+        let audit_commands = demo::audit_commands(&cfg);
         let running = match gerbang::start(cfg).await {
             Ok(r) => r,
             Err(e) => {
@@ -711,7 +799,7 @@ fn serve(cfg: Config, with_demo_backends: bool) -> ExitCode {
             }
         };
         if with_demo_backends {
-            print_demo_banner(&file, &running, &backends);
+            print_demo_banner(&file, &running, &backends, &audit_commands);
         }
         let outcome = running.run_until(terminated).await;
         tracing::info!(?outcome, "stopped");
@@ -755,7 +843,12 @@ async fn start_demo_backends(cfg: &Config) -> Result<BackendList, String> {
     Ok(started)
 }
 
-fn print_demo_banner(file: &std::path::Path, running: &gerbang::Running, backends: &BackendList) {
+fn print_demo_banner(
+    file: &std::path::Path,
+    running: &gerbang::Running,
+    backends: &BackendList,
+    audit_commands: &[String],
+) {
     let gw = running.data_addr;
     println!();
     println!("Gerbang demo is running (all data is fictional).");
@@ -789,16 +882,10 @@ fn print_demo_banner(file: &std::path::Path, running: &gerbang::Running, backend
         "  curl -s http://{}/metrics                # Prometheus metrics",
         running.admin_addr
     );
-    let state = file
-        .parent()
-        .unwrap_or(std::path::Path::new("."))
-        .join("data");
     println!("Audit log (every call; the NIK only as a keyed hash):");
-    println!("  gerbang audit verify --data-dir {}", state.display());
-    println!(
-        "  gerbang audit query --data-dir {} --subject 3603011505900001",
-        state.display()
-    );
+    for c in audit_commands {
+        println!("  {c}");
+    }
     println!();
     println!("Press Ctrl-C to stop.");
 }

@@ -1335,3 +1335,283 @@ fn explain_takes_a_path_with_a_query() {
     let (code, out) = explain(&format!("{nik}?"));
     assert_eq!(code, Some(0), "{out}");
 }
+
+/// One `validate` reports the problems of all three stages: a typo in the main file does not
+/// hide the registry's problems (read from the directory the main file declares), and those do
+/// not hide the agreements' (named by id, with file and line).
+#[test]
+fn validate_reports_the_main_file_registry_and_agreements_at_once() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("gerbang.toml"),
+        "[server]\nlisten = \"127.0.0.1:0\"\nlisten_port = 1\n\
+         [paths]\nregistry_dir = \"reg\"\nagreements_dir = \"pks\"\n",
+    )
+    .unwrap();
+    std::fs::create_dir(dir.path().join("reg")).unwrap();
+    std::fs::write(
+        dir.path().join("reg/x.toml"),
+        "[agency]\nid = \"x\"\nname = \"X\"\n[[service]]\nid = \"s\"\nname = \"S\"\n",
+    )
+    .unwrap();
+    std::fs::create_dir(dir.path().join("pks")).unwrap();
+    std::fs::write(
+        dir.path().join("pks/x.toml"),
+        "# Agreements of X.\n\n[[agreement]]\nid = \"pks-x-2026-001\"\ntitle = \"t\"\n\
+         legal_basis = \"-\"\nservice = \"x/nope\"\nconsumers = [\"*\"]\n",
+    )
+    .unwrap();
+    let out = bin()
+        .args(["validate", "--config"])
+        .arg(dir.path().join("gerbang.toml"))
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("3 configuration problem(s)"), "{err}");
+    assert!(
+        err.contains("gerbang.toml: ") && err.contains("listen_port"),
+        "{err}"
+    );
+    assert!(
+        err.contains("reg/x.toml: service[0].instance: a service needs at least one instance"),
+        "{err}"
+    );
+    assert!(
+        err.contains(
+            "pks/x.toml:7: agreement pks-x-2026-001: service: `x/nope` is not a registered service"
+        ),
+        "{err}"
+    );
+}
+
+/// An agreement's problem names the agreement by its id, with the file and the line of the
+/// field.
+#[test]
+fn validate_names_an_agreement_by_id_and_line() {
+    let dir = copy_of_repo_config();
+    let main = dir.path().join("gerbang.toml");
+    assert!(bin()
+        .args(["rotate-key", "--config"])
+        .arg(&main)
+        .output()
+        .unwrap()
+        .status
+        .success());
+    let file = dir.path().join("agreements/dukcapil.toml");
+    let mut text = std::fs::read_to_string(&file).unwrap();
+    let at = text.lines().count();
+    text.push_str(
+        "\n[[agreement]]\nid = \"pks-dukcapil-uji-2026-009\"\ntitle = \"Uji\"\n\
+         legal_basis = \"-\"\nservice = \"dukcapil/penduduk\"\n\
+         consumers = [\"dinkes/simpus\",\n  \"dinkes/nosuch\"]\n",
+    );
+    std::fs::write(&file, text).unwrap();
+    let out = bin()
+        .args(["validate", "--config"])
+        .arg(&main)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("1 configuration problem(s)"), "{err}");
+    // Blank line, header, id, title, legal_basis, service, consumers, the second consumer.
+    let want = format!(
+        "agreements/dukcapil.toml:{}: agreement pks-dukcapil-uji-2026-009: consumers[1]: \
+         `dinkes/nosuch` is not a registered application or agency",
+        at + 8
+    );
+    assert!(err.contains(&want), "missing `{want}` in:\n{err}");
+}
+
+/// An application that authenticates by client certificate on a gateway that asks for none is
+/// refused, with what to add.
+#[test]
+fn validate_refuses_mtls_applications_without_server_tls() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("gerbang.toml"),
+        "[server]\nlisten = \"127.0.0.1:0\"\n[admin]\nlisten = \"127.0.0.1:0\"\n",
+    )
+    .unwrap();
+    std::fs::create_dir(dir.path().join("registry")).unwrap();
+    std::fs::write(
+        dir.path().join("registry/dinkes.toml"),
+        "[agency]\nid = \"dinkes\"\nname = \"Dinkes\"\n[[application]]\nid = \"simpus\"\n\
+         name = \"SIMPUS\"\nauth_methods = [\"mtls\"]\ncert_names = [\"simpus.dinkes.test\"]\n",
+    )
+    .unwrap();
+    gerbang::config::create_signing_key(&dir.path().join("data/keys")).unwrap();
+    gerbang::config::ensure_audit_keys(&dir.path().join("data/keys")).unwrap();
+    std::fs::create_dir(dir.path().join("agreements")).unwrap();
+    let out = bin()
+        .args(["validate", "--config"])
+        .arg(dir.path().join("gerbang.toml"))
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(err.contains("1 configuration problem(s)"), "{err}");
+    assert!(
+        err.contains(
+            "dinkes.toml: application[0].auth_methods: `mtls` is in auth_methods but \
+             gerbang.toml has no [server.tls]: add [server.tls] with cert_file, key_file, \
+             client_auth = \"optional\" (or \"required\") and client_ca_files"
+        ),
+        "{err}"
+    );
+}
+
+/// `explain` for an application the registry does not know: denied at authentication, exit 3,
+/// even where an agreement for `*` would allow any registered one.
+#[test]
+fn explain_denies_an_unknown_application_with_exit_3() {
+    let dir = copy_of_repo_config();
+    let main = dir.path().join("gerbang.toml");
+    assert!(bin()
+        .args(["rotate-key", "--config"])
+        .arg(&main)
+        .output()
+        .unwrap()
+        .status
+        .success());
+    let explain = |consumer: &str| {
+        let out = bin()
+            .args(["explain", "--config"])
+            .arg(&main)
+            .args(["--consumer", consumer, "GET", "/diskominfo/echo/x"])
+            .output()
+            .unwrap();
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+        )
+    };
+    let (code, out) = explain("diskominfo/portal");
+    assert_eq!(code, Some(0), "{out}");
+    assert!(
+        out.starts_with("decision: ALLOW by agreement `open-diskominfo-echo`"),
+        "{out}"
+    );
+    let (code, out) = explain("uji/nosuch");
+    assert_eq!(code, Some(3), "{out}");
+    assert!(
+        out.starts_with("decision: DENY (unknown application)\n"),
+        "{out}"
+    );
+    assert!(
+        out.contains("`uji/nosuch` is not a registered application"),
+        "{out}"
+    );
+}
+
+/// The audit commands find the log from the configuration as `serve` does; given the demo's
+/// directory instead of the gateway's data directory, they say where they looked and which
+/// directory was meant; the commands the demo prints work as printed.
+#[test]
+fn audit_commands_take_the_configuration_and_name_what_a_directory_lacks() {
+    let dir = tempfile::tempdir().unwrap();
+    let main = gerbang::demo::prepare_data_dir(dir.path(), false).unwrap();
+    // A log to check: the gateway on the demo's configuration, started and stopped (it seals
+    // on shutdown).
+    let mut child = KillOnDrop(
+        bin()
+            .args(["serve", "--config"])
+            .arg(&main)
+            .args(["--listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0"])
+            .env("GERBANG__LOG__FORMAT", "json")
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap(),
+    );
+    let stderr = child.stderr.take().unwrap();
+    let data: SocketAddr = wait_for_line(stderr, |line| {
+        let v: serde_json::Value = serde_json::from_str(line).ok()?;
+        if v["message"] != "gateway ready" {
+            return None;
+        }
+        v["data_addr"].as_str()?.parse().ok()
+    });
+    // One call, refused and recorded.
+    assert_eq!(http_get(data, "/diskominfo/echo/x").0, 401);
+    assert_eq!(terminate(&mut child).code(), Some(0));
+
+    let audit = |args: &[&str], place: &[&std::ffi::OsStr]| {
+        let out = bin().arg("audit").args(args).args(place).output().unwrap();
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    // The demo's directory is not the gateway's data directory: said so, with the one meant.
+    let demo_dir = dir.path().as_os_str();
+    for command in ["verify", "anchor", "query"] {
+        let (code, _, err) = audit(&[command], &["--data-dir".as_ref(), demo_dir]);
+        assert_eq!(code, Some(2), "{command}: {err}");
+        assert!(
+            err.contains(&format!(
+                "{} has no audit log: looked for the directory {}, which is missing; \
+                 did you mean --data-dir {}?",
+                dir.path().display(),
+                dir.path().join("audit").display(),
+                dir.path().join("data").display()
+            )),
+            "{command}: {err}"
+        );
+        assert!(
+            err.contains(&format!("--config {}", main.display())),
+            "{command}: {err}"
+        );
+        assert!(!err.contains("seal public key"), "{command}: {err}");
+    }
+    // A directory with nothing at all.
+    let empty = tempfile::tempdir().unwrap();
+    let (code, _, err) = audit(
+        &["verify"],
+        &["--data-dir".as_ref(), empty.path().as_os_str()],
+    );
+    assert_eq!(code, Some(2), "{err}");
+    assert!(err.contains("has no audit log"), "{err}");
+    assert!(!err.contains("did you mean"), "{err}");
+
+    // By configuration file.
+    let by_config = ["--config".as_ref(), main.as_os_str()];
+    let (code, out, err) = audit(&["verify"], &by_config);
+    assert_eq!(code, Some(0), "{out}{err}");
+    assert!(out.starts_with("audit log intact:"), "{out}");
+    let (code, out, err) = audit(&["anchor"], &by_config);
+    assert_eq!(code, Some(0), "{out}{err}");
+    assert!(
+        serde_json::from_str::<serde_json::Value>(out.trim()).unwrap()["seq"].as_u64() > Some(0)
+    );
+    let (code, out, err) = audit(&["query", "--json"], &by_config);
+    assert_eq!(code, Some(0), "{out}{err}");
+    // Neither or both: a usage error.
+    let (code, _, _) = audit(&["verify"], &[]);
+    assert_eq!(code, Some(2));
+
+    // What the demo prints for its own directory works as printed.
+    let cfg = gerbang::load(&main, &gerbang::Overrides::default()).unwrap();
+    let commands = gerbang::demo::audit_commands(&cfg);
+    assert!(commands.len() >= 3, "{commands:?}");
+    assert!(
+        commands
+            .iter()
+            .any(|c| c.starts_with(&format!("gerbang audit verify --config {}", main.display()))),
+        "{commands:?}"
+    );
+    for c in &commands {
+        let words: Vec<&str> = c.split('#').next().unwrap().split_whitespace().collect();
+        assert_eq!(words[0], "gerbang");
+        let out = bin().args(&words[1..]).output().unwrap();
+        assert_eq!(
+            out.status.code(),
+            Some(0),
+            "{c}: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+}

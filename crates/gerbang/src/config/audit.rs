@@ -173,6 +173,65 @@ pub(super) fn load_audit(
     })
 }
 
+/// Where a configuration keeps its audit log and its keys, resolved as `serve` resolves them
+/// (`paths.data_dir`, `audit.dir`, `auth.keys_dir`, their `GERBANG__*` overrides), for the
+/// `gerbang audit` commands: read leniently, so that a log can be checked while some other part
+/// of the configuration is wrong.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AuditDirs {
+    pub data_dir: PathBuf,
+    /// The log's files.
+    pub audit_dir: PathBuf,
+    /// The seal public key and the subject key are here.
+    pub keys_dir: PathBuf,
+}
+
+/// [`AuditDirs`] of the main file `main_file`.
+pub fn audit_dirs_of(main_file: &Path) -> Result<AuditDirs, String> {
+    #[derive(Deserialize, Default)]
+    struct Partial {
+        #[serde(default)]
+        paths: PartialPaths,
+        #[serde(default)]
+        audit: PartialAudit,
+    }
+    #[derive(Deserialize, Default)]
+    struct PartialPaths {
+        data_dir: Option<PathBuf>,
+    }
+    #[derive(Deserialize, Default)]
+    struct PartialAudit {
+        dir: Option<PathBuf>,
+    }
+    let text = std::fs::read_to_string(main_file)
+        .map_err(|e| format!("cannot read {}: {e}", main_file.display()))?;
+    let p: Partial = toml::from_str(&text).map_err(|e| format!("{}: {e}", main_file.display()))?;
+    let env = |k: &str| {
+        std::env::var_os(k)
+            .filter(|v| !v.is_empty())
+            .map(PathBuf::from)
+    };
+    let resolve = |base: &Path, p: PathBuf| if p.is_absolute() { p } else { base.join(p) };
+    let base = main_file.parent().unwrap_or(Path::new("."));
+    let data_dir = resolve(
+        base,
+        env("GERBANG__PATHS__DATA_DIR")
+            .or(p.paths.data_dir)
+            .unwrap_or_else(|| "data".into()),
+    );
+    let audit_dir = resolve(
+        &data_dir,
+        env("GERBANG__AUDIT__DIR")
+            .or(p.audit.dir)
+            .unwrap_or_else(|| "audit".into()),
+    );
+    Ok(AuditDirs {
+        keys_dir: super::keys_dir_of(main_file)?,
+        data_dir,
+        audit_dir,
+    })
+}
+
 /// Creates the audit keys in `keys_dir` when missing (never replaces one: the seal key
 /// verifies the existing log, the subject key finds its records). Returns the files created.
 pub fn ensure_audit_keys(keys_dir: &Path) -> std::io::Result<Vec<PathBuf>> {

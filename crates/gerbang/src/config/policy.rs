@@ -270,6 +270,52 @@ pub(super) struct Known<'a> {
     pub services: &'a HashMap<String, ServicePolicy>,
     pub applications: HashSet<String>,
     pub agencies: HashSet<String>,
+    /// The registry files had no problem; otherwise a name may be unknown only because the
+    /// entry that declares it is wrong, which the message says.
+    pub registry_complete: bool,
+}
+
+impl Known<'_> {
+    fn unknown(&self, what: String) -> String {
+        if self.registry_complete {
+            what
+        } else {
+            format!("{what} (or its registry entry has a problem reported here)")
+        }
+    }
+}
+
+/// Whether an agreement id is usable: letters, digits, '-', '_', '.', 1 to 64 bytes.
+fn is_agreement_id(id: &str) -> bool {
+    !id.is_empty()
+        && id.len() <= 64
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
+}
+
+/// The problem key of field `field` (`service`, `consumers[1]`; empty: the entry) of the
+/// `i`th agreement of a file: `line N: agreement ID: field`, by its id when it has a usable
+/// one (else `agreement[i]`) and the line of the field (else of the entry).
+fn agreement_key(text: &str, i: usize, a: Option<&RawAgreement>, field: &str) -> String {
+    let name = match a {
+        Some(a) if is_agreement_id(&a.id) => format!("agreement {}", a.id),
+        _ => format!("agreement[{i}]"),
+    };
+    let label = if field.is_empty() {
+        name
+    } else {
+        format!("{name}: {field}")
+    };
+    let dotted = if field.is_empty() {
+        format!("agreement[{i}]")
+    } else {
+        format!("agreement[{i}].{field}")
+    };
+    match super::line_of(text, &dotted) {
+        Some(n) => format!("line {n}: {label}"),
+        None => label,
+    }
 }
 
 /// Seconds since the epoch of a TOML date (midnight Asia/Jakarta; `end_of_day` = the last
@@ -313,7 +359,9 @@ pub(super) fn load_agreements(
             return Vec::new();
         }
     };
-    let mut out: Vec<(PathBuf, String, Agreement)> = Vec::new();
+    // (file, (key of its consumers, file:line of its id), agreement)
+    #[allow(clippy::type_complexity)]
+    let mut out: Vec<(PathBuf, (String, String), Agreement)> = Vec::new();
     for path in files {
         let text = match super::read_text(&path, overlay) {
             Ok(t) => t,
@@ -341,12 +389,12 @@ pub(super) fn load_agreements(
             }
         };
         for (i, a) in raw.agreement.iter().enumerate() {
-            if let Some(agreement) = agreement(&path, i, a, known, problems) {
-                let key = format!("agreement[{i}]");
+            let key = |field: &str| agreement_key(&text, i, Some(a), field);
+            if let Some(agreement) = agreement(&path, &key, a, known, problems) {
                 if let Some((other, _, _)) = out.iter().find(|(_, _, x)| x.id == agreement.id) {
                     problems.push(
                         &path,
-                        format!("{key}.id"),
+                        key("id"),
                         format!(
                             "`{}` is already defined in {}",
                             agreement.id,
@@ -358,17 +406,21 @@ pub(super) fn load_agreements(
                 if agreement.valid_until.is_some_and(|t| t < now) {
                     warnings.push(
                         &path,
-                        format!("{key}.valid_until"),
+                        key("valid_until"),
                         format!("`{}` has expired", agreement.id),
                     );
                 }
-                out.push((path.clone(), key, agreement));
+                let at = match super::line_of(&text, &format!("agreement[{i}].id")) {
+                    Some(n) => format!("{}:{n}", path.display()),
+                    None => path.display().to_string(),
+                };
+                out.push((path.clone(), (key("consumers"), at), agreement));
             }
         }
     }
     // Overlaps: two active agreements for the same consumer, service and endpoint.
-    for (x, (px, kx, ax)) in out.iter().enumerate() {
-        for (py, ky, ay) in out.iter().skip(x + 1) {
+    for (x, (_, (_, at_x), ax)) in out.iter().enumerate() {
+        for (py, (ky, _), ay) in out.iter().skip(x + 1) {
             if ax.service != ay.service || ax.suspended || ay.suspended {
                 continue;
             }
@@ -379,12 +431,11 @@ pub(super) fn load_agreements(
             if same_consumer && endpoints_overlap {
                 warnings.push(
                     py,
-                    format!("{ky}.consumers"),
+                    ky.as_str(),
                     format!(
-                        "`{}` overlaps `{}` ({}: {kx}) for the same consumer and endpoint; the one with the smaller id is tried first",
+                        "`{}` overlaps `{}` ({at_x}) for the same consumer and endpoint; the one with the smaller id is tried first",
                         ay.id,
                         ax.id,
-                        px.display()
                     ),
                 );
             }
@@ -393,21 +444,16 @@ pub(super) fn load_agreements(
     out.into_iter().map(|(_, _, a)| a).collect()
 }
 
+/// Checks one agreement; `key` names a field of it in problems.
 fn agreement(
     path: &Path,
-    i: usize,
+    key: &dyn Fn(&str) -> String,
     a: &RawAgreement,
     known: &Known<'_>,
     problems: &mut Problems,
 ) -> Option<Agreement> {
     let before = problems.list.len();
-    let key = |k: &str| format!("agreement[{i}].{k}");
-    let id_ok = !a.id.is_empty()
-        && a.id.len() <= 64
-        && a.id
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'));
-    if !id_ok {
+    if !is_agreement_id(&a.id) {
         problems.push(
             path,
             key("id"),
@@ -419,7 +465,7 @@ fn agreement(
         problems.push(
             path,
             key("service"),
-            format!("`{}` is not a registered service", a.service),
+            known.unknown(format!("`{}` is not a registered service", a.service)),
         );
     }
     if a.consumers.is_empty() {
@@ -441,7 +487,7 @@ fn agreement(
             problems.push(
                 path,
                 key(&format!("consumers[{j}]")),
-                format!("`{c}` is not a registered application or agency"),
+                known.unknown(format!("`{c}` is not a registered application or agency")),
             );
         }
         consumers.push(consumer);
