@@ -304,3 +304,284 @@ impl Body for ResponseBody {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    //! `RequestBody` over real `Incoming` bodies: a hyper server on an in-memory pipe hands each
+    //! request's body to the test, whose client writes raw HTTP/1.1 bytes or drives an HTTP/2
+    //! stream frame by frame.
+    #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+    use std::convert::Infallible;
+    use std::future::Future;
+    use std::time::Duration;
+
+    use http::{Request, Response};
+    use http_body_util::BodyExt;
+    use hyper_util::rt::{TokioExecutor, TokioIo};
+    use tokio::io::{AsyncWriteExt, DuplexStream};
+    use tokio::sync::{mpsc, oneshot};
+
+    use super::*;
+
+    /// A request body, and the sender whose drop lets the server answer that request.
+    type Got = (Incoming, oneshot::Sender<()>);
+
+    /// Hands each request's body to the test and answers once the test drops the sender.
+    #[derive(Clone)]
+    struct Handoff(mpsc::UnboundedSender<Got>);
+
+    impl hyper::service::Service<Request<Incoming>> for Handoff {
+        type Response = Response<Full<Bytes>>;
+        type Error = Infallible;
+        type Future = Pin<Box<dyn Future<Output = Result<Self::Response, Infallible>> + Send>>;
+
+        fn call(&self, req: Request<Incoming>) -> Self::Future {
+            let tx = self.0.clone();
+            Box::pin(async move {
+                let (done, wait) = oneshot::channel();
+                let _ = tx.send((req.into_body(), done));
+                let _ = wait.await;
+                Ok(Response::new(Full::new(Bytes::new())))
+            })
+        }
+    }
+
+    /// A request body the test feeds frame by frame; dropping the sender ends it.
+    struct ChannelBody(mpsc::UnboundedReceiver<Bytes>);
+
+    impl Body for ChannelBody {
+        type Data = Bytes;
+        type Error = Infallible;
+
+        fn poll_frame(
+            self: Pin<&mut Self>,
+            cx: &mut Context<'_>,
+        ) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
+            self.get_mut()
+                .0
+                .poll_recv(cx)
+                .map(|b| b.map(|b| Ok(Frame::data(b))))
+        }
+    }
+
+    /// An HTTP/1.1 server on one end of a pipe; the other end for the test's raw bytes.
+    fn h1() -> (DuplexStream, mpsc::UnboundedReceiver<Got>) {
+        let (client, server) = tokio::io::duplex(64 * 1024);
+        let (tx, rx) = mpsc::unbounded_channel();
+        tokio::spawn(
+            hyper::server::conn::http1::Builder::new()
+                .serve_connection(TokioIo::new(server), Handoff(tx)),
+        );
+        (client, rx)
+    }
+
+    /// An HTTP/2 server on a pipe and a request sent to it with `content-length: declared`,
+    /// whose DATA frames the test sends through the returned channel (dropping it ends the
+    /// stream).
+    async fn h2(declared: &str) -> (mpsc::UnboundedSender<Bytes>, mpsc::UnboundedReceiver<Got>) {
+        let (client, server) = tokio::io::duplex(64 * 1024);
+        let (tx, rx) = mpsc::unbounded_channel();
+        tokio::spawn(
+            hyper::server::conn::http2::Builder::new(TokioExecutor::new())
+                .serve_connection(TokioIo::new(server), Handoff(tx)),
+        );
+        let (mut send, conn) =
+            hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(client))
+                .await
+                .unwrap();
+        tokio::spawn(conn);
+        let (frames, stream) = mpsc::unbounded_channel();
+        let body = ChannelBody(stream);
+        let req = Request::post("http://t/x")
+            .header("content-length", declared)
+            .body(body)
+            .unwrap();
+        tokio::spawn(async move {
+            let _ = send.send_request(req).await;
+        });
+        (frames, rx)
+    }
+
+    async fn next(rx: &mut mpsc::UnboundedReceiver<Got>) -> Got {
+        tokio::time::timeout(Duration::from_secs(5), rx.recv())
+            .await
+            .expect("a request reached the server")
+            .expect("server running")
+    }
+
+    #[tokio::test]
+    async fn a_whole_body_passes_counted_into_the_watch_and_the_counter() {
+        let (mut client, mut rx) = h1();
+        client
+            .write_all(b"POST /x HTTP/1.1\r\nHost: t\r\nContent-Length: 10\r\n\r\n01234")
+            .await
+            .unwrap();
+        let (incoming, _done) = next(&mut rx).await;
+        let watch = Arc::new(BodyWatch::default());
+        let counter = prometheus::IntCounter::new("c", "c").unwrap();
+        let body = RequestBody::new(incoming, Some(100), Some(Arc::clone(&watch)))
+            .counted(counter.clone());
+        assert_eq!(body.size_hint().exact(), Some(10));
+        let collect = tokio::spawn(body.collect());
+        client.write_all(b"56789").await.unwrap();
+        let bytes = collect.await.unwrap().unwrap().to_bytes();
+        assert_eq!(&bytes[..], b"0123456789");
+        assert_eq!(watch.received(), 10);
+        assert_eq!(counter.get(), 10);
+        assert!(watch.finished());
+        assert!(!watch.exceeded());
+    }
+
+    #[tokio::test]
+    async fn a_body_over_the_limit_fails_and_says_so() {
+        let (mut client, mut rx) = h1();
+        client
+            .write_all(
+                b"POST /x HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n3\r\ndef\r\n0\r\n\r\n",
+            )
+            .await
+            .unwrap();
+        let (incoming, _done) = next(&mut rx).await;
+        let watch = Arc::new(BodyWatch::default());
+        let err = RequestBody::new(incoming, Some(4), Some(Arc::clone(&watch)))
+            .collect()
+            .await
+            .expect_err("over the limit");
+        assert!(matches!(err, RequestBodyError::TooLarge(4)), "{err:?}");
+        assert!(watch.exceeded());
+        assert!(!watch.finished());
+        assert_eq!(watch.received(), 6);
+    }
+
+    #[tokio::test]
+    async fn a_body_at_the_limit_passes() {
+        let (mut client, mut rx) = h1();
+        client
+            .write_all(b"POST /x HTTP/1.1\r\nHost: t\r\nContent-Length: 4\r\n\r\nabcd")
+            .await
+            .unwrap();
+        let (incoming, _done) = next(&mut rx).await;
+        let bytes = RequestBody::new(incoming, Some(4), None)
+            .collect()
+            .await
+            .unwrap()
+            .to_bytes();
+        assert_eq!(&bytes[..], b"abcd");
+    }
+
+    #[tokio::test]
+    async fn a_client_that_breaks_off_is_an_error_not_an_end() {
+        let (mut client, mut rx) = h1();
+        client
+            .write_all(b"POST /x HTTP/1.1\r\nHost: t\r\nContent-Length: 10\r\n\r\n01234")
+            .await
+            .unwrap();
+        let (incoming, _done) = next(&mut rx).await;
+        let watch = Arc::new(BodyWatch::default());
+        let mut body = RequestBody::new(incoming, None, Some(Arc::clone(&watch)));
+        let first = body.frame().await.unwrap().unwrap().into_data().unwrap();
+        assert_eq!(&first[..], b"01234");
+        drop(client);
+        let err = body.frame().await.expect("an error, not the end").err();
+        assert!(matches!(err, Some(RequestBodyError::Client(_))), "{err:?}");
+        assert!(!watch.finished());
+        assert_eq!(watch.received(), 5);
+    }
+
+    /// HTTP/2 lets a client stop after the declared bytes without ending the stream: the last
+    /// declared bytes are held until it ends, so an upstream never sees the body complete first.
+    #[tokio::test]
+    async fn the_last_declared_bytes_wait_for_the_end_of_the_stream() {
+        let (frames, mut rx) = h2("5").await;
+        frames.send(Bytes::from_static(b"hello")).unwrap();
+        let (incoming, _done) = next(&mut rx).await;
+        let watch = Arc::new(BodyWatch::default());
+        let mut body = RequestBody::new(incoming, None, Some(Arc::clone(&watch)));
+        {
+            let mut pending = Box::pin(body.frame());
+            // The bytes arrive (counted) but do not come out while the stream is open.
+            let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+            while watch.received() < 5 {
+                assert!(
+                    tokio::time::Instant::now() < deadline,
+                    "bytes never arrived"
+                );
+                let polled = tokio::time::timeout(Duration::from_millis(20), &mut pending).await;
+                assert!(polled.is_err(), "released before the end: {polled:?}");
+            }
+            let polled = tokio::time::timeout(Duration::from_millis(50), &mut pending).await;
+            assert!(polled.is_err(), "released before the end: {polled:?}");
+            assert!(!watch.finished());
+        }
+        drop(frames);
+        let held = tokio::time::timeout(Duration::from_secs(5), body.frame())
+            .await
+            .unwrap()
+            .unwrap()
+            .unwrap()
+            .into_data()
+            .unwrap();
+        assert_eq!(&held[..], b"hello");
+        assert!(body.frame().await.is_none());
+        assert!(watch.finished());
+    }
+
+    /// More DATA than `content-length` declared never comes out whole.
+    #[tokio::test]
+    async fn more_data_than_declared_is_an_error() {
+        let (frames, mut rx) = h2("3").await;
+        frames.send(Bytes::from_static(b"hello")).unwrap();
+        drop(frames);
+        let (incoming, _done) = next(&mut rx).await;
+        let watch = Arc::new(BodyWatch::default());
+        let result = RequestBody::new(incoming, None, Some(Arc::clone(&watch)))
+            .collect()
+            .await;
+        // h2 resets such a stream itself; `LengthMismatch` is the second line behind it.
+        assert!(
+            matches!(
+                result,
+                Err(RequestBodyError::Client(_) | RequestBodyError::LengthMismatch { .. })
+            ),
+            "a body longer than declared passed: {result:?}"
+        );
+        assert!(!watch.finished());
+    }
+
+    /// Fewer bytes than declared, then the end: an error, never a short complete body.
+    #[tokio::test]
+    async fn fewer_bytes_than_declared_is_an_error() {
+        let (frames, mut rx) = h2("10").await;
+        frames.send(Bytes::from_static(b"hello")).unwrap();
+        drop(frames);
+        let (incoming, _done) = next(&mut rx).await;
+        let result = RequestBody::new(incoming, None, None).collect().await;
+        assert!(
+            matches!(
+                result,
+                Err(RequestBodyError::Client(_) | RequestBodyError::LengthMismatch { .. })
+            ),
+            "a body shorter than declared passed: {result:?}"
+        );
+    }
+
+    #[tokio::test]
+    async fn an_empty_body_is_at_its_end() {
+        let mut body = RequestBody::empty();
+        assert!(body.is_end_stream());
+        assert_eq!(body.size_hint().exact(), Some(0));
+        assert!(body.frame().await.is_none());
+        assert!(body.settle_declared_empty().await.is_ok());
+    }
+
+    #[tokio::test]
+    async fn a_counted_response_body_adds_its_data_bytes() {
+        let counter = prometheus::IntCounter::new("c", "c").unwrap();
+        let body = full(Bytes::from_static(b"twelve bytes")).counted(counter.clone());
+        assert_eq!(body.size_hint().exact(), Some(12));
+        let bytes = body.collect().await.unwrap().to_bytes();
+        assert_eq!(bytes.len(), 12);
+        assert_eq!(counter.get(), 12);
+    }
+}

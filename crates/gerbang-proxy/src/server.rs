@@ -221,3 +221,189 @@ impl Drop for OpenConnection {
         self.0.dec();
     }
 }
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+    use bytes::Bytes;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::net::TcpStream;
+    use tokio::sync::{oneshot, Notify};
+
+    use super::*;
+
+    /// Answers `200` with the client's address and scheme as the connection saw them, after
+    /// `gate` is notified when the path is `/wait`; counts calls that started.
+    #[derive(Default)]
+    struct Probe {
+        gate: Notify,
+        started: std::sync::atomic::AtomicUsize,
+    }
+
+    impl Handler for Probe {
+        fn call(
+            &self,
+            req: Request<Incoming>,
+            conn: ConnInfo,
+        ) -> impl Future<Output = Response<ResponseBody>> + Send {
+            self.started
+                .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            let wait = req.uri().path() == "/wait";
+            let gate = if wait {
+                Some(self.gate.notified())
+            } else {
+                None
+            };
+            async move {
+                if let Some(g) = gate {
+                    g.await;
+                }
+                let text = format!("{} {}", conn.proto, conn.remote);
+                Response::new(crate::body::full(Bytes::from(text)))
+            }
+        }
+    }
+
+    struct Server {
+        addr: std::net::SocketAddr,
+        probe: Arc<Probe>,
+        stop: Option<oneshot::Sender<()>>,
+        done: tokio::task::JoinHandle<ShutdownOutcome>,
+    }
+
+    async fn start(settings: ListenerSettings) -> Server {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let probe = Arc::new(Probe::default());
+        let (stop, stopped) = oneshot::channel::<()>();
+        let done = tokio::spawn(serve(listener, Arc::clone(&probe), settings, async {
+            let _ = stopped.await;
+        }));
+        Server {
+            addr,
+            probe,
+            stop: Some(stop),
+            done,
+        }
+    }
+
+    async fn wait_until(mut cond: impl FnMut() -> bool) {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+        while !cond() {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "condition never held"
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
+    /// Sends `GET path` with `Connection: close`; returns the whole answer.
+    async fn get(addr: std::net::SocketAddr, path: &str) -> String {
+        let mut s = TcpStream::connect(addr).await.unwrap();
+        s.write_all(
+            format!("GET {path} HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n").as_bytes(),
+        )
+        .await
+        .unwrap();
+        let mut out = String::new();
+        s.read_to_string(&mut out).await.unwrap();
+        out
+    }
+
+    #[tokio::test]
+    async fn serves_http1_with_the_connection_facts_and_counts_open_connections() {
+        let gauge = prometheus::IntGauge::new("open", "open").unwrap();
+        let server = start(ListenerSettings {
+            open_connections: Some(gauge.clone()),
+            ..Default::default()
+        })
+        .await;
+        let mut held = TcpStream::connect(server.addr).await.unwrap();
+        let local = held.local_addr().unwrap();
+        wait_until(|| gauge.get() == 1).await;
+        held.write_all(b"GET /x HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n")
+            .await
+            .unwrap();
+        let mut out = String::new();
+        held.read_to_string(&mut out).await.unwrap();
+        assert!(out.starts_with("HTTP/1.1 200"), "{out}");
+        assert!(out.ends_with(&format!("http {local}")), "{out}");
+        drop(held);
+        wait_until(|| gauge.get() == 0).await;
+    }
+
+    #[tokio::test]
+    async fn serves_http2_with_prior_knowledge() {
+        let server = start(ListenerSettings::default()).await;
+        let io = TokioIo::new(TcpStream::connect(server.addr).await.unwrap());
+        let (mut send, conn) = hyper::client::conn::http2::handshake(TokioExecutor::new(), io)
+            .await
+            .unwrap();
+        tokio::spawn(conn);
+        let req = Request::get(format!("http://{}/x", server.addr))
+            .body(http_body_util::Empty::<Bytes>::new())
+            .unwrap();
+        let res = send.send_request(req).await.unwrap();
+        assert_eq!(res.status(), 200);
+        assert_eq!(res.version(), http::Version::HTTP_2);
+    }
+
+    #[tokio::test]
+    async fn beyond_max_connections_a_client_waits_for_a_free_slot() {
+        let server = start(ListenerSettings {
+            max_connections: 1,
+            ..Default::default()
+        })
+        .await;
+        let probe = Arc::clone(&server.probe);
+        let first = tokio::spawn(get(server.addr, "/wait"));
+        wait_until(|| probe.started.load(std::sync::atomic::Ordering::SeqCst) == 1).await;
+        // The second is accepted by the kernel but not served while the slot is taken.
+        let second = tokio::spawn(get(server.addr, "/x"));
+        let waited = tokio::time::timeout(Duration::from_millis(200), async {
+            wait_until(|| probe.started.load(std::sync::atomic::Ordering::SeqCst) == 2).await;
+        })
+        .await;
+        assert!(waited.is_err(), "served beyond max_connections");
+        probe.gate.notify_one();
+        assert!(first.await.unwrap().starts_with("HTTP/1.1 200"));
+        assert!(second.await.unwrap().starts_with("HTTP/1.1 200"));
+    }
+
+    #[tokio::test]
+    async fn shutdown_drains_a_request_in_flight() {
+        let mut server = start(ListenerSettings::default()).await;
+        let probe = Arc::clone(&server.probe);
+        let in_flight = tokio::spawn(get(server.addr, "/wait"));
+        wait_until(|| probe.started.load(std::sync::atomic::Ordering::SeqCst) == 1).await;
+        server.stop.take().unwrap().send(()).unwrap();
+        // Still draining: the request is running.
+        tokio::task::yield_now().await;
+        assert!(!server.done.is_finished());
+        probe.gate.notify_one();
+        assert!(in_flight.await.unwrap().starts_with("HTTP/1.1 200"));
+        assert_eq!(server.done.await.unwrap(), ShutdownOutcome::Drained);
+    }
+
+    #[tokio::test]
+    async fn shutdown_gives_up_after_the_grace_period() {
+        let mut server = start(ListenerSettings {
+            shutdown_grace: Duration::from_millis(100),
+            ..Default::default()
+        })
+        .await;
+        let probe = Arc::clone(&server.probe);
+        let _in_flight = tokio::spawn(get(server.addr, "/wait"));
+        wait_until(|| probe.started.load(std::sync::atomic::Ordering::SeqCst) == 1).await;
+        let t = std::time::Instant::now();
+        server.stop.take().unwrap().send(()).unwrap();
+        let outcome = tokio::time::timeout(Duration::from_secs(5), server.done)
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(outcome, ShutdownOutcome::DeadlineExceeded);
+        assert!(t.elapsed() >= Duration::from_millis(100));
+    }
+}
