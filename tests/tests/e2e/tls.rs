@@ -118,8 +118,10 @@ async fn http2_cleartext_with_prior_knowledge() {
         gw.addr.to_string(),
         "the :authority of the HTTP/2 request"
     );
-    use sha2::Digest;
-    assert_eq!(v["body_sha256"], hex::encode(sha2::Sha256::digest(&body)));
+    assert_eq!(
+        v["body_sha256"],
+        hex::encode(aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, &body))
+    );
 }
 
 /// mTLS on the data plane: with `client_auth = "required"`, a client certificate from the
