@@ -1115,9 +1115,12 @@ fn sigkill_under_load_loses_no_acknowledged_record() {
     });
     // Four clients, each on its own keep-alive connection, until the gateway dies.
     let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    // Calls acknowledged so far, by all clients: the kill comes once enough were.
+    let acked = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
     let clients: Vec<_> = (0..4)
         .map(|c| {
             let stop = std::sync::Arc::clone(&stop);
+            let acked = std::sync::Arc::clone(&acked);
             let key = key.clone();
             std::thread::spawn(move || {
                 let mut acknowledged = Vec::new();
@@ -1161,13 +1164,21 @@ fn sigkill_under_load_loses_no_acknowledged_record() {
                     }
                     if ok {
                         acknowledged.push(id);
+                        acked.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                     }
                 }
                 acknowledged
             })
         })
         .collect();
-    std::thread::sleep(Duration::from_millis(1500));
+    // Killed in the middle of the load: after a good number of acknowledged calls, while the
+    // clients keep sending.
+    assert!(
+        eventually(Duration::from_secs(30), || acked
+            .load(std::sync::atomic::Ordering::Relaxed)
+            >= 50),
+        "the load never got going"
+    );
     let ok = Command::new("kill")
         .args(["-KILL", &child.id().to_string()])
         .status()
