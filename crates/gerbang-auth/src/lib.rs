@@ -10,6 +10,7 @@
 //! - [`cache`]: verified tokens remembered until `exp`, so repeated calls skip the signature;
 //! - [`external`]: tokens of external issuers (Keycloak) against their JWKS keys;
 //! - [`mtls`]: client certificates pinned by SHA-256 fingerprint to applications;
+//! - [`jwk`]: PEM public keys (external issuers' key files) as JWKs;
 //! - [`jwks`]: fetching, refreshing and rate-limited refetching of an external JWKS;
 //! - [`Principal`]: who called, as the later pipeline steps see it.
 //!
@@ -23,6 +24,7 @@ pub mod apikey;
 pub mod authn;
 pub mod cache;
 pub mod external;
+pub mod jwk;
 pub mod jwks;
 pub mod keys;
 pub mod mtls;

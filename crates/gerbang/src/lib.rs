@@ -5,12 +5,14 @@
 pub mod admin_api;
 pub mod admin_cli;
 pub mod admin_store;
-pub mod config;
 pub mod demo;
 #[cfg(feature = "otlp")]
 pub mod otlp;
 pub mod reload;
 pub mod run;
+
+/// The configuration crate, at its old path (`gerbang::config::…`, `crate::config::…`).
+pub use gerbang_config as config;
 
 pub use config::{load, ConfigError, Overrides, Problem};
 pub use run::{start, Running, StartError};

@@ -628,7 +628,9 @@ fn external_spec(
                     problems.push(file, k, format!("cannot read {}", path.display()));
                     continue;
                 };
-                match public_jwk(&pem, f) {
+                // The `kid` is the file's stem, so tokens name the file.
+                let kid = f.file_stem().and_then(|s| s.to_str()).unwrap_or_default();
+                match gerbang_auth::jwk::from_pem_public_key(&pem, kid) {
                     Some(jwk) => set.keys.push(jwk),
                     None => problems.push(
                         file,
@@ -642,72 +644,6 @@ fn external_spec(
     };
     let (issuer, keys) = (issuer?, keys?);
     (problems.list.len() == before).then_some(ExternalSpec { issuer, keys })
-}
-
-/// A JWK for a PEM public key; its `kid` is the file's stem, so tokens name the file.
-fn public_jwk(pem_bytes: &[u8], path: &Path) -> Option<jsonwebtoken::jwk::Jwk> {
-    use base64::Engine;
-    use jsonwebtoken::jwk::{
-        AlgorithmParameters, CommonParameters, EllipticCurve, EllipticCurveKeyParameters, Jwk,
-        OctetKeyPairParameters, OctetKeyPairType, RSAKeyParameters, RSAKeyType,
-    };
-    let b64 = |b: &[u8]| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(b);
-    let parsed = pem::parse(pem_bytes).ok()?;
-    if parsed.tag() != "PUBLIC KEY" {
-        return None;
-    }
-    let (_, spki) = {
-        use x509_parser::prelude::FromDer;
-        x509_parser::x509::SubjectPublicKeyInfo::from_der(parsed.contents()).ok()?
-    };
-    let kid = path.file_stem()?.to_str()?.to_owned();
-    let common = CommonParameters {
-        key_id: Some(kid),
-        ..Default::default()
-    };
-    let algorithm = match spki.parsed().ok()? {
-        x509_parser::public_key::PublicKey::EC(point) => {
-            let data = point.data();
-            let (crv, len) = match data.len() {
-                65 => (EllipticCurve::P256, 32),
-                97 => (EllipticCurve::P384, 48),
-                _ => return None,
-            };
-            if data.first() != Some(&4) {
-                return None;
-            }
-            AlgorithmParameters::EllipticCurve(EllipticCurveKeyParameters {
-                key_type: jsonwebtoken::jwk::EllipticCurveKeyType::EC,
-                curve: crv,
-                x: b64(data.get(1..1 + len)?),
-                y: b64(data.get(1 + len..)?),
-            })
-        }
-        x509_parser::public_key::PublicKey::RSA(rsa) => {
-            AlgorithmParameters::RSA(RSAKeyParameters {
-                key_type: RSAKeyType::RSA,
-                n: b64(strip_zero(rsa.modulus)),
-                e: b64(strip_zero(rsa.exponent)),
-            })
-        }
-        _ if spki.algorithm.algorithm.to_id_string() == "1.3.101.112" => {
-            AlgorithmParameters::OctetKeyPair(OctetKeyPairParameters {
-                key_type: OctetKeyPairType::OctetKeyPair,
-                curve: EllipticCurve::Ed25519,
-                x: b64(&spki.subject_public_key.data),
-            })
-        }
-        _ => return None,
-    };
-    Some(Jwk { common, algorithm })
-}
-
-fn strip_zero(b: &[u8]) -> &[u8] {
-    let mut b = b;
-    while b.len() > 1 && b.first() == Some(&0) {
-        b = &b[1..];
-    }
-    b
 }
 
 /// Validates the credential keys of `application[i]` and builds its credentials;

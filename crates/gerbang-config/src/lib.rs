@@ -1,9 +1,11 @@
-//! Configuration: `gerbang.toml` (+ `GERBANG__SECTION__KEY` environment overrides) and a
-//! directory of registry files, one per agency.
+//! Gerbang's configuration: `gerbang.toml` (+ `GERBANG__SECTION__KEY` environment overrides),
+//! a directory of registry files (one per agency) and a directory of agreement files.
 //!
-//! Flow: files → raw serde structs (`deny_unknown_fields`) → [`validate`] → typed [`Config`].
-//! Every problem found is collected with its file, key and reason; nothing half-valid is
-//! returned. Only this module knows the file format.
+//! Flow: files → raw serde structs (`deny_unknown_fields`) → checks → typed [`Config`]. Every
+//! problem found in every file is collected with its file, key or line, and reason (a broken
+//! main file does not hide the registry's problems, nor the registry's the agreements'); nothing
+//! half-valid is returned. [`load_with`] checks files as an [`Overlay`] (an admin edit) would
+//! leave them. Only this crate knows the file format.
 
 use std::fmt;
 use std::net::SocketAddr;
@@ -556,7 +558,7 @@ impl fmt::Debug for Config {
 pub type Overlay = std::collections::HashMap<PathBuf, Option<String>>;
 
 /// The `*.toml` files of `dir` as `overlay` would leave them, sorted.
-pub(crate) fn toml_files(dir: &Path, overlay: &Overlay) -> std::io::Result<Vec<PathBuf>> {
+pub fn toml_files(dir: &Path, overlay: &Overlay) -> std::io::Result<Vec<PathBuf>> {
     let mut files: Vec<PathBuf> = std::fs::read_dir(dir)?
         .filter_map(|e| e.ok().map(|e| e.path()))
         .filter(|p| p.extension().is_some_and(|x| x == "toml"))
@@ -575,7 +577,7 @@ pub(crate) fn toml_files(dir: &Path, overlay: &Overlay) -> std::io::Result<Vec<P
 }
 
 /// The text of `path` as `overlay` would leave it.
-pub(crate) fn read_text(path: &Path, overlay: &Overlay) -> std::io::Result<String> {
+pub fn read_text(path: &Path, overlay: &Overlay) -> std::io::Result<String> {
     match overlay.get(path) {
         Some(Some(text)) => Ok(text.clone()),
         Some(None) => Err(std::io::Error::from(std::io::ErrorKind::NotFound)),
