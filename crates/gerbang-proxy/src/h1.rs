@@ -28,6 +28,8 @@ const MAX_HEAD: usize = 64 * 1024;
 /// Most response header fields accepted from an upstream.
 const MAX_HEADERS: usize = 128;
 const READ_CHUNK: usize = 16 * 1024;
+/// Longest chunk size line (size and extensions) accepted from an upstream.
+const MAX_CHUNK_SIZE_LINE: usize = 4096;
 /// Longest trailer line, and all trailers together, accepted from an upstream.
 const MAX_TRAILER_LINE: usize = 8 * 1024;
 const MAX_TRAILERS: usize = 16 * 1024;
@@ -531,10 +533,9 @@ impl UpstreamBody {
         let invalid = |m: &'static str| io::Error::new(io::ErrorKind::InvalidData, m);
         Ok(match state {
             ChunkState::Size => {
-                let Some(end) = find_crlf(&self.buf) else {
-                    if self.buf.len() > 4096 {
-                        return Err(invalid("chunk size line too long"));
-                    }
+                let Some(end) =
+                    line_end(&self.buf, MAX_CHUNK_SIZE_LINE, "chunk size line too long")?
+                else {
                     return Ok(None);
                 };
                 let line = &self.buf[..end];
@@ -572,10 +573,8 @@ impl UpstreamBody {
                 // Trailer fields are read and dropped; the body ends at the empty line. Lines
                 // and their sum are bounded, which also bounds rescanning a line that arrives
                 // byte by byte.
-                let Some(end) = find_crlf(&self.buf) else {
-                    if self.buf.len() > MAX_TRAILER_LINE {
-                        return Err(invalid("trailer line too long"));
-                    }
+                let Some(end) = line_end(&self.buf, MAX_TRAILER_LINE, "trailer line too long")?
+                else {
                     return Ok(None);
                 };
                 let total = total + end + 2;
@@ -596,6 +595,23 @@ impl UpstreamBody {
 
 fn find_crlf(b: &[u8]) -> Option<usize> {
     b.windows(2).position(|w| w == b"\r\n")
+}
+
+/// Where the CRLF-terminated line at the start of `buf` ends (its length without the CRLF), or
+/// `None` while it is incomplete. A line longer than `max` is refused however it arrives: the
+/// limit must not depend on how the stream was split into reads (it did: a long line that
+/// came in one read passed, the same line in pieces was refused).
+fn line_end(buf: &[u8], max: usize, too_long: &'static str) -> Result<Option<usize>, io::Error> {
+    let so_far = match find_crlf(buf) {
+        Some(end) if end <= max => return Ok(Some(end)),
+        Some(end) => end,
+        // All of it belongs to the line, except a final CR that may begin the CRLF.
+        None => buf.len() - usize::from(buf.last() == Some(&b'\r')),
+    };
+    if so_far > max {
+        return Err(io::Error::new(io::ErrorKind::InvalidData, too_long));
+    }
+    Ok(None)
 }
 
 impl Body for UpstreamBody {
@@ -966,6 +982,48 @@ mod tests {
         many.extend_from_slice(b"\r\n");
         let (_, err) = chunked(&many).await;
         assert_eq!(err.map(|e| e.kind()), Some(io::ErrorKind::InvalidData));
+    }
+
+    /// Found by fuzz/h1_response: a size line or trailer line over the limit passed when it
+    /// came in one read (its CRLF already there) and was refused when it came in pieces.
+    #[tokio::test]
+    async fn line_limits_hold_however_the_stream_is_split() {
+        let size_line = |ext: usize| {
+            let mut b = b"3;".to_vec();
+            b.extend(std::iter::repeat_n(b'x', ext));
+            b.extend_from_slice(b"\r\nabc\r\n0\r\n\r\n");
+            b
+        };
+        let (data, err) = chunked(&size_line(MAX_CHUNK_SIZE_LINE - 2)).await;
+        assert!(err.is_none(), "{err:?}");
+        assert_eq!(data, b"abc");
+        let (data, err) = chunked(&size_line(MAX_CHUNK_SIZE_LINE - 1)).await;
+        assert_eq!(err.map(|e| e.kind()), Some(io::ErrorKind::InvalidData));
+        assert!(data.is_empty());
+
+        let trailer = |len: usize| {
+            let mut b = b"0\r\nX: ".to_vec();
+            b.extend(std::iter::repeat_n(b'v', len - 3));
+            b.extend_from_slice(b"\r\n\r\n");
+            b
+        };
+        assert!(chunked(&trailer(MAX_TRAILER_LINE)).await.1.is_none());
+        let (_, err) = chunked(&trailer(MAX_TRAILER_LINE + 1)).await;
+        assert_eq!(err.map(|e| e.kind()), Some(io::ErrorKind::InvalidData));
+
+        // A line at the limit whose CR arrived without its LF yet is not refused early.
+        assert!(
+            line_end(&[b'x'; MAX_CHUNK_SIZE_LINE], MAX_CHUNK_SIZE_LINE, "")
+                .unwrap()
+                .is_none()
+        );
+        let mut pending_cr = vec![b'x'; MAX_CHUNK_SIZE_LINE];
+        pending_cr.push(b'\r');
+        assert!(line_end(&pending_cr, MAX_CHUNK_SIZE_LINE, "")
+            .unwrap()
+            .is_none());
+        pending_cr.insert(0, b'x');
+        assert!(line_end(&pending_cr, MAX_CHUNK_SIZE_LINE, "").is_err());
     }
 
     #[tokio::test]
