@@ -2,15 +2,16 @@
 //! binary (`main.rs`) only parses the command line and calls in here; end-to-end tests use the
 //! same functions.
 
-pub mod admin_api;
+mod admin;
 pub mod admin_cli;
-pub mod admin_store;
 pub mod demo;
 #[cfg(feature = "otlp")]
 pub mod otlp;
 pub mod reload;
 pub mod run;
 
+/// The admin API crate's modules, at their old paths (`gerbang::admin_api::ROUTES`, …).
+pub use gerbang_admin::{api as admin_api, store as admin_store};
 /// The configuration crate, at its old path (`gerbang::config::…`, `crate::config::…`).
 pub use gerbang_config as config;
 

@@ -37,7 +37,7 @@ pub struct Store {
 
 impl Store {
     fn read_dir(dir: &Path) -> Result<Vec<EditFile>, StoreError> {
-        let files = crate::config::toml_files(dir, &crate::config::Overlay::new())
+        let files = gerbang_config::toml_files(dir, &gerbang_config::Overlay::new())
             .map_err(|e| StoreError::Io(format!("{}: {e}", dir.display())))?;
         let mut out = Vec::new();
         for path in files {

@@ -20,9 +20,9 @@ use gerbang_proxy::body::{self, ResponseBody};
 use gerbang_proxy::server::Handler;
 use gerbang_proxy::{Admin, ConnInfo, Gateway};
 
-use crate::admin_store::{self as store, EditFile, Store, StoreError};
-use crate::config::{Overlay, Problem};
-use crate::reload::Reloader;
+use crate::store::{self, EditFile, Store, StoreError};
+use crate::Reload;
+use gerbang_config::{Overlay, Problem};
 
 /// Every route of the admin API: path template and methods. `GET /admin/openapi.json`
 /// documents exactly these (a test compares them).
@@ -58,9 +58,9 @@ pub const OPENAPI: &str = include_str!("admin_openapi.json");
 const MAX_BODY: usize = 1024 * 1024;
 
 /// The admin listener's handler: the built-in probes and metrics, and the admin API.
-pub struct AdminApi {
+pub struct AdminApi<R> {
     builtin: Admin,
-    reloader: Arc<Reloader>,
+    reloader: Arc<R>,
     gateway: Arc<Gateway>,
     store: Store,
 }
@@ -133,8 +133,8 @@ struct Caller {
     dry_run: bool,
 }
 
-impl AdminApi {
-    pub fn new(builtin: Admin, reloader: Arc<Reloader>, gateway: Arc<Gateway>) -> Self {
+impl<R: Reload> AdminApi<R> {
+    pub fn new(builtin: Admin, reloader: Arc<R>, gateway: Arc<Gateway>) -> Self {
         let store = Store {
             registry_dir: reloader.registry_dir().to_path_buf(),
             agreements_dir: reloader.agreements_dir().to_path_buf(),
@@ -541,11 +541,7 @@ impl AdminApi {
         for (path, text) in &overlay {
             store::persist(path, text.as_deref()).map_err(Answer::from)?;
         }
-        if let Err(problems) = self
-            .reloader
-            .reload_locked(current, "admin api", false)
-            .await
-        {
+        if let Err(problems) = self.reloader.reload_locked(current, "admin api").await {
             // Validated a moment ago: only a concurrent hand edit can get here. Put the files
             // back so that disk and the running configuration agree.
             for (path, text) in &previous {
@@ -618,7 +614,7 @@ impl AdminApi {
         let (path, mut doc) = match existing {
             Some(f) => (f.path, f.doc),
             None => {
-                if !crate::config::is_slug(id) {
+                if !gerbang_config::is_slug(id) {
                     return invalid("an agency id is a slug (a-z, 0-9, '-')");
                 }
                 let path = self.store.registry_dir.join(format!("{id}.toml"));
@@ -897,7 +893,7 @@ impl AdminApi {
                     .and_then(Value::as_str)
                     .and_then(|s| s.split_once('/'))
                     .map(|(a, _)| a.to_owned())
-                    .filter(|a| crate::config::is_slug(a))
+                    .filter(|a| gerbang_config::is_slug(a))
                 else {
                     return invalid("give the service, agency/service");
                 };
@@ -1088,7 +1084,7 @@ fn respond(mut a: Answer, request_id: &str) -> Response<ResponseBody> {
     res
 }
 
-impl Handler for AdminApi {
+impl<R: Reload> Handler for AdminApi<R> {
     fn call(
         &self,
         req: Request<Incoming>,
