@@ -431,9 +431,18 @@ impl<R: Reload> AdminApi<R> {
             return invalid("give consumer (agency/app), method and path (and purpose when the agreement asks for one)",
             );
         };
-        let Some((agency, _)) = consumer.split_once('/') else {
+        let Some((agency, app)) = consumer.split_once('/') else {
             return invalid("consumer must be agency/app");
         };
+        // Authentication comes before routing and policy: no agreement speaks for an
+        // application the registry does not know.
+        if self.gateway.registry().application(agency, app).is_none() {
+            return Answer::ok(json!({
+                "decision": "deny",
+                "reason": "unknown_application",
+                "stage": "authenticate",
+            }));
+        }
         let normalized =
             match gerbang_proxy::path::normalize(path.split('?').next().unwrap_or(path)) {
                 Ok(n) => n,

@@ -905,9 +905,11 @@ pub fn load_with(
     let warnings = stages.warnings;
     // An application that authenticates by client certificate needs a listener that asks for
     // one.
-    let asks_for_certificates = raw.server.tls.as_ref().is_some_and(|t| {
-        matches!(t.client_auth.as_str(), "optional" | "required") && !t.client_ca_files.is_empty()
-    });
+    let asks_for_certificates = raw
+        .server
+        .tls
+        .as_ref()
+        .is_some_and(|t| matches!(t.client_auth.as_str(), "optional" | "required"));
     if !asks_for_certificates {
         let missing = match &raw.server.tls {
             None => "gerbang.toml has no [server.tls]",

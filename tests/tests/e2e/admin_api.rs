@@ -239,6 +239,20 @@ async fn changes_are_validated_persisted_applied_live_and_audited() {
     .json();
     assert_eq!(e["decision"], "allow");
     assert_eq!(e["agreement"], "pks-uji-1");
+    // An application the registry does not know is refused at authentication, whatever the
+    // agreements say.
+    let e = admin(
+        &gw,
+        "POST",
+        "/admin/explain",
+        Some(&json!({ "consumer": "test/nosuch", "method": "GET", "path": "/a/baru/x" })),
+        "",
+    )
+    .await
+    .json();
+    assert_eq!(e["decision"], "deny", "{e}");
+    assert_eq!(e["reason"], "unknown_application", "{e}");
+    assert_eq!(e["stage"], "authenticate", "{e}");
 
     // Every change is in the audit log, with who made it.
     let audit_dir = gw.dir.path().join("data/audit");
