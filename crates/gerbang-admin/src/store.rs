@@ -341,10 +341,9 @@ pub fn persist(path: &Path, text: Option<&str>) -> Result<(), StoreError> {
 
 /// The ETag of a resource's JSON: a strong validator over its canonical text.
 pub fn etag(v: &Value) -> String {
-    use sha2::Digest;
     let text = serde_json::to_vec(v).unwrap_or_default();
-    let digest = sha2::Sha256::digest(&text);
-    format!("\"{}\"", hex::encode(&digest[..12]))
+    let digest = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, &text);
+    format!("\"{}\"", hex::encode(&digest.as_ref()[..12]))
 }
 
 #[cfg(test)]

@@ -1160,19 +1160,17 @@ fn certificate_not_after(pem: &[u8]) -> Option<i64> {
 /// the main file and the key files are read before their loaders, so a file that changes
 /// meanwhile makes the hash older than what was loaded, never newer (a newer hash would make the
 /// next reload skip a change that was not applied).
-pub(crate) struct Fingerprint(sha2::Sha256);
+pub(crate) struct Fingerprint(aws_lc_rs::digest::Context);
 
 impl Fingerprint {
     fn new() -> Self {
-        use sha2::Digest;
-        Self(sha2::Sha256::new())
+        Self(aws_lc_rs::digest::Context::new(&aws_lc_rs::digest::SHA256))
     }
 
     pub(crate) fn add(&mut self, name: &str, bytes: &[u8]) {
-        use sha2::Digest;
-        self.0.update((name.len() as u64).to_be_bytes());
+        self.0.update(&(name.len() as u64).to_be_bytes());
         self.0.update(name.as_bytes());
-        self.0.update((bytes.len() as u64).to_be_bytes());
+        self.0.update(&(bytes.len() as u64).to_be_bytes());
         self.0.update(bytes);
     }
 
@@ -1202,7 +1200,6 @@ impl Fingerprint {
     }
 
     fn finish(mut self, overrides: &Overrides) -> String {
-        use sha2::Digest;
         let mut env: Vec<(String, String)> = std::env::vars()
             .filter(|(k, _)| k.starts_with("GERBANG__"))
             .collect();
@@ -1216,7 +1213,7 @@ impl Fingerprint {
         {
             self.add("override", v.as_bytes());
         }
-        hex::encode(&self.0.finalize()[..8])
+        hex::encode(&self.0.finish().as_ref()[..8])
     }
 }
 

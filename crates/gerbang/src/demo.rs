@@ -5,6 +5,7 @@ use std::future::Future;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+use aws_lc_rs::digest::{digest, Context, SHA256};
 use bytes::Bytes;
 use gerbang_proxy::body::{self, ResponseBody};
 use gerbang_proxy::server::Handler;
@@ -13,7 +14,6 @@ use http::{header, HeaderValue, Method, Request, Response, StatusCode};
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use serde_json::{json, Value};
-use sha2::{Digest, Sha256};
 use tokio::net::TcpListener;
 
 /// The example configuration shipped in `config/`, copied into the demo's data directory.
@@ -268,9 +268,9 @@ fn method_not_allowed() -> (StatusCode, Value) {
 
 /// A number derived from `s`, to pick fictional values deterministically.
 fn seed(s: &str) -> u64 {
-    let h = Sha256::digest(s.as_bytes());
+    let h = digest(&SHA256, s.as_bytes());
     let mut b = [0u8; 8];
-    b.copy_from_slice(&h[..8]);
+    b.copy_from_slice(&h.as_ref()[..8]);
     u64::from_be_bytes(b)
 }
 
@@ -426,7 +426,7 @@ async fn echo(req: Request<Incoming>) -> (StatusCode, Value) {
             .join(", ");
         headers.insert(name.as_str().to_owned(), Value::String(joined));
     }
-    let mut hasher = Sha256::new();
+    let mut hasher = Context::new(&SHA256);
     let mut bytes: u64 = 0;
     while let Some(frame) = incoming.frame().await {
         match frame {
@@ -452,7 +452,7 @@ async fn echo(req: Request<Incoming>) -> (StatusCode, Value) {
             "query": parts.uri.query(),
             "headers": headers,
             "body_bytes": bytes,
-            "body_sha256": hex::encode(hasher.finalize()),
+            "body_sha256": hex::encode(hasher.finish()),
         }),
     )
 }

@@ -51,13 +51,12 @@ fn fallback() -> ([u8; 16], [u8; 8]) {
 }
 
 fn uuid_bytes() -> [u8; 16] {
-    use sha2::Digest;
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_nanos());
-    let h = sha2::Sha256::digest(now.to_be_bytes());
+    let h = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, &now.to_be_bytes());
     let mut out = [0u8; 16];
-    out.copy_from_slice(&h[..16]);
+    out.copy_from_slice(&h.as_ref()[..16]);
     out
 }
 
