@@ -490,6 +490,13 @@ fn without_marker(s: &Seen) -> Seen {
     s
 }
 
+/// `s` with its headers stably sorted by name (the order within one name kept).
+fn by_name(s: &Seen) -> Seen {
+    let mut s = s.clone();
+    s.headers = sorted(&s.headers);
+    s
+}
+
 fn sorted(h: &[(String, Vec<u8>)]) -> Vec<(String, Vec<u8>)> {
     let mut h = h.to_vec();
     h.sort_by(|a, b| a.0.cmp(&b.0));
@@ -560,8 +567,15 @@ fuzz_target!(|data: &[u8]| {
         a.len(),
         b.len()
     );
+    // Headers compare as HTTP does: the order of fields with one name matters, the order of
+    // different names does not (`HeaderMap` reorders names when hyper removes one, e.g. the
+    // `Content-Length` it drops beside `Transfer-Encoding`).
     for (x, y) in a.iter().zip(&b) {
-        assert_eq!(*x, without_marker(y), "the guard changed a request");
+        assert_eq!(
+            by_name(x),
+            by_name(&without_marker(y)),
+            "the guard changed a request"
+        );
     }
 
     // 3. The model agrees with hyper on everything hyper delivered.
