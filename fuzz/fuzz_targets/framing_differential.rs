@@ -591,8 +591,10 @@ fuzz_target!(|data: &[u8]| {
     // different names does not (`HeaderMap` reorders names when hyper removes one, e.g. the
     // `Content-Length` it drops beside `Transfer-Encoding`).
     for (x, y) in a.iter().zip(&b) {
+        // A client may send the marker's name itself (the gateway then refuses the request
+        // as ambiguous, which only hurts that client): it is left out on both sides.
         assert_eq!(
-            by_name(x),
+            by_name(&without_marker(x)),
             by_name(&without_marker(y)),
             "the guard changed a request"
         );
