@@ -16,7 +16,7 @@ use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use serde_json::{json, Value};
 
-use gerbang_proxy::body::{self, ResponseBody};
+use gerbang_proxy::response_body::{self, ResponseBody};
 use gerbang_proxy::server::Handler;
 use gerbang_proxy::{Admin, ConnInfo, Gateway};
 
@@ -243,7 +243,8 @@ impl<R: Reload> AdminApi<R> {
         let p = |i: usize| params.get(i).map(String::as_str).unwrap_or("");
         let answer = match (template, &method) {
             ("/admin/openapi.json", _) => {
-                let mut res = Response::new(body::full(Bytes::from_static(OPENAPI.as_bytes())));
+                let mut res =
+                    Response::new(response_body::full(Bytes::from_static(OPENAPI.as_bytes())));
                 res.headers_mut().insert(
                     header::CONTENT_TYPE,
                     HeaderValue::from_static("application/json"),
@@ -1079,7 +1080,7 @@ fn respond(mut a: Answer, request_id: &str) -> Response<ResponseBody> {
         e.insert("request_id".into(), Value::from(request_id));
     }
     let text = serde_json::to_vec(&a.body).unwrap_or_default();
-    let mut res = Response::new(body::full(Bytes::from(text)));
+    let mut res = Response::new(response_body::full(Bytes::from(text)));
     *res.status_mut() = a.status;
     res.headers_mut().insert(
         header::CONTENT_TYPE,

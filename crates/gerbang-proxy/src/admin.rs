@@ -7,9 +7,9 @@ use bytes::Bytes;
 use http::{header, HeaderValue, Method, Request, Response, StatusCode};
 use hyper::body::Incoming;
 
-use crate::body::{self, ResponseBody};
 use crate::error::error_response;
 use crate::gateway::ConnInfo;
+use crate::response_body::{self, ResponseBody};
 use crate::server::Handler;
 
 /// Process health as the probes report it.
@@ -104,7 +104,7 @@ impl Admin {
                         .insert(header::ALLOW, HeaderValue::from_static("GET, HEAD"));
                     return res;
                 }
-                let mut res = Response::new(body::full(Bytes::from(m.render())));
+                let mut res = Response::new(response_body::full(Bytes::from(m.render())));
                 res.headers_mut().insert(
                     header::CONTENT_TYPE,
                     HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
@@ -135,7 +135,7 @@ impl Admin {
         }
         if self.health.is_ready() {
             let mut res = json(StatusCode::OK, "");
-            *res.body_mut() = body::full(Bytes::from(self.readiness_body()));
+            *res.body_mut() = response_body::full(Bytes::from(self.readiness_body()));
             res
         } else {
             json_error(
@@ -148,7 +148,7 @@ impl Admin {
 }
 
 fn json(status: StatusCode, text: &'static str) -> Response<ResponseBody> {
-    let mut res = Response::new(body::full(Bytes::from_static(text.as_bytes())));
+    let mut res = Response::new(response_body::full(Bytes::from_static(text.as_bytes())));
     *res.status_mut() = status;
     res.headers_mut().insert(
         header::CONTENT_TYPE,
@@ -161,7 +161,7 @@ fn json(status: StatusCode, text: &'static str) -> Response<ResponseBody> {
 
 fn json_error(status: StatusCode, code: &str, message: &str) -> Response<ResponseBody> {
     let (parts, bytes) = error_response(status, code, message, "").into_parts();
-    Response::from_parts(parts, body::full(bytes))
+    Response::from_parts(parts, response_body::full(bytes))
 }
 
 impl Handler for Admin {

@@ -15,7 +15,7 @@ use http::{Request, Response};
 use hyper::body::Incoming;
 use rustls::ClientConfig;
 
-use crate::body::{self, BodyWatch, RequestBody, ResponseBody};
+use crate::body::{BodyWatch, RequestBody};
 use crate::error::GatewayError;
 use crate::h1::InstancePool;
 use crate::headers;
@@ -25,6 +25,7 @@ use crate::phase::exchange::Exchange;
 use crate::phase::record::Unanswered;
 use crate::phase::upstream_request::{upstream_path, IdentityCache, Rewrite};
 use crate::phase::{authenticate, authorise, checks, filter, internal, record, route};
+use crate::response_body::{self, ResponseBody};
 use crate::upstream::{build_client, PoolSettings, UpstreamClient};
 
 /// Request limits of the data plane.
@@ -439,7 +440,7 @@ impl Gateway {
                 if let Some(counter) = sent {
                     counter.inc_by(bytes.len() as u64);
                 }
-                Response::from_parts(parts, body::full(bytes))
+                Response::from_parts(parts, response_body::full(bytes))
             }
         }
     }

@@ -16,6 +16,7 @@ pub mod metrics;
 pub mod oauth;
 pub mod path;
 pub mod phase;
+pub mod response_body;
 pub mod server;
 pub mod tls;
 pub mod token_guard;

@@ -16,8 +16,8 @@ use http::{header, HeaderValue, Method, Request, Response, StatusCode};
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
 
-use crate::body::{self, ResponseBody};
 use crate::error::GatewayError;
+use crate::response_body::{self, ResponseBody};
 use crate::token_guard::{Throttled, TokenEndpointSettings, TokenGuard};
 
 pub const TOKEN_PATH: &str = "/oauth/token";
@@ -218,7 +218,7 @@ fn slow_down(t: Throttled, source: IpAddr, client_id: &str) -> OAuthError {
 }
 
 fn json(status: StatusCode, body: String) -> Response<ResponseBody> {
-    let mut res = Response::new(body::full(Bytes::from(body)));
+    let mut res = Response::new(response_body::full(Bytes::from(body)));
     *res.status_mut() = status;
     let h = res.headers_mut();
     h.insert(

@@ -14,9 +14,9 @@ use hyper_util::server::graceful::GracefulShutdown;
 use tokio::net::TcpListener;
 use tokio_rustls::TlsAcceptor;
 
-use crate::body::ResponseBody;
 use crate::framing::FramingGuard;
 use crate::gateway::{ConnInfo, Gateway};
+use crate::response_body::ResponseBody;
 
 /// Handles requests of one listener.
 pub trait Handler: Send + Sync + 'static {
@@ -260,7 +260,7 @@ mod tests {
                     g.await;
                 }
                 let text = format!("{} {}", conn.proto, conn.remote);
-                Response::new(crate::body::full(Bytes::from(text)))
+                Response::new(crate::response_body::full(Bytes::from(text)))
             }
         }
     }

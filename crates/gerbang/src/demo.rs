@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use aws_lc_rs::digest::{digest, Context, SHA256};
 use bytes::Bytes;
-use gerbang_proxy::body::{self, ResponseBody};
+use gerbang_proxy::response_body::{self, ResponseBody};
 use gerbang_proxy::server::Handler;
 use gerbang_proxy::{ConnInfo, ListenerSettings};
 use http::{header, HeaderValue, Method, Request, Response, StatusCode};
@@ -172,7 +172,9 @@ impl Backend {
     async fn respond(&self, req: Request<Incoming>) -> Response<ResponseBody> {
         if req.uri().path() == "/health" && self.kind != Kind::Fixed {
             // The target of the gateway's active health checks.
-            let mut res = Response::new(body::full(Bytes::from_static(b"{\"status\":\"ok\"}")));
+            let mut res = Response::new(response_body::full(Bytes::from_static(
+                b"{\"status\":\"ok\"}",
+            )));
             res.headers_mut().insert(
                 header::CONTENT_TYPE,
                 HeaderValue::from_static("application/json"),
@@ -182,7 +184,7 @@ impl Backend {
             return res;
         }
         if self.kind == Kind::Fixed {
-            let mut res = Response::new(body::full(Bytes::from_static(FIXED_BODY)));
+            let mut res = Response::new(response_body::full(Bytes::from_static(FIXED_BODY)));
             res.headers_mut().insert(
                 header::CONTENT_TYPE,
                 HeaderValue::from_static("application/json"),
@@ -196,7 +198,7 @@ impl Backend {
             Kind::Faskes => faskes(&req),
             Kind::Pbb => pbb(&req),
         };
-        let mut res = Response::new(body::full(Bytes::from(value.to_string())));
+        let mut res = Response::new(response_body::full(Bytes::from(value.to_string())));
         *res.status_mut() = status;
         res.headers_mut().insert(
             header::CONTENT_TYPE,

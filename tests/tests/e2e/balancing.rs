@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use gerbang_e2e::*;
-use gerbang_proxy::body::{self, ResponseBody};
+use gerbang_proxy::response_body::{self, ResponseBody};
 use gerbang_proxy::server::Handler;
 use gerbang_proxy::ConnInfo;
 use http::{Request, Response, StatusCode};
@@ -57,7 +57,7 @@ impl Handler for Scripted {
                 }
                 script.status.load(Ordering::SeqCst)
             };
-            let mut res = Response::new(body::full(Bytes::from(format!(
+            let mut res = Response::new(response_body::full(Bytes::from(format!(
                 "{{\"instance\":\"{name}\"}}"
             ))));
             *res.status_mut() = StatusCode::from_u16(status).unwrap_or(StatusCode::OK);

@@ -12,11 +12,12 @@ use http::header::{self, HeaderValue};
 use http::uri::{PathAndQuery, Scheme};
 use http::{Request, Response, Uri};
 
-use crate::body::{BodyWatch, RequestBody, RequestBodyError, ResponseBody};
+use crate::body::{BodyWatch, RequestBody, RequestBodyError};
 use crate::error::GatewayError;
 use crate::gateway::{Gateway, Snapshot};
 use crate::h1::{self, H1Error};
 use crate::ids::random_words;
+use crate::response_body::ResponseBody;
 
 /// One call's exchange with its service.
 #[derive(Clone, Copy)]

@@ -6,9 +6,9 @@ use bytes::Bytes;
 use http::header::{self, HeaderValue};
 use http::Response;
 
-use crate::body::{self, ResponseBody};
 use crate::error::GatewayError;
 use crate::headers;
+use crate::response_body::{self, ResponseBody};
 
 /// The answer to a HEAD: the headers a GET would get, no body. hyper leaves out the body of a
 /// HEAD response over HTTP/1.1, but over HTTP/2 a body sent with it is a protocol error that
@@ -23,7 +23,7 @@ pub(crate) fn without_body(res: Response<ResponseBody>) -> Response<ResponseBody
                 .insert(header::CONTENT_LENGTH, HeaderValue::from(n));
         }
     }
-    Response::from_parts(parts, body::full(Bytes::new()))
+    Response::from_parts(parts, response_body::full(Bytes::new()))
 }
 
 /// Applies an agreement's field rules to a JSON response, failing closed: a response that is
@@ -83,5 +83,8 @@ pub(crate) async fn filter_response(
     parts
         .headers
         .insert(header::CONTENT_LENGTH, HeaderValue::from(out.len()));
-    Ok(Response::from_parts(parts, body::full(Bytes::from(out))))
+    Ok(Response::from_parts(
+        parts,
+        response_body::full(Bytes::from(out)),
+    ))
 }

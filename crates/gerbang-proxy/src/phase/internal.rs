@@ -9,9 +9,9 @@ use http::{Request, Response};
 use hyper::body::Incoming;
 
 use super::context::Call;
-use crate::body::{self, ResponseBody};
 use crate::error::GatewayError;
 use crate::gateway::{ConnInfo, Gateway, Snapshot};
+use crate::response_body::{self, ResponseBody};
 use crate::{catalog, oauth};
 
 /// Which of the gateway's own endpoints a path names, if any.
@@ -67,7 +67,7 @@ pub(crate) async fn serve(
                 }
                 _ => return Err(GatewayError::RouteNotFound),
             };
-            let mut res = Response::new(body::full(bytes::Bytes::from(body.to_string())));
+            let mut res = Response::new(response_body::full(bytes::Bytes::from(body.to_string())));
             res.headers_mut().insert(
                 header::CONTENT_TYPE,
                 HeaderValue::from_static("application/json"),

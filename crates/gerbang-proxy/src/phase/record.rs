@@ -9,9 +9,9 @@ use http::header::HeaderValue;
 use http::Response;
 
 use super::context::Call;
-use crate::body::ResponseBody;
 use crate::error::GatewayError;
 use crate::gateway::Gateway;
+use crate::response_body::ResponseBody;
 
 /// How a call was answered, for its record.
 #[derive(Clone, Copy)]
