@@ -21,12 +21,14 @@ use serde::Deserialize;
 
 mod audit;
 mod auth;
+mod cluster;
 mod policy;
 pub use audit::{
     audit_dirs_of, ensure_audit_keys, AuditConfig, AuditDirs, SEAL_PUBLIC_FILE, SUBJECT_KEY_FILE,
 };
 pub use auth::{create_signing_key, keys_dir_of, AuthConfig, ExternalKeySpec, ExternalSpec};
 use auth::{RawApplication, RawAuth};
+pub use cluster::{valid_replica_id, ClusterConfig, RedisFailureMode, RedisSettings};
 
 /// One thing wrong with the configuration.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -110,6 +112,8 @@ struct RawConfig {
     metrics: RawMetrics,
     #[serde(default)]
     tracing: RawTracing,
+    #[serde(default)]
+    cluster: cluster::RawCluster,
 }
 
 #[derive(Debug, Deserialize)]
@@ -539,6 +543,8 @@ pub struct Config {
     pub keys_dir: PathBuf,
     pub admin_tokens: Vec<AdminToken>,
     pub watch_files: bool,
+    /// `[cluster]`: this replica's name and the shared store.
+    pub cluster: ClusterConfig,
 }
 
 impl fmt::Debug for Config {
@@ -891,6 +897,7 @@ pub fn load_with(
     );
     let keys_dir = auth::keys_dir_of(file).unwrap_or_else(|_| data_dir.join("keys"));
     let audit = audit::load_audit(&raw.audit, file, &data_dir, &keys_dir, &mut problems);
+    let cluster = cluster::load_cluster(&raw.cluster, file, &mut problems);
     // Applications name the external issuer they trust by its `issuer` (`iss`).
     let external_issuers: Vec<String> = raw.auth.external.iter().map(|e| e.issuer_id()).collect();
     let stages = load_registry_and_agreements(
@@ -953,6 +960,11 @@ pub fn load_with(
             Some(auth),
             Some(agreements),
         ) if problems.list.is_empty() => {
+            let Some(cluster) = cluster else {
+                return Err(ConfigError {
+                    problems: problems.list,
+                });
+            };
             let mut expiries = Vec::new();
             if let Some((kid, at)) = &auth.signing_key_due {
                 expiries.push(("signing_key", kid.clone(), *at));
@@ -975,6 +987,7 @@ pub fn load_with(
                 keys_dir: keys_dir.clone(),
                 admin_tokens,
                 watch_files: raw.admin.watch_files,
+                cluster,
                 file: file.to_path_buf(),
                 listen,
                 admin_listen,

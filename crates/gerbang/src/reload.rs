@@ -124,6 +124,7 @@ impl Fixed {
             ),
             ("auth.external", externals.join(" | ")),
             ("audit", format!("{audit:?}")),
+            ("cluster", format!("{:?}", c.cluster)),
             (
                 "metrics",
                 format!("{} {}", c.metrics_enabled, c.metrics_per_application),

@@ -62,6 +62,13 @@ fn change(key: &str, dir: &Path) -> Option<(Vec<(&'static str, String)>, Expect)
         v
     };
     let one = |k: &'static str, v: &str| vec![(k, v.to_owned())];
+    // A [cluster] setting other than the URL only matters with Redis.
+    let redis = |k: &'static str, v: &str| {
+        vec![
+            ("cluster.redis_url", "\"redis://127.0.0.1:1/0\"".to_owned()),
+            (k, v.to_owned()),
+        ]
+    };
     use Expect::*;
     Some(match key {
         "server.listen" => (one("server.listen", "\"127.0.0.1:1\""), Restart("server.listen")),
@@ -200,6 +207,14 @@ fn change(key: &str, dir: &Path) -> Option<(Vec<(&'static str, String)>, Expect)
             ),
             Restart("auth.external"),
         ),
+        "cluster.replica_id" => (one("cluster.replica_id", "\"gw-other\""), Restart("cluster")),
+        "cluster.redis_url" => (one("cluster.redis_url", "\"redis://127.0.0.1:1/0\""), Restart("cluster")),
+        "cluster.on_redis_failure" => (redis("cluster.on_redis_failure", "\"closed\""), Restart("cluster")),
+        "cluster.expected_replicas" => (redis("cluster.expected_replicas", "3"), Restart("cluster")),
+        "cluster.redis_timeout" => (redis("cluster.redis_timeout", "\"1s\""), Restart("cluster")),
+        "cluster.redis_connections" => (redis("cluster.redis_connections", "3"), Restart("cluster")),
+        "cluster.revision_poll_interval" => (redis("cluster.revision_poll_interval", "\"2s\""), Restart("cluster")),
+        "cluster.revisions_kept" => (redis("cluster.revisions_kept", "20"), Restart("cluster")),
         "audit.enabled" => (one("audit.enabled", "false"), Restart("audit")),
         "audit.dir" => (one("audit.dir", "\"audit2\""), Restart("audit")),
         "audit.fsync" => (one("audit.fsync", "\"always\""), Restart("audit")),

@@ -1,0 +1,1 @@
+//! Shared rate limits and quotas (to be written).

@@ -1,0 +1,1 @@
+//! Configuration revisions (to be written).
