@@ -361,6 +361,13 @@ fn check_token_endpoint(raw: &RawAuth, file: &Path, problems: &mut Problems) {
     }
 }
 
+impl RawAuth {
+    /// `auth.issuer` is not configured (it then follows the listener's address).
+    pub(super) fn issuer_is_unset(&self) -> bool {
+        self.issuer.as_deref().is_none_or(|i| i.trim().is_empty())
+    }
+}
+
 fn is_protected(n: &http::HeaderName) -> bool {
     n == http::header::HOST
         || n == http::header::AUTHORIZATION

@@ -898,6 +898,17 @@ pub fn load_with(
     let keys_dir = auth::keys_dir_of(file).unwrap_or_else(|_| data_dir.join("keys"));
     let audit = audit::load_audit(&raw.audit, file, &data_dir, &keys_dir, &mut problems);
     let cluster = cluster::load_cluster(&raw.cluster, file, &mut problems);
+    // Replicas behind one load balancer must issue and accept tokens under one `iss`; the
+    // default (the address this process bound) differs per replica.
+    if cluster.as_ref().is_some_and(|c| c.redis.is_some()) && raw.auth.issuer_is_unset() {
+        problems.push(
+            file,
+            "auth.issuer",
+            "cluster mode (cluster.redis_url) needs auth.issuer: the public URL every replica \
+             serves under (e.g. https://gerbang.example.go.id); without it each replica's tokens \
+             carry its own address as `iss` and the others refuse them",
+        );
+    }
     // Applications name the external issuer they trust by its `issuer` (`iss`).
     let external_issuers: Vec<String> = raw.auth.external.iter().map(|e| e.issuer_id()).collect();
     let stages = load_registry_and_agreements(

@@ -66,6 +66,8 @@ fn change(key: &str, dir: &Path) -> Option<(Vec<(&'static str, String)>, Expect)
     let redis = |k: &'static str, v: &str| {
         vec![
             ("cluster.redis_url", "\"redis://127.0.0.1:1/0\"".to_owned()),
+            // Cluster mode needs one issuer for all replicas.
+            ("auth.issuer", "\"http://gerbang.test\"".to_owned()),
             (k, v.to_owned()),
         ]
     };
@@ -208,7 +210,7 @@ fn change(key: &str, dir: &Path) -> Option<(Vec<(&'static str, String)>, Expect)
             Restart("auth.external"),
         ),
         "cluster.replica_id" => (one("cluster.replica_id", "\"gw-other\""), Restart("cluster")),
-        "cluster.redis_url" => (one("cluster.redis_url", "\"redis://127.0.0.1:1/0\""), Restart("cluster")),
+        "cluster.redis_url" => (redis("cluster.redis_url", "\"redis://127.0.0.1:1/0\""), Restart("cluster")),
         "cluster.on_redis_failure" => (redis("cluster.on_redis_failure", "\"closed\""), Restart("cluster")),
         "cluster.expected_replicas" => (redis("cluster.expected_replicas", "3"), Restart("cluster")),
         "cluster.redis_timeout" => (redis("cluster.redis_timeout", "\"1s\""), Restart("cluster")),
