@@ -31,6 +31,9 @@ pub struct WriterSettings {
     pub fsync: Fsync,
     /// A seal after this many records (and on close).
     pub seal_every: u64,
+    /// The replica that writes this chain (`[cluster] replica_id`), named in every seal; `None`
+    /// writes seals as earlier versions did.
+    pub replica: Option<String>,
 }
 
 /// Appends records to the chain. See the crate documentation.
@@ -302,6 +305,9 @@ impl Writer {
             "sig".into(),
             Value::from(base64::engine::general_purpose::STANDARD.encode(sig)),
         );
+        if let Some(r) = &self.settings.replica {
+            m.insert("replica".into(), Value::from(r.clone()));
+        }
         let fields = serde_json::to_vec(&Value::Object(m))
             .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))?;
         self.write_line("seal", &fields)?;
@@ -352,6 +358,9 @@ pub struct Verification {
     pub unsealed: u64,
     /// The latest seal as an anchor to keep outside the gateway's host.
     pub last_seal: Option<Anchor>,
+    /// The replicas named by the seals, in the order they first appear (one, unless the data
+    /// directory moved to another replica id; none for a log of an earlier version).
+    pub replicas: Vec<String>,
 }
 
 /// A point of the chain exported off the host: "record `seq` hashes to `hash`" (from a seal,
@@ -415,6 +424,7 @@ pub fn verify_with_anchors(
     // Where the previous record is: a broken link names it, the record that was changed.
     let mut prev_at: Option<(PathBuf, usize)> = None;
     let mut last_seal = None;
+    let mut replicas: Vec<String> = Vec::new();
     let last_index = files.len() - 1;
     for (fi, (n, path)) in files.iter().enumerate() {
         let expected_number = fi as u64 + 1;
@@ -487,6 +497,11 @@ pub fn verify_with_anchors(
                 }
                 seals += 1;
                 since_seal = 0;
+                if let Some(r) = v.get("replica").and_then(Value::as_str) {
+                    if !replicas.iter().any(|o| o == r) {
+                        replicas.push(r.to_owned());
+                    }
+                }
                 last_seal = Some(Anchor {
                     seq,
                     hash: prev.clone(),
@@ -538,7 +553,29 @@ pub fn verify_with_anchors(
         torn_tail,
         unsealed: since_seal,
         last_seal,
+        replicas,
     })
+}
+
+/// The replica named by the newest seal of the chain in `dir` that names one (newest file
+/// first, so that a long log is not read whole); `None` for a log of an earlier version.
+pub fn replica_of(dir: &Path) -> io::Result<Option<String>> {
+    for (_, path) in audit_files(dir)?.iter().rev() {
+        let text = std::fs::read(path)?;
+        for line in text.split(|b| *b == b'\n').rev() {
+            if !line.windows(10).any(|w| w == b"\"replica\":") {
+                continue;
+            }
+            if let Ok(v) = serde_json::from_slice::<Value>(line) {
+                if v.get("kind").and_then(Value::as_str) == Some("seal") {
+                    if let Some(r) = v.get("replica").and_then(Value::as_str) {
+                        return Ok(Some(r.to_owned()));
+                    }
+                }
+            }
+        }
+    }
+    Ok(None)
 }
 
 /// Reads records (complete lines) of every audit file in order, for queries.

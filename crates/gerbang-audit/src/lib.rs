@@ -7,7 +7,9 @@
 //!   a link that [`verify`] names by file and line.
 //! - At intervals the writer appends a `seal` line: an Ed25519 signature over the hash of the
 //!   line before it. Whoever holds the public key can check that the chain up to a seal is the
-//!   one the gateway wrote (rewriting the whole chain needs the private key).
+//!   one the gateway wrote (rewriting the whole chain needs the private key). In a cluster each
+//!   replica writes its own chain with its own seal key, and each seal names the replica
+//!   (`replica`, from `[cluster] replica_id`); logs without it (earlier versions) verify too.
 //! - Data subjects (a NIK) are stored only as `subject_hmac`, HMAC-SHA-256 under a key of the
 //!   gateway's, so [`query`] can find a citizen's records without the log holding the id.
 //!
@@ -18,10 +20,11 @@ pub mod keys;
 pub mod query;
 
 pub use chain::{
-    verify, verify_with_anchors, Anchor, Verification, VerifyError, Writer, WriterSettings,
+    replica_of, verify, verify_with_anchors, Anchor, Verification, VerifyError, Writer,
+    WriterSettings,
 };
 pub use keys::{SealKey, SubjectKey};
-pub use query::{query, Filter};
+pub use query::{query, query_many, Filter, ReplicaLog};
 
 /// The hash before the first record.
 pub const GENESIS: &str = "0000000000000000000000000000000000000000000000000000000000000000";

@@ -51,3 +51,38 @@ pub fn query(dir: &Path, filter: &Filter, key: &SubjectKey) -> std::io::Result<V
     })?;
     Ok(out)
 }
+
+/// One replica's log for [`query_many`]: its directory and the name its records get.
+#[derive(Debug, Clone)]
+pub struct ReplicaLog {
+    /// The replica's name: from its seals ([`crate::chain::replica_of`]) or its directory.
+    pub replica: String,
+    pub dir: std::path::PathBuf,
+}
+
+/// [`query`] over several replicas' logs (each its own chain), merged by time (stable: records
+/// of one time keep their replica's order); each record gets a `replica` field naming its log.
+pub fn query_many(
+    logs: &[ReplicaLog],
+    filter: &Filter,
+    key: &SubjectKey,
+) -> std::io::Result<Vec<Value>> {
+    let mut out = Vec::new();
+    for log in logs {
+        for mut v in query(&log.dir, filter, key)? {
+            if let Value::Object(m) = &mut v {
+                m.entry("replica")
+                    .or_insert_with(|| Value::from(log.replica.clone()));
+            }
+            out.push(v);
+        }
+    }
+    let time = |v: &Value| {
+        v.get("time")
+            .and_then(Value::as_str)
+            .unwrap_or("")
+            .to_owned()
+    };
+    out.sort_by_cached_key(time);
+    Ok(out)
+}

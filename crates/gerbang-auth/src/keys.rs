@@ -1,6 +1,13 @@
 //! The built-in issuer's signing keys: ES256 (P-256) keys with a `kid` each. One key is active
 //! and signs; older keys stay in the ring (and in the published JWKS) so that tokens they signed
 //! verify until those tokens have expired.
+//!
+//! Each key has an activation time: a new key is published (and verifies) at once, but signs
+//! only from its activation on, so that every replica of a cluster publishes it before any
+//! replica signs with it. Which key signs is decided at signing time
+//! ([`KeyRing::active`]): the newest key whose activation has passed.
+
+use std::time::SystemTime;
 
 use aws_lc_rs::signature::{EcdsaKeyPair, ECDSA_P256_SHA256_FIXED_SIGNING};
 use jsonwebtoken::jwk::{Jwk, JwkSet, KeyAlgorithm, PublicKeyUse};
@@ -81,29 +88,64 @@ impl SigningKey {
     }
 }
 
-/// The issuer's keys: the first signs, all verify.
+/// The issuer's keys, newest first: the newest whose activation has passed signs, all verify.
 #[derive(Debug)]
 pub struct KeyRing {
     keys: Vec<SigningKey>,
+    /// When each key (same index) may start signing; `None`: at once.
+    activation: Vec<Option<SystemTime>>,
 }
 
 impl KeyRing {
-    /// A ring whose first key is the active one.
+    /// A ring whose first key is the active one (every key may sign at once).
     pub fn new(keys: Vec<SigningKey>) -> Result<Self, KeyError> {
+        let n = keys.len();
+        Self::with_activation(keys.into_iter().zip(std::iter::repeat_n(None, n)).collect())
+    }
+
+    /// A ring of keys, newest first, each with the time from which it may sign (`None`: at
+    /// once). The times should not decrease towards the front.
+    pub fn with_activation(keys: Vec<(SigningKey, Option<SystemTime>)>) -> Result<Self, KeyError> {
         if keys.is_empty() {
             return Err(KeyError::Empty);
         }
-        for (i, k) in keys.iter().enumerate() {
-            if keys[..i].iter().any(|o| o.kid == k.kid) {
+        for (i, (k, _)) in keys.iter().enumerate() {
+            if keys[..i].iter().any(|(o, _)| o.kid == k.kid) {
                 return Err(KeyError::DuplicateKid(k.kid.clone()));
             }
         }
-        Ok(Self { keys })
+        let (keys, activation) = keys.into_iter().unzip();
+        Ok(Self { keys, activation })
     }
 
-    /// The key that signs new tokens.
+    /// The key that signs new tokens now.
     pub fn active(&self) -> Option<&SigningKey> {
-        self.keys.first()
+        self.active_at(SystemTime::now())
+    }
+
+    /// The key that signs at `now`: the newest whose activation has passed; when none has
+    /// (a clock behind the one that made the keys), the oldest, so that something signs.
+    pub fn active_at(&self, now: SystemTime) -> Option<&SigningKey> {
+        self.keys
+            .iter()
+            .zip(&self.activation)
+            .find(|(_, at)| at.is_none_or(|t| t <= now))
+            .map(|(k, _)| k)
+            .or_else(|| self.keys.last())
+    }
+
+    /// When `kid` starts (or started) signing; `None` for an unknown kid or a key active at
+    /// once.
+    pub fn activation(&self, kid: &str) -> Option<SystemTime> {
+        self.keys
+            .iter()
+            .position(|k| k.kid == kid)
+            .and_then(|i| self.activation[i])
+    }
+
+    /// The key ids, newest first.
+    pub fn kids(&self) -> impl Iterator<Item = &str> {
+        self.keys.iter().map(|k| k.kid.as_str())
     }
 
     pub fn find(&self, kid: &str) -> Option<&SigningKey> {
@@ -138,6 +180,37 @@ mod tests {
         assert!(key["x"].is_string() && key["y"].is_string());
         assert!(key.get("d").is_none(), "no private part: {key}");
         assert!(!format!("{ring:?}").contains("PRIVATE"));
+    }
+
+    #[test]
+    fn the_newest_key_whose_activation_passed_signs() {
+        use std::time::Duration;
+        let pem_text = generate_pem().unwrap();
+        let key = |kid: &str| SigningKey::from_pem(kid, pem_text.as_bytes()).unwrap();
+        let t0 = SystemTime::UNIX_EPOCH + Duration::from_secs(1_000_000);
+        let s = Duration::from_secs;
+        // c activates at t0+100, b at t0, a (the first key) at once.
+        let ring = KeyRing::with_activation(vec![
+            (key("c"), Some(t0 + s(100))),
+            (key("b"), Some(t0)),
+            (key("a"), None),
+        ])
+        .unwrap();
+        assert_eq!(ring.active_at(t0 - s(1)).unwrap().kid, "a");
+        assert_eq!(ring.active_at(t0).unwrap().kid, "b");
+        assert_eq!(ring.active_at(t0 + s(99)).unwrap().kid, "b");
+        assert_eq!(ring.active_at(t0 + s(100)).unwrap().kid, "c");
+        // All three are published and verify from the start.
+        assert_eq!(ring.jwks().keys.len(), 3);
+        assert!(ring.find("c").is_some());
+        assert_eq!(ring.activation("c"), Some(t0 + s(100)));
+        assert_eq!(ring.activation("a"), None);
+        // Nothing active yet (a clock behind the keys): the oldest signs.
+        let ring =
+            KeyRing::with_activation(vec![(key("y"), Some(t0 + s(5))), (key("x"), Some(t0))])
+                .unwrap();
+        assert_eq!(ring.active_at(t0 - s(10)).unwrap().kid, "x");
+        assert_eq!(ring.kids().collect::<Vec<_>>(), ["y", "x"]);
     }
 
     #[test]

@@ -43,7 +43,9 @@ impl Default for RawAudit {
     }
 }
 
-/// File names of the audit keys in the key directory.
+/// File names of the audit keys: the seal key pair is each replica's own, in
+/// `<data_dir>/keys/` ([`seal_dir_of`]); the subject key is shared, in `auth.keys_dir` (the
+/// same directory when `keys_dir` is the default `keys`).
 pub const SEAL_KEY_FILE: &str = "audit-seal.pk8";
 pub const SEAL_PUBLIC_FILE: &str = "audit-seal.pub";
 pub const SUBJECT_KEY_FILE: &str = "audit-subject.key";
@@ -58,8 +60,20 @@ pub struct AuditConfig {
     pub queue: usize,
     pub ack_timeout: Duration,
     pub idle_sync: Duration,
-    pub seal_key: SealKey,
+    /// This replica's seal key; `None` when it has none yet: `serve` creates it in `seal_dir`
+    /// ([`ensure_seal_key`]), so that a new replica needs nothing but the shared keys.
+    pub seal_key: Option<SealKey>,
+    /// Where this replica's seal key is (or is created): `<data_dir>/keys`.
+    pub seal_dir: PathBuf,
+    /// Set when the seal key was read from the shared keys directory, where earlier versions
+    /// kept it: that file.
+    pub legacy_seal_key: Option<PathBuf>,
     pub subject_key: SubjectKey,
+}
+
+/// Where a replica keeps its own seal key pair: `<data_dir>/keys`.
+pub fn seal_dir_of(data_dir: &Path) -> PathBuf {
+    data_dir.join("keys")
 }
 
 pub(super) fn load_audit(
@@ -108,47 +122,48 @@ pub(super) fn load_audit(
             "queue and seal_every must be at least 1",
         );
     }
-    let hint = "create it with `gerbang rotate-key --config FILE` (the demo creates its own)";
-    let seal_key = match std::fs::read(keys_dir.join(SEAL_KEY_FILE)) {
-        Ok(der) => SealKey::from_pkcs8(&der)
-            .map_err(|e| {
-                problems.push(
-                    file,
-                    "audit",
-                    format!("{}: {e}", keys_dir.join(SEAL_KEY_FILE).display()),
-                )
-            })
-            .ok(),
+    let seal_dir = seal_dir_of(data_dir);
+    let own = seal_dir.join(SEAL_KEY_FILE);
+    let legacy = keys_dir.join(SEAL_KEY_FILE);
+    // This replica's key; else one in the shared directory, where earlier versions kept it (a
+    // single node with its keys elsewhere keeps verifying its log); else none yet.
+    let (seal_path, legacy_seal_key) = if own.exists() || legacy == own || !legacy.exists() {
+        (own, None)
+    } else {
+        (legacy.clone(), Some(legacy))
+    };
+    let seal_key = match std::fs::read(&seal_path) {
+        Ok(der) => match SealKey::from_pkcs8(&der) {
+            Ok(k) => Some(Some(k)),
+            Err(e) => {
+                problems.push(file, "audit", format!("{}: {e}", seal_path.display()));
+                None
+            }
+        },
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Some(None),
         Err(e) => {
             problems.push(
                 file,
                 "audit",
-                format!(
-                    "cannot read {}: {e}; {hint}",
-                    keys_dir.join(SEAL_KEY_FILE).display()
-                ),
+                format!("cannot read {}: {e}", seal_path.display()),
             );
             None
         }
     };
-    let subject_key = match std::fs::read_to_string(keys_dir.join(SUBJECT_KEY_FILE)) {
+    let subject_file = keys_dir.join(SUBJECT_KEY_FILE);
+    let hint = "the subject key is shared by every replica (their audit queries must agree): \
+                create it with `gerbang rotate-key --config FILE`, or for a keys directory \
+                shared by replicas (a Kubernetes Secret, a shared volume) with `gerbang \
+                rotate-key --keys-dir DIR` and mount that directory as auth.keys_dir";
+    let subject_key = match std::fs::read_to_string(&subject_file) {
         Ok(text) => SubjectKey::from_hex(&text)
-            .map_err(|e| {
-                problems.push(
-                    file,
-                    "audit",
-                    format!("{}: {e}", keys_dir.join(SUBJECT_KEY_FILE).display()),
-                )
-            })
+            .map_err(|e| problems.push(file, "audit", format!("{}: {e}", subject_file.display())))
             .ok(),
         Err(e) => {
             problems.push(
                 file,
                 "audit",
-                format!(
-                    "cannot read {}: {e}; {hint}",
-                    keys_dir.join(SUBJECT_KEY_FILE).display()
-                ),
+                format!("cannot read {}: {e}; {hint}", subject_file.display()),
             );
             None
         }
@@ -169,6 +184,8 @@ pub(super) fn load_audit(
         ack_timeout: raw.ack_timeout,
         idle_sync: raw.fsync_interval.min(d(1)).max(Duration::from_millis(10)),
         seal_key,
+        seal_dir,
+        legacy_seal_key,
         subject_key,
     })
 }
@@ -182,8 +199,11 @@ pub struct AuditDirs {
     pub data_dir: PathBuf,
     /// The log's files.
     pub audit_dir: PathBuf,
-    /// The seal public key and the subject key are here.
+    /// The shared keys: the subject key is here (and, from earlier versions, maybe the seal
+    /// key).
     pub keys_dir: PathBuf,
+    /// This replica's seal key pair (`audit-seal.pub` verifies its log): `<data_dir>/keys`.
+    pub seal_dir: PathBuf,
 }
 
 /// [`AuditDirs`] of the main file `main_file`.
@@ -227,46 +247,70 @@ pub fn audit_dirs_of(main_file: &Path) -> Result<AuditDirs, String> {
     );
     Ok(AuditDirs {
         keys_dir: super::keys_dir_of(main_file)?,
+        seal_dir: seal_dir_of(&data_dir),
         data_dir,
         audit_dir,
     })
 }
 
-/// Creates the audit keys in `keys_dir` when missing (never replaces one: the seal key
-/// verifies the existing log, the subject key finds its records). Returns the files created.
+/// Creates both audit keys in `keys_dir` when missing (a single node whose keys directory is
+/// `<data_dir>/keys`, tests, the demo): [`ensure_seal_key`] and [`ensure_subject_key`].
 pub fn ensure_audit_keys(keys_dir: &Path) -> std::io::Result<Vec<PathBuf>> {
-    std::fs::create_dir_all(keys_dir)?;
     let mut created = Vec::new();
-    let write_new = |path: &Path, bytes: &[u8]| -> std::io::Result<()> {
-        let mut opts = std::fs::OpenOptions::new();
-        opts.write(true).create_new(true);
-        #[cfg(unix)]
-        {
-            use std::os::unix::fs::OpenOptionsExt;
-            opts.mode(0o600);
-        }
-        use std::io::Write;
-        let mut f = opts.open(path)?;
-        f.write_all(bytes)?;
-        f.sync_all()
-    };
-    let seal = keys_dir.join(SEAL_KEY_FILE);
-    if !seal.exists() {
-        let der = SealKey::generate_pkcs8().map_err(|e| std::io::Error::other(e.to_string()))?;
-        let key = SealKey::from_pkcs8(&der).map_err(|e| std::io::Error::other(e.to_string()))?;
-        write_new(&seal, &der)?;
-        std::fs::write(
-            keys_dir.join(SEAL_PUBLIC_FILE),
-            hex::encode(key.public_key()) + "\n",
-        )?;
-        created.push(seal);
-    }
-    let subject = keys_dir.join(SUBJECT_KEY_FILE);
-    if !subject.exists() {
-        let hex_key =
-            SubjectKey::generate_hex().map_err(|e| std::io::Error::other(e.to_string()))?;
-        write_new(&subject, hex_key.as_bytes())?;
-        created.push(subject);
-    }
+    created.extend(ensure_seal_key(keys_dir)?.1);
+    created.extend(ensure_subject_key(keys_dir)?);
     Ok(created)
+}
+
+fn write_new(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    let mut opts = std::fs::OpenOptions::new();
+    opts.write(true).create_new(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        opts.mode(0o600);
+    }
+    use std::io::Write;
+    let mut f = opts.open(path)?;
+    f.write_all(bytes)?;
+    f.sync_all()
+}
+
+/// This replica's seal key in `seal_dir` (`<data_dir>/keys`), created with its public half
+/// (`audit-seal.pub`) when missing (never replaced: it verifies the existing log). Returns the
+/// key and, when it was created, its file.
+pub fn ensure_seal_key(seal_dir: &Path) -> std::io::Result<(SealKey, Option<PathBuf>)> {
+    let seal = seal_dir.join(SEAL_KEY_FILE);
+    let invalid = |e: gerbang_audit::keys::KeyError| std::io::Error::other(e.to_string());
+    if seal.exists() {
+        let key = SealKey::from_pkcs8(&std::fs::read(&seal)?).map_err(invalid)?;
+        return Ok((key, None));
+    }
+    std::fs::create_dir_all(seal_dir)?;
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let _ = std::fs::set_permissions(seal_dir, std::fs::Permissions::from_mode(0o700));
+    }
+    let der = SealKey::generate_pkcs8().map_err(invalid)?;
+    let key = SealKey::from_pkcs8(&der).map_err(invalid)?;
+    write_new(&seal, &der)?;
+    std::fs::write(
+        seal_dir.join(SEAL_PUBLIC_FILE),
+        hex::encode(key.public_key()) + "\n",
+    )?;
+    Ok((key, Some(seal)))
+}
+
+/// Creates the shared subject key in `keys_dir` when missing (never replaces one: it finds the
+/// existing records). Returns the file when it was created.
+pub fn ensure_subject_key(keys_dir: &Path) -> std::io::Result<Option<PathBuf>> {
+    std::fs::create_dir_all(keys_dir)?;
+    let subject = keys_dir.join(SUBJECT_KEY_FILE);
+    if subject.exists() {
+        return Ok(None);
+    }
+    let hex_key = SubjectKey::generate_hex().map_err(|e| std::io::Error::other(e.to_string()))?;
+    write_new(&subject, hex_key.as_bytes())?;
+    Ok(Some(subject))
 }

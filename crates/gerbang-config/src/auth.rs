@@ -35,6 +35,13 @@ pub(super) struct RawAuth {
     /// (and its alert) counts from the key file's time.
     #[serde(with = "humantime_serde")]
     signing_key_max_age: Duration,
+    /// How long after its creation a new signing key that has a predecessor starts signing
+    /// (it is published at once): longer than it takes every replica to see the key file.
+    #[serde(with = "humantime_serde")]
+    key_activation_delay: Duration,
+    /// How often the keys directory is checked for new or removed key files.
+    #[serde(with = "humantime_serde")]
+    keys_poll_interval: Duration,
     /// Request headers removed on every route, besides `X-Gerbang-*`.
     strip_headers: Vec<String>,
     /// Argon2 verifications run at once by the token endpoint; 0 = two per core.
@@ -63,6 +70,8 @@ impl Default for RawAuth {
             assertion: true,
             assertion_ttl: d(60),
             signing_key_max_age: d(90 * 86_400),
+            key_activation_delay: d(300),
+            keys_poll_interval: d(5),
             strip_headers: Vec::new(),
             token_endpoint_concurrency: 0,
             token_endpoint_concurrency_per_source: 1,
@@ -189,6 +198,8 @@ pub struct AuthConfig {
     pub token_endpoint: gerbang_proxy::token_guard::TokenEndpointSettings,
     /// When the signing key in force is due for rotation: its kid and Unix time.
     pub signing_key_due: Option<(String, i64)>,
+    /// How often the keys directory is polled for changes (a process setting).
+    pub keys_poll_interval: Duration,
 }
 
 /// Key files older than their successor by more than this are retired: no token they signed
@@ -239,6 +250,28 @@ pub(super) fn load_auth(
     if raw.signing_key_max_age < d(86_400) {
         problems.push(file, "auth.signing_key_max_age", "at least 1d");
     }
+    if raw.keys_poll_interval < Duration::from_millis(100) || raw.keys_poll_interval > d(600) {
+        problems.push(
+            file,
+            "auth.keys_poll_interval",
+            "must be between 100ms and 10m",
+        );
+    }
+    if raw.key_activation_delay > d(7 * 86_400) {
+        problems.push(file, "auth.key_activation_delay", "at most 7d");
+    } else if !raw.key_activation_delay.is_zero()
+        && raw.key_activation_delay <= raw.keys_poll_interval
+    {
+        problems.push(
+            file,
+            "auth.key_activation_delay",
+            format!(
+                "must be longer than auth.keys_poll_interval ({}): every replica must see a new \
+                 key before any signs with it (0s: a new key signs at once, for a single node)",
+                humantime_serde::re::humantime::format_duration(raw.keys_poll_interval)
+            ),
+        );
+    }
     if !(1..=10_000_000).contains(&raw.token_cache_size) {
         problems.push(
             file,
@@ -265,7 +298,14 @@ pub(super) fn load_auth(
     }
 
     let keys_dir = resolve_in(data_dir, &raw.keys_dir);
-    let (ring, active_time) = load_signing_keys(&keys_dir, retire_after(raw), file, problems);
+    let (ring, active_time) = load_signing_keys(
+        &keys_dir,
+        retire_after(raw),
+        raw.key_activation_delay,
+        SystemTime::now(),
+        file,
+        problems,
+    );
     let mut externals = Vec::new();
     for (i, e) in raw.external.iter().enumerate() {
         if let Some(spec) = external_spec(e, i, file, resolve, problems) {
@@ -284,17 +324,19 @@ pub(super) fn load_auth(
         }
     }
     let ring = ring?;
-    let signing_key_due = ring.active().zip(active_time).map(|(k, t)| {
+    // The newest key is the one to rotate next (it signs now or soon).
+    let signing_key_due = ring.kids().next().zip(active_time).map(|(kid, t)| {
         let made = t
             .duration_since(SystemTime::UNIX_EPOCH)
             .map_or(0, |d| d.as_secs() as i64);
         (
-            k.kid.clone(),
+            kid.to_owned(),
             made.saturating_add(raw.signing_key_max_age.as_secs() as i64),
         )
     });
     (problems.list.len() == before).then(|| AuthConfig {
         signing_key_due,
+        keys_poll_interval: raw.keys_poll_interval,
         issuer: Issuer {
             issuer: issuer_url,
             audience: raw.audience.clone(),
@@ -385,79 +427,151 @@ fn resolve_in(base: &Path, p: &Path) -> PathBuf {
     }
 }
 
-/// The signing keys in `dir`: every `<kid>.pem`, the newest name first (it signs); keys retired
-/// longer than `retire_after` ago (by their successor's file time) are left out of the JWKS.
-fn load_signing_keys(
-    dir: &Path,
-    retire_after: Duration,
-    file: &Path,
-    problems: &mut Problems,
-) -> (Option<KeyRing>, Option<SystemTime>) {
-    let hint = "create one with `gerbang rotate-key --config FILE` (the demo creates its own)";
-    let entries = match std::fs::read_dir(dir) {
-        Ok(e) => e,
-        Err(e) => {
-            problems.push(
-                file,
-                "auth.keys_dir",
-                format!("cannot read {}: {e}; {hint}", dir.display()),
-            );
-            return (None, None);
-        }
+/// The hint for a missing or empty keys directory.
+const KEYS_HINT: &str = "create the keys with `gerbang rotate-key --config FILE`, or for a keys \
+                         directory shared by replicas (a Kubernetes Secret, a shared volume) with \
+                         `gerbang rotate-key --keys-dir DIR` (the demo creates its own)";
+
+/// When the key `kid` was made: the UTC time its name encodes (`kYYYYMMDDtHHMMSSz`, as
+/// [`create_signing_key`] names keys, optionally with `-N`), the same on every replica; else
+/// the file's modification time.
+pub fn key_creation_time(kid: &str, mtime: Option<SystemTime>) -> Option<SystemTime> {
+    kid_time(kid).or(mtime)
+}
+
+fn kid_time(kid: &str) -> Option<SystemTime> {
+    let stem = kid.split_once('-').map_or(kid, |(a, _)| a);
+    let b = stem.as_bytes();
+    if b.len() != 17 || b[0] != b'k' || b[9] != b't' || b[16] != b'z' {
+        return None;
+    }
+    let num = |r: std::ops::Range<usize>| -> Option<i64> {
+        let t = stem.get(r)?;
+        t.bytes()
+            .all(|c| c.is_ascii_digit())
+            .then(|| t.parse().ok())
+            .flatten()
     };
-    let mut files: Vec<(String, PathBuf, Option<SystemTime>)> = entries
+    let (y, m, dd) = (num(1..5)?, num(5..7)?, num(7..9)?);
+    let (h, mi, se) = (num(10..12)?, num(12..14)?, num(14..16)?);
+    if !(1..=12).contains(&m) || !(1..=31).contains(&dd) || h > 23 || mi > 59 || se > 60 {
+        return None;
+    }
+    let secs = days_from_civil(y, m, dd) * 86_400 + h * 3600 + mi * 60 + se;
+    Some(SystemTime::UNIX_EPOCH + Duration::from_secs(u64::try_from(secs).ok()?))
+}
+
+/// One key file: its kid, path and creation time.
+struct KeyFile {
+    kid: String,
+    path: PathBuf,
+    created: SystemTime,
+}
+
+/// The key files of `dir`, oldest first (by creation time, then name).
+fn key_files(dir: &Path) -> std::io::Result<Vec<KeyFile>> {
+    let mut files: Vec<KeyFile> = std::fs::read_dir(dir)?
         .filter_map(|e| e.ok())
         .map(|e| e.path())
         .filter(|p| p.extension().is_some_and(|x| x == "pem"))
         .filter_map(|p| {
             let kid = p.file_stem()?.to_str()?.to_owned();
             let mtime = std::fs::metadata(&p).and_then(|m| m.modified()).ok();
-            Some((kid, p, mtime))
+            let created = key_creation_time(&kid, mtime).unwrap_or(SystemTime::UNIX_EPOCH);
+            Some(KeyFile {
+                kid,
+                path: p,
+                created,
+            })
         })
         .collect();
-    files.sort_by(|a, b| b.0.cmp(&a.0));
+    files.sort_by(|a, b| (a.created, a.kid.len(), &a.kid).cmp(&(b.created, b.kid.len(), &b.kid)));
+    Ok(files)
+}
+
+/// When each key of `files` (oldest first) may sign: the oldest at once (`None`: a fresh
+/// gateway with one key signs immediately), every later one `delay` after its creation.
+fn activations(files: &[KeyFile], delay: Duration) -> Vec<Option<SystemTime>> {
+    files
+        .iter()
+        .enumerate()
+        .map(|(i, f)| (i > 0).then(|| f.created + delay))
+        .collect()
+}
+
+/// When the newest key in `dir` starts signing under `delay` (for `rotate-key`'s message):
+/// `None` when it is the only key (it signs at once).
+pub fn newest_key_activation(dir: &Path, delay: Duration) -> std::io::Result<Option<SystemTime>> {
+    let files = key_files(dir)?;
+    Ok(activations(&files, delay).last().copied().flatten())
+}
+
+/// The signing keys in `dir`: every `<kid>.pem`, newest first. A key with a predecessor signs
+/// from `activation_delay` after its creation (see [`key_creation_time`]); it is published at
+/// once. A key whose successor has been signing for longer than `retire_after` (no token it
+/// signed can still be valid) is left out of the JWKS. Returns the ring and the newest key's
+/// creation time.
+fn load_signing_keys(
+    dir: &Path,
+    retire_after: Duration,
+    activation_delay: Duration,
+    now: SystemTime,
+    file: &Path,
+    problems: &mut Problems,
+) -> (Option<KeyRing>, Option<SystemTime>) {
+    let files = match key_files(dir) {
+        Ok(f) => f,
+        Err(e) => {
+            problems.push(
+                file,
+                "auth.keys_dir",
+                format!("cannot read {}: {e}; {KEYS_HINT}", dir.display()),
+            );
+            return (None, None);
+        }
+    };
     if files.is_empty() {
         problems.push(
             file,
             "auth.keys_dir",
-            format!("no signing key (<kid>.pem) in {}; {hint}", dir.display()),
+            format!(
+                "no signing key (<kid>.pem) in {}; {KEYS_HINT}",
+                dir.display()
+            ),
         );
         return (None, None);
     }
-    let now = SystemTime::now();
+    let activation = activations(&files, activation_delay);
+    let newest_created = files.last().map(|f| f.created);
     let mut keys = Vec::new();
-    let mut active_time = None;
-    let mut successor_time: Option<SystemTime> = None;
-    for (kid, path, mtime) in files {
-        let retired = successor_time
+    for (i, f) in files.iter().enumerate().rev() {
+        // Retired: the successor has signed for longer than any token lives.
+        let retired = activation
+            .get(i + 1)
+            .copied()
+            .flatten()
             .and_then(|t| now.duration_since(t).ok())
             .is_some_and(|age| age > retire_after);
-        successor_time = mtime.or(successor_time);
         if retired {
             continue;
         }
-        let pem = match std::fs::read(&path) {
+        let pem = match std::fs::read(&f.path) {
             Ok(p) => p,
             Err(e) => {
                 problems.push(
                     file,
                     "auth.keys_dir",
-                    format!("cannot read {}: {e}", path.display()),
+                    format!("cannot read {}: {e}", f.path.display()),
                 );
                 continue;
             }
         };
-        match SigningKey::from_pem(&kid, &pem) {
-            Ok(k) => {
-                if keys.is_empty() {
-                    active_time = mtime;
-                }
-                keys.push(k);
-            }
-            Err(e) => problems.push(file, "auth.keys_dir", format!("{}: {e}", path.display())),
+        match SigningKey::from_pem(&f.kid, &pem) {
+            Ok(k) => keys.push((k, activation[i])),
+            Err(e) => problems.push(file, "auth.keys_dir", format!("{}: {e}", f.path.display())),
         }
     }
-    (KeyRing::new(keys).ok(), active_time)
+    (KeyRing::with_activation(keys).ok(), newest_created)
 }
 
 /// Writes a new P-256 signing key to `dir` (created with mode 0700 if missing), named after the
@@ -539,6 +653,35 @@ pub fn keys_dir_of(main_file: &Path) -> Result<PathBuf, String> {
         .or(p.auth.keys_dir)
         .unwrap_or_else(|| "keys".into());
     Ok(resolve_in(&resolve_in(base, &data_dir), &keys_dir))
+}
+
+/// `[auth] key_activation_delay` of a configuration (or its `GERBANG__AUTH__KEY_ACTIVATION_DELAY`
+/// override), read leniently for `rotate-key`; the default when unset.
+pub fn key_activation_delay_of(main_file: &Path) -> Result<Duration, String> {
+    #[derive(Deserialize, Default)]
+    struct Partial {
+        #[serde(default)]
+        auth: PartialAuth,
+    }
+    #[derive(Deserialize, Default)]
+    struct PartialAuth {
+        #[serde(default, with = "humantime_serde")]
+        key_activation_delay: Option<Duration>,
+    }
+    let text = std::fs::read_to_string(main_file)
+        .map_err(|e| format!("cannot read {}: {e}", main_file.display()))?;
+    let p: Partial = toml::from_str(&text).map_err(|e| format!("{}: {e}", main_file.display()))?;
+    let env = std::env::var("GERBANG__AUTH__KEY_ACTIVATION_DELAY")
+        .ok()
+        .filter(|v| !v.is_empty());
+    match env {
+        Some(v) => humantime_serde::re::humantime::parse_duration(&v)
+            .map_err(|e| format!("GERBANG__AUTH__KEY_ACTIVATION_DELAY: {e}")),
+        None => Ok(p
+            .auth
+            .key_activation_delay
+            .unwrap_or(RawAuth::default().key_activation_delay)),
+    }
 }
 
 fn external_spec(

@@ -24,9 +24,13 @@ mod auth;
 mod cluster;
 mod policy;
 pub use audit::{
-    audit_dirs_of, ensure_audit_keys, AuditConfig, AuditDirs, SEAL_PUBLIC_FILE, SUBJECT_KEY_FILE,
+    audit_dirs_of, ensure_audit_keys, ensure_seal_key, ensure_subject_key, seal_dir_of,
+    AuditConfig, AuditDirs, SEAL_KEY_FILE, SEAL_PUBLIC_FILE, SUBJECT_KEY_FILE,
 };
-pub use auth::{create_signing_key, keys_dir_of, AuthConfig, ExternalKeySpec, ExternalSpec};
+pub use auth::{
+    create_signing_key, key_activation_delay_of, key_creation_time, keys_dir_of,
+    newest_key_activation, AuthConfig, ExternalKeySpec, ExternalSpec,
+};
 use auth::{RawApplication, RawAuth};
 pub use cluster::{valid_replica_id, ClusterConfig, RedisFailureMode, RedisSettings};
 
@@ -2149,6 +2153,9 @@ cert_fingerprints = ["sha256:zz"]
     #[test]
     fn signing_keys_rotate_newest_first_and_retire_after_their_tokens_expired() {
         let dir = tempfile::tempdir().unwrap();
+        // Tokens live 5m, assertions 1m, leeway 30s: a key retires 330s after its successor
+        // began signing. A key with a predecessor signs 300s (the default delay) after it was
+        // made.
         write(dir.path(), "gerbang.toml", "[auth]\ntoken_ttl = \"5m\"\n");
         write(dir.path(), "registry/dukcapil.toml", AGENCY);
         let keys = dir.path().join("data/keys");
@@ -2159,7 +2166,7 @@ cert_fingerprints = ["sha256:zz"]
             .unwrap();
         let pem = std::fs::read(&first).unwrap();
         std::fs::remove_file(&first).unwrap();
-        // Three generations: a retired one, the previous one and the newest.
+        // Kids without a time in their name: their file time is their creation time.
         let set_age = |name: &str, age_secs: u64| {
             let p = keys.join(name);
             std::fs::write(&p, &pem).unwrap();
@@ -2167,23 +2174,123 @@ cert_fingerprints = ["sha256:zz"]
             f.set_modified(std::time::SystemTime::now() - Duration::from_secs(age_secs))
                 .unwrap();
         };
+        let main = dir.path().join("gerbang.toml");
         set_age("k2026a.pem", 10_000);
-        set_age("k2026b.pem", 3_600); // replaced k2026a an hour ago: a's tokens are long expired
-        set_age("k2026c.pem", 60); // replaced k2026b a minute ago: b's tokens may still be valid
-        let c = load(&dir.path().join("gerbang.toml"), &Overrides::default()).unwrap();
+        set_age("k2026b.pem", 3_600); // has signed since 3300s ago: a's tokens are long expired
+        set_age("k2026c.pem", 60); // made a minute ago: published, signs in 240s
+        let c = load(&main, &Overrides::default()).unwrap();
         let ring = &c.auth.issuer.keys;
-        assert_eq!(ring.active().unwrap().kid, "k2026c");
+        assert_eq!(ring.active().unwrap().kid, "k2026b", "c is not active yet");
+        assert!(
+            ring.find("k2026c").is_some(),
+            "c is published before it signs"
+        );
+        let at = ring.activation("k2026c").unwrap();
+        let wait = at.duration_since(std::time::SystemTime::now()).unwrap();
+        assert!(
+            wait > Duration::from_secs(230) && wait <= Duration::from_secs(240),
+            "{wait:?}"
+        );
+        // Evaluated at signing time: no reload is needed when the delay ends.
+        assert_eq!(ring.active_at(at).unwrap().kid, "k2026c");
         assert!(ring.find("k2026b").is_some(), "still published");
         assert!(ring.find("k2026a").is_none(), "retired");
         let jwks = serde_json::to_value(ring.jwks()).unwrap();
         assert_eq!(jwks["keys"].as_array().unwrap().len(), 2);
 
+        // Retirement counts from the successor's activation, not its file time: b was made
+        // 500s ago (longer than 330s) but has signed only for 200s, so a's tokens may live.
+        set_age("k2026b.pem", 500);
+        let c = load(&main, &Overrides::default()).unwrap();
+        let ring = &c.auth.issuer.keys;
+        assert_eq!(ring.active().unwrap().kid, "k2026b");
+        assert!(
+            ring.find("k2026a").is_some(),
+            "a's tokens may still be valid"
+        );
+
+        // Without a delay (a single node may choose it), the newest key signs at once.
+        write(
+            dir.path(),
+            "gerbang.toml",
+            "[auth]\ntoken_ttl = \"5m\"\nkey_activation_delay = \"0s\"\n",
+        );
+        let c = load(&main, &Overrides::default()).unwrap();
+        assert_eq!(c.auth.issuer.keys.active().unwrap().kid, "k2026c");
+
         std::fs::write(keys.join("k2026d.pem"), b"not a key").unwrap();
-        let err = load(&dir.path().join("gerbang.toml"), &Overrides::default()).unwrap_err();
+        let err = load(&main, &Overrides::default()).unwrap_err();
         assert!(
             err.to_string().contains("auth.keys_dir:") && err.to_string().contains("k2026d.pem"),
             "{err}"
         );
+    }
+
+    #[test]
+    fn a_first_key_signs_at_once_and_a_rotated_one_after_the_delay_counted_from_its_name() {
+        let dir = tempfile::tempdir().unwrap();
+        write(
+            dir.path(),
+            "gerbang.toml",
+            "[auth]\nkey_activation_delay = \"90s\"\n",
+        );
+        write(dir.path(), "registry/dukcapil.toml", AGENCY);
+        let main = dir.path().join("gerbang.toml");
+        let keys = dir.path().join("data/keys");
+        // The fixture's one key: a fresh gateway signs with it immediately.
+        let c = load(&main, &Overrides::default()).unwrap();
+        let ring = &c.auth.issuer.keys;
+        let first = ring.active().unwrap().kid.clone();
+        assert_eq!(ring.activation(&first), None, "the first key signs at once");
+        // A new key: its name says when it was made, the same on every replica whatever the
+        // file's time (a copy into a Secret, another volume).
+        std::thread::sleep(Duration::from_millis(1100));
+        let second = create_signing_key(&keys).unwrap();
+        let kid = second.file_stem().unwrap().to_str().unwrap().to_owned();
+        let f = std::fs::File::options().write(true).open(&second).unwrap();
+        f.set_modified(std::time::SystemTime::now() - Duration::from_secs(86_400))
+            .unwrap();
+        let made = key_creation_time(&kid, None).unwrap();
+        let now = std::time::SystemTime::now();
+        assert!(now.duration_since(made).unwrap() < Duration::from_secs(5));
+        let c = load(&main, &Overrides::default()).unwrap();
+        let ring = &c.auth.issuer.keys;
+        assert_eq!(ring.active().unwrap().kid, first, "the new key waits");
+        assert_eq!(ring.activation(&kid), Some(made + Duration::from_secs(90)));
+        assert_eq!(
+            ring.active_at(made + Duration::from_secs(89)).unwrap().kid,
+            first
+        );
+        assert_eq!(
+            ring.active_at(made + Duration::from_secs(90)).unwrap().kid,
+            kid
+        );
+        assert_eq!(
+            newest_key_activation(&keys, Duration::from_secs(90)).unwrap(),
+            Some(made + Duration::from_secs(90))
+        );
+        // Kid times: the form create_signing_key writes, with or without a `-N` suffix.
+        let t = |k: &str| {
+            key_creation_time(k, None).map(|t| {
+                t.duration_since(std::time::SystemTime::UNIX_EPOCH)
+                    .unwrap()
+                    .as_secs()
+            })
+        };
+        assert_eq!(t("k20261202t024137z"), Some(1_796_179_297));
+        assert_eq!(t("k20261202t024137z-2"), Some(1_796_179_297));
+        assert_eq!(t("k19700101t000000z"), Some(0));
+        assert_eq!(t("k20261302t024137z"), None);
+        assert_eq!(t("2026-11-a"), None);
+        // A delay no longer than the poll interval would let a replica sign before another
+        // publishes.
+        write(
+            dir.path(),
+            "gerbang.toml",
+            "[auth]\nkey_activation_delay = \"5s\"\nkeys_poll_interval = \"5s\"\n",
+        );
+        let err = load(&main, &Overrides::default()).unwrap_err().to_string();
+        assert!(err.contains("auth.key_activation_delay"), "{err}");
     }
 
     #[test]

@@ -5,6 +5,7 @@
 mod admin;
 pub mod admin_cli;
 pub mod demo;
+pub mod keys_watch;
 #[cfg(feature = "otlp")]
 pub mod otlp;
 pub mod reload;

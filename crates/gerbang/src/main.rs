@@ -23,16 +23,22 @@ struct Cli {
     command: Command,
 }
 
-/// Where an audit command reads the log: a data directory, or the configuration that names it.
+/// Where an audit command reads the log: data directories, or the configuration that names one.
 #[derive(clap::Args)]
-#[group(required = true, multiple = false)]
 struct AuditSource {
-    /// The gateway's data directory (`paths.data_dir`: the log in `audit/`, keys in `keys/`).
+    /// A gateway's data directory (`paths.data_dir`: the log in `audit/`, its seal key in
+    /// `keys/`). Repeat it for the replicas of a cluster, or give one directory that holds one
+    /// data directory per replica: each chain is verified on its own, queries are merged by
+    /// time.
     #[arg(long)]
-    data_dir: Option<PathBuf>,
+    data_dir: Vec<PathBuf>,
     /// The gateway's main configuration file: the log and keys where `serve` would put them.
     #[arg(long, short)]
     config: Option<PathBuf>,
+    /// The keys directory the replicas share (`auth.keys_dir`): the subject key for queries.
+    /// Default: the configuration's, else `keys/` of a given directory that has the key.
+    #[arg(long)]
+    keys_dir: Option<PathBuf>,
 }
 
 #[derive(Subcommand)]
@@ -42,9 +48,9 @@ enum AuditCommand {
     Verify {
         #[command(flatten)]
         source: AuditSource,
-        /// The seal public key (hex); default: keys/audit-seal.pub in the data directory. Keep
-        /// a copy outside the gateway's host: a key read from the same disk as the log proves
-        /// less.
+        /// The seal public key (hex), for one replica's log; default: keys/audit-seal.pub in
+        /// each data directory. Keep a copy outside the gateway's host: a key read from the
+        /// same disk as the log proves less.
         #[arg(long)]
         public_key: Option<PathBuf>,
         /// Anchors exported earlier with `gerbang audit anchor` (JSON Lines): the chain must
@@ -158,12 +164,25 @@ enum Command {
     /// Make a new API key for a legacy application: prints the key (give it to the
     /// application once) and the digest to put in its registry entry (`api_keys`).
     NewApiKey,
-    /// Create a new signing key for the built-in token issuer in the configured key directory.
-    /// The new key signs from the next start; older keys stay published in the JWKS until no
-    /// token they signed can still be valid.
+    /// Create a new signing key for the built-in token issuer in the configured key directory
+    /// (and the audit keys that are missing). Running gateways publish it within
+    /// `auth.keys_poll_interval`; it signs from `auth.key_activation_delay` after now (the
+    /// first key at once), so every replica publishes it before any signs with it. Older keys
+    /// stay published until no token they signed can still be valid.
     RotateKey {
-        #[arg(long, short, default_value = "/etc/gerbang/gerbang.toml")]
+        #[arg(
+            long,
+            short,
+            default_value = "/etc/gerbang/gerbang.toml",
+            conflicts_with = "keys_dir"
+        )]
         config: PathBuf,
+        /// Write to this keys directory instead of the configuration's: the directory the
+        /// replicas of a cluster share (mounted as `auth.keys_dir`, e.g. from a Kubernetes
+        /// Secret). Creates the signing key and the shared audit subject key; each replica
+        /// makes its own seal key on its first start.
+        #[arg(long)]
+        keys_dir: Option<PathBuf>,
     },
     /// A fixed 1 KiB JSON upstream for the load benchmark (benches/proxy_load.sh).
     #[command(hide = true)]
@@ -189,7 +208,7 @@ fn main() -> ExitCode {
             method,
             path,
         } => explain(&config, &consumer, purpose.as_deref(), &method, &path),
-        Command::RotateKey { config } => rotate_key(&config),
+        Command::RotateKey { config, keys_dir } => rotate_key(&config, keys_dir),
         Command::Serve {
             config,
             listen,
@@ -410,32 +429,98 @@ fn explain(
     }
 }
 
-/// The log's directory and its key directory, from `--data-dir` or `--config`; a directory
-/// without an audit log is refused with where it looked and, when a subdirectory has one (the
-/// directory given to `gerbang demo --data-dir` holds the gateway's data directory `data/`),
-/// which one was probably meant.
-fn audit_dirs(source: AuditSource) -> Result<config::AuditDirs, String> {
-    let dirs = match (source.data_dir, source.config) {
-        (_, Some(file)) => config::audit_dirs_of(&file)?,
-        (Some(dir), None) => config::AuditDirs {
-            audit_dir: dir.join("audit"),
-            keys_dir: dir.join("keys"),
-            data_dir: dir,
-        },
-        (None, None) => return Err("give --data-dir DIR or --config FILE".to_owned()),
+/// One replica's log: its name (from its seals, else its directory) and where things are.
+struct ReplicaDirs {
+    name: String,
+    dirs: config::AuditDirs,
+}
+
+/// The logs an audit command reads, from `--data-dir` (one or several data directories, or a
+/// directory of them) or `--config`, and the directories where the shared subject key may be.
+/// A directory without an audit log is refused with where it looked and, when a subdirectory
+/// has one (the directory given to `gerbang demo --data-dir` holds the gateway's data directory
+/// `data/`), which one was probably meant.
+fn audit_dirs(source: AuditSource) -> Result<(Vec<ReplicaDirs>, Vec<PathBuf>), String> {
+    let mut key_dirs: Vec<PathBuf> = source.keys_dir.iter().cloned().collect();
+    let mut logs = Vec::new();
+    let of_data_dir = |dir: PathBuf, keys_dir: &Option<PathBuf>| config::AuditDirs {
+        audit_dir: dir.join("audit"),
+        keys_dir: keys_dir.clone().unwrap_or_else(|| dir.join("keys")),
+        seal_dir: config::seal_dir_of(&dir),
+        data_dir: dir,
     };
-    if dirs.audit_dir.is_dir() {
-        return Ok(dirs);
+    match (source.data_dir.is_empty(), source.config) {
+        (true, Some(file)) => {
+            let dirs = config::audit_dirs_of(&file)?;
+            key_dirs.push(dirs.keys_dir.clone());
+            logs.push(dirs);
+        }
+        (false, None) => {
+            for dir in source.data_dir {
+                key_dirs.push(dir.join("keys"));
+                if dir.join("audit").is_dir() {
+                    logs.push(of_data_dir(dir, &source.keys_dir));
+                    continue;
+                }
+                // A directory of replicas' data directories: no configuration of its own, or
+                // several logs below it.
+                let subs = replica_subdirs(&dir);
+                if !subs.is_empty() && (subs.len() > 1 || !dir.join("gerbang.toml").is_file()) {
+                    for sub in subs {
+                        logs.push(of_data_dir(sub, &source.keys_dir));
+                    }
+                    continue;
+                }
+                return Err(no_audit_log(&of_data_dir(dir, &source.keys_dir)));
+            }
+        }
+        (false, Some(_)) => return Err("give --data-dir DIR or --config FILE, not both".into()),
+        (true, None) => return Err("give --data-dir DIR or --config FILE".to_owned()),
     }
+    let mut out: Vec<ReplicaDirs> = Vec::new();
+    for dirs in logs {
+        if !dirs.audit_dir.is_dir() {
+            return Err(no_audit_log(&dirs));
+        }
+        key_dirs.push(dirs.seal_dir.clone());
+        let name = gerbang_audit::replica_of(&dirs.audit_dir)
+            .ok()
+            .flatten()
+            .unwrap_or_else(|| {
+                dirs.data_dir
+                    .file_name()
+                    .map(|n| n.to_string_lossy().into_owned())
+                    .unwrap_or_else(|| dirs.data_dir.display().to_string())
+            });
+        if out.iter().any(|o| o.dirs.audit_dir == dirs.audit_dir) {
+            continue;
+        }
+        out.push(ReplicaDirs { name, dirs });
+    }
+    key_dirs.dedup();
+    Ok((out, key_dirs))
+}
+
+/// The subdirectories of `dir` that hold an audit log, sorted.
+fn replica_subdirs(dir: &std::path::Path) -> Vec<PathBuf> {
+    let mut subs: Vec<PathBuf> = std::fs::read_dir(dir)
+        .map(|entries| {
+            entries
+                .filter_map(|e| e.ok().map(|e| e.path()))
+                .filter(|p| p.join("audit").is_dir())
+                .collect()
+        })
+        .unwrap_or_default();
+    subs.sort();
+    subs
+}
+
+/// Why `dirs` has no log, with the directory probably meant.
+fn no_audit_log(dirs: &config::AuditDirs) -> String {
     let dir = &dirs.data_dir;
     let mut hint = String::new();
-    if let Ok(entries) = std::fs::read_dir(dir) {
-        let mut subs: Vec<PathBuf> = entries
-            .filter_map(|e| e.ok().map(|e| e.path()))
-            .filter(|p| p.join("audit").is_dir())
-            .collect();
-        subs.sort();
-        if let Some(sub) = subs.first() {
+    if dir.is_dir() {
+        if let Some(sub) = replica_subdirs(dir).first() {
             hint = format!("; did you mean --data-dir {}?", sub.display());
         }
         if dir.join("gerbang.toml").is_file() {
@@ -448,16 +533,25 @@ fn audit_dirs(source: AuditSource) -> Result<config::AuditDirs, String> {
     } else {
         hint = "; it does not exist or cannot be read".to_owned();
     }
-    Err(format!(
+    format!(
         "{} has no audit log: looked for the directory {}, which is missing{hint}",
         dir.display(),
         dirs.audit_dir.display()
-    ))
+    )
 }
 
-/// The seal public key: `public_key`, or the one in the key directory.
+/// A replica's seal public key: `public_key`, else `audit-seal.pub` of its own key directory
+/// (`<data_dir>/keys`), else of the shared keys directory (where earlier versions kept it).
 fn seal_public_key(dirs: &config::AuditDirs, public_key: Option<PathBuf>) -> Option<Vec<u8>> {
-    let key_file = public_key.unwrap_or_else(|| dirs.keys_dir.join(config::SEAL_PUBLIC_FILE));
+    let key_file = public_key.unwrap_or_else(|| {
+        let own = dirs.seal_dir.join(config::SEAL_PUBLIC_FILE);
+        let shared = dirs.keys_dir.join(config::SEAL_PUBLIC_FILE);
+        if own.is_file() || !shared.is_file() {
+            own
+        } else {
+            shared
+        }
+    });
     let key = std::fs::read_to_string(&key_file)
         .ok()
         .and_then(|t| hex::decode(t.trim()).ok());
@@ -472,15 +566,100 @@ fn seal_public_key(dirs: &config::AuditDirs, public_key: Option<PathBuf>) -> Opt
     key
 }
 
+/// The shared subject key: the first `audit-subject.key` of `key_dirs`.
+fn subject_key(key_dirs: &[PathBuf]) -> Result<gerbang_audit::SubjectKey, String> {
+    for dir in key_dirs {
+        let file = dir.join(config::SUBJECT_KEY_FILE);
+        if let Ok(text) = std::fs::read_to_string(&file) {
+            return gerbang_audit::SubjectKey::from_hex(&text)
+                .map_err(|e| format!("{}: {e}", file.display()));
+        }
+    }
+    Err(format!(
+        "cannot read the subject key ({}) from {}; give the shared keys directory with \
+         --keys-dir DIR",
+        config::SUBJECT_KEY_FILE,
+        key_dirs
+            .iter()
+            .map(|d| d.display().to_string())
+            .collect::<Vec<_>>()
+            .join(", ")
+    ))
+}
+
+/// The one log of `logs`, for commands that read one chain (anchors are per chain).
+fn one_log(logs: Vec<ReplicaDirs>, what: &str) -> Result<config::AuditDirs, String> {
+    let n = logs.len();
+    match logs.into_iter().next() {
+        Some(l) if n == 1 => Ok(l.dirs),
+        _ => Err(format!(
+            "{what} reads one replica's log at a time (anchors are per chain); {n} were given"
+        )),
+    }
+}
+
+/// Reads `--anchors FILE` (JSON Lines).
+fn read_anchors(file: &std::path::Path) -> Result<Vec<gerbang_audit::Anchor>, String> {
+    let text = std::fs::read_to_string(file)
+        .map_err(|e| format!("cannot read {}: {e}", file.display()))?;
+    text.lines()
+        .enumerate()
+        .filter(|(_, l)| !l.trim().is_empty())
+        .map(|(i, line)| {
+            serde_json::from_str::<gerbang_audit::Anchor>(line)
+                .map_err(|e| format!("{}:{}: not an anchor: {e}", file.display(), i + 1))
+        })
+        .collect()
+}
+
+/// Verifies one replica's chain and prints the outcome (`prefix` names the replica when several
+/// are checked). Returns whether it is intact.
+fn verify_one(
+    dirs: &config::AuditDirs,
+    key: &[u8],
+    pinned: &[gerbang_audit::Anchor],
+    prefix: &str,
+) -> bool {
+    match gerbang_audit::verify_with_anchors(&dirs.audit_dir, key, pinned) {
+        Ok(v) => {
+            println!(
+                "{prefix}audit log intact: {} file(s), {} record(s), {} seal(s); {} record(s) after the last seal",
+                v.files, v.records, v.seals, v.unsealed
+            );
+            if !pinned.is_empty() {
+                println!("{prefix}passes through all {} anchor(s)", pinned.len());
+            }
+            if v.replicas.len() > 1 {
+                println!(
+                    "{prefix}note: the seals name several replicas ({}): the data directory moved to another replica id",
+                    v.replicas.join(", ")
+                );
+            }
+            if let Some((file, line)) = v.torn_tail {
+                println!(
+                    "{prefix}note: {}:{line} is an incomplete last line (a crash while writing), not tampering; the gateway cuts it and records a recovery on its next start",
+                    file.display()
+                );
+            }
+            true
+        }
+        Err(e) => {
+            println!("{prefix}audit log NOT intact: {e}");
+            false
+        }
+    }
+}
+
 fn audit(command: AuditCommand) -> ExitCode {
+    let fail = |e: String| {
+        eprintln!("{e}");
+        ExitCode::from(2)
+    };
     match command {
         AuditCommand::Anchor { source, public_key } => {
-            let dirs = match audit_dirs(source) {
+            let dirs = match audit_dirs(source).and_then(|(logs, _)| one_log(logs, "anchor")) {
                 Ok(d) => d,
-                Err(e) => {
-                    eprintln!("{e}");
-                    return ExitCode::from(2);
-                }
+                Err(e) => return fail(e),
             };
             let Some(key) = seal_public_key(&dirs, public_key) else {
                 return ExitCode::from(2);
@@ -507,60 +686,46 @@ fn audit(command: AuditCommand) -> ExitCode {
             public_key,
             anchors,
         } => {
-            let dirs = match audit_dirs(source) {
-                Ok(d) => d,
-                Err(e) => {
-                    eprintln!("{e}");
-                    return ExitCode::from(2);
-                }
+            let logs = match audit_dirs(source) {
+                Ok((logs, _)) => logs,
+                Err(e) => return fail(e),
             };
-            let Some(key) = seal_public_key(&dirs, public_key) else {
-                return ExitCode::from(2);
+            if logs.len() > 1 && (public_key.is_some() || anchors.is_some()) {
+                return fail(
+                    "--public-key and --anchors belong to one replica's log: verify that one alone"
+                        .into(),
+                );
+            }
+            let pinned = match anchors.as_deref().map(read_anchors).transpose() {
+                Ok(p) => p.unwrap_or_default(),
+                Err(e) => return fail(e),
             };
-            let mut pinned = Vec::new();
-            if let Some(file) = anchors {
-                let text = match std::fs::read_to_string(&file) {
-                    Ok(t) => t,
-                    Err(e) => {
-                        eprintln!("cannot read {}: {e}", file.display());
-                        return ExitCode::from(2);
-                    }
+            let several = logs.len() > 1;
+            let mut intact = 0usize;
+            for log in &logs {
+                let prefix = if several {
+                    format!("replica {} ({}): ", log.name, log.dirs.data_dir.display())
+                } else {
+                    String::new()
                 };
-                for (i, line) in text
-                    .lines()
-                    .enumerate()
-                    .filter(|(_, l)| !l.trim().is_empty())
-                {
-                    match serde_json::from_str::<gerbang_audit::Anchor>(line) {
-                        Ok(a) => pinned.push(a),
-                        Err(e) => {
-                            eprintln!("{}:{}: not an anchor: {e}", file.display(), i + 1);
-                            return ExitCode::from(2);
-                        }
+                let Some(key) = seal_public_key(&log.dirs, public_key.clone()) else {
+                    if several {
+                        println!("{prefix}audit log NOT verified: no seal public key");
+                        continue;
                     }
+                    return ExitCode::from(2);
+                };
+                if verify_one(&log.dirs, &key, &pinned, &prefix) {
+                    intact += 1;
                 }
             }
-            match gerbang_audit::verify_with_anchors(&dirs.audit_dir, &key, &pinned) {
-                Ok(v) => {
-                    println!(
-                        "audit log intact: {} file(s), {} record(s), {} seal(s); {} record(s) after the last seal",
-                        v.files, v.records, v.seals, v.unsealed
-                    );
-                    if !pinned.is_empty() {
-                        println!("passes through all {} anchor(s)", pinned.len());
-                    }
-                    if let Some((file, line)) = v.torn_tail {
-                        println!(
-                            "note: {}:{line} is an incomplete last line (a crash while writing), not tampering; the gateway cuts it and records a recovery on its next start",
-                            file.display()
-                        );
-                    }
-                    ExitCode::SUCCESS
-                }
-                Err(e) => {
-                    println!("audit log NOT intact: {e}");
-                    ExitCode::from(1)
-                }
+            if several {
+                println!("{intact} of {} replica log(s) intact", logs.len());
+            }
+            if intact == logs.len() {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::from(1)
             }
         }
         AuditCommand::Query {
@@ -572,23 +737,13 @@ fn audit(command: AuditCommand) -> ExitCode {
             until,
             json,
         } => {
-            let dirs = match audit_dirs(source) {
+            let (logs, key_dirs) = match audit_dirs(source) {
                 Ok(d) => d,
-                Err(e) => {
-                    eprintln!("{e}");
-                    return ExitCode::from(2);
-                }
+                Err(e) => return fail(e),
             };
-            let key_file = dirs.keys_dir.join(config::SUBJECT_KEY_FILE);
-            let key = match std::fs::read_to_string(&key_file)
-                .ok()
-                .and_then(|t| gerbang_audit::SubjectKey::from_hex(&t).ok())
-            {
-                Some(k) => k,
-                None => {
-                    eprintln!("cannot read the subject key from {}", key_file.display());
-                    return ExitCode::from(2);
-                }
+            let key = match subject_key(&key_dirs) {
+                Ok(k) => k,
+                Err(e) => return fail(e),
             };
             let filter = gerbang_audit::Filter {
                 subject,
@@ -597,12 +752,26 @@ fn audit(command: AuditCommand) -> ExitCode {
                 since,
                 until,
             };
-            let records = match gerbang_audit::query(&dirs.audit_dir, &filter, &key) {
+            let several = logs.len() > 1;
+            let result = if several {
+                let logs: Vec<gerbang_audit::ReplicaLog> = logs
+                    .iter()
+                    .map(|l| gerbang_audit::ReplicaLog {
+                        replica: l.name.clone(),
+                        dir: l.dirs.audit_dir.clone(),
+                    })
+                    .collect();
+                gerbang_audit::query_many(&logs, &filter, &key)
+            } else {
+                let dir = logs
+                    .first()
+                    .map(|l| l.dirs.audit_dir.clone())
+                    .unwrap_or_default();
+                gerbang_audit::query(&dir, &filter, &key)
+            };
+            let records = match result {
                 Ok(r) => r,
-                Err(e) => {
-                    eprintln!("cannot read the audit log: {e}");
-                    return ExitCode::from(2);
-                }
+                Err(e) => return fail(format!("cannot read the audit log: {e}")),
             };
             let s = |v: &serde_json::Value, k: &str| match &v[k] {
                 serde_json::Value::Null => "-".to_owned(),
@@ -614,9 +783,21 @@ fn audit(command: AuditCommand) -> ExitCode {
                     println!("{r}");
                 }
             } else {
+                let replica = |r: &serde_json::Value| {
+                    if several {
+                        format!("{:<16} ", s(r, "replica"))
+                    } else {
+                        String::new()
+                    }
+                };
                 println!(
-                    "{:<24} {:<20} {:<20} {:<24} {:>6} {:<8} {:<30} {:<22}",
+                    "{:<24} {}{:<20} {:<20} {:<24} {:>6} {:<8} {:<30} {:<22}",
                     "time",
+                    if several {
+                        format!("{:<16} ", "replica")
+                    } else {
+                        String::new()
+                    },
                     "consumer",
                     "service",
                     "endpoint",
@@ -627,8 +808,9 @@ fn audit(command: AuditCommand) -> ExitCode {
                 );
                 for r in &records {
                     println!(
-                        "{:<24} {:<20} {:<20} {:<24} {:>6} {:<8} {:<30} {:<22}",
+                        "{:<24} {}{:<20} {:<20} {:<24} {:>6} {:<8} {:<30} {:<22}",
                         s(r, "time"),
+                        replica(r),
                         s(r, "consumer"),
                         s(r, "service"),
                         s(r, "endpoint"),
@@ -638,7 +820,15 @@ fn audit(command: AuditCommand) -> ExitCode {
                         s(r, "purpose")
                     );
                 }
-                println!("{} record(s)", records.len());
+                if several {
+                    println!(
+                        "{} record(s) from {} replica log(s)",
+                        records.len(),
+                        logs.len()
+                    );
+                } else {
+                    println!("{} record(s)", records.len());
+                }
             }
             ExitCode::SUCCESS
         }
@@ -663,36 +853,86 @@ fn new_api_key() -> ExitCode {
     }
 }
 
-fn rotate_key(file: &std::path::Path) -> ExitCode {
-    let dir = match config::keys_dir_of(file) {
-        Ok(d) => d,
-        Err(e) => {
-            eprintln!("{e}");
-            return ExitCode::from(2);
+fn rotate_key(file: &std::path::Path, shared: Option<PathBuf>) -> ExitCode {
+    // Where the keys go: the shared directory alone, or the configuration's keys directory and
+    // this node's own seal key.
+    let (dir, seal_dir, delay) = match shared {
+        Some(dir) => (dir, None, None),
+        None => {
+            let dirs = match config::audit_dirs_of(file) {
+                Ok(d) => d,
+                Err(e) => {
+                    eprintln!("{e}");
+                    return ExitCode::from(2);
+                }
+            };
+            let delay = match config::key_activation_delay_of(file) {
+                Ok(d) => d,
+                Err(e) => {
+                    eprintln!("{e}");
+                    return ExitCode::from(2);
+                }
+            };
+            // A seal key that earlier versions put in the keys directory stays in use (it
+            // verifies the existing log): no second one.
+            let legacy = dirs.keys_dir.join(config::SEAL_KEY_FILE).exists();
+            let seal_dir = (!legacy).then_some(dirs.seal_dir);
+            (dirs.keys_dir, seal_dir, Some(delay))
         }
     };
-    match config::create_signing_key(&dir) {
-        Ok(path) => {
-            println!("{}", path.display());
-            eprintln!("new signing key written; it signs from the next start");
-            match config::ensure_audit_keys(&dir) {
-                Ok(created) => {
-                    for p in created {
-                        eprintln!("audit key created: {}", p.display());
-                    }
-                }
-                Err(e) => {
-                    eprintln!("cannot create the audit keys in {}: {e}", dir.display());
-                    return ExitCode::from(1);
-                }
-            }
-            ExitCode::SUCCESS
-        }
+    let path = match config::create_signing_key(&dir) {
+        Ok(p) => p,
         Err(e) => {
             eprintln!("cannot write a key in {}: {e}", dir.display());
-            ExitCode::from(1)
+            return ExitCode::from(1);
+        }
+    };
+    println!("{}", path.display());
+    let shown_delay = delay.unwrap_or(std::time::Duration::from_secs(300));
+    match config::newest_key_activation(&dir, shown_delay) {
+        Ok(None) => eprintln!("new signing key written; it is the first key: it signs at once"),
+        Ok(Some(at)) => eprintln!(
+            "new signing key written; running gateways publish it within auth.keys_poll_interval \
+             and sign with it from {} (auth.key_activation_delay{} after its creation)",
+            gerbang_audit::chain::rfc3339(at),
+            if delay.is_some() {
+                String::new()
+            } else {
+                " of 5m, the default; a configuration that sets another delay shifts this".into()
+            }
+        ),
+        Err(e) => eprintln!(
+            "new signing key written; cannot read {} back: {e}",
+            dir.display()
+        ),
+    }
+    let mut created = Vec::new();
+    match config::ensure_subject_key(&dir) {
+        Ok(c) => created.extend(c),
+        Err(e) => {
+            eprintln!(
+                "cannot create the audit subject key in {}: {e}",
+                dir.display()
+            );
+            return ExitCode::from(1);
         }
     }
+    if let Some(seal_dir) = seal_dir {
+        match config::ensure_seal_key(&seal_dir) {
+            Ok((_, c)) => created.extend(c),
+            Err(e) => {
+                eprintln!(
+                    "cannot create the audit seal key in {}: {e}",
+                    seal_dir.display()
+                );
+                return ExitCode::from(1);
+            }
+        }
+    }
+    for p in created {
+        eprintln!("audit key created: {}", p.display());
+    }
+    ExitCode::SUCCESS
 }
 
 fn bench_upstream(listen: std::net::SocketAddr) -> ExitCode {

@@ -85,6 +85,7 @@ async fn bind(what: &'static str, addr: SocketAddr) -> Result<TcpListener, Start
 pub async fn start(config: Config) -> Result<Running, StartError> {
     let reload_seed = crate::reload::Seed::of(&config);
     let watch_files = config.watch_files;
+    let (keys_dir, keys_poll_interval) = (config.keys_dir.clone(), config.auth.keys_poll_interval);
     let data = bind("data plane", config.listen).await?;
     let admin = bind("admin", config.admin_listen).await?;
     let data_addr = data.local_addr().unwrap_or(config.listen);
@@ -142,14 +143,18 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
     }
     if let Some(a) = config.audit {
         let dir = a.dir.clone();
+        let seal_key =
+            crate::keys_watch::replica_seal_key(a.seal_key, &a.seal_dir, &a.legacy_seal_key)
+                .map_err(StartError::Audit)?;
         let writer = gerbang_audit::Writer::open(
             gerbang_audit::WriterSettings {
                 dir: a.dir,
                 max_file_bytes: a.max_file_bytes,
                 fsync: a.fsync,
                 seal_every: a.seal_every,
+                replica: Some(config.cluster.replica_id.clone()),
             },
-            a.seal_key,
+            seal_key,
         )
         .map_err(|e| StartError::Audit(format!("{}: {e}", dir.display())))?;
         let sink = gerbang_proxy::audit::AuditSink::start(
@@ -249,6 +254,13 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
     tokio::spawn(crate::reload::on_sighup(
         crate::reload::hangup_signal(),
         Arc::clone(&reloader),
+        stop(rx.clone()),
+    ));
+    // Key files added by another replica's rotation or a Secret update (see keys_watch).
+    tokio::spawn(crate::keys_watch::poll_keys_dir(
+        Arc::clone(&reloader),
+        keys_dir,
+        keys_poll_interval,
         stop(rx.clone()),
     ));
     if watch_files {

@@ -16,6 +16,7 @@ fn settings(dir: &Path, max_file_bytes: u64, seal_every: u64) -> WriterSettings 
         max_file_bytes,
         fsync: Fsync::Always,
         seal_every,
+        replica: None,
     }
 }
 
@@ -360,4 +361,64 @@ fn an_anchor_kept_elsewhere_exposes_a_rewritten_or_shortened_log() {
     write("dinkes/simpus", 3);
     let e = verify_with_anchors(dir.path(), &public, &[anchor]).unwrap_err();
     assert!(e.what.contains("records were removed"), "{e}");
+}
+
+#[test]
+fn each_replica_names_itself_in_its_seals_and_queries_merge_replicas_by_time() {
+    let subject = SubjectKey::from_hex(&SubjectKey::generate_hex().unwrap()).unwrap();
+    let mut logs = Vec::new();
+    let mut publics = Vec::new();
+    let root = tempfile::tempdir().unwrap();
+    for r in ["r0", "r1"] {
+        let dir = root.path().join(r);
+        // Each replica its own seal key.
+        let key = SealKey::from_pkcs8(&SealKey::generate_pkcs8().unwrap()).unwrap();
+        publics.push(key.public_key());
+        let mut s = settings(&dir, 1 << 20, 3);
+        s.replica = Some(r.to_owned());
+        let mut w = Writer::open(s, key).unwrap();
+        for i in 0..4u64 {
+            w.append("call", call(i, &subject)).unwrap();
+            std::thread::sleep(Duration::from_millis(3));
+        }
+        w.close().unwrap();
+        logs.push(crate::query::ReplicaLog {
+            replica: crate::chain::replica_of(&dir).unwrap().unwrap(),
+            dir,
+        });
+    }
+    assert_eq!(logs[0].replica, "r0");
+    assert_eq!(logs[1].replica, "r1");
+    for (i, log) in logs.iter().enumerate() {
+        let v = verify(&log.dir, &publics[i]).unwrap();
+        assert_eq!(v.replicas, vec![log.replica.clone()]);
+        // The other replica's key does not verify this chain.
+        assert!(verify(&log.dir, &publics[1 - i]).is_err());
+    }
+    let hits = crate::query::query_many(
+        &logs,
+        &Filter {
+            subject: Some("3603015505900002".into()),
+            ..Filter::default()
+        },
+        &subject,
+    )
+    .unwrap();
+    let replicas: Vec<&str> = hits
+        .iter()
+        .map(|h| h["replica"].as_str().unwrap())
+        .collect();
+    assert_eq!(replicas, ["r0", "r1"], "r0 wrote first: {hits:?}");
+    let all = crate::query::query_many(&logs, &Filter::default(), &subject).unwrap();
+    assert_eq!(all.len(), 8);
+    assert!(all
+        .windows(2)
+        .all(|w| w[0]["time"].as_str() <= w[1]["time"].as_str()));
+    // A log of an earlier version (no replica in its seals) names none.
+    let (old, _) = log(3);
+    assert_eq!(crate::chain::replica_of(old.dir.path()).unwrap(), None);
+    assert!(verify(old.dir.path(), &old.public)
+        .unwrap()
+        .replicas
+        .is_empty());
 }
