@@ -109,6 +109,10 @@ impl Fixed {
             ),
             ("paths.data_dir", c.data_dir.display().to_string()),
             ("auth.keys_dir", c.keys_dir.display().to_string()),
+            (
+                "auth.keys_poll_interval",
+                format!("{:?}", c.auth.keys_poll_interval),
+            ),
             ("log", format!("{} {}", c.log.json, c.log.level)),
             (
                 "tracing.otlp_endpoint",

@@ -172,6 +172,12 @@ fn change(key: &str, dir: &Path) -> Option<(Vec<(&'static str, String)>, Expect)
         ),
         // Read by the credential-expiry metric at each reload.
         "auth.signing_key_max_age" => (one("auth.signing_key_max_age", "\"30d\""), AppliedUnseen),
+        // The new key ring's activation times (its one key signs at once either way).
+        "auth.key_activation_delay" => (one("auth.key_activation_delay", "\"10m\""), AppliedUnseen),
+        "auth.keys_poll_interval" => (
+            one("auth.keys_poll_interval", "\"2s\""),
+            Restart("auth.keys_poll_interval"),
+        ),
         "auth.assertion_ttl" => (
             one("auth.assertion_ttl", "\"30s\""),
             Applied(|gw| {
