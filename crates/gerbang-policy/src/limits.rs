@@ -94,17 +94,33 @@ pub enum LimitOutcome {
 pub struct Limits {
     rates: Vec<Option<(Arc<KeyedLimiter>, RateInfo)>>,
     quotas: Arc<dyn QuotaStore>,
+    /// This process's share: rates, bursts and quotas are divided by it (rounded up, at least
+    /// 1). 1 on one node; the expected number of replicas for cluster mode's local fallback.
+    share: u32,
+}
+
+/// `n` divided by `share`, rounded up, at least 1.
+fn divided(n: u32, share: u32) -> u32 {
+    n.div_ceil(share.max(1)).max(1)
 }
 
 impl Limits {
     pub fn new(set: &PolicySet, quotas: Arc<dyn QuotaStore>) -> Self {
+        Self::with_share(set, quotas, 1)
+    }
+
+    /// Limits of one of `share` replicas that limit on their own (cluster mode while the
+    /// shared store is away): the rate, the burst and the quota of every agreement divided by
+    /// `share`, rounded up, at least 1.
+    pub fn with_share(set: &PolicySet, quotas: Arc<dyn QuotaStore>, share: u32) -> Self {
+        let share = share.max(1);
         let rates = set
             .agreements()
             .iter()
             .map(|a| {
                 let spec = a.rate?;
-                let per = NonZeroU32::new(spec.limit)?;
-                let burst = NonZeroU32::new(spec.burst.max(1))?;
+                let per = NonZeroU32::new(divided(spec.limit, share))?;
+                let burst = NonZeroU32::new(divided(spec.burst.max(1), share))?;
                 let quota = match spec.per {
                     RatePeriod::Second => Quota::per_second(per),
                     RatePeriod::Minute => Quota::per_minute(per),
@@ -129,7 +145,16 @@ impl Limits {
                 ))
             })
             .collect();
-        Self { rates, quotas }
+        Self {
+            rates,
+            quotas,
+            share,
+        }
+    }
+
+    /// The divisor of this process's share (1 on one node).
+    pub fn share(&self) -> u32 {
+        self.share
     }
 
     /// Takes over the rate-limit state of `old` (built for `old_set`) for every agreement of
@@ -195,9 +220,10 @@ impl Limits {
         };
         if let Some(q) = a.quota {
             let (period, next) = period_of(q.per, now);
+            let limit = q.limit.div_ceil(u64::from(self.share)).max(1);
             if self
                 .quotas
-                .try_consume(&a.id, application, period, q.limit)
+                .try_consume(&a.id, application, period, limit)
                 .is_err()
             {
                 // The quota is what refuses, so the `RateLimit-*` headers describe it: its
@@ -207,7 +233,7 @@ impl Limits {
                     reason: Reason::QuotaExhausted,
                     retry_after_secs: until_next,
                     rate: Some(RateInfo {
-                        limit: u32::try_from(q.limit).unwrap_or(u32::MAX),
+                        limit: u32::try_from(limit).unwrap_or(u32::MAX),
                         remaining: 0,
                         reset_secs: until_next,
                     }),

@@ -1090,3 +1090,60 @@ fn shadowing_counts_only_a_lower_classification() {
     ]);
     assert!(s.shadows().is_empty(), "a literal of a lower class is safe");
 }
+
+/// Cluster mode's local fallback: each of N replicas limits on its own with the rate, the burst
+/// and the quota divided by N (rounded up, at least 1).
+#[test]
+fn a_share_divides_rate_burst_and_quota() {
+    let set = fixture();
+    let quotas: Arc<dyn crate::limits::QuotaStore> = Arc::new(MemoryQuotaStore::default());
+    let limits = Limits::with_share(&set, Arc::clone(&quotas), 3);
+    assert_eq!(limits.share(), 3);
+    let echo = set
+        .agreements()
+        .iter()
+        .position(|a| a.id == "echo-all")
+        .unwrap();
+    // A burst of 30 becomes 10.
+    for i in 0..10 {
+        match limits.check(&set, echo, "dinkes/simpus", NOW) {
+            LimitOutcome::Pass { rate: Some(r) } => {
+                assert_eq!(r.limit, 10);
+                assert_eq!(r.remaining, 9 - i);
+            }
+            other => panic!("request {i}: {other:?}"),
+        }
+    }
+    assert!(matches!(
+        limits.check(&set, echo, "dinkes/simpus", NOW),
+        LimitOutcome::Limited {
+            reason: Reason::RateLimited,
+            ..
+        }
+    ));
+    // A quota of 2 a day becomes 1 (rounded up), and the 429 names the divided limit.
+    let lab = set
+        .agreements()
+        .iter()
+        .position(|a| a.id == "pks-lab-faskes")
+        .unwrap();
+    assert_eq!(set.agreements()[lab].quota.unwrap().limit, 2);
+    assert!(matches!(
+        limits.check(&set, lab, "dinkes/lab", NOW),
+        LimitOutcome::Pass { .. }
+    ));
+    match limits.check(&set, lab, "dinkes/lab", NOW) {
+        LimitOutcome::Limited {
+            reason: Reason::QuotaExhausted,
+            rate: Some(r),
+            ..
+        } => assert_eq!(r.limit, 1),
+        other => panic!("{other:?}"),
+    }
+    // A share larger than the limit still lets one call through.
+    let many = Limits::with_share(&set, Arc::new(MemoryQuotaStore::default()), 1000);
+    assert!(matches!(
+        many.check(&set, lab, "dinkes/lab", NOW),
+        LimitOutcome::Pass { .. }
+    ));
+}

@@ -79,6 +79,10 @@ pub enum GatewayError {
         retry_after_secs: u64,
         rate: Option<gerbang_policy::limits::RateInfo>,
     },
+    /// Cluster mode with `on_redis_failure = "closed"`: the shared store of rate limits and
+    /// quotas cannot be reached, so a call under a limited agreement is not served.
+    #[error("the shared limit store is unavailable: {0}")]
+    LimitStoreUnavailable(String),
     #[error("the response could not be filtered: {0}")]
     ResponseFilterFailed(String),
     #[error("the audit record could not be written")]
@@ -263,6 +267,13 @@ impl GatewayError {
                 Client,
                 false,
             ),
+            GatewayError::LimitStoreUnavailable(_) => (
+                StatusCode::SERVICE_UNAVAILABLE,
+                "limit_store_unavailable",
+                "the gateway cannot reach the store that counts this agreement's rate limit and quota, so it does not serve the call; try again shortly",
+                Gateway,
+                false,
+            ),
             GatewayError::AuditUnavailable => (
                 StatusCode::SERVICE_UNAVAILABLE,
                 "audit_unavailable",
@@ -336,7 +347,9 @@ impl GatewayError {
                     set_rate_headers(res.headers_mut(), r);
                 }
             }
-            GatewayError::NoHealthyUpstream(_) | GatewayError::UpstreamOverloaded(_) => {
+            GatewayError::NoHealthyUpstream(_)
+            | GatewayError::UpstreamOverloaded(_)
+            | GatewayError::LimitStoreUnavailable(_) => {
                 res.headers_mut()
                     .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
             }
@@ -456,6 +469,18 @@ mod tests {
             let v: serde_json::Value = serde_json::from_slice(res.body()).unwrap();
             assert_eq!(v["error"]["code"], reason.as_str());
         }
+    }
+
+    #[test]
+    fn an_unreachable_limit_store_is_503_with_retry_after() {
+        let e = GatewayError::LimitStoreUnavailable("Redis did not answer within 250ms".into());
+        let res = e.to_response("r");
+        assert_eq!(res.status(), StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(res.headers()[header::RETRY_AFTER], "1");
+        let v: serde_json::Value = serde_json::from_slice(res.body()).unwrap();
+        assert_eq!(v["error"]["code"], "limit_store_unavailable");
+        assert!(!v["error"]["message"].as_str().unwrap().contains("250ms"));
+        assert_eq!(e.source_kind(), ErrorSource::Gateway);
     }
 
     #[test]

@@ -113,8 +113,12 @@ pub struct Gateway {
     tls_client: Arc<ClientConfig>,
     pool: PoolSettings,
     pub(crate) issuer_endpoints: IssuerEndpoints,
-    /// Quota counts outlive snapshots (a reload must not reset them).
+    /// Quota counts outlive snapshots (a reload must not reset them). In cluster mode these
+    /// are the local fallback's counts.
     quotas: Arc<dyn gerbang_policy::limits::QuotaStore>,
+    /// Cluster mode: the rate limits and quotas every replica shares (Redis); it outlives
+    /// snapshots. The snapshot's limiter is then its fallback at this replica's share.
+    shared_limits: Option<Arc<gerbang_cluster::limits::SharedLimits>>,
     pub(crate) audit: Option<Arc<crate::audit::AuditSink>>,
     pub(crate) metrics: Option<Arc<crate::metrics::Metrics>>,
     spans: Option<Arc<dyn crate::trace::SpanSink>>,
@@ -139,7 +143,7 @@ impl Gateway {
         };
         let snapshot = build_snapshot(
             (registry, auth, policy, settings),
-            &quotas,
+            (&quotas, 1),
             &tls_client,
             &pool,
         );
@@ -151,6 +155,7 @@ impl Gateway {
             pool,
             issuer_endpoints,
             quotas,
+            shared_limits: None,
             audit: None,
             metrics: None,
             spans: None,
@@ -173,7 +178,7 @@ impl Gateway {
         registry.adopt_health(&old.registry);
         let mut snapshot = build_snapshot(
             (registry, auth, policy, settings),
-            &self.quotas,
+            (&self.quotas, self.limit_share()),
             &self.tls_client,
             &self.pool,
         );
@@ -182,6 +187,57 @@ impl Gateway {
         let policy = Arc::clone(&snapshot.policy);
         snapshot.limits.adopt(&policy, &old.limits, &old.policy);
         self.snapshot.store(Arc::new(snapshot));
+    }
+
+    /// Counts quotas in `store` from now on instead of in memory (one node: a store that
+    /// survives restarts). Before the gateway serves.
+    pub fn with_quota_store(mut self, store: Arc<dyn gerbang_policy::limits::QuotaStore>) -> Self {
+        self.quotas = store;
+        self.rebuild_limits();
+        self
+    }
+
+    /// Cluster mode: agreement limits are decided by `store`, shared by every replica; the
+    /// snapshot's limiter becomes the fallback, at the rate, burst and quota divided by the
+    /// expected number of replicas, with its own quota counts. Before the gateway serves.
+    pub fn with_shared_limits(mut self, store: Arc<gerbang_cluster::limits::SharedLimits>) -> Self {
+        self.quotas = Arc::new(gerbang_policy::limits::MemoryQuotaStore::default());
+        self.shared_limits = Some(store);
+        self.rebuild_limits();
+        self
+    }
+
+    /// The shared limit store, in cluster mode.
+    pub fn shared_limits(&self) -> Option<&Arc<gerbang_cluster::limits::SharedLimits>> {
+        self.shared_limits.as_ref()
+    }
+
+    /// The local limiter's share: the expected replicas in cluster mode, else 1.
+    fn limit_share(&self) -> u32 {
+        self.shared_limits
+            .as_ref()
+            .map_or(1, |s| s.expected_replicas())
+    }
+
+    /// Builds the snapshot's limiter again after the quota store or share changed (while the
+    /// gateway is being set up): the same snapshot otherwise.
+    fn rebuild_limits(&mut self) {
+        let current = self.snapshot.load_full();
+        let limits = gerbang_policy::limits::Limits::with_share(
+            &current.policy,
+            Arc::clone(&self.quotas),
+            self.limit_share(),
+        );
+        self.snapshot.store(Arc::new(Snapshot {
+            registry: Arc::clone(&current.registry),
+            auth: Arc::clone(&current.auth),
+            clients: current.clients.clone(),
+            pools: current.pools.clone(),
+            identities: IdentityCache::default(),
+            policy: Arc::clone(&current.policy),
+            limits,
+            settings: current.settings.clone(),
+        }));
     }
 
     /// The reloadable settings in force.
@@ -301,7 +357,7 @@ impl Gateway {
         call.consumer = Some(Arc::clone(&principal));
         let service = route.service()?;
         // 5. authorise
-        let grant = authorise::decide(
+        let mut grant = authorise::decide(
             &snapshot,
             service,
             &principal,
@@ -310,6 +366,13 @@ impl Gateway {
             self.audit.as_deref(),
             call,
         )?;
+        grant.rate = authorise::limits(
+            self.shared_limits.as_deref(),
+            &snapshot,
+            &grant,
+            &principal.application,
+        )
+        .await?;
         let body_limit = service.limits.max_body_bytes;
         checks::body_limit(body_limit, content_length)?;
         // The circuit breaker: a slot while this call is in flight to the service (until its
@@ -457,7 +520,7 @@ type SnapshotParts = (
 
 fn build_snapshot(
     (registry, auth, policy, settings): SnapshotParts,
-    quotas: &Arc<dyn gerbang_policy::limits::QuotaStore>,
+    (quotas, share): (&Arc<dyn gerbang_policy::limits::QuotaStore>, u32),
     tls: &Arc<ClientConfig>,
     pool: &PoolSettings,
 ) -> Snapshot {
@@ -502,7 +565,7 @@ fn build_snapshot(
         pools,
         identities: IdentityCache::default(),
         settings,
-        limits: gerbang_policy::limits::Limits::new(&policy, Arc::clone(quotas)),
+        limits: gerbang_policy::limits::Limits::with_share(&policy, Arc::clone(quotas), share),
         policy: Arc::new(policy),
     }
 }

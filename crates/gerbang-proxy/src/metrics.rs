@@ -14,14 +14,19 @@ use std::sync::{Arc, Mutex};
 
 use prometheus::core::Collector;
 use prometheus::{
-    Encoder, Gauge, GaugeVec, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, IntGaugeVec,
-    Opts, Registry, TextEncoder,
+    Encoder, Gauge, GaugeVec, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec,
+    IntGauge, IntGaugeVec, Opts, Registry, TextEncoder,
 };
 
 /// Buckets from 250 µs to 30 s.
 const BUCKETS: [f64; 16] = [
     0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
     30.0,
+];
+
+/// Buckets of Redis round trips: 100 µs to 1 s.
+const LIMIT_STORE_BUCKETS: [f64; 12] = [
+    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0,
 ];
 
 type Hook = Box<dyn Fn(&Metrics) + Send + Sync>;
@@ -47,6 +52,14 @@ pub struct Metrics {
     pub policy_decisions: IntCounterVec,
     pub auth_failures: IntCounterVec,
     pub limited: IntCounterVec,
+    /// Cluster mode: round trips to the shared limit store (Redis).
+    pub limit_store_duration: Histogram,
+    /// Cluster mode: failed round trips to the shared limit store, by kind.
+    pub limit_store_errors: IntCounterVec,
+    /// Cluster mode: 1 while the shared limit store is skipped after a failure.
+    pub limit_store_fallback: IntGauge,
+    /// Cluster mode: calls decided by the local fallback limiter.
+    pub limit_store_fallback_decisions: IntCounter,
     pub in_flight: IntGauge,
     pub open_connections: IntGaugeVec,
     pub audit_records: IntCounterVec,
@@ -184,6 +197,33 @@ impl Metrics {
             "Calls refused by an agreement's rate limit or quota",
             &["reason", "agreement"],
         )?;
+        let limit_store_duration = Histogram::with_opts(
+            HistogramOpts::new(
+                "gerbang_limit_store_duration_seconds",
+                "Cluster mode: round trips to the shared rate-limit and quota store (Redis)",
+            )
+            .buckets(LIMIT_STORE_BUCKETS.to_vec()),
+        )?;
+        r.register(Box::new(limit_store_duration.clone()))?;
+        let limit_store_errors = counter(
+            &r,
+            "gerbang_limit_store_errors_total",
+            "Cluster mode: failed round trips to the shared limit store, by kind (timeout, connection, script, reply)",
+            &["kind"],
+        )?;
+        for kind in gerbang_cluster::limits::ERROR_KINDS {
+            limit_store_errors.with_label_values(&[kind]);
+        }
+        let limit_store_fallback = IntGauge::new(
+            "gerbang_limit_store_fallback",
+            "Cluster mode: 1 while the shared limit store is unavailable and limits are applied per replica (on_redis_failure = local) or refused (closed)",
+        )?;
+        r.register(Box::new(limit_store_fallback.clone()))?;
+        let limit_store_fallback_decisions = IntCounter::new(
+            "gerbang_limit_store_fallback_decisions_total",
+            "Cluster mode: calls whose rate limit and quota this replica decided alone because the shared limit store was unavailable",
+        )?;
+        r.register(Box::new(limit_store_fallback_decisions.clone()))?;
         let in_flight = IntGauge::new("gerbang_in_flight_requests", "Requests being handled")?;
         r.register(Box::new(in_flight.clone()))?;
         let open_connections = gauge_vec(
@@ -299,6 +339,10 @@ impl Metrics {
             policy_decisions,
             auth_failures,
             limited,
+            limit_store_duration,
+            limit_store_errors,
+            limit_store_fallback,
+            limit_store_fallback_decisions,
             in_flight,
             open_connections,
             audit_records,
@@ -390,11 +434,31 @@ impl Metrics {
         ];
         let mut names: Vec<String> = collectors
             .iter()
+            .chain(self.limit_store_collectors().iter())
             .flat_map(|c| c.desc().into_iter().map(|d| d.fq_name.clone()))
             .collect();
         names.sort();
         names.dedup();
         names
+    }
+
+    fn limit_store_collectors(&self) -> [&dyn Collector; 4] {
+        [
+            &self.limit_store_duration,
+            &self.limit_store_errors,
+            &self.limit_store_fallback,
+            &self.limit_store_fallback_decisions,
+        ]
+    }
+
+    /// The shared limit store's series, for `gerbang_cluster::limits::SharedLimits`.
+    pub fn limit_store(&self) -> gerbang_cluster::limits::StoreMetrics {
+        gerbang_cluster::limits::StoreMetrics {
+            duration: self.limit_store_duration.clone(),
+            errors: self.limit_store_errors.clone(),
+            fallback: self.limit_store_fallback.clone(),
+            fallback_decisions: self.limit_store_fallback_decisions.clone(),
+        }
     }
 
     /// The exposition text (after running the scrape hooks).
@@ -487,18 +551,22 @@ mod tests {
             "gerbang_policy_decisions_total{decision=\"allow\",reason=\"none\"} 0",
             "gerbang_policy_decisions_total{decision=\"deny\",reason=\"no_agreement\"} 0",
             "gerbang_policy_decisions_total{decision=\"deny\",reason=\"quota_exhausted\"} 0",
+            "gerbang_limit_store_errors_total{kind=\"timeout\"} 0",
+            "gerbang_limit_store_errors_total{kind=\"connection\"} 0",
+            "gerbang_limit_store_fallback 0",
+            "gerbang_limit_store_fallback_decisions_total 0",
         ] {
             assert!(
                 text.lines().any(|l| l == series),
                 "{series} missing:\n{text}"
             );
         }
-        // 2 + 2 + 9 + 2 + 23 + 17 series, each label value once.
+        // 2 + 2 + 9 + 2 + 23 + 17 + 4 series, each label value once.
         let zeros = text
             .lines()
             .filter(|l| !l.starts_with('#') && l.ends_with(" 0") && l.contains("_total{"))
             .count();
-        assert_eq!(zeros, 55, "{text}");
+        assert_eq!(zeros, 59, "{text}");
     }
 
     #[test]

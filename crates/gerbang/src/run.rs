@@ -18,6 +18,8 @@ use crate::config::{Config, ExternalKeySpec, ExternalSpec};
 /// Why the gateway could not start.
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
+    #[error("agreement limits: {0}")]
+    Limits(String),
     #[error("cannot listen on {addr} ({what}): {source}")]
     Bind {
         what: &'static str,
@@ -45,6 +47,8 @@ pub struct Running {
     pub reloader: Arc<crate::reload::Reloader>,
     shutdown: watch::Sender<bool>,
     task: JoinHandle<ShutdownOutcome>,
+    /// One node: the quota use kept in the data directory (written once more at shutdown).
+    quota_file: Option<Arc<gerbang_cluster::quota_file::FileQuotaStore>>,
 }
 
 impl Running {
@@ -54,6 +58,13 @@ impl Running {
         self.health.set_ready(false);
         let _ = self.shutdown.send(true);
         let outcome = self.task.await.unwrap_or(ShutdownOutcome::DeadlineExceeded);
+        // Every call has been counted: keep the quota use for the next start.
+        if let Some(store) = self.quota_file {
+            let now = gerbang_cluster::quota_file::unix_now();
+            if let Ok(Err(e)) = tokio::task::spawn_blocking(move || store.flush(now)).await {
+                tracing::warn!(error = %e, "quota use could not be saved");
+            }
+        }
         // Every request has finished: seal and close the audit log.
         if let Some(sink) = self.gateway.audit() {
             let sink = std::sync::Arc::clone(sink);
@@ -202,6 +213,14 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
             m.audit_queue.set(i64::try_from(queued).unwrap_or(i64::MAX));
         });
     }
+    let quota_file;
+    (gateway, quota_file) = limit_stores(
+        gateway,
+        config.cluster.redis.as_ref(),
+        &config.data_dir,
+        &metrics,
+        &rx,
+    )?;
     let mut data_settings = config.listener;
     if config.metrics_enabled {
         gateway = gateway.with_metrics(Arc::clone(&metrics));
@@ -305,7 +324,58 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
         reloader,
         shutdown: tx,
         task,
+        quota_file,
     })
+}
+
+/// Agreement limits: in cluster mode shared by every replica through Redis (the local limiter
+/// is the fallback, at this replica's share); on one node counted here, with the quota use
+/// kept in `<data_dir>/quota-use.json` (read now, written each second when it changed).
+fn limit_stores(
+    gateway: Gateway,
+    redis: Option<&crate::config::RedisSettings>,
+    data_dir: &std::path::Path,
+    metrics: &gerbang_proxy::metrics::Metrics,
+    rx: &watch::Receiver<bool>,
+) -> Result<
+    (
+        Gateway,
+        Option<Arc<gerbang_cluster::quota_file::FileQuotaStore>>,
+    ),
+    StartError,
+> {
+    use gerbang_cluster::limits::{FailureMode, SharedLimitSettings, SharedLimits};
+    if let Some(r) = redis {
+        let settings = SharedLimitSettings {
+            url: r.url.clone(),
+            on_failure: match r.on_failure {
+                crate::config::RedisFailureMode::Local => FailureMode::Local,
+                crate::config::RedisFailureMode::Closed => FailureMode::Closed,
+            },
+            expected_replicas: r.expected_replicas,
+            timeout: r.timeout,
+            connections: r.connections,
+        };
+        let store = SharedLimits::new(&settings, Some(metrics.limit_store()))
+            .map_err(|e| StartError::Limits(format!("{}: {e}", r.redacted())))?;
+        tracing::info!(redis = %r.redacted(), on_failure = ?settings.on_failure,
+            "agreement limits are shared through Redis");
+        return Ok((gateway.with_shared_limits(Arc::new(store)), None));
+    }
+    let store = gerbang_cluster::quota_file::FileQuotaStore::open(
+        data_dir,
+        gerbang_cluster::quota_file::unix_now(),
+    )
+    .map(Arc::new)
+    .map_err(|e| StartError::Limits(e.to_string()))?;
+    let gateway = gateway.with_quota_store(Arc::clone(&store) as _);
+    let mut stop = rx.clone();
+    tokio::spawn(
+        Arc::clone(&store).run(std::time::Duration::from_secs(1), async move {
+            let _ = stop.wait_for(|v| *v).await;
+        }),
+    );
+    Ok((gateway, Some(store)))
 }
 
 /// Builds the external issuers' key sources: static keys as they are; JWKS URLs fetched once

@@ -1,7 +1,9 @@
 //! Phase 5: the data-sharing agreement that covers the call (or 403 with its reason; 400 for a
-//! query the endpoint refuses), then the agreement's rate limit and quota (429).
+//! query the endpoint refuses; [`decide`], synchronous), then the agreement's rate limit and
+//! quota (429; [`limits`], which awaits Redis only in cluster mode).
 
 use gerbang_auth::Principal;
+use gerbang_cluster::limits::{FailureMode, LimitCall, SharedLimits};
 use gerbang_policy::limits::{LimitOutcome, RateInfo};
 use gerbang_policy::{Agreement, FieldRules, Outcome};
 use gerbang_registry::Service;
@@ -19,7 +21,8 @@ pub(crate) struct Grant<'a> {
     /// The agreement's index in the snapshot's policy.
     pub index: usize,
     pub agreement: &'a Agreement,
-    /// The agreement's rate-limit state after this call (for `RateLimit-*`).
+    /// The agreement's rate-limit state after this call (for `RateLimit-*`; set by
+    /// [`limits`]).
     pub rate: Option<RateInfo>,
     /// The purpose the policy checked, exactly as the provider will receive it.
     pub purpose: Option<HeaderValue>,
@@ -76,29 +79,70 @@ pub(crate) fn decide<'a, B>(
         .agreement(index)
         .ok_or_else(|| GatewayError::Internal("agreement index out of range".into()))?;
     call.agreement = Some(agreement.id.clone());
-    let rate = match snapshot
-        .limits
-        .check(&snapshot.policy, index, &principal.application, now)
-    {
-        LimitOutcome::Pass { rate } => rate,
+    Ok(Grant {
+        index,
+        agreement,
+        rate: None,
+        purpose: purpose_value,
+    })
+}
+
+/// The granting agreement's rate limit and quota for `application` (429 when one refuses):
+/// `RateLimit-*` state for the response. Agreements without either return at once. Without a
+/// shared store the snapshot's limiter decides synchronously; with one, Redis decides (one
+/// round trip), and while it cannot, the snapshot's limiter (at this replica's share) or a 503,
+/// as `[cluster] on_redis_failure` says.
+pub(crate) async fn limits(
+    shared: Option<&SharedLimits>,
+    snapshot: &Snapshot,
+    grant: &Grant<'_>,
+    application: &str,
+) -> Result<Option<RateInfo>, GatewayError> {
+    let a = grant.agreement;
+    if a.rate.is_none() && a.quota.is_none() {
+        return Ok(None);
+    }
+    let now = super::unix_now();
+    let outcome = match shared {
+        None => snapshot
+            .limits
+            .check(&snapshot.policy, grant.index, application, now),
+        Some(store) => {
+            let call = LimitCall {
+                agreement: &a.id,
+                application,
+                rate: a.rate,
+                quota: a.quota,
+                now,
+            };
+            match store.check(&call).await {
+                Ok(outcome) => outcome,
+                Err(e) => match store.on_failure() {
+                    FailureMode::Local => {
+                        store.count_fallback_decision();
+                        snapshot
+                            .limits
+                            .check(&snapshot.policy, grant.index, application, now)
+                    }
+                    FailureMode::Closed => {
+                        return Err(GatewayError::LimitStoreUnavailable(e.to_string()))
+                    }
+                },
+            }
+        }
+    };
+    match outcome {
+        LimitOutcome::Pass { rate } => Ok(rate),
         LimitOutcome::Limited {
             reason,
             retry_after_secs,
             rate,
-        } => {
-            return Err(GatewayError::Limited {
-                reason,
-                retry_after_secs,
-                rate,
-            })
-        }
-    };
-    Ok(Grant {
-        index,
-        agreement,
-        rate,
-        purpose: purpose_value,
-    })
+        } => Err(GatewayError::Limited {
+            reason,
+            retry_after_secs,
+            rate,
+        }),
+    }
 }
 
 /// The purpose of processing the client declared: one `X-Gerbang-Purpose` with one value.
