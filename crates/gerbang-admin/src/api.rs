@@ -49,6 +49,9 @@ pub const ROUTES: &[(&str, &[&str])] = &[
     ),
     ("/admin/agreements", &["GET"]),
     ("/admin/agreements/{agreement}", &["GET", "PUT", "DELETE"]),
+    ("/admin/revisions", &["GET"]),
+    ("/admin/revisions/{revision}", &["GET"]),
+    ("/admin/revisions/{revision}/restore", &["POST"]),
 ];
 
 /// The OpenAPI 3 document of the admin API.
@@ -293,6 +296,39 @@ impl<R: Reload> AdminApi<R> {
             ("/admin/agreements/{agreement}", _) => {
                 self.change_agreement(&method, p(0), &body, &caller).await
             }
+            ("/admin/revisions", _) => revisions_answer(self.reloader.revisions(200).await),
+            ("/admin/revisions/{revision}", _) => match revision_id(p(0)) {
+                Ok(id) => revisions_answer(self.reloader.revision(id).await),
+                Err(a) => a,
+            },
+            ("/admin/revisions/{revision}/restore", _) => match revision_id(p(0)) {
+                Ok(Some(id)) => {
+                    let answer = revisions_answer(self.reloader.restore(id, &caller.name).await);
+                    if answer.status == StatusCode::OK {
+                        tracing::info!(admin = %caller.name, revision = id, "configuration revision restored");
+                        let record = json!({
+                            "admin": caller.name,
+                            "action": format!("POST /admin/revisions/{id}/restore"),
+                            "client": caller.client.to_string(),
+                        });
+                        if let Some(sink) = self.gateway.audit() {
+                            let _ = sink
+                                .record_kind(
+                                    "admin",
+                                    serde_json::to_vec(&record).unwrap_or_default(),
+                                )
+                                .await;
+                        }
+                    }
+                    answer
+                }
+                Ok(None) => Answer::error(
+                    StatusCode::BAD_REQUEST,
+                    "invalid_revision",
+                    "restore names a revision by its number",
+                ),
+                Err(a) => a,
+            },
             _ => Answer::error(StatusCode::NOT_FOUND, "not_found", "no such admin resource"),
         };
         respond(answer)
@@ -551,7 +587,10 @@ impl<R: Reload> AdminApi<R> {
         for (path, text) in &overlay {
             store::persist(path, text.as_deref()).map_err(Answer::from)?;
         }
-        if let Err(problems) = self.reloader.reload_locked(current, "admin api").await {
+        // The trigger names the admin and the action (cluster mode: the revision's author
+        // and reason).
+        let trigger = format!("admin api ({}): {action}", caller.name);
+        if let Err(problems) = self.reloader.reload_locked(current, &trigger).await {
             // Validated a moment ago: only a concurrent hand edit can get here. Put the files
             // back so that disk and the running configuration agree.
             for (path, text) in &previous {
@@ -1021,6 +1060,35 @@ fn precondition(caller: &Caller, current: Option<&Value>) -> Result<(), Answer> 
             "precondition_failed",
             "the resource changed since you read it (If-Match does not match its ETag); read it again",
         ))
+    }
+}
+
+/// `current` or a revision number.
+fn revision_id(text: &str) -> Result<Option<u64>, Answer> {
+    if text == "current" {
+        return Ok(None);
+    }
+    text.parse::<u64>().map(Some).map_err(|_| {
+        Answer::error(
+            StatusCode::BAD_REQUEST,
+            "invalid_revision",
+            "a revision is `current` or its number",
+        )
+    })
+}
+
+fn revisions_answer(r: Result<Value, crate::RevisionsError>) -> Answer {
+    use crate::RevisionsError as E;
+    match r {
+        Ok(v) => Answer::ok(v),
+        Err(E::NotFound(m)) => Answer::error(StatusCode::NOT_FOUND, "revision_not_found", &m),
+        Err(E::NotClustered(m)) => Answer::error(StatusCode::CONFLICT, "not_in_cluster_mode", &m),
+        Err(E::Unavailable(m)) => Answer::error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "config_store_unavailable",
+            &m,
+        ),
+        Err(E::Invalid(problems)) => Answer::problems(&problems),
     }
 }
 

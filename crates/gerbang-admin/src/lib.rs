@@ -59,4 +59,38 @@ pub trait Reload: Send + Sync + 'static {
     ) -> impl Future<Output = Result<Applied, Vec<Problem>>> + Send;
     /// Counts and logs a refused change (the running configuration stays).
     fn refused(&self, trigger: &str, problems: &[Problem]);
+    /// Configuration revisions, newest first (cluster mode; without it: an empty history).
+    fn revisions(
+        &self,
+        limit: usize,
+    ) -> impl Future<Output = Result<serde_json::Value, RevisionsError>> + Send;
+    /// One revision with its files and its diff against its parent; `None`: the one in force
+    /// (without cluster mode: the files in force, for `gerbang admin export`).
+    fn revision(
+        &self,
+        id: Option<u64>,
+    ) -> impl Future<Output = Result<serde_json::Value, RevisionsError>> + Send;
+    /// Publishes revision `id`'s files again as the newest revision and applies it.
+    fn restore(
+        &self,
+        id: u64,
+        author: &str,
+    ) -> impl Future<Output = Result<serde_json::Value, RevisionsError>> + Send;
+}
+
+/// Why a revision request failed.
+#[derive(Debug, thiserror::Error)]
+pub enum RevisionsError {
+    /// No such revision (or no longer kept).
+    #[error("{0}")]
+    NotFound(String),
+    /// Restore needs cluster mode.
+    #[error("{0}")]
+    NotClustered(String),
+    /// Redis cannot be reached.
+    #[error("{0}")]
+    Unavailable(String),
+    /// The revision does not validate here.
+    #[error("the revision does not validate")]
+    Invalid(Vec<Problem>),
 }

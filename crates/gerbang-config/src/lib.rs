@@ -600,6 +600,10 @@ pub fn read_text(path: &Path, overlay: &Overlay) -> std::io::Result<String> {
 pub struct Overrides {
     pub listen: Option<String>,
     pub admin_listen: Option<String>,
+    /// Where the registry and agreement files are read instead of `paths.*_dir` (cluster
+    /// mode: the replica's working copy of the configuration revision in force).
+    pub registry_dir: Option<String>,
+    pub agreements_dir: Option<String>,
 }
 
 struct Problems {
@@ -650,6 +654,8 @@ pub fn load_with(
     };
     set("server.listen", &overrides.listen);
     set("admin.listen", &overrides.admin_listen);
+    set("paths.registry_dir", &overrides.registry_dir);
+    set("paths.agreements_dir", &overrides.agreements_dir);
     let base = file.parent().unwrap_or(Path::new("."));
     let resolve = |p: &Path| {
         if p.is_absolute() {
@@ -2471,6 +2477,7 @@ endpoints = ["GET /penduduk/{nik}"]
         let o = Overrides {
             listen: Some("127.0.0.1:18080".into()),
             admin_listen: Some("127.0.0.1:19080".into()),
+            ..Default::default()
         };
         let c = load(&dir.path().join("gerbang.toml"), &o).unwrap();
         assert_eq!(c.listen.port(), 18080);

@@ -71,6 +71,10 @@ pub struct Metrics {
     pub config_last_reload_successful: IntGauge,
     pub config_last_reload_success_time: Gauge,
     pub config_info: IntGaugeVec,
+    /// Cluster mode: the configuration revision in force (0: none yet).
+    pub config_revision: IntGauge,
+    /// Cluster mode: failed attempts to reach the configuration revisions in Redis.
+    pub config_revision_errors: prometheus::IntCounter,
     pub credential_expiry: GaugeVec,
     pub upstream_instance_healthy: IntGaugeVec,
     build: IntGaugeVec,
@@ -283,6 +287,16 @@ impl Metrics {
             "The configuration in force (SHA-256 prefix of its files)",
             &["hash"],
         )?;
+        let config_revision = IntGauge::new(
+            "gerbang_config_revision",
+            "Cluster mode: the configuration revision in force (0 = none, or one node)",
+        )?;
+        r.register(Box::new(config_revision.clone()))?;
+        let config_revision_errors = prometheus::IntCounter::new(
+            "gerbang_config_revision_errors_total",
+            "Cluster mode: failed attempts to read or publish configuration revisions in Redis",
+        )?;
+        r.register(Box::new(config_revision_errors.clone()))?;
         let credential_expiry = GaugeVec::new(
             Opts::new(
                 "gerbang_credential_expiry_timestamp_seconds",
@@ -354,6 +368,8 @@ impl Metrics {
             config_last_reload_successful,
             config_last_reload_success_time,
             config_info,
+            config_revision,
+            config_revision_errors,
             credential_expiry,
             upstream_instance_healthy,
             build,

@@ -80,6 +80,19 @@ pub enum AdminCommand {
     },
     /// Delete a resource (If-Match as for put).
     Delete { kind: Kind, id: String },
+    /// Configuration revisions, newest first (cluster mode).
+    Revisions,
+    /// One revision with its files and diff (`current`: the one in force).
+    Revision { id: String },
+    /// Publish an earlier revision again as the newest; every replica applies it.
+    Restore { id: u64 },
+    /// Write the configuration in force (the newest revision in cluster mode) as files into
+    /// DIR (`registry/*.toml`, `agreements/*.toml`), for Git. Files of DIR's `registry/` and
+    /// `agreements/` that the revision does not hold are removed.
+    Export {
+        #[arg(long)]
+        dir: PathBuf,
+    },
     /// Make a new client secret for an application (printed once).
     RotateSecret {
         /// `agency/app`.
@@ -198,6 +211,44 @@ async fn run_async(args: AdminArgs) -> ExitCode {
             let tag = current_etag(&call, path_of(kind, &id)).await;
             call(reqwest::Method::DELETE, path_of(kind, &id), None, tag).await
         }
+        AdminCommand::Revisions => {
+            call(reqwest::Method::GET, "/admin/revisions".into(), None, None).await
+        }
+        AdminCommand::Revision { id } => {
+            call(
+                reqwest::Method::GET,
+                format!("/admin/revisions/{id}"),
+                None,
+                None,
+            )
+            .await
+        }
+        AdminCommand::Restore { id } => {
+            call(
+                reqwest::Method::POST,
+                format!("/admin/revisions/{id}/restore"),
+                None,
+                None,
+            )
+            .await
+        }
+        AdminCommand::Export { dir } => {
+            let res = match call(
+                reqwest::Method::GET,
+                "/admin/revisions/current".into(),
+                None,
+                None,
+            )
+            .await
+            {
+                Ok(r) => r,
+                Err(e) => {
+                    eprintln!("cannot reach the admin API at {base}: {e}");
+                    return ExitCode::from(2);
+                }
+            };
+            return export(res, &dir).await;
+        }
         AdminCommand::RotateSecret {
             application,
             keep_previous,
@@ -249,4 +300,43 @@ where
         .get(reqwest::header::ETAG)
         .and_then(|v| v.to_str().ok())
         .map(str::to_owned)
+}
+
+/// Writes the files of a `GET /admin/revisions/current` answer into `dir`.
+async fn export(res: reqwest::Response, dir: &std::path::Path) -> ExitCode {
+    let status = res.status();
+    let text = res.text().await.unwrap_or_default();
+    if !status.is_success() {
+        eprintln!("{status}\n{text}");
+        return ExitCode::from(1);
+    }
+    let v: Value = match serde_json::from_str(&text) {
+        Ok(v) => v,
+        Err(e) => {
+            eprintln!("the admin API's answer is not JSON: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    let mut files = gerbang_cluster::revisions::Files::new();
+    for (name, text) in v["files"].as_object().into_iter().flatten() {
+        let Some(text) = text.as_str() else { continue };
+        files.insert(name.clone(), text.to_owned());
+    }
+    let (registry, agreements) = (dir.join("registry"), dir.join("agreements"));
+    if let Err(e) = gerbang_cluster::revisions::write_files(&registry, &agreements, &files) {
+        eprintln!("cannot write into {}: {e}", dir.display());
+        return ExitCode::from(1);
+    }
+    let revision = v["id"]
+        .as_u64()
+        .map_or("the files in force".to_owned(), |id| {
+            format!("revision {id}")
+        });
+    println!(
+        "wrote {} files of {revision} (hash {}) into {}",
+        files.len(),
+        v["hash"].as_str().unwrap_or("?"),
+        dir.display()
+    );
+    ExitCode::SUCCESS
 }

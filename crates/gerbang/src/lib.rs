@@ -4,6 +4,7 @@
 
 mod admin;
 pub mod admin_cli;
+pub mod cluster;
 pub mod demo;
 pub mod keys_watch;
 #[cfg(feature = "otlp")]

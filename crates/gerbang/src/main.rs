@@ -218,6 +218,7 @@ fn main() -> ExitCode {
             Overrides {
                 listen,
                 admin_listen,
+                ..Default::default()
             },
         ) {
             Some(cfg) => serve(cfg, false),
@@ -243,6 +244,7 @@ fn main() -> ExitCode {
             let overrides = Overrides {
                 listen: Some(listen),
                 admin_listen: Some(admin_listen),
+                ..Default::default()
             };
             match load(&file, overrides) {
                 Some(cfg) => serve(cfg, true),

@@ -167,6 +167,9 @@ pub struct Reloader {
     agreements_dir: PathBuf,
     /// Admin API tokens in force (a reload revokes removed ones at once).
     admin_tokens: std::sync::RwLock<Arc<Vec<crate::config::AdminToken>>>,
+    /// Cluster mode: configuration revisions (a change made here is published before it is
+    /// swapped in).
+    cluster: std::sync::OnceLock<Arc<crate::cluster::ClusterSync>>,
 }
 
 /// What a [`Reloader`] needs from the configuration it starts with (taken before the
@@ -226,11 +229,22 @@ impl Seed {
             registry_dir: self.registry_dir,
             agreements_dir: self.agreements_dir,
             admin_tokens: std::sync::RwLock::new(Arc::new(self.admin_tokens)),
+            cluster: std::sync::OnceLock::new(),
         }
     }
 }
 
 impl Reloader {
+    /// Cluster mode: publish changes made here as revisions before applying them.
+    pub fn set_cluster(&self, cluster: Arc<crate::cluster::ClusterSync>) {
+        let _ = self.cluster.set(cluster);
+    }
+
+    /// Cluster mode's revisions, when on.
+    pub fn cluster(&self) -> Option<&Arc<crate::cluster::ClusterSync>> {
+        self.cluster.get()
+    }
+
     /// The main configuration file.
     pub fn file(&self) -> &std::path::Path {
         &self.file
@@ -306,6 +320,20 @@ impl Reloader {
         skip_unchanged: bool,
     ) -> Result<Applied, Vec<Problem>> {
         let started = std::time::Instant::now();
+        // Cluster mode: a revision from Redis is applied as it is; an admin API change is in
+        // the working copy already; any other reload (SIGHUP, POST /admin/reload, the file
+        // watcher) first takes bootstrap files that were edited since.
+        let cluster = self.cluster.get().cloned();
+        let from_revision = trigger.starts_with("revision ");
+        if let Some(c) = cluster.as_ref().filter(|_| !from_revision) {
+            if !trigger.starts_with("admin api (") {
+                if let Err(p) = c.take_bootstrap_if_changed() {
+                    let problems = vec![p];
+                    self.refused(trigger, &problems);
+                    return Err(problems);
+                }
+            }
+        }
         let config = match self.validate().await {
             Ok(c) => c,
             Err(problems) => {
@@ -313,6 +341,15 @@ impl Reloader {
                 return Err(problems);
             }
         };
+        // Published before it is swapped in: a change Redis does not take is not applied, so
+        // replicas never drift apart.
+        if let Some(c) = cluster.as_ref().filter(|_| !from_revision) {
+            if let Err(p) = c.publish_working_copy(trigger).await {
+                let problems = vec![p];
+                self.refused(trigger, &problems);
+                return Err(problems);
+            }
+        }
         if skip_unchanged && config.fingerprint == *current {
             tracing::debug!(trigger, hash = %current, "configuration unchanged; nothing to apply");
             return Ok(Applied {
@@ -367,7 +404,12 @@ impl Reloader {
         self.metrics.set_expiries(&expiries);
         self.gateway
             .replace_registry(registry, Arc::new(auth), policy, settings);
-        self.metrics.config_loaded(Ok(&hash), true);
+        // In cluster mode the hash shown is the revision's content hash, the same on every
+        // replica that applied it (the main file differs per replica).
+        let shown = cluster
+            .as_ref()
+            .map_or_else(|| hash.clone(), |c| c.applied().1);
+        self.metrics.config_loaded(Ok(&shown), true);
         current.clone_from(&hash);
         if let Ok(mut t) = self.admin_tokens.write() {
             *t = Arc::new(tokens);

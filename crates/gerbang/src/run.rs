@@ -34,6 +34,8 @@ pub enum StartError {
     Metrics(String),
     #[error("tracing: {0}")]
     Tracing(String),
+    #[error("cluster configuration: {0}")]
+    Cluster(String),
 }
 
 /// A gateway running in this process.
@@ -94,6 +96,17 @@ async fn bind(what: &'static str, addr: SocketAddr) -> Result<TcpListener, Start
 
 /// Binds the listeners of `config` and starts serving.
 pub async fn start(config: Config) -> Result<Running, StartError> {
+    // Cluster mode: the registry and agreements in force are the replica's working copy of the
+    // newest configuration revision (see cluster.rs).
+    let (config, cluster) = crate::cluster::prepare(config).await.map_err(|problems| {
+        StartError::Cluster(
+            problems
+                .iter()
+                .map(ToString::to_string)
+                .collect::<Vec<_>>()
+                .join("; "),
+        )
+    })?;
     let reload_seed = crate::reload::Seed::of(&config);
     let watch_files = config.watch_files;
     let (keys_dir, keys_poll_interval) = (config.keys_dir.clone(), config.auth.keys_poll_interval);
@@ -268,6 +281,11 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
         externals,
         listener_issuer,
     ));
+    if let Some(c) = &cluster {
+        c.set_metrics(Arc::clone(&metrics));
+        reloader.set_cluster(Arc::clone(c));
+        tokio::spawn(Arc::clone(c).run(Arc::clone(&reloader), stop(rx.clone())));
+    }
     // Installed before the gateway reports ready: an early SIGHUP must reload, not end the
     // process (its default action).
     tokio::spawn(crate::reload::on_sighup(
