@@ -182,3 +182,44 @@ async fn quota_refusal_carries_ratelimit_headers() {
     // Both count down to the same instant (the start of the next day in Jakarta).
     assert!(retry.abs_diff(reset) <= 1, "retry {retry}, reset {reset}");
 }
+
+/// One node: quota use is kept in the data directory, so a restart does not hand out a fresh
+/// daily quota.
+#[tokio::test]
+async fn quota_use_survives_a_restart() {
+    let echo = backend(Kind::Echo, "echo").await;
+    let registry = agency("a", "s", &[echo.url()], "");
+    let agreement = "[[agreement]]\nid = \"pks-quota\"\ntitle = \"t\"\nlegal_basis = \"x\"\n\
+        service = \"a/s\"\nconsumers = [\"test/client\"]\nmax_classification = \"sangat-rahasia\"\n\
+        quota = { limit = 3, per = \"day\" }\n";
+    let mut gw = TestGateway::start_with_agreements(&[&registry], Some(agreement), "", "").await;
+    for _ in 0..2 {
+        assert_eq!(raw_request(gw.addr, &get("/a/s/x", "")).await.status, 200);
+    }
+    // Written within about a second while running.
+    let file = gw.dir.path().join("data/quota-use.json");
+    assert!(
+        eventually(std::time::Duration::from_secs(5), || {
+            std::fs::read_to_string(&file).is_ok_and(|t| t.contains("\"used\": 2"))
+        })
+        .await,
+        "{} not written",
+        file.display()
+    );
+    // A third call, then a graceful shutdown: written once more after the drain.
+    assert_eq!(raw_request(gw.addr, &get("/a/s/x", "")).await.status, 200);
+    gw.shutdown().await;
+    let text = std::fs::read_to_string(&file).unwrap();
+    assert!(text.contains("\"used\": 3"), "{text}");
+
+    let cfg = gerbang::load(
+        &gw.dir.path().join("gerbang.toml"),
+        &gerbang::Overrides::default(),
+    )
+    .unwrap();
+    let again = gerbang::start(cfg).await.unwrap();
+    let r = raw_request(again.data_addr, &get("/a/s/x", "")).await;
+    assert_eq!(r.status, 429, "a restart handed out a fresh quota");
+    assert_eq!(r.error_code(), "quota_exhausted");
+    again.shutdown().await;
+}
