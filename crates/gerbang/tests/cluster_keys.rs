@@ -75,7 +75,7 @@ fn published(addr: SocketAddr) -> Vec<String> {
 /// address; a short activation delay and poll interval.
 fn options(extra_registry: Vec<(String, String)>, agreements: String) -> ClusterOptions {
     ClusterOptions {
-        auth_extra: "key_activation_delay = \"4s\"\nkeys_poll_interval = \"300ms\"\n\
+        auth_extra: "key_activation_delay = \"5s\"\nkeys_poll_interval = \"300ms\"\n\
                      token_endpoint_concurrency = 16\ntoken_endpoint_concurrency_per_source = 16\n"
             .into(),
         registry: extra_registry,
@@ -101,9 +101,9 @@ fn rotate(keys_dir: &std::path::Path) -> String {
         .into_owned()
 }
 
-/// When a kid made by `create_signing_key` starts signing under a 4 s delay.
+/// When a kid made by `create_signing_key` starts signing under the 5 s delay of [`options`].
 fn activation_of(kid: &str) -> SystemTime {
-    gerbang::config::key_creation_time(kid, None).unwrap() + Duration::from_secs(4)
+    gerbang::config::key_creation_time(kid, None).unwrap() + Duration::from_secs(5)
 }
 
 #[test]
@@ -280,6 +280,51 @@ fn tokens_cross_replicas_and_audit_is_queried_and_verified_across_them() {
         );
         assert_eq!(status, 200, "{body}");
     }
+
+    // Scaling out is starting one more process: a fourth replica on an empty data directory
+    // with the shared keys makes its own chain and seal key and serves as one with the others.
+    let root = cluster
+        .data_dir(0)
+        .parent()
+        .unwrap()
+        .parent()
+        .unwrap()
+        .to_path_buf();
+    let extra_dir = root.join("replica-3");
+    std::fs::create_dir_all(extra_dir.join("data")).unwrap();
+    let main = std::fs::read_to_string(root.join("replica-2/gerbang.toml"))
+        .unwrap()
+        .replace("replica-2", "replica-3")
+        .replace("replica_id = \"r2\"", "replica_id = \"r3\"");
+    std::fs::write(extra_dir.join("gerbang.toml"), main).unwrap();
+    let mut extra = common::Replica::start(extra_dir.join("gerbang.toml"), Vec::new());
+    let token = try_token(extra.data_addr).unwrap();
+    for to in &addrs {
+        let (status, _, body) = get(*to, &format!("{ECHO}/from-3"), &token);
+        assert_eq!(status, 200, "token of the new replica at {to}: {body}");
+    }
+    let token = try_token(addrs[0]).unwrap();
+    let (status, _, body) = get(extra.data_addr, &format!("{ECHO}/to-3"), &token);
+    assert_eq!(status, 200, "{body}");
+    assert!(extra.stop(), "graceful stop:\n{}", extra.log_text());
+    assert!(extra_dir.join("data/keys/audit-seal.pk8").is_file());
+    let out = bin()
+        .args(["audit", "verify", "--data-dir"])
+        .arg(extra_dir.join("data"))
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    assert_eq!(
+        gerbang_audit::replica_of(&extra_dir.join("data/audit"))
+            .unwrap()
+            .as_deref(),
+        Some("r3")
+    );
+
     for r in &mut cluster.replicas {
         assert!(r.stop(), "graceful stop:\n{}", r.log_text());
     }
@@ -335,8 +380,8 @@ fn tokens_cross_replicas_and_audit_is_queried_and_verified_across_them() {
     assert_eq!(code, Some(0));
     assert_eq!(
         out.lines().count(),
-        12,
-        "9 echo calls and 3 subject calls: {out}"
+        15,
+        "9 echo calls, 3 subject calls and the new replica's token at the 3: {out}"
     );
     let file = std::fs::read_dir(data_dirs[1].join("audit"))
         .unwrap()
