@@ -259,7 +259,9 @@ impl SharedLimits {
         if call.rate.is_none() && call.quota.is_none() {
             return Ok(LimitOutcome::Pass { rate: None });
         }
-        let probe = if self.down.load(Ordering::Acquire) {
+        // While down, one call at a time probes Redis; the guard ends the probe however the
+        // call ends (a caller that goes away mid-call must not block every later probe).
+        let _probe = if self.down.load(Ordering::Acquire) {
             if self.elapsed_ms() < self.down_until_ms.load(Ordering::Acquire)
                 || self
                     .probing
@@ -268,17 +270,14 @@ impl SharedLimits {
             {
                 return Err(StoreError::Down);
             }
-            true
+            Some(ProbeGuard(&self.probing))
         } else {
-            false
+            None
         };
         let result = self.round_trip(call).await;
         match &result {
             Ok(_) => self.mark_up(),
             Err(e) => self.mark_down(e),
-        }
-        if probe {
-            self.probing.store(false, Ordering::Release);
         }
         result
     }
@@ -366,6 +365,15 @@ impl SharedLimits {
             }
             tracing::info!("shared limit store answers again; limits are shared again");
         }
+    }
+}
+
+/// Ends a probe when dropped.
+struct ProbeGuard<'a>(&'a AtomicBool);
+
+impl Drop for ProbeGuard<'_> {
+    fn drop(&mut self) {
+        self.0.store(false, Ordering::Release);
     }
 }
 

@@ -293,6 +293,33 @@ async fn a_failed_redis_is_skipped_then_probed_and_shared_again() {
     }
 }
 
+/// A probe whose caller goes away mid-call (a client that disconnects) does not keep every
+/// later call from probing.
+#[tokio::test]
+async fn an_abandoned_probe_does_not_block_later_probes() {
+    // A listener that accepts and never answers: every round trip times out.
+    let silent = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("redis://{}/0", silent.local_addr().unwrap());
+    let s = SharedLimits::new(&settings(&url, 200), None).unwrap();
+    let c = call("a/x", rate(10, 10), None);
+    assert!(matches!(
+        s.check(&c).await,
+        Err(StoreError::Timeout(_) | StoreError::Connection(_))
+    ));
+    assert!(s.is_down());
+    tokio::time::sleep(DOWN_FOR + Duration::from_millis(50)).await;
+    // The probe starts, and its caller gives up after 20 ms.
+    assert!(tokio::time::timeout(Duration::from_millis(20), s.check(&c))
+        .await
+        .is_err());
+    // The next call may probe at once (not `Down`): it waits for Redis and fails by timeout.
+    let started = Instant::now();
+    let e = s.check(&c).await.unwrap_err();
+    assert!(!matches!(e, StoreError::Down), "probing stayed blocked");
+    assert!(started.elapsed() >= Duration::from_millis(150));
+    drop(silent);
+}
+
 #[test]
 fn spec_hash_tells_rates_apart() {
     let a = RateSpec {
