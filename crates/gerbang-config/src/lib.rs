@@ -930,7 +930,23 @@ pub fn load_with(
         &mut fp,
         &mut problems,
     );
-    let warnings = stages.warnings;
+    let mut warnings = stages.warnings;
+    // One identity across replicas: in cluster mode the signing keys (and the audit subject
+    // key) must be one directory every replica mounts; one inside this replica's data directory
+    // is shared only if that directory is (then so would be the audit chain).
+    if cluster.as_ref().is_some_and(|c| c.redis.is_some()) && keys_dir.starts_with(&data_dir) {
+        warnings.push(
+            file,
+            "auth.keys_dir",
+            format!(
+                "cluster mode with the signing keys in this replica's data directory ({}): unless \
+                 every replica reads this very directory, each signs with and publishes its own \
+                 keys and the others refuse its tokens; mount one shared keys directory (a \
+                 Secret, made with `gerbang rotate-key --keys-dir DIR`) as auth.keys_dir",
+                keys_dir.display()
+            ),
+        );
+    }
     // An application that authenticates by client certificate needs a listener that asks for
     // one.
     let asks_for_certificates = raw
@@ -2230,6 +2246,41 @@ cert_fingerprints = ["sha256:zz"]
             err.to_string().contains("auth.keys_dir:") && err.to_string().contains("k2026d.pem"),
             "{err}"
         );
+    }
+
+    #[test]
+    fn cluster_mode_with_keys_inside_the_data_directory_is_warned_about() {
+        let dir = tempfile::tempdir().unwrap();
+        let cluster = "[auth]\nissuer = \"https://gw.example\"\n\n[cluster]\n\
+                       redis_url = \"redis://127.0.0.1:6379/0\"\n";
+        write(dir.path(), "gerbang.toml", cluster);
+        write(dir.path(), "registry/dukcapil.toml", AGENCY);
+        let main = dir.path().join("gerbang.toml");
+        let warned = |c: &Config| {
+            c.warnings
+                .iter()
+                .any(|w| w.key == "auth.keys_dir" && w.message.contains("rotate-key --keys-dir"))
+        };
+        assert!(warned(&load(&main, &Overrides::default()).unwrap()));
+        // A shared directory elsewhere: no warning.
+        let shared = dir.path().join("shared");
+        std::fs::create_dir_all(&shared).unwrap();
+        for e in std::fs::read_dir(dir.path().join("data/keys")).unwrap() {
+            let p = e.unwrap().path();
+            std::fs::copy(&p, shared.join(p.file_name().unwrap())).unwrap();
+        }
+        write(
+            dir.path(),
+            "gerbang.toml",
+            &cluster.replace(
+                "[cluster]",
+                &format!("keys_dir = {:?}\n\n[cluster]", shared.display().to_string()),
+            ),
+        );
+        assert!(!warned(&load(&main, &Overrides::default()).unwrap()));
+        // One node: nothing to share.
+        write(dir.path(), "gerbang.toml", "");
+        assert!(!warned(&load(&main, &Overrides::default()).unwrap()));
     }
 
     #[test]
