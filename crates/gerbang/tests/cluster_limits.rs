@@ -11,6 +11,15 @@ use std::time::{Duration, Instant};
 
 use common::*;
 
+/// These tests measure rates: one at a time, so that they do not take each other's CPU.
+static SERIAL: Mutex<()> = Mutex::new(());
+
+fn serial() -> std::sync::MutexGuard<'static, ()> {
+    SERIAL
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
 fn agreement(limits: &str) -> String {
     format!(
         "[[agreement]]\nid = \"uji-echo\"\ntitle = \"Echo\"\nlegal_basis = \"test\"\n\
@@ -98,6 +107,7 @@ fn addrs(c: &Cluster) -> Vec<SocketAddr> {
 #[test]
 #[ignore = "needs redis-server"]
 fn a_rate_limit_is_shared_by_every_replica() {
+    let _serial = serial();
     let redis = RedisServer::start();
     let c = cluster(
         &redis,
@@ -147,6 +157,7 @@ fn a_rate_limit_is_shared_by_every_replica() {
 #[test]
 #[ignore = "needs redis-server"]
 fn a_quota_is_exact_across_replicas_and_a_restart() {
+    let _serial = serial();
     let redis = RedisServer::start();
     let mut c = cluster(&redis, "quota = { limit = 100, per = \"day\" }", "");
     let start = Instant::now();
@@ -176,6 +187,7 @@ fn a_quota_is_exact_across_replicas_and_a_restart() {
 #[test]
 #[ignore = "needs redis-server"]
 fn without_redis_replicas_limit_locally_and_share_again_when_it_is_back() {
+    let _serial = serial();
     let mut redis = RedisServer::start();
     // Two expected replicas while three run: the fallback's shares add up to more than one
     // gateway grants, which tells local limiting from shared limiting below.
@@ -283,6 +295,7 @@ fn without_redis_replicas_limit_locally_and_share_again_when_it_is_back() {
 #[test]
 #[ignore = "needs redis-server"]
 fn without_redis_closed_mode_refuses_with_503_until_it_is_back() {
+    let _serial = serial();
     let mut redis = RedisServer::start();
     let c = cluster(
         &redis,
