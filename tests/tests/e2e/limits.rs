@@ -223,3 +223,82 @@ async fn quota_use_survives_a_restart() {
     assert_eq!(r.error_code(), "quota_exhausted");
     again.shutdown().await;
 }
+
+/// Cluster mode while Redis cannot be reached (nothing listens at `redis_url`; no redis-server
+/// needed): `local` limits this replica alone at its share (burst 4 / 2 expected replicas = 2),
+/// counted; `closed` refuses with 503 `limit_store_unavailable`. Neither waits long.
+#[tokio::test]
+async fn without_redis_limits_are_local_or_refused() {
+    let echo = backend(Kind::Echo, "echo").await;
+    let registry = agency("a", "s", &[echo.url()], "");
+    let agreement = "[[agreement]]\nid = \"pks-rate\"\ntitle = \"t\"\nlegal_basis = \"x\"\n\
+        service = \"a/s\"\nconsumers = [\"test/client\"]\nmax_classification = \"sangat-rahasia\"\n\
+        rate_limit = { limit = 1, per = \"minute\", burst = 4 }\n";
+    let dead = refused_addr().await;
+    for mode in ["local", "closed"] {
+        let extra = format!(
+            "[auth]\nissuer = \"http://gw.test\"\n\n[cluster]\nreplica_id = \"r0\"\n\
+             redis_url = \"redis://{dead}/0\"\non_redis_failure = \"{mode}\"\n\
+             expected_replicas = 2\nredis_timeout = \"100ms\"\n"
+        );
+        let gw =
+            TestGateway::start_with_agreements(&[&registry], Some(agreement), "", &extra).await;
+        let started = std::time::Instant::now();
+        let statuses: Vec<RawResponse> = {
+            let mut v = Vec::new();
+            for _ in 0..4 {
+                v.push(raw_request(gw.addr, &get("/a/s/x", "")).await);
+            }
+            v
+        };
+        assert!(
+            started.elapsed() < std::time::Duration::from_secs(2),
+            "{mode}: {:?}",
+            started.elapsed()
+        );
+        let metrics =
+            String::from_utf8(raw_request_as_is(gw.admin, &get("/metrics", "")).await.body)
+                .unwrap();
+        assert!(
+            metrics
+                .lines()
+                .any(|l| l == "gerbang_limit_store_fallback 1"),
+            "{mode}"
+        );
+        let codes: Vec<(u16, String)> = statuses
+            .iter()
+            .map(|r| {
+                (
+                    r.status,
+                    if r.status == 200 {
+                        String::new()
+                    } else {
+                        r.error_code()
+                    },
+                )
+            })
+            .collect();
+        if mode == "local" {
+            let ok = (200, String::new());
+            let limited = (429, "rate_limited".to_owned());
+            assert_eq!(codes, vec![ok.clone(), ok, limited.clone(), limited]);
+            assert!(
+                metrics
+                    .lines()
+                    .any(|l| l == "gerbang_limit_store_fallback_decisions_total 4"),
+                "{metrics}"
+            );
+        } else {
+            assert!(
+                codes
+                    .iter()
+                    .all(|c| *c == (503, "limit_store_unavailable".to_owned())),
+                "{codes:?}"
+            );
+            assert_eq!(statuses[0].header("retry-after"), Some("1"));
+            assert!(metrics
+                .lines()
+                .any(|l| l == "gerbang_limit_store_fallback_decisions_total 0"));
+        }
+    }
+}
