@@ -338,6 +338,50 @@ impl SharedLimits {
         outcome(&reply, call, quota.map(|(q, _, next)| (q, next)))
     }
 
+    /// Probes a down store every `every` (PING) until `stop` completes, so that it counts as
+    /// back (and `gerbang_limit_store_fallback` drops to 0) even when no limited call comes
+    /// to probe it. Calls probe as well; one probe at a time either way.
+    pub async fn watch(
+        self: std::sync::Arc<Self>,
+        every: Duration,
+        stop: impl std::future::Future<Output = ()>,
+    ) {
+        tokio::pin!(stop);
+        loop {
+            tokio::select! {
+                _ = &mut stop => return,
+                _ = tokio::time::sleep(every) => {}
+            }
+            if !self.is_down()
+                || self.elapsed_ms() < self.down_until_ms.load(Ordering::Acquire)
+                || self
+                    .probing
+                    .compare_exchange(false, true, Ordering::AcqRel, Ordering::Acquire)
+                    .is_err()
+            {
+                continue;
+            }
+            let _probe = ProbeGuard(&self.probing);
+            let i = self.next.fetch_add(1, Ordering::Relaxed) % self.connections.len();
+            let Some(mut conn) = self.connections.get(i).cloned() else {
+                continue;
+            };
+            let ping = redis::cmd("PING");
+            let result =
+                match tokio::time::timeout(self.timeout, ping.query_async::<String>(&mut conn))
+                    .await
+                {
+                    Err(_) => Err(StoreError::Timeout(self.timeout)),
+                    Ok(Err(e)) => Err(StoreError::Connection(e)),
+                    Ok(Ok(_)) => Ok(()),
+                };
+            match result {
+                Ok(()) => self.mark_up(),
+                Err(e) => self.mark_down(&e),
+            }
+        }
+    }
+
     fn mark_down(&self, e: &StoreError) {
         let Some(kind) = e.kind() else { return };
         if let Some(m) = &self.metrics {

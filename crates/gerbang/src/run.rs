@@ -378,7 +378,15 @@ fn limit_stores(
             .map_err(|e| StartError::Limits(format!("{}: {e}", r.redacted())))?;
         tracing::info!(redis = %r.redacted(), on_failure = ?settings.on_failure,
             "agreement limits are shared through Redis");
-        return Ok((gateway.with_shared_limits(Arc::new(store)), None));
+        let store = Arc::new(store);
+        // Finds Redis back after an outage even when no limited call comes to probe it.
+        let mut stop = rx.clone();
+        tokio::spawn(
+            Arc::clone(&store).watch(gerbang_cluster::limits::DOWN_FOR, async move {
+                let _ = stop.wait_for(|v| *v).await;
+            }),
+        );
+        return Ok((gateway.with_shared_limits(store), None));
     }
     let store = gerbang_cluster::quota_file::FileQuotaStore::open(
         data_dir,

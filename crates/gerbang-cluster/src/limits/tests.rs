@@ -320,6 +320,42 @@ async fn an_abandoned_probe_does_not_block_later_probes() {
     drop(silent);
 }
 
+/// Without calls, the watch task finds Redis back (and the fallback gauge drops to 0).
+#[tokio::test]
+#[ignore = "needs redis-server"]
+async fn the_watch_finds_redis_back_without_calls() {
+    let mut redis = TestRedis::start();
+    let m = metrics();
+    let s = std::sync::Arc::new(
+        SharedLimits::new(&settings(&redis.url, 200), Some(m.clone())).unwrap(),
+    );
+    let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+    let watch = tokio::spawn(std::sync::Arc::clone(&s).watch(
+        Duration::from_millis(200),
+        async move {
+            let _ = rx.await;
+        },
+    ));
+    let c = call("a/x", rate(10, 10), None);
+    assert!(s.check(&c).await.is_ok());
+    redis.kill();
+    assert!(s.check(&c).await.is_err());
+    assert!(s.is_down());
+    // Still down while Redis is away (the watch's probes fail).
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    assert!(s.is_down());
+    assert_eq!(m.fallback.get(), 1);
+    redis.restart();
+    let back = Instant::now();
+    while s.is_down() {
+        assert!(back.elapsed() < Duration::from_secs(10), "never found back");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(m.fallback.get(), 0);
+    let _ = tx.send(());
+    watch.await.unwrap();
+}
+
 #[test]
 fn spec_hash_tells_rates_apart() {
     let a = RateSpec {
