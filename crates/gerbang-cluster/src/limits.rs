@@ -16,9 +16,10 @@
 //!   limit keeps the count of the period.
 //!
 //! Every call runs under `redis_timeout`. After a failure the store is *down*: calls skip Redis
-//! for [`DOWN_FOR`], then one call probes it while the others still skip; a probe that succeeds
-//! makes the store shared again, without a restart. Calls never wait for a reconnect: the
-//! caller decides what a [`StoreError`] means (`local` fallback or `closed`, see
+//! for [`DOWN_FOR`], then one call (or [`SharedLimits::watch`]) probes it while the others still
+//! skip; a probe that succeeds makes the store shared again, without a restart. No call waits
+//! longer than the timeout, reconnects included (they go on in the background, with back-off):
+//! the caller decides what a [`StoreError`] means (`local` fallback or `closed`, see
 //! [`FailureMode`]).
 
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
