@@ -193,6 +193,12 @@ impl SharedLimits {
         settings: &SharedLimitSettings,
         metrics: Option<StoreMetrics>,
     ) -> Result<Self, StoreError> {
+        if settings.url.starts_with("rediss:") {
+            // The redis crate builds its TLS configuration on the process-wide provider; with
+            // none installed and no single provider chosen by crate features it would panic.
+            // Already installed (by anyone): kept.
+            let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
+        }
         let client = redis::Client::open(settings.url.as_str()).map_err(StoreError::Url)?;
         // Reconnects back off from 50 ms up to 1 s; one connection attempt lasts at most the
         // call timeout. Calls never wait for these: they are cut at `timeout`.

@@ -13,6 +13,16 @@ pub struct TestRedis {
     pub port: u16,
     pub url: String,
     child: Option<Child>,
+    /// Extra arguments (TLS).
+    extra: Vec<String>,
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
 
 fn server_path() -> PathBuf {
@@ -36,15 +46,36 @@ fn server_path() -> PathBuf {
 
 impl TestRedis {
     pub fn start() -> TestRedis {
-        let port = TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
+        let port = free_port();
         let mut r = TestRedis {
             port,
             url: format!("redis://127.0.0.1:{port}/0"),
             child: None,
+            extra: Vec::new(),
+        };
+        r.spawn();
+        r
+    }
+
+    /// Also listening with TLS (certificate and key PEM files); `url` is the `rediss://` one,
+    /// by the name `localhost`. `command` still uses the plain port.
+    pub fn start_tls(cert: &std::path::Path, key: &std::path::Path) -> TestRedis {
+        let port = free_port();
+        let tls_port = free_port();
+        let mut r = TestRedis {
+            port,
+            url: format!("rediss://localhost:{tls_port}/0"),
+            child: None,
+            extra: vec![
+                "--tls-port".into(),
+                tls_port.to_string(),
+                "--tls-cert-file".into(),
+                cert.display().to_string(),
+                "--tls-key-file".into(),
+                key.display().to_string(),
+                "--tls-auth-clients".into(),
+                "no".into(),
+            ],
         };
         r.spawn();
         r
@@ -62,6 +93,7 @@ impl TestRedis {
                 "--appendonly",
                 "no",
             ])
+            .args(&self.extra)
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()

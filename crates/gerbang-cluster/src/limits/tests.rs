@@ -378,3 +378,31 @@ fn spec_hash_tells_rates_apart() {
     assert_ne!(spec_hash(&a), spec_hash(&c));
     assert_eq!(spec_hash(&a), spec_hash(&a.clone()));
 }
+
+/// `rediss://`: TLS through rustls (aws-lc-rs), the server's certificate trusted through the
+/// system roots (here `SSL_CERT_FILE`, which only this test sets).
+#[tokio::test]
+#[ignore = "needs redis-server"]
+async fn rediss_urls_connect_with_tls() {
+    let dir = tempfile::tempdir().unwrap();
+    let ck = rcgen::generate_simple_self_signed(vec!["localhost".into()]).unwrap();
+    let (cert, key) = (dir.path().join("cert.pem"), dir.path().join("key.pem"));
+    std::fs::write(&cert, ck.cert.pem()).unwrap();
+    std::fs::write(&key, ck.signing_key.serialize_pem()).unwrap();
+    let redis = TestRedis::start_tls(&cert, &key);
+    std::env::set_var("SSL_CERT_FILE", &cert);
+    let s = SharedLimits::new(&settings(&redis.url, 2000), None).unwrap();
+    let c = call("a/tls", rate(10, 2), None);
+    let outcomes = [s.check(&c).await, s.check(&c).await, s.check(&c).await];
+    std::env::remove_var("SSL_CERT_FILE");
+    let outcomes: Vec<LimitOutcome> = outcomes.into_iter().map(Result::unwrap).collect();
+    assert!(passed(&outcomes[0]) && passed(&outcomes[1]));
+    assert!(matches!(
+        outcomes[2],
+        LimitOutcome::Limited {
+            reason: Reason::RateLimited,
+            ..
+        }
+    ));
+    assert!(redis.command("KEYS gerbang:rate:*").contains("a/tls"));
+}
