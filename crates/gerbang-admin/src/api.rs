@@ -22,7 +22,7 @@ use gerbang_proxy::{Admin, ConnInfo, Gateway};
 
 use crate::store::{self, EditFile, Store, StoreError};
 use crate::Reload;
-use gerbang_config::{Overlay, Problem};
+use gerbang_config::{AdminRole, Overlay, Problem};
 
 /// Every route of the admin API: path template and methods. `GET /admin/openapi.json`
 /// documents exactly these (a test compares them).
@@ -63,16 +63,17 @@ const MAX_BODY: usize = 1024 * 1024;
 /// The admin listener's handler: the built-in probes and metrics, and the admin API.
 pub struct AdminApi<R> {
     builtin: Admin,
-    reloader: Arc<R>,
-    gateway: Arc<Gateway>,
-    store: Store,
+    pub(crate) reloader: Arc<R>,
+    pub(crate) gateway: Arc<Gateway>,
+    pub(crate) store: Store,
+    console: crate::console::Console,
 }
 
-/// An answer of the admin API.
-struct Answer {
-    status: StatusCode,
-    body: Value,
-    etag: Option<String>,
+/// An answer of the admin API (the console renders the same answers as pages).
+pub(crate) struct Answer {
+    pub(crate) status: StatusCode,
+    pub(crate) body: Value,
+    pub(crate) etag: Option<String>,
 }
 
 impl Answer {
@@ -128,12 +129,12 @@ impl From<StoreError> for Answer {
 }
 
 /// Who calls, from where, with which preconditions.
-struct Caller {
-    name: String,
-    client: IpAddr,
-    if_match: Option<String>,
+pub(crate) struct Caller {
+    pub(crate) name: String,
+    pub(crate) client: IpAddr,
+    pub(crate) if_match: Option<String>,
     /// `?dry_run=true`: validate the change against every other file, write nothing.
-    dry_run: bool,
+    pub(crate) dry_run: bool,
 }
 
 impl<R: Reload> AdminApi<R> {
@@ -147,13 +148,30 @@ impl<R: Reload> AdminApi<R> {
             reloader,
             gateway,
             store,
+            console: crate::console::Console::new(crate::console::ConsoleSettings::default()),
         }
     }
 
-    /// The admin token's name, or `None`.
-    fn authenticate(&self, req: &Request<Incoming>) -> Option<String> {
+    /// The console at `/console/` with `settings` (audit log, counters, cookie and sessions).
+    pub fn with_console(mut self, settings: crate::console::ConsoleSettings) -> Self {
+        self.console = crate::console::Console::new(settings);
+        self
+    }
+
+    /// Samples the gateway's counters for the console's overview (call once a minute).
+    pub fn sample(&self) {
+        self.console.sample();
+    }
+
+    /// The admin token's name and role, or `None`.
+    fn authenticate(&self, req: &Request<Incoming>) -> Option<(String, AdminRole)> {
         let value = req.headers().get(header::AUTHORIZATION)?.to_str().ok()?;
         let token = value.strip_prefix("Bearer ")?.trim();
+        self.token_owner(token)
+    }
+
+    /// The name and role of the admin token in force whose digest is `token`'s.
+    pub(crate) fn token_owner(&self, token: &str) -> Option<(String, AdminRole)> {
         if token.is_empty() {
             return None;
         }
@@ -169,7 +187,7 @@ impl<R: Reload> AdminApi<R> {
                     .fold(0u8, |acc, (a, b)| acc | (a ^ b))
                     == 0;
             if same {
-                found = Some(t.name.clone());
+                found = Some((t.name.clone(), t.role));
             }
         }
         found
@@ -177,6 +195,9 @@ impl<R: Reload> AdminApi<R> {
 
     async fn handle(&self, req: Request<Incoming>, conn: ConnInfo) -> Response<ResponseBody> {
         let path = req.uri().path().to_owned();
+        if path == "/console" || path.starts_with("/console/") {
+            return self.console.handle(self, req, conn).await;
+        }
         if path != "/admin" && !path.starts_with("/admin/") {
             return self.builtin.respond(&req);
         }
@@ -195,7 +216,7 @@ impl<R: Reload> AdminApi<R> {
         rid: &HeaderValue,
     ) -> Response<ResponseBody> {
         let respond = |a: Answer| respond(a, rid.to_str().unwrap_or(""));
-        let Some(name) = self.authenticate(&req) else {
+        let Some((name, role)) = self.authenticate(&req) else {
             let mut res = respond(Answer::error(
                 StatusCode::UNAUTHORIZED,
                 "unauthenticated",
@@ -226,6 +247,9 @@ impl<R: Reload> AdminApi<R> {
             }
             return res;
         }
+        if !crate::roles::api_allows(role, template, &method) {
+            return respond(forbidden_role(role, template, &method));
+        }
         let caller = Caller {
             name,
             client: conn.remote.ip(),
@@ -243,17 +267,34 @@ impl<R: Reload> AdminApi<R> {
             Ok(b) => b,
             Err(a) => return respond(a),
         };
+        if template == "/admin/openapi.json" {
+            let mut res =
+                Response::new(response_body::full(Bytes::from_static(OPENAPI.as_bytes())));
+            res.headers_mut().insert(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("application/json"),
+            );
+            return res;
+        }
+        let answer = self
+            .dispatch(template, &method, &params, &body, &caller)
+            .await;
+        respond(answer)
+    }
+
+    /// The answer of an authenticated, authorised call (the console calls this too, so that a
+    /// change made in the browser takes exactly the API's path).
+    pub(crate) async fn dispatch(
+        &self,
+        template: &str,
+        method: &Method,
+        params: &[String],
+        body: &Value,
+        caller: &Caller,
+    ) -> Answer {
         let p = |i: usize| params.get(i).map(String::as_str).unwrap_or("");
-        let answer = match (template, &method) {
-            ("/admin/openapi.json", _) => {
-                let mut res =
-                    Response::new(response_body::full(Bytes::from_static(OPENAPI.as_bytes())));
-                res.headers_mut().insert(
-                    header::CONTENT_TYPE,
-                    HeaderValue::from_static("application/json"),
-                );
-                return res;
-            }
+        let (body, caller, method) = (body, caller, method.clone());
+        match (template, &method) {
             ("/admin/reload", _) => match self.reloader.reload("admin api").await {
                 Ok(applied) => Answer::ok(json!({ "reloaded": true, "config": applied })),
                 Err(problems) => Answer::problems(&problems),
@@ -266,35 +307,35 @@ impl<R: Reload> AdminApi<R> {
                 })),
                 Err(problems) => Answer::problems(&problems),
             },
-            ("/admin/explain", _) => self.explain(&body),
+            ("/admin/explain", _) => self.explain(body),
             ("/admin/agencies", _) => self.list_agencies(),
             ("/admin/agencies/{agency}", &Method::GET) => self.get_agency(p(0)),
             ("/admin/agencies/{agency}", _) => {
-                self.change_agency(&method, p(0), &body, &caller).await
+                self.change_agency(&method, p(0), body, caller).await
             }
             ("/admin/applications", _) => self.list_in_registry("application"),
             ("/admin/applications/{agency}/{application}", &Method::GET) => {
                 self.get_in_registry("application", p(0), p(1))
             }
             ("/admin/applications/{agency}/{application}", _) => {
-                self.change_in_registry("application", &method, p(0), p(1), &body, &caller)
+                self.change_in_registry("application", &method, p(0), p(1), body, caller)
                     .await
             }
             ("/admin/applications/{agency}/{application}/rotate-secret", _) => {
-                self.rotate_secret(p(0), p(1), &body, &caller).await
+                self.rotate_secret(p(0), p(1), body, caller).await
             }
             ("/admin/services", _) => self.list_services(),
             ("/admin/services/{agency}/{service}", &Method::GET) => {
                 self.get_in_registry("service", p(0), p(1))
             }
             ("/admin/services/{agency}/{service}", _) => {
-                self.change_in_registry("service", &method, p(0), p(1), &body, &caller)
+                self.change_in_registry("service", &method, p(0), p(1), body, caller)
                     .await
             }
             ("/admin/agreements", _) => self.list_agreements(),
             ("/admin/agreements/{agreement}", &Method::GET) => self.get_agreement(p(0)),
             ("/admin/agreements/{agreement}", _) => {
-                self.change_agreement(&method, p(0), &body, &caller).await
+                self.change_agreement(&method, p(0), body, caller).await
             }
             ("/admin/revisions", _) => revisions_answer(self.reloader.revisions(200).await),
             ("/admin/revisions/{revision}", _) => match revision_id(p(0)) {
@@ -330,8 +371,7 @@ impl<R: Reload> AdminApi<R> {
                 Err(a) => a,
             },
             _ => Answer::error(StatusCode::NOT_FOUND, "not_found", "no such admin resource"),
-        };
-        respond(answer)
+        }
     }
 
     // ------------------------------------------------------------------ read
@@ -1003,6 +1043,23 @@ fn redact(array: &str, v: &mut Value) {
             }
         }
     }
+}
+
+/// 403 `forbidden_role`: the token's role may not do this; names the roles that may.
+fn forbidden_role(role: AdminRole, template: &str, method: &Method) -> Answer {
+    let needed = crate::roles::api_roles(template, method);
+    let names: Vec<&str> = needed.iter().map(|r| r.as_str()).collect();
+    let mut a = Answer::error(
+        StatusCode::FORBIDDEN,
+        "forbidden_role",
+        &format!(
+            "the role {role} may not do this; it needs the role {}",
+            names.join(" or ")
+        ),
+    );
+    a.body["error"]["role"] = Value::from(role.as_str());
+    a.body["error"]["needed"] = Value::from(names);
+    a
 }
 
 /// 400 `invalid_request` with `message`.

@@ -13,6 +13,8 @@ use std::sync::Arc;
 use gerbang_config::{AdminToken, Config, Overlay, Problem};
 
 pub mod api;
+pub mod console;
+pub mod roles;
 pub mod store;
 
 pub use api::AdminApi;

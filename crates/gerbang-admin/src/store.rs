@@ -232,7 +232,7 @@ const DATE_KEYS: [&str; 3] = ["valid_from", "valid_until", "expires"];
 /// Arrays of objects written as `[[parent.key]]` tables (the rest stay inline).
 const TABLE_ARRAYS: [&str; 2] = ["instance", "endpoint"];
 
-fn json_to_value(key: &str, v: &Value) -> Result<toml_edit::Value, StoreError> {
+pub(crate) fn json_to_value(key: &str, v: &Value) -> Result<toml_edit::Value, StoreError> {
     use toml_edit::Value as V;
     Ok(match v {
         Value::Null => {

@@ -86,3 +86,15 @@ pub fn query_many(
     out.sort_by_cached_key(time);
     Ok(out)
 }
+
+/// The `admin` records of the log in `dir` (changes through the admin API and the console), in
+/// log order.
+pub fn admin_records(dir: &Path) -> std::io::Result<Vec<Value>> {
+    let mut out = Vec::new();
+    crate::chain::for_each_record(dir, |v| {
+        if v.get("kind").and_then(Value::as_str) == Some("admin") {
+            out.push(v);
+        }
+    })?;
+    Ok(out)
+}

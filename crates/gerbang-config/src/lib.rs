@@ -218,6 +218,12 @@ struct RawAdmin {
     tokens: Vec<RawAdminToken>,
     /// Reload when a registry, agreement or key file changes.
     watch_files: bool,
+    /// A console session ends after this long without a request.
+    #[serde(with = "humantime_serde")]
+    console_idle_timeout: Duration,
+    /// A console session ends this long after sign-in, however busy.
+    #[serde(with = "humantime_serde")]
+    console_max_session: Duration,
 }
 
 #[derive(Debug, Deserialize)]
@@ -225,6 +231,9 @@ struct RawAdmin {
 struct RawAdminToken {
     name: String,
     digest: String,
+    /// `admin` (the default), `operator`, `auditor` or `viewer`.
+    #[serde(default)]
+    role: Option<String>,
 }
 
 impl Default for RawAdmin {
@@ -233,6 +242,8 @@ impl Default for RawAdmin {
             listen: "127.0.0.1:9080".into(),
             tokens: Vec::new(),
             watch_files: true,
+            console_idle_timeout: d(30 * 60),
+            console_max_session: d(8 * 3600),
         }
     }
 }
@@ -244,6 +255,48 @@ pub struct AdminToken {
     pub name: String,
     /// `sha256:` + hex of the token.
     pub digest: String,
+    /// What the token may do on the admin API and the console.
+    pub role: AdminRole,
+}
+
+/// What an admin token may do (`[admin] tokens = [{ …, role = "…" }]`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub enum AdminRole {
+    /// Everything.
+    #[default]
+    Admin,
+    /// Reload, validate, health; read everything; no edits.
+    Operator,
+    /// The audit views; read agreements; explain.
+    Auditor,
+    /// Read only (no audit search, no edits, no reload).
+    Viewer,
+}
+
+impl AdminRole {
+    /// Every role, most powerful first.
+    pub const ALL: [AdminRole; 4] = [Self::Admin, Self::Operator, Self::Auditor, Self::Viewer];
+
+    /// The role's name in the configuration.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Admin => "admin",
+            Self::Operator => "operator",
+            Self::Auditor => "auditor",
+            Self::Viewer => "viewer",
+        }
+    }
+
+    /// The role named `name`.
+    pub fn parse(name: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|r| r.as_str() == name)
+    }
+}
+
+impl std::fmt::Display for AdminRole {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
 }
 
 #[derive(Debug, Deserialize)]
@@ -547,6 +600,8 @@ pub struct Config {
     pub keys_dir: PathBuf,
     pub admin_tokens: Vec<AdminToken>,
     pub watch_files: bool,
+    /// The console's session lifetimes: idle, absolute.
+    pub console_sessions: (Duration, Duration),
     /// `[cluster]`: this replica's name and the shared store.
     pub cluster: ClusterConfig,
 }
@@ -715,9 +770,21 @@ pub fn load_with(
                 "two admin tokens share a name or a digest",
             );
         }
+        let role = match t.role.as_deref() {
+            None => AdminRole::Admin,
+            Some(r) => AdminRole::parse(r).unwrap_or_else(|| {
+                problems.push(
+                    file,
+                    format!("admin.tokens[{i}].role"),
+                    "one of admin, operator, auditor, viewer",
+                );
+                AdminRole::Viewer
+            }),
+        };
         admin_tokens.push(AdminToken {
             name: t.name.clone(),
             digest: t.digest.clone(),
+            role,
         });
     }
     if let (Some(a), Some(b)) = (listen, admin_listen) {
@@ -1024,6 +1091,10 @@ pub fn load_with(
                 keys_dir: keys_dir.clone(),
                 admin_tokens,
                 watch_files: raw.admin.watch_files,
+                console_sessions: (
+                    raw.admin.console_idle_timeout,
+                    raw.admin.console_max_session,
+                ),
                 cluster,
                 file: file.to_path_buf(),
                 listen,

@@ -109,6 +109,14 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
     })?;
     let reload_seed = crate::reload::Seed::of(&config);
     let watch_files = config.watch_files;
+    let console_sessions = config.console_sessions;
+    // The console reads this replica's audit log and verifies it with its seal public key.
+    let console_audit = config.audit.as_ref().map(|a| {
+        (
+            a.dir.clone(),
+            a.seal_dir.join(crate::config::SEAL_PUBLIC_FILE),
+        )
+    });
     let (keys_dir, keys_poll_interval) = (config.keys_dir.clone(), config.auth.keys_poll_interval);
     let data = bind("data plane", config.listen).await?;
     let admin = bind("admin", config.admin_listen).await?;
@@ -314,18 +322,42 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
         open_connections: Some(metrics.open_connections.with_label_values(&["admin"])),
         ..data_settings.clone()
     };
-    let admin_task = tokio::spawn(serve(
-        admin,
-        Arc::new(crate::admin_api::AdminApi::new(
+    let admin_api = Arc::new(
+        crate::admin_api::AdminApi::new(
             Admin::new(Arc::clone(&health))
-                .with_metrics(metrics)
+                .with_metrics(Arc::clone(&metrics))
                 .with_gateway(Arc::clone(&gateway)),
             Arc::clone(&reloader),
             Arc::clone(&gateway),
-        )),
-        admin_settings,
-        stop(rx.clone()),
-    ));
+        )
+        .with_console(gerbang_admin::console::ConsoleSettings {
+            audit_dir: console_audit.as_ref().map(|(d, _)| d.clone()),
+            seal_public_key: console_audit.map(|(_, k)| k),
+            metrics: Some(metrics),
+            // The admin listener speaks plain HTTP (loopback by default).
+            secure_cookie: admin_settings.tls.is_some(),
+            idle: console_sessions.0,
+            absolute: console_sessions.1,
+            clock: None,
+        }),
+    );
+    // The console's overview: the counters once a minute, an hour of them kept.
+    tokio::spawn({
+        let api = Arc::clone(&admin_api);
+        let stopped = stop(rx.clone());
+        async move {
+            tokio::pin!(stopped);
+            let mut tick = tokio::time::interval(std::time::Duration::from_secs(60));
+            tick.tick().await;
+            loop {
+                tokio::select! {
+                    _ = tick.tick() => api.sample(),
+                    _ = &mut stopped => break,
+                }
+            }
+        }
+    });
+    let admin_task = tokio::spawn(serve(admin, admin_api, admin_settings, stop(rx.clone())));
     let data_task = tokio::spawn(serve(data, Arc::clone(&gateway), data_settings, stop(rx)));
     let task = tokio::spawn(async move {
         let data = data_task.await.unwrap_or(ShutdownOutcome::DeadlineExceeded);
