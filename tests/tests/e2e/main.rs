@@ -7,6 +7,7 @@ mod adversarial;
 mod audit;
 mod auth;
 mod balancing;
+mod console;
 mod external_issuer;
 mod forwarding;
 mod limits;

@@ -1234,7 +1234,7 @@ impl Console {
                 "until": get("until"),
             },
             "verify": verify,
-            "verify_ok": verify_ok,
+            "verify_ok": if verify_ok { "ok" } else { "fail" },
             "searched": false,
         });
         if form.is_some() {
@@ -1278,6 +1278,10 @@ impl Console {
                 Value::String(t) => t.clone(),
                 other => other.to_string(),
             };
+            let replica = gerbang_audit::chain::replica_of(dir)
+                .ok()
+                .flatten()
+                .unwrap_or_else(|| "-".into());
             let rows: Vec<Value> = records
                 .iter()
                 .filter(|r| {
@@ -1300,7 +1304,7 @@ impl Console {
                         "purpose": s(r, "purpose"),
                         "agreement": s(r, "agreement"),
                         "decision": decision,
-                        "replica": s(r, "replica"),
+                        "replica": r["replica"].as_str().unwrap_or(&replica),
                     })
                 })
                 .collect();

@@ -54,3 +54,17 @@ fn the_form_replaces_the_fields() {
     assert_eq!(v["service"], "x/y");
     assert!(v.get("purposes").is_none());
 }
+
+#[test]
+fn every_template_parses() {
+    let mut env = minijinja::Environment::new();
+    for (name, text) in TEMPLATES {
+        env.add_template(name, text)
+            .unwrap_or_else(|e| panic!("{name}: {e:#}"));
+    }
+    let t = env.get_template("masuk.html").unwrap();
+    t.render(minijinja::Value::from_serialize(
+        json!({ "t": Lang::Id.words(), "lang": "id", "title": "x" }),
+    ))
+    .unwrap_or_else(|e| panic!("{e:#}"));
+}

@@ -1,0 +1,706 @@
+//! Konsol Gerbang over plain HTTP (the real-browser tests are in crates/gerbang/tests): roles on
+//! the admin API, sign-in and its cookie, security headers on every page, CSRF, the agreement
+//! edit (field errors, dry run, save enforced at once, ETag conflict), rate-limited sign-ins,
+//! session expiry and revocation, and a NIK that never appears in clear.
+
+use gerbang::demo::Kind;
+use gerbang_e2e::*;
+use serde_json::{json, Value};
+
+const ROLES: [(&str, &str); 4] = [
+    ("ops", "admin"),
+    ("opr", "operator"),
+    ("aud", "auditor"),
+    ("vie", "viewer"),
+];
+
+fn token_of(name: &str) -> String {
+    format!("console-test-token-{name}-0123456789")
+}
+
+fn tokens_toml(names: &[(&str, &str)]) -> String {
+    let list: Vec<String> = names
+        .iter()
+        .map(|(n, r)| {
+            format!(
+                "{{ name = \"{n}\", role = \"{r}\", digest = \"{}\" }}",
+                gerbang_auth::apikey::digest_of(&token_of(n))
+            )
+        })
+        .collect();
+    format!("tokens = [{}]\n", list.join(", "))
+}
+
+fn registry(penduduk: &Upstream) -> String {
+    format!(
+        "{}\n[[service.endpoint]]\nmethod = \"GET\"\npath = \"/penduduk/{{nik}}\"\nclassification = \"rahasia\"\nsubject = \"nik\"\n",
+        agency("dukcapil", "penduduk", &[penduduk.url()], "")
+    )
+}
+
+const AGREEMENT: &str = "[[agreement]]\nid = \"pks-test\"\ntitle = \"t\"\nlegal_basis = \"x\"\n\
+    service = \"dukcapil/penduduk\"\nconsumers = [\"test/client\"]\nendpoints = [\"GET /penduduk/{nik}\"]\n\
+    purposes = [\"pelayanan-kesehatan\"]\nmax_classification = \"rahasia\"\n";
+
+async fn start(admin_extra: &str) -> (TestGateway, Upstream) {
+    let up = backend(Kind::Penduduk, "p").await;
+    let gw = TestGateway::start_with_agreements(
+        &[&registry(&up)],
+        Some(AGREEMENT),
+        "",
+        &format!(
+            "{}{admin_extra}\n[audit]\nfsync = \"always\"\n",
+            tokens_toml(&ROLES)
+        ),
+    )
+    .await;
+    (gw, up)
+}
+
+fn agreement_file(gw: &TestGateway) -> String {
+    std::fs::read_to_string(gw.dir.path().join("agreements/given.toml")).unwrap()
+}
+
+/// Percent-encodes a form value.
+fn enc(s: &str) -> String {
+    s.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
+                (b as char).to_string()
+            }
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
+
+fn form(fields: &[(&str, &str)]) -> String {
+    fields
+        .iter()
+        .map(|(k, v)| format!("{k}={}", enc(v)))
+        .collect::<Vec<_>>()
+        .join("&")
+}
+
+/// A console request with the session cookie `cookie` (or none).
+async fn console(
+    gw: &TestGateway,
+    method: &str,
+    path: &str,
+    cookie: Option<&str>,
+    body: Option<&str>,
+) -> RawResponse {
+    let cookie = cookie
+        .map(|c| format!("Cookie: gerbang_console={c}\r\n"))
+        .unwrap_or_default();
+    let body = body.unwrap_or("");
+    let req = format!(
+        "{method} {path} HTTP/1.1\r\nHost: admin\r\n{cookie}Content-Type: application/x-www-form-urlencoded\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    );
+    raw_request_as_is(gw.admin, req.as_bytes()).await
+}
+
+/// The page, with the `/` that the template engine escapes as `&#x2f;` put back.
+fn text(r: &RawResponse) -> String {
+    String::from_utf8_lossy(&r.body).replace("&#x2f;", "/")
+}
+
+/// The value of the hidden field `name` in `html`, unescaped.
+fn hidden(html: &str, name: &str) -> String {
+    let marker = format!("name=\"{name}\" value=\"");
+    let start = html
+        .find(&marker)
+        .unwrap_or_else(|| panic!("no {name} in {html}"))
+        + marker.len();
+    let end = html[start..].find('"').unwrap() + start;
+    html[start..end]
+        .replace("&#34;", "\"")
+        .replace("&quot;", "\"")
+        .replace("&amp;", "&")
+}
+
+/// Signs in with `name`'s token: the session id.
+async fn sign_in(gw: &TestGateway, name: &str) -> String {
+    let r = console(
+        gw,
+        "POST",
+        "/console/masuk",
+        None,
+        Some(&form(&[("token", &token_of(name))])),
+    )
+    .await;
+    assert_eq!(r.status, 303, "{}", text(&r));
+    let cookie = r.header("set-cookie").unwrap();
+    let id = cookie
+        .strip_prefix("gerbang_console=")
+        .unwrap()
+        .split(';')
+        .next()
+        .unwrap();
+    id.to_owned()
+}
+
+async fn admin_call(
+    gw: &TestGateway,
+    name: &str,
+    method: &str,
+    path: &str,
+    body: &Value,
+) -> RawResponse {
+    let body = body.to_string();
+    let req = format!(
+        "{method} {path} HTTP/1.1\r\nHost: admin\r\nAuthorization: Bearer {}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        token_of(name),
+        body.len()
+    );
+    raw_request_as_is(gw.admin, req.as_bytes()).await
+}
+
+#[tokio::test]
+async fn roles_are_enforced_on_the_admin_api() {
+    let (gw, _up) = start("").await;
+    let agreement = admin_call(
+        &gw,
+        "ops",
+        "GET",
+        "/admin/agreements/pks-test",
+        &Value::Null,
+    )
+    .await
+    .json();
+    let explain = json!({ "consumer": "test/client", "method": "GET", "path": "/dukcapil/penduduk/penduduk/1" });
+    // (method, path, body, roles allowed)
+    let cases: Vec<(&str, &str, Value, &[&str])> = vec![
+        (
+            "GET",
+            "/admin/services",
+            Value::Null,
+            &["admin", "operator", "viewer"],
+        ),
+        (
+            "GET",
+            "/admin/agreements",
+            Value::Null,
+            &["admin", "operator", "auditor", "viewer"],
+        ),
+        (
+            "POST",
+            "/admin/explain",
+            explain,
+            &["admin", "operator", "auditor", "viewer"],
+        ),
+        (
+            "POST",
+            "/admin/validate",
+            Value::Null,
+            &["admin", "operator"],
+        ),
+        ("POST", "/admin/reload", Value::Null, &["admin", "operator"]),
+        (
+            "PUT",
+            "/admin/agreements/pks-test",
+            agreement.clone(),
+            &["admin"],
+        ),
+        (
+            "DELETE",
+            "/admin/applications/test/nothing",
+            Value::Null,
+            &["admin"],
+        ),
+    ];
+    for (method, path, body, allowed) in &cases {
+        for (name, role) in ROLES {
+            let r = admin_call(&gw, name, method, path, body).await;
+            if allowed.contains(&role) {
+                assert_ne!(r.status, 403, "{role} {method} {path}: {}", text(&r));
+                assert_ne!(r.status, 401, "{role} {method} {path}");
+            } else {
+                assert_eq!(r.status, 403, "{role} {method} {path}: {}", text(&r));
+                let e = &r.json()["error"];
+                assert_eq!(e["code"], "forbidden_role");
+                assert_eq!(e["role"], role);
+                assert_eq!(e["needed"], json!(allowed), "{method} {path}");
+                assert!(e["message"].as_str().unwrap().contains(allowed[0]));
+            }
+        }
+    }
+}
+
+#[tokio::test]
+async fn sign_in_sets_a_strict_cookie_and_every_page_has_the_security_headers() {
+    let (gw, _up) = start("").await;
+    let r = console(&gw, "GET", "/console/", None, None).await;
+    assert_eq!(r.status, 303);
+    assert_eq!(r.header("location"), Some("/console/masuk"));
+    let r = console(&gw, "GET", "/console/masuk", None, None).await;
+    assert_eq!(r.status, 200);
+    let html = text(&r);
+    assert!(
+        html.contains(r#"<input id="token" name="token" type="password""#),
+        "{html}"
+    );
+    assert!(html.contains(r#"id="masuk""#) && html.contains("Token admin"));
+    let r = console(&gw, "POST", "/console/masuk", None, Some("token=wrong")).await;
+    assert_eq!(r.status, 401);
+    assert!(r.header("set-cookie").is_none());
+
+    let r = console(
+        &gw,
+        "POST",
+        "/console/masuk",
+        None,
+        Some(&form(&[("token", &token_of("ops"))])),
+    )
+    .await;
+    assert_eq!(r.status, 303);
+    let cookie = r.header("set-cookie").unwrap().to_owned();
+    assert!(cookie.contains("HttpOnly"), "{cookie}");
+    assert!(cookie.contains("SameSite=Strict"), "{cookie}");
+    assert!(cookie.contains("Path=/console"), "{cookie}");
+    assert!(
+        !cookie.contains("Secure"),
+        "plain HTTP admin listener: {cookie}"
+    );
+    let sid = cookie
+        .strip_prefix("gerbang_console=")
+        .unwrap()
+        .split(';')
+        .next()
+        .unwrap()
+        .to_owned();
+    assert_eq!(sid.len(), 64);
+
+    for page in [
+        "/console/",
+        "/console/layanan",
+        "/console/layanan/dukcapil/penduduk",
+        "/console/aplikasi",
+        "/console/perjanjian",
+        "/console/perjanjian/pks-test",
+        "/console/perjanjian/pks-test/ubah",
+        "/console/uji-akses",
+        "/console/uji-akses?consumer=test%2Fclient&method=GET&path=%2Fdukcapil%2Fpenduduk%2Fpenduduk%2F1",
+        "/console/audit",
+        "/console/riwayat",
+        "/console/nothing-here",
+        "/console/masuk",
+    ] {
+        let r = console(&gw, "GET", page, Some(&sid), None).await;
+        let expected = if page == "/console/nothing-here" { 404 } else { 200 };
+        assert_eq!(r.status, expected, "{page}: {}", text(&r));
+        assert_eq!(r.header("content-security-policy"), Some(gerbang_admin_csp()), "{page}");
+        assert_eq!(r.header("x-content-type-options"), Some("nosniff"), "{page}");
+        assert_eq!(r.header("referrer-policy"), Some("no-referrer"), "{page}");
+        assert_eq!(r.header("cache-control"), Some("no-store"), "{page}");
+        let html = text(&r);
+        assert!(!html.contains("<script"), "{page}");
+        assert!(!html.contains(" style="), "{page}");
+        assert!(html.contains("<h1>"), "{page}");
+        if page != "/console/masuk" {
+            assert!(html.contains("<nav"), "{page}");
+            assert!(html.contains(r#"id="user-name">ops<"#), "{page}");
+        }
+    }
+    // Explain in the console is the API's explain.
+    let r = console(
+        &gw,
+        "GET",
+        "/console/uji-akses?consumer=test%2Fclient&method=GET&path=%2Fdukcapil%2Fpenduduk%2Fpenduduk%2F1",
+        Some(&sid),
+        None,
+    )
+    .await;
+    let html = text(&r);
+    assert!(
+        html.contains(r#"id="decision" class="decision-deny">DENY<"#),
+        "{html}"
+    );
+    assert!(html.contains("purpose_missing"), "{html}");
+    assert!(html.contains("pks-test"));
+    // English on request, remembered in a cookie.
+    let r = console(&gw, "GET", "/console/perjanjian?lang=en", Some(&sid), None).await;
+    assert!(text(&r).contains("<h1>Agreements</h1>"));
+    assert!(r.header("set-cookie").unwrap().starts_with("lang=en"));
+
+    // Sign-out ends the session (with its CSRF token only).
+    let html = text(&console(&gw, "GET", "/console/", Some(&sid), None).await);
+    let csrf = hidden(&html, "csrf");
+    let r = console(&gw, "POST", "/console/keluar", Some(&sid), Some("csrf=x")).await;
+    assert_eq!(r.status, 403);
+    let r = console(
+        &gw,
+        "POST",
+        "/console/keluar",
+        Some(&sid),
+        Some(&form(&[("csrf", &csrf)])),
+    )
+    .await;
+    assert_eq!(r.status, 303);
+    let r = console(&gw, "GET", "/console/", Some(&sid), None).await;
+    assert_eq!(r.status, 303);
+}
+
+fn gerbang_admin_csp() -> &'static str {
+    "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; form-action 'self'; frame-ancestors 'none'; base-uri 'none'"
+}
+
+/// The edit form's fields as the page shows them, with `changes` applied.
+fn edit_form(html: &str, action: &str, csrf: Option<&str>, changes: &[(&str, &str)]) -> String {
+    let mut fields: Vec<(String, String)> = vec![("etag".into(), hidden(html, "etag"))];
+    if let Some(c) = csrf {
+        fields.push(("csrf".into(), c.into()));
+    }
+    fields.push(("aksi".into(), action.into()));
+    for (k, v) in changes {
+        fields.push(((*k).into(), (*v).into()));
+    }
+    // The other fields as they are.
+    for (name, value) in [
+        ("title", "t"),
+        ("legal_basis", "x"),
+        ("consumers", "test/client"),
+        ("endpoints", "GET /penduduk/{nik}"),
+        ("purposes", "pelayanan-kesehatan"),
+        ("status", "active"),
+        ("max_classification", "rahasia"),
+    ] {
+        if !changes.iter().any(|(k, _)| *k == name) {
+            fields.push((name.into(), value.into()));
+        }
+    }
+    fields
+        .iter()
+        .map(|(k, v)| format!("{k}={}", enc(v)))
+        .collect::<Vec<_>>()
+        .join("&")
+}
+
+#[tokio::test]
+async fn an_agreement_edit_needs_csrf_shows_errors_by_field_previews_saves_and_explains_conflicts()
+{
+    let (gw, _up) = start("").await;
+    let sid = sign_in(&gw, "ops").await;
+    let before = agreement_file(&gw);
+    let page = text(
+        &console(
+            &gw,
+            "GET",
+            "/console/perjanjian/pks-test/ubah",
+            Some(&sid),
+            None,
+        )
+        .await,
+    );
+    for name in [
+        "title",
+        "legal_basis",
+        "consumers",
+        "methods",
+        "endpoints",
+        "purposes",
+        "valid_from",
+        "valid_until",
+        "max_classification",
+        "rate_limit",
+        "quota",
+        "fields",
+    ] {
+        assert!(page.contains(&format!(r#"id="field-{name}""#)), "{name}");
+        assert!(page.contains(&format!(r#"<label for="{name}""#)), "{name}");
+    }
+    let csrf = hidden(&page, "csrf");
+    let path = "/console/perjanjian/pks-test/ubah";
+    let nik_path = "/dukcapil/penduduk/penduduk/3603015505900001";
+    let purpose = "X-Gerbang-Purpose: pelayanan-kesehatan\r\n";
+    assert_eq!(
+        raw_request(gw.addr, &get(nik_path, purpose)).await.status,
+        200
+    );
+
+    // No CSRF token, a wrong one: 403, nothing written.
+    let change = [("purposes", "penagihan-pajak")];
+    for csrf in [None, Some("0".repeat(64).as_str())] {
+        let r = console(
+            &gw,
+            "POST",
+            path,
+            Some(&sid),
+            Some(&edit_form(&page, "simpan", csrf, &change)),
+        )
+        .await;
+        assert_eq!(r.status, 403, "{}", text(&r));
+        assert!(text(&r).contains("CSRF"));
+        assert_eq!(agreement_file(&gw), before);
+    }
+
+    // An invalid value: shown beside its field, nothing written.
+    let r = console(
+        &gw,
+        "POST",
+        path,
+        Some(&sid),
+        Some(&edit_form(
+            &page,
+            "simpan",
+            Some(&csrf),
+            &[("max_classification", "sangat-bogus")],
+        )),
+    )
+    .await;
+    assert_eq!(r.status, 422, "{}", text(&r));
+    let html = text(&r);
+    assert!(
+        html.contains(r#"<p class="field-error" id="error-max_classification">"#),
+        "{html}"
+    );
+    assert!(html.contains(r#"id="errors""#));
+    assert_eq!(agreement_file(&gw), before);
+    // TOML that does not parse: beside its field too.
+    let r = console(
+        &gw,
+        "POST",
+        path,
+        Some(&sid),
+        Some(&edit_form(
+            &page,
+            "simpan",
+            Some(&csrf),
+            &[("quota", "{ limit = ")],
+        )),
+    )
+    .await;
+    assert_eq!(r.status, 422);
+    assert!(text(&r).contains(r#"id="error-quota""#));
+    assert_eq!(agreement_file(&gw), before);
+
+    // A preview: the diff, nothing written.
+    let r = console(
+        &gw,
+        "POST",
+        path,
+        Some(&sid),
+        Some(&edit_form(&page, "pratinjau", Some(&csrf), &change)),
+    )
+    .await;
+    assert_eq!(r.status, 200, "{}", text(&r));
+    let html = text(&r);
+    assert!(html.contains(r#"id="diff""#), "{html}");
+    assert!(
+        html.contains("+purposes = [&#34;penagihan-pajak&#34;]")
+            || html.contains("+purposes = [&quot;penagihan-pajak&quot;]"),
+        "{html}"
+    );
+    assert_eq!(agreement_file(&gw), before);
+
+    // Save: written, enforced at once, audited with the person's token name.
+    let r = console(
+        &gw,
+        "POST",
+        path,
+        Some(&sid),
+        Some(&edit_form(&page, "simpan", Some(&csrf), &change)),
+    )
+    .await;
+    assert_eq!(r.status, 303, "{}", text(&r));
+    assert_eq!(
+        r.header("location"),
+        Some("/console/perjanjian/pks-test?disimpan=1")
+    );
+    assert!(agreement_file(&gw).contains("penagihan-pajak"));
+    assert_eq!(
+        raw_request(gw.addr, &get(nik_path, purpose)).await.status,
+        403
+    );
+    let audit = std::fs::read_dir(gw.dir.path().join("data/audit"))
+        .unwrap()
+        .map(|e| std::fs::read_to_string(e.unwrap().path()).unwrap())
+        .collect::<String>();
+    assert!(
+        audit.lines().any(|l| l.contains("\"kind\":\"admin\"")
+            && l.contains("\"admin\":\"ops\"")
+            && l.contains("PUT /admin/agreements/pks-test")),
+        "{audit}"
+    );
+
+    // The form read before that save is stale now: the conflict is explained, nothing written.
+    let after = agreement_file(&gw);
+    let r = console(
+        &gw,
+        "POST",
+        path,
+        Some(&sid),
+        Some(&edit_form(
+            &page,
+            "simpan",
+            Some(&csrf),
+            &[("title", "lain")],
+        )),
+    )
+    .await;
+    assert_eq!(r.status, 409, "{}", text(&r));
+    assert!(text(&r).contains(r#"id="conflict""#));
+    assert_eq!(agreement_file(&gw), after);
+
+    // A viewer can read it but change nothing, in the console as in the API.
+    let vid = sign_in(&gw, "vie").await;
+    assert_eq!(
+        console(&gw, "GET", "/console/perjanjian/pks-test", Some(&vid), None)
+            .await
+            .status,
+        200
+    );
+    let vpage = text(&console(&gw, "GET", "/console/", Some(&vid), None).await);
+    assert!(!vpage.contains("muat-ulang"));
+    let vcsrf = hidden(&vpage, "csrf");
+    let r = console(&gw, "GET", path, Some(&vid), None).await;
+    assert_eq!(r.status, 403);
+    assert!(text(&r).contains("admin"));
+    let r = console(
+        &gw,
+        "POST",
+        path,
+        Some(&vid),
+        Some(&edit_form(
+            &page,
+            "simpan",
+            Some(&vcsrf),
+            &[("title", "lain")],
+        )),
+    )
+    .await;
+    assert_eq!(r.status, 403);
+    assert_eq!(agreement_file(&gw), after);
+    assert_eq!(
+        console(&gw, "GET", "/console/audit", Some(&vid), None)
+            .await
+            .status,
+        403
+    );
+}
+
+#[tokio::test]
+async fn failed_sign_ins_are_rate_limited_per_client() {
+    let (gw, _up) = start("").await;
+    for _ in 0..5 {
+        let r = console(&gw, "POST", "/console/masuk", None, Some("token=wrong")).await;
+        assert_eq!(r.status, 401);
+    }
+    // Locked out for the minute, even with the right token.
+    let r = console(
+        &gw,
+        "POST",
+        "/console/masuk",
+        None,
+        Some(&form(&[("token", &token_of("ops"))])),
+    )
+    .await;
+    assert_eq!(r.status, 429);
+    assert_eq!(r.header("retry-after"), Some("60"));
+    assert!(r.header("set-cookie").is_none());
+}
+
+#[tokio::test]
+async fn sessions_expire_when_idle_and_end_with_their_token() {
+    let (gw, _up) = start("console_idle_timeout = \"1s\"\n").await;
+    let sid = sign_in(&gw, "aud").await;
+    assert_eq!(
+        console(&gw, "GET", "/console/perjanjian", Some(&sid), None)
+            .await
+            .status,
+        200
+    );
+    tokio::time::sleep(std::time::Duration::from_millis(1300)).await;
+    let r = console(&gw, "GET", "/console/perjanjian", Some(&sid), None).await;
+    assert_eq!(r.status, 303);
+    assert_eq!(r.header("location"), Some("/console/masuk"));
+
+    // A token removed from the configuration ends its sessions at the next request.
+    let sid = sign_in(&gw, "vie").await;
+    assert_eq!(
+        console(&gw, "GET", "/console/perjanjian", Some(&sid), None)
+            .await
+            .status,
+        200
+    );
+    let main = gw.dir.path().join("gerbang.toml");
+    let text_before = std::fs::read_to_string(&main).unwrap();
+    let without = text_before.replace(&tokens_toml(&ROLES), &tokens_toml(&[("ops", "admin")]));
+    assert_ne!(without, text_before);
+    std::fs::write(&main, without).unwrap();
+    let r = admin_call(&gw, "ops", "POST", "/admin/reload", &Value::Null).await;
+    assert_eq!(r.status, 200, "{}", text(&r));
+    assert_eq!(
+        console(&gw, "GET", "/console/perjanjian", Some(&sid), None)
+            .await
+            .status,
+        303
+    );
+}
+
+#[tokio::test]
+async fn an_auditor_finds_calls_by_nik_which_never_appears_in_clear() {
+    let logs = captured_logs();
+    let (gw, _up) = start("").await;
+    let nik = "3603015505900777";
+    let r = raw_request(
+        gw.addr,
+        &get(
+            &format!("/dukcapil/penduduk/penduduk/{nik}"),
+            "X-Gerbang-Purpose: pelayanan-kesehatan\r\n",
+        ),
+    )
+    .await;
+    assert_eq!(r.status, 200);
+    let sid = sign_in(&gw, "aud").await;
+    let page = text(&console(&gw, "GET", "/console/audit", Some(&sid), None).await);
+    assert!(
+        page.contains(r#"<p id="verify" class="verify-ok">audit log intact"#),
+        "{page}"
+    );
+    let csrf = hidden(&page, "csrf");
+    let r = console(
+        &gw,
+        "POST",
+        "/console/audit",
+        Some(&sid),
+        Some(&form(&[("csrf", &csrf), ("nik", nik)])),
+    )
+    .await;
+    assert_eq!(r.status, 200);
+    let html = text(&r);
+    assert!(!html.contains(nik), "the NIK in clear in the page");
+    assert!(html.contains("36************77"), "{html}");
+    let table = &html[html.find(r#"id="results""#).unwrap()..];
+    let rows = table.matches("<tr><td>").count();
+    assert_eq!(rows, 1, "{table}");
+    assert!(
+        table.contains("test/client") && table.contains("pks-test") && table.contains(" WIB<"),
+        "{table}"
+    );
+    // Another NIK finds nothing.
+    let r = console(
+        &gw,
+        "POST",
+        "/console/audit",
+        Some(&sid),
+        Some(&form(&[("csrf", &csrf), ("nik", "3603015505900778")])),
+    )
+    .await;
+    let html = text(&r);
+    let table = &html[html.find(r#"id="results""#).unwrap()..];
+    assert_eq!(table.matches("<tr><td>").count(), 0);
+    let logged = String::from_utf8_lossy(&logs.lock().unwrap()).into_owned();
+    assert!(!logged.contains(nik), "the NIK in clear in the log");
+    // Without the CSRF token the search is refused.
+    let r = console(
+        &gw,
+        "POST",
+        "/console/audit",
+        Some(&sid),
+        Some(&form(&[("nik", nik)])),
+    )
+    .await;
+    assert_eq!(r.status, 403);
+    assert!(!text(&r).contains(nik));
+}
