@@ -483,6 +483,7 @@ impl Browser {
             .await
             .unwrap();
         browser.driver = Some(driver);
+        browser.laptop().await;
         browser
     }
 
@@ -799,22 +800,22 @@ impl Browser {
         png.len()
     }
 
-    /// Emulates a viewport of `width`×`height` CSS pixels (a phone: `mobile`), or ends the
-    /// emulation when `width` is 0.
-    pub async fn emulate_viewport(&self, width: u32, height: u32, mobile: bool) {
-        let cdp = self.d().cdp();
-        if width == 0 {
-            cdp.send_raw("Emulation.clearDeviceMetricsOverride", json!({}))
-                .await
-                .unwrap();
-        } else {
-            cdp.send_raw(
+    /// Makes the viewport `width`×`height` CSS pixels (a phone: `mobile`), whatever the
+    /// window's size (headless Chromium's window includes room for its toolbars).
+    pub async fn set_viewport(&self, width: u32, height: u32, mobile: bool) {
+        self.d()
+            .cdp()
+            .send_raw(
                 "Emulation.setDeviceMetricsOverride",
                 json!({ "width": width, "height": height, "deviceScaleFactor": 1, "mobile": mobile }),
             )
             .await
-            .unwrap();
-        }
+            .unwrap_or_else(|e| panic!("viewport {width}x{height}: {e}"));
+    }
+
+    /// The laptop viewport the screenshots use: 1366×768.
+    pub async fn laptop(&self) {
+        self.set_viewport(1366, 768, false).await;
     }
 
     /// The viewport's size in CSS pixels.
