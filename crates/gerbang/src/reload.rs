@@ -92,6 +92,11 @@ impl Fixed {
             ("server.tls", written("server", "tls")),
             ("admin.listen", c.admin_listen.to_string()),
             ("admin.watch_files", c.watch_files.to_string()),
+            // The console's sessions are set up at start.
+            (
+                "admin.console_sessions",
+                format!("{:?}", c.console_sessions),
+            ),
             ("upstream.system_roots", written("upstream", "system_roots")),
             ("upstream.ca_files", written("upstream", "ca_files")),
             (

@@ -102,6 +102,14 @@ fn change(key: &str, dir: &Path) -> Option<(Vec<(&'static str, String)>, Expect)
             Applied(|gw| gw.running.as_ref().unwrap().reloader.admin_tokens().len() == 1),
         ),
         "admin.watch_files" => (one("admin.watch_files", "false"), Restart("admin.watch_files")),
+        "admin.console_idle_timeout" => (
+            one("admin.console_idle_timeout", "\"5m\""),
+            Restart("admin.console_sessions"),
+        ),
+        "admin.console_max_session" => (
+            one("admin.console_max_session", "\"1h\""),
+            Restart("admin.console_sessions"),
+        ),
         "limits.max_uri_bytes" => (
             one("limits.max_uri_bytes", "300"),
             Applied(|gw| gateway(gw).settings().limits.max_uri_bytes == 300),
