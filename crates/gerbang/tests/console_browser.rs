@@ -644,6 +644,7 @@ async fn every_page_accessible_with_screenshots() {
     b.fill("#purpose", "pemasaran").await;
     b.find("#uji").await.click().await.unwrap();
     b.find("#decision").await;
+    b.scroll_to("#result").await;
     seen.check(&b, &axe, "uji-akses-hasil", "Uji akses").await;
     b.go("/console/audit").await;
     b.fill("#nik", NIK).await;
@@ -655,6 +656,7 @@ async fn every_page_accessible_with_screenshots() {
         .await
         .unwrap();
     b.find("#results").await;
+    b.scroll_to("#h-results").await;
     seen.check(&b, &axe, "audit-hasil", "Audit").await;
 
     // A phone.

@@ -433,6 +433,8 @@ impl Browser {
                 "--log-path={}",
                 profile.path().join("chromedriver.log").display()
             ))
+            // Chromium's user interface language and locale (date fields) on Linux.
+            .env("LANGUAGE", "id")
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::null())
@@ -811,6 +813,19 @@ impl Browser {
             )
             .await
             .unwrap_or_else(|e| panic!("viewport {width}x{height}: {e}"));
+    }
+
+    /// Scrolls the element `css` selects to the top of the viewport (for a screenshot of a
+    /// result below the form).
+    pub async fn scroll_to(&self, css: &str) {
+        let el = self.find(css).await;
+        self.d()
+            .execute(
+                "arguments[0].scrollIntoView({ block: 'start' });",
+                vec![el.to_json().unwrap()],
+            )
+            .await
+            .unwrap();
     }
 
     /// The laptop viewport the screenshots use: 1366×768.
