@@ -280,17 +280,28 @@ async fn sign_in_sets_a_strict_cookie_and_every_page_has_the_security_headers() 
         "/console/perjanjian/pks-test",
         "/console/perjanjian/pks-test/ubah",
         "/console/uji-akses",
-        "/console/uji-akses?consumer=test%2Fclient&method=GET&path=%2Fdukcapil%2Fpenduduk%2Fpenduduk%2F1",
         "/console/audit",
         "/console/riwayat",
         "/console/nothing-here",
         "/console/masuk",
     ] {
         let r = console(&gw, "GET", page, Some(&sid), None).await;
-        let expected = if page == "/console/nothing-here" { 404 } else { 200 };
+        let expected = if page == "/console/nothing-here" {
+            404
+        } else {
+            200
+        };
         assert_eq!(r.status, expected, "{page}: {}", text(&r));
-        assert_eq!(r.header("content-security-policy"), Some(gerbang_admin_csp()), "{page}");
-        assert_eq!(r.header("x-content-type-options"), Some("nosniff"), "{page}");
+        assert_eq!(
+            r.header("content-security-policy"),
+            Some(gerbang_admin_csp()),
+            "{page}"
+        );
+        assert_eq!(
+            r.header("x-content-type-options"),
+            Some("nosniff"),
+            "{page}"
+        );
         assert_eq!(r.header("referrer-policy"), Some("no-referrer"), "{page}");
         assert_eq!(r.header("cache-control"), Some("no-store"), "{page}");
         let html = text(&r);
@@ -302,15 +313,27 @@ async fn sign_in_sets_a_strict_cookie_and_every_page_has_the_security_headers() 
             assert!(html.contains(r#"id="user-name">ops<"#), "{page}");
         }
     }
-    // Explain in the console is the API's explain.
+    // Explain in the console is the API's explain (a POST: the path may hold a NIK).
+    let page = text(&console(&gw, "GET", "/console/uji-akses", Some(&sid), None).await);
+    let explain = form(&[
+        ("csrf", &hidden(&page, "csrf")),
+        ("consumer", "test/client"),
+        ("method", "GET"),
+        ("path", "/dukcapil/penduduk/penduduk/1"),
+    ]);
     let r = console(
         &gw,
-        "GET",
-        "/console/uji-akses?consumer=test%2Fclient&method=GET&path=%2Fdukcapil%2Fpenduduk%2Fpenduduk%2F1",
+        "POST",
+        "/console/uji-akses",
         Some(&sid),
-        None,
+        Some(&explain),
     )
     .await;
+    assert_eq!(r.status, 200);
+    assert_eq!(
+        r.header("content-security-policy"),
+        Some(gerbang_admin_csp())
+    );
     let html = text(&r);
     assert!(
         html.contains(r#"id="decision" class="decision-deny">DENY<"#),

@@ -239,15 +239,26 @@ impl Console {
         } else if let Some(l) = cookies.get("lang").and_then(|l| Lang::parse(l)) {
             ctx.lang = l;
         }
+        let lang = ctx.lang;
         let mut res = match self.route(api, req, &path, query, &cookies, ctx).await {
             Ok(r) => r,
             Err(e) => {
                 tracing::error!(error = %e, "console page failed");
-                let mut r = Response::new(response_body::full(Bytes::from_static(
-                    b"internal error; see the gateway's log",
-                )));
-                *r.status_mut() = StatusCode::INTERNAL_SERVER_ERROR;
-                r
+                // The error page in the layout (without the menu), or plain text.
+                let ctx = Ctx {
+                    lang,
+                    session: None,
+                    client: conn.remote.ip(),
+                    set_lang: false,
+                };
+                self.error_page(&ctx, StatusCode::INTERNAL_SERVER_ERROR, "internal")
+                    .unwrap_or_else(|_| {
+                        let mut r = Response::new(response_body::full(Bytes::from_static(
+                            b"internal error; see the gateway's log",
+                        )));
+                        *r.status_mut() = StatusCode::INTERNAL_SERVER_ERROR;
+                        r
+                    })
             }
         };
         let h = res.headers_mut();
@@ -504,9 +515,12 @@ impl Console {
                 self.agreement_edit(api, &ctx, id, form.as_ref(), &caller)
                     .await
             }
-            (&Method::GET, ["uji-akses"]) => {
+            (m, ["uji-akses"]) if *m == Method::GET || *m == Method::POST => {
                 require!(ConsoleAction::ReadAgreements);
-                self.explain_page(api, &ctx, &query, &caller(false, None))
+                // A POST keeps the path (which may hold a NIK) out of URLs and history.
+                // A GET with the fields in the query answers too (a link to a decision).
+                let fields = form.unwrap_or_else(|| query.clone());
+                self.explain_page(api, &ctx, &fields, &caller(false, None))
                     .await
             }
             (m, ["audit"]) if *m == Method::GET || *m == Method::POST => {
