@@ -41,7 +41,8 @@ fn call_until(gw: &Gateway, path: &str, purpose: Option<&str>, want: u16) -> (u1
 
 /// 1. Sign-in as each role lands on Ringkasan showing who and which role; the cookie is
 /// HttpOnly and SameSite=Strict; sign-out ends the session (the old cookie no longer works);
-/// a wrong token is refused; an unauthenticated page redirects to the sign-in.
+/// a wrong token is refused; an unauthenticated page redirects to the sign-in. The viewer signs
+/// in with the keyboard alone (Tab to the field, Enter).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "needs chromium"]
 async fn sign_in_as_each_role_and_sign_out() {
@@ -69,7 +70,11 @@ async fn sign_in_as_each_role_and_sign_out() {
     // Every role is tried; what went wrong for each is reported together.
     let mut wrong = Vec::new();
     for (name, role, token) in PEOPLE {
-        b.sign_in(token).await;
+        if role == "viewer" {
+            b.sign_in_with_keyboard(token).await;
+        } else {
+            b.sign_in(token).await;
+        }
         let h1 = b.h1().await;
         if h1.trim() != "Ringkasan" {
             wrong.push(format!("{role} lands on {h1:?}, not on Ringkasan"));

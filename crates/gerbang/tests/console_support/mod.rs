@@ -306,7 +306,7 @@ pub fn form_encode(fields: &[(String, String)]) -> String {
 fn find_program(env: &str, candidates: &[&str], name: &str) -> Option<PathBuf> {
     if let Ok(p) = std::env::var(env) {
         if !p.is_empty() {
-            return Some(PathBuf::from(p));
+            return Some(PathBuf::from(p)).filter(|p| p.exists());
         }
     }
     for c in candidates {
@@ -633,6 +633,37 @@ impl Browser {
         );
         input.send_keys(token).await.unwrap();
         self.find("#masuk").await.click().await.unwrap();
+        self.wait_path("/console/").await;
+    }
+
+    /// Signs in with the keyboard only: Tab from the top of the page to the token field (the
+    /// skip link and language links come first), type, Enter.
+    pub async fn sign_in_with_keyboard(&self, token: &str) {
+        self.go("/console/masuk").await;
+        self.find("input#token").await;
+        let mut reached = false;
+        for _ in 0..10 {
+            self.d()
+                .active_element()
+                .await
+                .unwrap()
+                .send_keys(Key::Tab)
+                .await
+                .unwrap();
+            let id = self.d().active_element().await.unwrap().id().await.unwrap();
+            if id.as_deref() == Some("token") {
+                reached = true;
+                break;
+            }
+        }
+        assert!(reached, "Tab never reached the token field");
+        self.d()
+            .active_element()
+            .await
+            .unwrap()
+            .send_keys(token + Key::Enter)
+            .await
+            .unwrap();
         self.wait_path("/console/").await;
     }
 
