@@ -1975,6 +1975,38 @@ url = "http://127.0.0.1:18101"
     }
 
     #[test]
+    fn admin_token_roles_default_to_admin_and_are_checked() {
+        let dir = tempfile::tempdir().unwrap();
+        let digest = |c: char| format!("sha256:{}", c.to_string().repeat(64));
+        let main = |role: &str| {
+            format!(
+                "[server]\nlisten = \"127.0.0.1:0\"\n[admin]\nlisten = \"127.0.0.1:0\"\n\
+                 console_idle_timeout = \"5m\"\ntokens = [{{ name = \"a\", digest = \"{}\" }}, \
+                 {{ name = \"b\", digest = \"{}\", role = \"{role}\" }}]\n",
+                digest('a'),
+                digest('b')
+            )
+        };
+        write(dir.path(), "gerbang.toml", &main("auditor"));
+        write(dir.path(), "registry/dukcapil.toml", AGENCY);
+        let c = load(&dir.path().join("gerbang.toml"), &Overrides::default()).unwrap();
+        let roles: Vec<AdminRole> = c.admin_tokens.iter().map(|t| t.role).collect();
+        assert_eq!(roles, [AdminRole::Admin, AdminRole::Auditor]);
+        assert_eq!(
+            c.console_sessions,
+            (Duration::from_secs(300), Duration::from_secs(8 * 3600))
+        );
+        write(dir.path(), "gerbang.toml", &main("boss"));
+        let err = load(&dir.path().join("gerbang.toml"), &Overrides::default()).unwrap_err();
+        assert!(
+            err.to_string().contains(
+                "gerbang.toml: admin.tokens[1].role: one of admin, operator, auditor, viewer"
+            ),
+            "{err}"
+        );
+    }
+
+    #[test]
     fn reports_every_problem_with_file_and_key() {
         let dir = tempfile::tempdir().unwrap();
         write(

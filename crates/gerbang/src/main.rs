@@ -1124,6 +1124,10 @@ fn print_demo_banner(
         "  curl -s http://{}/metrics                # Prometheus metrics",
         running.admin_addr
     );
+    println!(
+        "Console: http://{}/console/ (the example configuration's admin token: demo-admin-token)",
+        running.admin_addr
+    );
     println!("Audit log (every call; the NIK only as a keyed hash):");
     for c in audit_commands {
         println!("  {c}");
