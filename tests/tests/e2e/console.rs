@@ -727,3 +727,123 @@ async fn an_auditor_finds_calls_by_nik_which_never_appears_in_clear() {
     assert_eq!(r.status, 403);
     assert!(!text(&r).contains(nik));
 }
+
+#[tokio::test]
+async fn overview_counts_calls_services_edit_instances_and_a_rotated_secret_is_shown_once() {
+    let (gw, up) = start("").await;
+    let nik_path = "/dukcapil/penduduk/penduduk/3603015505900001";
+    let purpose = "X-Gerbang-Purpose: pelayanan-kesehatan\r\n";
+    assert_eq!(
+        raw_request(gw.addr, &get(nik_path, purpose)).await.status,
+        200
+    );
+    assert_eq!(raw_request(gw.addr, &get(nik_path, "")).await.status, 403);
+    let sid = sign_in(&gw, "ops").await;
+    let html = text(&console(&gw, "GET", "/console/", Some(&sid), None).await);
+    let traffic = &html[html.find(r#"id="traffic""#).expect(&html)..];
+    assert!(
+        traffic.contains("<td>test</td><td>dukcapil/penduduk</td><td>2</td>"),
+        "{traffic}"
+    );
+    let denials = &html[html.find(r#"id="denials""#).unwrap()..];
+    assert!(
+        denials.contains("<td>purpose_missing</td><td>1</td>"),
+        "{denials}"
+    );
+    assert!(
+        html.contains(r#"id="config-hash""#) && html.contains(" WIB</dd>"),
+        "{html}"
+    );
+
+    // Instances: a bad URL is refused with nothing written; a good one is applied.
+    let registry_file = gw.dir.path().join("registry/a0.toml");
+    let before = std::fs::read_to_string(&registry_file).unwrap();
+    let page = text(
+        &console(
+            &gw,
+            "GET",
+            "/console/layanan/dukcapil/penduduk",
+            Some(&sid),
+            None,
+        )
+        .await,
+    );
+    let csrf = hidden(&page, "csrf");
+    let etag = hidden(&page, "etag");
+    let bad = form(&[
+        ("csrf", &csrf),
+        ("etag", &etag),
+        (
+            "instances",
+            r#"[{ "name": "p-1", "url": "ftp://nowhere" }]"#,
+        ),
+    ]);
+    let r = console(
+        &gw,
+        "POST",
+        "/console/layanan/dukcapil/penduduk",
+        Some(&sid),
+        Some(&bad),
+    )
+    .await;
+    assert!(text(&r).contains(r#"id="errors""#), "{}", text(&r));
+    assert_eq!(std::fs::read_to_string(&registry_file).unwrap(), before);
+    let good_list = format!(r#"[{{ "name": "p-baru", "url": "{}" }}]"#, up.url());
+    let good = form(&[("csrf", &csrf), ("etag", &etag), ("instances", &good_list)]);
+    let r = console(
+        &gw,
+        "POST",
+        "/console/layanan/dukcapil/penduduk",
+        Some(&sid),
+        Some(&good),
+    )
+    .await;
+    assert!(text(&r).contains(r#"id="notice""#), "{}", text(&r));
+    assert!(std::fs::read_to_string(&registry_file)
+        .unwrap()
+        .contains("p-baru"));
+    assert_eq!(
+        raw_request(gw.addr, &get(nik_path, purpose)).await.status,
+        200
+    );
+
+    // A rotated secret: shown on its result page once, only its hash in the file.
+    let page = text(&console(&gw, "GET", "/console/aplikasi", Some(&sid), None).await);
+    let csrf = hidden(&page, "csrf");
+    let r = console(
+        &gw,
+        "POST",
+        "/console/aplikasi/test/client/ganti-secret",
+        Some(&sid),
+        Some(&form(&[("csrf", &csrf)])),
+    )
+    .await;
+    assert_eq!(r.status, 200, "{}", text(&r));
+    let html = text(&r);
+    let secret = {
+        let marker = r#"id="secret" type="text" readonly value=""#;
+        let start = html.find(marker).expect(&html) + marker.len();
+        html[start..start + html[start..].find('"').unwrap()].to_owned()
+    };
+    assert!(secret.len() >= 32, "{secret}");
+    let files: String = std::fs::read_dir(gw.dir.path().join("registry"))
+        .unwrap()
+        .map(|e| std::fs::read_to_string(e.unwrap().path()).unwrap())
+        .collect();
+    assert!(!files.contains(&secret));
+    let again = text(&console(&gw, "GET", "/console/aplikasi", Some(&sid), None).await);
+    assert!(!again.contains(&secret));
+    // An operator may look but not rotate.
+    let oid = sign_in(&gw, "opr").await;
+    let page = text(&console(&gw, "GET", "/console/aplikasi", Some(&oid), None).await);
+    assert!(!page.contains("ganti-secret"));
+    let r = console(
+        &gw,
+        "POST",
+        "/console/aplikasi/test/client/ganti-secret",
+        Some(&oid),
+        Some(&form(&[("csrf", &hidden(&page, "csrf"))])),
+    )
+    .await;
+    assert_eq!(r.status, 403);
+}
