@@ -787,6 +787,14 @@ pub fn load_with(
             role,
         });
     }
+    for (key, d) in [
+        ("admin.console_idle_timeout", raw.admin.console_idle_timeout),
+        ("admin.console_max_session", raw.admin.console_max_session),
+    ] {
+        if d.is_zero() {
+            problems.push(file, key, "must be longer than zero");
+        }
+    }
     if let (Some(a), Some(b)) = (listen, admin_listen) {
         if a == b && a.port() != 0 {
             problems.push(file, "admin.listen", "must differ from server.listen");
@@ -1995,6 +2003,17 @@ url = "http://127.0.0.1:18101"
         assert_eq!(
             c.console_sessions,
             (Duration::from_secs(300), Duration::from_secs(8 * 3600))
+        );
+        write(
+            dir.path(),
+            "gerbang.toml",
+            &main("viewer").replace("\"5m\"", "\"0s\""),
+        );
+        let err = load(&dir.path().join("gerbang.toml"), &Overrides::default()).unwrap_err();
+        assert!(
+            err.to_string()
+                .contains("admin.console_idle_timeout: must be longer than zero"),
+            "{err}"
         );
         write(dir.path(), "gerbang.toml", &main("boss"));
         let err = load(&dir.path().join("gerbang.toml"), &Overrides::default()).unwrap_err();
