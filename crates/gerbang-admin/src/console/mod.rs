@@ -747,7 +747,16 @@ impl Console {
             ""
         };
         let cookie = format!("{COOKIE}={id}; Path=/console; HttpOnly; SameSite=Strict{secure}");
-        Ok(redirect("/console/", HeaderValue::from_str(&cookie).ok()))
+        // Each role lands on the first page it may see: the overview, or (an auditor, who
+        // does not read the registry) the audit page.
+        let landing = if crate::roles::console_roles(crate::roles::ConsoleAction::ReadRegistry)
+            .contains(&role)
+        {
+            "/console/"
+        } else {
+            "/console/audit"
+        };
+        Ok(redirect(landing, HeaderValue::from_str(&cookie).ok()))
     }
 
     // ------------------------------------------------------------------ pages

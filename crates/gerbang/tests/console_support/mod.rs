@@ -633,7 +633,7 @@ impl Browser {
         );
         input.send_keys(token).await.unwrap();
         self.find("#masuk").await.click().await.unwrap();
-        self.wait_path("/console/").await;
+        self.wait_landed().await;
     }
 
     /// Signs in with the keyboard only: Tab from the top of the page to the token field (the
@@ -664,7 +664,25 @@ impl Browser {
             .send_keys(token + Key::Enter)
             .await
             .unwrap();
-        self.wait_path("/console/").await;
+        self.wait_landed().await;
+    }
+
+    /// Waits for the page a sign-in lands on: the overview, or the audit page (an auditor).
+    pub async fn wait_landed(&self) {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let now = self.d().current_url().await.unwrap();
+            if now.path() == "/console/" || now.path() == "/console/audit" {
+                return;
+            }
+            if Instant::now() >= deadline {
+                panic!(
+                    "a sign-in did not land on /console/ or /console/audit, still on {now}; page:\n{}",
+                    self.source_excerpt().await
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
     }
 
     /// Signs out with the page's sign-out form (a POST to `/console/keluar`).
