@@ -285,3 +285,68 @@ fn a_restarted_replica_takes_the_newest_revision_and_export_writes_it_as_files()
     assert!(out_dir.path().join("registry/klien.toml").exists());
     assert!(String::from_utf8_lossy(&out.stdout).contains(&hash1));
 }
+
+#[test]
+#[ignore = "needs redis-server"]
+fn a_reload_of_edited_bootstrap_files_on_one_replica_reaches_every_replica() {
+    let redis = RedisServer::start();
+    let cluster = redis_cluster(3, &redis);
+    let (hash0, rev0) = converged(&cluster, Duration::from_secs(5)).expect("converge");
+    // An operator edits the bootstrap agreement file (a ConfigMap update, say) and reloads one
+    // replica: the edit becomes the next revision, in force everywhere.
+    let file = cluster.agreements_dir().join("uji.toml");
+    let text = std::fs::read_to_string(&file).unwrap();
+    std::fs::write(
+        &file,
+        text.replace(
+            "consumers = [\"*\"]",
+            "consumers = [\"*\"]\nmethods = [\"POST\"]",
+        ),
+    )
+    .unwrap();
+    let (status, _, body) = admin(
+        cluster.replicas[2].admin_addr,
+        "POST",
+        "/admin/reload",
+        None,
+        "",
+    );
+    assert_eq!(status, 200, "{body}");
+    for (i, r) in cluster.replicas.iter().enumerate() {
+        assert!(
+            eventually(Duration::from_secs(5), || get_with_api_key(
+                r.data_addr,
+                &format!("{ECHO}/a")
+            )
+            .0 == 403),
+            "replica {i} does not enforce the edited bootstrap file"
+        );
+    }
+    let (hash1, rev1) =
+        converged(&cluster, Duration::from_secs(5)).expect("converge after the reload");
+    assert_ne!(hash1, hash0);
+    assert!(rev1 > rev0);
+    let (_, _, body) = admin(
+        cluster.replicas[0].admin_addr,
+        "GET",
+        "/admin/revisions",
+        None,
+        "",
+    );
+    let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(v["revisions"][0]["author"], "files", "{body}");
+    assert_eq!(v["revisions"][0]["replica"], "r2", "{body}");
+    // A second reload with nothing edited publishes nothing.
+    let (status, _, _) = admin(
+        cluster.replicas[1].admin_addr,
+        "POST",
+        "/admin/reload",
+        None,
+        "",
+    );
+    assert_eq!(status, 200);
+    assert_eq!(
+        metric(cluster.replicas[1].admin_addr, "gerbang_config_revision "),
+        Some(rev1)
+    );
+}
