@@ -514,6 +514,10 @@ async fn an_agreement_edit_needs_csrf_shows_errors_by_field_previews_saves_and_e
             || html.contains("+purposes = [&quot;penagihan-pajak&quot;]"),
         "{html}"
     );
+    // Only what the form changed: no `status` line the file did not have, and the file named
+    // as admins know it, not by this process's path.
+    assert!(!html.contains("+status"), "{html}");
+    assert!(html.contains("+++ agreements/"), "{html}");
     assert_eq!(agreement_file(&gw), before);
 
     // Save: written, enforced at once, audited with the person's token name.
@@ -678,7 +682,7 @@ async fn an_auditor_finds_calls_by_nik_which_never_appears_in_clear() {
     let sid = sign_in(&gw, "aud").await;
     let page = text(&console(&gw, "GET", "/console/audit", Some(&sid), None).await);
     assert!(
-        page.contains(r#"<p id="verify" class="verify-ok">audit log intact"#),
+        page.contains(r#"<p id="verify" class="verify-ok">Log audit utuh"#),
         "{page}"
     );
     let csrf = hidden(&page, "csrf");

@@ -131,6 +131,21 @@ const WORDS: &[(&str, &str, &str)] = &[
     ("replica", "Replika", "Replica"),
     ("verify", "Verifikasi log audit", "Audit log verification"),
     ("no_audit", "Log audit tidak dikonfigurasi.", "The audit log is not configured."),
+    (
+        "verify_ok",
+        "Log audit utuh: {files} berkas, {records} catatan, {seals} segel; {unsealed} catatan setelah segel terakhir.",
+        "Audit log intact: {files} file(s), {records} record(s), {seals} seal(s); {unsealed} record(s) after the last seal.",
+    ),
+    (
+        "verify_broken",
+        "Log audit TIDAK utuh:",
+        "Audit log NOT intact:",
+    ),
+    (
+        "verify_no_key",
+        "Log audit TIDAK diverifikasi: kunci publik segel tidak ada.",
+        "Audit log NOT verified: no seal public key.",
+    ),
     ("revisions", "Revisi konfigurasi", "Configuration revisions"),
     ("revision", "Revisi", "Revision"),
     ("who", "Siapa", "Who"),

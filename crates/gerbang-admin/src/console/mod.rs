@@ -1349,18 +1349,20 @@ impl Console {
             .as_ref()
             .and_then(|f| std::fs::read_to_string(f).ok())
             .and_then(|t| hex::decode(t.trim()).ok());
+        let w = |k: &str| words.get(k).copied().unwrap_or("");
         let Some(key) = key else {
-            return ("audit log NOT verified: no seal public key".into(), false);
+            return (w("verify_no_key").to_owned(), false);
         };
         match gerbang_audit::verify(dir, &key) {
             Ok(v) => (
-                format!(
-                    "audit log intact: {} file(s), {} record(s), {} seal(s); {} record(s) after the last seal",
-                    v.files, v.records, v.seals, v.unsealed
-                ),
+                w("verify_ok")
+                    .replace("{files}", &v.files.to_string())
+                    .replace("{records}", &v.records.to_string())
+                    .replace("{seals}", &v.seals.to_string())
+                    .replace("{unsealed}", &v.unsealed.to_string()),
                 true,
             ),
-            Err(e) => (format!("audit log NOT intact: {e}"), false),
+            Err(e) => (format!("{} {e}", w("verify_broken")), false),
         }
     }
 
@@ -1433,7 +1435,14 @@ impl<R: Reload> AdminApi<R> {
         new["id"] = Value::from(id);
         crate::store::put_entry(&mut doc, "agreement", id, &new).ok()?;
         let after = doc.to_string();
-        let name = f.path.display().to_string();
+        // The file as admins know it (`agreements/x.toml`), not where this process keeps it.
+        let name = format!(
+            "agreements/{}",
+            f.path
+                .file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_default()
+        );
         Some(
             similar::TextDiff::from_lines(&before, &after)
                 .unified_diff()
@@ -1568,6 +1577,13 @@ fn agreement_from_form(
                     continue;
                 }
             },
+        };
+        // `status = "active"` is the default: the form shows it for an agreement without the
+        // key, and saving must not add a line the admins did not write.
+        let value = if d.name == "status" && current.get("status").is_none() && text == "active" {
+            Value::Null
+        } else {
+            value
         };
         match (&mut out, value) {
             (Value::Object(m), Value::Null) => {
