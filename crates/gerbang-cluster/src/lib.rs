@@ -9,6 +9,7 @@
 pub mod limits;
 pub mod quota_file;
 pub mod revisions;
+pub mod sessions;
 
 #[cfg(test)]
 mod test_redis;

@@ -544,3 +544,54 @@ fn local_choice(
         _ => (boot.clone(), None),
     }
 }
+
+/// Console sessions in Redis (cluster mode), for the console's [`SharedSessions`]: a person
+/// signed in on one replica is signed in on every replica, and a sign-out ends it everywhere.
+///
+/// [`SharedSessions`]: gerbang_admin::console::session::SharedSessions
+pub struct ConsoleSessions(gerbang_cluster::sessions::SessionStore);
+
+impl ConsoleSessions {
+    pub fn new(settings: &RedisSettings) -> Self {
+        Self(gerbang_cluster::sessions::SessionStore::new(
+            &settings.url,
+            settings.timeout,
+        ))
+    }
+}
+
+impl gerbang_admin::console::session::SharedSessions for ConsoleSessions {
+    fn save<'a>(
+        &'a self,
+        id: &'a str,
+        session: &'a gerbang_admin::console::session::SharedSession,
+        idle: std::time::Duration,
+    ) -> gerbang_admin::console::session::StoreFuture<'a, ()> {
+        Box::pin(async move {
+            let text = serde_json::to_string(session).map_err(|e| e.to_string())?;
+            self.0.save(id, &text, idle).await
+        })
+    }
+
+    fn load<'a>(
+        &'a self,
+        id: &'a str,
+        idle: std::time::Duration,
+    ) -> gerbang_admin::console::session::StoreFuture<
+        'a,
+        Option<gerbang_admin::console::session::SharedSession>,
+    > {
+        Box::pin(async move {
+            match self.0.load(id, idle).await? {
+                Some(text) => serde_json::from_str(&text)
+                    .map(Some)
+                    .map_err(|e| e.to_string()),
+                None => Ok(None),
+            }
+        })
+    }
+
+    fn delete<'a>(&'a self, id: &'a str) -> gerbang_admin::console::session::StoreFuture<'a, ()> {
+        Box::pin(self.0.delete(id))
+    }
+}

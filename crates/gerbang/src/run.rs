@@ -110,6 +110,11 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
     let reload_seed = crate::reload::Seed::of(&config);
     let watch_files = config.watch_files;
     let console_sessions = config.console_sessions;
+    let console_shared_sessions: Option<Arc<dyn gerbang_admin::console::session::SharedSessions>> =
+        config.cluster.redis.as_ref().map(|r| {
+            Arc::new(crate::cluster::ConsoleSessions::new(r))
+                as Arc<dyn gerbang_admin::console::session::SharedSessions>
+        });
     // The console reads this replica's audit log and verifies it with its seal public key.
     let console_audit = config.audit.as_ref().map(|a| {
         (
@@ -339,6 +344,8 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
             idle: console_sessions.0,
             absolute: console_sessions.1,
             clock: None,
+            // Cluster mode: sessions in Redis, the same on every replica.
+            shared_sessions: console_shared_sessions,
         }),
     );
     // The console's overview: the counters once a minute, an hour of them kept.

@@ -350,3 +350,90 @@ fn a_reload_of_edited_bootstrap_files_on_one_replica_reaches_every_replica() {
         Some(rev1)
     );
 }
+
+/// `method path` on the console with a cookie and a form body; (status, lower-cased head, body).
+fn console(
+    addr: std::net::SocketAddr,
+    method: &str,
+    path: &str,
+    cookie: &str,
+    form: &str,
+) -> (u16, String, String) {
+    let cookie = if cookie.is_empty() {
+        String::new()
+    } else {
+        format!("Cookie: {cookie}\r\n")
+    };
+    exchange(
+        addr,
+        &format!(
+            "{method} {path} HTTP/1.1\r\nHost: t\r\n{cookie}Content-Type: application/x-www-form-urlencoded\r\n\
+             Content-Length: {}\r\nConnection: close\r\n\r\n{form}",
+            form.len()
+        ),
+    )
+}
+
+#[test]
+#[ignore = "needs redis-server"]
+fn a_console_session_is_valid_on_every_replica_and_a_sign_out_ends_it_everywhere() {
+    let redis = RedisServer::start();
+    let cluster = redis_cluster(2, &redis);
+    let (a, b) = (
+        cluster.replicas[0].admin_addr,
+        cluster.replicas[1].admin_addr,
+    );
+    let (status, head, body) = console(
+        a,
+        "POST",
+        "/console/masuk",
+        "",
+        &format!("token={ADMIN_TOKEN}"),
+    );
+    assert_eq!(status, 303, "{body}");
+    let cookie = head
+        .lines()
+        .find_map(|l| l.strip_prefix("set-cookie: "))
+        .and_then(|c| c.split(';').next())
+        .expect("a session cookie")
+        .to_owned();
+    // Signed in on replica 0, served by replica 1 (no sticky sessions needed).
+    let (status, _, page) = console(b, "GET", "/console/perjanjian", &cookie, "");
+    assert_eq!(status, 200, "{page}");
+    assert!(page.contains("uji-echo"), "{page}");
+    // Signing out on replica 1 ends the session on replica 0 too.
+    let csrf = page
+        .split("name=\"csrf\" value=\"")
+        .nth(1)
+        .and_then(|r| r.split('"').next())
+        .expect("the page's CSRF token")
+        .to_owned();
+    let (status, _, _) = console(
+        b,
+        "POST",
+        "/console/keluar",
+        &cookie,
+        &format!("csrf={csrf}"),
+    );
+    assert_eq!(status, 303);
+    let (status, head, _) = console(a, "GET", "/console/perjanjian", &cookie, "");
+    assert_eq!(status, 303, "{head}");
+    assert!(head.contains("location: /console/masuk"), "{head}");
+    // Redis away: no session is trusted (sign in again when it is back), none is made up.
+    let (_, head, _) = console(
+        a,
+        "POST",
+        "/console/masuk",
+        "",
+        &format!("token={ADMIN_TOKEN}"),
+    );
+    let cookie = head
+        .lines()
+        .find_map(|l| l.strip_prefix("set-cookie: "))
+        .and_then(|c| c.split(';').next())
+        .unwrap()
+        .to_owned();
+    drop(redis);
+    let (status, head, _) = console(b, "GET", "/console/perjanjian", &cookie, "");
+    assert_eq!(status, 303, "{head}");
+}

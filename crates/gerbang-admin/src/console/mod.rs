@@ -87,6 +87,8 @@ pub struct ConsoleSettings {
     pub absolute: Duration,
     /// The sessions' clock (tests move it).
     pub clock: Option<Clock>,
+    /// Cluster mode: sessions kept in the store every replica reads.
+    pub shared_sessions: Option<Arc<dyn session::SharedSessions>>,
 }
 
 impl Default for ConsoleSettings {
@@ -99,6 +101,7 @@ impl Default for ConsoleSettings {
             idle: Duration::from_secs(30 * 60),
             absolute: Duration::from_secs(8 * 3600),
             clock: None,
+            shared_sessions: None,
         }
     }
 }
@@ -150,7 +153,8 @@ impl Console {
             .clock
             .clone()
             .unwrap_or_else(|| Arc::new(Instant::now));
-        let sessions = Sessions::new(settings.idle, settings.absolute, clock);
+        let sessions = Sessions::new(settings.idle, settings.absolute, clock)
+            .with_shared(settings.shared_sessions.clone());
         let console = Self {
             env,
             sessions,
@@ -309,12 +313,13 @@ impl Console {
             let tokens = api.reloader.admin_tokens();
             ctx.session = self
                 .sessions
-                .get(id, |s| {
+                .get_async(id, |s| {
                     tokens
                         .iter()
                         .find(|t| t.name == s.name && session::same_secret(&t.digest, &s.digest))
                         .map(|t| t.role)
                 })
+                .await
                 .map(|s| (id.clone(), s));
         }
         let Some((sid, session)) = ctx.session.clone() else {
@@ -361,7 +366,7 @@ impl Console {
         }
         match (&method, segs.as_slice()) {
             (&Method::POST, ["keluar"]) => {
-                self.sessions.remove(&sid);
+                self.sessions.remove_async(&sid).await;
                 tracing::info!(admin = %session.name, "console sign-out");
                 let mut r = redirect("/console/masuk", None);
                 r.headers_mut().append(
@@ -739,7 +744,7 @@ impl Console {
             );
         };
         let digest = gerbang_auth::apikey::digest_of(token);
-        let id = self.sessions.create(&name, role, &digest)?;
+        let id = self.sessions.create_async(&name, role, &digest).await?;
         tracing::info!(admin = %name, role = %role, client = %ctx.client, "console sign-in");
         let secure = if self.settings.secure_cookie {
             "; Secure"

@@ -23,6 +23,9 @@ pub enum SessionError {
     /// The operating system gave no random bytes.
     #[error("no randomness for a session id")]
     Random,
+    /// The shared session store (cluster mode) did not take it.
+    #[error("the session store: {0}")]
+    Store(String),
 }
 
 /// One signed-in person.
@@ -40,6 +43,44 @@ pub struct Session {
     pub last_seen: Instant,
 }
 
+/// A session as a store shared by replicas keeps it (its role is looked up again from the
+/// token in force on every request).
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+pub struct SharedSession {
+    pub name: String,
+    pub digest: String,
+    pub csrf: String,
+    /// Unix seconds of the sign-in (the absolute limit counts from it on every replica).
+    pub created_unix: i64,
+}
+
+/// A future of a shared session store.
+pub type StoreFuture<'a, T> =
+    std::pin::Pin<Box<dyn std::future::Future<Output = Result<T, String>> + Send + 'a>>;
+
+/// Where sessions live when several replicas serve the console (cluster mode: Redis), so that
+/// a person signed in on one replica is signed in on all and a sign-out ends the session
+/// everywhere. The store expires a session `idle` after its last use.
+pub trait SharedSessions: Send + Sync {
+    /// Stores session `id`, expiring `idle` from now.
+    fn save<'a>(
+        &'a self,
+        id: &'a str,
+        session: &'a SharedSession,
+        idle: Duration,
+    ) -> StoreFuture<'a, ()>;
+    /// Session `id` if it is alive, its expiry moved to `idle` from now.
+    fn load<'a>(&'a self, id: &'a str, idle: Duration) -> StoreFuture<'a, Option<SharedSession>>;
+    /// Ends session `id`.
+    fn delete<'a>(&'a self, id: &'a str) -> StoreFuture<'a, ()>;
+}
+
+fn unix_now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs() as i64)
+}
+
 /// The sessions and the failed sign-ins.
 pub struct Sessions {
     map: Mutex<HashMap<String, Session>>,
@@ -47,6 +88,8 @@ pub struct Sessions {
     idle: Duration,
     absolute: Duration,
     clock: Clock,
+    /// Cluster mode: the store every replica reads (then the map above is not used).
+    shared: Option<Arc<dyn SharedSessions>>,
 }
 
 /// 256 random bits as hex.
@@ -66,6 +109,90 @@ impl Sessions {
             idle,
             absolute,
             clock,
+            shared: None,
+        }
+    }
+
+    /// Keeps sessions in `store` (shared by the replicas) instead of this process.
+    pub fn with_shared(mut self, store: Option<Arc<dyn SharedSessions>>) -> Self {
+        self.shared = store;
+        self
+    }
+
+    /// [`Sessions::create`], in the shared store when there is one.
+    pub async fn create_async(
+        &self,
+        name: &str,
+        role: AdminRole,
+        digest: &str,
+    ) -> Result<String, SessionError> {
+        let Some(store) = &self.shared else {
+            return self.create(name, role, digest);
+        };
+        let id = random_hex()?;
+        let record = SharedSession {
+            name: name.to_owned(),
+            digest: digest.to_owned(),
+            csrf: random_hex()?,
+            created_unix: unix_now(),
+        };
+        store
+            .save(&id, &record, self.idle)
+            .await
+            .map_err(SessionError::Store)?;
+        Ok(id)
+    }
+
+    /// [`Sessions::get`], from the shared store when there is one. A store that cannot be
+    /// reached is no session (sign in again later): never a session that was ended elsewhere.
+    pub async fn get_async(
+        &self,
+        id: &str,
+        still_valid: impl FnOnce(&Session) -> Option<AdminRole>,
+    ) -> Option<Session> {
+        let Some(store) = &self.shared else {
+            return self.get(id, still_valid);
+        };
+        let record = match store.load(id, self.idle).await {
+            Ok(r) => r?,
+            Err(e) => {
+                tracing::warn!(error = %e, "console session store not reachable");
+                return None;
+            }
+        };
+        let age = u64::try_from(unix_now() - record.created_unix).unwrap_or(0);
+        if Duration::from_secs(age) >= self.absolute {
+            let _ = store.delete(id).await;
+            return None;
+        }
+        let now = (self.clock)();
+        let mut session = Session {
+            name: record.name,
+            role: AdminRole::default(),
+            digest: record.digest,
+            csrf: record.csrf,
+            created: now.checked_sub(Duration::from_secs(age)).unwrap_or(now),
+            last_seen: now,
+        };
+        match still_valid(&session) {
+            Some(role) => {
+                session.role = role;
+                Some(session)
+            }
+            None => {
+                let _ = store.delete(id).await;
+                None
+            }
+        }
+    }
+
+    /// [`Sessions::remove`], in the shared store too.
+    pub async fn remove_async(&self, id: &str) {
+        self.remove(id);
+        if let Some(store) = &self.shared {
+            if let Err(e) = store.delete(id).await {
+                tracing::warn!(error = %e, "console session could not be ended in the shared store");
+            }
         }
     }
 
