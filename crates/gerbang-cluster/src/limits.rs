@@ -28,7 +28,7 @@ use std::time::{Duration, Instant};
 use gerbang_policy::limits::{period_of, LimitOutcome, RateInfo};
 use gerbang_policy::{QuotaPeriod, QuotaSpec, RatePeriod, RateSpec, Reason};
 use prometheus::{Histogram, IntCounter, IntCounterVec, IntGauge};
-use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use redis::aio::ConnectionManager;
 use redis::Script;
 
 /// How long calls skip Redis after a failure before one of them probes it again.
@@ -193,25 +193,12 @@ impl SharedLimits {
         settings: &SharedLimitSettings,
         metrics: Option<StoreMetrics>,
     ) -> Result<Self, StoreError> {
-        if settings.url.starts_with("rediss:") {
-            // The redis crate builds its TLS configuration on the process-wide provider; with
-            // none installed and no single provider chosen by crate features it would panic.
-            // Already installed (by anyone): kept.
-            let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
-        }
-        let client = redis::Client::open(settings.url.as_str()).map_err(StoreError::Url)?;
-        // Reconnects back off from 50 ms up to 1 s; one connection attempt lasts at most the
-        // call timeout. Calls never wait for these: they are cut at `timeout`.
-        let config = ConnectionManagerConfig::new()
-            .set_connection_timeout(Some(settings.timeout))
-            .set_response_timeout(Some(settings.timeout))
-            .set_min_delay(Duration::from_millis(50))
-            .set_max_delay(Duration::from_secs(1))
-            .set_number_of_retries(2);
+        // Each connection reconnects on its own; calls never wait for that: they are cut at
+        // `timeout`.
         let connections = (0..settings.connections.max(1))
-            .map(|_| ConnectionManager::new_lazy_with_config(client.clone(), config.clone()))
+            .map(|_| crate::lazy_connection(&settings.url, settings.timeout))
             .collect::<Result<Vec<_>, _>>()
-            .map_err(StoreError::Connection)?;
+            .map_err(StoreError::Url)?;
         if let Some(m) = &metrics {
             for kind in ERROR_KINDS {
                 m.errors.with_label_values(&[kind]);

@@ -252,22 +252,11 @@ return {1, tostring(id)}
 "#;
 
 impl RevisionStore {
-    /// Connects (reconnecting with back-off later on its own); `kept` revisions are kept.
-    pub async fn connect(url: &str, kept: usize, timeout: Duration) -> Result<Self, RevisionError> {
-        let client = redis::Client::open(url)?;
-        let config = redis::aio::ConnectionManagerConfig::new()
-            .set_connection_timeout(Some(timeout))
-            .set_response_timeout(Some(timeout))
-            .set_number_of_retries(2)
-            .set_max_delay(Duration::from_secs(2));
-        let conn = tokio::time::timeout(
-            timeout * 4,
-            ConnectionManager::new_with_config(client, config),
-        )
-        .await
-        .map_err(|_| RevisionError::Timeout(timeout * 4))??;
+    /// The store at `url` (connected on first use, reconnecting on its own); `kept`
+    /// revisions are kept.
+    pub fn new(url: &str, kept: usize, timeout: Duration) -> Result<Self, RevisionError> {
         Ok(Self {
-            conn,
+            conn: crate::lazy_connection(url, timeout)?,
             prefix: "gerbang:config:".into(),
             kept: kept.max(2),
             timeout,

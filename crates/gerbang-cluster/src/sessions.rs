@@ -7,52 +7,27 @@ use std::time::Duration;
 
 use redis::aio::ConnectionManager;
 
-/// Sessions in Redis (connected lazily; reconnecting with back-off).
+/// Sessions in Redis.
 pub struct SessionStore {
-    url: String,
+    conn: ConnectionManager,
     timeout: Duration,
-    conn: tokio::sync::RwLock<Option<ConnectionManager>>,
 }
 
 impl SessionStore {
-    pub fn new(url: &str, timeout: Duration) -> Self {
-        Self {
-            url: url.to_owned(),
+    /// The store at `url` (connected on first use, reconnecting on its own).
+    pub fn new(url: &str, timeout: Duration) -> Result<Self, String> {
+        Ok(Self {
+            conn: crate::lazy_connection(url, timeout).map_err(|e| e.to_string())?,
             timeout,
-            conn: tokio::sync::RwLock::new(None),
-        }
+        })
     }
 
     fn key(id: &str) -> String {
         format!("gerbang:console:session:{id}")
     }
 
-    async fn conn(&self) -> Result<ConnectionManager, String> {
-        if let Some(c) = self.conn.read().await.as_ref() {
-            return Ok(c.clone());
-        }
-        let mut slot = self.conn.write().await;
-        if let Some(c) = slot.as_ref() {
-            return Ok(c.clone());
-        }
-        let client = redis::Client::open(self.url.as_str()).map_err(|e| e.to_string())?;
-        let config = redis::aio::ConnectionManagerConfig::new()
-            .set_connection_timeout(Some(self.timeout))
-            .set_response_timeout(Some(self.timeout))
-            .set_number_of_retries(1);
-        let c = tokio::time::timeout(
-            self.timeout * 4,
-            ConnectionManager::new_with_config(client, config),
-        )
-        .await
-        .map_err(|_| "redis did not answer in time".to_owned())?
-        .map_err(|e| e.to_string())?;
-        *slot = Some(c.clone());
-        Ok(c)
-    }
-
     async fn run<T: redis::FromRedisValue>(&self, cmd: &redis::Pipeline) -> Result<T, String> {
-        let mut c = self.conn().await?;
+        let mut c = self.conn.clone();
         tokio::time::timeout(self.timeout, cmd.query_async(&mut c))
             .await
             .map_err(|_| "redis did not answer in time".to_owned())?

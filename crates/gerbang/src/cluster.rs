@@ -47,7 +47,7 @@ pub struct ClusterSync {
     work: (PathBuf, PathBuf),
     state_file: PathBuf,
     state: std::sync::Mutex<State>,
-    store: tokio::sync::RwLock<Option<RevisionStore>>,
+    store: RevisionStore,
     /// The newest revision that failed validation here (not retried until a newer one).
     refused: std::sync::Mutex<Option<u64>>,
     metrics: std::sync::OnceLock<Arc<gerbang_proxy::metrics::Metrics>>,
@@ -112,28 +112,6 @@ impl ClusterSync {
         m.config_info.with_label_values(&[hash.as_str()]).set(1);
     }
 
-    async fn store(&self) -> Option<RevisionStore> {
-        if let Some(s) = self.store.read().await.as_ref() {
-            return Some(s.clone());
-        }
-        let mut slot = self.store.write().await;
-        if slot.is_none() {
-            match RevisionStore::connect(
-                &self.settings.url,
-                self.settings.revisions_kept,
-                self.settings.timeout,
-            )
-            .await
-            {
-                Ok(s) => *slot = Some(s),
-                Err(e) => {
-                    tracing::debug!(error = %e, redis = %self.settings.redacted(), "redis not reachable for configuration revisions");
-                }
-            }
-        }
-        slot.clone()
-    }
-
     /// The working copy's files.
     pub fn working_files(&self) -> std::io::Result<Files> {
         revisions::read_files(&self.work.0, &self.work.1)
@@ -175,18 +153,12 @@ impl ClusterSync {
         if hash == in_force && based_on.is_some() {
             return Ok(());
         }
-        let Some(store) = self.store().await else {
-            return Err(problem(format!(
-                "the configuration store (Redis at {}) cannot be reached: the change is not \
-                 applied, so that replicas do not drift apart; retry when Redis is back",
-                self.settings.redacted()
-            )));
-        };
         let author = trigger
             .strip_prefix("admin api (")
             .and_then(|r| r.split(')').next())
             .unwrap_or("files");
-        match store
+        match self
+            .store
             .publish(files, author, &self.replica, trigger, based_on)
             .await
         {
@@ -199,7 +171,8 @@ impl ClusterSync {
                 "{e}: this replica applies it within seconds; retry the change on top of it"
             ))),
             Err(e) => Err(problem(format!(
-                "the configuration store (Redis at {}) did not take the change: {e}",
+                "the configuration store (Redis at {}) did not take the change ({e}): it is \
+                 not applied, so that replicas do not drift apart; retry when Redis is back",
                 self.settings.redacted()
             ))),
         }
@@ -235,10 +208,7 @@ impl ClusterSync {
     /// Checks Redis once for a newer revision and applies it; also publishes bootstrap files
     /// taken while Redis was away.
     pub async fn sync_once(&self, reloader: &Reloader) {
-        let Some(store) = self.store().await else {
-            self.count_error();
-            return;
-        };
+        let store = &self.store;
         let newest = match store.current_id().await {
             Ok(id) => id,
             Err(e) => {
@@ -328,18 +298,20 @@ impl ClusterSync {
 
     /// Up to `limit` revisions, newest first.
     pub async fn list(&self, limit: usize) -> Result<Vec<revisions::RevisionMeta>, String> {
-        let store = self.store().await.ok_or_else(|| self.unreachable())?;
-        store.list(limit).await.map_err(|e| e.to_string())
+        self.store
+            .list(limit)
+            .await
+            .map_err(|e| format!("{}: {e}", self.unreachable()))
     }
 
     /// One revision (the newest for `None`) with its diff against its parent.
     pub async fn get(&self, id: Option<u64>) -> Result<Option<(Revision, Option<String>)>, String> {
-        let store = self.store().await.ok_or_else(|| self.unreachable())?;
+        let store = &self.store;
         let r = match id {
             Some(id) => store.get(id).await,
             None => store.current().await,
         }
-        .map_err(|e| e.to_string())?;
+        .map_err(|e| format!("{}: {e}", self.unreachable()))?;
         let Some(r) = r else { return Ok(None) };
         let diff = match r.meta.parent {
             Some(p) => store
@@ -360,10 +332,7 @@ impl ClusterSync {
         id: u64,
         author: &str,
     ) -> Result<Revision, RestoreError> {
-        let store = self
-            .store()
-            .await
-            .ok_or_else(|| RestoreError::Unavailable(self.unreachable()))?;
+        let store = &self.store;
         let old = store
             .get(id)
             .await
@@ -458,32 +427,27 @@ pub async fn prepare(config: Config) -> Result<(Config, Option<Arc<ClusterSync>>
         .ok()
         .filter(|f| !f.is_empty() && revisions::content_hash(f) == state.hash);
 
-    let store =
-        RevisionStore::connect(&settings.url, settings.revisions_kept, settings.timeout).await;
-    // (files, revision id they are, hash)
-    let chosen: (Files, Option<u64>) = match &store {
-        Ok(store) => {
-            let newest = store.current().await;
-            let boot_known = store.revision_with_hash(&boot_hash).await;
-            match (newest, boot_known) {
-                (Ok(Some(r)), Ok(Some(_))) => {
-                    tracing::info!(revision = r.meta.id, hash = %r.meta.hash, "taking the newest configuration revision from redis");
-                    (r.files, Some(r.meta.id))
-                }
-                (Ok(Some(r)), Ok(None)) => {
-                    // Files never published: edited since; they win (validated below, then
-                    // published by the first sync).
-                    tracing::info!(revision = r.meta.id, "bootstrap files differ from every revision in redis: they are proposed as the next revision");
-                    (boot_files.clone(), None)
-                }
-                (Ok(None), _) => (boot_files.clone(), None),
-                (Err(e), _) | (_, Err(e)) => {
-                    tracing::warn!(error = %e, "cannot read configuration revisions; starting from local files");
-                    local_choice(&state, &boot_hash, have_work, &boot_files)
-                }
-            }
+    let store = RevisionStore::new(&settings.url, settings.revisions_kept, settings.timeout)
+        .map_err(|e| vec![problem(e.to_string())])?;
+    // (files, the revision they are)
+    let newest = store.current().await;
+    let boot_known = match &newest {
+        Ok(Some(_)) => store.revision_with_hash(&boot_hash).await,
+        _ => Ok(None),
+    };
+    let chosen: (Files, Option<u64>) = match (newest, boot_known) {
+        (Ok(Some(r)), Ok(Some(_))) => {
+            tracing::info!(revision = r.meta.id, hash = %r.meta.hash, "taking the newest configuration revision from redis");
+            (r.files, Some(r.meta.id))
         }
-        Err(e) => {
+        (Ok(Some(r)), Ok(None)) => {
+            // Files never published: edited since; they win (validated below, then published
+            // by the first sync).
+            tracing::info!(revision = r.meta.id, "bootstrap files differ from every revision in redis: they are proposed as the next revision");
+            (boot_files.clone(), None)
+        }
+        (Ok(None), _) => (boot_files.clone(), None),
+        (Err(e), _) | (_, Err(e)) => {
             tracing::warn!(error = %e, redis = %settings.redacted(), "redis not reachable at start; serving the last applied revision (or the bootstrap files) until it is");
             local_choice(&state, &boot_hash, have_work, &boot_files)
         }
@@ -523,7 +487,7 @@ pub async fn prepare(config: Config) -> Result<(Config, Option<Arc<ClusterSync>>
         work,
         state_file,
         state: std::sync::Mutex::new(state.clone()),
-        store: tokio::sync::RwLock::new(store.ok()),
+        store,
         refused: std::sync::Mutex::new(None),
         metrics: std::sync::OnceLock::new(),
     };
@@ -552,11 +516,8 @@ fn local_choice(
 pub struct ConsoleSessions(gerbang_cluster::sessions::SessionStore);
 
 impl ConsoleSessions {
-    pub fn new(settings: &RedisSettings) -> Self {
-        Self(gerbang_cluster::sessions::SessionStore::new(
-            &settings.url,
-            settings.timeout,
-        ))
+    pub fn new(settings: &RedisSettings) -> Result<Self, String> {
+        gerbang_cluster::sessions::SessionStore::new(&settings.url, settings.timeout).map(Self)
     }
 }
 

@@ -111,10 +111,12 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
     let watch_files = config.watch_files;
     let console_sessions = config.console_sessions;
     let console_shared_sessions: Option<Arc<dyn gerbang_admin::console::session::SharedSessions>> =
-        config.cluster.redis.as_ref().map(|r| {
-            Arc::new(crate::cluster::ConsoleSessions::new(r))
-                as Arc<dyn gerbang_admin::console::session::SharedSessions>
-        });
+        match config.cluster.redis.as_ref() {
+            Some(r) => Some(Arc::new(
+                crate::cluster::ConsoleSessions::new(r).map_err(StartError::Cluster)?,
+            )),
+            None => None,
+        };
     // The console reads this replica's audit log and verifies it with its seal public key.
     let console_audit = config.audit.as_ref().map(|a| {
         (
