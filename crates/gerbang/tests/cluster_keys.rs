@@ -11,30 +11,11 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
 use base64::Engine;
-use common::{bin, exchange, get, Cluster, ClusterOptions, Echo, CLIENT_ID, CLIENT_SECRET, ECHO};
+use common::{bin, get, Cluster, ClusterOptions, Echo, CLIENT_ID, CLIENT_SECRET, ECHO};
 
-/// A token from the token endpoint at `addr`, or why not.
+/// A token of the cluster's client from the token endpoint at `addr`, or why not.
 fn try_token(addr: SocketAddr) -> Result<String, String> {
-    let basic = base64::engine::general_purpose::STANDARD
-        .encode(format!("{}:{CLIENT_SECRET}", CLIENT_ID.replace('/', "%2F")));
-    let body = "grant_type=client_credentials";
-    let (status, _, text) = exchange(
-        addr,
-        &format!(
-            "POST /oauth/token HTTP/1.1\r\nHost: t\r\nAuthorization: Basic {basic}\r\n\
-             Content-Type: application/x-www-form-urlencoded\r\nContent-Length: {}\r\n\
-             Connection: close\r\n\r\n{body}",
-            body.len()
-        ),
-    );
-    if status != 200 {
-        return Err(format!("token from {addr}: {status} {text}"));
-    }
-    let v: serde_json::Value = serde_json::from_str(&text).map_err(|e| e.to_string())?;
-    v["access_token"]
-        .as_str()
-        .map(str::to_owned)
-        .ok_or_else(|| format!("no access_token: {text}"))
+    common::try_token(addr, CLIENT_ID, CLIENT_SECRET)
 }
 
 /// Part `i` of a JWT (0 header, 1 claims) as JSON.

@@ -301,6 +301,11 @@ pub fn admin(
 
 /// An access token for `client_id` from the token endpoint at `addr`.
 pub fn token(addr: SocketAddr, client_id: &str, secret: &str) -> String {
+    try_token(addr, client_id, secret).unwrap_or_else(|e| panic!("{e}"))
+}
+
+/// [`token`], or why not (for tests that count failures instead of stopping at one).
+pub fn try_token(addr: SocketAddr, client_id: &str, secret: &str) -> Result<String, String> {
     use base64::Engine;
     let basic = base64::engine::general_purpose::STANDARD
         .encode(format!("{}:{secret}", client_id.replace('/', "%2F")));
@@ -314,9 +319,14 @@ pub fn token(addr: SocketAddr, client_id: &str, secret: &str) -> String {
             body.len()
         ),
     );
-    assert_eq!(status, 200, "token from {addr}: {text}");
-    let v: serde_json::Value = serde_json::from_str(&text).unwrap();
-    v["access_token"].as_str().unwrap().to_owned()
+    if status != 200 {
+        return Err(format!("token from {addr}: {status} {text}"));
+    }
+    let v: serde_json::Value = serde_json::from_str(&text).map_err(|e| e.to_string())?;
+    v["access_token"]
+        .as_str()
+        .map(str::to_owned)
+        .ok_or_else(|| format!("no access_token: {text}"))
 }
 
 /// The value of the first series of `/metrics` whose line starts with `prefix` (name and labels).
