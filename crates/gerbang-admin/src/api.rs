@@ -135,6 +135,10 @@ pub(crate) struct Caller {
     pub(crate) if_match: Option<String>,
     /// `?dry_run=true`: validate the change against every other file, write nothing.
     pub(crate) dry_run: bool,
+    /// `If-None-Match: *`: create only; a resource that exists is not replaced (412).
+    pub(crate) create_only: bool,
+    /// Where the change came from (`api` or `console`), kept in the admin audit record.
+    pub(crate) via: &'static str,
 }
 
 impl<R: Reload> AdminApi<R> {
@@ -262,6 +266,11 @@ impl<R: Reload> AdminApi<R> {
                 .uri()
                 .query()
                 .is_some_and(|q| q.split('&').any(|p| p == "dry_run=true" || p == "dry_run")),
+            create_only: req
+                .headers()
+                .get(header::IF_NONE_MATCH)
+                .is_some_and(|v| v.as_bytes().trim_ascii() == b"*"),
+            via: "api",
         };
         let body = match read_json(req).await {
             Ok(b) => b,
@@ -643,6 +652,7 @@ impl<R: Reload> AdminApi<R> {
         let digest = |v: Option<&Value>| v.map(store::etag);
         let record = json!({
             "admin": caller.name,
+            "via": caller.via,
             "action": action,
             "client": caller.client.to_string(),
             "before": digest(before),
@@ -1099,6 +1109,13 @@ fn deleted() -> Answer {
 /// `If-Match` against the resource's current representation: 412 when it names another
 /// version (or any version of a resource that does not exist).
 fn precondition(caller: &Caller, current: Option<&Value>) -> Result<(), Answer> {
+    if caller.create_only && current.is_some() {
+        return Err(Answer::error(
+            StatusCode::PRECONDITION_FAILED,
+            "already_exists",
+            "a resource with this id exists already (If-None-Match: *); read it and change it instead",
+        ));
+    }
     let Some(want) = caller.if_match.as_deref() else {
         return Ok(());
     };

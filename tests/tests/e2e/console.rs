@@ -851,3 +851,255 @@ async fn overview_counts_calls_services_edit_instances_and_a_rotated_secret_is_s
     .await;
     assert_eq!(r.status, 403);
 }
+
+/// Every `*.jsonl`-or-other file under `dir`, as text (the audit log's segments).
+fn all_text_under(dir: &std::path::Path) -> String {
+    let mut out = String::new();
+    for e in std::fs::read_dir(dir).unwrap().flatten() {
+        let p = e.path();
+        if p.is_dir() {
+            out.push_str(&all_text_under(&p));
+        } else if let Ok(t) = std::fs::read_to_string(&p) {
+            out.push_str(&t);
+        }
+    }
+    out
+}
+
+/// The textarea `record` of an editor page, unescaped.
+fn record_of(html: &str) -> String {
+    let start = html.find(r#"name="record""#).expect(html);
+    let start = start + html[start..].find('>').unwrap() + 1;
+    let end = start + html[start..].find("</textarea>").unwrap();
+    html[start..end]
+        .replace("&#34;", "\"")
+        .replace("&quot;", "\"")
+        .replace("&#x27;", "'")
+        .replace("&lt;", "<")
+        .replace("&gt;", ">")
+        .replace("&amp;", "&")
+}
+
+#[tokio::test]
+async fn the_record_editor_creates_previews_saves_and_deletes_every_kind_through_the_api_rules() {
+    let (gw, up) = start("").await;
+    let nik_path = "/dukcapil/penduduk/penduduk/3603015505900001";
+    let purpose = "X-Gerbang-Purpose: pelayanan-kesehatan\r\n";
+    assert_eq!(
+        raw_request(gw.addr, &get(nik_path, purpose)).await.status,
+        200
+    );
+    let registry_file = gw.dir.path().join("registry/a0.toml");
+    let sid = sign_in(&gw, "ops").await;
+    let edit = "/console/sunting/layanan/dukcapil/penduduk";
+    let page = text(&console(&gw, "GET", edit, Some(&sid), None).await);
+    let record = record_of(&page);
+    assert!(
+        record.contains("[[instance]]") && record.contains("/penduduk/{nik}"),
+        "{record}"
+    );
+    let (csrf, etag) = (hidden(&page, "csrf"), hidden(&page, "etag"));
+    let post = |record: String, action: &'static str, etag: String| {
+        form(&[
+            ("csrf", &csrf),
+            ("etag", &etag),
+            ("record", &record),
+            ("aksi", action),
+        ])
+    };
+
+    // Invalid: the agreement names the endpoint `GET /penduduk/{nik}`; renaming it is refused
+    // with the problem shown, the file unchanged.
+    let before = std::fs::read_to_string(&registry_file).unwrap();
+    let renamed = record.replace("/penduduk/{nik}", "/warga/{nik}");
+    let r = console(
+        &gw,
+        "POST",
+        edit,
+        Some(&sid),
+        Some(&post(renamed, "simpan", etag.clone())),
+    )
+    .await;
+    assert_eq!(r.status, 422, "{}", text(&r));
+    assert!(
+        text(&r).contains(r#"id="errors""#) && text(&r).contains("pks-test"),
+        "{}",
+        text(&r)
+    );
+    assert_eq!(std::fs::read_to_string(&registry_file).unwrap(), before);
+    // Not TOML: the parse error with its place, nothing written.
+    let r = console(
+        &gw,
+        "POST",
+        edit,
+        Some(&sid),
+        Some(&post("name = ".into(), "simpan", etag.clone())),
+    )
+    .await;
+    assert_eq!(r.status, 422);
+    assert!(text(&r).contains("TOML"), "{}", text(&r));
+    assert_eq!(std::fs::read_to_string(&registry_file).unwrap(), before);
+
+    // Preview: the diff, nothing written. Then save: the data plane follows at once (the only
+    // instance now points at a closed port).
+    let dead = "http://127.0.0.1:9";
+    let moved = record.replace(&up.url(), dead);
+    assert_ne!(moved, record);
+    let r = console(
+        &gw,
+        "POST",
+        edit,
+        Some(&sid),
+        Some(&post(moved.clone(), "pratinjau", etag.clone())),
+    )
+    .await;
+    assert_eq!(r.status, 200, "{}", text(&r));
+    let html = text(&r);
+    assert!(html.contains(r#"id="preview-ok""#), "{html}");
+    assert!(
+        html.replace("&quot;", "\"")
+            .contains(&format!("+url = \"{dead}\"")),
+        "{html}"
+    );
+    assert_eq!(std::fs::read_to_string(&registry_file).unwrap(), before);
+    let r = console(
+        &gw,
+        "POST",
+        edit,
+        Some(&sid),
+        Some(&post(moved.clone(), "simpan", etag.clone())),
+    )
+    .await;
+    assert_eq!(r.status, 303, "{}", text(&r));
+    assert!(std::fs::read_to_string(&registry_file)
+        .unwrap()
+        .contains(dead));
+    let status = raw_request(gw.addr, &get(nik_path, purpose)).await.status;
+    assert!(status == 502 || status == 503, "{status}");
+    // The old ETag is stale now: a second save with it is a conflict, explained.
+    let r = console(
+        &gw,
+        "POST",
+        edit,
+        Some(&sid),
+        Some(&post(record.clone(), "simpan", etag)),
+    )
+    .await;
+    assert_eq!(r.status, 409, "{}", text(&r));
+    assert!(text(&r).contains(r#"id="conflict""#));
+    // Read again, put the upstream back.
+    let page = text(&console(&gw, "GET", edit, Some(&sid), None).await);
+    let r = console(
+        &gw,
+        "POST",
+        edit,
+        Some(&sid),
+        Some(&post(record.clone(), "simpan", hidden(&page, "etag"))),
+    )
+    .await;
+    assert_eq!(r.status, 303, "{}", text(&r));
+    assert_eq!(
+        raw_request(gw.addr, &get(nik_path, purpose)).await.status,
+        200
+    );
+
+    // A new agreement, created from the form; the same id again does not overwrite it.
+    let page = text(&console(&gw, "GET", "/console/baru/perjanjian", Some(&sid), None).await);
+    assert!(page.contains(r#"id="record-id""#), "{page}");
+    let new_agreement = "title = \"Baru\"\nlegal_basis = \"x\"\nservice = \"dukcapil/penduduk\"\n\
+        consumers = [\"test/client\"]\nendpoints = [\"GET /penduduk/{nik}\"]\n\
+        purposes = [\"statistik\"]\nmax_classification = \"rahasia\"\n";
+    let create = form(&[
+        ("csrf", &csrf),
+        ("id", "pks-baru"),
+        ("record", new_agreement),
+        ("aksi", "simpan"),
+    ]);
+    let r = console(
+        &gw,
+        "POST",
+        "/console/baru/perjanjian",
+        Some(&sid),
+        Some(&create),
+    )
+    .await;
+    assert_eq!(r.status, 303, "{}", text(&r));
+    assert!(
+        agreement_file(&gw).contains("pks-baru")
+            || all_text_under(&gw.dir.path().join("agreements")).contains("pks-baru")
+    );
+    let again = form(&[
+        ("csrf", &csrf),
+        ("id", "pks-baru"),
+        ("record", &new_agreement.replace("Baru", "Timpa")),
+        ("aksi", "simpan"),
+    ]);
+    let r = console(
+        &gw,
+        "POST",
+        "/console/baru/perjanjian",
+        Some(&sid),
+        Some(&again),
+    )
+    .await;
+    assert_eq!(r.status, 409, "{}", text(&r));
+    assert!(!all_text_under(&gw.dir.path().join("agreements")).contains("Timpa"));
+    // The new purpose is in force at once.
+    assert_eq!(
+        raw_request(gw.addr, &get(nik_path, "X-Gerbang-Purpose: statistik\r\n"))
+            .await
+            .status,
+        200
+    );
+
+    // Delete: refused without the confirmation, done with it; the purpose is gone again.
+    let edit_new = "/console/sunting/perjanjian/pks-baru";
+    let page = text(&console(&gw, "GET", edit_new, Some(&sid), None).await);
+    let del = |confirm: bool| {
+        let mut f = vec![("csrf", csrf.as_str()), ("aksi", "hapus")];
+        if confirm {
+            f.push(("konfirmasi", "ya"));
+        }
+        form(&f)
+    };
+    let r = console(&gw, "POST", edit_new, Some(&sid), Some(&del(false))).await;
+    assert_eq!(r.status, 422);
+    assert!(all_text_under(&gw.dir.path().join("agreements")).contains("pks-baru"));
+    assert!(page.contains(r#"id="hapus""#));
+    let r = console(&gw, "POST", edit_new, Some(&sid), Some(&del(true))).await;
+    assert_eq!(r.status, 303, "{}", text(&r));
+    assert!(!all_text_under(&gw.dir.path().join("agreements")).contains("pks-baru"));
+    assert_eq!(
+        raw_request(gw.addr, &get(nik_path, "X-Gerbang-Purpose: statistik\r\n"))
+            .await
+            .status,
+        403
+    );
+
+    // Every console change is an admin audit record naming the person and the console.
+    let audit = all_text_under(&gw.dir.path().join("data"));
+    assert!(
+        audit.matches(r#""via":"console""#).count() >= 4 && audit.contains(r#""admin":"ops""#),
+        "{audit}"
+    );
+
+    // The API: If-None-Match: * creates only.
+    let body = json!({ "name": "Dukcapil lagi" });
+    let req = format!(
+        "PUT /admin/agencies/dukcapil HTTP/1.1\r\nHost: admin\r\nAuthorization: Bearer {}\r\nIf-None-Match: *\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        token_of("ops"),
+        body.to_string().len()
+    );
+    let r = raw_request_as_is(gw.admin, req.as_bytes()).await;
+    assert_eq!(r.status, 412);
+    assert!(String::from_utf8_lossy(&r.body).contains("already_exists"));
+
+    // Viewers and operators cannot open the editor, nor post to it.
+    for who in ["vie", "opr", "aud"] {
+        let s = sign_in(&gw, who).await;
+        let r = console(&gw, "GET", edit, Some(&s), None).await;
+        assert_eq!(r.status, 403, "{who}");
+        let page = text(&console(&gw, "GET", "/console/layanan", Some(&s), None).await);
+        assert!(!page.contains("/console/sunting/"), "{who}: {page}");
+    }
+}

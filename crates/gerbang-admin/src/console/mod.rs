@@ -8,6 +8,7 @@
 //! through [`AdminApi::dispatch`], the admin API's own path: the same validation, files, reload
 //! and `admin` audit record (with the person's token name).
 
+mod editor;
 mod i18n;
 pub mod session;
 mod time;
@@ -69,6 +70,7 @@ const TEMPLATES: &[(&str, &str)] = &[
     ("uji_akses.html", include_str!("templates/uji_akses.html")),
     ("audit.html", include_str!("templates/audit.html")),
     ("riwayat.html", include_str!("templates/riwayat.html")),
+    ("sunting.html", include_str!("templates/sunting.html")),
 ];
 
 /// How the console runs.
@@ -352,6 +354,8 @@ impl Console {
             client: ctx.client,
             if_match,
             dry_run,
+            create_only: false,
+            via: "console",
         };
         let need = |action: ConsoleAction| -> Option<&'static [AdminRole]> {
             let roles = console_roles(action);
@@ -409,12 +413,23 @@ impl Console {
             (&Method::GET, ["layanan"]) => {
                 require!(ConsoleAction::ReadRegistry);
                 let services = self.services(api, &caller(false, None)).await;
+                let agencies = api
+                    .dispatch(
+                        "/admin/agencies",
+                        &Method::GET,
+                        &[],
+                        &Value::Null,
+                        &caller(false, None),
+                    )
+                    .await
+                    .body["agencies"]
+                    .clone();
                 self.render(
                     &ctx,
                     "layanan.html",
                     "services",
                     "",
-                    json!({ "services": services }),
+                    json!({ "services": services, "agencies": agencies, "notice": deleted_notice(&query) }),
                 )
             }
             (m, ["layanan", agency, service]) if *m == Method::GET || *m == Method::POST => {
@@ -476,7 +491,7 @@ impl Console {
                     "aplikasi.html",
                     "applications",
                     "",
-                    json!({ "apps": apps, "can_edit": can_edit }),
+                    json!({ "apps": apps, "can_edit": can_edit, "notice": deleted_notice(&query) }),
                 )
             }
             (&Method::POST, ["aplikasi", agency, app, "ganti-secret"]) => {
@@ -503,7 +518,8 @@ impl Console {
             }
             (&Method::GET, ["perjanjian"]) => {
                 require!(ConsoleAction::ReadAgreements);
-                self.agreements_page(api, &ctx, &caller(false, None)).await
+                self.agreements_page(api, &ctx, &caller(false, None), deleted_notice(&query))
+                    .await
             }
             (&Method::GET, ["perjanjian", id]) => {
                 require!(ConsoleAction::ReadAgreements);
@@ -535,6 +551,57 @@ impl Console {
             (&Method::GET, ["riwayat"]) => {
                 require!(ConsoleAction::ReadAgreements);
                 self.history_page(api, &ctx, &query).await
+            }
+            (&Method::POST, ["riwayat", id, "pulihkan"]) => {
+                require!(ConsoleAction::Edit);
+                let a = api
+                    .dispatch(
+                        "/admin/revisions/{revision}/restore",
+                        &Method::POST,
+                        &[(*id).to_owned()],
+                        &Value::Null,
+                        &caller(false, None),
+                    )
+                    .await;
+                if a.status.is_success() {
+                    Ok(redirect("/console/riwayat?dipulihkan=1", None))
+                } else {
+                    self.answer_error(&ctx, &a)
+                }
+            }
+            (m, ["sunting", slug, rest @ ..]) if *m == Method::GET || *m == Method::POST => {
+                require!(ConsoleAction::Edit);
+                match editor::kind(slug) {
+                    Some(k) if rest.len() == k.parts => {
+                        let params = rest.iter().map(|p| (*p).to_owned()).collect();
+                        let notice = if query.contains_key("disimpan") {
+                            "saved"
+                        } else {
+                            ""
+                        };
+                        self.record_editor(
+                            api,
+                            &ctx,
+                            k,
+                            Some(params),
+                            form.as_ref(),
+                            &caller,
+                            notice,
+                        )
+                        .await
+                    }
+                    _ => self.error_page(&ctx, StatusCode::NOT_FOUND, "not_found"),
+                }
+            }
+            (m, ["baru", slug]) if *m == Method::GET || *m == Method::POST => {
+                require!(ConsoleAction::Edit);
+                match editor::kind(slug) {
+                    Some(k) => {
+                        self.record_editor(api, &ctx, k, None, form.as_ref(), &caller, "")
+                            .await
+                    }
+                    None => self.error_page(&ctx, StatusCode::NOT_FOUND, "not_found"),
+                }
             }
             _ => self.error_page(&ctx, StatusCode::NOT_FOUND, "not_found"),
         }
@@ -578,6 +645,7 @@ impl Console {
         let mut nav = Vec::new();
         let mut user = Value::Null;
         let mut csrf = String::new();
+        let mut can_edit = false;
         if let Some((_, s)) = &ctx.session {
             for (href, key, action) in [
                 ("/console/", "overview", ConsoleAction::ReadRegistry),
@@ -610,6 +678,7 @@ impl Console {
             }
             user = json!({ "name": s.name, "role": s.role.as_str() });
             csrf = s.csrf.clone();
+            can_edit = console_roles(ConsoleAction::Edit).contains(&s.role);
         }
         if let Some(m) = extra.as_object_mut() {
             m.insert("t".into(), json!(words));
@@ -618,6 +687,7 @@ impl Console {
             m.insert("nav".into(), Value::from(nav));
             m.insert("user".into(), user);
             m.insert("csrf".into(), Value::from(csrf));
+            m.entry("can_edit").or_insert(Value::from(can_edit));
             m.insert("notice".into(), notice.map_or(Value::Null, Value::from));
         }
         let html = self
@@ -975,6 +1045,7 @@ impl Console {
         api: &AdminApi<R>,
         ctx: &Ctx,
         caller: &Caller,
+        notice: &str,
     ) -> Result<Response<ResponseBody>, ConsoleError> {
         let a = api
             .dispatch("/admin/agreements", &Method::GET, &[], &Value::Null, caller)
@@ -998,7 +1069,7 @@ impl Console {
             "perjanjian.html",
             "agreements",
             "",
-            json!({ "agreements": list }),
+            json!({ "agreements": list, "notice": notice }),
         )
     }
 
@@ -1398,11 +1469,18 @@ impl Console {
             }
         };
         let mut diff = Value::Null;
+        let mut shown = Value::Null;
         if let Some(id) = query.get("revisi").and_then(|r| r.parse::<u64>().ok()) {
             if let Ok(v) = api.reloader.revision(Some(id)).await {
                 diff = v["diff"].clone();
+                shown = Value::from(id);
             }
         }
+        let notice = if query.contains_key("dipulihkan") {
+            "restored"
+        } else {
+            ""
+        };
         let mut records = Vec::new();
         if let Some(dir) = &self.settings.audit_dir {
             match gerbang_audit::query::admin_records(dir) {
@@ -1425,7 +1503,7 @@ impl Console {
             "riwayat.html",
             "history",
             "",
-            json!({ "revisions": revisions, "diff": diff, "records": records }),
+            json!({ "revisions": revisions, "diff": diff, "shown": shown, "records": records, "notice": notice }),
         )
     }
 }
@@ -1715,6 +1793,15 @@ fn problems_list(a: &Answer) -> Vec<String> {
 }
 
 /// A NIK as the page echoes it: the first two and last two digits.
+/// The list pages' notice after the editor deleted a record (`?dihapus=1`).
+fn deleted_notice(query: &HashMap<String, String>) -> &'static str {
+    if query.contains_key("dihapus") {
+        "deleted"
+    } else {
+        ""
+    }
+}
+
 fn mask(nik: &str) -> String {
     let chars: Vec<char> = nik.chars().collect();
     if chars.len() <= 4 {
