@@ -696,3 +696,191 @@ pub fn captured_logs() -> &'static std::sync::Mutex<Vec<u8>> {
         buf
     })
 }
+
+/// A mock OpenID Connect provider for the console's sign-in: `/authorize` remembers the PKCE
+/// challenge and nonce and redirects to the `redirect_uri` with a one-time code; `/token`
+/// exchanges that code only with the right verifier, client and redirect URI and answers an
+/// ID token signed by its key; `/jwks` publishes the key. Its issuer is [`MockOidc::issuer`].
+pub struct MockOidc {
+    pub issuer: String,
+    signer: std::sync::Arc<P256Signer>,
+    /// Claims the next ID tokens carry besides iss, aud, sub, exp, iat and nonce.
+    pub claims: std::sync::Arc<std::sync::Mutex<serde_json::Value>>,
+    /// Sign ID tokens with this nonce instead of the one the sign-in sent.
+    pub forced_nonce: std::sync::Arc<std::sync::Mutex<Option<String>>>,
+    /// The bodies of the token requests, in order.
+    pub token_requests: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
+    _stop: oneshot::Sender<()>,
+}
+
+type Grants = std::collections::HashMap<String, (String, String, String, String)>;
+
+impl MockOidc {
+    pub async fn start(claims: serde_json::Value) -> MockOidc {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let issuer = format!("http://{}", listener.local_addr().unwrap());
+        let signer = std::sync::Arc::new(P256Signer::new("oidc-1", 7));
+        let claims = std::sync::Arc::new(std::sync::Mutex::new(claims));
+        let forced_nonce = std::sync::Arc::new(std::sync::Mutex::new(None::<String>));
+        let token_requests = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let grants = std::sync::Arc::new(std::sync::Mutex::new(Grants::new()));
+        let (tx, mut rx) = oneshot::channel::<()>();
+        let shared = (
+            issuer.clone(),
+            signer.clone(),
+            claims.clone(),
+            forced_nonce.clone(),
+            token_requests.clone(),
+            grants,
+        );
+        tokio::spawn(async move {
+            let counter = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+            loop {
+                let (mut s, _) = tokio::select! {
+                    _ = &mut rx => return,
+                    r = listener.accept() => match r { Ok(p) => p, Err(_) => return },
+                };
+                let (issuer, signer, claims, forced, requests, grants) = shared.clone();
+                let counter = counter.clone();
+                tokio::spawn(async move {
+                    let mut buf = read_head(&mut s).await;
+                    let head_end = buf.windows(4).position(|w| w == b"\r\n\r\n").unwrap_or(0) + 4;
+                    let head = String::from_utf8_lossy(&buf[..head_end]).to_string();
+                    let len: usize = head
+                        .lines()
+                        .find_map(|l| {
+                            let (k, v) = l.split_once(':')?;
+                            k.eq_ignore_ascii_case("content-length")
+                                .then(|| v.trim().parse().ok())?
+                        })
+                        .unwrap_or(0);
+                    while buf.len() < head_end + len {
+                        let mut chunk = [0u8; 4096];
+                        match s.read(&mut chunk).await {
+                            Ok(0) | Err(_) => break,
+                            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                        }
+                    }
+                    let body = String::from_utf8_lossy(&buf[head_end..]).to_string();
+                    let target = head.split(' ').nth(1).unwrap_or("/").to_owned();
+                    let (path, query) = target.split_once('?').unwrap_or((&target, ""));
+                    let form = |text: &str| -> std::collections::HashMap<String, String> {
+                        url_decode_pairs(text)
+                    };
+                    let (status, extra, body) = match path {
+                        "/jwks" => (
+                            200,
+                            String::new(),
+                            serde_json::json!({ "keys": [signer.jwk()] }).to_string(),
+                        ),
+                        "/authorize" => {
+                            let q = form(query);
+                            let n = counter.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                            let code = format!("code-{n}");
+                            let get = |k: &str| q.get(k).cloned().unwrap_or_default();
+                            grants.lock().unwrap().insert(
+                                code.clone(),
+                                (
+                                    get("code_challenge"),
+                                    get("nonce"),
+                                    get("client_id"),
+                                    get("redirect_uri"),
+                                ),
+                            );
+                            let location = format!(
+                                "{}?code={code}&state={}",
+                                get("redirect_uri"),
+                                get("state")
+                            );
+                            (302, format!("Location: {location}\r\n"), String::new())
+                        }
+                        "/token" => {
+                            requests.lock().unwrap().push(body.clone());
+                            let f = form(&body);
+                            let get = |k: &str| f.get(k).cloned().unwrap_or_default();
+                            let grant = grants.lock().unwrap().remove(&get("code"));
+                            let challenge = {
+                                use base64::Engine;
+                                let d = aws_lc_rs::digest::digest(
+                                    &aws_lc_rs::digest::SHA256,
+                                    get("code_verifier").as_bytes(),
+                                );
+                                base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(d.as_ref())
+                            };
+                            match grant {
+                                Some((want, nonce, client, redirect))
+                                    if get("grant_type") == "authorization_code"
+                                        && want == challenge
+                                        && client == get("client_id")
+                                        && redirect == get("redirect_uri") =>
+                                {
+                                    let mut c = claims.lock().unwrap().clone();
+                                    let nonce = forced.lock().unwrap().clone().unwrap_or(nonce);
+                                    c["iss"] = issuer.clone().into();
+                                    c["aud"] = client.into();
+                                    c["exp"] = (now() + 300).into();
+                                    c["iat"] = now().into();
+                                    c["nonce"] = nonce.into();
+                                    if c.get("sub").is_none() {
+                                        c["sub"] = "user-1".into();
+                                    }
+                                    let header = serde_json::json!({ "alg": "ES256", "kid": signer.kid, "typ": "JWT" });
+                                    let id_token = signer.sign(&header, &c);
+                                    (
+                                        200,
+                                        String::new(),
+                                        serde_json::json!({ "access_token": "x", "token_type": "Bearer", "id_token": id_token }).to_string(),
+                                    )
+                                }
+                                _ => (
+                                    400,
+                                    String::new(),
+                                    r#"{"error":"invalid_grant"}"#.to_owned(),
+                                ),
+                            }
+                        }
+                        _ => (404, String::new(), "{}".to_owned()),
+                    };
+                    let res = format!(
+                        "HTTP/1.1 {status} X\r\n{extra}Content-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                        body.len()
+                    );
+                    let _ = s.write_all(res.as_bytes()).await;
+                    let _ = s.shutdown().await;
+                });
+            }
+        });
+        MockOidc {
+            issuer,
+            signer,
+            claims,
+            forced_nonce,
+            token_requests,
+            _stop: tx,
+        }
+    }
+
+    /// The `[[auth.external]]` entry (with its `console` table) for this provider; the console's
+    /// return address is `redirect_uri`.
+    pub fn config(&self, redirect_uri: &str, roles: &str) -> String {
+        format!(
+            "[[auth.external]]\nissuer = \"{iss}\"\naudiences = [\"gerbang\"]\nalgorithms = [\"ES256\"]\n\
+             jwks_url = \"{iss}/jwks\"\n\n[auth.external.console]\nlabel = \"SSO Pemda\"\n\
+             client_id = \"gerbang-console\"\nauthorization_endpoint = \"{iss}/authorize\"\n\
+             token_endpoint = \"{iss}/token\"\nredirect_uri = \"{redirect_uri}\"\nroles = {roles}\n",
+            iss = self.issuer
+        )
+    }
+
+    /// The signing key's id.
+    pub fn kid(&self) -> &str {
+        &self.signer.kid
+    }
+}
+
+/// `a=b&c=d` (form or query), percent- and plus-decoded.
+pub fn url_decode_pairs(text: &str) -> std::collections::HashMap<String, String> {
+    url::form_urlencoded::parse(text.as_bytes())
+        .map(|(k, v)| (k.into_owned(), v.into_owned()))
+        .collect()
+}

@@ -104,6 +104,36 @@ pub struct External {
 }
 
 impl External {
+    /// [`crate::external::ExternalIssuer::verify_id_token`] with this issuer's current keys
+    /// (a JWKS is fetched again, rate-limited, for a key id it does not know yet).
+    pub async fn verify_id_token(
+        &self,
+        token: &str,
+        client_id: &str,
+        nonce: &str,
+    ) -> Result<serde_json::Value, Refusal> {
+        match &self.keys {
+            ExternalKeys::Static(keys) => {
+                self.issuer.verify_id_token(token, keys, client_id, nonce)
+            }
+            ExternalKeys::Jwks(source) => {
+                match self
+                    .issuer
+                    .verify_id_token(token, &source.keys(), client_id, nonce)
+                {
+                    Err(Refusal::UnknownKid) => {}
+                    other => return other,
+                }
+                let kid = peek_kid(token).ok_or(Refusal::Malformed)?;
+                if !source.refresh_for_unknown_kid(&kid).await {
+                    return Err(Refusal::UnknownKid);
+                }
+                self.issuer
+                    .verify_id_token(token, &source.keys(), client_id, nonce)
+            }
+        }
+    }
+
     /// The generation of the keys (moves when a JWKS fetch drops or replaces a key).
     fn key_generation(&self) -> u64 {
         match &self.keys {

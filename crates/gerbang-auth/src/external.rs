@@ -205,6 +205,55 @@ impl ExternalIssuer {
             .to_owned();
         Ok(ExternalIdentity { client_id, claims })
     }
+
+    /// Verifies an OpenID Connect ID token that this issuer gave `client_id` (the console's
+    /// sign-in): signature with `keys`, `iss`, `aud` containing `client_id` (and, with several
+    /// audiences, `azp` equal to it), `exp`, `sub`, and `nonce` equal to the one the sign-in
+    /// sent. Its claims.
+    pub fn verify_id_token(
+        &self,
+        token: &str,
+        keys: &IssuerKeys,
+        client_id: &str,
+        nonce: &str,
+    ) -> Result<serde_json::Value, Refusal> {
+        let claims = verify_jwt(
+            token,
+            &self.algorithms,
+            None,
+            |kid, alg| {
+                let k = keys.by_kid.get(kid).ok_or(Refusal::UnknownKid)?;
+                if family_of(alg) != Some(k.family) || k.alg.is_some_and(|ka| ka != alg) {
+                    return Err(Refusal::AlgorithmNotAllowed);
+                }
+                Ok(&k.key)
+            },
+            |v| {
+                v.leeway = self.leeway.as_secs();
+                v.set_issuer(&[&self.issuer]);
+                v.set_audience(&[client_id]);
+                v.set_required_spec_claims(&["exp", "iss", "aud", "sub"]);
+            },
+        )?;
+        let several_audiences = claims
+            .get("aud")
+            .and_then(|a| a.as_array())
+            .is_some_and(|a| a.len() > 1);
+        if several_audiences && claims.get("azp").and_then(|a| a.as_str()) != Some(client_id) {
+            return Err(Refusal::WrongAudience);
+        }
+        let given = claims.get("nonce").and_then(|n| n.as_str()).unwrap_or("");
+        let same = given.len() == nonce.len()
+            && given
+                .bytes()
+                .zip(nonce.bytes())
+                .fold(0u8, |acc, (a, b)| acc | (a ^ b))
+                == 0;
+        if nonce.is_empty() || !same {
+            return Err(Refusal::MissingClaim);
+        }
+        Ok(claims)
+    }
 }
 
 #[cfg(test)]
@@ -246,6 +295,48 @@ mod tests {
             let k = jsonwebtoken::EncodingKey::from_ec_pem(self.pem.as_bytes()).unwrap();
             jsonwebtoken::encode(&h, &claims, &k).unwrap()
         }
+    }
+
+    #[test]
+    fn an_id_token_needs_the_client_as_audience_and_the_sign_ins_nonce() {
+        let idp = Idp::new("k1");
+        let keys = IssuerKeys::from_jwks(&idp.jwks());
+        let iss = keycloak();
+        let claims = |aud: serde_json::Value, nonce: &str| {
+            serde_json::json!({
+                "iss": "https://sso.kabupaten.test/realms/opd", "aud": aud, "sub": "u1",
+                "exp": now() + 60, "nonce": nonce, "azp": "gerbang-console",
+            })
+        };
+        let good = idp.token(claims("gerbang-console".into(), "n-1"));
+        assert!(iss
+            .verify_id_token(&good, &keys, "gerbang-console", "n-1")
+            .is_ok());
+        // Another nonce (a replayed or injected token), another client, no nonce at all.
+        assert_eq!(
+            iss.verify_id_token(&good, &keys, "gerbang-console", "n-2"),
+            Err(Refusal::MissingClaim)
+        );
+        assert_eq!(
+            iss.verify_id_token(&good, &keys, "other-client", "n-1"),
+            Err(Refusal::WrongAudience)
+        );
+        assert!(iss
+            .verify_id_token(&good, &keys, "gerbang-console", "")
+            .is_err());
+        // Several audiences: azp must be this client.
+        let mut c = claims(serde_json::json!(["gerbang-console", "x"]), "n-1");
+        c["azp"] = "x".into();
+        assert_eq!(
+            iss.verify_id_token(&idp.token(c), &keys, "gerbang-console", "n-1"),
+            Err(Refusal::WrongAudience)
+        );
+        // Signed by a key the issuer does not publish.
+        let stranger = Idp::new("k1").token(claims("gerbang-console".into(), "n-1"));
+        assert_eq!(
+            iss.verify_id_token(&stranger, &keys, "gerbang-console", "n-1"),
+            Err(Refusal::BadSignature)
+        );
     }
 
     fn keycloak() -> ExternalIssuer {

@@ -102,6 +102,195 @@ pub(super) struct RawExternal {
     refresh_interval: Duration,
     #[serde(default = "default_min_refetch", with = "humantime_serde")]
     min_refetch_interval: Duration,
+    /// `[auth.external.console]`: admins sign in to the console through this issuer.
+    #[serde(default)]
+    console: Option<RawConsoleSignIn>,
+}
+
+/// `[auth.external.console]`: OpenID Connect sign-in to the console (authorization code with
+/// PKCE) through the issuer above, a claim of the ID token mapped to an admin role.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawConsoleSignIn {
+    #[serde(default)]
+    label: Option<String>,
+    client_id: String,
+    /// A file holding the client secret (a confidential client); none: a public client.
+    #[serde(default)]
+    client_secret_file: Option<PathBuf>,
+    authorization_endpoint: String,
+    token_endpoint: String,
+    /// This console's `…/console/sso/kembali` as the issuer knows it.
+    redirect_uri: String,
+    #[serde(default = "default_sso_scopes")]
+    scopes: Vec<String>,
+    /// The claim holding the person's groups or roles (a dotted path: `realm_access.roles`).
+    #[serde(default = "default_role_claim")]
+    role_claim: String,
+    /// Role → the claim values that give it (the most powerful match wins).
+    #[serde(default)]
+    roles: std::collections::BTreeMap<String, Vec<String>>,
+    /// The claim that names the person in sessions and the audit log.
+    #[serde(default = "default_name_claim")]
+    name_claim: String,
+}
+
+fn default_sso_scopes() -> Vec<String> {
+    vec!["openid".into(), "profile".into()]
+}
+fn default_role_claim() -> String {
+    "groups".into()
+}
+fn default_name_claim() -> String {
+    "preferred_username".into()
+}
+
+/// A validated `[auth.external.console]`.
+#[derive(Debug, Clone)]
+pub struct ConsoleSignIn {
+    /// The sign-in button's text.
+    pub label: String,
+    pub client_id: String,
+    pub client_secret: Option<String>,
+    pub authorization_endpoint: String,
+    pub token_endpoint: String,
+    pub redirect_uri: String,
+    pub scopes: Vec<String>,
+    pub role_claim: String,
+    /// (role, claim values), most powerful role first.
+    pub roles: Vec<(crate::AdminRole, Vec<String>)>,
+    pub name_claim: String,
+}
+
+/// Whether `url` is https, or http to a loopback host (tests, a local issuer).
+fn secure_or_loopback(url: &str) -> bool {
+    let Ok(u) = url.parse::<http::Uri>() else {
+        return false;
+    };
+    match (u.scheme_str(), u.host()) {
+        (Some("https"), Some(_)) => true,
+        (Some("http"), Some(h)) => {
+            let h = h.trim_start_matches('[').trim_end_matches(']');
+            h == "localhost"
+                || h.parse::<std::net::IpAddr>()
+                    .is_ok_and(|ip| ip.is_loopback())
+        }
+        _ => false,
+    }
+}
+
+fn console_sign_in(
+    c: &RawConsoleSignIn,
+    issuer: &str,
+    key: &dyn Fn(&str) -> String,
+    file: &Path,
+    resolve: &dyn Fn(&Path) -> PathBuf,
+    problems: &mut Problems,
+) -> Option<ConsoleSignIn> {
+    let before = problems.list.len();
+    let key = |k: &str| key(&format!("console.{k}"));
+    if c.client_id.is_empty() {
+        problems.push(file, key("client_id"), "must not be empty");
+    }
+    for (name, url) in [
+        ("authorization_endpoint", &c.authorization_endpoint),
+        ("token_endpoint", &c.token_endpoint),
+        ("redirect_uri", &c.redirect_uri),
+    ] {
+        if !secure_or_loopback(url) {
+            problems.push(
+                file,
+                key(name),
+                format!("`{url}` must be an https URL (http only to a loopback address)"),
+            );
+        }
+    }
+    if !c.redirect_uri.ends_with("/console/sso/kembali") {
+        problems.push(
+            file,
+            key("redirect_uri"),
+            "must be this console's sign-in return address, ending in /console/sso/kembali",
+        );
+    }
+    if !c.scopes.iter().any(|s| s == "openid") {
+        problems.push(file, key("scopes"), "must include `openid`");
+    }
+    if c.role_claim.is_empty() {
+        problems.push(file, key("role_claim"), "must not be empty");
+    }
+    if c.name_claim.is_empty() {
+        problems.push(file, key("name_claim"), "must not be empty");
+    }
+    let mut roles = Vec::new();
+    for (name, values) in &c.roles {
+        match crate::AdminRole::parse(name) {
+            Some(r) if !values.is_empty() && values.iter().all(|v| !v.is_empty()) => {
+                roles.push((r, values.clone()))
+            }
+            Some(_) => problems.push(
+                file,
+                key(&format!("roles.{name}")),
+                "give the claim values (non-empty) that grant this role",
+            ),
+            None => problems.push(
+                file,
+                key(&format!("roles.{name}")),
+                "not a role: admin, operator, auditor or viewer",
+            ),
+        }
+    }
+    if c.roles.is_empty() {
+        problems.push(
+            file,
+            key("roles"),
+            "required: which claim values grant which role, e.g. roles = { admin = [\"gerbang-admin\"] }; nobody gets a role by default",
+        );
+    }
+    roles.sort_by_key(|(r, _)| crate::AdminRole::ALL.iter().position(|x| x == r));
+    let client_secret = match &c.client_secret_file {
+        None => None,
+        Some(f) => {
+            let path = resolve(f);
+            match std::fs::read_to_string(&path) {
+                Ok(t) if !t.trim().is_empty() => Some(t.trim().to_owned()),
+                Ok(_) => {
+                    problems.push(
+                        file,
+                        key("client_secret_file"),
+                        format!("{} is empty", path.display()),
+                    );
+                    None
+                }
+                Err(e) => {
+                    problems.push(
+                        file,
+                        key("client_secret_file"),
+                        format!("cannot read {}: {e}", path.display()),
+                    );
+                    None
+                }
+            }
+        }
+    };
+    let label = c.label.clone().unwrap_or_else(|| {
+        issuer
+            .parse::<http::Uri>()
+            .ok()
+            .and_then(|u| u.host().map(str::to_owned))
+            .unwrap_or_else(|| issuer.to_owned())
+    });
+    (problems.list.len() == before).then(|| ConsoleSignIn {
+        label,
+        client_id: c.client_id.clone(),
+        client_secret,
+        authorization_endpoint: c.authorization_endpoint.clone(),
+        token_endpoint: c.token_endpoint.clone(),
+        redirect_uri: c.redirect_uri.clone(),
+        scopes: c.scopes.clone(),
+        role_claim: c.role_claim.clone(),
+        roles,
+        name_claim: c.name_claim.clone(),
+    })
 }
 
 impl RawExternal {
@@ -179,6 +368,8 @@ pub enum ExternalKeySpec {
 pub struct ExternalSpec {
     pub issuer: ExternalIssuer,
     pub keys: ExternalKeySpec,
+    /// Console sign-in through this issuer, when configured.
+    pub console: Option<ConsoleSignIn>,
 }
 
 /// The validated authentication settings.
@@ -792,8 +983,16 @@ fn external_spec(
             Some(ExternalKeySpec::Static(IssuerKeys::from_jwks(&set)))
         }
     };
+    let console = e
+        .console
+        .as_ref()
+        .and_then(|c| console_sign_in(c, &e.issuer, &key, file, resolve, problems));
     let (issuer, keys) = (issuer?, keys?);
-    (problems.list.len() == before).then_some(ExternalSpec { issuer, keys })
+    (problems.list.len() == before).then_some(ExternalSpec {
+        issuer,
+        keys,
+        console,
+    })
 }
 
 /// Validates the credential keys of `application[i]` and builds its credentials;

@@ -29,7 +29,7 @@ pub use audit::{
 };
 pub use auth::{
     create_signing_key, key_activation_delay_of, key_creation_time, keys_dir_of,
-    newest_key_activation, AuthConfig, ExternalKeySpec, ExternalSpec,
+    newest_key_activation, AuthConfig, ConsoleSignIn, ExternalKeySpec, ExternalSpec,
 };
 use auth::{RawApplication, RawAuth};
 pub use cluster::{valid_replica_id, ClusterConfig, RedisFailureMode, RedisSettings};

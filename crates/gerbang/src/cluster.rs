@@ -555,4 +555,18 @@ impl gerbang_admin::console::session::SharedSessions for ConsoleSessions {
     fn delete<'a>(&'a self, id: &'a str) -> gerbang_admin::console::session::StoreFuture<'a, ()> {
         Box::pin(self.0.delete(id))
     }
+
+    fn count_failure<'a>(
+        &'a self,
+        client: &'a str,
+    ) -> gerbang_admin::console::session::StoreFuture<'a, ()> {
+        Box::pin(self.0.count_failure(client))
+    }
+
+    fn failures<'a>(
+        &'a self,
+        client: &'a str,
+    ) -> gerbang_admin::console::session::StoreFuture<'a, u64> {
+        Box::pin(self.0.failures(client))
+    }
 }

@@ -134,8 +134,32 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
     let stop = |mut rx: watch::Receiver<bool>| async move {
         let _ = rx.wait_for(|v| *v).await;
     };
+    // Console sign-in through external issuers: their settings, by issuer.
+    let console_sign_ins: Vec<(String, gerbang_config::ConsoleSignIn)> = config
+        .auth
+        .externals
+        .iter()
+        .filter_map(|e| Some((e.issuer.issuer.clone(), e.console.clone()?)))
+        .collect();
     let externals =
         start_external_issuers(config.auth.externals, &config.upstream_tls, &rx, stop).await?;
+    let mut console_sso = Vec::new();
+    for (iss, sign_in) in console_sign_ins {
+        let Some(external) = externals.iter().find(|e| e.issuer.issuer == iss) else {
+            continue;
+        };
+        let client = reqwest::Client::builder()
+            .tls_backend_preconfigured((*config.upstream_tls).clone())
+            .timeout(std::time::Duration::from_secs(10))
+            .redirect(reqwest::redirect::Policy::none())
+            .build()
+            .map_err(|e| StartError::Auth(format!("console sign-in client: {e}")))?;
+        console_sso.push(gerbang_admin::console::SsoProvider {
+            external: Arc::clone(external),
+            sign_in,
+            client,
+        });
+    }
     let externals_for_metrics: Vec<(String, Arc<JwksSource>)> = externals
         .iter()
         .filter_map(|e| match &e.keys {
@@ -348,6 +372,7 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
             clock: None,
             // Cluster mode: sessions in Redis, the same on every replica.
             shared_sessions: console_shared_sessions,
+            sso: console_sso,
         }),
     );
     // The console's overview: the counters once a minute, an hour of them kept.

@@ -89,8 +89,20 @@ async fn console(
     cookie: Option<&str>,
     body: Option<&str>,
 ) -> RawResponse {
-    let cookie = cookie
-        .map(|c| format!("Cookie: gerbang_console={c}\r\n"))
+    let cookies = cookie.map(|c| format!("gerbang_console={c}"));
+    console_cookies(gw, method, path, cookies.as_deref(), body).await
+}
+
+/// A console request with the `Cookie` header `cookies` (or none).
+async fn console_cookies(
+    gw: &TestGateway,
+    method: &str,
+    path: &str,
+    cookies: Option<&str>,
+    body: Option<&str>,
+) -> RawResponse {
+    let cookie = cookies
+        .map(|c| format!("Cookie: {c}\r\n"))
         .unwrap_or_default();
     let body = body.unwrap_or("");
     let req = format!(
@@ -119,25 +131,37 @@ fn hidden(html: &str, name: &str) -> String {
         .replace("&amp;", "&")
 }
 
-/// Signs in with `name`'s token: the session id.
-async fn sign_in(gw: &TestGateway, name: &str) -> String {
-    let r = console(
+/// The value of the cookie `name` that `r` sets, if any.
+fn set_cookie(r: &RawResponse, name: &str) -> Option<String> {
+    r.headers
+        .iter()
+        .filter(|(k, _)| k.eq_ignore_ascii_case("set-cookie"))
+        .find_map(|(_, v)| v.strip_prefix(&format!("{name}=")).map(str::to_owned))
+}
+
+/// Posts the sign-in form with `token` as a browser does: the form first (its token, in the
+/// page and the `gerbang_masuk` cookie), then the post.
+async fn post_sign_in(gw: &TestGateway, token: &str) -> RawResponse {
+    let page = console(gw, "GET", "/console/masuk", None, None).await;
+    let cookie = set_cookie(&page, "gerbang_masuk").expect("the sign-in form sets its cookie");
+    let value = cookie.split(';').next().unwrap().to_owned();
+    assert_eq!(hidden(&text(&page), "masuk_csrf"), value);
+    console_cookies(
         gw,
         "POST",
         "/console/masuk",
-        None,
-        Some(&form(&[("token", &token_of(name))])),
+        Some(&format!("gerbang_masuk={value}")),
+        Some(&form(&[("masuk_csrf", &value), ("token", token)])),
     )
-    .await;
+    .await
+}
+
+/// Signs in with `name`'s token: the session id.
+async fn sign_in(gw: &TestGateway, name: &str) -> String {
+    let r = post_sign_in(gw, &token_of(name)).await;
     assert_eq!(r.status, 303, "{}", text(&r));
-    let cookie = r.header("set-cookie").unwrap();
-    let id = cookie
-        .strip_prefix("gerbang_console=")
-        .unwrap()
-        .split(';')
-        .next()
-        .unwrap();
-    id.to_owned()
+    let cookie = set_cookie(&r, "gerbang_console").unwrap();
+    cookie.split(';').next().unwrap().to_owned()
 }
 
 async fn admin_call(
@@ -241,20 +265,30 @@ async fn sign_in_sets_a_strict_cookie_and_every_page_has_the_security_headers() 
         "{html}"
     );
     assert!(html.contains(r#"id="masuk""#) && html.contains("Token admin"));
-    let r = console(&gw, "POST", "/console/masuk", None, Some("token=wrong")).await;
+    let r = post_sign_in(&gw, "wrong").await;
     assert_eq!(r.status, 401);
-    assert!(r.header("set-cookie").is_none());
+    assert!(set_cookie(&r, "gerbang_console").is_none());
+    // A sign-in posted without the form's own token (another site's form, a script) is
+    // refused even with a good admin token: nobody is signed in without knowing.
+    for cookies in [None, Some("gerbang_masuk=abc")] {
+        let r = console_cookies(
+            &gw,
+            "POST",
+            "/console/masuk",
+            cookies,
+            Some(&form(&[("masuk_csrf", "abd"), ("token", &token_of("ops"))])),
+        )
+        .await;
+        assert_eq!(r.status, 403, "{}", text(&r));
+        assert!(set_cookie(&r, "gerbang_console").is_none());
+    }
 
-    let r = console(
-        &gw,
-        "POST",
-        "/console/masuk",
-        None,
-        Some(&form(&[("token", &token_of("ops"))])),
-    )
-    .await;
+    let r = post_sign_in(&gw, &token_of("ops")).await;
     assert_eq!(r.status, 303);
-    let cookie = r.header("set-cookie").unwrap().to_owned();
+    let cookie = format!(
+        "gerbang_console={}",
+        set_cookie(&r, "gerbang_console").unwrap()
+    );
     assert!(cookie.contains("HttpOnly"), "{cookie}");
     assert!(cookie.contains("SameSite=Strict"), "{cookie}");
     assert!(cookie.contains("Path=/console"), "{cookie}");
@@ -610,21 +644,14 @@ async fn an_agreement_edit_needs_csrf_shows_errors_by_field_previews_saves_and_e
 async fn failed_sign_ins_are_rate_limited_per_client() {
     let (gw, _up) = start("").await;
     for _ in 0..5 {
-        let r = console(&gw, "POST", "/console/masuk", None, Some("token=wrong")).await;
+        let r = post_sign_in(&gw, "wrong").await;
         assert_eq!(r.status, 401);
     }
     // Locked out for the minute, even with the right token.
-    let r = console(
-        &gw,
-        "POST",
-        "/console/masuk",
-        None,
-        Some(&form(&[("token", &token_of("ops"))])),
-    )
-    .await;
+    let r = post_sign_in(&gw, &token_of("ops")).await;
     assert_eq!(r.status, 429);
     assert_eq!(r.header("retry-after"), Some("60"));
-    assert!(r.header("set-cookie").is_none());
+    assert!(set_cookie(&r, "gerbang_console").is_none());
 }
 
 #[tokio::test]
@@ -1102,4 +1129,184 @@ async fn the_record_editor_creates_previews_saves_and_deletes_every_kind_through
         let page = text(&console(&gw, "GET", "/console/layanan", Some(&s), None).await);
         assert!(!page.contains("/console/sunting/"), "{who}: {page}");
     }
+}
+
+/// Follows the console's sign-in through `idp` up to the return: (the return's response,
+/// the authorization URL the console sent the browser to).
+async fn sso_round(
+    gw: &TestGateway,
+    idp: &MockOidc,
+    state_override: Option<&str>,
+) -> (RawResponse, String) {
+    let r = console(gw, "GET", "/console/sso/0/mulai", None, None).await;
+    assert_eq!(r.status, 303, "{}", text(&r));
+    let to = r.header("location").unwrap().to_owned();
+    let pending = set_cookie(&r, "gerbang_sso").expect("the pending sign-in cookie");
+    assert!(
+        pending.contains("HttpOnly")
+            && pending.contains("SameSite=Lax")
+            && pending.contains("Path=/console/sso"),
+        "{pending}"
+    );
+    let pending = pending.split(';').next().unwrap().to_owned();
+    // The browser at the issuer: it signs the person in and redirects back with a code.
+    let path = to.strip_prefix(&idp.issuer).expect(&to);
+    let at_idp = raw_request_as_is(
+        idp.issuer.strip_prefix("http://").unwrap().parse().unwrap(),
+        format!("GET {path} HTTP/1.1\r\nHost: idp\r\nConnection: close\r\n\r\n").as_bytes(),
+    )
+    .await;
+    assert_eq!(at_idp.status, 302);
+    let back = at_idp.header("location").unwrap().to_owned();
+    let mut q = url_decode_pairs(back.split_once('?').unwrap().1);
+    if let Some(s) = state_override {
+        q.insert("state".into(), s.into());
+    }
+    let ret = format!(
+        "/console/sso/kembali?code={}&state={}",
+        q["code"], q["state"]
+    );
+    let r = console_cookies(
+        gw,
+        "GET",
+        &ret,
+        Some(&format!("gerbang_sso={pending}")),
+        None,
+    )
+    .await;
+    (r, to)
+}
+
+#[tokio::test]
+async fn admins_sign_in_through_the_external_issuer_with_pkce_and_a_claim_maps_their_role() {
+    let idp =
+        MockOidc::start(json!({ "preferred_username": "budi", "groups": ["gerbang-admin"] })).await;
+    let roles = r#"{ admin = ["gerbang-admin"], auditor = ["inspektorat"] }"#;
+    let (gw, _up) = start(&format!(
+        "\n{}",
+        idp.config("http://127.0.0.1:1/console/sso/kembali", roles)
+    ))
+    .await;
+    // The sign-in page offers the issuer.
+    let page = text(&console(&gw, "GET", "/console/masuk", None, None).await);
+    assert!(
+        page.contains(r#"href="/console/sso/0/mulai""#) && page.contains("SSO Pemda"),
+        "{page}"
+    );
+
+    // A full sign-in: PKCE S256, state and nonce; the verifier only in the token request.
+    let (r, to) = sso_round(&gw, &idp, None).await;
+    assert_eq!(r.status, 200, "{}", text(&r));
+    let q = url_decode_pairs(to.split_once('?').unwrap().1);
+    assert_eq!(q["code_challenge_method"], "S256");
+    assert_eq!(q["client_id"], "gerbang-console");
+    assert!(q["scope"].split(' ').any(|s| s == "openid"));
+    assert!(q["state"].len() >= 32 && q["nonce"].len() >= 32);
+    let token_request = url_decode_pairs(idp.token_requests.lock().unwrap().last().unwrap());
+    assert_eq!(token_request["grant_type"], "authorization_code");
+    assert!(!to.contains(&token_request["code_verifier"]));
+    let session = set_cookie(&r, "gerbang_console").expect("a session");
+    assert!(
+        session.contains("SameSite=Strict") && session.contains("HttpOnly"),
+        "{session}"
+    );
+    // The pending sign-in is spent.
+    let cleared = set_cookie(&r, "gerbang_sso").unwrap();
+    assert!(cleared.contains("Max-Age=0"), "{cleared}");
+    // The page moves on to the console with a same-site navigation.
+    assert!(
+        text(&r).contains(r#"http-equiv="refresh" content="0;url=/console/""#),
+        "{}",
+        text(&r)
+    );
+    let sid = session.split(';').next().unwrap().to_owned();
+    let home = text(&console(&gw, "GET", "/console/", Some(&sid), None).await);
+    assert!(
+        home.contains("sso:budi") && home.contains("admin"),
+        "{home}"
+    );
+
+    // What the person changes is recorded under their name.
+    let page = text(
+        &console(
+            &gw,
+            "GET",
+            "/console/sunting/instansi/dukcapil",
+            Some(&sid),
+            None,
+        )
+        .await,
+    );
+    let change = form(&[
+        ("csrf", &hidden(&page, "csrf")),
+        ("etag", &hidden(&page, "etag")),
+        (
+            "record",
+            &record_of(&page).replace("name = ", "name = \"Disdukcapil\"\n#"),
+        ),
+        ("aksi", "simpan"),
+    ]);
+    let r = console(
+        &gw,
+        "POST",
+        "/console/sunting/instansi/dukcapil",
+        Some(&sid),
+        Some(&change),
+    )
+    .await;
+    assert_eq!(r.status, 303, "{}", text(&r));
+    let audit = all_text_under(&gw.dir.path().join("data"));
+    assert!(audit.contains(r#""admin":"sso:budi""#), "{audit}");
+
+    // A claim mapped to a lesser role gives that role; an auditor lands on the audit page.
+    *idp.claims.lock().unwrap() =
+        json!({ "preferred_username": "siti", "groups": ["inspektorat", "pegawai"] });
+    let (r, _) = sso_round(&gw, &idp, None).await;
+    assert_eq!(r.status, 200);
+    assert!(text(&r).contains("url=/console/audit"));
+    let sid = set_cookie(&r, "gerbang_console")
+        .unwrap()
+        .split(';')
+        .next()
+        .unwrap()
+        .to_owned();
+    assert_eq!(
+        console(
+            &gw,
+            "GET",
+            "/console/sunting/instansi/dukcapil",
+            Some(&sid),
+            None
+        )
+        .await
+        .status,
+        403
+    );
+
+    // Refused, with no session: no mapped value; a wrong state; an ID token for another
+    // nonce; a return without the pending cookie.
+    *idp.claims.lock().unwrap() = json!({ "preferred_username": "andi", "groups": ["pegawai"] });
+    let (r, _) = sso_round(&gw, &idp, None).await;
+    assert_eq!(r.status, 403, "{}", text(&r));
+    assert!(set_cookie(&r, "gerbang_console").is_none());
+    *idp.claims.lock().unwrap() =
+        json!({ "preferred_username": "budi", "groups": ["gerbang-admin"] });
+    let (r, _) = sso_round(&gw, &idp, Some("forged-state")).await;
+    assert_eq!(r.status, 401);
+    assert!(set_cookie(&r, "gerbang_console").is_none());
+    *idp.forced_nonce.lock().unwrap() = Some("another-nonce".into());
+    let (r, _) = sso_round(&gw, &idp, None).await;
+    assert_eq!(r.status, 401);
+    assert!(set_cookie(&r, "gerbang_console").is_none());
+    *idp.forced_nonce.lock().unwrap() = None;
+    let r = console(
+        &gw,
+        "GET",
+        "/console/sso/kembali?code=code-0&state=x",
+        None,
+        None,
+    )
+    .await;
+    assert_eq!(r.status, 401);
+    assert!(set_cookie(&r, "gerbang_console").is_none());
 }

@@ -11,6 +11,7 @@
 mod editor;
 mod i18n;
 pub mod session;
+mod sso;
 mod time;
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
@@ -34,9 +35,12 @@ use crate::roles::{console_roles, ConsoleAction};
 use crate::Reload;
 use i18n::Lang;
 pub use session::{Clock, Session, Sessions};
+pub use sso::SsoProvider;
 
 /// The session cookie's name.
 pub const COOKIE: &str = "gerbang_console";
+/// The sign-in form's cookie (its token, also in the form).
+pub const SIGN_IN_COOKIE: &str = "gerbang_masuk";
 /// The Content-Security-Policy of every console response.
 pub const CSP: &str = "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; form-action 'self'; frame-ancestors 'none'; base-uri 'none'";
 /// Largest form accepted.
@@ -71,6 +75,7 @@ const TEMPLATES: &[(&str, &str)] = &[
     ("audit.html", include_str!("templates/audit.html")),
     ("riwayat.html", include_str!("templates/riwayat.html")),
     ("sunting.html", include_str!("templates/sunting.html")),
+    ("sso_lanjut.html", include_str!("templates/sso_lanjut.html")),
 ];
 
 /// How the console runs.
@@ -91,6 +96,8 @@ pub struct ConsoleSettings {
     pub clock: Option<Clock>,
     /// Cluster mode: sessions kept in the store every replica reads.
     pub shared_sessions: Option<Arc<dyn session::SharedSessions>>,
+    /// The `[[auth.external]]` issuers admins may sign in through.
+    pub sso: Vec<SsoProvider>,
 }
 
 impl Default for ConsoleSettings {
@@ -104,6 +111,7 @@ impl Default for ConsoleSettings {
             absolute: Duration::from_secs(8 * 3600),
             clock: None,
             shared_sessions: None,
+            sso: Vec::new(),
         }
     }
 }
@@ -306,9 +314,20 @@ impl Console {
         }
         if path == "/console/masuk" {
             return match method {
-                Method::POST => self.sign_in(api, req, &ctx).await,
-                _ => self.render(&ctx, "masuk.html", "sign_in_title", "", json!({})),
+                Method::POST => self.sign_in(api, req, cookies, &ctx).await,
+                _ => self.sign_in_form(&ctx, StatusCode::OK, None),
             };
+        }
+        if method == Method::GET {
+            if path == "/console/sso/kembali" {
+                return self.sso_return(&ctx, &query, cookies).await;
+            }
+            if let Some(n) = path
+                .strip_prefix("/console/sso/")
+                .and_then(|p| p.strip_suffix("/mulai"))
+            {
+                return self.sso_start(&ctx, n);
+            }
         }
         // The session, if it is alive and its token is still in force (by digest and name).
         if let Some(id) = cookies.get(COOKIE) {
@@ -316,6 +335,11 @@ impl Console {
             ctx.session = self
                 .sessions
                 .get_async(id, |s| {
+                    if s.digest.starts_with("sso:") {
+                        // Signed in through an issuer: the role it was given, while the
+                        // issuer is offered.
+                        return self.sso_session_valid(&s.digest).then_some(s.role);
+                    }
                     tokens
                         .iter()
                         .find(|t| t.name == s.name && session::same_secret(&t.digest, &s.digest))
@@ -778,60 +802,104 @@ impl Console {
 
     // ------------------------------------------------------------------ sign-in
 
+    /// The sign-in page, with a fresh sign-in form token (`gerbang_masuk` cookie and the
+    /// form's hidden field: a sign-in that another site's form posts is refused, so nobody can
+    /// be signed in as someone else without knowing).
+    fn sign_in_form(
+        &self,
+        ctx: &Ctx,
+        status: StatusCode,
+        error: Option<&str>,
+    ) -> Result<Response<ResponseBody>, ConsoleError> {
+        let token = session::random_hex()?;
+        let mut r = self.render_status(
+            ctx,
+            status,
+            "masuk.html",
+            "sign_in_title",
+            "",
+            json!({ "error": error, "masuk_csrf": token, "sso": self.sso_choices() }),
+        )?;
+        let secure = if self.settings.secure_cookie {
+            "; Secure"
+        } else {
+            ""
+        };
+        let cookie = format!(
+            "{SIGN_IN_COOKIE}={token}; Path=/console/masuk; Max-Age=3600; HttpOnly; SameSite=Strict{secure}"
+        );
+        if let Ok(v) = HeaderValue::from_str(&cookie) {
+            r.headers_mut().append(header::SET_COOKIE, v);
+        }
+        Ok(r)
+    }
+
+    /// The session cookie for session `id`.
+    fn session_cookie(&self, id: &str) -> String {
+        let secure = if self.settings.secure_cookie {
+            "; Secure"
+        } else {
+            ""
+        };
+        format!("{COOKIE}={id}; Path=/console; HttpOnly; SameSite=Strict{secure}")
+    }
+
     async fn sign_in<R: Reload>(
         &self,
         api: &AdminApi<R>,
         req: Request<Incoming>,
+        cookies: &HashMap<String, String>,
         ctx: &Ctx,
     ) -> Result<Response<ResponseBody>, ConsoleError> {
-        if self.sessions.locked_out(ctx.client) {
-            let words = ctx.lang.words();
-            let mut r = self.render_status(
+        let words = ctx.lang.words();
+        if self.sessions.locked_out(ctx.client).await {
+            let mut r = self.sign_in_form(
                 ctx,
                 StatusCode::TOO_MANY_REQUESTS,
-                "masuk.html",
-                "sign_in_title",
-                "",
-                json!({ "error": words.get("too_many") }),
+                words.get("too_many").copied(),
             )?;
             r.headers_mut()
                 .insert(header::RETRY_AFTER, HeaderValue::from_static("60"));
             return Ok(r);
         }
         let form = read_form(req).await.unwrap_or_default();
+        // The form's token must be the one this browser was given with the form.
+        let same_form = match (form.get("masuk_csrf"), cookies.get(SIGN_IN_COOKIE)) {
+            (Some(f), Some(c)) => !f.is_empty() && session::same_secret(f, c),
+            _ => false,
+        };
+        if !same_form {
+            tracing::warn!(client = %ctx.client, "console sign-in without the sign-in form's token refused");
+            return self.sign_in_form(
+                ctx,
+                StatusCode::FORBIDDEN,
+                words.get("form_expired").copied(),
+            );
+        }
         let token = form.get("token").map(String::as_str).unwrap_or("").trim();
         let Some((name, role)) = api.token_owner(token) else {
-            self.sessions.failed(ctx.client);
+            self.sessions.failed(ctx.client).await;
             tracing::warn!(client = %ctx.client, "console sign-in with an unknown token");
-            let words = ctx.lang.words();
-            return self.render_status(
+            return self.sign_in_form(
                 ctx,
                 StatusCode::UNAUTHORIZED,
-                "masuk.html",
-                "sign_in_title",
-                "",
-                json!({ "error": words.get("bad_token") }),
+                words.get("bad_token").copied(),
             );
         };
         let digest = gerbang_auth::apikey::digest_of(token);
         let id = self.sessions.create_async(&name, role, &digest).await?;
         tracing::info!(admin = %name, role = %role, client = %ctx.client, "console sign-in");
-        let secure = if self.settings.secure_cookie {
-            "; Secure"
-        } else {
-            ""
-        };
-        let cookie = format!("{COOKIE}={id}; Path=/console; HttpOnly; SameSite=Strict{secure}");
-        // Each role lands on the first page it may see: the overview, or (an auditor, who
-        // does not read the registry) the audit page.
-        let landing = if crate::roles::console_roles(crate::roles::ConsoleAction::ReadRegistry)
-            .contains(&role)
-        {
-            "/console/"
-        } else {
-            "/console/audit"
-        };
-        Ok(redirect(landing, HeaderValue::from_str(&cookie).ok()))
+        let mut r = redirect(
+            landing(role),
+            HeaderValue::from_str(&self.session_cookie(&id)).ok(),
+        );
+        r.headers_mut().append(
+            header::SET_COOKIE,
+            HeaderValue::from_static(
+                "gerbang_masuk=; Path=/console/masuk; Max-Age=0; HttpOnly; SameSite=Strict",
+            ),
+        );
+        Ok(r)
     }
 
     // ------------------------------------------------------------------ pages
@@ -1793,6 +1861,16 @@ fn problems_list(a: &Answer) -> Vec<String> {
 }
 
 /// A NIK as the page echoes it: the first two and last two digits.
+/// The first page `role` may see: the overview, or (an auditor, who does not read the
+/// registry) the audit page.
+fn landing(role: AdminRole) -> &'static str {
+    if console_roles(ConsoleAction::ReadRegistry).contains(&role) {
+        "/console/"
+    } else {
+        "/console/audit"
+    }
+}
+
 /// The list pages' notice after the editor deleted a record (`?dihapus=1`).
 fn deleted_notice(query: &HashMap<String, String>) -> &'static str {
     if query.contains_key("dihapus") {

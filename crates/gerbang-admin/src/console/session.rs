@@ -52,6 +52,10 @@ pub struct SharedSession {
     pub csrf: String,
     /// Unix seconds of the sign-in (the absolute limit counts from it on every replica).
     pub created_unix: i64,
+    /// The role given at sign-in through an external issuer (a token's role is looked up
+    /// again instead).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub role: Option<String>,
 }
 
 /// A future of a shared session store.
@@ -73,6 +77,10 @@ pub trait SharedSessions: Send + Sync {
     fn load<'a>(&'a self, id: &'a str, idle: Duration) -> StoreFuture<'a, Option<SharedSession>>;
     /// Ends session `id`.
     fn delete<'a>(&'a self, id: &'a str) -> StoreFuture<'a, ()>;
+    /// Counts a failed sign-in from `client` (in this minute's window).
+    fn count_failure<'a>(&'a self, client: &'a str) -> StoreFuture<'a, ()>;
+    /// Failed sign-ins from `client` in the last minute, on every replica.
+    fn failures<'a>(&'a self, client: &'a str) -> StoreFuture<'a, u64>;
 }
 
 fn unix_now() -> i64 {
@@ -135,6 +143,7 @@ impl Sessions {
             digest: digest.to_owned(),
             csrf: random_hex()?,
             created_unix: unix_now(),
+            role: Some(role.as_str().to_owned()),
         };
         store
             .save(&id, &record, self.idle)
@@ -166,9 +175,15 @@ impl Sessions {
             return None;
         }
         let now = (self.clock)();
+        // The stored role (least power when unreadable); `still_valid` decides what holds.
+        let stored = record
+            .role
+            .as_deref()
+            .and_then(AdminRole::parse)
+            .unwrap_or(AdminRole::Viewer);
         let mut session = Session {
             name: record.name,
-            role: AdminRole::default(),
+            role: stored,
             digest: record.digest,
             csrf: record.csrf,
             created: now.checked_sub(Duration::from_secs(age)).unwrap_or(now),
@@ -260,8 +275,36 @@ impl Sessions {
             .remove(id);
     }
 
-    /// Whether `client` has used up its failed sign-ins of the last minute.
-    pub fn locked_out(&self, client: IpAddr) -> bool {
+    /// Whether `client` has used up its failed sign-ins of the last minute: on this replica,
+    /// or (cluster mode) on all of them together. A store that cannot be reached leaves this
+    /// replica's own count in force.
+    pub async fn locked_out(&self, client: IpAddr) -> bool {
+        if self.locked_out_here(client) {
+            return true;
+        }
+        let Some(store) = &self.shared else {
+            return false;
+        };
+        match store.failures(&client.to_string()).await {
+            Ok(n) => n >= SIGN_IN_FAILURES_PER_MINUTE as u64,
+            Err(e) => {
+                tracing::warn!(error = %e, "console: shared sign-in failures unavailable; counting on this replica");
+                false
+            }
+        }
+    }
+
+    /// Counts a failed sign-in of `client`, here and (cluster mode) in the shared store.
+    pub async fn failed(&self, client: IpAddr) {
+        self.failed_here(client);
+        if let Some(store) = &self.shared {
+            if let Err(e) = store.count_failure(&client.to_string()).await {
+                tracing::warn!(error = %e, "console: a failed sign-in could not be counted in the shared store");
+            }
+        }
+    }
+
+    fn locked_out_here(&self, client: IpAddr) -> bool {
         let now = (self.clock)();
         let mut f = self.failures.lock().unwrap_or_else(|e| e.into_inner());
         let Some(q) = f.get_mut(&client) else {
@@ -276,8 +319,7 @@ impl Sessions {
         q.len() >= SIGN_IN_FAILURES_PER_MINUTE
     }
 
-    /// Counts a failed sign-in of `client`.
-    pub fn failed(&self, client: IpAddr) {
+    fn failed_here(&self, client: IpAddr) {
         let now = (self.clock)();
         let mut f = self.failures.lock().unwrap_or_else(|e| e.into_inner());
         if f.len() > 10_000 {
@@ -353,12 +395,12 @@ mod tests {
         let a: IpAddr = [10, 0, 0, 1].into();
         let b: IpAddr = [10, 0, 0, 2].into();
         for _ in 0..SIGN_IN_FAILURES_PER_MINUTE {
-            assert!(!s.locked_out(a));
-            s.failed(a);
+            assert!(!s.locked_out_here(a));
+            s.failed_here(a);
         }
-        assert!(s.locked_out(a));
-        assert!(!s.locked_out(b));
+        assert!(s.locked_out_here(a));
+        assert!(!s.locked_out_here(b));
         t.store(60, Ordering::SeqCst);
-        assert!(!s.locked_out(a));
+        assert!(!s.locked_out_here(a));
     }
 }
