@@ -6,6 +6,7 @@
 //! - [`revisions`]: configuration revisions (the registry and agreement files as validated),
 //!   published by the replica that made a change and applied by every other.
 
+pub mod audit_bus;
 pub mod limits;
 pub mod quota_file;
 pub mod revisions;

@@ -570,3 +570,59 @@ impl gerbang_admin::console::session::SharedSessions for ConsoleSessions {
         Box::pin(self.0.failures(client))
     }
 }
+
+/// The console's audit search over every replica (cluster mode), on the Redis audit bus:
+/// the question goes to every replica, this one included, and each answers from its own log.
+pub struct AuditFanout {
+    bus: Arc<gerbang_cluster::audit_bus::AuditBus>,
+    /// How long to wait for the replicas' answers.
+    wait: std::time::Duration,
+}
+
+impl AuditFanout {
+    /// The bus on `settings`' Redis; this replica answers questions from `log` until `stop`.
+    pub fn start(
+        settings: &RedisSettings,
+        log: Option<gerbang_admin::console::audit_search::LocalLog>,
+        stop: impl std::future::Future<Output = ()> + Send + 'static,
+    ) -> Result<Self, String> {
+        let bus = Arc::new(gerbang_cluster::audit_bus::AuditBus::new(
+            &settings.url,
+            settings.timeout,
+        )?);
+        if let Some(log) = log {
+            let handler = gerbang_admin::console::audit_search::handler(log);
+            tokio::spawn(Arc::clone(&bus).serve(handler, stop));
+        }
+        Ok(Self {
+            bus,
+            // Reading a large log takes a while; the page waits at most this long.
+            wait: std::time::Duration::from_secs(5).max(settings.timeout),
+        })
+    }
+}
+
+impl gerbang_admin::console::audit_search::AuditFanout for AuditFanout {
+    fn search<'a>(
+        &'a self,
+        query: &'a gerbang_admin::console::audit_search::AuditQuery,
+    ) -> gerbang_admin::console::session::StoreFuture<
+        'a,
+        (
+            usize,
+            Vec<gerbang_admin::console::audit_search::AuditAnswer>,
+        ),
+    > {
+        Box::pin(async move {
+            let id = gerbang_admin::console::session::random_hex().map_err(|e| e.to_string())?;
+            let question = serde_json::to_string(query).map_err(|e| e.to_string())?;
+            let got = self.bus.ask(&id, &question, self.wait).await?;
+            let answers = got
+                .answers
+                .iter()
+                .filter_map(|a| serde_json::from_str(a).ok())
+                .collect();
+            Ok((got.asked, answers))
+        })
+    }
+}

@@ -134,6 +134,31 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
     let stop = |mut rx: watch::Receiver<bool>| async move {
         let _ = rx.wait_for(|v| *v).await;
     };
+    // The console's audit search: in cluster mode put to every replica over Redis (this one
+    // answers too), otherwise this replica's log only.
+    let replica_id = config.cluster.replica_id.clone();
+    let console_expected_replicas = config
+        .cluster
+        .redis
+        .as_ref()
+        .map_or(1, |r| r.expected_replicas as usize);
+    let console_audit_fanout: Option<Arc<dyn gerbang_admin::console::audit_search::AuditFanout>> =
+        match config.cluster.redis.as_ref() {
+            Some(r) => {
+                let log = console_audit.as_ref().map(|(dir, key)| {
+                    gerbang_admin::console::audit_search::LocalLog {
+                        dir: dir.clone(),
+                        seal_public_key: Some(key.clone()),
+                        replica: replica_id.clone(),
+                    }
+                });
+                Some(Arc::new(
+                    crate::cluster::AuditFanout::start(r, log, stop(rx.clone()))
+                        .map_err(StartError::Cluster)?,
+                ))
+            }
+            None => None,
+        };
     // Console sign-in through external issuers: their settings, by issuer.
     let console_sign_ins: Vec<(String, gerbang_config::ConsoleSignIn)> = config
         .auth
@@ -373,6 +398,9 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
             // Cluster mode: sessions in Redis, the same on every replica.
             shared_sessions: console_shared_sessions,
             sso: console_sso,
+            replica: replica_id.clone(),
+            audit_fanout: console_audit_fanout,
+            expected_replicas: console_expected_replicas,
         }),
     );
     // The console's overview: the counters once a minute, an hour of them kept.

@@ -351,52 +351,6 @@ fn a_reload_of_edited_bootstrap_files_on_one_replica_reaches_every_replica() {
     );
 }
 
-/// Signs in on `addr` with `token` as a browser does (the form, then the post with the form's
-/// token): (status, the session cookie `name=value` if one was set, body).
-fn sign_in(addr: std::net::SocketAddr, token: &str) -> (u16, Option<String>, String) {
-    let cookie_of = |head: &str, name: &str| {
-        head.lines()
-            .filter_map(|l| l.strip_prefix("set-cookie: "))
-            .find(|c| c.starts_with(&format!("{name}=")))
-            .and_then(|c| c.split(';').next())
-            .map(str::to_owned)
-    };
-    let (_, head, _) = console(addr, "GET", "/console/masuk", "", "");
-    let form_cookie = cookie_of(&head, "gerbang_masuk").expect("the sign-in form's cookie");
-    let value = form_cookie.trim_start_matches("gerbang_masuk=");
-    let (status, head, body) = console(
-        addr,
-        "POST",
-        "/console/masuk",
-        &form_cookie,
-        &format!("masuk_csrf={value}&token={token}"),
-    );
-    (status, cookie_of(&head, "gerbang_console"), body)
-}
-
-/// `method path` on the console with a cookie and a form body; (status, lower-cased head, body).
-fn console(
-    addr: std::net::SocketAddr,
-    method: &str,
-    path: &str,
-    cookie: &str,
-    form: &str,
-) -> (u16, String, String) {
-    let cookie = if cookie.is_empty() {
-        String::new()
-    } else {
-        format!("Cookie: {cookie}\r\n")
-    };
-    exchange(
-        addr,
-        &format!(
-            "{method} {path} HTTP/1.1\r\nHost: t\r\n{cookie}Content-Type: application/x-www-form-urlencoded\r\n\
-             Content-Length: {}\r\nConnection: close\r\n\r\n{form}",
-            form.len()
-        ),
-    )
-}
-
 #[test]
 #[ignore = "needs redis-server"]
 fn a_console_session_is_valid_on_every_replica_and_a_sign_out_ends_it_everywhere() {
@@ -406,7 +360,7 @@ fn a_console_session_is_valid_on_every_replica_and_a_sign_out_ends_it_everywhere
         cluster.replicas[0].admin_addr,
         cluster.replicas[1].admin_addr,
     );
-    let (status, cookie, body) = sign_in(a, ADMIN_TOKEN);
+    let (status, cookie, body) = console_sign_in(a, ADMIN_TOKEN);
     assert_eq!(status, 303, "{body}");
     let cookie = cookie.expect("a session cookie");
     // Signed in on replica 0, served by replica 1 (no sticky sessions needed).
@@ -432,17 +386,17 @@ fn a_console_session_is_valid_on_every_replica_and_a_sign_out_ends_it_everywhere
     assert_eq!(status, 303, "{head}");
     assert!(head.contains("location: /console/masuk"), "{head}");
     // Redis away: no session is trusted (sign in again when it is back), none is made up.
-    let (_, cookie, _) = sign_in(a, ADMIN_TOKEN);
+    let (_, cookie, _) = console_sign_in(a, ADMIN_TOKEN);
     let cookie = cookie.expect("a session cookie");
     // Failed sign-ins count on every replica together: three on one and two on the other
     // lock the address out on both, even with the right token.
     for (addr, n) in [(a, 3), (b, 2)] {
         for _ in 0..n {
-            assert_eq!(sign_in(addr, "wrong-token").0, 401);
+            assert_eq!(console_sign_in(addr, "wrong-token").0, 401);
         }
     }
     for addr in [a, b] {
-        let (status, cookie, _) = sign_in(addr, ADMIN_TOKEN);
+        let (status, cookie, _) = console_sign_in(addr, ADMIN_TOKEN);
         assert_eq!(status, 429);
         assert!(cookie.is_none());
     }

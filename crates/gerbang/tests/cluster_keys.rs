@@ -11,7 +11,10 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
 use base64::Engine;
-use common::{bin, get, Cluster, ClusterOptions, Echo, CLIENT_ID, CLIENT_SECRET, ECHO};
+use common::{
+    bin, console, console_sign_in, eventually, get, Cluster, ClusterOptions, Echo, RedisServer,
+    ADMIN_TOKEN, CLIENT_ID, CLIENT_SECRET, ECHO,
+};
 
 /// A token of the cluster's client from the token endpoint at `addr`, or why not.
 fn try_token(addr: SocketAddr) -> Result<String, String> {
@@ -224,6 +227,7 @@ fn key_rotation_under_load_across_replicas_fails_no_call() {
 const SUBJECT: &str = "3603015505900007";
 
 #[test]
+#[ignore = "needs redis-server"]
 fn tokens_cross_replicas_and_audit_is_queried_and_verified_across_them() {
     // A service whose endpoint names a data subject: its calls carry the subject's keyed hash.
     let upstream = Echo::start();
@@ -240,9 +244,15 @@ fn tokens_cross_replicas_and_audit_is_queried_and_verified_across_them() {
         service = \"dukcapil/penduduk\"\nconsumers = [\"klien/app\"]\n\
         endpoints = [\"GET /penduduk/{nik}\"]\nmax_classification = \"terbatas\"\n"
         .to_owned();
+    // Redis: the console's audit search is put to every replica through it.
+    let redis = RedisServer::start();
     let mut cluster = Cluster::start(
         3,
-        options(vec![("dukcapil.toml".into(), registry)], agreements),
+        ClusterOptions {
+            redis_url: Some(redis.url.clone()),
+            cluster_extra: "expected_replicas = 3\n".into(),
+            ..options(vec![("dukcapil.toml".into(), registry)], agreements)
+        },
     );
     let addrs: Vec<SocketAddr> = cluster.replicas.iter().map(|r| r.data_addr).collect();
 
@@ -306,7 +316,57 @@ fn tokens_cross_replicas_and_audit_is_queried_and_verified_across_them() {
         Some("r3")
     );
 
-    for r in &mut cluster.replicas {
+    // The console's audit search on one replica finds the subject's calls on all three (each
+    // replica answers from its own log over Redis), with every replica's verify result.
+    let admin0 = cluster.replicas[0].admin_addr;
+    let (status, cookie, body) = console_sign_in(admin0, ADMIN_TOKEN);
+    assert_eq!(status, 303, "{body}");
+    let cookie = cookie.unwrap();
+    let search = |cookie: &str| {
+        let (_, _, page) = console(admin0, "GET", "/console/audit", cookie, "");
+        let csrf = page
+            .split("name=\"csrf\" value=\"")
+            .nth(1)
+            .and_then(|r| r.split('"').next())
+            .unwrap()
+            .to_owned();
+        let (status, _, page) = console(
+            admin0,
+            "POST",
+            "/console/audit",
+            cookie,
+            &format!("csrf={csrf}&nik={SUBJECT}"),
+        );
+        assert_eq!(status, 200, "{page}");
+        page
+    };
+    let mut page = String::new();
+    let all_found = eventually(Duration::from_secs(10), || {
+        page = search(&cookie);
+        ["r0", "r1", "r2"]
+            .iter()
+            .all(|r| page.contains(&format!("<td>{r}</td>")))
+    });
+    assert!(all_found, "{page}");
+    assert!(
+        !page.contains(SUBJECT),
+        "the NIK never appears in clear: {page}"
+    );
+    for r in ["r0", "r1", "r2"] {
+        assert!(
+            page.contains(&format!("<li class=\"verify-ok\"><strong>{r}</strong>")),
+            "{page}"
+        );
+    }
+    assert!(!page.contains("id=\"partial\""), "{page}");
+    // One replica down: the page says the answer is incomplete instead of looking complete.
+    assert!(cluster.replicas[2].stop());
+    let page = search(&cookie);
+    assert!(page.contains("id=\"partial\""), "{page}");
+    assert!(page.contains("2") && page.contains("3"), "{page}");
+    assert!(!page.contains("<td>r2</td>"), "{page}");
+
+    for r in &mut cluster.replicas[..2] {
         assert!(r.stop(), "graceful stop:\n{}", r.log_text());
     }
 

@@ -709,7 +709,8 @@ async fn an_auditor_finds_calls_by_nik_which_never_appears_in_clear() {
     let sid = sign_in(&gw, "aud").await;
     let page = text(&console(&gw, "GET", "/console/audit", Some(&sid), None).await);
     assert!(
-        page.contains(r#"<p id="verify" class="verify-ok">Log audit utuh"#),
+        page.contains(r#"<ul class="plain" id="verify"><li class="verify-ok"><strong>"#)
+            && page.contains("</strong>: Log audit utuh"),
         "{page}"
     );
     let csrf = hidden(&page, "csrf");

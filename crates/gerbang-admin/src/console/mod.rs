@@ -8,6 +8,7 @@
 //! through [`AdminApi::dispatch`], the admin API's own path: the same validation, files, reload
 //! and `admin` audit record (with the person's token name).
 
+pub mod audit_search;
 mod editor;
 mod i18n;
 pub mod session;
@@ -98,6 +99,12 @@ pub struct ConsoleSettings {
     pub shared_sessions: Option<Arc<dyn session::SharedSessions>>,
     /// The `[[auth.external]]` issuers admins may sign in through.
     pub sso: Vec<SsoProvider>,
+    /// This replica's name (cluster `replica_id`).
+    pub replica: String,
+    /// Cluster mode: the audit search put to every replica.
+    pub audit_fanout: Option<Arc<dyn audit_search::AuditFanout>>,
+    /// Replicas the cluster is expected to have (cluster `expected_replicas`).
+    pub expected_replicas: usize,
 }
 
 impl Default for ConsoleSettings {
@@ -112,6 +119,9 @@ impl Default for ConsoleSettings {
             clock: None,
             shared_sessions: None,
             sso: Vec::new(),
+            replica: String::new(),
+            audit_fanout: None,
+            expected_replicas: 1,
         }
     }
 }
@@ -570,7 +580,7 @@ impl Console {
             }
             (m, ["audit"]) if *m == Method::GET || *m == Method::POST => {
                 require!(ConsoleAction::Audit);
-                self.audit_page(api, &ctx, form.as_ref())
+                self.audit_page(api, &ctx, form.as_ref()).await
             }
             (&Method::GET, ["riwayat"]) => {
                 require!(ConsoleAction::ReadAgreements);
@@ -1380,19 +1390,20 @@ impl Console {
         )
     }
 
-    fn audit_page<R: Reload>(
+    async fn audit_page<R: Reload>(
         &self,
         api: &AdminApi<R>,
         ctx: &Ctx,
         form: Option<&HashMap<String, String>>,
     ) -> Result<Response<ResponseBody>, ConsoleError> {
+        use audit_search::{AuditQuery, Verified};
         let words = ctx.lang.words();
+        let w = |k: &str| words.get(k).copied().unwrap_or("").to_owned();
         let get = |k: &str| {
             form.and_then(|f| f.get(k))
                 .map(|s| s.trim().to_owned())
                 .unwrap_or_default()
         };
-        let (verify, verify_ok) = self.verify_text(&words);
         let mut extra = json!({
             "form": {
                 "consumer": get("consumer"),
@@ -1400,64 +1411,97 @@ impl Console {
                 "since": get("since"),
                 "until": get("until"),
             },
-            "verify": verify,
-            "verify_ok": if verify_ok { "ok" } else { "fail" },
             "searched": false,
         });
+        let Some(log) = self.local_log() else {
+            extra["verify"] =
+                json!([{ "replica": self.settings.replica, "text": w("no_audit"), "ok": "fail" }]);
+            if form.is_some() {
+                extra["error"] = Value::from(w("no_audit"));
+            }
+            return self.render(ctx, "audit.html", "audit", "", extra);
+        };
+        let mut query = AuditQuery::default();
         if form.is_some() {
-            let Some(dir) = &self.settings.audit_dir else {
-                extra["error"] = Value::from(words.get("no_audit").copied().unwrap_or(""));
-                return self.render(ctx, "audit.html", "audit", "", extra);
-            };
             let nik = get("nik");
             // Hashed at once with the subject key; the clear NIK goes no further than here.
-            let subject = if nik.is_empty() {
-                None
-            } else {
+            if !nik.is_empty() {
                 match api.gateway.audit() {
-                    Some(sink) => Some(sink.subject_hash(&nik)),
+                    Some(sink) => query.subject_hmac = Some(sink.subject_hash(&nik)),
                     None => {
-                        extra["error"] = Value::from(words.get("no_audit").copied().unwrap_or(""));
+                        extra["error"] = Value::from(w("no_audit"));
                         return self.render(ctx, "audit.html", "audit", "", extra);
                     }
                 }
-            };
+            }
             let opt = |s: String| Some(s).filter(|s| !s.is_empty());
-            let filter = gerbang_audit::Filter {
-                subject: None,
-                consumer: opt(get("consumer")),
-                service: opt(get("service")),
-                since: opt(get("since")).and_then(|d| time::wib_day_start(&d, 0)),
-                until: opt(get("until")).and_then(|d| time::wib_day_start(&d, 1)),
-            };
-            // The subject was matched by its hash above; the query's own key is not needed.
-            let unused = gerbang_audit::SubjectKey::from_hex(&"0".repeat(64));
-            let records = match unused.map(|k| gerbang_audit::query(dir, &filter, &k)) {
-                Ok(Ok(r)) => r,
-                Ok(Err(e)) => {
-                    tracing::error!(error = %e, "console: the audit log cannot be read");
-                    Vec::new()
+            query.consumer = opt(get("consumer"));
+            query.service = opt(get("service"));
+            query.since = opt(get("since")).and_then(|d| time::wib_day_start(&d, 0));
+            query.until = opt(get("until")).and_then(|d| time::wib_day_start(&d, 1));
+            extra["masked"] = Value::from(mask(&nik));
+        }
+        // Every replica's answer (cluster mode), or this replica's.
+        let (asked, mut answers) = match &self.settings.audit_fanout {
+            Some(f) => match f.search(&query).await {
+                Ok(r) => r,
+                Err(e) => {
+                    tracing::warn!(error = %e, "console: the audit search could not reach the other replicas");
+                    extra["partial"] = Value::from(w("audit_store_down"));
+                    (1, vec![self.answer_here(&log, &query).await])
                 }
-                Err(_) => Vec::new(),
-            };
+            },
+            None => (1, vec![self.answer_here(&log, &query).await]),
+        };
+        answers.sort_by(|a, b| a.replica.cmp(&b.replica));
+        let expected = if self.settings.audit_fanout.is_some() {
+            self.settings.expected_replicas.max(asked)
+        } else {
+            1
+        };
+        if answers.len() < expected && extra.get("partial").is_none() {
+            extra["partial"] = Value::from(
+                w("audit_partial")
+                    .replace("{answered}", &answers.len().to_string())
+                    .replace("{expected}", &expected.to_string()),
+            );
+        }
+        let verify: Vec<Value> = answers
+            .iter()
+            .map(|a| {
+                let (text, ok) = match &a.verified {
+                    Verified::Intact {
+                        files,
+                        records,
+                        seals,
+                        unsealed,
+                    } => (
+                        w("verify_ok")
+                            .replace("{files}", &files.to_string())
+                            .replace("{records}", &records.to_string())
+                            .replace("{seals}", &seals.to_string())
+                            .replace("{unsealed}", &unsealed.to_string()),
+                        true,
+                    ),
+                    Verified::Broken(e) => (format!("{} {e}", w("verify_broken")), false),
+                    Verified::NoKey => (w("verify_no_key"), false),
+                    Verified::NoLog => (w("no_audit"), false),
+                };
+                json!({ "replica": a.replica, "text": text, "ok": if ok { "ok" } else { "fail" } })
+            })
+            .collect();
+        extra["verify"] = Value::from(verify);
+        if form.is_some() {
             let s = |v: &Value, k: &str| match &v[k] {
                 Value::Null => "-".to_owned(),
                 Value::String(t) => t.clone(),
                 other => other.to_string(),
             };
-            let replica = gerbang_audit::chain::replica_of(dir)
-                .ok()
-                .flatten()
-                .unwrap_or_else(|| "-".into());
+            let mut records: Vec<&Value> = answers.iter().flat_map(|a| a.records.iter()).collect();
+            // Newest first across replicas (RFC 3339 UTC times sort as text).
+            records.sort_by(|a, b| b["time"].as_str().cmp(&a["time"].as_str()));
             let rows: Vec<Value> = records
                 .iter()
-                .filter(|r| {
-                    subject
-                        .as_deref()
-                        .is_none_or(|h| r["subject_hmac"].as_str() == Some(h))
-                })
-                .rev()
-                .take(1000)
                 .map(|r| {
                     let decision = match (&r["decision"], &r["status"]) {
                         (Value::String(d), Value::Number(n)) => format!("{d} {n}"),
@@ -1471,42 +1515,53 @@ impl Console {
                         "purpose": s(r, "purpose"),
                         "agreement": s(r, "agreement"),
                         "decision": decision,
-                        "replica": r["replica"].as_str().unwrap_or(&replica),
+                        "replica": s(r, "replica"),
+                    })
+                })
+                .collect();
+            let replicas: Vec<Value> = answers
+                .iter()
+                .map(|a| {
+                    json!({
+                        "replica": a.replica,
+                        "count": a.records.len(),
+                        "truncated": a.truncated,
+                        "error": a.error,
                     })
                 })
                 .collect();
             extra["searched"] = Value::Bool(true);
             extra["records"] = Value::from(rows);
-            extra["masked"] = Value::from(mask(&nik));
+            extra["replicas"] = Value::from(replicas);
         }
         self.render(ctx, "audit.html", "audit", "", extra)
     }
 
-    /// `audit verify` of this replica's log, as a sentence.
-    fn verify_text(&self, words: &BTreeMap<&str, &str>) -> (String, bool) {
-        let Some(dir) = &self.settings.audit_dir else {
-            return (words.get("no_audit").copied().unwrap_or("").into(), false);
-        };
-        let key = self
-            .settings
-            .seal_public_key
-            .as_ref()
-            .and_then(|f| std::fs::read_to_string(f).ok())
-            .and_then(|t| hex::decode(t.trim()).ok());
-        let w = |k: &str| words.get(k).copied().unwrap_or("");
-        let Some(key) = key else {
-            return (w("verify_no_key").to_owned(), false);
-        };
-        match gerbang_audit::verify(dir, &key) {
-            Ok(v) => (
-                w("verify_ok")
-                    .replace("{files}", &v.files.to_string())
-                    .replace("{records}", &v.records.to_string())
-                    .replace("{seals}", &v.seals.to_string())
-                    .replace("{unsealed}", &v.unsealed.to_string()),
-                true,
-            ),
-            Err(e) => (format!("{} {e}", w("verify_broken")), false),
+    /// This replica's log, when there is one.
+    fn local_log(&self) -> Option<audit_search::LocalLog> {
+        Some(audit_search::LocalLog {
+            dir: self.settings.audit_dir.clone()?,
+            seal_public_key: self.settings.seal_public_key.clone(),
+            replica: self.settings.replica.clone(),
+        })
+    }
+
+    /// [`audit_search::answer`] off the async workers.
+    async fn answer_here(
+        &self,
+        log: &audit_search::LocalLog,
+        query: &audit_search::AuditQuery,
+    ) -> audit_search::AuditAnswer {
+        let (log, q) = (log.clone(), query.clone());
+        match tokio::task::spawn_blocking(move || audit_search::answer(&log, &q)).await {
+            Ok(a) => a,
+            Err(e) => audit_search::AuditAnswer {
+                replica: self.settings.replica.clone(),
+                records: Vec::new(),
+                truncated: false,
+                verified: audit_search::Verified::NoLog,
+                error: Some(e.to_string()),
+            },
         }
     }
 

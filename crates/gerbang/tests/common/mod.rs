@@ -643,3 +643,49 @@ impl Drop for Replica {
         self.kill();
     }
 }
+
+/// Signs in on `addr` with `token` as a browser does (the form, then the post with the form's
+/// token): (status, the session cookie `name=value` if one was set, body).
+pub fn console_sign_in(addr: std::net::SocketAddr, token: &str) -> (u16, Option<String>, String) {
+    let cookie_of = |head: &str, name: &str| {
+        head.lines()
+            .filter_map(|l| l.strip_prefix("set-cookie: "))
+            .find(|c| c.starts_with(&format!("{name}=")))
+            .and_then(|c| c.split(';').next())
+            .map(str::to_owned)
+    };
+    let (_, head, _) = console(addr, "GET", "/console/masuk", "", "");
+    let form_cookie = cookie_of(&head, "gerbang_masuk").expect("the sign-in form's cookie");
+    let value = form_cookie.trim_start_matches("gerbang_masuk=");
+    let (status, head, body) = console(
+        addr,
+        "POST",
+        "/console/masuk",
+        &form_cookie,
+        &format!("masuk_csrf={value}&token={token}"),
+    );
+    (status, cookie_of(&head, "gerbang_console"), body)
+}
+
+/// `method path` on the console with a cookie and a form body; (status, lower-cased head, body).
+pub fn console(
+    addr: std::net::SocketAddr,
+    method: &str,
+    path: &str,
+    cookie: &str,
+    form: &str,
+) -> (u16, String, String) {
+    let cookie = if cookie.is_empty() {
+        String::new()
+    } else {
+        format!("Cookie: {cookie}\r\n")
+    };
+    exchange(
+        addr,
+        &format!(
+            "{method} {path} HTTP/1.1\r\nHost: t\r\n{cookie}Content-Type: application/x-www-form-urlencoded\r\n\
+             Content-Length: {}\r\nConnection: close\r\n\r\n{form}",
+            form.len()
+        ),
+    )
+}
