@@ -1159,7 +1159,7 @@ async fn sso_round(
     .await;
     assert_eq!(at_idp.status, 302);
     let back = at_idp.header("location").unwrap().to_owned();
-    let mut q = url_decode_pairs(back.split_once('?').unwrap().1);
+    let mut q = query_pairs(back.split_once('?').unwrap().1);
     if let Some(s) = state_override {
         q.insert("state".into(), s.into());
     }
@@ -1198,12 +1198,12 @@ async fn admins_sign_in_through_the_external_issuer_with_pkce_and_a_claim_maps_t
     // A full sign-in: PKCE S256, state and nonce; the verifier only in the token request.
     let (r, to) = sso_round(&gw, &idp, None).await;
     assert_eq!(r.status, 200, "{}", text(&r));
-    let q = url_decode_pairs(to.split_once('?').unwrap().1);
+    let q = query_pairs(to.split_once('?').unwrap().1);
     assert_eq!(q["code_challenge_method"], "S256");
     assert_eq!(q["client_id"], "gerbang-console");
     assert!(q["scope"].split(' ').any(|s| s == "openid"));
     assert!(q["state"].len() >= 32 && q["nonce"].len() >= 32);
-    let token_request = url_decode_pairs(idp.token_requests.lock().unwrap().last().unwrap());
+    let token_request = query_pairs(idp.token_requests().last().unwrap());
     assert_eq!(token_request["grant_type"], "authorization_code");
     assert!(!to.contains(&token_request["code_verifier"]));
     let session = set_cookie(&r, "gerbang_console").expect("a session");
@@ -1260,8 +1260,7 @@ async fn admins_sign_in_through_the_external_issuer_with_pkce_and_a_claim_maps_t
     assert!(audit.contains(r#""admin":"sso:budi""#), "{audit}");
 
     // A claim mapped to a lesser role gives that role; an auditor lands on the audit page.
-    *idp.claims.lock().unwrap() =
-        json!({ "preferred_username": "siti", "groups": ["inspektorat", "pegawai"] });
+    idp.set_claims(json!({ "preferred_username": "siti", "groups": ["inspektorat", "pegawai"] }));
     let (r, _) = sso_round(&gw, &idp, None).await;
     assert_eq!(r.status, 200);
     assert!(text(&r).contains("url=/console/audit"));
@@ -1286,20 +1285,19 @@ async fn admins_sign_in_through_the_external_issuer_with_pkce_and_a_claim_maps_t
 
     // Refused, with no session: no mapped value; a wrong state; an ID token for another
     // nonce; a return without the pending cookie.
-    *idp.claims.lock().unwrap() = json!({ "preferred_username": "andi", "groups": ["pegawai"] });
+    idp.set_claims(json!({ "preferred_username": "andi", "groups": ["pegawai"] }));
     let (r, _) = sso_round(&gw, &idp, None).await;
     assert_eq!(r.status, 403, "{}", text(&r));
     assert!(set_cookie(&r, "gerbang_console").is_none());
-    *idp.claims.lock().unwrap() =
-        json!({ "preferred_username": "budi", "groups": ["gerbang-admin"] });
+    idp.set_claims(json!({ "preferred_username": "budi", "groups": ["gerbang-admin"] }));
     let (r, _) = sso_round(&gw, &idp, Some("forged-state")).await;
     assert_eq!(r.status, 401);
     assert!(set_cookie(&r, "gerbang_console").is_none());
-    *idp.forced_nonce.lock().unwrap() = Some("another-nonce".into());
+    idp.force_nonce(Some("another-nonce"));
     let (r, _) = sso_round(&gw, &idp, None).await;
     assert_eq!(r.status, 401);
     assert!(set_cookie(&r, "gerbang_console").is_none());
-    *idp.forced_nonce.lock().unwrap() = None;
+    idp.force_nonce(None);
     let r = console(
         &gw,
         "GET",

@@ -19,6 +19,10 @@ use thirtyfour::ChromiumLikeCapabilities;
 
 use crate::common::{self, Echo, Replica};
 
+/// The mock OpenID Connect provider the e2e tests use too.
+#[path = "../../../../tests/src/mock_oidc.rs"]
+pub mod mock_oidc;
+
 // ---------------------------------------------------------------- the gateway
 
 /// The admin tokens of the test gateway: (name, role, token). The name is what the console
