@@ -183,6 +183,63 @@ fn restoring_an_earlier_revision_reaches_every_replica() {
         converged(&cluster, Duration::from_secs(5)).expect("converge after the restore");
     assert_eq!(hash2, hash0, "the restored content is the first revision's");
     assert!(rev2 > rev0 + 1.0, "a restore is a new revision: {rev2}");
+    // The same from the console's Riwayat page: the revision's diff, a restore button, and
+    // every replica follows.
+    let (status, body) = post_only(cluster.replicas[1].admin_addr);
+    assert_eq!(status, 200, "{body}");
+    converged(&cluster, Duration::from_secs(5)).expect("converge after the second change");
+    let admin0 = cluster.replicas[0].admin_addr;
+    let (status, cookie, body) = console_sign_in(admin0, ADMIN_TOKEN);
+    assert_eq!(status, 303, "{body}");
+    let cookie = cookie.unwrap();
+    let (_, _, page) = console(
+        admin0,
+        "GET",
+        &format!("/console/riwayat?revisi={rev0}"),
+        &cookie,
+        "",
+    );
+    assert!(page.contains("id=\"pulihkan\""), "{page}");
+    let csrf = page
+        .split("name=\"csrf\" value=\"")
+        .nth(1)
+        .and_then(|r| r.split('"').next())
+        .unwrap()
+        .to_owned();
+    let (status, head, body) = console(
+        admin0,
+        "POST",
+        &format!("/console/riwayat/{rev0}/pulihkan"),
+        &cookie,
+        &format!("csrf={csrf}"),
+    );
+    assert_eq!(status, 303, "{body}");
+    assert!(
+        head.contains("location: /console/riwayat?dipulihkan=1"),
+        "{head}"
+    );
+    for (i, r) in cluster.replicas.iter().enumerate() {
+        assert!(
+            eventually(Duration::from_secs(5), || get_with_api_key(
+                r.data_addr,
+                &format!("{ECHO}/a")
+            )
+            .0 == 200),
+            "replica {i} does not allow GET again after the console's restore"
+        );
+    }
+    let (hash3, _) = converged(&cluster, Duration::from_secs(5)).expect("converge");
+    assert_eq!(hash3, hash0);
+    let (status, _, body) = console(
+        admin0,
+        "GET",
+        &format!("/console/riwayat/{rev0}/unduh"),
+        &cookie,
+        "",
+    );
+    assert_eq!(status, 200, "{body}");
+    let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(v["hash"], hash0.as_str(), "{body}");
     // Unknown revisions are 404, malformed ones 400, in the JSON error shape.
     let (status, _, body) = admin(
         cluster.replicas[0].admin_addr,

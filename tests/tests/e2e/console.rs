@@ -1111,6 +1111,26 @@ async fn the_record_editor_creates_previews_saves_and_deletes_every_kind_through
         "{audit}"
     );
 
+    // The files in force, downloaded (what `gerbang admin export` writes).
+    let r = console(
+        &gw,
+        "GET",
+        "/console/riwayat/terkini/unduh",
+        Some(&sid),
+        None,
+    )
+    .await;
+    assert_eq!(r.status, 200);
+    assert!(r
+        .header("content-disposition")
+        .unwrap()
+        .starts_with("attachment"));
+    let v: Value = serde_json::from_slice(&r.body).unwrap();
+    assert!(
+        v.to_string().contains("pks-test") && v.to_string().contains("[[service.instance]]"),
+        "{v}"
+    );
+
     // The API: If-None-Match: * creates only.
     let body = json!({ "name": "Dukcapil lagi" });
     let req = format!(

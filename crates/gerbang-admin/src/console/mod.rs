@@ -586,6 +586,39 @@ impl Console {
                 require!(ConsoleAction::ReadAgreements);
                 self.history_page(api, &ctx, &query).await
             }
+            (&Method::GET, ["riwayat", id, "unduh"]) => {
+                // The revision's files as JSON (`gerbang admin export` in the browser; `terkini`:
+                // the files in force).
+                require!(ConsoleAction::ReadAgreements);
+                let which = match *id {
+                    "terkini" => Ok(None),
+                    n => n.parse::<u64>().map(Some),
+                };
+                let Ok(which) = which else {
+                    return self.error_page(&ctx, StatusCode::NOT_FOUND, "not_found");
+                };
+                match api.reloader.revision(which).await {
+                    Ok(v) => {
+                        let body = serde_json::to_vec_pretty(&v).unwrap_or_default();
+                        let mut r = Response::new(response_body::full(Bytes::from(body)));
+                        let h = r.headers_mut();
+                        h.insert(
+                            header::CONTENT_TYPE,
+                            HeaderValue::from_static("application/json"),
+                        );
+                        if let Ok(v) = HeaderValue::from_str(&format!(
+                            "attachment; filename=\"gerbang-revisi-{id}.json\""
+                        )) {
+                            h.insert(header::CONTENT_DISPOSITION, v);
+                        }
+                        Ok(r)
+                    }
+                    Err(e) => {
+                        tracing::warn!(error = %e, "console: revision download failed");
+                        self.error_page(&ctx, StatusCode::NOT_FOUND, "not_found")
+                    }
+                }
+            }
             (&Method::POST, ["riwayat", id, "pulihkan"]) => {
                 require!(ConsoleAction::Edit);
                 let a = api
