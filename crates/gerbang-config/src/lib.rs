@@ -2267,6 +2267,55 @@ cert_fingerprints = ["sha256:zz"]
     }
 
     #[test]
+    fn console_sign_in_through_an_issuer_is_checked_with_its_keys() {
+        let dir = tempfile::tempdir().unwrap();
+        let external = "[[auth.external]]\nissuer = \"https://sso.test\"\naudiences = [\"gerbang\"]\n\
+             algorithms = [\"ES256\"]\njwks_url = \"https://sso.test/jwks\"\n[auth.external.console]\n";
+        write(
+            dir.path(),
+            "gerbang.toml",
+            &format!(
+                "{external}client_id = \"\"\nauthorization_endpoint = \"http://sso.test/auth\"\n\
+                 token_endpoint = \"https://sso.test/token\"\nredirect_uri = \"https://gw.test/console/masuk\"\n\
+                 scopes = [\"profile\"]\nclient_secret_file = \"missing-secret\"\n\
+                 roles = {{ boss = [\"x\"], admin = [] }}\n"
+            ),
+        );
+        let err = load(&dir.path().join("gerbang.toml"), &Overrides::default()).unwrap_err();
+        let text = err.to_string();
+        for want in [
+            "auth.external[0].console.client_id: must not be empty",
+            "auth.external[0].console.authorization_endpoint: `http://sso.test/auth` must be an https URL",
+            "auth.external[0].console.redirect_uri: must be this console's sign-in return address",
+            "auth.external[0].console.scopes: must include `openid`",
+            "auth.external[0].console.client_secret_file: cannot read",
+            "auth.external[0].console.roles.boss: not a role",
+            "auth.external[0].console.roles.admin: give the claim values",
+        ] {
+            assert!(text.contains(want), "missing `{want}` in:\n{text}");
+        }
+        // Valid: loopback http is allowed, the roles are ordered most powerful first.
+        write(dir.path(), "console-secret", "s3cret\n");
+        write(dir.path(), "registry/dukcapil.toml", AGENCY);
+        write(
+            dir.path(),
+            "gerbang.toml",
+            &format!(
+                "{external}client_id = \"c\"\nauthorization_endpoint = \"http://127.0.0.1:8081/auth\"\n\
+                 token_endpoint = \"https://sso.test/token\"\nredirect_uri = \"https://gw.test/console/sso/kembali\"\n\
+                 client_secret_file = \"console-secret\"\n\
+                 roles = {{ viewer = [\"v\"], admin = [\"a\"] }}\n"
+            ),
+        );
+        let config = load(&dir.path().join("gerbang.toml"), &Overrides::default()).unwrap();
+        let c = config.auth.externals[0].console.as_ref().unwrap();
+        assert_eq!(c.client_secret.as_deref(), Some("s3cret"));
+        assert_eq!(c.label, "sso.test");
+        let order: Vec<AdminRole> = c.roles.iter().map(|(r, _)| *r).collect();
+        assert_eq!(order, [AdminRole::Admin, AdminRole::Viewer]);
+    }
+
+    #[test]
     fn one_credential_belongs_to_one_application() {
         let dir = tempfile::tempdir().unwrap();
         write(dir.path(), "gerbang.toml", "");
