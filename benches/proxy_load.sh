@@ -1,126 +1,232 @@
 #!/usr/bin/env bash
-# Load benchmark: Gerbang against nginx as a reference reverse proxy, side by side.
+# Gerbang's load benchmark: nginx, HAProxy and three Gerbang pipelines side by side, in one run.
 #
-#   benches/proxy_load.sh                      # 5 rounds of 10 s each, 64 connections
-#   ROUNDS=3 DURATION=5s CONNS=128 benches/proxy_load.sh
+#   cargo build --release && benches/proxy_load.sh            # 5 rounds of 10 s, 64 connections
+#   ROUNDS=3 DURATION=5s CONNS=512 benches/proxy_load.sh [BIN]
 #
-# It builds the release binary, starts a fixed upstream (`gerbang bench-upstream`: 1 KiB JSON),
-# nginx as a reverse proxy with one worker (when nginx is installed) and Gerbang with one worker
-# thread, both in front of that upstream. wrk drives each target in interleaved rounds (the order
-# rotates every round, so drift on a shared machine hits everyone alike). On a machine with two
-# or more cores wrk is pinned to one CPU and the upstream and proxies to another.
+# Nothing is built here: BIN (default target/release/gerbang) is measured as it is, so a before
+# and an after build are two runs of this script with two binaries.
 #
-# Gerbang authenticates every call: wrk sends the same bearer token (from the gateway's own
-# /oauth/token) on every request, so the verified-token cache is what is measured. To compare
-# with the proxy without authentication, set BARE_BIN to a gerbang binary built from a commit
-# before authentication existed (a861b4a): it runs as target `bare` on the same upstream.
+# Targets (each one worker: nginx `worker_processes 1`, HAProxy `nbthread 1`, Gerbang
+# `worker_threads = 1`), all in front of one upstream (nginx answering 1 KiB of JSON, as the
+# shared ../shared/bench/proxy_bench.sh does):
+#   nginx           reverse proxy, keep-alive pool to the upstream (the reference: ratio 1.00)
+#   haproxy         the same, when haproxy is installed (HAPROXY=0 skips it)
+#   gerbang-bare    bearer token + an agreement that needs nothing more than the caller's
+#                   identity; metrics and audit off
+#   gerbang-full    bearer token + an agreement with an endpoint template (GET /data/{id}),
+#                   metrics on, audit with fsync = "interval"
+#   gerbang-masked  full + the demo's field rules (NIK masked, status_perkawinan removed) on a
+#                   1 KiB JSON citizen record, the NIK hashed into the audit record
+# and, when VARIANTS names them (default VARIANTS="bare full masked"):
+#   gerbang-limited full + the agreement has a rate limit and a daily quota (local limiter)
+#   gerbang-redis   limited, the limits shared through Redis (a redis-server of this script on
+#                   SERVER_CPU; needs Debian's redis-server)
+# wrk (1 thread, --latency) drives every target in interleaved rounds whose order rotates, so
+# drift on a shared machine hits everyone alike; wrk runs on LOADGEN_CPU, every server on
+# SERVER_CPU. Every target gets the same Authorization header (only Gerbang reads it).
 #
-# Printed per target: median RPS, spread, p50/p99 latency, CPU use, requests per CPU-second of the
-# target process, and ratios to nginx. Needs: wrk (apt-get install wrk); nginx optional.
+# Printed per target: median RPS, spread ((max-min)/median), median p50/p99, CPU%, requests per
+# CPU-second of its process tree (upstream excluded), ratios to nginx, errors. Only ratios within
+# one run count: the machine is shared and noisy.
+#
+# Environment: ROUNDS=5 DURATION=10s WARMUP=3s CONNS=64 WRK_THREADS=1 BASE_PORT=18200
+#   LOADGEN_CPU=1 SERVER_CPU=0 HAPROXY=1 VARIANTS="bare full masked limited redis"
+#   TARGETS="nginx gerbang-full" (measure a subset of what started) CSV_OUT=file
+#   KEEP=1 (keep the work directory: configs, logs, raw wrk output).
+# Needs wrk and nginx (apt-get install wrk nginx-light); haproxy optional.
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
+BIN=${1:-$ROOT/target/release/gerbang}
 ROUNDS=${ROUNDS:-5}
 DURATION=${DURATION:-10s}
 WARMUP=${WARMUP:-3s}
 CONNS=${CONNS:-64}
 WRK_THREADS=${WRK_THREADS:-1}
 BASE_PORT=${BASE_PORT:-18200}
+HAPROXY=${HAPROXY:-1}
+LOADGEN_CPU=${LOADGEN_CPU:-1}
+SERVER_CPU=${SERVER_CPU:-0}
 UP_PORT=$BASE_PORT
 NGX_PORT=$((BASE_PORT + 1))
-GW_PORT=$((BASE_PORT + 2))
-GW_ADMIN_PORT=$((BASE_PORT + 3))
-BARE_PORT=$((BASE_PORT + 4))
-BARE_ADMIN_PORT=$((BASE_PORT + 5))
+HAP_PORT=$((BASE_PORT + 2))
 
 die() { echo "proxy_load: $*" >&2; exit 1; }
 note() { echo "# $*" >&2; }
 
+[[ -x $BIN ]] || die "no gerbang binary at $BIN: run 'cargo build --release' first, or give its path"
 command -v wrk >/dev/null || die "wrk is needed: apt-get install wrk"
 NGINX=$(command -v nginx || true)
 [[ -z $NGINX && -x /usr/sbin/nginx ]] && NGINX=/usr/sbin/nginx
-for p in "$UP_PORT" "$NGX_PORT" "$GW_PORT" "$GW_ADMIN_PORT" "$BARE_PORT" "$BARE_ADMIN_PORT"; do
+[[ -n $NGINX ]] || die "nginx is needed (the upstream and the reference): apt-get install nginx-light"
+HAPROXY_BIN=$(command -v haproxy || true)
+[[ $HAPROXY == 1 && -z $HAPROXY_BIN ]] && { note "haproxy not installed: skipped"; HAPROXY=0; }
+for p in $(seq "$BASE_PORT" $((BASE_PORT + 20))); do
   [[ -z $(ss -Hltn "sport = :$p" 2>/dev/null) ]] || die "port $p is in use (set BASE_PORT)"
 done
-
 if (( $(nproc) >= 2 )); then
-  LOADGEN="taskset -c 1"; SERVER="taskset -c 0"
-  note "pinning: wrk -> CPU 1; upstream and proxies -> CPU 0"
+  LOADGEN="taskset -c $LOADGEN_CPU"; SERVER="taskset -c $SERVER_CPU"
+  note "pinning: wrk -> CPU $LOADGEN_CPU; upstream and proxies -> CPU $SERVER_CPU"
 else
-  LOADGEN=""; SERVER=""
-  note "one CPU: no pinning"
+  LOADGEN=""; SERVER=""; note "one CPU: no pinning"
 fi
-
-note "building the release binary"
-(cd "$ROOT" && cargo build --release -q -p gerbang)
-BIN="$ROOT/target/release/gerbang"
 
 WORK=$(mktemp -d "${TMPDIR:-/tmp}/proxy_load.XXXXXX")
 chmod 755 "$WORK"
 PIDS=()
 cleanup() {
   for p in "${PIDS[@]}"; do kill -TERM "$p" 2>/dev/null || true; done
-  sleep 0.3
+  sleep 0.5
   for p in "${PIDS[@]}"; do kill -KILL "$p" 2>/dev/null || true; done
-  rm -rf "$WORK"
+  if [[ ${KEEP:-0} == 1 ]]; then note "kept $WORK"; else rm -rf "$WORK"; fi
 }
 trap cleanup EXIT
 
-# ---------------------------------------------------------------- upstream
-$SERVER "$BIN" bench-upstream --listen "127.0.0.1:$UP_PORT" >"$WORK/upstream.log" 2>&1 &
-PIDS+=($!)
-
-# ---------------------------------------------------------------- nginx (reference)
-NAMES=(); URLS=(); TPIDS=()
-if [[ -n $NGINX ]]; then
-  mkdir -p "$WORK/nginx/tmp"
-  user_line=""; [[ $EUID == 0 ]] && user_line="user nobody $(getent group nogroup >/dev/null && echo nogroup || echo nobody);"
-  cat >"$WORK/nginx/nginx.conf" <<EOF
-$user_line
+# ---------------------------------------------------------------- upstream and nginx
+pad_json() {  # $1 = JSON up to an open string value; padded with x to 1024 bytes and closed
+  local head=$1 pad
+  pad=$(( 1024 - ${#head} - 2 ))
+  printf '%s%s"}' "$head" "$(printf 'x%.0s' $(seq "$pad"))"
+}
+BODY=$(pad_json '{"status":"ok","service":"upstream","data":"')
+RECORD=$(pad_json '{"nik":"3603015505900001","nama":"SITI AMINAH (FIKTIF)","tempat_lahir":"TANGERANG","tanggal_lahir":"1990-05-15","jenis_kelamin":"P","alamat":{"jalan":"JL. MERDEKA NO. 17","rt":"003","rw":"005","kelurahan":"SUKAMAJU","kecamatan":"CIKUPA","kabupaten":"TANGERANG"},"agama":"ISLAM","status_perkawinan":"KAWIN","pekerjaan":"WIRASWASTA","kewarganegaraan":"WNI","keterangan":"')
+[[ ${#BODY} == 1024 && ${#RECORD} == 1024 ]] || die "bodies are not 1 KiB"
+NGINX_USER=""
+[[ $EUID == 0 ]] && NGINX_USER="user nobody $(getent group nogroup >/dev/null && echo nogroup || echo nobody);"
+nginx_start() {  # $1 = name, $2 = server block, $3 = http-level lines; echoes the PID
+  local d="$WORK/$1"
+  mkdir -p "$d/tmp"
+  cat >"$d/nginx.conf" <<EOF
+$NGINX_USER
 worker_processes 1;
-pid $WORK/nginx/nginx.pid;
-error_log $WORK/nginx/error.log warn;
-events { worker_connections 4096; }
+pid $d/nginx.pid;
+error_log $d/error.log warn;
+events { worker_connections 16384; }
 http {
   access_log off;
-  client_body_temp_path $WORK/nginx/tmp/body;
-  proxy_temp_path $WORK/nginx/tmp/proxy;
-  fastcgi_temp_path $WORK/nginx/tmp/fastcgi;
-  uwsgi_temp_path $WORK/nginx/tmp/uwsgi;
-  scgi_temp_path $WORK/nginx/tmp/scgi;
+  client_body_temp_path $d/tmp/body;
+  proxy_temp_path $d/tmp/proxy;
+  fastcgi_temp_path $d/tmp/fastcgi;
+  uwsgi_temp_path $d/tmp/uwsgi;
+  scgi_temp_path $d/tmp/scgi;
   keepalive_requests 100000;
-  upstream bench_upstream { server 127.0.0.1:$UP_PORT; keepalive 64; keepalive_requests 100000; }
+  keepalive_timeout 65s;
+$3
   server {
-    listen 127.0.0.1:$NGX_PORT;
-    location / {
-      proxy_pass http://bench_upstream;
-      proxy_http_version 1.1;
-      proxy_set_header Connection "";
-    }
+$2
   }
 }
 EOF
-  $SERVER "$NGINX" -p "$WORK/nginx" -e "$WORK/nginx/error.log" -c "$WORK/nginx/nginx.conf" -g 'daemon off;' >"$WORK/nginx/out.log" 2>&1 &
-  NGX_PID=$!; PIDS+=("$NGX_PID")
-  NAMES+=(nginx); URLS+=("http://127.0.0.1:$NGX_PORT/"); TPIDS+=("$NGX_PID")
-else
-  note "nginx not installed: Gerbang is measured alone (apt-get install nginx-light for the reference)"
+  $SERVER "$NGINX" -p "$d" -e "$d/error.log" -c "$d/nginx.conf" -g 'daemon off;' >"$d/out.log" 2>&1 &
+  echo $!
+}
+UP_PID=$(nginx_start upstream "    listen 127.0.0.1:$UP_PORT;
+    default_type application/json;
+    location / { return 200 '$BODY'; }
+    location /penduduk/ { return 200 '$RECORD'; }" "")
+PIDS+=("$UP_PID")
+NGX_PID=$(nginx_start nginx "    listen 127.0.0.1:$NGX_PORT;
+    location / {
+      proxy_pass http://bench_upstream;
+      proxy_http_version 1.1;
+      proxy_set_header Connection \"\";
+    }" "  upstream bench_upstream { server 127.0.0.1:$UP_PORT; keepalive 64; keepalive_requests 100000; }")
+PIDS+=("$NGX_PID")
+NAMES=(nginx); URLS=("http://127.0.0.1:$NGX_PORT/data/1"); TPIDS=("$NGX_PID")
+
+if [[ $HAPROXY == 1 ]]; then
+  mkdir -p "$WORK/haproxy"
+  cat >"$WORK/haproxy/haproxy.cfg" <<EOF
+global
+  nbthread 1
+  maxconn 20000
+defaults
+  mode http
+  option http-keep-alive
+  timeout connect 5s
+  timeout client 60s
+  timeout server 60s
+frontend fe
+  bind 127.0.0.1:$HAP_PORT
+  default_backend be
+backend be
+  http-reuse safe
+  server up1 127.0.0.1:$UP_PORT
+EOF
+  $SERVER "$HAPROXY_BIN" -db -f "$WORK/haproxy/haproxy.cfg" >"$WORK/haproxy/out.log" 2>&1 &
+  HAP_PID=$!; PIDS+=("$HAP_PID")
+  NAMES+=(haproxy); URLS+=("http://127.0.0.1:$HAP_PORT/data/1"); TPIDS+=("$HAP_PID")
 fi
 
-# ---------------------------------------------------------------- gerbang
+# ---------------------------------------------------------------- gerbang, three pipelines
 SECRET=bench-secret-0123456789
-HASH=$(echo "$SECRET" | "$BIN" hash-secret)
-mkdir -p "$WORK/gerbang/registry"
-cat >"$WORK/gerbang/gerbang.toml" <<EOF
+HASH=$(printf '%s' "$SECRET" | "$BIN" hash-secret)
+# One shared signing key: every instance accepts the token any of them issues.
+mkdir -p "$WORK/keys"
+gerbang_start() {  # $1 = variant, $2 = port offset
+  local v=$1 port=$((BASE_PORT + $2)) admin=$((BASE_PORT + $2 + 1)) d="$WORK/gerbang-$1"
+  local metrics=true audit=true endpoint="" endpoints="" fields="" path="/data/1" limits="" cluster=""
+  case $v in
+    limited|redis)
+          endpoint='[[service.endpoint]]
+method = "GET"
+path = "/data/{id}"
+classification = "terbatas"'
+          endpoints='endpoints = ["GET /data/{id}"]'
+          limits='rate_limit = { limit = 1000000, per = "second", burst = 1000000 }
+quota = { limit = 1000000000, per = "day" }'
+          if [[ $v == redis ]]; then
+            command -v redis-server >/dev/null || die "redis-server is needed for VARIANTS=redis"
+            local rport=$((BASE_PORT + 20))
+            $SERVER redis-server --port "$rport" --bind 127.0.0.1 --save "" --appendonly no >"$WORK/redis.log" 2>&1 &
+            PIDS+=($!)
+            for _ in $(seq 50); do redis-cli -p "$rport" ping >/dev/null 2>&1 && break; sleep 0.1; done
+            cluster="[cluster]
+replica_id = \"bench\"
+redis_url = \"redis://127.0.0.1:$rport/0\"
+expected_replicas = 1"
+          fi ;;
+    bare) metrics=false; audit=false ;;
+    full) endpoint='[[service.endpoint]]
+method = "GET"
+path = "/data/{id}"
+classification = "terbatas"'
+          endpoints='endpoints = ["GET /data/{id}"]' ;;
+    masked) endpoint='[[service.endpoint]]
+method = "GET"
+path = "/penduduk/{nik}"
+classification = "rahasia"
+subject = "nik"'
+            endpoints='endpoints = ["GET /penduduk/{nik}"]'
+            fields='[agreement.fields]
+mask = [{ path = "nik", keep_first = 6, keep_last = 4 }]
+deny = ["status_perkawinan"]'
+            path="/penduduk/3603015505900001" ;;
+  esac
+  mkdir -p "$d/registry" "$d/agreements" "$d/data"
+  cat >"$d/gerbang.toml" <<EOF
 [server]
-listen = "127.0.0.1:$GW_PORT"
+listen = "127.0.0.1:$port"
 worker_threads = 1
 [admin]
-listen = "127.0.0.1:$GW_ADMIN_PORT"
+listen = "127.0.0.1:$admin"
+watch_files = false
 [log]
 level = "warn"
+[paths]
+data_dir = "$d/data"
+[auth]
+issuer = "http://gerbang.bench"
+keys_dir = "$WORK/keys"
+[metrics]
+enabled = $metrics
+[audit]
+enabled = $audit
+fsync = "interval"
+$cluster
 EOF
-cat >"$WORK/gerbang/registry/bench.toml" <<EOF
+  cat >"$d/registry/bench.toml" <<EOF
 [agency]
 id = "bench"
 name = "Benchmark"
@@ -130,8 +236,9 @@ name = "Fixed upstream"
 [[service.instance]]
 name = "up-1"
 url = "http://127.0.0.1:$UP_PORT"
+$endpoint
 EOF
-cat >"$WORK/gerbang/registry/client.toml" <<EOF
+  cat >"$d/registry/client.toml" <<EOF
 [agency]
 id = "loadgen"
 name = "Load generator"
@@ -141,39 +248,60 @@ name = "wrk"
 auth_methods = ["client_secret"]
 client_secret_hashes = ["$HASH"]
 EOF
-"$BIN" rotate-key --config "$WORK/gerbang/gerbang.toml" >/dev/null 2>&1
-$SERVER "$BIN" serve --config "$WORK/gerbang/gerbang.toml" >"$WORK/gerbang/out.log" 2>&1 &
-GW_PID=$!; PIDS+=("$GW_PID")
-NAMES+=(gerbang); URLS+=("http://127.0.0.1:$GW_PORT/bench/up/"); TPIDS+=("$GW_PID")
-for _ in $(seq 100); do curl -s -o /dev/null --max-time 1 "http://127.0.0.1:$GW_ADMIN_PORT/health/ready" && break; sleep 0.1; done
-TOKEN=$(curl -s -u "loadgen%2Fclient:$SECRET" -d grant_type=client_credentials "http://127.0.0.1:$GW_PORT/oauth/token" \
+  cat >"$d/agreements/bench.toml" <<EOF
+[[agreement]]
+id = "bench-up"
+title = "Benchmark"
+legal_basis = "benchmark"
+service = "bench/up"
+consumers = ["loadgen/client"]
+methods = ["GET"]
+$endpoints
+max_classification = "rahasia"
+$limits
+$fields
+EOF
+  [[ -n $(ls "$WORK/keys" 2>/dev/null) ]] || "$BIN" rotate-key --config "$d/gerbang.toml" >/dev/null 2>&1 \
+    || die "rotate-key failed"
+  $SERVER "$BIN" serve --config "$d/gerbang.toml" >"$d/out.log" 2>&1 &
+  local pid=$!; PIDS+=("$pid")
+  for _ in $(seq 100); do curl -s -o /dev/null --max-time 1 "http://127.0.0.1:$admin/health/ready" && break; sleep 0.1; done
+  NAMES+=("gerbang-$v"); URLS+=("http://127.0.0.1:$port/bench/up$path"); TPIDS+=("$pid")
+  GW_PORT_OF_LAST=$port
+}
+offset=3
+for v in ${VARIANTS:-bare full masked}; do
+  case $v in bare|full|masked|limited|redis) ;; *) die "unknown variant $v (bare full masked limited redis)";; esac
+  gerbang_start "$v" "$offset"; offset=$((offset + 2))
+done
+TOKEN=$(curl -s -u "loadgen%2Fclient:$SECRET" -d grant_type=client_credentials "http://127.0.0.1:$GW_PORT_OF_LAST/oauth/token" \
   | sed -E 's/.*"access_token":"([^"]+)".*/\1/')
-[[ $TOKEN == ey* ]] || die "no token from the gateway (logs in $WORK)"
+[[ $TOKEN == ey* ]] || die "no token from the gateway (KEEP=1 keeps the logs)"
 AUTH_HEADER="Authorization: Bearer $TOKEN"
+note "gerbang $("$BIN" --version 2>/dev/null || echo '?') at $BIN"
 
-if [[ -n ${BARE_BIN:-} ]]; then
-  # The same service on a build without authentication (no [auth], no applications).
-  mkdir -p "$WORK/bare/registry"
-  sed -e "s/$GW_PORT/$BARE_PORT/" -e "s/$GW_ADMIN_PORT/$BARE_ADMIN_PORT/" "$WORK/gerbang/gerbang.toml" >"$WORK/bare/gerbang.toml"
-  cp "$WORK/gerbang/registry/bench.toml" "$WORK/bare/registry/"
-  $SERVER "$BARE_BIN" serve --config "$WORK/bare/gerbang.toml" >"$WORK/bare/out.log" 2>&1 &
-  BARE_PID=$!; PIDS+=("$BARE_PID")
-  NAMES+=(bare); URLS+=("http://127.0.0.1:$BARE_PORT/bench/up/"); TPIDS+=("$BARE_PID")
+if [[ -n ${TARGETS:-} ]]; then
+  KN=(); KU=(); KP=()
+  for i in "${!NAMES[@]}"; do
+    [[ " $TARGETS " == *" ${NAMES[$i]} "* ]] && { KN+=("${NAMES[$i]}"); KU+=("${URLS[$i]}"); KP+=("${TPIDS[$i]}"); }
+  done
+  NAMES=("${KN[@]}"); URLS=("${KU[@]}"); TPIDS=("${KP[@]}")
+fi
+for i in "${!NAMES[@]}"; do
+  out=""
+  for _ in $(seq 100); do
+    out=$(curl -s -o "$WORK/check.${NAMES[$i]}" -w '%{http_code}' --max-time 1 -H "$AUTH_HEADER" "${URLS[$i]}" || true)
+    [[ $out == 200 ]] && break; sleep 0.1
+  done
+  [[ $out == 200 ]] || die "${NAMES[$i]} at ${URLS[$i]} answered '${out:-nothing}' (KEEP=1 keeps the logs)"
+done
+if [[ " ${NAMES[*]} " == *" gerbang-masked "* ]]; then
+  grep -q '"nik":"360301\*\*\*\*\*\*0001"' "$WORK/check.gerbang-masked" && ! grep -q status_perkawinan "$WORK/check.gerbang-masked" \
+    || die "the masked route does not mask: $(cat "$WORK/check.gerbang-masked")"
 fi
 
-NAMES=(upstream "${NAMES[@]}"); URLS=("http://127.0.0.1:$UP_PORT/" "${URLS[@]}"); TPIDS=("${PIDS[0]}" "${TPIDS[@]}")
-
-for i in "${!NAMES[@]}"; do
-  ok=""
-  for _ in $(seq 100); do
-    if out=$(curl -s -o /dev/null -w '%{http_code} %{size_download}' --max-time 1 -H "$AUTH_HEADER" "${URLS[$i]}"); then ok=$out; break; fi
-    sleep 0.1
-  done
-  [[ $ok == "200 1024" ]] || die "${NAMES[$i]} at ${URLS[$i]} answered '${ok:-nothing}', want '200 1024' (logs in $WORK)"
-done
-
-# utime+stime (clock ticks) of a process and all its descendants (nginx's worker is a child).
-cpu_ticks() {
+# ---------------------------------------------------------------- measuring
+cpu_ticks() {  # utime+stime (clock ticks) of a process and its descendants (nginx's worker)
   local total=0 p s f
   for p in $(ps -e -o pid=,ppid= | awk -v r="$1" '{par[$1]=$2} END { for (p in par) { q=p; n=0; while (q != r && (q in par) && q > 1 && n++ < 64) q=par[q]; if (q == r) print p } }'); do
     s=$(cat "/proc/$p/stat" 2>/dev/null) || continue
@@ -184,47 +312,33 @@ cpu_ticks() {
 }
 CLK=$(getconf CLK_TCK)
 ms() { awk -v v="$1" 'BEGIN{ n=v+0; u=v; sub(/^[0-9.]+/,"",u); if(u=="us")n/=1000; else if(u=="s")n*=1000; printf "%.3f", n }'; }
-
-RESULTS="$WORK/results.tsv"; : >"$RESULTS"
-run() {  # round index
-  local round=$1 i=$2 dur=$DURATION
+RESULTS=${CSV_OUT:-$WORK/results.tsv}; : >"$RESULTS"
+run() {  # $1 = round (or warmup), $2 = target index
+  local round=$1 i=$2 dur=$DURATION c0 c1 t0 t1 out="$WORK/wrk.$1.${NAMES[$2]}"
   [[ $round == warmup ]] && dur=$WARMUP
-  local c0 c1 t0 t1 out="$WORK/wrk.$round.${NAMES[$i]}"
   c0=$(cpu_ticks "${TPIDS[$i]}"); t0=$(date +%s.%N)
-  # Every target gets the same header; only Gerbang reads it.
   $LOADGEN wrk -t"$WRK_THREADS" -c"$CONNS" -d"$dur" --latency -H "$AUTH_HEADER" "${URLS[$i]}" >"$out" 2>&1 || die "wrk failed: $(cat "$out")"
   t1=$(date +%s.%N); c1=$(cpu_ticks "${TPIDS[$i]}")
   [[ $round == warmup ]] && return
-  local rps p50 p99 req errs
+  local rps p50 p99 req errs cpu wall
   rps=$(awk '/^Requests\/sec:/{print $2}' "$out")
   p50=$(ms "$(awk '/^ +50%/{print $2}' "$out")"); p99=$(ms "$(awk '/^ +99%/{print $2}' "$out")")
   req=$(awk '/ requests in /{print $1}' "$out")
   errs=$(awk '/Non-2xx/{n+=$NF} /Socket errors/{gsub(",",""); n+=$4+$6+$8+$10} END{print n+0}' "$out")
-  local cpu wall
   cpu=$(awk -v a="$c0" -v b="$c1" -v t="$CLK" 'BEGIN{printf "%.2f", (b-a)/t}')
   wall=$(awk -v a="$t0" -v b="$t1" 'BEGIN{printf "%.2f", b-a}')
   printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$round" "${NAMES[$i]}" "$rps" "$p50" "$p99" "$req" "$cpu" "$wall" "$errs" >>"$RESULTS"
-  note "round $round $(printf '%-9s' "${NAMES[$i]}") rps=$rps p50=${p50}ms p99=${p99}ms cpu_s=$cpu errors=$errs"
+  note "round $round $(printf '%-15s' "${NAMES[$i]}") rps=$rps p50=${p50}ms p99=${p99}ms cpu_s=$cpu errors=$errs"
 }
-
-note "wrk -t$WRK_THREADS -c$CONNS -d$DURATION, $ROUNDS rounds, warm-up $WARMUP"
-# TARGETS="gerbang bare" measures only those (all started targets by default).
-if [[ -n ${TARGETS:-} ]]; then
-  KEEP_N=(); KEEP_U=(); KEEP_P=()
-  for i in "${!NAMES[@]}"; do
-    if [[ " $TARGETS " == *" ${NAMES[$i]} "* ]]; then
-      KEEP_N+=("${NAMES[$i]}"); KEEP_U+=("${URLS[$i]}"); KEEP_P+=("${TPIDS[$i]}")
-    fi
-  done
-  NAMES=("${KEEP_N[@]}"); URLS=("${KEEP_U[@]}"); TPIDS=("${KEEP_P[@]}")
-fi
 N=${#NAMES[@]}
-for i in $(seq 0 $((N - 1))); do run warmup "$i"; done
+note "wrk -t$WRK_THREADS -c$CONNS -d$DURATION, $ROUNDS rounds, warm-up $WARMUP, targets: ${NAMES[*]}"
+if [[ $WARMUP != 0 ]]; then for i in $(seq 0 $((N - 1))); do run warmup "$i"; done; fi
 for r in $(seq 1 "$ROUNDS"); do
   for k in $(seq 0 $((N - 1))); do run "$r" $(( (k + r - 1) % N )); sleep 1; done
 done
 
 echo
+echo "$(date -u +%Y-%m-%d) $(nproc) CPUs, $(awk -F: '/model name/{print $2; exit}' /proc/cpuinfo | sed 's/^ //'); wrk -t$WRK_THREADS -c$CONNS -d$DURATION, $ROUNDS rounds"
 awk -F'\t' -v order="$(IFS=,; echo "${NAMES[*]}")" '
 function median(s,  a,n,i,j,t){ n=split(s,a," "); for(i=2;i<=n;i++){t=a[i]; for(j=i-1;j>=1&&a[j]+0>t+0;j--)a[j+1]=a[j]; a[j+1]=t}
   return (n%2)?a[(n+1)/2]:(a[n/2]+a[n/2+1])/2 }
@@ -235,20 +349,11 @@ function mx(s,a,n,i,m){n=split(s,a," ");m=a[1];for(i=2;i<=n;i++)if(a[i]+0>m+0)m=
 END {
   n=split(order,names,","); hasref=("nginx" in rps)
   if (hasref) { R=median(rps["nginx"]); E=median(eff["nginx"]); P=median(p99["nginx"]) }
-  printf "%-9s %11s %7s %9s %9s %6s %11s %9s %9s %9s %6s\n","target","RPS(median)","spread","p50(ms)","p99(ms)","CPU%","req/CPU-s","RPS/ngx","eff/ngx","p99/ngx","errors"
-  for(k=1;k<=n;k++){ t=names[k]; m=median(rps[t]); sp=m>0?100*(mx(rps[t])-mn(rps[t]))/m:0
-    r1=hasref?sprintf("%9.3f",m/R):sprintf("%9s","-"); r2=hasref?sprintf("%9.3f",median(eff[t])/E):sprintf("%9s","-")
-    r3=hasref?sprintf("%9.3f",median(p99[t])/P):sprintf("%9s","-")
-    printf "%-9s %11.0f %6.1f%% %9.3f %9.3f %6.0f %11.0f %s %s %s %6d\n",t,m,sp,median(p50[t]),median(p99[t]),median(cpu[t]),median(eff[t]),r1,r2,r3,err[t] }
+  print "| target | RPS | spread | p50 ms | p99 ms | CPU% | req/CPU-s | RPS / nginx | req/CPU-s / nginx | p99 / nginx | errors |"
+  print "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"
+  for(k=1;k<=n;k++){ t=names[k]; if(!(t in rps)) continue; m=median(rps[t]); sp=m>0?100*(mx(rps[t])-mn(rps[t]))/m:0
+    r1=hasref?sprintf("%.3f",m/R):"-"; r2=hasref?sprintf("%.3f",median(eff[t])/E):"-"; r3=hasref?sprintf("%.3f",median(p99[t])/P):"-"
+    printf "| %s | %.0f | %.0f%% | %.2f | %.2f | %.0f | %.0f | %s | %s | %s | %d |\n",t,m,sp,median(p50[t]),median(p99[t]),median(cpu[t]),median(eff[t]),r1,r2,r3,err[t] }
 }' "$RESULTS"
 echo
-# With a pre-authentication build alongside: the cost of authentication as the median of the
-# per-round ratios (the two ran back to back in every round, so machine drift cancels).
-if [[ " ${NAMES[*]} " == *" bare "* && " ${NAMES[*]} " == *" gerbang "* ]]; then
-  awk -F'\t' '$2=="gerbang"{g[$1]=$3; ge[$1]=($7>0?$6/$7:0)} $2=="bare"{b[$1]=$3; be[$1]=($7>0?$6/$7:0)}
-    function med(a,n,  i,j,t){ for(i=2;i<=n;i++){t=a[i]; for(j=i-1;j>=1&&a[j]>t;j--)a[j+1]=a[j]; a[j+1]=t} return (n%2)?a[(n+1)/2]:(a[n/2]+a[n/2+1])/2 }
-    END { n=0; for (r in g) if (r in b && b[r]>0 && be[r]>0) { n++; x[n]=g[r]/b[r]; y[n]=ge[r]/be[r] }
-      if (n) printf "authentication on / off (gerbang / bare), median of %d paired rounds: RPS %.3f, req per CPU-second %.3f\n", n, med(x,n), med(y,n) }' "$RESULTS"
-fi
-echo "req/CPU-s = requests served per CPU-second of the target process (upstream excluded);"
-echo "ratios are to nginx; a target is better when RPS/ngx >= 1, eff/ngx >= 1 and p99/ngx <= 1."
+echo "req/CPU-s = requests per CPU-second of the target's own processes (upstream excluded); ratios are to nginx in this run."

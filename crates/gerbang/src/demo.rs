@@ -184,7 +184,13 @@ impl Backend {
             return res;
         }
         if self.kind == Kind::Fixed {
-            let mut res = Response::new(response_body::full(Bytes::from_static(FIXED_BODY)));
+            // `/penduduk/...`: a 1 KiB citizen record (for the masked route's benchmark).
+            let body = if req.uri().path().starts_with("/penduduk/") {
+                FIXED_RECORD
+            } else {
+                FIXED_BODY
+            };
+            let mut res = Response::new(response_body::full(Bytes::from_static(body)));
             res.headers_mut().insert(
                 header::CONTENT_TYPE,
                 HeaderValue::from_static("application/json"),
@@ -239,6 +245,24 @@ use gerbang_proxy::serve;
 const FIXED_BODY: &[u8] = {
     const B: &[u8; 1024] = &{
         let head = br#"{"status":"ok","service":"upstream","data":""#;
+        let mut out = [b'x'; 1024];
+        let mut i = 0;
+        while i < head.len() {
+            out[i] = head[i];
+            i += 1;
+        }
+        out[1022] = b'"';
+        out[1023] = b'}';
+        out
+    };
+    B
+};
+
+/// Exactly 1024 bytes of JSON: a fictional citizen record with the fields the demo's agreement
+/// masks (`nik`) and denies (`status_perkawinan`), padded in `keterangan`.
+const FIXED_RECORD: &[u8] = {
+    const B: &[u8; 1024] = &{
+        let head = br#"{"nik":"3603015505900001","nama":"SITI AMINAH (FIKTIF)","tempat_lahir":"TANGERANG","tanggal_lahir":"1990-05-15","jenis_kelamin":"P","alamat":{"jalan":"JL. MERDEKA NO. 17","rt":"003","rw":"005","kelurahan":"SUKAMAJU","kecamatan":"CIKUPA","kabupaten":"TANGERANG"},"agama":"ISLAM","status_perkawinan":"KAWIN","pekerjaan":"WIRASWASTA","kewarganegaraan":"WNI","keterangan":""#;
         let mut out = [b'x'; 1024];
         let mut i = 0;
         while i < head.len() {
@@ -457,4 +481,20 @@ async fn echo(req: Request<Incoming>) -> (StatusCode, Value) {
             "body_sha256": hex::encode(hasher.finish()),
         }),
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_fixed_bodies_are_1_kib_of_json() {
+        for body in [FIXED_BODY, FIXED_RECORD] {
+            assert_eq!(body.len(), 1024);
+            assert!(serde_json::from_slice::<Value>(body).is_ok());
+        }
+        let record: Value = serde_json::from_slice(FIXED_RECORD).unwrap_or_default();
+        assert_eq!(record["nik"], "3603015505900001");
+        assert_eq!(record["status_perkawinan"], "KAWIN");
+    }
 }

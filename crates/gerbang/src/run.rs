@@ -88,10 +88,25 @@ impl Running {
     }
 }
 
+/// The listen backlog: connections the kernel completes and queues before the gateway accepts
+/// them. tokio's `TcpListener::bind` asks for 128; a burst of thousands of clients (a fleet of
+/// backends reconnecting after a deploy) then overflows the queue, and the kernel drops their
+/// handshakes, which come back only after the SYN retransmission delay (1 s, then 3 s, ...).
+/// The kernel caps this at `net.core.somaxconn`.
+pub const LISTEN_BACKLOG: u32 = 4096;
+
 async fn bind(what: &'static str, addr: SocketAddr) -> Result<TcpListener, StartError> {
-    TcpListener::bind(addr)
-        .await
-        .map_err(|source| StartError::Bind { what, addr, source })
+    let err = |source| StartError::Bind { what, addr, source };
+    let socket = if addr.is_ipv4() {
+        tokio::net::TcpSocket::new_v4()
+    } else {
+        tokio::net::TcpSocket::new_v6()
+    }
+    .map_err(err)?;
+    // As std and tokio do for listeners: a restart may bind while old connections linger.
+    socket.set_reuseaddr(true).map_err(err)?;
+    socket.bind(addr).map_err(err)?;
+    socket.listen(LISTEN_BACKLOG).map_err(err)
 }
 
 /// Binds the listeners of `config` and starts serving.
@@ -583,5 +598,46 @@ pub fn termination_signal() -> impl Future<Output = ()> {
         async {
             let _ = tokio::signal::ctrl_c().await;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Connections that the kernel completes without the gateway accepting any: with tokio's
+    /// default backlog of 128 the rest of a burst waits for SYN retransmissions (seconds).
+    #[tokio::test]
+    async fn a_burst_of_connections_is_queued_by_the_kernel_not_dropped() {
+        let somaxconn: usize = std::fs::read_to_string("/proc/sys/net/core/somaxconn")
+            .ok()
+            .and_then(|t| t.trim().parse().ok())
+            .unwrap_or(128);
+        let listener = bind("test", "127.0.0.1:0".parse().unwrap()).await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        // Never accepted during the burst.
+        let burst = 600.min(somaxconn.saturating_sub(10));
+        let mut connected = 0;
+        let mut held = Vec::new();
+        for _ in 0..burst {
+            let c = tokio::time::timeout(
+                std::time::Duration::from_millis(300),
+                tokio::net::TcpStream::connect(addr),
+            )
+            .await;
+            match c {
+                Ok(Ok(s)) => {
+                    connected += 1;
+                    held.push(s);
+                }
+                // The queue is full: the rest would time out too.
+                _ => break,
+            }
+        }
+        assert_eq!(
+            connected, burst,
+            "only {connected} of {burst} connections completed (somaxconn {somaxconn})"
+        );
+        drop(listener);
     }
 }
