@@ -44,6 +44,8 @@ pub struct Writer {
     file_number: u64,
     file_bytes: u64,
     file_day: String,
+    /// `file_day` as a day number (compared for every record; the text only at a roll).
+    file_day_number: i64,
     seq: u64,
     prev: String,
     since_seal: u64,
@@ -52,29 +54,53 @@ pub struct Writer {
 }
 
 fn sha256_hex(b: &[u8]) -> String {
-    hex::encode(digest(&SHA256, b))
+    crate::hex_lower(digest(&SHA256, b).as_ref())
 }
 
 /// `YYYYMMDD` of a time in Asia/Jakarta (UTC+7).
-fn jakarta_day(t: SystemTime) -> String {
+/// The day in Asia/Jakarta (UTC+7) as a day number since 1970-01-01.
+fn jakarta_day_number(t: SystemTime) -> i64 {
     let secs = t.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs()) as i64 + 7 * 3600;
-    let (y, m, d) = civil_from_days(secs.div_euclid(86_400));
+    secs.div_euclid(86_400)
+}
+
+fn jakarta_day(t: SystemTime) -> String {
+    let (y, m, d) = civil_from_days(jakarta_day_number(t));
     format!("{y:04}{m:02}{d:02}")
 }
 
 /// RFC 3339 UTC with milliseconds, e.g. `2026-11-28T09:15:02.123Z` (sorts as text).
 pub fn rfc3339(t: SystemTime) -> String {
+    let mut out = Vec::with_capacity(24);
+    rfc3339_into(t, &mut out);
+    String::from_utf8(out).unwrap_or_default()
+}
+
+/// [`rfc3339`] appended to `out` (digits written directly: this runs once per audit record).
+fn rfc3339_into(t: SystemTime, out: &mut Vec<u8>) {
     let d = t.duration_since(UNIX_EPOCH).unwrap_or_default();
     let secs = d.as_secs() as i64;
     let (y, m, day) = civil_from_days(secs.div_euclid(86_400));
     let rem = secs.rem_euclid(86_400);
-    format!(
-        "{y:04}-{m:02}-{day:02}T{:02}:{:02}:{:02}.{:03}Z",
-        rem / 3600,
-        (rem / 60) % 60,
-        rem % 60,
-        d.subsec_millis()
-    )
+    let digits = |out: &mut Vec<u8>, v: i64, width: u32| {
+        for k in (0..width).rev() {
+            out.push(b'0' + (v / 10_i64.pow(k) % 10) as u8);
+        }
+    };
+    digits(out, y, 4);
+    out.push(b'-');
+    digits(out, m, 2);
+    out.push(b'-');
+    digits(out, day, 2);
+    out.push(b'T');
+    digits(out, rem / 3600, 2);
+    out.push(b':');
+    digits(out, (rem / 60) % 60, 2);
+    out.push(b':');
+    digits(out, rem % 60, 2);
+    out.push(b'.');
+    digits(out, i64::from(d.subsec_millis()), 3);
+    out.push(b'Z');
 }
 
 fn civil_from_days(z: i64) -> (i64, i64, i64) {
@@ -133,6 +159,7 @@ impl Writer {
             file_number: 0,
             file_bytes: 0,
             file_day: String::new(),
+            file_day_number: i64::MIN,
             seq: 0,
             prev: GENESIS.to_owned(),
             since_seal: 0,
@@ -186,13 +213,14 @@ impl Writer {
     }
 
     fn roll_if_needed(&mut self, now: SystemTime) -> io::Result<()> {
-        let day = jakarta_day(now);
+        let day_number = jakarta_day_number(now);
         let need = self.file.is_none()
             || self.file_bytes >= self.settings.max_file_bytes
-            || day != self.file_day;
+            || day_number != self.file_day_number;
         if !need {
             return Ok(());
         }
+        let day = jakarta_day(now);
         if let Some(mut f) = self.file.take() {
             f.flush()?;
             f.get_ref().sync_all()?;
@@ -211,6 +239,7 @@ impl Writer {
         self.file_bytes = f.metadata()?.len();
         self.file = Some(std::io::BufWriter::with_capacity(64 * 1024, f));
         self.file_day = day;
+        self.file_day_number = day_number;
         // The new file's directory entry must survive a crash too.
         if let Ok(d) = File::open(&self.settings.dir) {
             let _ = d.sync_all();
@@ -268,14 +297,17 @@ impl Writer {
         let seq = self.seq + 1;
         let mut line = Vec::with_capacity(fields.len() + 160);
         line.extend_from_slice(b"{\"seq\":");
-        line.extend_from_slice(seq.to_string().as_bytes());
+        {
+            use std::io::Write as _;
+            let _ = write!(line, "{seq}");
+        }
         line.extend_from_slice(b",\"prev\":\"");
         line.extend_from_slice(self.prev.as_bytes());
         line.extend_from_slice(b"\",\"kind\":");
         serde_json::to_writer(&mut line, kind)
             .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))?;
         line.extend_from_slice(b",\"time\":\"");
-        line.extend_from_slice(rfc3339(now).as_bytes());
+        rfc3339_into(now, &mut line);
         line.push(b'"');
         if !inner.iter().all(u8::is_ascii_whitespace) {
             line.push(b',');

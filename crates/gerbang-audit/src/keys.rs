@@ -98,10 +98,11 @@ impl SubjectKey {
 
     /// `hmac-sha256:` and the hex HMAC of `subject`.
     pub fn hash(&self, subject: &str) -> String {
-        format!(
-            "hmac-sha256:{}",
-            hex::encode(hmac::sign(&self.key, subject.as_bytes()))
-        )
+        let mac = hmac::sign(&self.key, subject.as_bytes());
+        let mut out = String::with_capacity(12 + 64);
+        out.push_str("hmac-sha256:");
+        out.push_str(&crate::hex_lower(mac.as_ref()));
+        out
     }
 }
 

@@ -28,3 +28,37 @@ pub use query::{query, query_many, Filter, ReplicaLog};
 
 /// The hash before the first record.
 pub const GENESIS: &str = "0000000000000000000000000000000000000000000000000000000000000000";
+
+/// `bytes` as lower-case hex (what `hex::encode` gives, without its char-by-char String).
+pub fn hex_lower(bytes: &[u8]) -> String {
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    let mut out = Vec::with_capacity(bytes.len() * 2);
+    for b in bytes {
+        out.push(DIGITS[usize::from(b >> 4)]);
+        out.push(DIGITS[usize::from(b & 15)]);
+    }
+    String::from_utf8(out).unwrap_or_default()
+}
+
+#[cfg(test)]
+mod hex_tests {
+    #[test]
+    fn hex_lower_is_hex_encode() {
+        let all: Vec<u8> = (0..=255).collect();
+        assert_eq!(super::hex_lower(&all), hex::encode(&all));
+        assert_eq!(super::hex_lower(&[]), "");
+    }
+
+    #[test]
+    fn rfc3339_writes_utc_with_milliseconds() {
+        use std::time::{Duration, UNIX_EPOCH};
+        let t = UNIX_EPOCH + Duration::from_millis(1_795_857_302_123);
+        assert_eq!(crate::chain::rfc3339(t), "2026-11-28T09:15:02.123Z");
+        assert_eq!(
+            crate::chain::rfc3339(UNIX_EPOCH),
+            "1970-01-01T00:00:00.000Z"
+        );
+        let t = UNIX_EPOCH + Duration::from_millis(951_782_399_007);
+        assert_eq!(crate::chain::rfc3339(t), "2000-02-28T23:59:59.007Z");
+    }
+}

@@ -185,18 +185,38 @@ impl<T> FramingGuard<T> {
 /// httparse, a bare LF ends a line too.
 fn head_end(buf: &[u8]) -> Option<usize> {
     let start = buf.iter().position(|&b| b != b'\r' && b != b'\n')?;
-    let mut i = start;
-    while i < buf.len() {
-        if buf[i] == b'\n' {
-            match buf.get(i + 1) {
-                Some(b'\n') => return Some(i + 2),
-                Some(b'\r') if buf.get(i + 2) == Some(&b'\n') => return Some(i + 3),
-                _ => {}
+    // Only the line ends matter: found with memchr (SIMD) rather than byte by byte, which was
+    // a tenth of the pipeline's instructions with a bearer token in the head.
+    memchr::memchr_iter(b'\n', &buf[start..])
+        .map(|i| start + i)
+        .find_map(|i| match buf.get(i + 1) {
+            Some(b'\n') => Some(i + 2),
+            Some(b'\r') if buf.get(i + 2) == Some(&b'\n') => Some(i + 3),
+            _ => None,
+        })
+}
+
+/// The lines of `head` as `head.split(|&b| b == b'\n')` gives them, found with memchr.
+fn lines(head: &[u8]) -> impl Iterator<Item = &[u8]> {
+    let mut start = 0;
+    let mut ends = memchr::memchr_iter(b'\n', head);
+    let mut done = false;
+    std::iter::from_fn(move || {
+        if done {
+            return None;
+        }
+        match ends.next() {
+            Some(end) => {
+                let line = &head[start..end];
+                start = end + 1;
+                Some(line)
+            }
+            None => {
+                done = true;
+                Some(&head[start..])
             }
         }
-        i += 1;
-    }
-    None
+    })
 }
 
 fn oversized() -> io::Error {
@@ -251,8 +271,7 @@ fn step_chunk(state: Chunk, b: u8) -> Option<Option<Chunk>> {
 
 /// What a complete head tells: whether it is ambiguous, and the framing of what follows.
 fn analyse(head: &[u8]) -> (bool, State) {
-    let request_line = head
-        .split(|&b| b == b'\n')
+    let request_line = lines(head)
         .find(|l| !l.is_empty() && *l != b"\r")
         .unwrap_or(b"");
     if request_line.starts_with(b"PRI * HTTP/2.0") {
@@ -262,8 +281,13 @@ fn analyse(head: &[u8]) -> (bool, State) {
     let mut cl_invalid = false;
     let mut has_te = false;
     let mut te_chunked = false;
-    for line in head.split(|&b| b == b'\n').skip(1) {
-        let Some(colon) = line.iter().position(|&b| b == b':') else {
+    for line in lines(head).skip(1) {
+        // Only Content-Length and Transfer-Encoding matter: skip other lines at their first
+        // byte, before looking for the colon.
+        if !matches!(line.first(), Some(b'c' | b'C' | b't' | b'T')) {
+            continue;
+        }
+        let Some(colon) = memchr::memchr(b':', line) else {
             continue;
         };
         let name = &line[..colon];
@@ -542,6 +566,60 @@ mod tests {
     use super::tests_support::*;
     use super::*;
     use tokio::io::AsyncReadExt;
+
+    /// The byte-by-byte `head_end` that memchr replaced, kept as the reference.
+    fn head_end_bytewise(buf: &[u8]) -> Option<usize> {
+        let start = buf.iter().position(|&b| b != b'\r' && b != b'\n')?;
+        let mut i = start;
+        while i < buf.len() {
+            if buf[i] == b'\n' {
+                match buf.get(i + 1) {
+                    Some(b'\n') => return Some(i + 2),
+                    Some(b'\r') if buf.get(i + 2) == Some(&b'\n') => return Some(i + 3),
+                    _ => {}
+                }
+            }
+            i += 1;
+        }
+        None
+    }
+
+    #[test]
+    fn memchr_scans_agree_with_the_bytewise_ones() {
+        // Every string over an alphabet of the bytes that matter, up to length 7, then random
+        // longer ones (a fixed LCG: the same inputs every run).
+        let alphabet = b"\r\n:Ta ";
+        let mut inputs: Vec<Vec<u8>> = vec![Vec::new()];
+        let mut frontier = inputs.clone();
+        for _ in 0..7 {
+            let mut next = Vec::new();
+            for p in &frontier {
+                for &b in alphabet {
+                    let mut q = p.clone();
+                    q.push(b);
+                    next.push(q);
+                }
+            }
+            inputs.extend(next.iter().cloned());
+            frontier = next;
+        }
+        let mut x: u64 = 0x2545_f491_4f6c_dd1d;
+        for _ in 0..20_000 {
+            let len = (x % 300) as usize;
+            let mut v = Vec::with_capacity(len);
+            for _ in 0..len {
+                x = x.wrapping_mul(6_364_136_223_846_793_005).wrapping_add(1);
+                v.push(alphabet[(x >> 33) as usize % alphabet.len()]);
+            }
+            inputs.push(v);
+        }
+        for input in &inputs {
+            assert_eq!(head_end(input), head_end_bytewise(input), "{input:?}");
+            let split: Vec<&[u8]> = input.split(|&b| b == b'\n').collect();
+            let found: Vec<&[u8]> = lines(input).collect();
+            assert_eq!(found, split, "{input:?}");
+        }
+    }
 
     #[tokio::test]
     async fn marks_content_length_with_transfer_encoding_in_any_split() {

@@ -46,10 +46,25 @@ pub fn new_request_id() -> HeaderValue {
 pub(crate) fn new_traceparent() -> HeaderValue {
     let [a, b, c] = random_words();
     let c = c | 1;
-    let text = format!("00-{a:016x}{b:016x}-{c:016x}-01");
-    HeaderValue::from_str(&text).unwrap_or_else(|_| {
+    let mut text = Vec::with_capacity(55);
+    text.extend_from_slice(b"00-");
+    push_hex16(&mut text, a);
+    push_hex16(&mut text, b);
+    text.push(b'-');
+    push_hex16(&mut text, c);
+    text.extend_from_slice(b"-01");
+    HeaderValue::from_maybe_shared(bytes::Bytes::from(text)).unwrap_or_else(|_| {
         HeaderValue::from_static("00-00000000000000000000000000000001-0000000000000001-01")
     })
+}
+
+/// `v` as 16 lower-case hex digits (`format!("{v:016x}")` without the formatting machinery:
+/// this runs for every call).
+pub(crate) fn push_hex16(out: &mut Vec<u8>, v: u64) {
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    for k in (0..16).rev() {
+        out.push(DIGITS[((v >> (k * 4)) & 15) as usize]);
+    }
 }
 
 /// Three 64-bit words unique within the process (a counter through a bijection) and random
@@ -79,6 +94,22 @@ fn splitmix64(mut z: u64) -> u64 {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn hex_digits_are_formats() {
+        for v in [0u64, 1, 0xdead_beef, u64::MAX, 0x0123_4567_89ab_cdef] {
+            let mut out = Vec::new();
+            super::push_hex16(&mut out, v);
+            assert_eq!(String::from_utf8(out).unwrap(), format!("{v:016x}"));
+        }
+        let tp = super::new_traceparent();
+        let t = tp.to_str().unwrap();
+        assert_eq!(t.len(), 55);
+        assert!(
+            t.starts_with("00-") && t.ends_with("-01") && t.as_bytes()[35] == b'-',
+            "{t}"
+        );
+    }
+
     use super::*;
 
     #[test]

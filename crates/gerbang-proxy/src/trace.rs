@@ -44,11 +44,21 @@ impl SpanIds {
 }
 
 fn hex32(b: &[u8; 16]) -> String {
-    format!("{:032x}", u128::from_be_bytes(*b))
+    let mut out = Vec::with_capacity(32);
+    let [hi, lo] = [&b[..8], &b[8..]].map(|h| {
+        let mut w = [0u8; 8];
+        w.copy_from_slice(h);
+        u64::from_be_bytes(w)
+    });
+    crate::ids::push_hex16(&mut out, hi);
+    crate::ids::push_hex16(&mut out, lo);
+    String::from_utf8(out).unwrap_or_default()
 }
 
 fn hex16(b: &[u8; 8]) -> String {
-    format!("{:016x}", u64::from_be_bytes(*b))
+    let mut out = Vec::with_capacity(16);
+    crate::ids::push_hex16(&mut out, u64::from_be_bytes(*b));
+    String::from_utf8(out).unwrap_or_default()
 }
 
 /// One finished call, handed to the exporter.
