@@ -396,17 +396,27 @@ fn parse_head(buf: &mut BytesMut) -> Result<Option<(StatusCode, Version, HeaderM
         return Err(H1Error::Invalid("protocol upgrades are not proxied"));
     }
     let mut map = HeaderMap::new();
-    if !status.is_informational() {
-        map.reserve(parsed.headers.len());
-        for h in parsed.headers.iter() {
-            let name = HeaderName::from_bytes(h.name.as_bytes())
-                .map_err(|_| H1Error::Invalid("bad header name"))?;
-            let value = HeaderValue::from_bytes(h.value)
-                .map_err(|_| H1Error::Invalid("bad header value"))?;
-            map.append(name, value);
-        }
+    if status.is_informational() {
+        buf.advance(len);
+        return Ok(Some((status, version, map)));
     }
-    buf.advance(len);
+    // Where each value lies in the head, so that the values can share the head's bytes
+    // instead of being copied one by one (as hyper does for requests).
+    let base = buf.as_ptr() as usize;
+    let mut fields = Vec::with_capacity(parsed.headers.len());
+    for h in parsed.headers.iter() {
+        let name = HeaderName::from_bytes(h.name.as_bytes())
+            .map_err(|_| H1Error::Invalid("bad header name"))?;
+        let start = h.value.as_ptr() as usize - base;
+        fields.push((name, start, start + h.value.len()));
+    }
+    let head = buf.split_to(len).freeze();
+    map.reserve(fields.len());
+    for (name, start, end) in fields {
+        let value = HeaderValue::from_maybe_shared(head.slice(start..end))
+            .map_err(|_| H1Error::Invalid("bad header value"))?;
+        map.append(name, value);
+    }
     Ok(Some((status, version, map)))
 }
 

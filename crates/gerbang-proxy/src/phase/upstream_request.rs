@@ -46,6 +46,9 @@ impl Rewrite<'_> {
             .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
             .or_else(|| parts.headers.get(header::HOST).cloned());
         headers::remove_hop_by_hop(&mut parts.headers);
+        // Room for what the gateway adds (forwarding, identity, agreement, trace, purpose): one
+        // growth of the map instead of one per insert beyond hyper's exact-fit capacity.
+        parts.headers.reserve(12);
         headers::remove_client_controlled(
             &mut parts.headers,
             &settings.strip_headers,
