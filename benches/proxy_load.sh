@@ -2,10 +2,11 @@
 # Gerbang's load benchmark: nginx, HAProxy and three Gerbang pipelines side by side, in one run.
 #
 #   cargo build --release && benches/proxy_load.sh            # 5 rounds of 10 s, 64 connections
-#   ROUNDS=3 DURATION=5s CONNS=512 benches/proxy_load.sh [BIN]
+#   ROUNDS=3 DURATION=5s CONNS=512 benches/proxy_load.sh [BIN [BIN2 ...]]
 #
-# Nothing is built here: BIN (default target/release/gerbang) is measured as it is, so a before
-# and an after build are two runs of this script with two binaries.
+# Nothing is built here: BIN (default target/release/gerbang) is measured as it is. With more
+# binaries (a before and an after build), each one's pipelines run in the same rounds, named
+# gerbang-full, gerbang-full@2, ...: their ratios come from one run on one machine state.
 #
 # Targets (each one worker: nginx `worker_processes 1`, HAProxy `nbthread 1`, Gerbang
 # `worker_threads = 1`), all in front of one upstream (nginx answering 1 KiB of JSON, as the
@@ -34,11 +35,18 @@
 #   LOADGEN_CPU=1 SERVER_CPU=0 HAPROXY=1 VARIANTS="bare full masked limited redis"
 #   TARGETS="nginx gerbang-full" (measure a subset of what started) CSV_OUT=file
 #   KEEP=1 (keep the work directory: configs, logs, raw wrk output).
+#   CALLGRIND=1: instead of the rounds, each Gerbang target runs under valgrind's callgrind and
+#   the script prints instructions per request (deterministic, unlike the wall clock on a shared
+#   machine): instrumentation on after a warm-up, then CG_DURATION (20s) of requests from
+#   CG_CONNS (4) connections; the instructions of every thread of the process divided by the
+#   requests wrk completed.
 # Needs wrk and nginx (apt-get install wrk nginx-light); haproxy optional.
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
-BIN=${1:-$ROOT/target/release/gerbang}
+BINS=("$@")
+[[ ${#BINS[@]} -gt 0 ]] || BINS=("$ROOT/target/release/gerbang")
+BIN=${BINS[0]}
 ROUNDS=${ROUNDS:-5}
 DURATION=${DURATION:-10s}
 WARMUP=${WARMUP:-3s}
@@ -55,14 +63,16 @@ HAP_PORT=$((BASE_PORT + 2))
 die() { echo "proxy_load: $*" >&2; exit 1; }
 note() { echo "# $*" >&2; }
 
-[[ -x $BIN ]] || die "no gerbang binary at $BIN: run 'cargo build --release' first, or give its path"
+for b in "${BINS[@]}"; do
+  [[ -x $b ]] || die "no gerbang binary at $b: run 'cargo build --release' first, or give its path"
+done
 command -v wrk >/dev/null || die "wrk is needed: apt-get install wrk"
 NGINX=$(command -v nginx || true)
 [[ -z $NGINX && -x /usr/sbin/nginx ]] && NGINX=/usr/sbin/nginx
 [[ -n $NGINX ]] || die "nginx is needed (the upstream and the reference): apt-get install nginx-light"
 HAPROXY_BIN=$(command -v haproxy || true)
 [[ $HAPROXY == 1 && -z $HAPROXY_BIN ]] && { note "haproxy not installed: skipped"; HAPROXY=0; }
-for p in $(seq "$BASE_PORT" $((BASE_PORT + 20))); do
+for p in $(seq "$BASE_PORT" $((BASE_PORT + 40))); do
   [[ -z $(ss -Hltn "sport = :$p" 2>/dev/null) ]] || die "port $p is in use (set BASE_PORT)"
 done
 if (( $(nproc) >= 2 )); then
@@ -140,7 +150,7 @@ if [[ $HAPROXY == 1 ]]; then
   cat >"$WORK/haproxy/haproxy.cfg" <<EOF
 global
   nbthread 1
-  maxconn 20000
+  maxconn 4096
 defaults
   mode http
   option http-keep-alive
@@ -164,8 +174,9 @@ SECRET=bench-secret-0123456789
 HASH=$(printf '%s' "$SECRET" | "$BIN" hash-secret)
 # One shared signing key: every instance accepts the token any of them issues.
 mkdir -p "$WORK/keys"
-gerbang_start() {  # $1 = variant, $2 = port offset
-  local v=$1 port=$((BASE_PORT + $2)) admin=$((BASE_PORT + $2 + 1)) d="$WORK/gerbang-$1"
+gerbang_start() {  # $1 = variant, $2 = port offset, $3 = binary, $4 = name suffix
+  local v=$1 port=$((BASE_PORT + $2)) admin=$((BASE_PORT + $2 + 1)) bin=$3 name="gerbang-$1$4"
+  local d="$WORK/$name"
   local metrics=true audit=true endpoint="" endpoints="" fields="" path="/data/1" limits="" cluster=""
   case $v in
     limited|redis)
@@ -178,7 +189,8 @@ classification = "terbatas"'
 quota = { limit = 1000000000, per = "day" }'
           if [[ $v == redis ]]; then
             command -v redis-server >/dev/null || die "redis-server is needed for VARIANTS=redis"
-            local rport=$((BASE_PORT + 20))
+            local nth=${4#@}
+            local rport=$((BASE_PORT + 40 - ${nth:-1}))
             $SERVER redis-server --port "$rport" --bind 127.0.0.1 --save "" --appendonly no >"$WORK/redis.log" 2>&1 &
             PIDS+=($!)
             for _ in $(seq 50); do redis-cli -p "$rport" ping >/dev/null 2>&1 && break; sleep 0.1; done
@@ -263,22 +275,30 @@ $fields
 EOF
   [[ -n $(ls "$WORK/keys" 2>/dev/null) ]] || "$BIN" rotate-key --config "$d/gerbang.toml" >/dev/null 2>&1 \
     || die "rotate-key failed"
-  $SERVER "$BIN" serve --config "$d/gerbang.toml" >"$d/out.log" 2>&1 &
+  if [[ ${CALLGRIND:-0} == 1 ]]; then
+    $SERVER valgrind --tool=callgrind --instr-atstart=no --separate-threads=no \
+      --callgrind-out-file="$d/callgrind.out" "$bin" serve --config "$d/gerbang.toml" >"$d/out.log" 2>&1 &
+  else
+    $SERVER "$bin" serve --config "$d/gerbang.toml" >"$d/out.log" 2>&1 &
+  fi
   local pid=$!; PIDS+=("$pid")
-  for _ in $(seq 100); do curl -s -o /dev/null --max-time 1 "http://127.0.0.1:$admin/health/ready" && break; sleep 0.1; done
-  NAMES+=("gerbang-$v"); URLS+=("http://127.0.0.1:$port/bench/up$path"); TPIDS+=("$pid")
+  for _ in $(seq 600); do curl -s -o /dev/null --max-time 1 "http://127.0.0.1:$admin/health/ready" && break; sleep 0.1; done
+  NAMES+=("$name"); URLS+=("http://127.0.0.1:$port/bench/up$path"); TPIDS+=("$pid")
   GW_PORT_OF_LAST=$port
 }
 offset=3
-for v in ${VARIANTS:-bare full masked}; do
-  case $v in bare|full|masked|limited|redis) ;; *) die "unknown variant $v (bare full masked limited redis)";; esac
-  gerbang_start "$v" "$offset"; offset=$((offset + 2))
+for k in "${!BINS[@]}"; do
+  suffix=""; (( k > 0 )) && suffix="@$((k + 1))"
+  for v in ${VARIANTS:-bare full masked}; do
+    case $v in bare|full|masked|limited|redis) ;; *) die "unknown variant $v (bare full masked limited redis)";; esac
+    gerbang_start "$v" "$offset" "${BINS[$k]}" "$suffix"; offset=$((offset + 2))
+  done
 done
 TOKEN=$(curl -s -u "loadgen%2Fclient:$SECRET" -d grant_type=client_credentials "http://127.0.0.1:$GW_PORT_OF_LAST/oauth/token" \
   | sed -E 's/.*"access_token":"([^"]+)".*/\1/')
 [[ $TOKEN == ey* ]] || die "no token from the gateway (KEEP=1 keeps the logs)"
 AUTH_HEADER="Authorization: Bearer $TOKEN"
-note "gerbang $("$BIN" --version 2>/dev/null || echo '?') at $BIN"
+for k in "${!BINS[@]}"; do note "binary $((k + 1)): ${BINS[$k]}"; done
 
 if [[ -n ${TARGETS:-} ]]; then
   KN=(); KU=(); KP=()
@@ -295,10 +315,11 @@ for i in "${!NAMES[@]}"; do
   done
   [[ $out == 200 ]] || die "${NAMES[$i]} at ${URLS[$i]} answered '${out:-nothing}' (KEEP=1 keeps the logs)"
 done
-if [[ " ${NAMES[*]} " == *" gerbang-masked "* ]]; then
-  grep -q '"nik":"360301\*\*\*\*\*\*0001"' "$WORK/check.gerbang-masked" && ! grep -q status_perkawinan "$WORK/check.gerbang-masked" \
-    || die "the masked route does not mask: $(cat "$WORK/check.gerbang-masked")"
-fi
+for n in "${NAMES[@]}"; do
+  [[ $n == gerbang-masked* ]] || continue
+  grep -q '"nik":"360301\*\*\*\*\*\*0001"' "$WORK/check.$n" && ! grep -q status_perkawinan "$WORK/check.$n" \
+    || die "$n does not mask: $(cat "$WORK/check.$n")"
+done
 
 # ---------------------------------------------------------------- measuring
 cpu_ticks() {  # utime+stime (clock ticks) of a process and its descendants (nginx's worker)
@@ -330,6 +351,26 @@ run() {  # $1 = round (or warmup), $2 = target index
   printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$round" "${NAMES[$i]}" "$rps" "$p50" "$p99" "$req" "$cpu" "$wall" "$errs" >>"$RESULTS"
   note "round $round $(printf '%-15s' "${NAMES[$i]}") rps=$rps p50=${p50}ms p99=${p99}ms cpu_s=$cpu errors=$errs"
 }
+if [[ ${CALLGRIND:-0} == 1 ]]; then
+  command -v callgrind_control >/dev/null || die "callgrind needs valgrind: apt-get install valgrind"
+  echo
+  echo "| target | requests | instructions per request |"
+  echo "| --- | ---: | ---: |"
+  for i in "${!NAMES[@]}"; do
+    [[ ${NAMES[$i]} == gerbang-* ]] || continue
+    pid=${TPIDS[$i]}; d="$WORK/${NAMES[$i]}"; out="$WORK/cg.${NAMES[$i]}"
+    # Warm-up (caches filled, pools connected), then the measured requests.
+    $LOADGEN wrk -t1 -c"${CG_CONNS:-4}" -d3s -H "$AUTH_HEADER" "${URLS[$i]}" >/dev/null 2>&1
+    callgrind_control -i on "$pid" >/dev/null
+    $LOADGEN wrk -t1 -c"${CG_CONNS:-4}" -d"${CG_DURATION:-20s}" -H "$AUTH_HEADER" "${URLS[$i]}" >"$out" 2>&1 || true
+    callgrind_control -i off "$pid" >/dev/null
+    n=$(awk '/ requests in /{print $1}' "$out")
+    callgrind_control -d "$pid" >/dev/null; sleep 1
+    ir=$(cat "$d"/callgrind.out* 2>/dev/null | awk '/^summary:/{s+=$2} /^totals:/{t+=$2} END{print (s>0?s:t)}')
+    printf '| %s | %s | %.0f |\n' "${NAMES[$i]}" "$n" "$(awk -v a="$ir" -v b="$n" 'BEGIN{print (b>0?a/b:0)}')"
+  done
+  exit 0
+fi
 N=${#NAMES[@]}
 note "wrk -t$WRK_THREADS -c$CONNS -d$DURATION, $ROUNDS rounds, warm-up $WARMUP, targets: ${NAMES[*]}"
 if [[ $WARMUP != 0 ]]; then for i in $(seq 0 $((N - 1))); do run warmup "$i"; done; fi
