@@ -68,13 +68,14 @@ async def main():
     ap.add_argument("--count", type=int, default=10000)
     ap.add_argument("--header", action="append", default=[])
     ap.add_argument("--hold", type=float, default=3.0, help="seconds idle before measuring")
+    ap.add_argument("--concurrency", type=int, default=64, help="connections being opened at once")
     a = ap.parse_args()
     u = urlsplit(a.url)
     extra = "".join(h + "\r\n" for h in a.header)
     request = f"GET {u.path or '/'} HTTP/1.1\r\nHost: {u.netloc}\r\n{extra}\r\n".encode()
     before = rss_kib(a.pid)
     conns, failures = [], []
-    sem = asyncio.Semaphore(512)
+    sem = asyncio.Semaphore(a.concurrency)
     t0 = time.monotonic()
     await asyncio.gather(*(one(u.hostname, u.port, request, conns, failures, sem) for _ in range(a.count)))
     opened = time.monotonic() - t0

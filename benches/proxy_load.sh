@@ -230,6 +230,8 @@ level = "warn"
 data_dir = "$d/data"
 [auth]
 issuer = "http://gerbang.bench"
+# Long enough for every round: an expired token would turn the rest into cheap 401s.
+token_ttl = "2h"
 keys_dir = "$WORK/keys"
 [metrics]
 enabled = $metrics
@@ -350,6 +352,7 @@ run() {  # $1 = round (or warmup), $2 = target index
   wall=$(awk -v a="$t0" -v b="$t1" 'BEGIN{printf "%.2f", b-a}')
   printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$round" "${NAMES[$i]}" "$rps" "$p50" "$p99" "$req" "$cpu" "$wall" "$errs" >>"$RESULTS"
   note "round $round $(printf '%-15s' "${NAMES[$i]}") rps=$rps p50=${p50}ms p99=${p99}ms cpu_s=$cpu errors=$errs"
+  (( errs == 0 )) || note "round $round ${NAMES[$i]}: $errs errors (non-2xx or socket): its figures are not comparable"
 }
 if [[ ${CALLGRIND:-0} == 1 ]]; then
   command -v callgrind_control >/dev/null || die "callgrind needs valgrind: apt-get install valgrind"
