@@ -134,6 +134,16 @@ impl IssuerKeys {
 
     /// Whether every key of `old` is still here, unchanged (keys may have been added): then
     /// nothing verified with `old` would be judged differently now.
+    /// The key `kid` for a token signed with `alg`: it must suit the algorithm (right family,
+    /// and the same `alg` when the JWKS names one).
+    fn key_for(&self, kid: &str, alg: Algorithm) -> Result<&DecodingKey, Refusal> {
+        let k = self.by_kid.get(kid).ok_or(Refusal::UnknownKid)?;
+        if family_of(alg) != Some(k.family) || k.alg.is_some_and(|ka| ka != alg) {
+            return Err(Refusal::AlgorithmNotAllowed);
+        }
+        Ok(&k.key)
+    }
+
     pub fn retains(&self, old: &IssuerKeys) -> bool {
         old.by_kid.iter().all(|(kid, k)| {
             self.by_kid
@@ -180,15 +190,7 @@ impl ExternalIssuer {
             token,
             &self.algorithms,
             None,
-            |kid, alg| {
-                let k = keys.by_kid.get(kid).ok_or(Refusal::UnknownKid)?;
-                // The key must suit the token's algorithm: right family, and the same `alg`
-                // when the JWKS names one.
-                if family_of(alg) != Some(k.family) || k.alg.is_some_and(|ka| ka != alg) {
-                    return Err(Refusal::AlgorithmNotAllowed);
-                }
-                Ok(&k.key)
-            },
+            |kid, alg| keys.key_for(kid, alg),
             |v| {
                 v.leeway = self.leeway.as_secs();
                 v.set_issuer(&[&self.issuer]);
@@ -221,13 +223,7 @@ impl ExternalIssuer {
             token,
             &self.algorithms,
             None,
-            |kid, alg| {
-                let k = keys.by_kid.get(kid).ok_or(Refusal::UnknownKid)?;
-                if family_of(alg) != Some(k.family) || k.alg.is_some_and(|ka| ka != alg) {
-                    return Err(Refusal::AlgorithmNotAllowed);
-                }
-                Ok(&k.key)
-            },
+            |kid, alg| keys.key_for(kid, alg),
             |v| {
                 v.leeway = self.leeway.as_secs();
                 v.set_issuer(&[&self.issuer]);

@@ -241,40 +241,27 @@ pub async fn serve_backend(
 
 use gerbang_proxy::serve;
 
+/// `head` (JSON up to an open string value) padded with `x` to 1024 bytes and closed.
+const fn padded_1_kib(head: &[u8]) -> [u8; 1024] {
+    let mut out = [b'x'; 1024];
+    let mut i = 0;
+    while i < head.len() {
+        out[i] = head[i];
+        i += 1;
+    }
+    out[1022] = b'"';
+    out[1023] = b'}';
+    out
+}
+
 /// Exactly 1024 bytes of JSON, like the reference benchmark's upstream.
-const FIXED_BODY: &[u8] = {
-    const B: &[u8; 1024] = &{
-        let head = br#"{"status":"ok","service":"upstream","data":""#;
-        let mut out = [b'x'; 1024];
-        let mut i = 0;
-        while i < head.len() {
-            out[i] = head[i];
-            i += 1;
-        }
-        out[1022] = b'"';
-        out[1023] = b'}';
-        out
-    };
-    B
-};
+const FIXED_BODY: &[u8] = &padded_1_kib(br#"{"status":"ok","service":"upstream","data":""#);
 
 /// Exactly 1024 bytes of JSON: a fictional citizen record with the fields the demo's agreement
 /// masks (`nik`) and denies (`status_perkawinan`), padded in `keterangan`.
-const FIXED_RECORD: &[u8] = {
-    const B: &[u8; 1024] = &{
-        let head = br#"{"nik":"3603015505900001","nama":"SITI AMINAH (FIKTIF)","tempat_lahir":"TANGERANG","tanggal_lahir":"1990-05-15","jenis_kelamin":"P","alamat":{"jalan":"JL. MERDEKA NO. 17","rt":"003","rw":"005","kelurahan":"SUKAMAJU","kecamatan":"CIKUPA","kabupaten":"TANGERANG"},"agama":"ISLAM","status_perkawinan":"KAWIN","pekerjaan":"WIRASWASTA","kewarganegaraan":"WNI","keterangan":""#;
-        let mut out = [b'x'; 1024];
-        let mut i = 0;
-        while i < head.len() {
-            out[i] = head[i];
-            i += 1;
-        }
-        out[1022] = b'"';
-        out[1023] = b'}';
-        out
-    };
-    B
-};
+const FIXED_RECORD: &[u8] = &padded_1_kib(
+    br#"{"nik":"3603015505900001","nama":"SITI AMINAH (FIKTIF)","tempat_lahir":"TANGERANG","tanggal_lahir":"1990-05-15","jenis_kelamin":"P","alamat":{"jalan":"JL. MERDEKA NO. 17","rt":"003","rw":"005","kelurahan":"SUKAMAJU","kecamatan":"CIKUPA","kabupaten":"TANGERANG"},"agama":"ISLAM","status_perkawinan":"KAWIN","pekerjaan":"WIRASWASTA","kewarganegaraan":"WNI","keterangan":""#,
+);
 
 const NOTICE: &str = "FIKTIF: data contoh untuk demo Gerbang, bukan data warga sebenarnya";
 
