@@ -40,7 +40,7 @@ per_agency = max(1, services // agencies)
 for a in range(agencies):
     lines = [f'[agency]\nid = "opd{a}"\nname = "OPD {a}"\n',
              f'[[application]]\nid = "app"\nname = "App {a}"\nauth_methods = ["api_key"]\n'
-             + (f'api_keys = [{{ digest = "sha256:{key}" }}]\n' if a == 0 else 'api_keys = []\n')]
+             + f'api_keys = [{{ digest = "sha256:{key if a == 0 else format(a, "064x")}" }}]\n']
     for s in range(per_agency):
         lines.append(f'[[service]]\nid = "svc{s}"\nname = "Layanan {s}"\n'
                      f'[[service.instance]]\nname = "i1"\nurl = "http://127.0.0.1:{int(port) + 2}"\n'

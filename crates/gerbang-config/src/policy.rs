@@ -297,7 +297,12 @@ fn is_agreement_id(id: &str) -> bool {
 /// The problem key of field `field` (`service`, `consumers[1]`; empty: the entry) of the
 /// `i`th agreement of a file: `line N: agreement ID: field`, by its id when it has a usable
 /// one (else `agreement[i]`) and the line of the field (else of the entry).
-fn agreement_key(text: &str, i: usize, a: Option<&RawAgreement>, field: &str) -> String {
+fn agreement_key(
+    text: &super::Located<'_>,
+    i: usize,
+    a: Option<&RawAgreement>,
+    field: &str,
+) -> String {
     let name = match a {
         Some(a) if is_agreement_id(&a.id) => format!("agreement {}", a.id),
         _ => format!("agreement[{i}]"),
@@ -312,7 +317,7 @@ fn agreement_key(text: &str, i: usize, a: Option<&RawAgreement>, field: &str) ->
     } else {
         format!("agreement[{i}].{field}")
     };
-    match super::line_of(text, &dotted) {
+    match text.line_of(&dotted) {
         Some(n) => format!("line {n}: {label}"),
         None => label,
     }
@@ -362,6 +367,8 @@ pub(super) fn load_agreements(
     // (file, (key of its consumers, file:line of its id), agreement)
     #[allow(clippy::type_complexity)]
     let mut out: Vec<(PathBuf, (String, String), Agreement)> = Vec::new();
+    // Agreement id -> its index in `out`.
+    let mut ids: HashMap<String, usize> = HashMap::new();
     for path in files {
         let text = match super::read_text(&path, overlay) {
             Ok(t) => t,
@@ -377,9 +384,7 @@ pub(super) fn load_agreements(
         let raw: RawAgreementFile = match toml::from_str(&text) {
             Ok(r) => r,
             Err(e) => {
-                let line = e
-                    .span()
-                    .map(|s| text.get(..s.start).unwrap_or("").matches('\n').count() + 1);
+                let line = e.span().map(|s| super::line_at(&text, s.start));
                 problems.push(
                     &path,
                     line.map(|l| format!("line {l}")).unwrap_or_default(),
@@ -388,10 +393,11 @@ pub(super) fn load_agreements(
                 continue;
             }
         };
+        let located = super::Located::new(&text);
         for (i, a) in raw.agreement.iter().enumerate() {
-            let key = |field: &str| agreement_key(&text, i, Some(a), field);
+            let key = |field: &str| agreement_key(&located, i, Some(a), field);
             if let Some(agreement) = agreement(&path, &key, a, known, problems) {
-                if let Some((other, _, _)) = out.iter().find(|(_, _, x)| x.id == agreement.id) {
+                if let Some(other) = ids.get(agreement.id.as_str()).map(|&o| &out[o].0) {
                     problems.push(
                         &path,
                         key("id"),
@@ -410,26 +416,37 @@ pub(super) fn load_agreements(
                         format!("`{}` has expired", agreement.id),
                     );
                 }
-                let at = match super::line_of(&text, &format!("agreement[{i}].id")) {
+                let at = match located.line_of(&format!("agreement[{i}].id")) {
                     Some(n) => format!("{}:{n}", path.display()),
                     None => path.display().to_string(),
                 };
+                ids.insert(agreement.id.clone(), out.len());
                 out.push((path.clone(), (key("consumers"), at), agreement));
             }
         }
     }
-    // Overlaps: two active agreements for the same consumer, service and endpoint.
-    for (x, (_, (_, at_x), ax)) in out.iter().enumerate() {
-        for (py, (ky, _), ay) in out.iter().skip(x + 1) {
-            if ax.service != ay.service || ax.suspended || ay.suspended {
-                continue;
-            }
-            let same_consumer = ax.consumers.iter().any(|c| ay.consumers.contains(c));
-            let endpoints_overlap = ax.endpoints.is_empty()
-                || ay.endpoints.is_empty()
-                || ax.endpoints.iter().any(|e| ay.endpoints.contains(e));
-            if same_consumer && endpoints_overlap {
-                warnings.push(
+    // Overlaps: two active agreements for the same consumer, service and endpoint. Only
+    // agreements of one service can overlap, so each service's are compared among themselves
+    // (comparing every pair was quadratic in all agreements), in load order.
+    let mut by_service: HashMap<&str, Vec<usize>> = HashMap::new();
+    for (n, (_, _, a)) in out.iter().enumerate() {
+        if !a.suspended {
+            by_service.entry(a.service.as_str()).or_default().push(n);
+        }
+    }
+    let mut groups: Vec<Vec<usize>> = by_service.into_values().collect();
+    groups.sort_unstable_by_key(|g| g[0]);
+    for members in &groups {
+        for (k, &x) in members.iter().enumerate() {
+            for &y in &members[k + 1..] {
+                let (_, (_, at_x), ax) = &out[x];
+                let (py, (ky, _), ay) = &out[y];
+                let same_consumer = ax.consumers.iter().any(|c| ay.consumers.contains(c));
+                let endpoints_overlap = ax.endpoints.is_empty()
+                    || ay.endpoints.is_empty()
+                    || ax.endpoints.iter().any(|e| ay.endpoints.contains(e));
+                if same_consumer && endpoints_overlap {
+                    warnings.push(
                     py,
                     ky.as_str(),
                     format!(
@@ -438,6 +455,7 @@ pub(super) fn load_agreements(
                         ax.id,
                     ),
                 );
+                }
             }
         }
     }
