@@ -12,6 +12,10 @@
 //!   the list expects structure) lies on or under an allowed path;
 //! - a scalar under an allowed path, and under no denied or masked path, keeps its value;
 //! - filtering is idempotent, and the output serialises and parses back to the same document;
+//! - the gateway's filter on the text (`FieldRules::filter_json`) gives the same document as
+//!   `apply` on the parsed one, and refuses what does not parse, but for what it need not
+//!   parse (a number out of range, nesting deeper than serde_json's limit, where no rule
+//!   reaches);
 //! - `FieldPath::parse` accepts exactly the paths of the documented syntax.
 #![no_main]
 
@@ -197,11 +201,29 @@ fuzz_target!(|data: &[u8]| {
         }
         model.push((kind, steps, first, last));
     }
-    let Ok(input) = serde_json::from_slice::<Value>(json.as_bytes()) else {
-        return;
+    let mut text_out = Vec::new();
+    let text_filtered = rules.filter_json(json.as_bytes(), &mut text_out);
+    let input = match serde_json::from_slice::<Value>(json.as_bytes()) {
+        Ok(v) => v,
+        Err(e) => {
+            let why = e.to_string();
+            assert!(
+                text_filtered.is_err()
+                    || why.contains("out of range")
+                    || why.contains("recursion limit"),
+                "filter_json accepted what does not parse ({why})"
+            );
+            return;
+        }
     };
+    assert!(
+        text_filtered.is_ok(),
+        "filter_json refused JSON: {text_filtered:?}"
+    );
     let mut doc = input.clone();
     rules.apply(&mut doc);
+    let from_text: Value = serde_json::from_slice(&text_out).expect("filter_json wrote JSON");
+    assert_eq!(from_text, doc, "filter_json differs from apply");
     let bytes = serde_json::to_vec(&doc).unwrap();
     let reparsed: Value = serde_json::from_slice(&bytes).unwrap();
     assert_eq!(reparsed, doc, "the output does not parse back to itself");

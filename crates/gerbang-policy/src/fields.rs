@@ -10,7 +10,16 @@
 //! Paths are dotted keys with array wildcards: `nik`, `alamat.rt`, `data[*].nik`, `[*].nama`
 //! (an array at the top). Order: allow-list, then deny, then mask — a field that is both
 //! allowed and denied is dropped.
+//!
+//! Two implementations of the same rules: [`FieldRules::apply`] on a parsed document (the
+//! reference), and [`FieldRules::filter_json`] on the JSON text, which the gateway uses: it
+//! parses only the objects and arrays that some rule reaches and copies everything else as the
+//! provider wrote it. A differential property test holds the two to the same result.
 
+use std::borrow::Cow;
+
+use serde::de::{self, DeserializeSeed, Deserializer as _, MapAccess, SeqAccess, Visitor};
+use serde_json::value::RawValue;
 use serde_json::{Map, Value};
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -108,6 +117,269 @@ impl FieldRules {
         for m in &self.mask {
             mask_path(doc, &m.path.steps, m.keep_first, m.keep_last);
         }
+    }
+}
+
+impl FieldRules {
+    /// Applies the rules to the JSON text `input`, appending the result to `out`; the same
+    /// result as [`FieldRules::apply`] on the parsed document (compared as JSON values).
+    ///
+    /// Only the objects and arrays that a rule reaches are parsed; every other value is copied
+    /// as the provider wrote it (its numbers exactly, its whitespace and escapes as they were,
+    /// its object keys in their order). The whole input is still checked to be one JSON value:
+    /// an error means it is not, and nothing of `out` may be used. Unlike parsing into a
+    /// [`Value`], a value no rule reaches is not checked for number range or nesting depth,
+    /// and an object's repeated key is kept (with every rule applied to each repetition)
+    /// rather than reduced to its last value.
+    pub fn filter_json(&self, input: &[u8], out: &mut Vec<u8>) -> Result<(), serde_json::Error> {
+        let text = std::str::from_utf8(input)
+            .map_err(|e| <serde_json::Error as de::Error>::custom(format!("not UTF-8: {e}")))?;
+        let here = Here {
+            allow: (!self.allow.is_empty())
+                .then(|| self.allow.iter().map(|p| p.steps.as_slice()).collect()),
+            deny: self.deny.iter().map(|p| p.steps.as_slice()).collect(),
+            mask: self
+                .mask
+                .iter()
+                .map(|m| (m.path.steps.as_slice(), m.keep_first, m.keep_last))
+                .collect(),
+        };
+        filter_text(text, &here, out)
+    }
+}
+
+/// The rules that reach one place of a document, as the rest of each path from there.
+struct Here<'r> {
+    /// `None`: no allow-list applies here (there is none, or an allowed path ended above).
+    allow: Option<Vec<&'r [Step]>>,
+    deny: Vec<&'r [Step]>,
+    mask: Vec<(&'r [Step], usize, usize)>,
+}
+
+/// What becomes of an object's member or an array's elements.
+enum Child<'r> {
+    Drop,
+    /// Masked by these rules in order; `restricted`: an allow-list continues below it, so the
+    /// reference turns it into `null` or filters it as structure first, and the mask drops it.
+    Masked {
+        masks: Vec<(usize, usize)>,
+        restricted: bool,
+    },
+    Nested(Here<'r>),
+}
+
+impl<'r> Here<'r> {
+    fn passes(&self) -> bool {
+        self.allow.is_none() && self.deny.is_empty() && self.mask.is_empty()
+    }
+
+    /// The rules below the step `step` matches (a key, or any element of an array).
+    fn child(&self, step: impl Fn(&Step) -> bool) -> Child<'r> {
+        let below = |paths: &[&'r [Step]]| -> Vec<&'r [Step]> {
+            paths
+                .iter()
+                .filter_map(|&p: &&'r [Step]| match p.split_first() {
+                    Some((first, rest)) if step(first) => Some(rest),
+                    _ => None,
+                })
+                .collect()
+        };
+        let allow = match &self.allow {
+            None => None,
+            Some(paths) => {
+                let next = below(paths);
+                if next.is_empty() {
+                    return Child::Drop;
+                }
+                // A path that ends here keeps the whole value.
+                (!next.iter().any(|p| p.is_empty())).then_some(next)
+            }
+        };
+        let deny = below(&self.deny);
+        if deny.iter().any(|p| p.is_empty()) {
+            return Child::Drop;
+        }
+        let mut masks = Vec::new();
+        let mut mask = Vec::new();
+        for &(p, first, last) in &self.mask {
+            match p.split_first() {
+                Some((s, rest)) if step(s) => {
+                    if rest.is_empty() {
+                        masks.push((first, last));
+                    } else {
+                        mask.push((rest, first, last));
+                    }
+                }
+                _ => {}
+            }
+        }
+        if !masks.is_empty() {
+            return Child::Masked {
+                masks,
+                restricted: allow.is_some(),
+            };
+        }
+        Child::Nested(Here { allow, deny, mask })
+    }
+}
+
+/// Filters the one JSON value in `text` (whitespace around it allowed) by `here` into `out`.
+fn filter_text(text: &str, here: &Here<'_>, out: &mut Vec<u8>) -> Result<(), serde_json::Error> {
+    let first = text
+        .bytes()
+        .find(|b| !matches!(b, b' ' | b'\t' | b'\n' | b'\r'));
+    let mut de = serde_json::Deserializer::from_str(text);
+    match first {
+        Some(b'{') if !here.passes() => de.deserialize_map(ObjectFilter { here, out })?,
+        Some(b'[') if !here.passes() => de.deserialize_seq(ArrayFilter { here, out })?,
+        _ => {
+            let raw: &RawValue = serde::Deserialize::deserialize(&mut de)?;
+            let scalar = !matches!(first, Some(b'{' | b'['));
+            if scalar && here.allow.is_some() {
+                // A scalar where the allow-list expects more structure: not allowed.
+                out.extend_from_slice(b"null");
+            } else {
+                out.extend_from_slice(raw.get().as_bytes());
+            }
+        }
+    }
+    de.end()
+}
+
+/// The masked text of a string or number, `None` for any other value (dropped).
+fn masked(raw: &RawValue, masks: &[(usize, usize)]) -> Result<Option<String>, serde_json::Error> {
+    let text = raw.get();
+    let mut s = match text.as_bytes().first() {
+        Some(b'"') => serde_json::from_str::<String>(text)?,
+        Some(b'-' | b'0'..=b'9') => serde_json::from_str::<serde_json::Number>(text)?.to_string(),
+        _ => return Ok(None),
+    };
+    for &(first, last) in masks {
+        s = mask_text(&s, first, last);
+    }
+    Ok(Some(s))
+}
+
+fn write_str(out: &mut Vec<u8>, s: &str) -> Result<(), serde_json::Error> {
+    serde_json::to_writer(out, s)
+}
+
+/// Starts an object member: the comma before all but the first, the key and the colon.
+fn member(out: &mut Vec<u8>, any: &mut bool, key: &str) -> Result<(), serde_json::Error> {
+    if std::mem::replace(any, true) {
+        out.push(b',');
+    }
+    write_str(out, key)?;
+    out.push(b':');
+    Ok(())
+}
+
+/// An object key, borrowed from the input when it has no escapes.
+struct Key;
+
+impl<'de> DeserializeSeed<'de> for Key {
+    type Value = Cow<'de, str>;
+    fn deserialize<D: de::Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
+        d.deserialize_str(Key)
+    }
+}
+
+impl<'de> Visitor<'de> for Key {
+    type Value = Cow<'de, str>;
+    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        f.write_str("a string")
+    }
+    fn visit_borrowed_str<E: de::Error>(self, v: &'de str) -> Result<Self::Value, E> {
+        Ok(Cow::Borrowed(v))
+    }
+    fn visit_str<E: de::Error>(self, v: &str) -> Result<Self::Value, E> {
+        Ok(Cow::Owned(v.to_owned()))
+    }
+    fn visit_string<E: de::Error>(self, v: String) -> Result<Self::Value, E> {
+        Ok(Cow::Owned(v))
+    }
+}
+
+struct ObjectFilter<'a, 'r> {
+    here: &'a Here<'r>,
+    out: &'a mut Vec<u8>,
+}
+
+impl<'de> Visitor<'de> for ObjectFilter<'_, '_> {
+    type Value = ();
+    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        f.write_str("a JSON object")
+    }
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<(), A::Error> {
+        let out = self.out;
+        out.push(b'{');
+        let mut any = false;
+        while let Some(key) = map.next_key_seed(Key)? {
+            let raw: &'de RawValue = map.next_value()?;
+            match self.here.child(|s| matches!(s, Step::Key(k) if *k == key)) {
+                Child::Drop
+                | Child::Masked {
+                    restricted: true, ..
+                } => {}
+                Child::Masked { masks, .. } => {
+                    if let Some(m) = masked(raw, &masks).map_err(de::Error::custom)? {
+                        member(out, &mut any, &key).map_err(de::Error::custom)?;
+                        write_str(out, &m).map_err(de::Error::custom)?;
+                    }
+                }
+                Child::Nested(below) => {
+                    member(out, &mut any, &key).map_err(de::Error::custom)?;
+                    filter_text(raw.get(), &below, out).map_err(de::Error::custom)?;
+                }
+            }
+        }
+        out.push(b'}');
+        Ok(())
+    }
+}
+
+struct ArrayFilter<'a, 'r> {
+    here: &'a Here<'r>,
+    out: &'a mut Vec<u8>,
+}
+
+impl<'de> Visitor<'de> for ArrayFilter<'_, '_> {
+    type Value = ();
+    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        f.write_str("a JSON array")
+    }
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<(), A::Error> {
+        let out = self.out;
+        let child = self.here.child(|s| matches!(s, Step::AnyIndex));
+        out.push(b'[');
+        let mut any = false;
+        // Every element is read, also those dropped: the rest of the input must be JSON too.
+        while let Some(raw) = seq.next_element::<&'de RawValue>()? {
+            match &child {
+                Child::Drop
+                | Child::Masked {
+                    restricted: true, ..
+                } => {}
+                Child::Masked { masks, .. } => {
+                    if let Some(m) = masked(raw, masks).map_err(de::Error::custom)? {
+                        if any {
+                            out.push(b',');
+                        }
+                        any = true;
+                        write_str(out, &m).map_err(de::Error::custom)?;
+                    }
+                }
+                Child::Nested(below) => {
+                    if any {
+                        out.push(b',');
+                    }
+                    any = true;
+                    filter_text(raw.get(), below, out).map_err(de::Error::custom)?;
+                }
+            }
+        }
+        out.push(b']');
+        Ok(())
     }
 }
 

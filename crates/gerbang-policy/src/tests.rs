@@ -875,6 +875,165 @@ proptest! {
     }
 }
 
+/// Documents over a few keys that rules name, with every kind of JSON value.
+fn arb_small_json() -> impl Strategy<Value = Value> {
+    let leaf = prop_oneof![
+        Just(Value::Null),
+        any::<bool>().prop_map(Value::Bool),
+        any::<i64>().prop_map(|n| json!(n)),
+        any::<u64>().prop_map(|n| json!(n)),
+        any::<f64>()
+            .prop_filter("finite", |f| f.is_finite())
+            .prop_map(|f| json!(f)),
+        "[a-z0-9 \"\\\\é\u{1}]{0,20}".prop_map(Value::String),
+    ];
+    leaf.prop_recursive(4, 40, 5, |inner| {
+        prop_oneof![
+            prop::collection::vec(inner.clone(), 0..4).prop_map(Value::Array),
+            prop::collection::btree_map(
+                prop_oneof![
+                    Just("a".to_owned()),
+                    Just("b".to_owned()),
+                    Just("c".to_owned()),
+                    Just("x\"y".to_owned()),
+                ],
+                inner,
+                0..5
+            )
+            .prop_map(|m| Value::Object(m.into_iter().collect())),
+        ]
+    })
+}
+
+/// A field path over the same keys, in the documented syntax.
+fn arb_path() -> impl Strategy<Value = FieldPath> {
+    let step = prop_oneof![Just("a"), Just("b"), Just("[*]")];
+    prop::collection::vec(step, 1..4).prop_map(|steps| {
+        let mut text = String::new();
+        for s in steps {
+            if s != "[*]" && !text.is_empty() {
+                text.push('.');
+            }
+            text.push_str(s);
+        }
+        FieldPath::parse(&text).unwrap()
+    })
+}
+
+fn arb_rules() -> impl Strategy<Value = FieldRules> {
+    (
+        prop::collection::vec(arb_path(), 0..3),
+        prop::collection::vec(arb_path(), 0..3),
+        prop::collection::vec((arb_path(), 0usize..4, 0usize..4), 0..3),
+    )
+        .prop_map(|(allow, deny, mask)| FieldRules {
+            allow,
+            deny,
+            mask: mask
+                .into_iter()
+                .map(|(path, keep_first, keep_last)| Mask {
+                    path,
+                    keep_first,
+                    keep_last,
+                })
+                .collect(),
+        })
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(4000))]
+    /// The gateway's filter on the JSON text gives the same document as the reference
+    /// `FieldRules::apply` on the parsed one, for compact and pretty-printed input.
+    #[test]
+    fn filtering_the_text_equals_filtering_the_document(
+        doc in arb_small_json(),
+        rules in arb_rules(),
+        pretty in any::<bool>(),
+    ) {
+        let text = if pretty { serde_json::to_string_pretty(&doc) } else { serde_json::to_string(&doc) }.unwrap();
+        let mut expected = doc.clone();
+        rules.apply(&mut expected);
+        let mut out = Vec::new();
+        rules.filter_json(text.as_bytes(), &mut out).unwrap();
+        let got: Value = serde_json::from_slice(&out)
+            .unwrap_or_else(|e| panic!("output is not JSON ({e}): {}", String::from_utf8_lossy(&out)));
+        prop_assert_eq!(got, expected, "input {} rules {:?}", text, rules);
+    }
+
+    /// What is not JSON is refused, also where no rule reaches: every cut of a document that
+    /// does not parse is an error, and so is a document with something after it.
+    #[test]
+    fn text_that_is_not_json_is_refused(doc in arb_small_json(), rules in arb_rules(), cut in any::<prop::sample::Index>()) {
+        let text = serde_json::to_string(&doc).unwrap();
+        let at = cut.index(text.len() + 1);
+        let Some(prefix) = text.get(..at) else { return Ok(()) };
+        let mut out = Vec::new();
+        let result = rules.filter_json(prefix.as_bytes(), &mut out);
+        prop_assert_eq!(result.is_ok(), serde_json::from_str::<Value>(prefix).is_ok(), "{:?}", prefix);
+        let trailing = format!("{text} x");
+        prop_assert!(rules.filter_json(trailing.as_bytes(), &mut Vec::new()).is_err());
+    }
+}
+
+#[test]
+fn the_text_filter_keeps_what_no_rule_reaches_as_written() {
+    let rules = FieldRules {
+        deny: vec![FieldPath::parse("status_perkawinan").unwrap()],
+        mask: vec![Mask {
+            path: FieldPath::parse("nik").unwrap(),
+            keep_first: 6,
+            keep_last: 4,
+        }],
+        ..FieldRules::default()
+    };
+    let input = br#" {"nik": "3603015505900001", "status_perkawinan":"KAWIN",
+        "berat": 61.50, "nama": "Siti \u00c9", "alamat": { "rt" : "001" }} "#;
+    let mut out = Vec::new();
+    rules.filter_json(input, &mut out).unwrap();
+    assert_eq!(
+        String::from_utf8(out).unwrap(),
+        r#"{"nik":"360301******0001","berat":61.50,"nama":"Siti \u00c9","alamat":{ "rt" : "001" }}"#
+    );
+    // Masked where an allow-list continues below: the reference makes the value `null` (or
+    // keeps only its allowed structure) before masking, and masking drops what is not a
+    // string or number, so nothing of it is left.
+    let allow_below = FieldRules {
+        allow: vec![
+            FieldPath::parse("a.b").unwrap(),
+            FieldPath::parse("c").unwrap(),
+        ],
+        mask: vec![Mask {
+            path: FieldPath::parse("a").unwrap(),
+            keep_first: 1,
+            keep_last: 1,
+        }],
+        ..FieldRules::default()
+    };
+    for input in [r#"{"a":"secret","c":1}"#, r#"{"a":{"b":"x"},"c":1}"#] {
+        let mut out = Vec::new();
+        allow_below.filter_json(input.as_bytes(), &mut out).unwrap();
+        assert_eq!(out, br#"{"c":1}"#, "{input}");
+    }
+    // A repeated key: every repetition is filtered (the reference keeps only the last).
+    let mut out = Vec::new();
+    rules
+        .filter_json(
+            br#"{"nik":"1111111111111111","nik":"2222222222222222"}"#,
+            &mut out,
+        )
+        .unwrap();
+    assert_eq!(
+        out,
+        br#"{"nik":"111111******1111","nik":"222222******2222"}"#
+    );
+    // Not UTF-8, or not one JSON value: refused.
+    assert!(rules
+        .filter_json(b"{\"a\":\"\xff\"}", &mut Vec::new())
+        .is_err());
+    assert!(rules.filter_json(b"{\"a\":1}{}", &mut Vec::new()).is_err());
+    assert!(rules.filter_json(b"{\"a\":tru}", &mut Vec::new()).is_err());
+}
+
 /// A service that takes the NIK in the query, and one whose provider ignores case.
 fn query_fixture(matching: PathMatching) -> PolicySet {
     use Classification::*;

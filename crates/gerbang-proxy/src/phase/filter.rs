@@ -74,11 +74,11 @@ pub(crate) async fn filter_response(
         .await
         .map_err(|e| GatewayError::ResponseFilterFailed(format!("reading the response: {e}")))?
         .to_bytes();
-    let mut doc: serde_json::Value = serde_json::from_slice(&bytes)
+    // Only what the rules reach is parsed; the rest is copied as the provider wrote it.
+    let mut out = Vec::with_capacity(bytes.len());
+    rules
+        .filter_json(&bytes, &mut out)
         .map_err(|e| GatewayError::ResponseFilterFailed(format!("not valid JSON: {e}")))?;
-    rules.apply(&mut doc);
-    let out = serde_json::to_vec(&doc)
-        .map_err(|e| GatewayError::ResponseFilterFailed(format!("serialising: {e}")))?;
     parts.headers.remove(header::TRANSFER_ENCODING);
     parts
         .headers
