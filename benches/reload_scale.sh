@@ -8,11 +8,10 @@
 # Prints the time of `gerbang validate`, of each `POST /admin/reload` (RELOADS, default 5), and
 # the calls made during them with their statuses. Loopback only; nothing is built.
 #
-# Status (2026-12-02): it reproduces a scaling defect and has not yet run to the end. With all
-# 10,000 agreements in one file, `validate` ran for over a minute (issue 15 measured 0.87 s with
-# smaller files): perf shows TOML parsing throughout, because gerbang-config's line_of parses
-# the whole file again for every agreement (policy.rs, the `at` of each agreement and each
-# warning key), quadratic in agreements per file. Fixing that comes before the reload figures.
+# Measured 2026-12-02 (a108a6a, 2-core machine): validate 0.23 s; five reloads 0.27-0.36 s
+# each; 103 calls during them, all 200. Before d33b8e2, with the agreements in one file,
+# validate did not finish in over a minute (each agreement's line was looked up by parsing
+# the whole file again).
 set -euo pipefail
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 BIN=${1:-$ROOT/target/release/gerbang}
