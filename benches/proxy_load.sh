@@ -35,6 +35,10 @@
 #   LOADGEN_CPU=1 SERVER_CPU=0 HAPROXY=1 VARIANTS="bare full masked limited redis"
 #   TARGETS="nginx gerbang-full" (measure a subset of what started) CSV_OUT=file
 #   KEEP=1 (keep the work directory: configs, logs, raw wrk output).
+#   PERF=1: instead of the rounds, a perf profile of each Gerbang target under load
+#   (PERF_SECONDS, default 10; PERF_TOP symbols, default 40).
+#   IDLE=N: instead of the rounds, N idle keep-alive connections to each target in turn (one
+#   request on each, then held open): the RSS they add (benches/idle_conns.py).
 #   CALLGRIND=1: instead of the rounds, each Gerbang target runs under valgrind's callgrind and
 #   the script prints instructions per request (deterministic, unlike the wall clock on a shared
 #   machine): instrumentation on after a warm-up, then CG_DURATION (20s) of requests from
@@ -44,6 +48,10 @@
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
+# Idle connections need descriptors in the servers, which inherit this limit.
+if [[ -n ${IDLE:-} ]]; then
+  ulimit -n $(( IDLE + 1024 )) 2>/dev/null || { echo "IDLE=$IDLE needs ulimit -n above $((IDLE + 1024))" >&2; exit 1; }
+fi
 BINS=("$@")
 [[ ${#BINS[@]} -gt 0 ]] || BINS=("$ROOT/target/release/gerbang")
 BIN=${BINS[0]}
@@ -221,6 +229,7 @@ deny = ["status_perkawinan"]'
 [server]
 listen = "127.0.0.1:$port"
 worker_threads = 1
+max_connections = 30000
 [admin]
 listen = "127.0.0.1:$admin"
 watch_files = false
@@ -354,6 +363,46 @@ run() {  # $1 = round (or warmup), $2 = target index
   note "round $round $(printf '%-15s' "${NAMES[$i]}") rps=$rps p50=${p50}ms p99=${p99}ms cpu_s=$cpu errors=$errs"
   (( errs == 0 )) || note "round $round ${NAMES[$i]}: $errs errors (non-2xx or socket): its figures are not comparable"
 }
+if [[ -n ${IDLE:-} ]]; then
+  # Idle keep-alive connections: IDLE connections to each target, one request on each, then
+  # held idle; the RSS they add (benches/idle_conns.py). Targets one after the other.
+  echo
+  echo "| target | connections | RSS added, MiB | KiB each | open time, s | RSS after they closed, MiB |"
+  echo "| --- | ---: | ---: | ---: | ---: | ---: |"
+  for i in "${!NAMES[@]}"; do
+    out="$WORK/idle.${NAMES[$i]}"
+    python3 "$ROOT/benches/idle_conns.py" --url "${URLS[$i]}" --pid "${TPIDS[$i]}" --count "$IDLE" \
+      --header "$AUTH_HEADER" >"$out" 2>&1 || die "idle_conns failed: $(cat "$out")"
+    awk -v t="${NAMES[$i]}" '
+      /^connections open/ { n=$5; fails=$8; gsub(/\(/,"",fails) }
+      /^opening them took/ { open=$4 }
+      /^RSS before/ { added=$10; gsub(/[+(]/,"",added); each=$12; after=$(NF-1) }
+      END { printf "| %s | %s | %s | %s | %s | %s |\n", t, n, added, each, open, after }' "$out"
+    grep -q "(0 failed" "$out" || note "${NAMES[$i]}: some connections failed: $(head -1 "$out")"
+  done
+  exit 0
+fi
+if [[ ${PERF:-0} == 1 ]]; then
+  # Where the time goes under load: perf samples (software clock, which works where the
+  # machine has no hardware counters) of each Gerbang target while wrk drives it; the top of
+  # a flat profile by shared object and symbol, kernel included.
+  command -v perf >/dev/null || die "PERF=1 needs perf: apt-get install linux-perf"
+  for i in "${!NAMES[@]}"; do
+    [[ ${NAMES[$i]} == gerbang-* ]] || continue
+    pid=${TPIDS[$i]}; data="$WORK/perf.${NAMES[$i]}.data"
+    $LOADGEN wrk -t1 -c"$CONNS" -d3s -H "$AUTH_HEADER" "${URLS[$i]}" >/dev/null 2>&1
+    perf record -q -e cpu-clock -F 4999 -p "$pid" -o "$data" -- sleep "${PERF_SECONDS:-10}" >/dev/null 2>&1 &
+    rec=$!
+    $LOADGEN wrk -t1 -c"$CONNS" -d"${PERF_SECONDS:-10}s" -H "$AUTH_HEADER" "${URLS[$i]}" >/dev/null 2>&1 || true
+    wait "$rec" || true
+    echo
+    echo "## ${NAMES[$i]}: by object"
+    perf report -i "$data" --no-children --sort dso --stdio 2>/dev/null | grep -E '^ +[0-9]' | head -8
+    echo "## ${NAMES[$i]}: top symbols"
+    perf report -i "$data" --no-children --sort dso,symbol --stdio 2>/dev/null | grep -E '^ +[0-9]' | head -${PERF_TOP:-40}
+  done
+  exit 0
+fi
 if [[ ${CALLGRIND:-0} == 1 ]]; then
   command -v callgrind_control >/dev/null || die "callgrind needs valgrind: apt-get install valgrind"
   echo

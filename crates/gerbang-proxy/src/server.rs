@@ -142,24 +142,26 @@ pub async fn serve<H: Handler>(
         // The same bound as hyper's buffer, so that the guard gives up only where hyper does.
         let max_head = settings.max_head_bytes.max(8192);
         let open = settings.open_connections.clone().map(OpenConnection::new);
-        tokio::spawn(async move {
-            let _permit = permit;
-            let _open = open;
-            let make_service = move |conn: ConnInfo| {
-                hyper::service::service_fn(move |req| {
-                    let handler = Arc::clone(&handler);
-                    let conn = conn.clone();
-                    async move { Ok::<_, Infallible>(handler.call(req, conn).await) }
-                })
-            };
-            let result = match acceptor {
-                None => {
+        // Plain and TLS connections are separate tasks: a task's allocation is the size of its
+        // largest state, and a plain connection has no reason to carry room for a TLS stream.
+        match acceptor {
+            None => {
+                tokio::spawn(async move {
+                    let _permit = permit;
+                    let _open = open;
                     let io = TokioIo::new(FramingGuard::new(stream, max_head));
-                    watcher
-                        .watch(builder.serve_connection(io, make_service(conn)))
-                        .await
-                }
-                Some(acceptor) => {
+                    let result = watcher
+                        .watch(builder.serve_connection(io, boxed_service(handler, conn)))
+                        .await;
+                    if let Err(e) = result {
+                        tracing::debug!(%remote, error = %e, "connection ended with an error");
+                    }
+                });
+            }
+            Some(acceptor) => {
+                tokio::spawn(async move {
+                    let _permit = permit;
+                    let _open = open;
                     let tls = match tokio::time::timeout(handshake_timeout, acceptor.accept(stream))
                         .await
                     {
@@ -186,15 +188,15 @@ pub async fn serve<H: Handler>(
                         ..conn
                     };
                     let io = TokioIo::new(FramingGuard::new(tls, max_head));
-                    watcher
-                        .watch(builder.serve_connection(io, make_service(conn)))
-                        .await
-                }
-            };
-            if let Err(e) = result {
-                tracing::debug!(%remote, error = %e, "connection ended with an error");
+                    let result = watcher
+                        .watch(builder.serve_connection(io, boxed_service(handler, conn)))
+                        .await;
+                    if let Err(e) = result {
+                        tracing::debug!(%remote, error = %e, "connection ended with an error");
+                    }
+                });
             }
-        });
+        }
     }
     drop(listener);
     tokio::select! {
@@ -204,6 +206,29 @@ pub async fn serve<H: Handler>(
             ShutdownOutcome::DeadlineExceeded
         }
     }
+}
+
+/// The service hyper calls for each request of one connection. The handler's future is boxed:
+/// hyper keeps room for one service future in every connection for as long as it is open, and
+/// the pipeline's future is kilobytes, so unboxed it made every idle keep-alive connection
+/// that much larger. Boxed, the room is a pointer and the future lives only while a request is
+/// in flight (one allocation per request).
+fn boxed_service<H: Handler>(
+    handler: Arc<H>,
+    conn: ConnInfo,
+) -> impl hyper::service::Service<
+    Request<Incoming>,
+    Response = Response<ResponseBody>,
+    Error = Infallible,
+    Future = impl Future<Output = Result<Response<ResponseBody>, Infallible>> + Send,
+> + Send {
+    hyper::service::service_fn(move |req| {
+        let handler = Arc::clone(&handler);
+        let conn = conn.clone();
+        let call: std::pin::Pin<Box<dyn Future<Output = Response<ResponseBody>> + Send>> =
+            Box::pin(async move { handler.call(req, conn).await });
+        async move { Ok::<_, Infallible>(call.await) }
+    })
 }
 
 /// One open connection in a gauge: counted up when made, down when dropped.
