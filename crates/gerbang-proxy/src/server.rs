@@ -84,7 +84,11 @@ fn builder(settings: &ListenerSettings) -> auto::Builder<TokioExecutor> {
         .timer(TokioTimer::new())
         .header_read_timeout(settings.header_read_timeout)
         .max_buf_size(settings.max_head_bytes.max(8192))
-        .max_headers(256)
+        // hyper's own default: room for 100 header fields on the stack (99 fit: the parser
+        // wants a free entry to see the end of the block). A larger limit made hyper allocate
+        // two buffers of that many entries for every request it parsed. More fields get
+        // hyper's 431 (tests/e2e limits.rs).
+        .max_headers(100)
         .keep_alive(true);
     b.http2()
         .timer(TokioTimer::new())

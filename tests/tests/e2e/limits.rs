@@ -42,6 +42,28 @@ async fn header_block_over_32_kib_is_431() {
     assert_eq!(r.error_code(), "headers_too_large");
 }
 
+/// Up to 99 header fields are parsed (hyper's default room for 100 entries on the stack; the
+/// parser wants one free entry to see the end of the block); 100 or more are refused with 431
+/// by the HTTP parser itself, before the pipeline (so without the JSON body) and before any
+/// upstream is asked.
+#[tokio::test]
+async fn a_hundred_header_fields_or_more_are_431() {
+    let up = raw_upstream(RawBehaviour::Respond(
+        b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: close\r\n\r\nok".to_vec(),
+    ))
+    .await;
+    let gw = TestGateway::single(&[up.url()], "").await;
+    let fields = |n: usize| (0..n).map(|i| format!("X-F{i}: v\r\n")).collect::<String>();
+    // Host and Connection make two more: 99 fields in all.
+    let r = raw_request(gw.addr, &get("/a/s/x", &fields(97))).await;
+    assert_eq!(r.status, 200);
+    assert_eq!(up.accepted(), 1);
+    // 100.
+    let r = raw_request(gw.addr, &get("/a/s/x", &fields(98))).await;
+    assert_eq!(r.status, 431);
+    assert_eq!(up.accepted(), 1, "the upstream was asked");
+}
+
 #[tokio::test]
 async fn body_over_the_service_limit_is_413() {
     let (_e, gw) = gateway_with_limit().await;
