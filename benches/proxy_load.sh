@@ -387,10 +387,24 @@ if [[ ${PERF:-0} == 1 ]]; then
   # machine has no hardware counters) of each Gerbang target while wrk drives it; the top of
   # a flat profile by shared object and symbol, kernel included.
   command -v perf >/dev/null || die "PERF=1 needs perf: apt-get install linux-perf"
+  echo "| target | requests | context switches per request (every thread of the process) |"
+  echo "| --- | ---: | ---: |"
+  for i in "${!NAMES[@]}"; do
+    pid=${TPIDS[$i]}; out="$WORK/perfstat.${NAMES[$i]}"
+    # nginx's master does nothing: its worker (the child) serves.
+    [[ ${NAMES[$i]} == gerbang-* ]] || pid=$(pgrep -P "$pid" | head -1)
+    $LOADGEN wrk -t1 -c"$CONNS" -d3s -H "$AUTH_HEADER" "${URLS[$i]}" >/dev/null 2>&1
+    perf stat --per-thread -e context-switches -p "$pid" -o "$out" -- sleep 5 >/dev/null 2>&1 &
+    rec=$!
+    $LOADGEN wrk -t1 -c"$CONNS" -d5s -H "$AUTH_HEADER" "${URLS[$i]}" >"$out.wrk" 2>&1 || true
+    wait "$rec" || true
+    n=$(awk '/ requests in /{print $1}' "$out.wrk")
+    cs=$(awk '/context-switches/{gsub(",","",$2); s+=$2} END{print s+0}' "$out")
+    printf '| %s | %s | %.2f |\n' "${NAMES[$i]}" "$n" "$(awk -v a="$cs" -v b="$n" 'BEGIN{print (b>0?a/b:0)}')"
+  done
   for i in "${!NAMES[@]}"; do
     [[ ${NAMES[$i]} == gerbang-* ]] || continue
     pid=${TPIDS[$i]}; data="$WORK/perf.${NAMES[$i]}.data"
-    $LOADGEN wrk -t1 -c"$CONNS" -d3s -H "$AUTH_HEADER" "${URLS[$i]}" >/dev/null 2>&1
     perf record -q -e cpu-clock -F 4999 -p "$pid" -o "$data" -- sleep "${PERF_SECONDS:-10}" >/dev/null 2>&1 &
     rec=$!
     $LOADGEN wrk -t1 -c"$CONNS" -d"${PERF_SECONDS:-10}s" -H "$AUTH_HEADER" "${URLS[$i]}" >/dev/null 2>&1 || true

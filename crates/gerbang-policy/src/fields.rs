@@ -246,6 +246,24 @@ fn filter_text(text: &str, here: &Here<'_>, out: &mut Vec<u8>) -> Result<(), ser
     de.end()
 }
 
+/// Filters a value already read (and so already known to be JSON) by `here`: parsed again
+/// only when it is an object or array that a rule reaches.
+fn filter_raw(raw: &RawValue, here: &Here<'_>, out: &mut Vec<u8>) -> Result<(), serde_json::Error> {
+    let text = raw.get();
+    match text.as_bytes().first() {
+        Some(b'{' | b'[') if !here.passes() => return filter_text(text, here, out),
+        Some(b'{' | b'[') => {}
+        // A scalar where the allow-list expects more structure: not allowed.
+        _ if here.allow.is_some() => {
+            out.extend_from_slice(b"null");
+            return Ok(());
+        }
+        _ => {}
+    }
+    out.extend_from_slice(text.as_bytes());
+    Ok(())
+}
+
 /// The masked text of a string or number, `None` for any other value (dropped).
 fn masked(raw: &RawValue, masks: &[(usize, usize)]) -> Result<Option<String>, serde_json::Error> {
     let text = raw.get();
@@ -265,11 +283,20 @@ fn write_str(out: &mut Vec<u8>, s: &str) -> Result<(), serde_json::Error> {
 }
 
 /// Starts an object member: the comma before all but the first, the key and the colon.
-fn member(out: &mut Vec<u8>, any: &mut bool, key: &str) -> Result<(), serde_json::Error> {
+fn member(out: &mut Vec<u8>, any: &mut bool, key: &Cow<'_, str>) -> Result<(), serde_json::Error> {
     if std::mem::replace(any, true) {
         out.push(b',');
     }
-    write_str(out, key)?;
+    match key {
+        // Borrowed: the key had no escape sequence in the input, and a JSON string without
+        // one holds nothing that needs escaping, so it is written as it was.
+        Cow::Borrowed(k) => {
+            out.push(b'"');
+            out.extend_from_slice(k.as_bytes());
+            out.push(b'"');
+        }
+        Cow::Owned(k) => write_str(out, k)?,
+    }
     out.push(b':');
     Ok(())
 }
@@ -329,7 +356,7 @@ impl<'de> Visitor<'de> for ObjectFilter<'_, '_> {
                 }
                 Child::Nested(below) => {
                     member(out, &mut any, &key).map_err(de::Error::custom)?;
-                    filter_text(raw.get(), &below, out).map_err(de::Error::custom)?;
+                    filter_raw(raw, &below, out).map_err(de::Error::custom)?;
                 }
             }
         }
@@ -374,7 +401,7 @@ impl<'de> Visitor<'de> for ArrayFilter<'_, '_> {
                         out.push(b',');
                     }
                     any = true;
-                    filter_text(raw.get(), below, out).map_err(de::Error::custom)?;
+                    filter_raw(raw, below, out).map_err(de::Error::custom)?;
                 }
             }
         }

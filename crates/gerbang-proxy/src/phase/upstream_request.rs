@@ -137,9 +137,10 @@ pub(crate) fn upstream_path(
     rest: &str,
     query: Option<&str>,
 ) -> Result<PathAndQuery, GatewayError> {
-    let mut pq = String::with_capacity(
-        service.base_path.len() + rest.len() + query.map_or(0, |q| q.len() + 1) + 1,
-    );
+    // The exact length: a Bytes made from a String with spare capacity needs a second
+    // allocation for its shared header.
+    let path_len = (service.base_path.len() + rest.len()).max(1);
+    let mut pq = String::with_capacity(path_len + query.map_or(0, |q| q.len() + 1));
     pq.push_str(&service.base_path);
     pq.push_str(rest);
     if pq.is_empty() {
