@@ -149,7 +149,7 @@ NGX_PID=$(nginx_start nginx "    listen 127.0.0.1:$NGX_PORT;
       proxy_pass http://bench_upstream;
       proxy_http_version 1.1;
       proxy_set_header Connection \"\";
-    }" "  upstream bench_upstream { server 127.0.0.1:$UP_PORT; keepalive 64; keepalive_requests 100000; }")
+    }" "  upstream bench_upstream { server 127.0.0.1:$UP_PORT; keepalive $((CONNS > 64 ? CONNS : 64)); keepalive_requests 100000; }")
 PIDS+=("$NGX_PID")
 NAMES=(nginx); URLS=("http://127.0.0.1:$NGX_PORT/data/1"); TPIDS=("$NGX_PID")
 
@@ -256,6 +256,11 @@ name = "Benchmark"
 [[service]]
 id = "up"
 name = "Fixed upstream"
+# Above the load generator's connections: at CONNS=512 the default max_pending (256
+# connections being opened at once) answered some calls 503 upstream_overloaded, by design.
+[service.circuit_breaker]
+max_requests = 8192
+max_pending = 8192
 [[service.instance]]
 name = "up-1"
 url = "http://127.0.0.1:$UP_PORT"
