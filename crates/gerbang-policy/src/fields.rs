@@ -283,19 +283,23 @@ fn write_str(out: &mut Vec<u8>, s: &str) -> Result<(), serde_json::Error> {
 }
 
 /// Starts an object member: the comma before all but the first, the key and the colon.
-fn member(out: &mut Vec<u8>, any: &mut bool, key: &Cow<'_, str>) -> Result<(), serde_json::Error> {
+/// `had_escapes`: the key was decoded from escape sequences; one that had none holds nothing
+/// that needs escaping (a JSON string cannot), so it is written as it was read.
+fn member(
+    out: &mut Vec<u8>,
+    any: &mut bool,
+    key: &str,
+    had_escapes: bool,
+) -> Result<(), serde_json::Error> {
     if std::mem::replace(any, true) {
         out.push(b',');
     }
-    match key {
-        // Borrowed: the key had no escape sequence in the input, and a JSON string without
-        // one holds nothing that needs escaping, so it is written as it was.
-        Cow::Borrowed(k) => {
-            out.push(b'"');
-            out.extend_from_slice(k.as_bytes());
-            out.push(b'"');
-        }
-        Cow::Owned(k) => write_str(out, k)?,
+    if had_escapes {
+        write_str(out, key)?;
+    } else {
+        out.push(b'"');
+        out.extend_from_slice(key.as_bytes());
+        out.push(b'"');
     }
     out.push(b':');
     Ok(())
@@ -350,12 +354,14 @@ impl<'de> Visitor<'de> for ObjectFilter<'_, '_> {
                 } => {}
                 Child::Masked { masks, .. } => {
                     if let Some(m) = masked(raw, &masks).map_err(de::Error::custom)? {
-                        member(out, &mut any, &key).map_err(de::Error::custom)?;
+                        member(out, &mut any, &key, matches!(key, Cow::Owned(_)))
+                            .map_err(de::Error::custom)?;
                         write_str(out, &m).map_err(de::Error::custom)?;
                     }
                 }
                 Child::Nested(below) => {
-                    member(out, &mut any, &key).map_err(de::Error::custom)?;
+                    member(out, &mut any, &key, matches!(key, Cow::Owned(_)))
+                        .map_err(de::Error::custom)?;
                     filter_raw(raw, &below, out).map_err(de::Error::custom)?;
                 }
             }

@@ -522,8 +522,8 @@ mod tests {
 
     fn ip() -> impl Strategy<Value = std::net::IpAddr> {
         prop_oneof![
-            any::<[u8; 4]>().prop_map(|o| std::net::IpAddr::from(o)),
-            any::<[u16; 8]>().prop_map(|s| std::net::IpAddr::from(s)),
+            any::<[u8; 4]>().prop_map(std::net::IpAddr::from),
+            any::<[u16; 8]>().prop_map(std::net::IpAddr::from),
             Just(std::net::IpAddr::from([
                 0u16, 0, 0, 0, 0, 0xffff, 0x7f00, 1
             ])),
