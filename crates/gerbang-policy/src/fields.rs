@@ -17,6 +17,8 @@
 //! provider wrote it. A differential property test holds the two to the same result.
 
 use std::borrow::Cow;
+use std::cell::Cell;
+use std::collections::HashSet;
 
 use serde::de::{self, DeserializeSeed, Deserializer as _, MapAccess, SeqAccess, Visitor};
 use serde_json::value::RawValue;
@@ -128,9 +130,10 @@ impl FieldRules {
     /// as the provider wrote it (its numbers exactly, its whitespace and escapes as they were,
     /// its object keys in their order). The whole input is still checked to be one JSON value:
     /// an error means it is not, and nothing of `out` may be used. Unlike parsing into a
-    /// [`Value`], a value no rule reaches is not checked for number range or nesting depth,
-    /// and an object's repeated key is kept (with every rule applied to each repetition)
-    /// rather than reduced to its last value.
+    /// [`Value`], a value no rule reaches is not checked for number range or nesting depth
+    /// (nor reduced to the last value of a repeated key). An object that a rule reaches and
+    /// that repeats a key is filtered as the reference does it, on the parsed document (with
+    /// the last value of the key).
     pub fn filter_json(&self, input: &[u8], out: &mut Vec<u8>) -> Result<(), serde_json::Error> {
         let text = std::str::from_utf8(input)
             .map_err(|e| <serde_json::Error as de::Error>::custom(format!("not UTF-8: {e}")))?;
@@ -144,7 +147,20 @@ impl FieldRules {
                 .map(|m| (m.path.steps.as_slice(), m.keep_first, m.keep_last))
                 .collect(),
         };
-        filter_text(text, &here, out)
+        let start = out.len();
+        let repeated = Cell::new(false);
+        match filter_text(text, &here, out, &repeated) {
+            // An object that a rule reaches repeats a key. A parser keeps one of its values
+            // (serde_json the last, others the first), so the document is filtered as the
+            // reference does: parsed, with the last value of each key.
+            Err(_) if repeated.get() => {
+                out.truncate(start);
+                let mut doc: Value = serde_json::from_str(text)?;
+                self.apply(&mut doc);
+                serde_json::to_writer(&mut *out, &doc)
+            }
+            result => result,
+        }
     }
 }
 
@@ -224,14 +240,29 @@ impl<'r> Here<'r> {
 }
 
 /// Filters the one JSON value in `text` (whitespace around it allowed) by `here` into `out`.
-fn filter_text(text: &str, here: &Here<'_>, out: &mut Vec<u8>) -> Result<(), serde_json::Error> {
+/// `repeated` is set when an object that a rule reaches repeats a key (the error is then not
+/// about the text being JSON).
+fn filter_text(
+    text: &str,
+    here: &Here<'_>,
+    out: &mut Vec<u8>,
+    repeated: &Cell<bool>,
+) -> Result<(), serde_json::Error> {
     let first = text
         .bytes()
         .find(|b| !matches!(b, b' ' | b'\t' | b'\n' | b'\r'));
     let mut de = serde_json::Deserializer::from_str(text);
     match first {
-        Some(b'{') if !here.passes() => de.deserialize_map(ObjectFilter { here, out })?,
-        Some(b'[') if !here.passes() => de.deserialize_seq(ArrayFilter { here, out })?,
+        Some(b'{') if !here.passes() => de.deserialize_map(ObjectFilter {
+            here,
+            out,
+            repeated,
+        })?,
+        Some(b'[') if !here.passes() => de.deserialize_seq(ArrayFilter {
+            here,
+            out,
+            repeated,
+        })?,
         _ => {
             let raw: &RawValue = serde::Deserialize::deserialize(&mut de)?;
             let scalar = !matches!(first, Some(b'{' | b'['));
@@ -248,10 +279,15 @@ fn filter_text(text: &str, here: &Here<'_>, out: &mut Vec<u8>) -> Result<(), ser
 
 /// Filters a value already read (and so already known to be JSON) by `here`: parsed again
 /// only when it is an object or array that a rule reaches.
-fn filter_raw(raw: &RawValue, here: &Here<'_>, out: &mut Vec<u8>) -> Result<(), serde_json::Error> {
+fn filter_raw(
+    raw: &RawValue,
+    here: &Here<'_>,
+    out: &mut Vec<u8>,
+    repeated: &Cell<bool>,
+) -> Result<(), serde_json::Error> {
     let text = raw.get();
     match text.as_bytes().first() {
-        Some(b'{' | b'[') if !here.passes() => return filter_text(text, here, out),
+        Some(b'{' | b'[') if !here.passes() => return filter_text(text, here, out, repeated),
         Some(b'{' | b'[') => {}
         // A scalar where the allow-list expects more structure: not allowed.
         _ if here.allow.is_some() => {
@@ -334,6 +370,33 @@ impl<'de> Visitor<'de> for Key {
 struct ObjectFilter<'a, 'r> {
     here: &'a Here<'r>,
     out: &'a mut Vec<u8>,
+    repeated: &'a Cell<bool>,
+}
+
+/// The keys of one object seen so far: a short list, a set once the object is large.
+#[derive(Default)]
+struct SeenKeys<'de> {
+    few: Vec<Cow<'de, str>>,
+    many: HashSet<Cow<'de, str>>,
+}
+
+impl<'de> SeenKeys<'de> {
+    /// Whether `key` was seen before; remembers it.
+    fn repeats(&mut self, key: Cow<'de, str>) -> bool {
+        const FEW: usize = 32;
+        if self.many.is_empty() {
+            if self.few.contains(&key) {
+                return true;
+            }
+            self.few.push(key);
+            if self.few.len() > FEW {
+                self.many.extend(self.few.drain(..));
+            }
+            false
+        } else {
+            !self.many.insert(key)
+        }
+    }
 }
 
 impl<'de> Visitor<'de> for ObjectFilter<'_, '_> {
@@ -345,7 +408,12 @@ impl<'de> Visitor<'de> for ObjectFilter<'_, '_> {
         let out = self.out;
         out.push(b'{');
         let mut any = false;
+        let mut seen = SeenKeys::default();
         while let Some(key) = map.next_key_seed(Key)? {
+            if seen.repeats(key.clone()) {
+                self.repeated.set(true);
+                return Err(de::Error::custom("an object repeats a key"));
+            }
             let raw: &'de RawValue = map.next_value()?;
             match self.here.child(|s| matches!(s, Step::Key(k) if *k == key)) {
                 Child::Drop
@@ -362,7 +430,7 @@ impl<'de> Visitor<'de> for ObjectFilter<'_, '_> {
                 Child::Nested(below) => {
                     member(out, &mut any, &key, matches!(key, Cow::Owned(_)))
                         .map_err(de::Error::custom)?;
-                    filter_raw(raw, &below, out).map_err(de::Error::custom)?;
+                    filter_raw(raw, &below, out, self.repeated).map_err(de::Error::custom)?;
                 }
             }
         }
@@ -374,6 +442,7 @@ impl<'de> Visitor<'de> for ObjectFilter<'_, '_> {
 struct ArrayFilter<'a, 'r> {
     here: &'a Here<'r>,
     out: &'a mut Vec<u8>,
+    repeated: &'a Cell<bool>,
 }
 
 impl<'de> Visitor<'de> for ArrayFilter<'_, '_> {
@@ -407,7 +476,7 @@ impl<'de> Visitor<'de> for ArrayFilter<'_, '_> {
                         out.push(b',');
                     }
                     any = true;
-                    filter_raw(raw, below, out).map_err(de::Error::custom)?;
+                    filter_raw(raw, below, out, self.repeated).map_err(de::Error::custom)?;
                 }
             }
         }
