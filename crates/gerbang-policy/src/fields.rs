@@ -252,26 +252,17 @@ fn filter_text(
         .bytes()
         .find(|b| !matches!(b, b' ' | b'\t' | b'\n' | b'\r'));
     let mut de = serde_json::Deserializer::from_str(text);
+    let walk = Walk {
+        here,
+        out,
+        repeated,
+    };
     match first {
-        Some(b'{') if !here.passes() => de.deserialize_map(ObjectFilter {
-            here,
-            out,
-            repeated,
-        })?,
-        Some(b'[') if !here.passes() => de.deserialize_seq(ArrayFilter {
-            here,
-            out,
-            repeated,
-        })?,
+        Some(b'{') if !here.passes() => de.deserialize_map(walk)?,
+        Some(b'[') if !here.passes() => de.deserialize_seq(walk)?,
         _ => {
             let raw: &RawValue = serde::Deserialize::deserialize(&mut de)?;
-            let scalar = !matches!(first, Some(b'{' | b'['));
-            if scalar && here.allow.is_some() {
-                // A scalar where the allow-list expects more structure: not allowed.
-                out.extend_from_slice(b"null");
-            } else {
-                out.extend_from_slice(raw.get().as_bytes());
-            }
+            filter_raw(raw, here, walk.out, repeated)?;
         }
     }
     de.end()
@@ -318,18 +309,23 @@ fn write_str(out: &mut Vec<u8>, s: &str) -> Result<(), serde_json::Error> {
     serde_json::to_writer(out, s)
 }
 
-/// Starts an object member: the comma before all but the first, the key and the colon.
-/// `had_escapes`: the key was decoded from escape sequences; one that had none holds nothing
-/// that needs escaping (a JSON string cannot), so it is written as it was read.
+/// The comma before every member or element but the first.
+fn separator(out: &mut Vec<u8>, any: &mut bool) {
+    if std::mem::replace(any, true) {
+        out.push(b',');
+    }
+}
+
+/// Starts an object member: the separator, the key and the colon. `had_escapes`: the key was
+/// decoded from escape sequences; one that had none holds nothing that needs escaping (a JSON
+/// string cannot), so it is written as it was read.
 fn member(
     out: &mut Vec<u8>,
     any: &mut bool,
     key: &str,
     had_escapes: bool,
 ) -> Result<(), serde_json::Error> {
-    if std::mem::replace(any, true) {
-        out.push(b',');
-    }
+    separator(out, any);
     if had_escapes {
         write_str(out, key)?;
     } else {
@@ -367,12 +363,6 @@ impl<'de> Visitor<'de> for Key {
     }
 }
 
-struct ObjectFilter<'a, 'r> {
-    here: &'a Here<'r>,
-    out: &'a mut Vec<u8>,
-    repeated: &'a Cell<bool>,
-}
-
 /// The keys of one object seen so far: a short list, a set once the object is large.
 #[derive(Default)]
 struct SeenKeys<'de> {
@@ -399,14 +389,50 @@ impl<'de> SeenKeys<'de> {
     }
 }
 
-impl<'de> Visitor<'de> for ObjectFilter<'_, '_> {
+/// Walks an object or array that a rule reaches, writing what the rules leave of it.
+struct Walk<'a, 'r> {
+    here: &'a Here<'r>,
+    out: &'a mut Vec<u8>,
+    repeated: &'a Cell<bool>,
+}
+
+impl Walk<'_, '_> {
+    /// What becomes of one member or element: nothing, its masked text, or it filtered
+    /// further. `start` writes what comes before it (separator, key) when something is kept.
+    fn child(
+        &mut self,
+        child: &Child<'_>,
+        raw: &RawValue,
+        start: impl FnOnce(&mut Vec<u8>) -> Result<(), serde_json::Error>,
+    ) -> Result<(), serde_json::Error> {
+        match child {
+            Child::Drop
+            | Child::Masked {
+                restricted: true, ..
+            } => {}
+            Child::Masked { masks, .. } => {
+                if let Some(m) = masked(raw, masks)? {
+                    start(self.out)?;
+                    write_str(self.out, &m)?;
+                }
+            }
+            Child::Nested(below) => {
+                start(self.out)?;
+                filter_raw(raw, below, self.out, self.repeated)?;
+            }
+        }
+        Ok(())
+    }
+}
+
+impl<'de> Visitor<'de> for Walk<'_, '_> {
     type Value = ();
     fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
-        f.write_str("a JSON object")
+        f.write_str("a JSON object or array")
     }
-    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<(), A::Error> {
-        let out = self.out;
-        out.push(b'{');
+
+    fn visit_map<A: MapAccess<'de>>(mut self, mut map: A) -> Result<(), A::Error> {
+        self.out.push(b'{');
         let mut any = false;
         let mut seen = SeenKeys::default();
         while let Some(key) = map.next_key_seed(Key)? {
@@ -415,72 +441,29 @@ impl<'de> Visitor<'de> for ObjectFilter<'_, '_> {
                 return Err(de::Error::custom("an object repeats a key"));
             }
             let raw: &'de RawValue = map.next_value()?;
-            match self.here.child(|s| matches!(s, Step::Key(k) if *k == key)) {
-                Child::Drop
-                | Child::Masked {
-                    restricted: true, ..
-                } => {}
-                Child::Masked { masks, .. } => {
-                    if let Some(m) = masked(raw, &masks).map_err(de::Error::custom)? {
-                        member(out, &mut any, &key, matches!(key, Cow::Owned(_)))
-                            .map_err(de::Error::custom)?;
-                        write_str(out, &m).map_err(de::Error::custom)?;
-                    }
-                }
-                Child::Nested(below) => {
-                    member(out, &mut any, &key, matches!(key, Cow::Owned(_)))
-                        .map_err(de::Error::custom)?;
-                    filter_raw(raw, &below, out, self.repeated).map_err(de::Error::custom)?;
-                }
-            }
+            let child = self.here.child(|s| matches!(s, Step::Key(k) if *k == key));
+            self.child(&child, raw, |out| {
+                member(out, &mut any, &key, matches!(key, Cow::Owned(_)))
+            })
+            .map_err(de::Error::custom)?;
         }
-        out.push(b'}');
+        self.out.push(b'}');
         Ok(())
     }
-}
 
-struct ArrayFilter<'a, 'r> {
-    here: &'a Here<'r>,
-    out: &'a mut Vec<u8>,
-    repeated: &'a Cell<bool>,
-}
-
-impl<'de> Visitor<'de> for ArrayFilter<'_, '_> {
-    type Value = ();
-    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
-        f.write_str("a JSON array")
-    }
-    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<(), A::Error> {
-        let out = self.out;
+    fn visit_seq<A: SeqAccess<'de>>(mut self, mut seq: A) -> Result<(), A::Error> {
         let child = self.here.child(|s| matches!(s, Step::AnyIndex));
-        out.push(b'[');
+        self.out.push(b'[');
         let mut any = false;
         // Every element is read, also those dropped: the rest of the input must be JSON too.
         while let Some(raw) = seq.next_element::<&'de RawValue>()? {
-            match &child {
-                Child::Drop
-                | Child::Masked {
-                    restricted: true, ..
-                } => {}
-                Child::Masked { masks, .. } => {
-                    if let Some(m) = masked(raw, masks).map_err(de::Error::custom)? {
-                        if any {
-                            out.push(b',');
-                        }
-                        any = true;
-                        write_str(out, &m).map_err(de::Error::custom)?;
-                    }
-                }
-                Child::Nested(below) => {
-                    if any {
-                        out.push(b',');
-                    }
-                    any = true;
-                    filter_raw(raw, below, out, self.repeated).map_err(de::Error::custom)?;
-                }
-            }
+            self.child(&child, raw, |out| {
+                separator(out, &mut any);
+                Ok(())
+            })
+            .map_err(de::Error::custom)?;
         }
-        out.push(b']');
+        self.out.push(b']');
         Ok(())
     }
 }
