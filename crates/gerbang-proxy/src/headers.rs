@@ -275,26 +275,27 @@ pub fn set_forwarding(
 ) {
     // Room for the forwarding headers and the request id: one growth instead of several.
     headers.reserve(4);
-    let ip = format_ip(client_ip);
+    let mut ip = Vec::with_capacity(15);
+    push_ip(&mut ip, client_ip);
     // Every X-Forwarded-For line the client sent is kept, in order (a list may span lines).
-    let mut xff = String::new();
+    let mut xff = Vec::new();
     for v in headers.get_all(&X_FORWARDED_FOR) {
         if let Ok(s) = v.to_str() {
             let s = s.trim();
             if !s.is_empty() {
-                xff.push_str(s);
-                xff.push_str(", ");
+                xff.extend_from_slice(s.as_bytes());
+                xff.extend_from_slice(b", ");
             }
         }
     }
     let value = if xff.is_empty() {
-        HeaderValue::from_str(&ip)
+        HeaderValue::from_bytes(&ip)
     } else {
         headers.remove(&X_FORWARDED_FOR);
-        xff.push_str(&ip);
-        HeaderValue::from_str(&xff)
+        xff.extend_from_slice(&ip);
+        HeaderValue::from_bytes(&xff)
     };
-    if let Ok(v) = value.or_else(|_| HeaderValue::from_str(&ip)) {
+    if let Ok(v) = value.or_else(|_| HeaderValue::from_bytes(&ip)) {
         headers.insert(X_FORWARDED_FOR.clone(), v);
     }
     headers.insert(X_FORWARDED_PROTO.clone(), HeaderValue::from_static(proto));
@@ -308,27 +309,29 @@ pub fn set_forwarding(
     }
 }
 
-/// The textual form of an address; IPv4 without the formatting machinery (it runs per request).
-fn format_ip(ip: IpAddr) -> String {
+/// Appends the textual form of an address; IPv4 without the formatting machinery (it runs
+/// per request: the forwarding header, the audit record).
+pub(crate) fn push_ip(out: &mut Vec<u8>, ip: IpAddr) {
     match ip {
         IpAddr::V4(v4) => {
-            let mut out = String::with_capacity(15);
-            for (i, octet) in v4.octets().iter().enumerate() {
+            for (i, o) in v4.octets().into_iter().enumerate() {
                 if i > 0 {
-                    out.push('.');
+                    out.push(b'.');
                 }
-                let o = *octet;
                 if o >= 100 {
-                    out.push(char::from(b'0' + o / 100));
+                    out.push(b'0' + o / 100);
                 }
                 if o >= 10 {
-                    out.push(char::from(b'0' + (o / 10) % 10));
+                    out.push(b'0' + (o / 10) % 10);
                 }
-                out.push(char::from(b'0' + o % 10));
+                out.push(b'0' + o % 10);
             }
-            out
         }
-        IpAddr::V6(_) => ip.to_string(),
+        IpAddr::V6(_) => {
+            use std::io::Write as _;
+            // Writing to a Vec cannot fail.
+            let _ = write!(out, "{ip}");
+        }
     }
 }
 
@@ -579,7 +582,9 @@ mod tests {
             "2001:db8::7",
         ] {
             let ip: IpAddr = ip.parse().unwrap();
-            assert_eq!(format_ip(ip), ip.to_string());
+            let mut out = Vec::new();
+            push_ip(&mut out, ip);
+            assert_eq!(String::from_utf8(out).unwrap(), ip.to_string());
         }
     }
 

@@ -401,21 +401,8 @@ fn write_call_record(out: &mut Vec<u8>, r: &CallRecord<'_>) {
     out.extend_from_slice(b",\"purpose\":");
     json_opt_str(out, r.purpose);
     out.extend_from_slice(b",\"client\":\"");
-    match r.client {
-        std::net::IpAddr::V4(v4) => {
-            for (i, octet) in v4.octets().into_iter().enumerate() {
-                if i > 0 {
-                    out.push(b'.');
-                }
-                out.extend_from_slice(ints.format(octet).as_bytes());
-            }
-        }
-        // Display of an address has nothing to escape.
-        v6 => {
-            use std::io::Write as _;
-            let _ = write!(out, "{v6}");
-        }
-    }
+    // The text of an address has nothing to escape.
+    crate::headers::push_ip(out, r.client);
     out.extend_from_slice(b"\",\"bytes_in\":");
     out.extend_from_slice(ints.format(r.bytes_in).as_bytes());
     out.extend_from_slice(b",\"bytes_out\":");
