@@ -153,13 +153,7 @@ pub async fn serve<H: Handler>(
                 tokio::spawn(async move {
                     let _permit = permit;
                     let _open = open;
-                    let io = TokioIo::new(FramingGuard::new(stream, max_head));
-                    let result = watcher
-                        .watch(builder.serve_connection(io, boxed_service(handler, conn)))
-                        .await;
-                    if let Err(e) = result {
-                        tracing::debug!(%remote, error = %e, "connection ended with an error");
-                    }
+                    serve_stream(stream, max_head, &builder, watcher, handler, conn).await;
                 });
             }
             Some(acceptor) => {
@@ -191,13 +185,7 @@ pub async fn serve<H: Handler>(
                         client_cert,
                         ..conn
                     };
-                    let io = TokioIo::new(FramingGuard::new(tls, max_head));
-                    let result = watcher
-                        .watch(builder.serve_connection(io, boxed_service(handler, conn)))
-                        .await;
-                    if let Err(e) = result {
-                        tracing::debug!(%remote, error = %e, "connection ended with an error");
-                    }
+                    serve_stream(tls, max_head, &builder, watcher, handler, conn).await;
                 });
             }
         }
@@ -209,6 +197,29 @@ pub async fn serve<H: Handler>(
             tracing::warn!(grace = ?settings.shutdown_grace, "shutdown grace period over; closing remaining connections");
             ShutdownOutcome::DeadlineExceeded
         }
+    }
+}
+
+/// Serves HTTP on one accepted (and, with TLS, handshaken) stream behind the framing guard
+/// until the connection ends.
+async fn serve_stream<T, H>(
+    stream: T,
+    max_head: usize,
+    builder: &auto::Builder<TokioExecutor>,
+    watcher: hyper_util::server::graceful::Watcher,
+    handler: Arc<H>,
+    conn: ConnInfo,
+) where
+    T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+    H: Handler,
+{
+    let remote = conn.remote;
+    let io = TokioIo::new(FramingGuard::new(stream, max_head));
+    let result = watcher
+        .watch(builder.serve_connection(io, boxed_service(handler, conn)))
+        .await;
+    if let Err(e) = result {
+        tracing::debug!(%remote, error = %e, "connection ended with an error");
     }
 }
 
