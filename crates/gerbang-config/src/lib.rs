@@ -1381,7 +1381,6 @@ fn read_file(path: &Path, file: &Path, key: &str, problems: &mut Problems) -> Op
 /// several fields of every agreement; parsing the file again for each of them made a file of
 /// 10,000 agreements take minutes to validate (quadratic in the file's size).
 pub(crate) struct Located<'a> {
-    text: &'a str,
     doc: Option<toml_edit::Document<&'a str>>,
     /// Byte offset of every `\n` in the text, in order.
     newlines: Vec<usize>,
@@ -1390,7 +1389,6 @@ pub(crate) struct Located<'a> {
 impl<'a> Located<'a> {
     pub(crate) fn new(text: &'a str) -> Self {
         Located {
-            text,
             doc: toml_edit::Document::parse(text).ok(),
             newlines: newline_offsets(text),
         }
@@ -1452,7 +1450,7 @@ impl<'a> Located<'a> {
                 at = span.map(|s| s.start).or(at);
             }
         }
-        at.map(|pos| self.line_at(pos.min(self.text.len())))
+        at.map(|pos| self.line_at(pos))
     }
 }
 

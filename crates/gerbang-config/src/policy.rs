@@ -446,15 +446,11 @@ pub(super) fn load_agreements(
                     || ay.endpoints.is_empty()
                     || ax.endpoints.iter().any(|e| ay.endpoints.contains(e));
                 if same_consumer && endpoints_overlap {
-                    warnings.push(
-                    py,
-                    ky.as_str(),
-                    format!(
+                    let message = format!(
                         "`{}` overlaps `{}` ({at_x}) for the same consumer and endpoint; the one with the smaller id is tried first",
-                        ay.id,
-                        ax.id,
-                    ),
-                );
+                        ay.id, ax.id,
+                    );
+                    warnings.push(py, ky.as_str(), message);
                 }
             }
         }
