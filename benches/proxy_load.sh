@@ -32,10 +32,11 @@
 # one run count: the machine is shared and noisy.
 #
 # Environment: ROUNDS=5 DURATION=10s WARMUP=3s CONNS=64 WRK_THREADS=1 BASE_PORT=18200
-#   LOADGEN_CPU=1 SERVER_CPU=0 HAPROXY=1 VARIANTS="bare full masked limited redis"
+#   LOADGEN_CPU=1 SERVER_CPU=0 UPSTREAM_CPU=$SERVER_CPU HAPROXY=1 VARIANTS="bare full masked limited redis"
 #   TARGETS="nginx gerbang-full" (measure a subset of what started) CSV_OUT=file
 #   KEEP=1 (keep the work directory: configs, logs, raw wrk output).
-#   PERF=1: instead of the rounds, a perf profile of each Gerbang target under load
+#   PERF=1: instead of the rounds, context switches per request of every target (voluntary and
+#   involuntary), then a perf profile of nginx's worker and each Gerbang target under load
 #   (PERF_SECONDS, default 10; PERF_TOP symbols, default 40).
 #   IDLE=N: instead of the rounds, N idle keep-alive connections to each target in turn (one
 #   request on each, then held open): the RSS they add (benches/idle_conns.py).
@@ -85,9 +86,13 @@ for p in $(seq "$BASE_PORT" $((BASE_PORT + 40))); do
 done
 if (( $(nproc) >= 2 )); then
   LOADGEN="taskset -c $LOADGEN_CPU"; SERVER="taskset -c $SERVER_CPU"
-  note "pinning: wrk -> CPU $LOADGEN_CPU; upstream and proxies -> CPU $SERVER_CPU"
+  UPSTREAM="taskset -c ${UPSTREAM_CPU:-$SERVER_CPU}"
+  # Diagnostic only (changes the reference's conditions too): UPSTREAM_BATCH=1 runs the
+  # upstream under SCHED_BATCH, so its wake-ups do not preempt the proxy on the shared CPU.
+  [[ ${UPSTREAM_BATCH:-0} == 1 ]] && UPSTREAM="chrt -b 0 $UPSTREAM"
+  note "pinning: wrk -> CPU $LOADGEN_CPU; proxies -> CPU $SERVER_CPU; upstream -> CPU ${UPSTREAM_CPU:-$SERVER_CPU}"
 else
-  LOADGEN=""; SERVER=""; note "one CPU: no pinning"
+  LOADGEN=""; SERVER=""; UPSTREAM=""; note "one CPU: no pinning"
 fi
 
 WORK=$(mktemp -d "${TMPDIR:-/tmp}/proxy_load.XXXXXX")
@@ -136,7 +141,9 @@ $2
   }
 }
 EOF
-  $SERVER "$NGINX" -p "$d" -e "$d/error.log" -c "$d/nginx.conf" -g 'daemon off;' >"$d/out.log" 2>&1 &
+  local pin=$SERVER
+  [[ $1 == upstream ]] && pin=$UPSTREAM
+  $pin "$NGINX" -p "$d" -e "$d/error.log" -c "$d/nginx.conf" -g 'daemon off;' >"$d/out.log" 2>&1 &
   echo $!
 }
 UP_PID=$(nginx_start upstream "    listen 127.0.0.1:$UP_PORT;
@@ -338,24 +345,25 @@ for n in "${NAMES[@]}"; do
 done
 
 # ---------------------------------------------------------------- measuring
-cpu_ticks() {  # utime+stime (clock ticks) of a process and its descendants (nginx's worker)
-  local total=0 p s f
+cpu_ticks() {  # "utime stime" (clock ticks) of a process and its descendants (nginx's worker)
+  local user=0 sys=0 p s f
   for p in $(ps -e -o pid=,ppid= | awk -v r="$1" '{par[$1]=$2} END { for (p in par) { q=p; n=0; while (q != r && (q in par) && q > 1 && n++ < 64) q=par[q]; if (q == r) print p } }'); do
     s=$(cat "/proc/$p/stat" 2>/dev/null) || continue
     s=${s##*) }; read -r -a f <<<"$s"
-    total=$(( total + f[11] + f[12] ))
+    user=$(( user + f[11] )); sys=$(( sys + f[12] ))
   done
-  echo "$total"
+  echo "$user $sys"
 }
 CLK=$(getconf CLK_TCK)
 ms() { awk -v v="$1" 'BEGIN{ n=v+0; u=v; sub(/^[0-9.]+/,"",u); if(u=="us")n/=1000; else if(u=="s")n*=1000; printf "%.3f", n }'; }
 RESULTS=${CSV_OUT:-$WORK/results.tsv}; : >"$RESULTS"
 run() {  # $1 = round (or warmup), $2 = target index
-  local round=$1 i=$2 dur=$DURATION c0 c1 t0 t1 out="$WORK/wrk.$1.${NAMES[$2]}"
+  local round=$1 i=$2 dur=$DURATION c0 c1 u0 s0 u1 s1 t0 t1 out="$WORK/wrk.$1.${NAMES[$2]}"
   [[ $round == warmup ]] && dur=$WARMUP
-  c0=$(cpu_ticks "${TPIDS[$i]}"); t0=$(date +%s.%N)
+  read -r u0 s0 <<<"$(cpu_ticks "${TPIDS[$i]}")"; t0=$(date +%s.%N)
   $LOADGEN wrk -t"$WRK_THREADS" -c"$CONNS" -d"$dur" --latency -H "$AUTH_HEADER" "${URLS[$i]}" >"$out" 2>&1 || die "wrk failed: $(cat "$out")"
-  t1=$(date +%s.%N); c1=$(cpu_ticks "${TPIDS[$i]}")
+  t1=$(date +%s.%N); read -r u1 s1 <<<"$(cpu_ticks "${TPIDS[$i]}")"
+  c0=$(( u0 + s0 )); c1=$(( u1 + s1 ))
   [[ $round == warmup ]] && return
   local rps p50 p99 req errs cpu wall
   rps=$(awk '/^Requests\/sec:/{print $2}' "$out")
@@ -364,7 +372,10 @@ run() {  # $1 = round (or warmup), $2 = target index
   errs=$(awk '/Non-2xx/{n+=$NF} /Socket errors/{gsub(",",""); n+=$4+$6+$8+$10} END{print n+0}' "$out")
   cpu=$(awk -v a="$c0" -v b="$c1" -v t="$CLK" 'BEGIN{printf "%.2f", (b-a)/t}')
   wall=$(awk -v a="$t0" -v b="$t1" 'BEGIN{printf "%.2f", b-a}')
-  printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$round" "${NAMES[$i]}" "$rps" "$p50" "$p99" "$req" "$cpu" "$wall" "$errs" >>"$RESULTS"
+  local usr sys
+  usr=$(awk -v a="$u0" -v b="$u1" -v t="$CLK" 'BEGIN{printf "%.2f", (b-a)/t}')
+  sys=$(awk -v a="$s0" -v b="$s1" -v t="$CLK" 'BEGIN{printf "%.2f", (b-a)/t}')
+  printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$round" "${NAMES[$i]}" "$rps" "$p50" "$p99" "$req" "$cpu" "$wall" "$errs" "$usr" "$sys" >>"$RESULTS"
   note "round $round $(printf '%-15s' "${NAMES[$i]}") rps=$rps p50=${p50}ms p99=${p99}ms cpu_s=$cpu errors=$errs"
   (( errs == 0 )) || note "round $round ${NAMES[$i]}: $errs errors (non-2xx or socket): its figures are not comparable"
 }
@@ -392,33 +403,43 @@ if [[ ${PERF:-0} == 1 ]]; then
   # machine has no hardware counters) of each Gerbang target while wrk drives it; the top of
   # a flat profile by shared object and symbol, kernel included.
   command -v perf >/dev/null || die "PERF=1 needs perf: apt-get install linux-perf"
-  echo "| target | requests | context switches per request (every thread of the process) |"
-  echo "| --- | ---: | ---: |"
+  # Voluntary (the thread blocked: nothing to do) and involuntary (preempted) switches, summed
+  # over the process's threads, from /proc.
+  switches() {
+    cat /proc/"$1"/task/*/status 2>/dev/null | awk '/^voluntary_ctxt/{v+=$2} /^nonvoluntary_ctxt/{n+=$2} END{print v+0, n+0}'
+  }
+  echo "| target | requests | context switches per request (every thread of the process) | voluntary / involuntary per request |"
+  echo "| --- | ---: | ---: | ---: |"
   for i in "${!NAMES[@]}"; do
     pid=${TPIDS[$i]}; out="$WORK/perfstat.${NAMES[$i]}"
     # nginx's master does nothing: its worker (the child) serves.
     [[ ${NAMES[$i]} == gerbang-* ]] || pid=$(pgrep -P "$pid" | head -1)
     $LOADGEN wrk -t1 -c"$CONNS" -d3s -H "$AUTH_HEADER" "${URLS[$i]}" >/dev/null 2>&1
+    v0=$(switches "$pid")
     perf stat --per-thread -e context-switches -p "$pid" -o "$out" -- sleep 5 >/dev/null 2>&1 &
     rec=$!
     $LOADGEN wrk -t1 -c"$CONNS" -d5s -H "$AUTH_HEADER" "${URLS[$i]}" >"$out.wrk" 2>&1 || true
     wait "$rec" || true
+    v1=$(switches "$pid")
     n=$(awk '/ requests in /{print $1}' "$out.wrk")
     cs=$(awk '/context-switches/{gsub(",","",$2); s+=$2} END{print s+0}' "$out")
-    printf '| %s | %s | %.2f |\n' "${NAMES[$i]}" "$n" "$(awk -v a="$cs" -v b="$n" 'BEGIN{print (b>0?a/b:0)}')"
+    printf '| %s | %s | %.2f | %s |\n' "${NAMES[$i]}" "$n" "$(awk -v a="$cs" -v b="$n" 'BEGIN{print (b>0?a/b:0)}')" \
+      "$(awk -v a="$v0" -v b="$v1" -v n="$n" 'BEGIN{split(a,x," "); split(b,y," "); if (n>0) printf "%.2f / %.2f", (y[1]-x[1])/n, (y[2]-x[2])/n}')"
   done
   for i in "${!NAMES[@]}"; do
-    [[ ${NAMES[$i]} == gerbang-* ]] || continue
+    [[ ${NAMES[$i]} == gerbang-* || ${NAMES[$i]} == nginx ]] || continue
     pid=${TPIDS[$i]}; data="$WORK/perf.${NAMES[$i]}.data"
+    [[ ${NAMES[$i]} == gerbang-* ]] || pid=$(pgrep -P "$pid" | head -1)
     perf record -q -e cpu-clock -F 4999 -p "$pid" -o "$data" -- sleep "${PERF_SECONDS:-10}" >/dev/null 2>&1 &
     rec=$!
-    $LOADGEN wrk -t1 -c"$CONNS" -d"${PERF_SECONDS:-10}s" -H "$AUTH_HEADER" "${URLS[$i]}" >/dev/null 2>&1 || true
+    $LOADGEN wrk -t1 -c"$CONNS" -d"${PERF_SECONDS:-10}s" -H "$AUTH_HEADER" "${URLS[$i]}" >"$data.wrk" 2>&1 || true
     wait "$rec" || true
+    n=$(awk '/ requests in /{print $1}' "$data.wrk")
     echo
-    echo "## ${NAMES[$i]}: by object"
-    perf report -i "$data" --no-children --sort dso --stdio 2>/dev/null | grep -E '^ +[0-9]' | head -8
+    echo "## ${NAMES[$i]}: by object ($n requests; samples at 4999 Hz, so 1 sample = 200 µs of CPU)"
+    perf report -i "$data" -n --no-children --sort dso --stdio 2>/dev/null | grep -E '^ +[0-9]' | head -8 || true
     echo "## ${NAMES[$i]}: top symbols"
-    perf report -i "$data" --no-children --sort dso,symbol --stdio 2>/dev/null | grep -E '^ +[0-9]' | head -${PERF_TOP:-40}
+    perf report -i "$data" -n --no-children --sort dso,symbol --stdio 2>/dev/null | grep -E '^ +[0-9]' | head -${PERF_TOP:-40} || true
   done
   exit 0
 fi
@@ -457,15 +478,17 @@ function median(s,  a,n,i,j,t){ n=split(s,a," "); for(i=2;i<=n;i++){t=a[i]; for(
 function mn(s,a,n,i,m){n=split(s,a," ");m=a[1];for(i=2;i<=n;i++)if(a[i]+0<m+0)m=a[i];return m}
 function mx(s,a,n,i,m){n=split(s,a," ");m=a[1];for(i=2;i<=n;i++)if(a[i]+0>m+0)m=a[i];return m}
 { rps[$2]=rps[$2]" "$3; p50[$2]=p50[$2]" "$4; p99[$2]=p99[$2]" "$5
-  eff[$2]=eff[$2]" "($7>0?$6/$7:0); cpu[$2]=cpu[$2]" "(100*$7/$8); err[$2]+=$9 }
+  eff[$2]=eff[$2]" "($7>0?$6/$7:0); cpu[$2]=cpu[$2]" "(100*$7/$8); err[$2]+=$9
+  us[$2]=us[$2]" "($6>0?1e6*$10/$6:0); ks[$2]=ks[$2]" "($6>0?1e6*$11/$6:0) }
 END {
   n=split(order,names,","); hasref=("nginx" in rps)
   if (hasref) { R=median(rps["nginx"]); E=median(eff["nginx"]); P=median(p99["nginx"]) }
-  print "| target | RPS | spread | p50 ms | p99 ms | CPU% | req/CPU-s | RPS / nginx | req/CPU-s / nginx | p99 / nginx | errors |"
-  print "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"
+  print "| target | RPS | spread | p50 ms | p99 ms | CPU% | req/CPU-s | RPS / nginx | req/CPU-s / nginx | p99 / nginx | user µs/req | kernel µs/req | errors |"
+  print "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"
   for(k=1;k<=n;k++){ t=names[k]; if(!(t in rps)) continue; m=median(rps[t]); sp=m>0?100*(mx(rps[t])-mn(rps[t]))/m:0
     r1=hasref?sprintf("%.3f",m/R):"-"; r2=hasref?sprintf("%.3f",median(eff[t])/E):"-"; r3=hasref?sprintf("%.3f",median(p99[t])/P):"-"
-    printf "| %s | %.0f | %.0f%% | %.2f | %.2f | %.0f | %.0f | %s | %s | %s | %d |\n",t,m,sp,median(p50[t]),median(p99[t]),median(cpu[t]),median(eff[t]),r1,r2,r3,err[t] }
+    printf "| %s | %.0f | %.0f%% | %.2f | %.2f | %.0f | %.0f | %s | %s | %s | %.1f | %.1f | %d |\n",t,m,sp,median(p50[t]),median(p99[t]),median(cpu[t]),median(eff[t]),r1,r2,r3,median(us[t]),median(ks[t]),err[t] }
 }' "$RESULTS"
 echo
-echo "req/CPU-s = requests per CPU-second of the target's own processes (upstream excluded); ratios are to nginx in this run."
+echo "req/CPU-s = requests per CPU-second of the target's own processes (upstream excluded); ratios are to nginx in this run;"
+echo "user / kernel µs per request: the same CPU time split into user and system time (clock ticks, so +-1 tick per round)."
