@@ -99,12 +99,28 @@ pub struct Snapshot {
     pub(crate) pools: Vec<Vec<Option<Arc<InstancePool>>>>,
     /// Identity headers per (application, service), valid for this snapshot's authenticator.
     pub(crate) identities: IdentityCache,
+    /// Per service, indexed by [`Service::index`]: its metric series, resolved at its first
+    /// call (resolving them all up front would expose series for services never called).
+    pub(crate) service_metrics: Vec<std::sync::OnceLock<Arc<crate::metrics::ServiceMetrics>>>,
     /// Agreements and declared endpoints.
     pub policy: Arc<gerbang_policy::PolicySet>,
     /// Rate limits and quotas of the agreements.
     pub(crate) limits: gerbang_policy::limits::Limits,
     /// Limits, header stripping and assertions in force.
     pub settings: Reloadable,
+}
+
+impl Snapshot {
+    /// The metric series of `service`, resolved at its first call in this snapshot.
+    pub(crate) fn service_metrics(
+        &self,
+        metrics: &crate::metrics::Metrics,
+        service: &gerbang_registry::Service,
+    ) -> Option<&Arc<crate::metrics::ServiceMetrics>> {
+        self.service_metrics
+            .get(service.index)
+            .map(|slot| slot.get_or_init(|| Arc::new(metrics.for_service(service.full_id()))))
+    }
 }
 
 /// The data plane's request handler.
@@ -234,6 +250,7 @@ impl Gateway {
             clients: current.clients.clone(),
             pools: current.pools.clone(),
             identities: IdentityCache::default(),
+            service_metrics: current.service_metrics.clone(),
             policy: Arc::clone(&current.policy),
             limits,
             settings: current.settings.clone(),
@@ -408,8 +425,13 @@ impl Gateway {
             (!http_body::Body::is_end_stream(&incoming)).then(|| Arc::new(BodyWatch::default()));
         call.body = watch.clone();
         let mut body = RequestBody::new(incoming, body_limit, watch.clone());
+        // The service's series, resolved once per snapshot; they exist from its first
+        // forwarded call on, as before.
         if let Some(m) = &self.metrics {
-            body = body.counted(m.received_bytes.with_label_values(&[service.full_id()]));
+            call.service_metrics = snapshot.service_metrics(m, service).cloned();
+        }
+        if let Some(m) = &call.service_metrics {
+            body = body.counted(m.received_bytes.clone());
         }
         body.settle_declared_empty()
             .await
@@ -459,12 +481,13 @@ impl Gateway {
         framing_error: bool,
         result: Result<Response<ResponseBody>, GatewayError>,
     ) -> Response<ResponseBody> {
-        let sent = self.metrics.as_ref().map(|m| {
-            m.sent_bytes.with_label_values(&[call
+        let sent = self.metrics.as_ref().map(|m| match &call.service_metrics {
+            Some(s) => s.sent_bytes.clone(),
+            None => m.sent_bytes.with_label_values(&[call
                 .service
                 .as_deref()
                 .or(call.issuer_endpoint)
-                .unwrap_or("unknown")])
+                .unwrap_or("unknown")]),
         });
         match result {
             Ok(mut res) => {
@@ -558,12 +581,18 @@ fn build_snapshot(
                 .collect()
         })
         .collect();
+    let service_metrics = registry
+        .services()
+        .iter()
+        .map(|_| std::sync::OnceLock::new())
+        .collect();
     Snapshot {
         registry: Arc::new(registry),
         auth,
         clients,
         pools,
         identities: IdentityCache::default(),
+        service_metrics,
         settings,
         limits: gerbang_policy::limits::Limits::with_share(&policy, Arc::clone(quotas), share),
         policy: Arc::new(policy),

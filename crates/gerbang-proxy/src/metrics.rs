@@ -10,7 +10,7 @@
 //! fetches of the auth crate, instance health) is read when `/metrics` is scraped, by the
 //! refresh hooks that the wiring registers with [`Metrics::on_scrape`].
 
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 
 use prometheus::core::Collector;
 use prometheus::{
@@ -78,9 +78,44 @@ pub struct Metrics {
     pub credential_expiry: GaugeVec,
     pub upstream_instance_healthy: IntGaugeVec,
     build: IntGaugeVec,
+    /// `gerbang_policy_decisions_total{decision="allow",reason="none"}`, resolved once: the
+    /// series of every allowed call.
+    pub allowed: IntCounter,
+    /// `gerbang_audit_records_total{result="written"}` and `{result="failed"}`, resolved once.
+    pub audit_written: IntCounter,
+    pub audit_failed: IntCounter,
     hooks: Mutex<Vec<Hook>>,
     /// Whether per-application labels are on (off for very large registries).
     pub per_application: bool,
+}
+
+/// The series of one service, resolved once per configuration snapshot and kept in its
+/// per-service table: a label lookup hashes the values and takes a lock, and every forwarded
+/// call moved four of these series.
+pub struct ServiceMetrics {
+    /// `gerbang_request_duration_seconds{service}`.
+    pub duration: Histogram,
+    /// `gerbang_upstream_duration_seconds{service}`, from the service's first upstream
+    /// response on (a service whose connects all fail has no response time).
+    upstream_duration: OnceLock<Histogram>,
+    full_id: String,
+    /// `gerbang_received_bytes_total{service}`.
+    pub received_bytes: IntCounter,
+    /// `gerbang_sent_bytes_total{service}`.
+    pub sent_bytes: IntCounter,
+}
+
+impl ServiceMetrics {
+    /// Records the time to an upstream response head.
+    pub fn observe_upstream(&self, metrics: &Metrics, elapsed: std::time::Duration) {
+        self.upstream_duration
+            .get_or_init(|| {
+                metrics
+                    .upstream_duration
+                    .with_label_values(&[&self.full_id])
+            })
+            .observe(elapsed.as_secs_f64());
+    }
 }
 
 /// Why metrics could not be set up (a programming error: names are fixed).
@@ -336,7 +371,9 @@ impl Metrics {
         for reason in gerbang_auth::authn::AuthFailure::reasons() {
             auth_failures.with_label_values(&[reason]);
         }
-        policy_decisions.with_label_values(&["allow", "none"]);
+        let allowed = policy_decisions.with_label_values(&["allow", "none"]);
+        let audit_written = audit_records.with_label_values(&["written"]);
+        let audit_failed = audit_records.with_label_values(&["failed"]);
         for reason in gerbang_policy::Reason::ALL {
             policy_decisions.with_label_values(&["deny", reason.as_str()]);
         }
@@ -373,9 +410,32 @@ impl Metrics {
             credential_expiry,
             upstream_instance_healthy,
             build,
+            allowed,
+            audit_written,
+            audit_failed,
             hooks: Mutex::new(Vec::new()),
             per_application,
         }))
+    }
+
+    /// The series of the service `full_id` (each created at 0 if new).
+    pub fn for_service(&self, full_id: &str) -> ServiceMetrics {
+        ServiceMetrics {
+            duration: self.duration.with_label_values(&[full_id]),
+            upstream_duration: OnceLock::new(),
+            full_id: full_id.to_owned(),
+            received_bytes: self.received_bytes.with_label_values(&[full_id]),
+            sent_bytes: self.sent_bytes.with_label_values(&[full_id]),
+        }
+    }
+
+    /// The audit-records counter of one result.
+    pub fn audit_result(&self, written: bool) -> &IntCounter {
+        if written {
+            &self.audit_written
+        } else {
+            &self.audit_failed
+        }
     }
 
     /// Runs `hook` before every scrape, to copy state kept elsewhere into gauges and counters.

@@ -14,6 +14,8 @@ pub(crate) struct Call {
     /// A fixed label for the issuer's own endpoints (metrics only; they are not audited).
     pub(crate) issuer_endpoint: Option<&'static str>,
     pub(crate) service: Option<String>,
+    /// The service's metric series (metrics on, a registered service).
+    pub(crate) service_metrics: Option<Arc<crate::metrics::ServiceMetrics>>,
     pub(crate) consumer: Option<Arc<Principal>>,
     pub(crate) endpoint: Option<String>,
     pub(crate) agreement: Option<String>,

@@ -89,10 +89,11 @@ impl Exchange<'_> {
             } = assess(&outcome, replayable, watch, try_timeout, per_try);
             if let Some(m) = &gateway.metrics {
                 match &outcome {
-                    Ok(_) => m
-                        .upstream_duration
-                        .with_label_values(&[service.full_id()])
-                        .observe(started.elapsed().as_secs_f64()),
+                    Ok(_) => {
+                        if let Some(s) = self.snapshot.service_metrics(m, service) {
+                            s.observe_upstream(m, started.elapsed());
+                        }
+                    }
                     Err(TryError::Connect { .. }) => m
                         .upstream_connect_failures
                         .with_label_values(&[service.full_id(), instance.name.as_str()])

@@ -65,8 +65,7 @@ pub(crate) async fn record(
             let fields = call.audit_record(&answer(response_status(&result), &result));
             let written = sink.record(fields).await;
             if let Some(m) = &gateway.metrics {
-                let r = if written { "written" } else { "failed" };
-                m.audit_records.with_label_values(&[r]).inc();
+                m.audit_result(written).inc();
             }
             if !written && sink.settings.fail_closed {
                 tracing::error!(
@@ -195,9 +194,13 @@ fn observe(
             decision,
         ])
         .inc();
-    m.duration
-        .with_label_values(&[service])
-        .observe(elapsed.as_secs_f64());
+    match &call.service_metrics {
+        Some(s) => s.duration.observe(elapsed.as_secs_f64()),
+        None => m
+            .duration
+            .with_label_values(&[service])
+            .observe(elapsed.as_secs_f64()),
+    }
     if let Some(r) = call.token_result {
         m.token_requests.with_label_values(&[r]).inc();
     }
@@ -218,11 +221,7 @@ fn observe(
                 .with_label_values(&["deny", r.as_str()])
                 .inc();
         }
-        _ if call.agreement.is_some() => {
-            m.policy_decisions
-                .with_label_values(&["allow", "none"])
-                .inc();
-        }
+        _ if call.agreement.is_some() => m.allowed.inc(),
         _ => {}
     }
 }
@@ -274,8 +273,7 @@ impl Drop for Unanswered<'_> {
         });
         let queued = sink.record_detached(fields);
         if let Some(m) = &self.gateway.metrics {
-            let r = if queued { "written" } else { "failed" };
-            m.audit_records.with_label_values(&[r]).inc();
+            m.audit_result(queued).inc();
         }
     }
 }
