@@ -224,41 +224,35 @@ const PROTECTED: [HeaderName; 2] = [header::CONTENT_LENGTH, header::HOST];
 /// Removes hop-by-hop headers: the fixed list, `Transfer-Encoding` (the body is re-framed) and
 /// every header named in `Connection`.
 pub fn remove_hop_by_hop(headers: &mut HeaderMap) {
-    // One pass over the (few) present names is cheaper than a hashed removal per listed name;
-    // removal itself is rare.
-    let mut found: Option<Vec<HeaderName>> = None;
+    // One pass over the (few) present names, each compared with the tokens of `Connection`
+    // where they lie: no token becomes a name of its own, and nothing is allocated unless a
+    // header must go. Removal itself is rare, except of `Connection` (most upstreams send
+    // `Connection: keep-alive`).
+    let listed = headers.get_all(header::CONNECTION);
+    let mut found: Vec<HeaderName> = Vec::new();
     for name in headers.keys() {
-        if name == header::TRANSFER_ENCODING || HOP_BY_HOP.iter().any(|h| h == name) {
-            found.get_or_insert_with(Vec::new).push(name.clone());
+        let hop = name == header::TRANSFER_ENCODING || HOP_BY_HOP.iter().any(|h| h == name);
+        // `Connection` may not take away what framing and routing rely on: a client that
+        // lists Content-Length there would otherwise send its body to the upstream unframed
+        // (request smuggling).
+        let named = !hop
+            && !PROTECTED.iter().any(|p| p == name)
+            && listed.iter().any(|v| names(v, name.as_str()));
+        if hop || named {
+            found.push(name.clone());
         }
     }
-    let Some(found) = found else {
-        return;
-    };
-    // Names listed in Connection must be collected before Connection itself is removed.
-    let mut named: Vec<HeaderName> = Vec::new();
-    for value in headers.get_all(header::CONNECTION) {
-        if let Ok(s) = value.to_str() {
-            for token in s.split(',') {
-                let token = token.trim();
-                if token.is_empty() {
-                    continue;
-                }
-                if let Ok(name) = HeaderName::from_bytes(token.to_ascii_lowercase().as_bytes()) {
-                    named.push(name);
-                }
-            }
-        }
-    }
-    for name in named.iter().chain(found.iter()) {
-        // `Connection` may not take away what framing and routing rely on: a client that lists
-        // Content-Length there would otherwise send its body to the upstream unframed (request
-        // smuggling).
-        if PROTECTED.iter().any(|p| p == name) {
-            continue;
-        }
+    for name in &found {
         headers.remove(name);
     }
+}
+
+/// Whether a `Connection` value lists `name` (lower case) among its comma-separated tokens.
+fn names(value: &HeaderValue, name: &str) -> bool {
+    value
+        .as_bytes()
+        .split(|&b| b == b',')
+        .any(|token| token.trim_ascii().eq_ignore_ascii_case(name.as_bytes()))
 }
 
 /// Sets the forwarding headers on a request going upstream.
@@ -515,6 +509,80 @@ mod tests {
             b"garbage",
         ] {
             assert!(!valid_traceparent(bad), "{}", String::from_utf8_lossy(bad));
+        }
+    }
+
+    #[test]
+    fn connection_tokens_match_names_in_any_case_and_spacing_even_beside_obs_text() {
+        let mut h = HeaderMap::new();
+        h.append(header::CONNECTION, HeaderValue::from_static("close"));
+        h.append(
+            header::CONNECTION,
+            HeaderValue::from_bytes(b" X-A ,\tx-B\t,,\xe9").unwrap(),
+        );
+        h.insert("x-a", HeaderValue::from_static("1"));
+        h.insert("x-b", HeaderValue::from_static("2"));
+        h.insert("x-ab", HeaderValue::from_static("kept: not a token"));
+        h.insert("close-x", HeaderValue::from_static("kept"));
+        remove_hop_by_hop(&mut h);
+        let mut left: Vec<&str> = h.keys().map(HeaderName::as_str).collect();
+        left.sort_unstable();
+        assert_eq!(left, ["close-x", "x-ab"], "{h:?}");
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(2000))]
+        /// Whatever the fields, exactly the hop-by-hop ones, `Transfer-Encoding` and those
+        /// named in `Connection` (never Content-Length or Host) go; the rest stay, values and
+        /// order of repeated fields intact.
+        #[test]
+        fn exactly_the_hop_by_hop_fields_go(
+            fields in proptest::collection::vec((0usize..12, 0u8..4), 0..10),
+            tokens in proptest::collection::vec((0usize..12, 0u8..4, 0u8..3), 0..6),
+        ) {
+            const NAMES: [&str; 12] = [
+                "x-a", "x-b", "keep-alive", "te", "transfer-encoding", "content-length", "host",
+                "upgrade", "proxy-connection", "x-gerbang-purpose", "close", "accept",
+            ];
+            let spelled = |name: &str, case: u8| match case {
+                0 => name.to_owned(),
+                1 => name.to_ascii_uppercase(),
+                _ => name
+                    .char_indices()
+                    .map(|(i, c)| if i % 2 == 0 { c.to_ascii_uppercase() } else { c })
+                    .collect(),
+            };
+            let mut h = HeaderMap::new();
+            for (i, (n, v)) in fields.iter().enumerate() {
+                h.append(NAMES[*n], HeaderValue::from_str(&format!("v{i}-{v}")).unwrap());
+            }
+            let mut named = Vec::new();
+            let mut value = String::new();
+            for (n, case, pad) in &tokens {
+                named.push(NAMES[*n]);
+                let pad = [" ", "\t", ""][*pad as usize];
+                value.push_str(&format!("{pad}{}{pad},", spelled(NAMES[*n], *case)));
+            }
+            if !tokens.is_empty() {
+                h.append(header::CONNECTION, HeaderValue::from_str(&value).unwrap());
+            }
+            let before = h.clone();
+            remove_hop_by_hop(&mut h);
+            for name in before.keys() {
+                let goes = HOP_BY_HOP.iter().any(|x| x == name)
+                    || name == header::TRANSFER_ENCODING
+                    || (named.contains(&name.as_str())
+                        && name != header::CONTENT_LENGTH
+                        && name != header::HOST);
+                if goes {
+                    proptest::prop_assert!(!h.contains_key(name), "{name} stayed: {h:?}");
+                } else {
+                    let kept: Vec<_> = h.get_all(name).iter().collect();
+                    let was: Vec<_> = before.get_all(name).iter().collect();
+                    proptest::prop_assert_eq!(kept, was, "{} changed", name);
+                }
+            }
+            proptest::prop_assert!(h.keys().all(|k| before.contains_key(k)));
         }
     }
 
