@@ -116,6 +116,12 @@ impl InstanceHealth {
         self.check_ok.load(Ordering::Relaxed) && self.ejected_until.load(Ordering::Relaxed) <= now
     }
 
+    /// Whether the instance has ever been ejected: until then its availability does not
+    /// depend on the time ([`InstanceHealth::available`] at any `now` is `check_ok`).
+    pub fn ever_ejected(&self) -> bool {
+        self.ejected_until.load(Ordering::Relaxed) != 0
+    }
+
     pub fn state(&self, now: u64) -> InstanceState {
         let until = self.ejected_until.load(Ordering::Relaxed);
         if until > now {

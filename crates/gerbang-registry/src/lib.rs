@@ -133,9 +133,16 @@ impl Service {
     /// `key` is the value of the consistent-hash header (if any); `tried` are instances this
     /// call already used. `None` when no instance is available.
     pub fn select(&self, key: Option<&[u8]>, tried: &[usize]) -> Option<(usize, &Instance)> {
-        let i =
-            self.selector
-                .select(&self.balancing, &self.health, key, tried, health::now_ms())?;
+        // The clock is read only when an ejection can matter: while no instance has ever been
+        // ejected, availability at time 0 is availability now.
+        let now = if self.health.iter().any(|h| h.ever_ejected()) {
+            health::now_ms()
+        } else {
+            0
+        };
+        let i = self
+            .selector
+            .select(&self.balancing, &self.health, key, tried, now)?;
         self.instances.get(i).map(|inst| (i, inst))
     }
 
@@ -469,6 +476,25 @@ mod tests {
         }
         assert_eq!(counts.len(), 3);
         assert!(counts.values().all(|&c| c == 100), "{counts:?}");
+    }
+
+    #[test]
+    fn an_ejected_instance_is_skipped_from_the_moment_of_its_ejection() {
+        let r = registry();
+        let s = r.lookup("dukcapil", "penduduk").unwrap();
+        assert!((0..3).all(|i| !s.health(i).unwrap().ever_ejected()));
+        let eject = OutlierSettings {
+            consecutive_failures: 1,
+            ..Default::default()
+        };
+        // Ejected at the clock's current reading: select must read the clock from now on.
+        let now = health::now_ms();
+        assert!(s.health(1).unwrap().report_failure(now, &eject).is_some());
+        assert!(s.health(1).unwrap().ever_ejected());
+        for _ in 0..30 {
+            let (i, _) = s.pick().unwrap();
+            assert_ne!(i, 1, "an ejected instance was picked");
+        }
     }
 
     #[test]

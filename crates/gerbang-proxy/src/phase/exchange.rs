@@ -55,7 +55,10 @@ impl Exchange<'_> {
         let replayable = !has_body && parts.method.is_idempotent();
         let timeout = service.limits.request_timeout;
         let per_try = policy.per_try_timeout.unwrap_or(timeout).min(timeout);
-        let deadline = std::time::Instant::now() + timeout;
+        let start = std::time::Instant::now();
+        let deadline = start + timeout;
+        // The first try starts now: its clock reading is the deadline's.
+        let mut first = Some(start);
         let mut tried = [0usize; 10];
         let mut n_tried = 0;
         let mut body = Some(body);
@@ -76,9 +79,9 @@ impl Exchange<'_> {
                 Some(b) => b,
                 None => RequestBody::empty(),
             };
-            let remaining = deadline.saturating_duration_since(std::time::Instant::now());
+            let started = first.take().unwrap_or_else(std::time::Instant::now);
+            let remaining = deadline.saturating_duration_since(started);
             let try_timeout = per_try.min(remaining);
-            let started = std::time::Instant::now();
             let outcome = self
                 .try_once(index, instance, parts, try_body, try_timeout)
                 .await;
