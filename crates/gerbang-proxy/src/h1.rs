@@ -241,17 +241,27 @@ pub async fn send(
     }
 }
 
+/// Room for what `encode_head` writes beyond the method, target and fields: the spaces and
+/// version of the request line, the longest framing line (`content-length: ` with 20 digits)
+/// and the blank line.
+const FRAMING_AND_END_ROOM: usize =
+    " ".len() + " HTTP/1.1\r\n".len() + "content-length: \r\n".len() + 20 + "\r\n".len();
+
 fn encode_head(parts: &http::request::Parts, chunked: bool, length: Option<u64>) -> BytesMut {
-    let mut head = BytesMut::with_capacity(256 + parts.headers.len() * 32);
+    let target = parts.uri.path_and_query().map_or("/", |pq| pq.as_str());
+    // The head's exact size up front (the identity assertion alone outgrew an estimate, so
+    // every head was copied once more while being written).
+    let fields: usize = parts
+        .headers
+        .iter()
+        .map(|(name, value)| name.as_str().len() + value.len() + 4)
+        .sum();
+    let mut head = BytesMut::with_capacity(
+        parts.method.as_str().len() + target.len() + fields + FRAMING_AND_END_ROOM,
+    );
     head.put_slice(parts.method.as_str().as_bytes());
     head.put_u8(b' ');
-    head.put_slice(
-        parts
-            .uri
-            .path_and_query()
-            .map_or("/", |pq| pq.as_str())
-            .as_bytes(),
-    );
+    head.put_slice(target.as_bytes());
     head.put_slice(b" HTTP/1.1\r\n");
     for (name, value) in &parts.headers {
         if name == header::CONTENT_LENGTH || name == header::TRANSFER_ENCODING {
@@ -1329,5 +1339,36 @@ mod tests {
         let get = request(Method::GET);
         let h = text(encode_head(&get, false, None));
         assert_eq!(h, "GET /x HTTP/1.1\r\nhost: upstream\r\n\r\n");
+    }
+
+    #[test]
+    fn a_request_head_is_written_into_one_buffer_of_its_own_size() {
+        // A long field (an identity assertion is about a kilobyte) and many short ones: the
+        // head must fit the buffer it started with (a regrowth at least doubles it).
+        let mut parts = request(Method::POST);
+        parts.headers.insert(
+            "x-gerbang-assertion",
+            HeaderValue::from_str(&"a".repeat(1500)).unwrap(),
+        );
+        for i in 0..40 {
+            parts.headers.append(
+                HeaderName::from_bytes(format!("x-field-{i}").as_bytes()).unwrap(),
+                HeaderValue::from_static("v"),
+            );
+        }
+        for (chunked, length) in [(false, Some(u64::MAX)), (true, None), (false, None)] {
+            let h = encode_head(&parts, chunked, length);
+            assert!(
+                h.capacity() <= h.len() + FRAMING_AND_END_ROOM,
+                "len {} capacity {}",
+                h.len(),
+                h.capacity()
+            );
+        }
+        parts
+            .headers
+            .insert(header::CONTENT_LENGTH, HeaderValue::from_static("0"));
+        let h = encode_head(&parts, false, None);
+        assert!(h.ends_with(b"content-length: 0\r\n\r\n"));
     }
 }
