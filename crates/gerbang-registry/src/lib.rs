@@ -119,13 +119,19 @@ pub struct Service {
     selector: balance::Selector,
     /// Dense index of this service in its registry, for per-service side tables.
     pub index: usize,
-    /// `agency/service`, computed once.
-    full_id: String,
+    /// `agency/service`, computed once, shared with every call's record.
+    full_id: Arc<str>,
 }
 
 impl Service {
     /// The full identifier, `agency/service`.
     pub fn full_id(&self) -> &str {
+        &self.full_id
+    }
+
+    /// The full identifier, shared: a call that names its service in its record and metrics
+    /// takes a reference, not a copy.
+    pub fn full_id_shared(&self) -> &Arc<str> {
         &self.full_id
     }
 
@@ -372,7 +378,7 @@ impl RegistryBuilder {
                 spec.agency, spec.id
             )));
         }
-        let full_id = format!("{}/{}", spec.agency, spec.id);
+        let full_id: Arc<str> = format!("{}/{}", spec.agency, spec.id).into();
         let weights: Vec<u32> = spec.instances.iter().map(|i| i.weight).collect();
         let service = Arc::new(Service {
             full_id,

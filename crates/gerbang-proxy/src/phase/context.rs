@@ -13,7 +13,7 @@ use crate::body::BodyWatch;
 pub(crate) struct Call {
     /// A fixed label for the issuer's own endpoints (metrics only; they are not audited).
     pub(crate) issuer_endpoint: Option<&'static str>,
-    pub(crate) service: Option<String>,
+    pub(crate) service: Option<Arc<str>>,
     /// The service's metric series (metrics on, a registered service).
     pub(crate) service_metrics: Option<Arc<crate::metrics::ServiceMetrics>>,
     pub(crate) consumer: Option<Arc<Principal>>,

@@ -36,7 +36,7 @@ pub(crate) fn resolve<'a>(
         .ok_or(GatewayError::RouteNotFound)?;
     let looked_up = registry.lookup(agency, service_id);
     if let Ok(s) = looked_up {
-        call.service = Some(s.full_id().to_owned());
+        call.service = Some(Arc::clone(s.full_id_shared()));
     }
     Ok(Route {
         agency,
