@@ -485,7 +485,7 @@ mod tests {
     }
 
     #[test]
-    fn an_ejected_instance_is_skipped_from_the_moment_of_its_ejection() {
+    fn an_ejected_instance_is_skipped_at_once_and_taken_back_when_its_ejection_runs_out() {
         let r = registry();
         let s = r.lookup("dukcapil", "penduduk").unwrap();
         assert!((0..3).all(|i| !s.health(i).unwrap().ever_ejected()));
@@ -501,6 +501,24 @@ mod tests {
             let (i, _) = s.pick().unwrap();
             assert_ne!(i, 1, "an ejected instance was picked");
         }
+        // A 1 ms ejection that has run out: select must read the clock (at time 0 the
+        // instance would still look ejected) and take the instance back.
+        let short = OutlierSettings {
+            consecutive_failures: 1,
+            base_ejection: std::time::Duration::from_millis(1),
+            max_ejection: std::time::Duration::from_millis(1),
+        };
+        assert!(s
+            .health(2)
+            .unwrap()
+            .report_failure(health::now_ms(), &short)
+            .is_some());
+        std::thread::sleep(std::time::Duration::from_millis(20));
+        let picked: Vec<usize> = (0..30).map(|_| s.pick().unwrap().0).collect();
+        assert!(
+            picked.contains(&2),
+            "an expired ejection kept the instance out: {picked:?}"
+        );
     }
 
     #[test]
