@@ -33,8 +33,6 @@ type Hook = Box<dyn Fn(&Metrics) + Send + Sync>;
 
 /// The `result` values of `gerbang_config_reloads_total`.
 const RELOAD_RESULTS: [&str; 2] = ["success", "failure"];
-/// The `result` values of `gerbang_audit_records_total`.
-const AUDIT_RESULTS: [&str; 2] = ["written", "failed"];
 /// The `by` values of `gerbang_token_auth_throttled_total`.
 const TOKEN_THROTTLED_BY: [&str; 2] = ["source", "client"];
 
@@ -98,7 +96,6 @@ pub struct ServiceMetrics {
     /// `gerbang_upstream_duration_seconds{service}`, from the service's first upstream
     /// response on (a service whose connects all fail has no response time).
     upstream_duration: OnceLock<Histogram>,
-    full_id: String,
     /// `gerbang_received_bytes_total{service}`.
     pub received_bytes: IntCounter,
     /// `gerbang_sent_bytes_total{service}`.
@@ -106,14 +103,11 @@ pub struct ServiceMetrics {
 }
 
 impl ServiceMetrics {
-    /// Records the time to an upstream response head.
-    pub fn observe_upstream(&self, metrics: &Metrics, elapsed: std::time::Duration) {
+    /// Records the time to an upstream response head of the service `full_id` (the one these
+    /// series are of).
+    pub fn observe_upstream(&self, metrics: &Metrics, full_id: &str, elapsed: std::time::Duration) {
         self.upstream_duration
-            .get_or_init(|| {
-                metrics
-                    .upstream_duration
-                    .with_label_values(&[&self.full_id])
-            })
+            .get_or_init(|| metrics.upstream_duration.with_label_values(&[full_id]))
             .observe(elapsed.as_secs_f64());
     }
 }
@@ -359,9 +353,6 @@ impl Metrics {
         for result in RELOAD_RESULTS {
             config_reloads.with_label_values(&[result]);
         }
-        for result in AUDIT_RESULTS {
-            audit_records.with_label_values(&[result]);
-        }
         for result in std::iter::once("issued").chain(gerbang_auth::oauth::OAuthError::CODES) {
             token_requests.with_label_values(&[result]);
         }
@@ -371,6 +362,7 @@ impl Metrics {
         for reason in gerbang_auth::authn::AuthFailure::reasons() {
             auth_failures.with_label_values(&[reason]);
         }
+        // Resolved once for the request path (and so at 0 from the start, as above).
         let allowed = policy_decisions.with_label_values(&["allow", "none"]);
         let audit_written = audit_records.with_label_values(&["written"]);
         let audit_failed = audit_records.with_label_values(&["failed"]);
@@ -423,7 +415,6 @@ impl Metrics {
         ServiceMetrics {
             duration: self.duration.with_label_values(&[full_id]),
             upstream_duration: OnceLock::new(),
-            full_id: full_id.to_owned(),
             received_bytes: self.received_bytes.with_label_values(&[full_id]),
             sent_bytes: self.sent_bytes.with_label_values(&[full_id]),
         }

@@ -94,7 +94,7 @@ impl Exchange<'_> {
                 match &outcome {
                     Ok(_) => {
                         if let Some(s) = self.snapshot.service_metrics(m, service) {
-                            s.observe_upstream(m, started.elapsed());
+                            s.observe_upstream(m, service.full_id(), started.elapsed());
                         }
                     }
                     Err(TryError::Connect { .. }) => m
