@@ -376,28 +376,29 @@ struct CallRecord<'a> {
 /// pipeline.
 fn write_call_record(out: &mut Vec<u8>, r: &CallRecord<'_>) {
     let mut ints = itoa::Buffer::new();
-    out.extend_from_slice(b"{\"request_id\":");
-    json_str(out, r.request_id);
-    out.extend_from_slice(b",\"consumer\":");
-    json_opt_str(out, r.consumer);
-    out.extend_from_slice(b",\"consumer_agency\":");
-    json_opt_str(out, r.consumer_agency);
-    out.extend_from_slice(b",\"service\":");
-    json_opt_str(out, r.service);
-    out.extend_from_slice(b",\"endpoint\":");
-    json_opt_str(out, r.endpoint);
-    out.extend_from_slice(b",\"method\":");
-    json_str(out, r.method);
+    out.push(b'{');
+    str_members(
+        out,
+        &[
+            (b"\"request_id\":", Some(r.request_id)),
+            (b",\"consumer\":", r.consumer),
+            (b",\"consumer_agency\":", r.consumer_agency),
+            (b",\"service\":", r.service),
+            (b",\"endpoint\":", r.endpoint),
+            (b",\"method\":", Some(r.method)),
+        ],
+    );
     out.extend_from_slice(b",\"status\":");
     out.extend_from_slice(ints.format(r.status).as_bytes());
-    out.extend_from_slice(b",\"decision\":");
-    json_str(out, r.decision);
-    out.extend_from_slice(b",\"reason\":");
-    json_opt_str(out, r.reason);
-    out.extend_from_slice(b",\"agreement\":");
-    json_opt_str(out, r.agreement);
-    out.extend_from_slice(b",\"purpose\":");
-    json_opt_str(out, r.purpose);
+    str_members(
+        out,
+        &[
+            (b",\"decision\":", Some(r.decision)),
+            (b",\"reason\":", r.reason),
+            (b",\"agreement\":", r.agreement),
+            (b",\"purpose\":", r.purpose),
+        ],
+    );
     out.extend_from_slice(b",\"client\":\"");
     // The text of an address has nothing to escape.
     crate::headers::push_ip(out, r.client);
@@ -424,17 +425,24 @@ fn write_call_record(out: &mut Vec<u8>, r: &CallRecord<'_>) {
     } else {
         out.extend_from_slice(b"null");
     }
-    out.extend_from_slice(b",\"subject_hmac\":");
-    json_opt_str(out, r.subject_hmac);
-    out.extend_from_slice(b",\"trace_id\":");
-    json_opt_str(out, r.trace_id);
+    str_members(
+        out,
+        &[
+            (b",\"subject_hmac\":", r.subject_hmac),
+            (b",\"trace_id\":", r.trace_id),
+        ],
+    );
     out.push(b'}');
 }
 
-fn json_opt_str(out: &mut Vec<u8>, s: Option<&str>) {
-    match s {
-        Some(s) => json_str(out, s),
-        None => out.extend_from_slice(b"null"),
+/// Members whose values are strings or null, each after its written-out separator and key.
+fn str_members(out: &mut Vec<u8>, members: &[(&[u8], Option<&str>)]) {
+    for &(key, value) in members {
+        out.extend_from_slice(key);
+        match value {
+            Some(s) => json_str(out, s),
+            None => out.extend_from_slice(b"null"),
+        }
     }
 }
 
