@@ -1117,6 +1117,7 @@ pub fn load_with(
                     shutdown_grace: raw.server.shutdown_grace,
                     max_connections: raw.server.max_connections,
                     open_connections: None,
+                    park_idle_after: ListenerSettings::PARK_IDLE_AFTER,
                 },
                 limits: Limits {
                     max_uri_bytes: raw.limits.max_uri_bytes,

@@ -98,6 +98,25 @@ impl<T> FramingGuard<T> {
         &self.inner
     }
 
+    /// Between two requests: no partial head held back, no body bytes still expected, nothing
+    /// prepared for hyper that it has not read. (Past the HTTP/2 preface or a framing error,
+    /// never: such a stream is not HTTP/1 messages any more.)
+    pub fn is_between_messages(&self) -> bool {
+        self.state == State::Head && self.head.is_empty() && self.out_pos >= self.out.len()
+    }
+
+    /// Frees the buffers of a head that had to be held back or rewritten, once they are empty:
+    /// an idle connection keeps no capacity from its last request.
+    pub fn release_buffers(&mut self) {
+        if self.head.is_empty() {
+            self.head = Vec::new();
+        }
+        if self.out_pos >= self.out.len() {
+            self.out = Vec::new();
+            self.out_pos = 0;
+        }
+    }
+
     /// Consumes body bytes at the start of `data`; returns how many belonged to the body.
     /// Malformed chunked framing makes hyper fail the connection at the same byte; the guard
     /// then passes everything through.

@@ -14,6 +14,7 @@ pub mod health_check;
 pub mod ids;
 pub mod metrics;
 pub mod oauth;
+pub mod parking;
 pub mod path;
 pub mod phase;
 pub mod response_body;

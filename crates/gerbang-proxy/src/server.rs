@@ -1,21 +1,32 @@
 //! Listeners: accept TCP (optionally TLS), serve HTTP/1.1 and HTTP/2 with hyper, and shut down
 //! gracefully: stop accepting, let requests in flight finish up to a deadline.
+//!
+//! Each connection's first bytes tell its protocol (the HTTP/2 preface, or HTTP/1.1). A plain
+//! HTTP/1.1 connection that stays idle is parked (see [`crate::parking`]): hyper's state is
+//! released and the connection waits for its next request holding only its socket.
 
 use std::convert::Infallible;
 use std::future::Future;
+use std::io;
+use std::pin::{pin, Pin};
 use std::sync::Arc;
+use std::task::Poll;
 use std::time::Duration;
 
+use bytes::BytesMut;
 use http::{Request, Response};
 use hyper::body::Incoming;
+use hyper::server::conn::{http1, http2};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use hyper_util::server::conn::auto;
-use hyper_util::server::graceful::GracefulShutdown;
-use tokio::net::TcpListener;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::watch;
+use tokio::time::Instant;
 use tokio_rustls::TlsAcceptor;
 
 use crate::framing::FramingGuard;
 use crate::gateway::{ConnInfo, Gateway};
+use crate::parking::{Activity, ConnIo, ServedBody};
 use crate::response_body::ResponseBody;
 
 /// Handles requests of one listener.
@@ -42,7 +53,8 @@ impl Handler for Gateway {
 pub struct ListenerSettings {
     /// Terminate TLS with this configuration (ALPN picks HTTP/2 or HTTP/1.1).
     pub tls: Option<Arc<rustls::ServerConfig>>,
-    /// Time allowed for a client to send a request head (and, with TLS, the handshake).
+    /// Time allowed for a client to send a request head (and, with TLS, the handshake); also
+    /// how long a keep-alive connection may stay idle between requests.
     pub header_read_timeout: Duration,
     /// Largest request head hyper buffers; set above the gateway's own limits so that the
     /// gateway, not hyper, answers oversized requests with its JSON error.
@@ -54,6 +66,17 @@ pub struct ListenerSettings {
     pub max_connections: usize,
     /// Counts the listener's open connections (a metrics gauge), when set.
     pub open_connections: Option<prometheus::IntGauge>,
+    /// A plain HTTP/1.1 connection idle this long is parked: hyper's buffers and state are
+    /// released until its next request arrives.
+    pub park_idle_after: Duration,
+}
+
+impl ListenerSettings {
+    /// The default of [`ListenerSettings::park_idle_after`]: long enough that a client sending
+    /// requests back to back is never parked between them (parking and resuming cost about
+    /// a request's allocations), short enough that a burst of connections which then go idle
+    /// never holds hyper's buffers for many of them at once.
+    pub const PARK_IDLE_AFTER: Duration = Duration::from_millis(100);
 }
 
 impl Default for ListenerSettings {
@@ -65,6 +88,7 @@ impl Default for ListenerSettings {
             shutdown_grace: Duration::from_secs(30),
             max_connections: 10_000,
             open_connections: None,
+            park_idle_after: Self::PARK_IDLE_AFTER,
         }
     }
 }
@@ -78,23 +102,68 @@ pub enum ShutdownOutcome {
     DeadlineExceeded,
 }
 
-fn builder(settings: &ListenerSettings) -> auto::Builder<TokioExecutor> {
-    let mut b = auto::Builder::new(TokioExecutor::new());
-    b.http1()
-        .timer(TokioTimer::new())
-        .header_read_timeout(settings.header_read_timeout)
-        .max_buf_size(settings.max_head_bytes.max(8192))
-        // hyper's own default: room for 100 header fields on the stack (99 fit: the parser
-        // wants a free entry to see the end of the block). A larger limit made hyper allocate
-        // two buffers of that many entries for every request it parsed. More fields get
-        // hyper's 431 (tests/e2e limits.rs).
-        .max_headers(100)
-        .keep_alive(true);
-    b.http2()
-        .timer(TokioTimer::new())
-        .max_header_list_size(u32::try_from(settings.max_head_bytes).unwrap_or(u32::MAX))
-        .max_concurrent_streams(256);
-    b
+/// What every connection of a listener shares.
+struct Shared {
+    h1: http1::Builder,
+    h2: http2::Builder<TokioExecutor>,
+    /// The same bound as hyper's buffer, so that the framing guard gives up only where hyper
+    /// does.
+    max_head: usize,
+    head_timeout: Duration,
+    park_after: Duration,
+}
+
+impl Shared {
+    fn new(settings: &ListenerSettings) -> Self {
+        let max_head = settings.max_head_bytes.max(8192);
+        let mut h1 = http1::Builder::new();
+        h1.timer(TokioTimer::new())
+            .header_read_timeout(settings.header_read_timeout)
+            .max_buf_size(max_head)
+            // hyper's own default: room for 100 header fields on the stack (99 fit: the parser
+            // wants a free entry to see the end of the block). A larger limit made hyper
+            // allocate two buffers of that many entries for every request it parsed. More
+            // fields get hyper's 431 (tests/e2e limits.rs).
+            .max_headers(100)
+            .keep_alive(true);
+        let mut h2 = http2::Builder::new(TokioExecutor::new());
+        h2.timer(TokioTimer::new())
+            .max_header_list_size(u32::try_from(settings.max_head_bytes).unwrap_or(u32::MAX))
+            .max_concurrent_streams(256);
+        Self {
+            h1,
+            h2,
+            max_head,
+            head_timeout: settings.header_read_timeout,
+            park_after: settings.park_idle_after,
+        }
+    }
+}
+
+/// A connection's byte stream as the server needs it.
+pub(crate) trait Transport: AsyncRead + AsyncWrite + Unpin + Send + 'static {
+    /// Whether an idle connection may be parked: only where readiness of the socket means
+    /// bytes to read (TLS keeps decrypted bytes of its own, so a TLS connection never parks).
+    const PARKS: bool;
+
+    /// Resolves when the socket has bytes (or an end) to read.
+    fn readable(&self) -> impl Future<Output = io::Result<()>> + Send + '_;
+}
+
+impl Transport for TcpStream {
+    const PARKS: bool = true;
+
+    fn readable(&self) -> impl Future<Output = io::Result<()>> + Send + '_ {
+        TcpStream::readable(self)
+    }
+}
+
+impl Transport for tokio_rustls::server::TlsStream<TcpStream> {
+    const PARKS: bool = false;
+
+    fn readable(&self) -> impl Future<Output = io::Result<()>> + Send + '_ {
+        std::future::ready(Ok(()))
+    }
 }
 
 /// Serves `handler` on `listener` until `shutdown` completes, then drains.
@@ -104,10 +173,12 @@ pub async fn serve<H: Handler>(
     settings: ListenerSettings,
     shutdown: impl Future<Output = ()>,
 ) -> ShutdownOutcome {
-    let builder = Arc::new(builder(&settings));
+    let shared = Arc::new(Shared::new(&settings));
     let acceptor = settings.tls.clone().map(TlsAcceptor::from);
     let proto: &'static str = if acceptor.is_some() { "https" } else { "http" };
-    let graceful = GracefulShutdown::new();
+    // Shutdown: `true` tells every connection to finish; the listener has drained when every
+    // connection has dropped its receiver.
+    let (stop_tx, stop_rx) = watch::channel(false);
     let slots = Arc::new(tokio::sync::Semaphore::new(settings.max_connections.max(1)));
     tokio::pin!(shutdown);
     loop {
@@ -138,13 +209,11 @@ pub async fn serve<H: Handler>(
             proto,
             client_cert: None,
         };
-        let watcher = graceful.watcher();
-        let builder = Arc::clone(&builder);
+        let stop = stop_rx.clone();
+        let shared = Arc::clone(&shared);
         let handler = Arc::clone(&handler);
         let acceptor = acceptor.clone();
         let handshake_timeout = settings.header_read_timeout;
-        // The same bound as hyper's buffer, so that the guard gives up only where hyper does.
-        let max_head = settings.max_head_bytes.max(8192);
         let open = settings.open_connections.clone().map(OpenConnection::new);
         // Plain and TLS connections are separate tasks: a task's allocation is the size of its
         // largest state, and a plain connection has no reason to carry room for a TLS stream.
@@ -153,7 +222,7 @@ pub async fn serve<H: Handler>(
                 tokio::spawn(async move {
                     let _permit = permit;
                     let _open = open;
-                    serve_stream(stream, max_head, &builder, watcher, handler, conn).await;
+                    serve_connection(stream, &shared, handler, conn, stop).await;
                 });
             }
             Some(acceptor) => {
@@ -185,14 +254,16 @@ pub async fn serve<H: Handler>(
                         client_cert,
                         ..conn
                     };
-                    serve_stream(tls, max_head, &builder, watcher, handler, conn).await;
+                    serve_connection(tls, &shared, handler, conn, stop).await;
                 });
             }
         }
     }
     drop(listener);
+    stop_tx.send_replace(true);
+    drop(stop_rx);
     tokio::select! {
-        () = graceful.shutdown() => ShutdownOutcome::Drained,
+        () = stop_tx.closed() => ShutdownOutcome::Drained,
         () = tokio::time::sleep(settings.shutdown_grace) => {
             tracing::warn!(grace = ?settings.shutdown_grace, "shutdown grace period over; closing remaining connections");
             ShutdownOutcome::DeadlineExceeded
@@ -200,49 +271,226 @@ pub async fn serve<H: Handler>(
     }
 }
 
+/// The HTTP/2 connection preface (RFC 9113 §3.4): its first 24 bytes tell HTTP/2 with prior
+/// knowledge from HTTP/1.1.
+const H2_PREFACE: &[u8; 24] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+
+/// Resolves `true` when `stop` says the listener is shutting down (or is gone).
+async fn stopping(stop: &mut watch::Receiver<bool>) {
+    let _ = stop.wait_for(|s| *s).await;
+}
+
 /// Serves HTTP on one accepted (and, with TLS, handshaken) stream behind the framing guard
 /// until the connection ends.
-async fn serve_stream<T, H>(
+async fn serve_connection<T: Transport, H: Handler>(
     stream: T,
-    max_head: usize,
-    builder: &auto::Builder<TokioExecutor>,
-    watcher: hyper_util::server::graceful::Watcher,
+    shared: &Shared,
     handler: Arc<H>,
     conn: ConnInfo,
-) where
-    T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
-    H: Handler,
-{
+    mut stop: watch::Receiver<bool>,
+) {
     let remote = conn.remote;
-    let io = TokioIo::new(FramingGuard::new(stream, max_head));
-    let result = watcher
-        .watch(builder.serve_connection(io, boxed_service(handler, conn)))
-        .await;
-    if let Err(e) = result {
-        tracing::debug!(%remote, error = %e, "connection ended with an error");
+    let activity = Arc::new(Activity::default());
+    let mut io = ConnIo::new(
+        FramingGuard::new(stream, shared.max_head),
+        Arc::clone(&activity),
+    );
+    // Until the first bytes the connection holds nothing but its socket; they must come
+    // within the head timeout, as every later request's head must.
+    let deadline = Instant::now() + shared.head_timeout;
+    if !wait_for_bytes(&io, deadline, &mut stop).await {
+        return;
+    }
+    let h2 = tokio::select! {
+        biased;
+        () = stopping(&mut stop) => return,
+        sniffed = tokio::time::timeout_at(deadline, sniff(&mut io)) => match sniffed {
+            Ok(Ok(Some(h2))) => h2,
+            Ok(Ok(None)) => return,
+            Ok(Err(e)) => {
+                tracing::debug!(%remote, error = %e, "connection failed before its first request");
+                return;
+            }
+            Err(_) => {
+                tracing::debug!(%remote, "no request head within the timeout");
+                return;
+            }
+        },
+    };
+    if h2 {
+        let svc = service(handler, conn, None);
+        let mut h2conn = pin!(shared.h2.serve_connection(TokioIo::new(io), svc));
+        let result = tokio::select! {
+            result = h2conn.as_mut() => result,
+            () = stopping(&mut stop) => {
+                h2conn.as_mut().graceful_shutdown();
+                h2conn.await
+            }
+        };
+        if let Err(e) = result {
+            tracing::debug!(%remote, error = %e, "connection ended with an error");
+        }
+        return;
+    }
+    loop {
+        let Some((parked, idle_since)) =
+            serve_http1(io, shared, &handler, &conn, &activity, &mut stop).await
+        else {
+            return;
+        };
+        io = parked;
+        // Parked: hyper's state is gone; the next bytes start a new one. An idle keep-alive
+        // connection gets the head timeout from when it went idle, as hyper gives it.
+        if !wait_for_bytes(&io, idle_since + shared.head_timeout, &mut stop).await {
+            return;
+        }
     }
 }
+
+/// Waits until `io` has bytes to read; `false` at `deadline`, on shutdown, or on a socket
+/// error (the connection is then closed).
+async fn wait_for_bytes<T: Transport>(
+    io: &ConnIo<T>,
+    deadline: Instant,
+    stop: &mut watch::Receiver<bool>,
+) -> bool {
+    if io.has_unread() {
+        return true;
+    }
+    tokio::select! {
+        biased;
+        () = stopping(stop) => false,
+        ready = io.guard().get_ref().readable() => ready.is_ok(),
+        () = tokio::time::sleep_until(deadline) => false,
+    }
+}
+
+/// Reads the connection's first bytes, enough to tell the HTTP/2 preface from anything else,
+/// and puts them back in front of the stream. `Some(true)` for HTTP/2, `None` when the client
+/// closed without sending a byte.
+async fn sniff<T: Transport>(io: &mut ConnIo<T>) -> io::Result<Option<bool>> {
+    // Room for a whole first request head in one read: the framing guard hands over complete
+    // heads only, and a smaller buffer sends it down its copying path.
+    let mut first = BytesMut::with_capacity(8192);
+    while first.len() < H2_PREFACE.len() && H2_PREFACE.starts_with(&first) {
+        if io.read_buf(&mut first).await? == 0 {
+            break;
+        }
+    }
+    if first.is_empty() {
+        return Ok(None);
+    }
+    let h2 = first.starts_with(H2_PREFACE);
+    io.unread(first.freeze());
+    Ok(Some(h2))
+}
+
+/// Serves HTTP/1.1 with one hyper connection until it ends (`None`) or until it has been idle
+/// for `park_after`: then hyper lets it go and the stream comes back with the time it went
+/// idle.
+async fn serve_http1<T: Transport, H: Handler>(
+    io: ConnIo<T>,
+    shared: &Shared,
+    handler: &Arc<H>,
+    conn: &ConnInfo,
+    activity: &Arc<Activity>,
+    stop: &mut watch::Receiver<bool>,
+) -> Option<(ConnIo<T>, Instant)> {
+    let svc = service(
+        Arc::clone(handler),
+        conn.clone(),
+        Some(Arc::clone(activity)),
+    );
+    // Boxed: the connection's task keeps room for its largest state, and a parked connection
+    // should not carry hyper's.
+    let mut http = Box::new(shared.h1.serve_connection(TokioIo::new(io), svc));
+    let mut stop_signal = pin!(stopping(stop));
+    let mut park_timer = pin!(tokio::time::sleep(Duration::ZERO));
+    // The events count when the park timer was armed; `None` while it is not.
+    let mut armed: Option<u64> = None;
+    let mut idle_since = Instant::now();
+    let mut stopping_now = false;
+    let mut parking = false;
+    let result = std::future::poll_fn(|cx| loop {
+        if let Poll::Ready(result) = http.poll_without_shutdown(cx) {
+            return Poll::Ready(result);
+        }
+        if !stopping_now && stop_signal.as_mut().poll(cx).is_ready() {
+            stopping_now = true;
+            Pin::new(&mut *http).graceful_shutdown();
+            continue;
+        }
+        if stopping_now || parking || !T::PARKS {
+            return Poll::Pending;
+        }
+        if armed.is_none() {
+            if !activity.quiet() {
+                return Poll::Pending;
+            }
+            idle_since = Instant::now();
+            armed = Some(activity.events());
+            park_timer.as_mut().reset(idle_since + shared.park_after);
+        }
+        if park_timer.as_mut().poll(cx).is_pending() {
+            return Poll::Pending;
+        }
+        // Idle the whole period: no byte moved and hyper holds nothing. `graceful_shutdown`
+        // on an idle hyper connection ends it without a byte written. Otherwise the timer is
+        // armed again the next time the connection is quiet.
+        if armed.take() == Some(activity.events()) && activity.quiet() {
+            parking = true;
+            Pin::new(&mut *http).graceful_shutdown();
+        }
+    })
+    .await;
+    let parts = http.into_parts();
+    let mut io = parts.io.into_inner();
+    match result {
+        Ok(()) if parking && !stopping_now => {
+            io.unread(parts.read_buf);
+            io.release_buffers();
+            Some((io, idle_since))
+        }
+        Ok(()) => {
+            // The end hyper would have made: the write side shut down after the last response.
+            let _ = io.shutdown().await;
+            None
+        }
+        Err(e) => {
+            tracing::debug!(remote = %conn.remote, error = %e, "connection ended with an error");
+            None
+        }
+    }
+}
+
+/// The response future hyper keeps for each request in flight.
+type ServedFuture = Pin<Box<dyn Future<Output = Result<Response<ServedBody>, Infallible>> + Send>>;
 
 /// The service hyper calls for each request of one connection. The handler's future is boxed:
 /// hyper keeps room for one service future in every connection for as long as it is open, and
 /// the pipeline's future is kilobytes, so unboxed it made every idle keep-alive connection
 /// that much larger. Boxed, the room is a pointer and the future lives only while a request is
-/// in flight (one allocation per request).
-fn boxed_service<H: Handler>(
+/// in flight (one allocation per request). With `activity`, each request counts as in flight
+/// until its response body has been wholly handed to hyper (parking waits for that).
+fn service<H: Handler>(
     handler: Arc<H>,
     conn: ConnInfo,
+    activity: Option<Arc<Activity>>,
 ) -> impl hyper::service::Service<
     Request<Incoming>,
-    Response = Response<ResponseBody>,
+    Response = Response<ServedBody>,
     Error = Infallible,
-    Future = impl Future<Output = Result<Response<ResponseBody>, Infallible>> + Send,
-> + Send {
-    hyper::service::service_fn(move |req| {
+    Future = ServedFuture,
+> + Send
+       + Unpin {
+    hyper::service::service_fn(move |req| -> ServedFuture {
+        let in_flight = activity.as_ref().map(Activity::start_request);
         let handler = Arc::clone(&handler);
         let conn = conn.clone();
-        let call: std::pin::Pin<Box<dyn Future<Output = Response<ResponseBody>> + Send>> =
-            Box::pin(async move { handler.call(req, conn).await });
-        async move { Ok::<_, Infallible>(call.await) }
+        Box::pin(async move {
+            let response = handler.call(req, conn).await;
+            Ok(response.map(|body| ServedBody::new(body, in_flight)))
+        })
     })
 }
 
@@ -295,9 +543,13 @@ mod tests {
             } else {
                 None
             };
+            let big = req.uri().path() == "/big";
             async move {
                 if let Some(g) = gate {
                     g.await;
+                }
+                if big {
+                    return Response::new(crate::response_body::full(Bytes::from(vec![b'x'; BIG])));
                 }
                 let text = format!("{} {}", conn.proto, conn.remote);
                 Response::new(crate::response_body::full(Bytes::from(text)))
@@ -445,5 +697,215 @@ mod tests {
             .unwrap();
         assert_eq!(outcome, ShutdownOutcome::DeadlineExceeded);
         assert!(t.elapsed() >= Duration::from_millis(100));
+    }
+
+    /// Bytes of `/big`: more than the socket buffers of a client with a small receive buffer
+    /// hold (see `a_connection_is_not_parked_while_...`), so that hyper is still writing when
+    /// the client stops reading.
+    const BIG: usize = 8 << 20;
+
+    /// Sends `GET path` on a kept-alive connection and reads one whole response (by its
+    /// Content-Length); returns the head and the body's length.
+    async fn exchange(s: &mut TcpStream, path: &str) -> (String, usize) {
+        s.write_all(format!("GET {path} HTTP/1.1\r\nHost: t\r\n\r\n").as_bytes())
+            .await
+            .unwrap();
+        read_response(s).await
+    }
+
+    async fn read_response(s: &mut TcpStream) -> (String, usize) {
+        let mut head = Vec::new();
+        while !head.ends_with(b"\r\n\r\n") {
+            let b = s.read_u8().await.unwrap();
+            head.push(b);
+        }
+        let head = String::from_utf8(head).unwrap();
+        let length: usize = head
+            .lines()
+            .find_map(|l| l.strip_prefix("content-length: "))
+            .unwrap()
+            .trim()
+            .parse()
+            .unwrap();
+        let mut body = vec![0u8; length];
+        s.read_exact(&mut body).await.unwrap();
+        (head, length)
+    }
+
+    /// References to the handler: the test's, the listener's, the connection task's, and
+    /// hyper's service while the connection is not parked.
+    const PARKED_REFS: usize = 3;
+
+    fn parking_settings() -> ListenerSettings {
+        ListenerSettings {
+            park_idle_after: Duration::from_millis(50),
+            ..Default::default()
+        }
+    }
+
+    #[tokio::test]
+    async fn an_idle_keep_alive_connection_is_parked_and_serves_its_next_request() {
+        let server = start(parking_settings()).await;
+        let mut s = TcpStream::connect(server.addr).await.unwrap();
+        let local = s.local_addr().unwrap();
+        // Connected but silent: no hyper state yet.
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        assert_eq!(Arc::strong_count(&server.probe), PARKED_REFS);
+        for round in 0..3 {
+            let (head, _) = exchange(&mut s, "/x").await;
+            assert!(head.starts_with("HTTP/1.1 200"), "round {round}: {head}");
+            assert!(!head.contains("connection: close"), "round {round}: {head}");
+            // hyper's service goes with the rest of its state.
+            wait_until(|| Arc::strong_count(&server.probe) == PARKED_REFS).await;
+        }
+        // The same connection all along.
+        let (head, len) = exchange(&mut s, "/x").await;
+        assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+        assert_eq!(len, format!("http {local}").len());
+        assert_eq!(
+            server
+                .probe
+                .started
+                .load(std::sync::atomic::Ordering::SeqCst),
+            4
+        );
+    }
+
+    #[tokio::test]
+    async fn a_connection_is_not_parked_while_a_request_or_its_response_is_unfinished() {
+        let server = start(parking_settings()).await;
+        let probe = Arc::clone(&server.probe);
+        // A fixed receive buffer: the kernel does not grow it to take the whole response.
+        let socket = tokio::net::TcpSocket::new_v4().unwrap();
+        socket.set_recv_buffer_size(64 * 1024).unwrap();
+        let mut s = socket.connect(server.addr).await.unwrap();
+        // A request the handler holds for several park periods.
+        s.write_all(b"GET /wait HTTP/1.1\r\nHost: t\r\n\r\n")
+            .await
+            .unwrap();
+        wait_until(|| probe.started.load(std::sync::atomic::Ordering::SeqCst) == 1).await;
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        assert!(
+            Arc::strong_count(&probe) > PARKED_REFS,
+            "parked mid-request"
+        );
+        probe.gate.notify_one();
+        let (head, _) = read_response(&mut s).await;
+        assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+        assert!(!head.contains("connection: close"), "{head}");
+        // A response larger than the socket buffers, which the client leaves unread for
+        // several park periods: hyper still holds its unwritten bytes and must keep them.
+        s.write_all(b"GET /big HTTP/1.1\r\nHost: t\r\n\r\n")
+            .await
+            .unwrap();
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        assert!(
+            Arc::strong_count(&probe) > PARKED_REFS,
+            "parked mid-response"
+        );
+        let (head, len) = read_response(&mut s).await;
+        assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+        assert_eq!(len, BIG);
+        // And the connection goes on.
+        let (head, _) = exchange(&mut s, "/x").await;
+        assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    }
+
+    #[tokio::test]
+    async fn a_parked_connection_is_closed_when_idle_for_the_head_timeout() {
+        let server = start(ListenerSettings {
+            header_read_timeout: Duration::from_millis(400),
+            ..parking_settings()
+        })
+        .await;
+        let mut s = TcpStream::connect(server.addr).await.unwrap();
+        let (head, _) = exchange(&mut s, "/x").await;
+        assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+        let idle = std::time::Instant::now();
+        wait_until(|| Arc::strong_count(&server.probe) == PARKED_REFS).await;
+        let mut rest = Vec::new();
+        let n = tokio::time::timeout(Duration::from_secs(3), s.read_to_end(&mut rest))
+            .await
+            .expect("the idle connection was never closed")
+            .unwrap();
+        assert_eq!(n, 0, "closed without a byte");
+        let waited = idle.elapsed();
+        assert!(
+            waited >= Duration::from_millis(350),
+            "closed after {waited:?}"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_silent_connection_is_closed_after_the_head_timeout() {
+        let server = start(ListenerSettings {
+            header_read_timeout: Duration::from_millis(300),
+            ..parking_settings()
+        })
+        .await;
+        let mut s = TcpStream::connect(server.addr).await.unwrap();
+        let mut rest = Vec::new();
+        tokio::time::timeout(Duration::from_secs(3), s.read_to_end(&mut rest))
+            .await
+            .expect("a connection that never sent a byte stayed open")
+            .unwrap();
+        assert!(rest.is_empty());
+    }
+
+    #[tokio::test]
+    async fn a_head_sent_a_byte_at_a_time_gets_no_more_than_the_head_timeout() {
+        // Parking must not restart the head timer of a head still arriving (slowloris).
+        let server = start(ListenerSettings {
+            header_read_timeout: Duration::from_millis(500),
+            ..parking_settings()
+        })
+        .await;
+        let mut s = TcpStream::connect(server.addr).await.unwrap();
+        let (head, _) = exchange(&mut s, "/x").await;
+        assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+        let t = std::time::Instant::now();
+        let trickle = b"GET /x HTTP/1.1\r\nHost: t\r\nX-Slow: aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa";
+        let mut closed = false;
+        for &b in trickle {
+            if s.write_all(&[b]).await.is_err() {
+                closed = true;
+                break;
+            }
+            let mut buf = [0u8; 512];
+            match tokio::time::timeout(Duration::from_millis(80), s.read(&mut buf)).await {
+                Err(_) => {}
+                Ok(_) => {
+                    closed = true;
+                    break;
+                }
+            }
+        }
+        assert!(
+            closed,
+            "the head was still being read after {:?}",
+            t.elapsed()
+        );
+        assert!(
+            t.elapsed() < Duration::from_millis(1500),
+            "closed only after {:?}",
+            t.elapsed()
+        );
+    }
+
+    #[tokio::test]
+    async fn shutdown_closes_parked_connections_at_once() {
+        let mut server = start(parking_settings()).await;
+        let mut s = TcpStream::connect(server.addr).await.unwrap();
+        let (head, _) = exchange(&mut s, "/x").await;
+        assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+        wait_until(|| Arc::strong_count(&server.probe) == PARKED_REFS).await;
+        server.stop.take().unwrap().send(()).unwrap();
+        let outcome = tokio::time::timeout(Duration::from_secs(2), server.done)
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(outcome, ShutdownOutcome::Drained);
+        let mut rest = Vec::new();
+        assert_eq!(s.read_to_end(&mut rest).await.unwrap(), 0);
     }
 }

@@ -1,0 +1,260 @@
+//! Parking idle HTTP/1.1 connections: what a plain keep-alive connection keeps while it waits
+//! for its next request.
+//!
+//! hyper keeps two 8 KiB buffers (read and write) and its connection state for as long as a
+//! connection is open, busy or not: about 20 KiB for every idle keep-alive client. A regency's
+//! backends keep many connections open and use few of them at a time, so the server releases
+//! hyper's state once a connection has been idle for a moment, waits for the socket to become
+//! readable holding only the socket and the framing guard, and then serves the next request
+//! with a fresh hyper connection on the same socket. The client sees one keep-alive connection
+//! throughout.
+//!
+//! The server asks hyper to let a connection go (`graceful_shutdown`, which ends an idle hyper
+//! connection without writing a byte) only when hyper holds nothing of it: no request whose
+//! response has not been wholly handed over ([`InFlight`]), no response bytes that have not
+//! reached the socket (`unflushed`; hyper counts a connection idle only after its flush, and
+//! asked earlier it would end the connection after the response instead of handing it back),
+//! no partial request in the framing guard (`between_messages`: a head arriving slowly keeps
+//! hyper's head timer), and no traffic for the whole idle period (`events`). [`ConnIo`] and
+//! the service keep these facts in [`Activity`], which the connection's task reads.
+
+use std::io;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use bytes::{Buf, Bytes};
+use http_body::{Body, Frame, SizeHint};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+
+use crate::framing::FramingGuard;
+use crate::response_body::{BoxError, ResponseBody};
+
+/// What one connection's task needs to know to decide that hyper holds nothing of it. Relaxed
+/// atomics: the connection's task both writes and reads them (the type must be `Sync` only
+/// because hyper requires `Send` bodies and futures).
+#[derive(Debug)]
+pub(crate) struct Activity {
+    /// Requests whose response body has not been wholly handed to hyper (or dropped).
+    in_flight: AtomicU32,
+    /// Reads that returned bytes plus writes that took bytes, since the connection opened.
+    events: AtomicU64,
+    /// Bytes went to the socket after the last flush that completed.
+    unflushed: AtomicBool,
+    /// At hyper's last read that found nothing, the framing guard was between messages (no
+    /// partial head held back, no body bytes still to come).
+    between_messages: AtomicBool,
+}
+
+impl Default for Activity {
+    fn default() -> Self {
+        Self {
+            in_flight: AtomicU32::new(0),
+            events: AtomicU64::new(0),
+            unflushed: AtomicBool::new(false),
+            between_messages: AtomicBool::new(true),
+        }
+    }
+}
+
+impl Activity {
+    /// Counts one read or write that moved bytes.
+    fn event(&self) {
+        self.events.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Reads and writes so far: unchanged over a period means no traffic in it.
+    pub(crate) fn events(&self) -> u64 {
+        self.events.load(Ordering::Relaxed)
+    }
+
+    /// hyper holds nothing of the connection right now: no request in flight, every response
+    /// byte flushed, and the guard between messages.
+    pub(crate) fn quiet(&self) -> bool {
+        self.in_flight.load(Ordering::Relaxed) == 0
+            && !self.unflushed.load(Ordering::Relaxed)
+            && self.between_messages.load(Ordering::Relaxed)
+    }
+
+    /// Counts a request as in flight until the returned guard is dropped.
+    pub(crate) fn start_request(self: &Arc<Self>) -> InFlight {
+        self.in_flight.fetch_add(1, Ordering::Relaxed);
+        InFlight(Arc::clone(self))
+    }
+}
+
+/// One request in flight on a connection; dropped when its response body has been wholly
+/// handed to hyper, or when hyper drops the request.
+pub(crate) struct InFlight(Arc<Activity>);
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.in_flight.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// A response body that keeps its request counted as in flight until hyper has taken all of
+/// it (hyper drops a body at its end).
+pub struct ServedBody {
+    body: ResponseBody,
+    _in_flight: Option<InFlight>,
+}
+
+impl ServedBody {
+    pub(crate) fn new(body: ResponseBody, in_flight: Option<InFlight>) -> Self {
+        Self {
+            body,
+            _in_flight: in_flight,
+        }
+    }
+}
+
+impl Body for ServedBody {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        Pin::new(&mut self.get_mut().body).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.body.size_hint()
+    }
+}
+
+/// The stream hyper reads and writes on a plain connection: bytes read ahead of hyper (the
+/// protocol sniff, or what hyper had read when it was parked) first, then the framing guard;
+/// every step recorded in [`Activity`].
+pub(crate) struct ConnIo<T> {
+    prefix: Bytes,
+    inner: FramingGuard<T>,
+    activity: Arc<Activity>,
+}
+
+impl<T> ConnIo<T> {
+    pub(crate) fn new(inner: FramingGuard<T>, activity: Arc<Activity>) -> Self {
+        Self {
+            prefix: Bytes::new(),
+            inner,
+            activity,
+        }
+    }
+
+    pub(crate) fn guard(&self) -> &FramingGuard<T> {
+        &self.inner
+    }
+
+    /// Puts `bytes` in front of what is still to be read (hyper's read-ahead when it let the
+    /// connection go, or the bytes read to tell the protocol).
+    pub(crate) fn unread(&mut self, bytes: Bytes) {
+        if bytes.is_empty() {
+            return;
+        }
+        if self.prefix.is_empty() {
+            self.prefix = bytes;
+        } else {
+            let mut joined = Vec::with_capacity(bytes.len() + self.prefix.len());
+            joined.extend_from_slice(&bytes);
+            joined.extend_from_slice(&self.prefix);
+            self.prefix = Bytes::from(joined);
+        }
+    }
+
+    /// Bytes are waiting to be read without touching the socket.
+    pub(crate) fn has_unread(&self) -> bool {
+        !self.prefix.is_empty() || !self.inner.is_between_messages()
+    }
+
+    /// Gives back memory kept from the last request (parking).
+    pub(crate) fn release_buffers(&mut self) {
+        self.inner.release_buffers();
+    }
+}
+
+impl<T: AsyncRead + Unpin> AsyncRead for ConnIo<T> {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        if !this.prefix.is_empty() {
+            let n = buf.remaining().min(this.prefix.len());
+            buf.put_slice(&this.prefix[..n]);
+            this.prefix.advance(n);
+            this.activity.event();
+            return Poll::Ready(Ok(()));
+        }
+        let before = buf.filled().len();
+        let polled = Pin::new(&mut this.inner).poll_read(cx, buf);
+        match &polled {
+            Poll::Ready(Ok(())) if buf.filled().len() > before => this.activity.event(),
+            Poll::Pending => this
+                .activity
+                .between_messages
+                .store(this.inner.is_between_messages(), Ordering::Relaxed),
+            Poll::Ready(_) => {}
+        }
+        polled
+    }
+}
+
+impl<T: AsyncWrite + Unpin> AsyncWrite for ConnIo<T> {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        data: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        let this = self.get_mut();
+        let polled = Pin::new(&mut this.inner).poll_write(cx, data);
+        this.wrote(&polled);
+        polled
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        let this = self.get_mut();
+        let polled = Pin::new(&mut this.inner).poll_write_vectored(cx, bufs);
+        this.wrote(&polled);
+        polled
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        let polled = Pin::new(&mut this.inner).poll_flush(cx);
+        if let Poll::Ready(Ok(())) = polled {
+            this.activity.unflushed.store(false, Ordering::Relaxed);
+        }
+        polled
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().inner).poll_shutdown(cx)
+    }
+}
+
+impl<T> ConnIo<T> {
+    fn wrote(&self, polled: &Poll<io::Result<usize>>) {
+        if let Poll::Ready(Ok(n)) = polled {
+            if *n > 0 {
+                self.activity.unflushed.store(true, Ordering::Relaxed);
+                self.activity.event();
+            }
+        }
+    }
+}
