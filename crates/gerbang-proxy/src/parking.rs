@@ -189,7 +189,12 @@ impl<T: AsyncRead + Unpin> AsyncRead for ConnIo<T> {
         if !this.prefix.is_empty() {
             let n = buf.remaining().min(this.prefix.len());
             buf.put_slice(&this.prefix[..n]);
-            this.prefix.advance(n);
+            if n == this.prefix.len() {
+                // An empty `Bytes` still holds its storage (the sniff's 8 KiB): let it go.
+                this.prefix = Bytes::new();
+            } else {
+                this.prefix.advance(n);
+            }
             this.activity.event();
             return Poll::Ready(Ok(()));
         }
@@ -256,5 +261,73 @@ impl<T> ConnIo<T> {
                 self.activity.event();
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used)]
+
+    use std::sync::atomic::AtomicBool;
+
+    use tokio::io::AsyncReadExt;
+
+    use super::*;
+
+    /// Storage of a `Bytes` that records when it is freed.
+    struct Owner(Vec<u8>, Arc<AtomicBool>);
+
+    impl AsRef<[u8]> for Owner {
+        fn as_ref(&self) -> &[u8] {
+            &self.0
+        }
+    }
+
+    impl Drop for Owner {
+        fn drop(&mut self) {
+            self.1.store(true, Ordering::SeqCst);
+        }
+    }
+
+    #[tokio::test]
+    async fn bytes_put_back_are_read_first_and_their_storage_freed_once_read() {
+        let (mut client, server) = tokio::io::duplex(1024);
+        let activity = Arc::new(Activity::default());
+        let mut io = ConnIo::new(FramingGuard::new(server, 8192), Arc::clone(&activity));
+        let freed = Arc::new(AtomicBool::new(false));
+        let head = b"GET / HTTP/1.1\r\nHost: t\r\n\r\n".to_vec();
+        io.unread(Bytes::from_owner(Owner(head.clone(), Arc::clone(&freed))));
+        assert!(io.has_unread());
+        let mut got = vec![0u8; head.len()];
+        io.read_exact(&mut got).await.unwrap();
+        assert_eq!(got, head);
+        assert!(
+            freed.load(Ordering::SeqCst),
+            "the read bytes' storage is still held"
+        );
+        assert!(!io.has_unread());
+        // Then the stream itself.
+        tokio::io::AsyncWriteExt::write_all(&mut client, b"GET /2 HTTP/1.1\r\n\r\n")
+            .await
+            .unwrap();
+        let mut next = [0u8; 19];
+        io.read_exact(&mut next).await.unwrap();
+        assert_eq!(&next, b"GET /2 HTTP/1.1\r\n\r\n");
+        assert_eq!(activity.events(), 2);
+    }
+
+    #[tokio::test]
+    async fn a_request_counts_until_its_response_body_is_dropped() {
+        let activity = Arc::new(Activity::default());
+        assert!(activity.quiet());
+        let in_flight = activity.start_request();
+        assert!(!activity.quiet());
+        let body = ServedBody::new(
+            crate::response_body::full(Bytes::from("x")),
+            Some(in_flight),
+        );
+        assert!(!activity.quiet());
+        drop(body);
+        assert!(activity.quiet());
     }
 }
