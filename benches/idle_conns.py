@@ -13,6 +13,7 @@ are in `ps`). Loopback only. Needs `ulimit -n` above the count.
 import argparse
 import asyncio
 import os
+import ssl
 import time
 from urllib.parse import urlsplit
 
@@ -42,10 +43,10 @@ def rss_kib(pid: int) -> int:
     return total
 
 
-async def one(host, port, request, conns, failures, sem):
+async def one(host, port, request, conns, failures, sem, tls):
     async with sem:
         try:
-            reader, writer = await asyncio.open_connection(host, port)
+            reader, writer = await asyncio.open_connection(host, port, ssl=tls)
             writer.write(request)
             await writer.drain()
             head = await reader.readuntil(b"\r\n\r\n")
@@ -77,7 +78,14 @@ async def main():
     conns, failures = [], []
     sem = asyncio.Semaphore(a.concurrency)
     t0 = time.monotonic()
-    await asyncio.gather(*(one(u.hostname, u.port, request, conns, failures, sem) for _ in range(a.count)))
+    tls = None
+    if u.scheme == "https":
+        # A benchmark's self-signed certificate on loopback: not verified.
+        tls = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+        tls.check_hostname = False
+        tls.verify_mode = ssl.CERT_NONE
+        tls.set_alpn_protocols(["http/1.1"])
+    await asyncio.gather(*(one(u.hostname, u.port, request, conns, failures, sem, tls) for _ in range(a.count)))
     opened = time.monotonic() - t0
     await asyncio.sleep(a.hold)
     idle = rss_kib(a.pid)

@@ -40,6 +40,8 @@
 #   (PERF_SECONDS, default 10; PERF_TOP symbols, default 40).
 #   IDLE=N: instead of the rounds, N idle keep-alive connections to each target in turn (one
 #   request on each, then held open): the RSS they add (benches/idle_conns.py).
+#   TLS=1: Gerbang's targets terminate TLS (a self-signed certificate made here; nginx and
+#   HAProxy stay plain): what a production listener does, for IDLE and the rounds alike.
 #   CALLGRIND=1: instead of the rounds, each Gerbang target runs under valgrind's callgrind and
 #   the script prints instructions per request (deterministic, unlike the wall clock on a shared
 #   machine): instrumentation on after a warm-up, then CG_DURATION (20s) of requests from
@@ -232,11 +234,25 @@ deny = ["status_perkawinan"]'
             path="/penduduk/3603015505900001" ;;
   esac
   mkdir -p "$d/registry" "$d/agreements" "$d/data"
+  local tls="" scheme=http
+  if [[ ${TLS:-0} == 1 ]]; then
+    if [[ ! -f $WORK/tls/cert.pem ]]; then
+      mkdir -p "$WORK/tls"
+      openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 2 -subj /CN=localhost \
+        -addext subjectAltName=IP:127.0.0.1 -keyout "$WORK/tls/key.pem" -out "$WORK/tls/cert.pem" \
+        >/dev/null 2>&1 || die "openssl could not make a certificate"
+    fi
+    tls="[server.tls]
+cert_file = \"$WORK/tls/cert.pem\"
+key_file = \"$WORK/tls/key.pem\""
+    scheme=https
+  fi
   cat >"$d/gerbang.toml" <<EOF
 [server]
 listen = "127.0.0.1:$port"
 worker_threads = 1
 max_connections = 30000
+$tls
 [admin]
 listen = "127.0.0.1:$admin"
 watch_files = false
@@ -306,7 +322,8 @@ EOF
   fi
   local pid=$!; PIDS+=("$pid")
   for _ in $(seq 600); do curl -s -o /dev/null --max-time 1 "http://127.0.0.1:$admin/health/ready" && break; sleep 0.1; done
-  NAMES+=("$name"); URLS+=("http://127.0.0.1:$port/bench/up$path"); TPIDS+=("$pid")
+  NAMES+=("$name"); URLS+=("$scheme://127.0.0.1:$port/bench/up$path"); TPIDS+=("$pid")
+  GW_SCHEME=$scheme
   GW_PORT_OF_LAST=$port
 }
 offset=3
@@ -317,7 +334,7 @@ for k in "${!BINS[@]}"; do
     gerbang_start "$v" "$offset" "${BINS[$k]}" "$suffix"; offset=$((offset + 2))
   done
 done
-TOKEN=$(curl -s -u "loadgen%2Fclient:$SECRET" -d grant_type=client_credentials "http://127.0.0.1:$GW_PORT_OF_LAST/oauth/token" \
+TOKEN=$(curl -sk -u "loadgen%2Fclient:$SECRET" -d grant_type=client_credentials "$GW_SCHEME://127.0.0.1:$GW_PORT_OF_LAST/oauth/token" \
   | sed -E 's/.*"access_token":"([^"]+)".*/\1/')
 [[ $TOKEN == ey* ]] || die "no token from the gateway (KEEP=1 keeps the logs)"
 AUTH_HEADER="Authorization: Bearer $TOKEN"
@@ -333,7 +350,7 @@ fi
 for i in "${!NAMES[@]}"; do
   out=""
   for _ in $(seq 100); do
-    out=$(curl -s -o "$WORK/check.${NAMES[$i]}" -w '%{http_code}' --max-time 1 -H "$AUTH_HEADER" "${URLS[$i]}" || true)
+    out=$(curl -sk -o "$WORK/check.${NAMES[$i]}" -w '%{http_code}' --max-time 1 -H "$AUTH_HEADER" "${URLS[$i]}" || true)
     [[ $out == 200 ]] && break; sleep 0.1
   done
   [[ $out == 200 ]] || die "${NAMES[$i]} at ${URLS[$i]} answered '${out:-nothing}' (KEEP=1 keeps the logs)"

@@ -18,6 +18,7 @@
 //! hyper's head timer), and no traffic for the whole idle period (`events`). [`ConnIo`] and
 //! the service keep these facts in [`Activity`], which the connection's task reads.
 
+use std::future::Future;
 use std::io;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
@@ -27,9 +28,45 @@ use std::task::{Context, Poll};
 use bytes::{Buf, Bytes};
 use http_body::{Body, Frame, SizeHint};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::TcpStream;
 
 use crate::framing::FramingGuard;
 use crate::response_body::{BoxError, ResponseBody};
+
+/// A connection's byte stream as the server needs it: something to wait on that holds no
+/// buffer.
+pub(crate) trait Transport: AsyncRead + AsyncWrite + Unpin + Send + 'static {
+    /// Nothing read from the socket is held above it: no decrypted bytes or TLS record waiting
+    /// in the TLS session, nothing of it still to send. Only then does waiting for the socket
+    /// to become readable wait for the client's next bytes.
+    fn drained(&self) -> bool;
+
+    /// Resolves when the socket has bytes (or an end) to read.
+    fn readable(&self) -> impl Future<Output = io::Result<()>> + Send + '_;
+}
+
+impl Transport for TcpStream {
+    fn drained(&self) -> bool {
+        true
+    }
+
+    fn readable(&self) -> impl Future<Output = io::Result<()>> + Send + '_ {
+        TcpStream::readable(self)
+    }
+}
+
+impl Transport for tokio_rustls::server::TlsStream<TcpStream> {
+    fn drained(&self) -> bool {
+        // rustls wants to read only when it holds no plaintext and no whole record; with
+        // nothing to write either, the session has nothing the socket's readiness hides.
+        let (_, session) = self.get_ref();
+        session.wants_read() && !session.wants_write()
+    }
+
+    fn readable(&self) -> impl Future<Output = io::Result<()>> + Send + '_ {
+        self.get_ref().0.readable()
+    }
+}
 
 /// What one connection's task needs to know to decide that hyper holds nothing of it. Relaxed
 /// atomics: the connection's task both writes and reads them (the type must be `Sync` only
@@ -168,14 +205,19 @@ impl<T> ConnIo<T> {
         }
     }
 
-    /// Bytes are waiting to be read without touching the socket.
-    pub(crate) fn has_unread(&self) -> bool {
-        !self.prefix.is_empty() || !self.inner.is_between_messages()
-    }
-
     /// Gives back memory kept from the last request (parking).
     pub(crate) fn release_buffers(&mut self) {
         self.inner.release_buffers();
+    }
+}
+
+impl<T: Transport> ConnIo<T> {
+    /// Bytes are waiting to be read without touching the socket (or may be: a TLS session that
+    /// is not drained).
+    pub(crate) fn has_unread(&self) -> bool {
+        !self.prefix.is_empty()
+            || !self.inner.is_between_messages()
+            || !self.inner.get_ref().drained()
     }
 }
 
@@ -273,6 +315,16 @@ mod tests {
     use tokio::io::AsyncReadExt;
 
     use super::*;
+
+    impl Transport for tokio::io::DuplexStream {
+        fn drained(&self) -> bool {
+            true
+        }
+
+        fn readable(&self) -> impl Future<Output = io::Result<()>> + Send + '_ {
+            std::future::ready(Ok(()))
+        }
+    }
 
     /// Storage of a `Bytes` that records when it is freed.
     struct Owner(Vec<u8>, Arc<AtomicBool>);

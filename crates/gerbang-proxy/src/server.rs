@@ -3,7 +3,8 @@
 //!
 //! Each connection's first bytes tell its protocol (the HTTP/2 preface, or HTTP/1.1). A plain
 //! HTTP/1.1 connection that stays idle is parked (see [`crate::parking`]): hyper's state is
-//! released and the connection waits for its next request holding only its socket.
+//! released and the connection waits for its next request holding only its socket (and, with
+//! TLS, its TLS session).
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -18,15 +19,15 @@ use http::{Request, Response};
 use hyper::body::Incoming;
 use hyper::server::conn::{http1, http2};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::time::Instant;
 use tokio_rustls::TlsAcceptor;
 
 use crate::framing::FramingGuard;
 use crate::gateway::{ConnInfo, Gateway};
-use crate::parking::{Activity, ConnIo, ServedBody};
+use crate::parking::{Activity, ConnIo, ServedBody, Transport};
 use crate::response_body::ResponseBody;
 
 /// Handles requests of one listener.
@@ -137,32 +138,6 @@ impl Shared {
             head_timeout: settings.header_read_timeout,
             park_after: settings.park_idle_after,
         }
-    }
-}
-
-/// A connection's byte stream as the server needs it.
-pub(crate) trait Transport: AsyncRead + AsyncWrite + Unpin + Send + 'static {
-    /// Whether an idle connection may be parked: only where readiness of the socket means
-    /// bytes to read (TLS keeps decrypted bytes of its own, so a TLS connection never parks).
-    const PARKS: bool;
-
-    /// Resolves when the socket has bytes (or an end) to read.
-    fn readable(&self) -> impl Future<Output = io::Result<()>> + Send + '_;
-}
-
-impl Transport for TcpStream {
-    const PARKS: bool = true;
-
-    fn readable(&self) -> impl Future<Output = io::Result<()>> + Send + '_ {
-        TcpStream::readable(self)
-    }
-}
-
-impl Transport for tokio_rustls::server::TlsStream<TcpStream> {
-    const PARKS: bool = false;
-
-    fn readable(&self) -> impl Future<Output = io::Result<()>> + Send + '_ {
-        std::future::ready(Ok(()))
     }
 }
 
@@ -436,7 +411,7 @@ async fn serve_http1<T: Transport, H: Handler>(
             Pin::new(&mut http).graceful_shutdown();
             continue;
         }
-        if stopping_now || parking || !T::PARKS {
+        if stopping_now || parking {
             return Poll::Pending;
         }
         if armed.is_none() {
@@ -531,7 +506,7 @@ mod tests {
     #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
     use bytes::Bytes;
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
     use tokio::net::TcpStream;
     use tokio::sync::{oneshot, Notify};
 
@@ -722,14 +697,14 @@ mod tests {
 
     /// Sends `GET path` on a kept-alive connection and reads one whole response (by its
     /// Content-Length); returns the head and the body's length.
-    async fn exchange(s: &mut TcpStream, path: &str) -> (String, usize) {
+    async fn exchange<S: AsyncRead + AsyncWrite + Unpin>(s: &mut S, path: &str) -> (String, usize) {
         s.write_all(format!("GET {path} HTTP/1.1\r\nHost: t\r\n\r\n").as_bytes())
             .await
             .unwrap();
         read_response(s).await
     }
 
-    async fn read_response(s: &mut TcpStream) -> (String, usize) {
+    async fn read_response<S: AsyncRead + Unpin>(s: &mut S) -> (String, usize) {
         let mut head = Vec::new();
         while !head.ends_with(b"\r\n\r\n") {
             let b = s.read_u8().await.unwrap();
@@ -945,5 +920,93 @@ mod tests {
         let task = serve_connection(stream, &shared, Arc::new(Probe::default()), conn, stop_rx);
         let size = std::mem::size_of_val(&task);
         assert!(size <= 1024, "a connection's task is {size} bytes");
+    }
+
+    /// A listener with TLS (a self-signed certificate for `localhost`) that parks after 50 ms,
+    /// and a client configuration that trusts it.
+    fn tls_settings() -> (ListenerSettings, Arc<rustls::ClientConfig>) {
+        let ck = rcgen::generate_simple_self_signed(vec!["localhost".into()]).unwrap();
+        let cert = ck.cert.pem();
+        let key = ck.signing_key.serialize_pem();
+        let server = crate::tls::server_config(cert.as_bytes(), key.as_bytes()).unwrap();
+        let roots = crate::tls::parse_certs(cert.as_bytes()).unwrap();
+        let client = crate::tls::client_config(false, &roots).unwrap();
+        let settings = ListenerSettings {
+            tls: Some(server),
+            ..parking_settings()
+        };
+        (settings, client)
+    }
+
+    #[tokio::test]
+    async fn an_idle_tls_connection_is_parked_and_serves_its_next_request() {
+        let (settings, client) = tls_settings();
+        let server = start(settings).await;
+        let tcp = TcpStream::connect(server.addr).await.unwrap();
+        let mut s = tokio_rustls::TlsConnector::from(client)
+            .connect("localhost".try_into().unwrap(), tcp)
+            .await
+            .unwrap();
+        for round in 0..3 {
+            let (head, _) = exchange(&mut s, "/x").await;
+            assert!(head.starts_with("HTTP/1.1 200"), "round {round}: {head}");
+            assert!(!head.contains("connection: close"), "round {round}: {head}");
+            wait_until(|| Arc::strong_count(&server.probe) == PARKED_REFS).await;
+        }
+        let (head, len) = exchange(&mut s, "/x").await;
+        assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+        assert_eq!(
+            len,
+            format!("https {}", s.get_ref().0.local_addr().unwrap()).len()
+        );
+    }
+
+    #[tokio::test]
+    async fn a_request_that_arrives_with_the_tls_handshake_is_served_at_once() {
+        // The client's last handshake flight and its first request in one write: the server's
+        // TLS session has decrypted the request by the time the handshake completes, and the
+        // socket has nothing more to read. Waiting for it to become readable would wait for
+        // the head timeout.
+        let (settings, client) = tls_settings();
+        let server = start(settings).await;
+        let addr = server.addr;
+        let head = tokio::task::spawn_blocking(move || {
+            use std::io::{Read, Write};
+            let mut sock = std::net::TcpStream::connect(addr).unwrap();
+            sock.set_read_timeout(Some(Duration::from_secs(3))).unwrap();
+            let mut tls =
+                rustls::ClientConnection::new(client, "localhost".try_into().unwrap()).unwrap();
+            while tls.wants_write() {
+                tls.write_tls(&mut sock).unwrap();
+            }
+            while tls.is_handshaking() {
+                tls.read_tls(&mut sock).unwrap();
+                tls.process_new_packets().unwrap();
+            }
+            tls.writer()
+                .write_all(b"GET /x HTTP/1.1\r\nHost: t\r\n\r\n")
+                .unwrap();
+            let mut flight = Vec::new();
+            while tls.wants_write() {
+                tls.write_tls(&mut flight).unwrap();
+            }
+            sock.write_all(&flight).unwrap();
+            let mut got = Vec::new();
+            while !got.windows(4).any(|w| w == b"\r\n\r\n") {
+                tls.read_tls(&mut sock)
+                    .expect("no answer: the request was not served");
+                tls.process_new_packets().unwrap();
+                let mut buf = [0u8; 4096];
+                match tls.reader().read(&mut buf) {
+                    Ok(n) => got.extend_from_slice(&buf[..n]),
+                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+                    Err(e) => panic!("{e}"),
+                }
+            }
+            String::from_utf8(got).unwrap()
+        })
+        .await
+        .unwrap();
+        assert!(head.starts_with("HTTP/1.1 200"), "{head}");
     }
 }
