@@ -270,6 +270,11 @@ enabled = $metrics
 [audit]
 enabled = $audit
 fsync = "interval"
+# As nginx's upstream keep-alive pool: room for every connection the load generator keeps
+# busy. At CONNS=512 the default (256 idle per host) closed the connections returned beyond
+# it and opened new ones on later calls.
+[upstream]
+pool_max_idle_per_host = $(( CONNS > 256 ? CONNS : 256 ))
 $cluster
 EOF
   cat >"$d/registry/bench.toml" <<EOF
