@@ -141,6 +141,32 @@ async fn content_length_with_transfer_encoding_is_refused() {
     assert_eq!(r.error_code(), "ambiguous_framing");
 }
 
+/// A keep-alive connection idle between requests (long enough for the server to park it and
+/// release hyper's state) is served on the same socket throughout, and its framing guard
+/// still stands after each park.
+#[tokio::test]
+async fn a_keep_alive_connection_idle_between_requests_is_served_throughout() {
+    let (_e, gw) = gateway_with_limit().await;
+    let mut s = tokio::net::TcpStream::connect(gw.addr).await.unwrap();
+    for round in 0..3 {
+        let req = format!("GET /a/s/round{round} HTTP/1.1\r\nHost: g\r\n\r\n");
+        s.write_all(&authed(req.as_bytes())).await.unwrap();
+        let r = read_response(&mut s).await;
+        assert_eq!(r.status, 200, "round {round}");
+        assert_eq!(r.header("connection"), None, "round {round}");
+        let echoed: serde_json::Value = serde_json::from_slice(&r.body).unwrap();
+        assert_eq!(echoed["path"], format!("/round{round}"));
+        // Past the server's park delay (100 ms).
+        tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    }
+    s.write_all(&authed(b"POST /a/s/x HTTP/1.1\r\nHost: g\r\nTransfer-Encoding: chunked\r\nContent-Length: 3\r\n\r\n0\r\n\r\n"))
+        .await
+        .unwrap();
+    let r = read_response(&mut s).await;
+    assert_eq!(r.status, 400);
+    assert_eq!(r.error_code(), "ambiguous_framing");
+}
+
 #[tokio::test]
 async fn connections_beyond_max_connections_wait_for_a_free_slot() {
     let echo = backend(Kind::Echo, "echo").await;
