@@ -884,6 +884,35 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_pipelined_head_that_pauses_past_the_park_delay_is_served() {
+        // One whole request and the start of the next in one write, the rest of the second
+        // after several park periods: the connection is not parked under the half head, and
+        // both are answered in order.
+        let server = start(parking_settings()).await;
+        let mut s = TcpStream::connect(server.addr).await.unwrap();
+        s.write_all(b"GET /x HTTP/1.1\r\nHost: t\r\n\r\nGET /x HTTP/1.1\r\nHo")
+            .await
+            .unwrap();
+        let (head, _) = read_response(&mut s).await;
+        assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        assert!(
+            Arc::strong_count(&server.probe) > PARKED_REFS,
+            "parked under a partial head"
+        );
+        s.write_all(b"st: t\r\n\r\n").await.unwrap();
+        let (head, _) = read_response(&mut s).await;
+        assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+        assert_eq!(
+            server
+                .probe
+                .started
+                .load(std::sync::atomic::Ordering::SeqCst),
+            2
+        );
+    }
+
+    #[tokio::test]
     async fn shutdown_closes_parked_connections_at_once() {
         let mut server = start(parking_settings()).await;
         let mut s = TcpStream::connect(server.addr).await.unwrap();
