@@ -75,6 +75,8 @@ impl Transport for tokio_rustls::server::TlsStream<TcpStream> {
 pub(crate) struct Activity {
     /// Requests whose response body has not been wholly handed to hyper (or dropped).
     in_flight: AtomicU32,
+    /// Requests started since the connection opened.
+    requests: AtomicU64,
     /// Reads that returned bytes plus writes that took bytes, since the connection opened.
     events: AtomicU64,
     /// Bytes went to the socket after the last flush that completed.
@@ -88,6 +90,7 @@ impl Default for Activity {
     fn default() -> Self {
         Self {
             in_flight: AtomicU32::new(0),
+            requests: AtomicU64::new(0),
             events: AtomicU64::new(0),
             unflushed: AtomicBool::new(false),
             between_messages: AtomicBool::new(true),
@@ -114,8 +117,14 @@ impl Activity {
             && self.between_messages.load(Ordering::Relaxed)
     }
 
+    /// Requests started so far.
+    pub(crate) fn requests(&self) -> u64 {
+        self.requests.load(Ordering::Relaxed)
+    }
+
     /// Counts a request as in flight until the returned guard is dropped.
     pub(crate) fn start_request(self: &Arc<Self>) -> InFlight {
+        self.requests.fetch_add(1, Ordering::Relaxed);
         self.in_flight.fetch_add(1, Ordering::Relaxed);
         InFlight(Arc::clone(self))
     }
@@ -296,10 +305,13 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for ConnIo<T> {
 }
 
 impl<T> ConnIo<T> {
+    /// hyper writes only what it has buffered and flushes the stream only once its buffer is
+    /// empty: any write attempt, taken by the socket or not, means bytes wait until the next
+    /// completed flush.
     fn wrote(&self, polled: &Poll<io::Result<usize>>) {
+        self.activity.unflushed.store(true, Ordering::Relaxed);
         if let Poll::Ready(Ok(n)) = polled {
             if *n > 0 {
-                self.activity.unflushed.store(true, Ordering::Relaxed);
                 self.activity.event();
             }
         }
@@ -381,5 +393,26 @@ mod tests {
         assert!(!activity.quiet());
         drop(body);
         assert!(activity.quiet());
+    }
+
+    #[tokio::test]
+    async fn a_write_the_socket_refuses_still_counts_as_unflushed() {
+        // hyper keeps what the socket did not take and flushes the stream only once its own
+        // buffer is empty: a write attempt, taken or not, means bytes are waiting.
+        let (_client, server) = tokio::io::duplex(16);
+        let activity = Arc::new(Activity::default());
+        let mut io = ConnIo::new(FramingGuard::new(server, 8192), Arc::clone(&activity));
+        let waker = std::task::Waker::noop();
+        let mut cx = Context::from_waker(waker);
+        let full = Pin::new(&mut io).poll_write(&mut cx, &[b'x'; 16]);
+        assert!(matches!(full, Poll::Ready(Ok(16))));
+        assert!(Pin::new(&mut io).poll_flush(&mut cx).is_ready());
+        assert!(activity.quiet());
+        // The pipe is full: this write takes nothing.
+        assert!(Pin::new(&mut io).poll_write(&mut cx, b"more").is_pending());
+        assert!(
+            !activity.quiet(),
+            "bytes waiting in hyper's buffer counted as flushed"
+        );
     }
 }

@@ -298,18 +298,25 @@ async fn serve_connection<T: Transport, H: Handler>(
         Box::pin(serve_http2(io, shared, handler, conn, stop)).await;
         return;
     }
+    // `deadline`: by when the next request must have started. From accept for the first; then
+    // from when the connection last went idle after a request. Bytes that start no request
+    // (a head still arriving, TLS records without data) do not move it.
+    let mut deadline = deadline;
     loop {
+        let requests = activity.requests();
         let Some((parked, idle_since)) = Box::pin(serve_http1(
-            io, shared, &handler, &conn, &activity, &mut stop,
+            io, shared, &handler, &conn, &activity, &mut stop, deadline,
         ))
         .await
         else {
             return;
         };
         io = parked;
-        // Parked: hyper's state is gone; the next bytes start a new one. An idle keep-alive
-        // connection gets the head timeout from when it went idle, as hyper gives it.
-        if !wait_for_bytes(&io, idle_since + shared.head_timeout, &mut stop).await {
+        if activity.requests() != requests {
+            deadline = idle_since + shared.head_timeout;
+        }
+        // Parked: hyper's state is gone; the next bytes start a new one.
+        if !wait_for_bytes(&io, deadline, &mut stop).await {
             return;
         }
     }
@@ -338,21 +345,24 @@ async fn serve_http2<T: Transport, H: Handler>(
     }
 }
 
-/// Waits until `io` has bytes to read; `false` at `deadline`, on shutdown, or on a socket
-/// error (the connection is then closed).
+/// Waits until `io` has bytes to read; `false` at `deadline` (also when bytes are there by
+/// then), on shutdown, or on a socket error (the connection is then closed).
 async fn wait_for_bytes<T: Transport>(
     io: &ConnIo<T>,
     deadline: Instant,
     stop: &mut watch::Receiver<bool>,
 ) -> bool {
+    if Instant::now() >= deadline {
+        return false;
+    }
     if io.has_unread() {
         return true;
     }
     tokio::select! {
         biased;
         () = stopping(stop) => false,
-        ready = io.guard().get_ref().readable() => ready.is_ok(),
         () = tokio::time::sleep_until(deadline) => false,
+        ready = io.guard().get_ref().readable() => ready.is_ok(),
     }
 }
 
@@ -378,7 +388,9 @@ async fn sniff<T: Transport>(io: &mut ConnIo<T>) -> io::Result<Option<bool>> {
 
 /// Serves HTTP/1.1 with one hyper connection until it ends (`None`) or until it has been idle
 /// for `park_after`: then hyper lets it go and the stream comes back with the time it went
-/// idle.
+/// idle. Until a request starts, the connection is closed at `deadline` (hyper's own head
+/// timer would count from now, and a client could restart it with every park).
+#[allow(clippy::too_many_arguments)]
 async fn serve_http1<T: Transport, H: Handler>(
     io: ConnIo<T>,
     shared: &Shared,
@@ -386,6 +398,7 @@ async fn serve_http1<T: Transport, H: Handler>(
     conn: &ConnInfo,
     activity: &Arc<Activity>,
     stop: &mut watch::Receiver<bool>,
+    deadline: Instant,
 ) -> Option<(ConnIo<T>, Instant)> {
     let svc = service(
         Arc::clone(handler),
@@ -402,9 +415,18 @@ async fn serve_http1<T: Transport, H: Handler>(
     let mut idle_since = Instant::now();
     let mut stopping_now = false;
     let mut parking = false;
-    let result = std::future::poll_fn(|cx| loop {
-        if let Poll::Ready(result) = http.poll_without_shutdown(cx) {
-            return Poll::Ready(result);
+    let requests = activity.requests();
+    let mut head_timer = pin!(tokio::time::sleep_until(deadline));
+    let ended = std::future::poll_fn(|cx| loop {
+        // Until it is asked to let the connection go, hyper runs as it would on its own: when
+        // it ends the connection, it flushes what it holds and shuts the stream down.
+        let polled = if parking {
+            http.poll_without_shutdown(cx)
+        } else {
+            Pin::new(&mut http).poll(cx)
+        };
+        if let Poll::Ready(result) = polled {
+            return Poll::Ready(Some(result));
         }
         if !stopping_now && stop_signal.as_mut().poll(cx).is_ready() {
             stopping_now = true;
@@ -413,6 +435,9 @@ async fn serve_http1<T: Transport, H: Handler>(
         }
         if stopping_now || parking {
             return Poll::Pending;
+        }
+        if activity.requests() == requests && head_timer.as_mut().poll(cx).is_ready() {
+            return Poll::Ready(None);
         }
         if armed.is_none() {
             if !activity.quiet() {
@@ -434,21 +459,27 @@ async fn serve_http1<T: Transport, H: Handler>(
         }
     })
     .await;
-    let parts = http.into_parts();
-    let mut io = parts.io.into_inner();
-    match result {
-        Ok(()) if parking && !stopping_now => {
+    match ended {
+        Some(Ok(())) if parking => {
+            let parts = http.into_parts();
+            let mut io = parts.io.into_inner();
+            if stopping_now {
+                // Shutdown came while hyper let an idle connection go: it held nothing.
+                let _ = io.shutdown().await;
+                return None;
+            }
             io.unread(parts.read_buf);
             io.release_buffers();
             Some((io, idle_since))
         }
-        Ok(()) => {
-            // The end hyper would have made: the write side shut down after the last response.
-            let _ = io.shutdown().await;
+        // hyper ended the connection itself, flushed and shut down.
+        Some(Ok(())) => None,
+        Some(Err(e)) => {
+            tracing::debug!(remote = %conn.remote, error = %e, "connection ended with an error");
             None
         }
-        Err(e) => {
-            tracing::debug!(remote = %conn.remote, error = %e, "connection ended with an error");
+        None => {
+            tracing::debug!(remote = %conn.remote, "no request head within the timeout");
             None
         }
     }
@@ -913,6 +944,67 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn shutdown_delivers_the_whole_of_a_last_response_the_client_reads_slowly() {
+        // A `Connection: close` response larger than the socket buffers, unread when shutdown
+        // begins: hyper must write all of it before the connection ends.
+        let mut server = start(parking_settings()).await;
+        let socket = tokio::net::TcpSocket::new_v4().unwrap();
+        socket.set_recv_buffer_size(64 * 1024).unwrap();
+        let mut s = socket.connect(server.addr).await.unwrap();
+        s.write_all(b"GET /big HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n")
+            .await
+            .unwrap();
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        server.stop.take().unwrap().send(()).unwrap();
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        let (head, len) = read_response(&mut s).await;
+        assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+        assert_eq!(len, BIG);
+        let outcome = tokio::time::timeout(Duration::from_secs(5), server.done)
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(outcome, ShutdownOutcome::Drained);
+    }
+
+    #[tokio::test]
+    async fn a_parked_head_timeout_runs_from_idle_whatever_bytes_arrive() {
+        // After a response the next head must be complete within the head timeout of the
+        // connection going idle; bytes trickling in after it was parked start no new timer.
+        let server = start(ListenerSettings {
+            header_read_timeout: Duration::from_millis(400),
+            ..parking_settings()
+        })
+        .await;
+        let mut s = TcpStream::connect(server.addr).await.unwrap();
+        let (head, _) = exchange(&mut s, "/x").await;
+        assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+        let idle = std::time::Instant::now();
+        wait_until(|| Arc::strong_count(&server.probe) == PARKED_REFS).await;
+        // The first byte just before the deadline.
+        tokio::time::sleep(Duration::from_millis(330).saturating_sub(idle.elapsed())).await;
+        let mut closed = false;
+        for &b in b"GET /x HTTP/1.1\r\nHost: t\r\nX-Slow: aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa" {
+            if s.write_all(&[b]).await.is_err() {
+                closed = true;
+                break;
+            }
+            let mut buf = [0u8; 512];
+            let answered = tokio::time::timeout(Duration::from_millis(60), s.read(&mut buf)).await;
+            if answered.is_ok() {
+                closed = true;
+                break;
+            }
+        }
+        assert!(closed, "still open after {:?}", idle.elapsed());
+        assert!(
+            idle.elapsed() < Duration::from_millis(650),
+            "closed {:?} after going idle (head timeout 400 ms)",
+            idle.elapsed()
+        );
+    }
+
+    #[tokio::test]
     async fn shutdown_closes_parked_connections_at_once() {
         let mut server = start(parking_settings()).await;
         let mut s = TcpStream::connect(server.addr).await.unwrap();
@@ -1037,5 +1129,46 @@ mod tests {
         .await
         .unwrap();
         assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    }
+
+    #[tokio::test]
+    async fn tls_records_without_a_request_do_not_keep_a_parked_connection_open() {
+        // Key updates carry no plaintext: each wakes the parked connection, and none may move
+        // its idle deadline.
+        let (settings, client) = tls_settings();
+        let server = start(ListenerSettings {
+            header_read_timeout: Duration::from_millis(500),
+            ..settings
+        })
+        .await;
+        let tcp = TcpStream::connect(server.addr).await.unwrap();
+        let mut s = tokio_rustls::TlsConnector::from(client)
+            .connect("localhost".try_into().unwrap(), tcp)
+            .await
+            .unwrap();
+        let (head, _) = exchange(&mut s, "/x").await;
+        assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+        let idle = std::time::Instant::now();
+        let mut closed = false;
+        while idle.elapsed() < Duration::from_secs(3) {
+            tokio::time::sleep(Duration::from_millis(150)).await;
+            if s.get_mut().1.refresh_traffic_keys().is_err() || s.flush().await.is_err() {
+                closed = true;
+                break;
+            }
+            let mut buf = [0u8; 512];
+            if let Ok(Ok(0) | Err(_)) =
+                tokio::time::timeout(Duration::from_millis(10), s.read(&mut buf)).await
+            {
+                closed = true;
+                break;
+            }
+        }
+        assert!(closed, "open {:?} after going idle", idle.elapsed());
+        assert!(
+            idle.elapsed() < Duration::from_millis(1200),
+            "closed {:?} after going idle (head timeout 500 ms)",
+            idle.elapsed()
+        );
     }
 }
