@@ -105,16 +105,28 @@ impl<T> FramingGuard<T> {
         self.state == State::Head && self.head.is_empty() && self.out_pos >= self.out.len()
     }
 
-    /// Frees the buffers of a head that had to be held back or rewritten, once they are empty:
-    /// an idle connection keeps no capacity from its last request.
+    /// Frees the buffer of a head that had to be held back, once it is empty: an idle
+    /// connection keeps no capacity from its last request. (`out` gives its buffer back as
+    /// soon as hyper has read it.)
     pub fn release_buffers(&mut self) {
         if self.head.is_empty() {
             self.head = Vec::new();
         }
-        if self.out_pos >= self.out.len() {
-            self.out = Vec::new();
-            self.out_pos = 0;
+    }
+
+    /// Puts bytes that already passed the guard back in front of what hyper reads next: the
+    /// bytes read to tell the protocol, or what hyper had read ahead when it let the
+    /// connection go.
+    pub fn unread(&mut self, bytes: &[u8]) {
+        if bytes.is_empty() {
+            return;
         }
+        let pending = &self.out[self.out_pos..];
+        let mut out = Vec::with_capacity(bytes.len() + pending.len());
+        out.extend_from_slice(bytes);
+        out.extend_from_slice(pending);
+        self.out = out;
+        self.out_pos = 0;
     }
 
     /// Consumes body bytes at the start of `data`; returns how many belonged to the body.
@@ -463,7 +475,9 @@ impl<T: AsyncRead + Unpin> FramingGuard<T> {
             buf.put_slice(&self.out[self.out_pos..self.out_pos + n]);
             self.out_pos += n;
             if self.out_pos == self.out.len() {
-                self.out.clear();
+                // Freed rather than kept: `out` is the rare path (a rewritten or oversized
+                // head, bytes handed back), and a connection should not carry its capacity.
+                self.out = Vec::new();
                 self.out_pos = 0;
             }
             return Some(Poll::Ready(Ok(())));

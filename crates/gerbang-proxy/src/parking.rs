@@ -25,7 +25,7 @@ use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
-use bytes::{Buf, Bytes};
+use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
@@ -176,22 +176,16 @@ impl Body for ServedBody {
     }
 }
 
-/// The stream hyper reads and writes on a plain connection: bytes read ahead of hyper (the
-/// protocol sniff, or what hyper had read when it was parked) first, then the framing guard;
-/// every step recorded in [`Activity`].
+/// The stream hyper reads and writes on a connection: the framing guard (which also holds
+/// bytes handed back to be read again), with every step recorded in [`Activity`].
 pub(crate) struct ConnIo<T> {
-    prefix: Bytes,
     inner: FramingGuard<T>,
     activity: Arc<Activity>,
 }
 
 impl<T> ConnIo<T> {
     pub(crate) fn new(inner: FramingGuard<T>, activity: Arc<Activity>) -> Self {
-        Self {
-            prefix: Bytes::new(),
-            inner,
-            activity,
-        }
+        Self { inner, activity }
     }
 
     pub(crate) fn guard(&self) -> &FramingGuard<T> {
@@ -200,18 +194,8 @@ impl<T> ConnIo<T> {
 
     /// Puts `bytes` in front of what is still to be read (hyper's read-ahead when it let the
     /// connection go, or the bytes read to tell the protocol).
-    pub(crate) fn unread(&mut self, bytes: Bytes) {
-        if bytes.is_empty() {
-            return;
-        }
-        if self.prefix.is_empty() {
-            self.prefix = bytes;
-        } else {
-            let mut joined = Vec::with_capacity(bytes.len() + self.prefix.len());
-            joined.extend_from_slice(&bytes);
-            joined.extend_from_slice(&self.prefix);
-            self.prefix = Bytes::from(joined);
-        }
+    pub(crate) fn unread(&mut self, bytes: &[u8]) {
+        self.inner.unread(bytes);
     }
 
     /// Gives back memory kept from the last request (parking).
@@ -224,9 +208,7 @@ impl<T: Transport> ConnIo<T> {
     /// Bytes are waiting to be read without touching the socket (or may be: a TLS session that
     /// is not drained).
     pub(crate) fn has_unread(&self) -> bool {
-        !self.prefix.is_empty()
-            || !self.inner.is_between_messages()
-            || !self.inner.get_ref().drained()
+        !self.inner.is_between_messages() || !self.inner.get_ref().drained()
     }
 }
 
@@ -237,18 +219,6 @@ impl<T: AsyncRead + Unpin> AsyncRead for ConnIo<T> {
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
         let this = self.get_mut();
-        if !this.prefix.is_empty() {
-            let n = buf.remaining().min(this.prefix.len());
-            buf.put_slice(&this.prefix[..n]);
-            if n == this.prefix.len() {
-                // An empty `Bytes` still holds its storage (the sniff's 8 KiB): let it go.
-                this.prefix = Bytes::new();
-            } else {
-                this.prefix.advance(n);
-            }
-            this.activity.event();
-            return Poll::Ready(Ok(()));
-        }
         let before = buf.filled().len();
         let polled = Pin::new(&mut this.inner).poll_read(cx, buf);
         match &polled {
@@ -360,7 +330,7 @@ mod tests {
         let mut io = ConnIo::new(FramingGuard::new(server, 8192), Arc::clone(&activity));
         let freed = Arc::new(AtomicBool::new(false));
         let head = b"GET / HTTP/1.1\r\nHost: t\r\n\r\n".to_vec();
-        io.unread(Bytes::from_owner(Owner(head.clone(), Arc::clone(&freed))));
+        io.unread(&Bytes::from_owner(Owner(head.clone(), Arc::clone(&freed))));
         assert!(io.has_unread());
         let mut got = vec![0u8; head.len()];
         io.read_exact(&mut got).await.unwrap();

@@ -382,7 +382,7 @@ async fn sniff<T: Transport>(io: &mut ConnIo<T>) -> io::Result<Option<bool>> {
         return Ok(None);
     }
     let h2 = first.starts_with(H2_PREFACE);
-    io.unread(first.freeze());
+    io.unread(&first);
     Ok(Some(h2))
 }
 
@@ -468,7 +468,7 @@ async fn serve_http1<T: Transport, H: Handler>(
                 let _ = io.shutdown().await;
                 return None;
             }
-            io.unread(parts.read_buf);
+            io.unread(&parts.read_buf);
             io.release_buffers();
             Some((io, idle_since))
         }
