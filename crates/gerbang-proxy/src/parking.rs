@@ -192,6 +192,10 @@ impl<T> ConnIo<T> {
         &self.inner
     }
 
+    pub(crate) fn activity(&self) -> &Arc<Activity> {
+        &self.activity
+    }
+
     /// Puts `bytes` in front of what is still to be read (hyper's read-ahead when it let the
     /// connection go, or the bytes read to tell the protocol).
     pub(crate) fn unread(&mut self, bytes: &[u8]) {

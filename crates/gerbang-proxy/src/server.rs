@@ -265,10 +265,9 @@ async fn serve_connection<T: Transport, H: Handler>(
     mut stop: watch::Receiver<bool>,
 ) {
     let remote = conn.remote;
-    let activity = Arc::new(Activity::default());
     let mut io = ConnIo::new(
         FramingGuard::new(stream, shared.max_head),
-        Arc::clone(&activity),
+        Arc::new(Activity::default()),
     );
     // Until the first bytes the connection holds nothing but its socket; they must come
     // within the head timeout, as every later request's head must.
@@ -298,23 +297,17 @@ async fn serve_connection<T: Transport, H: Handler>(
         Box::pin(serve_http2(io, shared, handler, conn, stop)).await;
         return;
     }
-    // `deadline`: by when the next request must have started. From accept for the first; then
-    // from when the connection last went idle after a request. Bytes that start no request
-    // (a head still arriving, TLS records without data) do not move it.
+    // `deadline`: by when the next request must have started (see `serve_http1`).
     let mut deadline = deadline;
     loop {
-        let requests = activity.requests();
-        let Some((parked, idle_since)) = Box::pin(serve_http1(
-            io, shared, &handler, &conn, &activity, &mut stop, deadline,
+        let Some((parked, next)) = Box::pin(serve_http1(
+            io, shared, &handler, &conn, &mut stop, deadline,
         ))
         .await
         else {
             return;
         };
-        io = parked;
-        if activity.requests() != requests {
-            deadline = idle_since + shared.head_timeout;
-        }
+        (io, deadline) = (parked, next);
         // Parked: hyper's state is gone; the next bytes start a new one.
         if !wait_for_bytes(&io, deadline, &mut stop).await {
             return;
@@ -387,23 +380,25 @@ async fn sniff<T: Transport>(io: &mut ConnIo<T>) -> io::Result<Option<bool>> {
 }
 
 /// Serves HTTP/1.1 with one hyper connection until it ends (`None`) or until it has been idle
-/// for `park_after`: then hyper lets it go and the stream comes back with the time it went
-/// idle. Until a request starts, the connection is closed at `deadline` (hyper's own head
-/// timer would count from now, and a client could restart it with every park).
-#[allow(clippy::too_many_arguments)]
+/// for `park_after`: then hyper lets it go and the stream comes back with the deadline for
+/// its next request. `deadline` is by when a request must start: from accept for the first,
+/// then from when the connection last went idle after a request. Until a request starts, the
+/// connection is closed at it (hyper's own head timer would count from now, and a client could
+/// restart it with every park), and bytes that start no request (a head still arriving, TLS
+/// records without data) do not move it.
 async fn serve_http1<T: Transport, H: Handler>(
     io: ConnIo<T>,
     shared: &Shared,
     handler: &Arc<H>,
     conn: &ConnInfo,
-    activity: &Arc<Activity>,
     stop: &mut watch::Receiver<bool>,
     deadline: Instant,
 ) -> Option<(ConnIo<T>, Instant)> {
+    let activity = Arc::clone(io.activity());
     let svc = service(
         Arc::clone(handler),
         conn.clone(),
-        Some(Arc::clone(activity)),
+        Some(Arc::clone(&activity)),
     );
     // The caller boxes this future: the connection's task keeps room for its largest state,
     // and a parked connection should not carry hyper's.
@@ -470,7 +465,12 @@ async fn serve_http1<T: Transport, H: Handler>(
             }
             io.unread(&parts.read_buf);
             io.release_buffers();
-            Some((io, idle_since))
+            let next = if activity.requests() == requests {
+                deadline
+            } else {
+                idle_since + shared.head_timeout
+            };
+            Some((io, next))
         }
         // hyper ended the connection itself, flushed and shut down.
         Some(Ok(())) => None,
