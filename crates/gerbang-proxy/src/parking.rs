@@ -1,5 +1,5 @@
-//! Parking idle HTTP/1.1 connections: what a plain keep-alive connection keeps while it waits
-//! for its next request.
+//! Parking idle HTTP/1.1 connections: what a keep-alive connection keeps while it waits for
+//! its next request.
 //!
 //! hyper keeps two 8 KiB buffers (read and write) and its connection state for as long as a
 //! connection is open, busy or not: about 20 KiB for every idle keep-alive client. A regency's
@@ -79,7 +79,8 @@ pub(crate) struct Activity {
     requests: AtomicU64,
     /// Reads that returned bytes plus writes that took bytes, since the connection opened.
     events: AtomicU64,
-    /// Bytes went to the socket after the last flush that completed.
+    /// hyper tried to write since the last flush that completed (it keeps what the socket
+    /// refused, and flushes the stream only once its own buffer is empty).
     unflushed: AtomicBool,
     /// At hyper's last read that found nothing, the framing guard was between messages (no
     /// partial head held back, no body bytes still to come).

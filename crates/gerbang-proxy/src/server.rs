@@ -1,7 +1,7 @@
 //! Listeners: accept TCP (optionally TLS), serve HTTP/1.1 and HTTP/2 with hyper, and shut down
 //! gracefully: stop accepting, let requests in flight finish up to a deadline.
 //!
-//! Each connection's first bytes tell its protocol (the HTTP/2 preface, or HTTP/1.1). A plain
+//! Each connection's first bytes tell its protocol (the HTTP/2 preface, or HTTP/1.1). An
 //! HTTP/1.1 connection that stays idle is parked (see [`crate::parking`]): hyper's state is
 //! released and the connection waits for its next request holding only its socket (and, with
 //! TLS, its TLS session).
@@ -67,8 +67,8 @@ pub struct ListenerSettings {
     pub max_connections: usize,
     /// Counts the listener's open connections (a metrics gauge), when set.
     pub open_connections: Option<prometheus::IntGauge>,
-    /// A plain HTTP/1.1 connection idle this long is parked: hyper's buffers and state are
-    /// released until its next request arrives.
+    /// An HTTP/1.1 connection (plain, or TLS with its session drained) idle this long is
+    /// parked: hyper's buffers and state are released until its next request arrives.
     pub park_idle_after: Duration,
 }
 
