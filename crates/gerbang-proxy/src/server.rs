@@ -754,6 +754,30 @@ mod tests {
         (head, length)
     }
 
+    /// A connection to `server` that has had one request answered.
+    async fn served_once(server: &Server) -> TcpStream {
+        let mut s = TcpStream::connect(server.addr).await.unwrap();
+        let (head, _) = exchange(&mut s, "/x").await;
+        assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+        s
+    }
+
+    /// Sends a request head a byte at a time, `pause` apart, until the server answers or
+    /// closes the connection; whether it did before the head was complete.
+    async fn trickle_head(s: &mut TcpStream, pause: Duration) -> bool {
+        let head = b"GET /x HTTP/1.1\r\nHost: t\r\nX-Slow: aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa";
+        for &b in head {
+            if s.write_all(&[b]).await.is_err() {
+                return true;
+            }
+            let mut buf = [0u8; 512];
+            if tokio::time::timeout(pause, s.read(&mut buf)).await.is_ok() {
+                return true;
+            }
+        }
+        false
+    }
+
     /// References to the handler: the test's, the listener's, the connection task's, and
     /// hyper's service while the connection is not parked.
     const PARKED_REFS: usize = 3;
@@ -840,9 +864,7 @@ mod tests {
             ..parking_settings()
         })
         .await;
-        let mut s = TcpStream::connect(server.addr).await.unwrap();
-        let (head, _) = exchange(&mut s, "/x").await;
-        assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+        let mut s = served_once(&server).await;
         let idle = std::time::Instant::now();
         wait_until(|| Arc::strong_count(&server.probe) == PARKED_REFS).await;
         let mut rest = Vec::new();
@@ -882,26 +904,9 @@ mod tests {
             ..parking_settings()
         })
         .await;
-        let mut s = TcpStream::connect(server.addr).await.unwrap();
-        let (head, _) = exchange(&mut s, "/x").await;
-        assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+        let mut s = served_once(&server).await;
         let t = std::time::Instant::now();
-        let trickle = b"GET /x HTTP/1.1\r\nHost: t\r\nX-Slow: aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa";
-        let mut closed = false;
-        for &b in trickle {
-            if s.write_all(&[b]).await.is_err() {
-                closed = true;
-                break;
-            }
-            let mut buf = [0u8; 512];
-            match tokio::time::timeout(Duration::from_millis(80), s.read(&mut buf)).await {
-                Err(_) => {}
-                Ok(_) => {
-                    closed = true;
-                    break;
-                }
-            }
-        }
+        let closed = trickle_head(&mut s, Duration::from_millis(80)).await;
         assert!(
             closed,
             "the head was still being read after {:?}",
@@ -976,26 +981,12 @@ mod tests {
             ..parking_settings()
         })
         .await;
-        let mut s = TcpStream::connect(server.addr).await.unwrap();
-        let (head, _) = exchange(&mut s, "/x").await;
-        assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+        let mut s = served_once(&server).await;
         let idle = std::time::Instant::now();
         wait_until(|| Arc::strong_count(&server.probe) == PARKED_REFS).await;
         // The first byte just before the deadline.
         tokio::time::sleep(Duration::from_millis(330).saturating_sub(idle.elapsed())).await;
-        let mut closed = false;
-        for &b in b"GET /x HTTP/1.1\r\nHost: t\r\nX-Slow: aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa" {
-            if s.write_all(&[b]).await.is_err() {
-                closed = true;
-                break;
-            }
-            let mut buf = [0u8; 512];
-            let answered = tokio::time::timeout(Duration::from_millis(60), s.read(&mut buf)).await;
-            if answered.is_ok() {
-                closed = true;
-                break;
-            }
-        }
+        let closed = trickle_head(&mut s, Duration::from_millis(60)).await;
         assert!(closed, "still open after {:?}", idle.elapsed());
         assert!(
             idle.elapsed() < Duration::from_millis(650),
@@ -1007,9 +998,7 @@ mod tests {
     #[tokio::test]
     async fn shutdown_closes_parked_connections_at_once() {
         let mut server = start(parking_settings()).await;
-        let mut s = TcpStream::connect(server.addr).await.unwrap();
-        let (head, _) = exchange(&mut s, "/x").await;
-        assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+        let mut s = served_once(&server).await;
         wait_until(|| Arc::strong_count(&server.probe) == PARKED_REFS).await;
         server.stop.take().unwrap().send(()).unwrap();
         let outcome = tokio::time::timeout(Duration::from_secs(2), server.done)
