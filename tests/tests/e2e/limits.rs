@@ -133,10 +133,16 @@ async fn content_length_with_transfer_encoding_is_refused() {
     let mut s = tokio::net::TcpStream::connect(gw.addr).await.unwrap();
     s.write_all(&authed(req.as_bytes())).await.unwrap();
     assert_eq!(read_response(&mut s).await.status, 200);
+    assert_ambiguous_request_refused(&mut s).await;
+}
+
+/// Sends a request with both `Transfer-Encoding` and `Content-Length` on `s`; it must get
+/// 400 `ambiguous_framing`.
+async fn assert_ambiguous_request_refused(s: &mut tokio::net::TcpStream) {
     s.write_all(&authed(b"POST /a/s/x HTTP/1.1\r\nHost: g\r\nTransfer-Encoding: chunked\r\nContent-Length: 3\r\n\r\n0\r\n\r\n"))
         .await
         .unwrap();
-    let r = read_response(&mut s).await;
+    let r = read_response(s).await;
     assert_eq!(r.status, 400);
     assert_eq!(r.error_code(), "ambiguous_framing");
 }
@@ -159,12 +165,7 @@ async fn a_keep_alive_connection_idle_between_requests_is_served_throughout() {
         // Past the server's park delay (100 ms).
         tokio::time::sleep(std::time::Duration::from_millis(300)).await;
     }
-    s.write_all(&authed(b"POST /a/s/x HTTP/1.1\r\nHost: g\r\nTransfer-Encoding: chunked\r\nContent-Length: 3\r\n\r\n0\r\n\r\n"))
-        .await
-        .unwrap();
-    let r = read_response(&mut s).await;
-    assert_eq!(r.status, 400);
-    assert_eq!(r.error_code(), "ambiguous_framing");
+    assert_ambiguous_request_refused(&mut s).await;
 }
 
 #[tokio::test]
