@@ -13,6 +13,9 @@
 # shared ../shared/bench/proxy_bench.sh does):
 #   nginx           reverse proxy, keep-alive pool to the upstream (the reference: ratio 1.00)
 #   haproxy         the same, when haproxy is installed (HAPROXY=0 skips it)
+#   hyper-floor     hyper's HTTP/1 server on one Tokio thread doing the least a proxy does
+#                   (benches/src/bin/hyper_floor.rs; FLOOR=0 skips it): the cost of the parts
+#                   the gateway is built on, without any of its work
 #   gerbang-bare    bearer token + an agreement that needs nothing more than the caller's
 #                   identity; metrics and audit off
 #   gerbang-full    bearer token + an agreement with an endpoint template (GET /data/{id}),
@@ -184,6 +187,25 @@ EOF
   $SERVER "$HAPROXY_BIN" -db -f "$WORK/haproxy/haproxy.cfg" >"$WORK/haproxy/out.log" 2>&1 &
   HAP_PID=$!; PIDS+=("$HAP_PID")
   NAMES+=(haproxy); URLS+=("http://127.0.0.1:$HAP_PORT/data/1"); TPIDS+=("$HAP_PID")
+fi
+
+# hyper-floor: hyper's HTTP/1 server and the least a proxy does per request (benches/src/bin/
+# hyper_floor.rs), built by `cargo build --release`: what the gateway's own work is measured from.
+FLOOR_BIN=${FLOOR_BIN:-$ROOT/target/release/hyper-floor}
+if [[ ${FLOOR:-1} == 1 && -x $FLOOR_BIN ]]; then
+  FLOOR_PORT=$((BASE_PORT + 32))
+  mkdir -p "$WORK/hyper-floor"
+  if [[ ${CALLGRIND:-0} == 1 ]]; then
+    $SERVER valgrind --tool=callgrind --instr-atstart=no --separate-threads=no \
+      --callgrind-out-file="$WORK/hyper-floor/callgrind.out" \
+      "$FLOOR_BIN" "127.0.0.1:$FLOOR_PORT" "127.0.0.1:$UP_PORT" >"$WORK/hyper-floor/out.log" 2>&1 &
+  else
+    $SERVER "$FLOOR_BIN" "127.0.0.1:$FLOOR_PORT" "127.0.0.1:$UP_PORT" >"$WORK/hyper-floor/out.log" 2>&1 &
+  fi
+  FLOOR_PID=$!; PIDS+=("$FLOOR_PID")
+  NAMES+=(hyper-floor); URLS+=("http://127.0.0.1:$FLOOR_PORT/data/1"); TPIDS+=("$FLOOR_PID")
+elif [[ ${FLOOR:-1} == 1 ]]; then
+  note "no $FLOOR_BIN (cargo build --release builds it): hyper-floor skipped"
 fi
 
 # ---------------------------------------------------------------- gerbang, three pipelines
@@ -420,6 +442,38 @@ if [[ -n ${IDLE:-} ]]; then
   done
   exit 0
 fi
+if [[ ${SCHED:-0} == 1 ]]; then
+  # Who takes the server CPU from whom: sched_switch events on SERVER_CPU while wrk drives
+  # each target, as switches per request from one command to the next (the upstream and the
+  # proxy share that CPU, so every hand-over between them is a context switch).
+  command -v perf >/dev/null || die "SCHED=1 needs perf: apt-get install linux-perf"
+  for i in "${!NAMES[@]}"; do
+    data="$WORK/sched.${NAMES[$i]}.data"
+    $LOADGEN wrk -t1 -c"$CONNS" -d2s -H "$AUTH_HEADER" "${URLS[$i]}" >/dev/null 2>&1
+    perf record -q -e sched:sched_switch -C "$SERVER_CPU" -o "$data" -- sleep 3 >/dev/null 2>&1 &
+    rec=$!
+    $LOADGEN wrk -t1 -c"$CONNS" -d3s -H "$AUTH_HEADER" "${URLS[$i]}" >"$data.wrk" 2>&1 || true
+    wait "$rec" || true
+    n=$(awk '/ requests in /{print $1}' "$data.wrk")
+    echo
+    echo "## ${NAMES[$i]}: switches on CPU $SERVER_CPU per request ($n requests), prev (state) -> next"
+    perf script -i "$data" -F trace 2>/dev/null |
+      sed -E 's/prev_comm=([^ ]+) .*prev_state=([^ ]+) ==> next_comm=([^ ]+) .*/\1 (\2) -> \3/' |
+      sort | uniq -c | sort -rn | head -"${SCHED_TOP:-8}" |
+      awk -v n="$n" '{c=$1; $1=""; printf "%8.3f %s\n", (n>0?c/n:0), $0}'
+    # And the system calls the target's process makes per request.
+    pid=${TPIDS[$i]}; out="$WORK/syscalls.${NAMES[$i]}"
+    [[ ${NAMES[$i]} == gerbang-* ]] || pid=$(pgrep -P "$pid" | head -1)
+    perf stat -e 'syscalls:sys_enter_*' -p "$pid" -o "$out" -- sleep 3 >/dev/null 2>&1 &
+    rec=$!
+    $LOADGEN wrk -t1 -c"$CONNS" -d3s -H "$AUTH_HEADER" "${URLS[$i]}" >"$out.wrk" 2>&1 || true
+    wait "$rec" || true
+    n=$(awk '/ requests in /{print $1}' "$out.wrk")
+    echo "## ${NAMES[$i]}: system calls per request ($n requests)"
+    awk -v n="$n" '/syscalls:sys_enter_/{gsub(",","",$1); if ($1>0 && n>0) printf "%8.3f %s\n", $1/n, $2}' "$out" | sort -rn | head -"${SCHED_TOP:-8}"
+  done
+  exit 0
+fi
 if [[ ${PERF:-0} == 1 ]]; then
   # Where the time goes under load: perf samples (software clock, which works where the
   # machine has no hardware counters) of each Gerbang target while wrk drives it; the top of
@@ -452,7 +506,7 @@ if [[ ${PERF:-0} == 1 ]]; then
     [[ ${NAMES[$i]} == gerbang-* || ${NAMES[$i]} == nginx ]] || continue
     pid=${TPIDS[$i]}; data="$WORK/perf.${NAMES[$i]}.data"
     [[ ${NAMES[$i]} == gerbang-* ]] || pid=$(pgrep -P "$pid" | head -1)
-    perf record -q -e cpu-clock -F 4999 -p "$pid" -o "$data" -- sleep "${PERF_SECONDS:-10}" >/dev/null 2>&1 &
+    perf record -q -e cpu-clock -F 4999 ${PERF_CALLGRAPH:+--call-graph "$PERF_CALLGRAPH"} -p "$pid" -o "$data" -- sleep "${PERF_SECONDS:-10}" >/dev/null 2>&1 &
     rec=$!
     $LOADGEN wrk -t1 -c"$CONNS" -d"${PERF_SECONDS:-10}s" -H "$AUTH_HEADER" "${URLS[$i]}" >"$data.wrk" 2>&1 || true
     wait "$rec" || true
@@ -471,7 +525,7 @@ if [[ ${CALLGRIND:-0} == 1 ]]; then
   echo "| target | requests | instructions per request |"
   echo "| --- | ---: | ---: |"
   for i in "${!NAMES[@]}"; do
-    [[ ${NAMES[$i]} == gerbang-* ]] || continue
+    [[ ${NAMES[$i]} == gerbang-* || ${NAMES[$i]} == hyper-floor ]] || continue
     pid=${TPIDS[$i]}; d="$WORK/${NAMES[$i]}"; out="$WORK/cg.${NAMES[$i]}"
     # Warm-up (caches filled, pools connected), then the measured requests.
     $LOADGEN wrk -t1 -c"${CG_CONNS:-4}" -d3s -H "$AUTH_HEADER" "${URLS[$i]}" >/dev/null 2>&1
