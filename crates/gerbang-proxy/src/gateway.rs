@@ -411,7 +411,7 @@ impl Gateway {
             _ => None,
         };
         let (mut parts, incoming) = req.into_parts();
-        Rewrite {
+        let added = Rewrite {
             snapshot: &snapshot,
             service,
             principal: &principal,
@@ -444,6 +444,7 @@ impl Gateway {
             path_and_query: &path_and_query,
             watch: &watch,
             hash_key: hash_key.as_deref(),
+            added: &added,
         };
         let (mut res, in_flight) = match exchange.run(&mut parts, body).await {
             Ok(pair) => pair,

@@ -161,6 +161,7 @@ pub async fn send(
     pool: &Arc<InstancePool>,
     connect_timeout: Duration,
     parts: &http::request::Parts,
+    added: &[(HeaderName, HeaderValue)],
     mut body: RequestBody,
     pending: Option<PendingLimit<'_>>,
 ) -> Result<Response<UpstreamBody>, SendError> {
@@ -169,7 +170,7 @@ pub async fn send(
     let chunked = !no_body && exact.is_none();
     // Framing comes from the body hyper decoded, never from the client's headers.
     let length = if no_body { None } else { exact };
-    let head = encode_head(parts, chunked, length);
+    let head = encode_head(parts, added, chunked, length);
     let is_head = parts.method == Method::HEAD;
     // Only an idempotent request without a body is sent again after a reused connection failed:
     // the first attempt may have reached the application before the connection broke.
@@ -247,13 +248,21 @@ pub async fn send(
 const FRAMING_AND_END_ROOM: usize =
     " ".len() + " HTTP/1.1\r\n".len() + "content-length: \r\n".len() + 20 + "\r\n".len();
 
-fn encode_head(parts: &http::request::Parts, chunked: bool, length: Option<u64>) -> BytesMut {
+/// The request head: `parts`' method, target and fields, then the `added` fields (the gateway's,
+/// whose names `parts` does not hold), then the framing this gateway decided.
+fn encode_head(
+    parts: &http::request::Parts,
+    added: &[(HeaderName, HeaderValue)],
+    chunked: bool,
+    length: Option<u64>,
+) -> BytesMut {
     let target = parts.uri.path_and_query().map_or("/", |pq| pq.as_str());
     // The head's exact size up front (the identity assertion alone outgrew an estimate, so
     // every head was copied once more while being written).
     let fields: usize = parts
         .headers
         .iter()
+        .chain(added.iter().map(|(n, v)| (n, v)))
         .map(|(name, value)| name.as_str().len() + value.len() + 4)
         .sum();
     let mut head = BytesMut::with_capacity(
@@ -263,7 +272,11 @@ fn encode_head(parts: &http::request::Parts, chunked: bool, length: Option<u64>)
     head.put_u8(b' ');
     head.put_slice(target.as_bytes());
     head.put_slice(b" HTTP/1.1\r\n");
-    for (name, value) in &parts.headers {
+    for (name, value) in parts
+        .headers
+        .iter()
+        .chain(added.iter().map(|(n, v)| (n, v)))
+    {
         if name == header::CONTENT_LENGTH || name == header::TRANSFER_ENCODING {
             continue;
         }
@@ -1147,6 +1160,7 @@ mod tests {
             pool,
             Duration::from_secs(5),
             &request(method),
+            &[],
             RequestBody::empty(),
             None,
         )
@@ -1284,6 +1298,7 @@ mod tests {
             &pool(&addr),
             Duration::from_secs(5),
             &request(Method::POST),
+            &[],
             RequestBody::empty(),
             None,
         )
@@ -1327,18 +1342,40 @@ mod tests {
             HeaderValue::from_static("chunked"),
         );
         let text = |h: BytesMut| String::from_utf8(h.to_vec()).unwrap();
-        let h = text(encode_head(&parts, false, Some(5)));
+        let h = text(encode_head(&parts, &[], false, Some(5)));
         assert!(h.starts_with("POST /x HTTP/1.1\r\n"));
         assert!(h.ends_with("content-length: 5\r\n\r\n"));
         assert!(!h.contains("99") && !h.contains("transfer-encoding"));
-        let h = text(encode_head(&parts, true, None));
+        let h = text(encode_head(&parts, &[], true, None));
         assert!(h.ends_with("transfer-encoding: chunked\r\n\r\n"));
         assert!(!h.contains("content-length"));
         // A declared empty body keeps saying so; no declaration, no field.
-        assert!(text(encode_head(&parts, false, None)).ends_with("content-length: 0\r\n\r\n"));
+        assert!(text(encode_head(&parts, &[], false, None)).ends_with("content-length: 0\r\n\r\n"));
         let get = request(Method::GET);
-        let h = text(encode_head(&get, false, None));
+        let h = text(encode_head(&get, &[], false, None));
         assert_eq!(h, "GET /x HTTP/1.1\r\nhost: upstream\r\n\r\n");
+    }
+
+    #[test]
+    fn the_gateways_fields_follow_the_clients_in_the_head() {
+        let get = request(Method::GET);
+        let added = [
+            (
+                HeaderName::from_static("x-gerbang-consumer"),
+                HeaderValue::from_static("dinkes/sik"),
+            ),
+            (
+                HeaderName::from_static("x-request-id"),
+                HeaderValue::from_static("r1"),
+            ),
+        ];
+        let h = encode_head(&get, &added, false, None);
+        assert_eq!(
+            String::from_utf8(h.to_vec()).unwrap(),
+            "GET /x HTTP/1.1\r\nhost: upstream\r\nx-gerbang-consumer: dinkes/sik\r\n\
+             x-request-id: r1\r\n\r\n"
+        );
+        assert!(h.capacity() <= h.len() + FRAMING_AND_END_ROOM);
     }
 
     #[test]
@@ -1357,7 +1394,7 @@ mod tests {
             );
         }
         for (chunked, length) in [(false, Some(u64::MAX)), (true, None), (false, None)] {
-            let h = encode_head(&parts, chunked, length);
+            let h = encode_head(&parts, &[], chunked, length);
             assert!(
                 h.capacity() <= h.len() + FRAMING_AND_END_ROOM,
                 "len {} capacity {}",
@@ -1368,7 +1405,7 @@ mod tests {
         parts
             .headers
             .insert(header::CONTENT_LENGTH, HeaderValue::from_static("0"));
-        let h = encode_head(&parts, false, None);
+        let h = encode_head(&parts, &[], false, None);
         assert!(h.ends_with(b"content-length: 0\r\n\r\n"));
     }
 }

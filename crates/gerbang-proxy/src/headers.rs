@@ -255,6 +255,61 @@ fn names(value: &HeaderValue, name: &str) -> bool {
         .any(|token| token.trim_ascii().eq_ignore_ascii_case(name.as_bytes()))
 }
 
+/// Header fields the gateway sets on a request going upstream, kept beside the client's map
+/// instead of inserted into it: each insert hashes its name and the first ones grow and
+/// rehash the map, while the HTTP/1.1 client only has to write them after the map's fields
+/// (the HTTPS client appends them to its copy of the map). Invariant, kept by [`Added::set`]:
+/// no name here is also in the map, and none is here twice.
+#[derive(Debug, Default)]
+pub struct Added(Vec<(HeaderName, HeaderValue)>);
+
+impl Added {
+    /// Room for what one call sets (forwarding, identity, agreement, trace, request id).
+    pub fn for_call() -> Self {
+        Self(Vec::with_capacity(12))
+    }
+
+    /// Sets `name` to `value`: the client's fields of that name go.
+    pub fn set(&mut self, headers: &mut HeaderMap, name: &HeaderName, value: HeaderValue) {
+        headers.remove(name);
+        self.set_absent(name, value);
+    }
+
+    /// Sets `name`, which the map is known not to hold (a name the client's strip removed).
+    pub fn set_absent(&mut self, name: &HeaderName, value: HeaderValue) {
+        match self.0.iter_mut().find(|(n, _)| n == name) {
+            Some(field) => field.1 = value,
+            None => self.0.push((name.clone(), value)),
+        }
+    }
+
+    /// Removes `name` from the map and from what was set.
+    pub fn remove(&mut self, headers: &mut HeaderMap, name: &HeaderName) {
+        headers.remove(name);
+        self.0.retain(|(n, _)| n != name);
+    }
+
+    pub fn get(&self, name: &HeaderName) -> Option<&HeaderValue> {
+        self.0.iter().find(|(n, _)| n == name).map(|(_, v)| v)
+    }
+
+    pub fn fields(&self) -> &[(HeaderName, HeaderValue)] {
+        &self.0
+    }
+
+    /// The map and the set fields as one map (the HTTPS client's request, tests).
+    pub fn merged(&self, headers: &HeaderMap) -> HeaderMap {
+        let mut all = HeaderMap::with_capacity(headers.len() + self.0.len());
+        for (n, v) in headers {
+            all.append(n, v.clone());
+        }
+        for (n, v) in &self.0 {
+            all.append(n, v.clone());
+        }
+        all
+    }
+}
+
 /// Sets the forwarding headers on a request going upstream.
 ///
 /// `X-Forwarded-For` gets the client address appended (the existing list is kept: it is
@@ -263,12 +318,11 @@ fn names(value: &HeaderValue, name: &str) -> bool {
 /// [`remove_client_controlled`]).
 pub fn set_forwarding(
     headers: &mut HeaderMap,
+    added: &mut Added,
     client_ip: IpAddr,
     proto: &'static str,
     original_host: Option<HeaderValue>,
 ) {
-    // Room for the forwarding headers and the request id: one growth instead of several.
-    headers.reserve(4);
     let mut ip = Vec::with_capacity(15);
     push_ip(&mut ip, client_ip);
     // Every X-Forwarded-For line the client sent is kept, in order (a list may span lines).
@@ -285,21 +339,17 @@ pub fn set_forwarding(
     let value = if xff.is_empty() {
         HeaderValue::from_bytes(&ip)
     } else {
-        headers.remove(&X_FORWARDED_FOR);
         xff.extend_from_slice(&ip);
         HeaderValue::from_bytes(&xff)
     };
-    if let Ok(v) = value.or_else(|_| HeaderValue::from_bytes(&ip)) {
-        headers.insert(X_FORWARDED_FOR.clone(), v);
+    match value.or_else(|_| HeaderValue::from_bytes(&ip)) {
+        Ok(v) => added.set(headers, &X_FORWARDED_FOR, v),
+        Err(_) => added.remove(headers, &X_FORWARDED_FOR),
     }
-    headers.insert(X_FORWARDED_PROTO.clone(), HeaderValue::from_static(proto));
+    added.set(headers, &X_FORWARDED_PROTO, HeaderValue::from_static(proto));
     match original_host {
-        Some(h) => {
-            headers.insert(X_FORWARDED_HOST.clone(), h);
-        }
-        None => {
-            headers.remove(&X_FORWARDED_HOST);
-        }
+        Some(h) => added.set(headers, &X_FORWARDED_HOST, h),
+        None => added.remove(headers, &X_FORWARDED_HOST),
     }
 }
 
@@ -610,16 +660,64 @@ mod tests {
         h.insert("forwarded", HeaderValue::from_static("for=10.9.9.9"));
         h.insert("x-real-ip", HeaderValue::from_static("10.9.9.9"));
         remove_client_controlled(&mut h, &[], &[]);
+        let mut added = Added::for_call();
         set_forwarding(
             &mut h,
+            &mut added,
             "127.0.0.1".parse().unwrap(),
             "https",
             Some(HeaderValue::from_static("gw.example")),
         );
+        let h = added.merged(&h);
+        assert_eq!(h.get_all("x-forwarded-proto").iter().count(), 1);
         assert_eq!(h["x-forwarded-for"], "203.0.113.9, 127.0.0.1");
         assert_eq!(h["x-forwarded-proto"], "https");
         assert_eq!(h["x-forwarded-host"], "gw.example");
         assert!(h.get("forwarded").is_none() && h.get("x-real-ip").is_none());
+    }
+
+    #[test]
+    fn added_fields_replace_the_clients_and_never_repeat() {
+        let mut h = HeaderMap::new();
+        h.append("x-request-id", HeaderValue::from_static("client-1"));
+        h.append("x-request-id", HeaderValue::from_static("client-2"));
+        h.insert("x-forwarded-host", HeaderValue::from_static("evil.example"));
+        h.insert("accept", HeaderValue::from_static("*/*"));
+        let mut added = Added::for_call();
+        added.set(&mut h, &X_REQUEST_ID, HeaderValue::from_static("gw-1"));
+        added.set(&mut h, &X_REQUEST_ID, HeaderValue::from_static("gw-2"));
+        added.set_absent(&X_GERBANG_AGREEMENT, HeaderValue::from_static("a1"));
+        added.remove(&mut h, &X_FORWARDED_HOST);
+        added.remove(&mut h, &X_GERBANG_AGREEMENT);
+        // The map keeps only what the client may pass on; what was set is beside it, once.
+        assert!(h.get("x-request-id").is_none() && h.get("x-forwarded-host").is_none());
+        assert_eq!(added.fields().len(), 1);
+        assert_eq!(added.get(&X_REQUEST_ID).unwrap(), "gw-2");
+        let all = added.merged(&h);
+        assert_eq!(all.len(), 2);
+        assert_eq!(
+            all.get_all("x-request-id").iter().collect::<Vec<_>>(),
+            ["gw-2"]
+        );
+        assert_eq!(all["accept"], "*/*");
+    }
+
+    #[test]
+    fn forwarding_host_absent_removes_the_clients() {
+        let mut h = HeaderMap::new();
+        h.insert("x-forwarded-host", HeaderValue::from_static("evil.example"));
+        let mut added = Added::for_call();
+        set_forwarding(
+            &mut h,
+            &mut added,
+            "10.0.0.7".parse().unwrap(),
+            "http",
+            None,
+        );
+        let all = added.merged(&h);
+        assert!(all.get("x-forwarded-host").is_none());
+        assert_eq!(all["x-forwarded-for"], "10.0.0.7");
+        assert_eq!(all["x-forwarded-proto"], "http");
     }
 
     #[test]
@@ -630,7 +728,16 @@ mod tests {
             "x-forwarded-for",
             HeaderValue::from_static("198.51.100.1, 10.0.0.1"),
         );
-        set_forwarding(&mut h, "127.0.0.1".parse().unwrap(), "http", None);
+        let mut added = Added::for_call();
+        set_forwarding(
+            &mut h,
+            &mut added,
+            "127.0.0.1".parse().unwrap(),
+            "http",
+            None,
+        );
+        let h = added.merged(&h);
+        assert_eq!(h.get_all("x-forwarded-for").iter().count(), 1);
         assert_eq!(
             h["x-forwarded-for"],
             "203.0.113.9, 198.51.100.1, 10.0.0.1, 127.0.0.1"

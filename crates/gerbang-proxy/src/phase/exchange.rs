@@ -16,6 +16,7 @@ use crate::body::{BodyWatch, RequestBody, RequestBodyError};
 use crate::error::GatewayError;
 use crate::gateway::{Gateway, Snapshot};
 use crate::h1::{self, H1Error};
+use crate::headers::Added;
 use crate::ids::random_words;
 use crate::response_body::ResponseBody;
 
@@ -31,6 +32,8 @@ pub(crate) struct Exchange<'a> {
     pub watch: &'a Option<Arc<BodyWatch>>,
     /// The value of the service's consistent-hash header.
     pub hash_key: Option<&'a [u8]>,
+    /// The header fields the gateway set, sent after the request's own.
+    pub added: &'a Added,
 }
 
 impl Exchange<'_> {
@@ -195,6 +198,7 @@ impl Exchange<'_> {
             snapshot,
             service,
             path_and_query,
+            added,
             ..
         } = *self;
         let host = HeaderValue::from_str(instance.authority.as_str()).map_err(|e| {
@@ -216,6 +220,7 @@ impl Exchange<'_> {
                 pool,
                 service.limits.connect_timeout,
                 parts,
+                added.fields(),
                 body,
                 Some(pending),
             );
@@ -251,7 +256,7 @@ impl Exchange<'_> {
             *upstream_req.method_mut() = parts.method.clone();
             *upstream_req.uri_mut() = uri;
             *upstream_req.version_mut() = parts.version;
-            *upstream_req.headers_mut() = parts.headers.clone();
+            *upstream_req.headers_mut() = added.merged(&parts.headers);
             match tokio::time::timeout(timeout, client.request(upstream_req)).await {
                 Err(_elapsed) => Err(TryError::TimedOut),
                 Ok(Err(e)) if caused_by::<crate::upstream::TooManyPending>(&e) => {

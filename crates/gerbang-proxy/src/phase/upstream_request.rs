@@ -21,7 +21,7 @@ use super::authorise::Grant;
 use super::context::Call;
 use crate::error::GatewayError;
 use crate::gateway::{ConnInfo, Snapshot};
-use crate::headers;
+use crate::headers::{self, Added};
 
 /// What the rewrite of one call needs besides the request.
 pub(crate) struct Rewrite<'a> {
@@ -35,8 +35,14 @@ pub(crate) struct Rewrite<'a> {
 
 impl Rewrite<'_> {
     /// Turns the client's request head into the one the provider receives, for the upstream
-    /// target `path_and_query`.
-    pub(crate) fn apply(&self, parts: &mut Parts, path_and_query: &PathAndQuery, call: &mut Call) {
+    /// target `path_and_query`: the client's fields that may go on stay in `parts`, the fields
+    /// the gateway sets come back beside them (see [`Added`]).
+    pub(crate) fn apply(
+        &self,
+        parts: &mut Parts,
+        path_and_query: &PathAndQuery,
+        call: &mut Call,
+    ) -> Added {
         let settings = &self.snapshot.settings;
         // The host the client addressed: `:authority` (HTTP/2) or the absolute-form target
         // wins over `Host` (RFC 9113 §8.3.1; the checks refused a disagreement).
@@ -46,9 +52,6 @@ impl Rewrite<'_> {
             .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
             .or_else(|| parts.headers.get(header::HOST).cloned());
         headers::remove_hop_by_hop(&mut parts.headers);
-        // Room for what the gateway adds (forwarding, identity, agreement, trace, purpose): one
-        // growth of the map instead of one per insert beyond hyper's exact-fit capacity.
-        parts.headers.reserve(12);
         headers::remove_client_controlled(
             &mut parts.headers,
             &settings.strip_headers,
@@ -60,23 +63,22 @@ impl Rewrite<'_> {
         if parts.version == Version::HTTP_2 {
             headers::join_cookies(&mut parts.headers);
         }
+        let mut added = Added::for_call();
         headers::set_forwarding(
             &mut parts.headers,
+            &mut added,
             self.conn.remote.ip(),
             self.conn.proto,
             original_host,
         );
         // The provider receives exactly the purpose the policy judged.
         match self.grant.purpose.clone() {
-            Some(v) => {
-                parts.headers.insert(headers::X_GERBANG_PURPOSE.clone(), v);
-            }
-            None => {
-                parts.headers.remove(&headers::X_GERBANG_PURPOSE);
-            }
+            Some(v) => added.set(&mut parts.headers, &headers::X_GERBANG_PURPOSE, v),
+            None => added.remove(&mut parts.headers, &headers::X_GERBANG_PURPOSE),
         }
+        // Every other `X-Gerbang-*` name is gone from the map (`remove_client_controlled`).
         set_identity(
-            &mut parts.headers,
+            &mut added,
             self.principal,
             self.service,
             self.snapshot,
@@ -85,9 +87,7 @@ impl Rewrite<'_> {
             settings.assertion_ttl,
         );
         if let Ok(v) = HeaderValue::from_str(&self.grant.agreement.id) {
-            parts
-                .headers
-                .insert(headers::X_GERBANG_AGREEMENT.clone(), v);
+            added.set_absent(&headers::X_GERBANG_AGREEMENT, v);
         }
         // W3C trace context. With a span exporter the gateway's span is the upstream's parent;
         // without one a valid client traceparent goes on as it is, and otherwise (absent,
@@ -108,14 +108,15 @@ impl Rewrite<'_> {
             .ok()
             .and_then(|t| t.get(3..35))
             .map(str::to_owned);
-        parts.headers.insert(headers::TRACEPARENT.clone(), tp);
+        added.set(&mut parts.headers, &headers::TRACEPARENT, tp);
         if self.grant.filter().is_some() {
             // The gateway must read the response to filter it: no compression. It answers
             // with a representation of its own, so every feature that describes the
             // provider's (parts of it, validators of it) is closed: no ranges, no conditions,
             // and HEAD is answered from a filtered GET.
-            parts.headers.insert(
-                header::ACCEPT_ENCODING,
+            added.set(
+                &mut parts.headers,
+                &header::ACCEPT_ENCODING,
                 HeaderValue::from_static("identity"),
             );
             headers::remove_range_and_conditions(&mut parts.headers);
@@ -123,11 +124,14 @@ impl Rewrite<'_> {
                 parts.method = http::Method::GET;
             }
         }
-        parts
-            .headers
-            .insert(headers::X_REQUEST_ID.clone(), self.request_id.clone());
+        added.set(
+            &mut parts.headers,
+            &headers::X_REQUEST_ID,
+            self.request_id.clone(),
+        );
         parts.version = Version::HTTP_11;
         parts.uri = Uri::from(path_and_query.clone());
+        added
     }
 }
 
@@ -156,7 +160,7 @@ pub(crate) fn upstream_path(
 
 /// Sets the verified identity headers, and the gateway assertion when configured.
 fn set_identity(
-    headers: &mut http::HeaderMap,
+    added: &mut Added,
     principal: &Principal,
     service: &Service,
     snapshot: &Snapshot,
@@ -174,14 +178,14 @@ fn set_identity(
     ) else {
         return;
     };
-    headers.insert(headers::X_GERBANG_CONSUMER.clone(), id.consumer);
-    headers.insert(headers::X_GERBANG_CONSUMER_AGENCY.clone(), id.agency);
-    headers.insert(
-        headers::X_GERBANG_AUTH_METHOD.clone(),
+    added.set_absent(&headers::X_GERBANG_CONSUMER, id.consumer);
+    added.set_absent(&headers::X_GERBANG_CONSUMER_AGENCY, id.agency);
+    added.set_absent(
+        &headers::X_GERBANG_AUTH_METHOD,
         HeaderValue::from_static(method_name(&principal.method)),
     );
     if let Some(a) = id.assertion {
-        headers.insert(headers::X_GERBANG_ASSERTION.clone(), a);
+        added.set_absent(&headers::X_GERBANG_ASSERTION, a);
     }
 }
 
