@@ -261,49 +261,89 @@ fn names(value: &HeaderValue, name: &str) -> bool {
 /// (the HTTPS client appends them to its copy of the map). Invariant, kept by [`Added::set`]:
 /// no name here is also in the map, and none is here twice.
 #[derive(Debug, Default)]
-pub struct Added(Vec<(HeaderName, HeaderValue)>);
+pub struct Added {
+    fields: Vec<(HeaderName, HeaderValue)>,
+    /// Which of the names the gateway sets ([`gateway_set_bit`]) the client's map held when
+    /// this was made: the others need no lookup to be removed (a lookup hashes the name).
+    client_sent: u8,
+}
+
+/// The bit of a name the gateway sets on every call (or on filtered ones), for
+/// [`Added::client_sent`]; `None` for any other name.
+fn gateway_set_bit(name: &str) -> Option<u8> {
+    Some(match name {
+        "x-forwarded-for" => 0,
+        "x-forwarded-proto" => 1,
+        "x-forwarded-host" => 2,
+        "x-gerbang-purpose" => 3,
+        "traceparent" => 4,
+        "accept-encoding" => 5,
+        "x-request-id" => 6,
+        _ => return None,
+    })
+}
 
 impl Added {
-    /// Room for what one call sets (forwarding, identity, agreement, trace, request id).
-    pub fn for_call() -> Self {
-        Self(Vec::with_capacity(12))
+    /// Room for what one call sets (forwarding, identity, agreement, trace, request id), for
+    /// the client's map `headers` as it is now: nothing may be added to the map afterwards
+    /// except through this (or a name it sets could be missed when it is removed).
+    pub fn for_call(headers: &HeaderMap) -> Self {
+        let mut client_sent = 0u8;
+        for name in headers.keys() {
+            if let Some(bit) = gateway_set_bit(name.as_str()) {
+                client_sent |= 1 << bit;
+            }
+        }
+        Self {
+            fields: Vec::with_capacity(12),
+            client_sent,
+        }
+    }
+
+    /// Whether the client's map may hold `name` (always, for a name without a bit).
+    pub fn client_sent(&self, name: &HeaderName) -> bool {
+        gateway_set_bit(name.as_str()).is_none_or(|bit| self.client_sent & (1 << bit) != 0)
     }
 
     /// Sets `name` to `value`: the client's fields of that name go.
     pub fn set(&mut self, headers: &mut HeaderMap, name: &HeaderName, value: HeaderValue) {
-        headers.remove(name);
+        if self.client_sent(name) {
+            headers.remove(name);
+        }
         self.set_absent(name, value);
     }
 
     /// Sets `name`, which the map is known not to hold (a name the client's strip removed).
     pub fn set_absent(&mut self, name: &HeaderName, value: HeaderValue) {
-        match self.0.iter_mut().find(|(n, _)| n == name) {
+        match self.fields.iter_mut().find(|(n, _)| n == name) {
             Some(field) => field.1 = value,
-            None => self.0.push((name.clone(), value)),
+            None => self.fields.push((name.clone(), value)),
         }
     }
 
     /// Removes `name` from the map and from what was set.
     pub fn remove(&mut self, headers: &mut HeaderMap, name: &HeaderName) {
-        headers.remove(name);
-        self.0.retain(|(n, _)| n != name);
+        if self.client_sent(name) {
+            headers.remove(name);
+        }
+        self.fields.retain(|(n, _)| n != name);
     }
 
     pub fn get(&self, name: &HeaderName) -> Option<&HeaderValue> {
-        self.0.iter().find(|(n, _)| n == name).map(|(_, v)| v)
+        self.fields.iter().find(|(n, _)| n == name).map(|(_, v)| v)
     }
 
     pub fn fields(&self) -> &[(HeaderName, HeaderValue)] {
-        &self.0
+        &self.fields
     }
 
     /// The map and the set fields as one map (the HTTPS client's request, tests).
     pub fn merged(&self, headers: &HeaderMap) -> HeaderMap {
-        let mut all = HeaderMap::with_capacity(headers.len() + self.0.len());
+        let mut all = HeaderMap::with_capacity(headers.len() + self.fields.len());
         for (n, v) in headers {
             all.append(n, v.clone());
         }
-        for (n, v) in &self.0 {
+        for (n, v) in &self.fields {
             all.append(n, v.clone());
         }
         all
@@ -327,7 +367,10 @@ pub fn set_forwarding(
     push_ip(&mut ip, client_ip);
     // Every X-Forwarded-For line the client sent is kept, in order (a list may span lines).
     let mut xff = Vec::new();
-    for v in headers.get_all(&X_FORWARDED_FOR) {
+    let client_lines = added
+        .client_sent(&X_FORWARDED_FOR)
+        .then(|| headers.get_all(&X_FORWARDED_FOR));
+    for v in client_lines.iter().flatten() {
         if let Ok(s) = v.to_str() {
             let s = s.trim();
             if !s.is_empty() {
@@ -660,7 +703,7 @@ mod tests {
         h.insert("forwarded", HeaderValue::from_static("for=10.9.9.9"));
         h.insert("x-real-ip", HeaderValue::from_static("10.9.9.9"));
         remove_client_controlled(&mut h, &[], &[]);
-        let mut added = Added::for_call();
+        let mut added = Added::for_call(&h);
         set_forwarding(
             &mut h,
             &mut added,
@@ -683,7 +726,7 @@ mod tests {
         h.append("x-request-id", HeaderValue::from_static("client-2"));
         h.insert("x-forwarded-host", HeaderValue::from_static("evil.example"));
         h.insert("accept", HeaderValue::from_static("*/*"));
-        let mut added = Added::for_call();
+        let mut added = Added::for_call(&h);
         added.set(&mut h, &X_REQUEST_ID, HeaderValue::from_static("gw-1"));
         added.set(&mut h, &X_REQUEST_ID, HeaderValue::from_static("gw-2"));
         added.set_absent(&X_GERBANG_AGREEMENT, HeaderValue::from_static("a1"));
@@ -693,6 +736,15 @@ mod tests {
         assert!(h.get("x-request-id").is_none() && h.get("x-forwarded-host").is_none());
         assert_eq!(added.fields().len(), 1);
         assert_eq!(added.get(&X_REQUEST_ID).unwrap(), "gw-2");
+        // A name outside the gateway's own set is looked up, whatever the scan saw.
+        h.insert("x-custom", HeaderValue::from_static("client"));
+        added.set(
+            &mut h,
+            &HeaderName::from_static("x-custom"),
+            HeaderValue::from_static("gw"),
+        );
+        assert!(h.get("x-custom").is_none());
+        added.remove(&mut h, &HeaderName::from_static("x-custom"));
         let all = added.merged(&h);
         assert_eq!(all.len(), 2);
         assert_eq!(
@@ -706,7 +758,7 @@ mod tests {
     fn forwarding_host_absent_removes_the_clients() {
         let mut h = HeaderMap::new();
         h.insert("x-forwarded-host", HeaderValue::from_static("evil.example"));
-        let mut added = Added::for_call();
+        let mut added = Added::for_call(&h);
         set_forwarding(
             &mut h,
             &mut added,
@@ -728,7 +780,7 @@ mod tests {
             "x-forwarded-for",
             HeaderValue::from_static("198.51.100.1, 10.0.0.1"),
         );
-        let mut added = Added::for_call();
+        let mut added = Added::for_call(&h);
         set_forwarding(
             &mut h,
             &mut added,

@@ -63,7 +63,7 @@ impl Rewrite<'_> {
         if parts.version == Version::HTTP_2 {
             headers::join_cookies(&mut parts.headers);
         }
-        let mut added = Added::for_call();
+        let mut added = Added::for_call(&parts.headers);
         headers::set_forwarding(
             &mut parts.headers,
             &mut added,
@@ -94,7 +94,7 @@ impl Rewrite<'_> {
         // malformed, repeated) the gateway starts a trace.
         let tp = match &call.span {
             Some(ids) => ids.header(),
-            None => {
+            None if added.client_sent(&headers::TRACEPARENT) => {
                 let mut tps = parts.headers.get_all(&headers::TRACEPARENT).iter();
                 let client_tp = match (tps.next(), tps.next()) {
                     (Some(v), None) if headers::valid_traceparent(v.as_bytes()) => Some(v.clone()),
@@ -102,6 +102,7 @@ impl Rewrite<'_> {
                 };
                 client_tp.unwrap_or_else(crate::ids::new_traceparent)
             }
+            None => crate::ids::new_traceparent(),
         };
         call.trace = tp
             .to_str()
