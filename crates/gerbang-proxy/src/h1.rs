@@ -65,6 +65,8 @@ struct Idle {
 /// Idle keep-alive connections to one upstream instance.
 pub struct InstancePool {
     authority: String,
+    /// `Host` for requests to this instance (its authority), made once instead of per call.
+    host: Option<HeaderValue>,
     idle: Mutex<Vec<Idle>>,
     max_idle: usize,
     idle_timeout: Duration,
@@ -74,10 +76,17 @@ impl InstancePool {
     pub fn new(authority: &str, max_idle: usize, idle_timeout: Duration) -> Self {
         Self {
             authority: authority.to_owned(),
+            host: HeaderValue::from_str(authority).ok(),
             idle: Mutex::new(Vec::new()),
             max_idle,
             idle_timeout,
         }
+    }
+
+    /// The `Host` value of requests to this instance; `None` when its authority is not a valid
+    /// header value.
+    pub fn host(&self) -> Option<&HeaderValue> {
+        self.host.as_ref()
     }
 
     /// A live idle connection, most recently used first; closed and expired ones are dropped.

@@ -201,15 +201,18 @@ impl Exchange<'_> {
             added,
             ..
         } = *self;
-        let host = HeaderValue::from_str(instance.authority.as_str()).map_err(|e| {
-            TryError::Failed(GatewayError::Internal(format!("upstream authority: {e}")))
-        })?;
-        parts.headers.insert(header::HOST, host);
         let inline_pool = snapshot
             .pools
             .get(service.index)
             .and_then(|p| p.get(index))
             .and_then(Option::as_ref);
+        let host = match inline_pool.and_then(|p| p.host()) {
+            Some(host) => host.clone(),
+            None => HeaderValue::from_str(instance.authority.as_str()).map_err(|e| {
+                TryError::Failed(GatewayError::Internal(format!("upstream authority: {e}")))
+            })?,
+        };
+        parts.headers.insert(header::HOST, host);
         if let Some(pool) = inline_pool {
             // Plain http:// instance: the inline HTTP/1.1 client, origin-form target.
             let pending = h1::PendingLimit {
