@@ -8,7 +8,6 @@
 //! its token's `exp`; a full cache first drops expired entries, then the oldest half of a shard.
 //! Tokens are kept only in memory and never printed.
 
-use std::collections::hash_map::RandomState;
 use std::collections::HashMap;
 use std::hash::BuildHasher;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -36,8 +35,10 @@ struct Entry {
 
 /// See the module documentation.
 pub struct TokenCache {
-    hasher: RandomState,
-    shards: Vec<Mutex<HashMap<u64, Entry>>>,
+    hasher: foldhash::fast::RandomState,
+    /// Keyed by the keyed hash of a verified token; the maps hash that word once more, with
+    /// foldhash (a client cannot choose it).
+    shards: Vec<Mutex<HashMap<u64, Entry, foldhash::fast::RandomState>>>,
     per_shard: usize,
     clock: AtomicU64,
 }
@@ -53,8 +54,10 @@ impl TokenCache {
     pub fn new(capacity: usize) -> Self {
         let per_shard = capacity.div_ceil(SHARDS).max(1);
         Self {
-            hasher: RandomState::new(),
-            shards: (0..SHARDS).map(|_| Mutex::new(HashMap::new())).collect(),
+            hasher: foldhash::fast::RandomState::default(),
+            shards: (0..SHARDS)
+                .map(|_| Mutex::new(HashMap::default()))
+                .collect(),
             per_shard,
             clock: AtomicU64::new(0),
         }
@@ -67,7 +70,7 @@ impl TokenCache {
         self.hasher.hash_one((b.len(), tail))
     }
 
-    fn shard(&self, key: u64) -> Option<&Mutex<HashMap<u64, Entry>>> {
+    fn shard(&self, key: u64) -> Option<&Mutex<HashMap<u64, Entry, foldhash::fast::RandomState>>> {
         self.shards.get((key as usize) % SHARDS)
     }
 

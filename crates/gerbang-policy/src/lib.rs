@@ -420,30 +420,34 @@ pub struct Explanation<'p, 'a> {
     pub considered: Vec<(&'p str, &'static str, Option<Reason>)>,
 }
 
+/// The maps a decision looks up (two to four per request): foldhash, not SipHash. Their keys
+/// are configuration (service, application and agency ids), never chosen by a client.
+type FastMap<K, V> = HashMap<K, V, foldhash::fast::RandomState>;
+
 #[derive(Debug, Default)]
 struct ServiceIndex {
-    by_application: HashMap<String, Vec<usize>>,
-    by_agency: HashMap<String, Vec<usize>>,
+    by_application: FastMap<String, Vec<usize>>,
+    by_agency: FastMap<String, Vec<usize>>,
     anyone: Vec<usize>,
 }
 
 /// Agreements and service endpoints, indexed for decisions.
 #[derive(Debug, Default)]
 pub struct PolicySet {
-    services: HashMap<String, ServicePolicy>,
+    services: FastMap<String, ServicePolicy>,
     agreements: Vec<Agreement>,
-    index: HashMap<String, ServiceIndex>,
+    index: FastMap<String, ServiceIndex>,
 }
 
 impl PolicySet {
     /// Builds the index. Endpoints are ordered most specific first.
     pub fn new(services: HashMap<String, ServicePolicy>, agreements: Vec<Agreement>) -> Self {
-        let mut services = services;
+        let mut services: FastMap<String, ServicePolicy> = services.into_iter().collect();
         for s in services.values_mut() {
             s.endpoints
                 .sort_by_key(|e| std::cmp::Reverse(e.template.specificity()));
         }
-        let mut index: HashMap<String, ServiceIndex> = HashMap::new();
+        let mut index: FastMap<String, ServiceIndex> = FastMap::default();
         // Ties are broken by agreement id: insert in id order.
         let mut order: Vec<usize> = (0..agreements.len()).collect();
         order.sort_by(|a, b| agreements[*a].id.cmp(&agreements[*b].id));
@@ -472,7 +476,10 @@ impl PolicySet {
 
     #[cfg(test)]
     pub(crate) fn services_for_tests(&self) -> HashMap<String, ServicePolicy> {
-        self.services.clone()
+        self.services
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect()
     }
 
     pub fn agreements(&self) -> &[Agreement] {

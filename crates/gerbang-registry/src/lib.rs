@@ -185,17 +185,21 @@ pub enum LookupError {
     UnknownService,
 }
 
+/// The maps every request looks up (agency, then service): foldhash, not SipHash. Their keys
+/// are configuration, never chosen by a client.
+type FastMap<K, V> = HashMap<K, V, foldhash::fast::RandomState>;
+
 #[derive(Debug, Default)]
 struct AgencyEntry {
     agency: Option<Agency>,
     /// Service slug → index in `Registry::services`.
-    services: HashMap<String, usize>,
+    services: FastMap<String, usize>,
 }
 
 /// An immutable, validated registry snapshot.
 #[derive(Debug, Default)]
 pub struct Registry {
-    agencies: HashMap<String, AgencyEntry>,
+    agencies: FastMap<String, AgencyEntry>,
     applications: Vec<Application>,
     services: Vec<Arc<Service>>,
 }
