@@ -93,15 +93,32 @@ fn parse_head(buf: &[u8]) -> io::Result<Option<Head>> {
     }))
 }
 
+/// One exchange; a pooled connection the upstream closed while it was idle (its keep-alive
+/// timeout) fails before any byte of a response and is retried once on a new connection, as
+/// every pooling proxy does.
 async fn exchange(pool: &Pool, req: &Request<Incoming>) -> io::Result<Response<Full<Bytes>>> {
-    let (mut stream, mut buf) = match pool.checkout() {
-        Some(conn) => conn,
-        None => {
-            let s = TcpStream::connect(pool.upstream).await?;
-            s.set_nodelay(true)?;
-            (s, BytesMut::with_capacity(16 * 1024))
+    if let Some(conn) = pool.checkout() {
+        match exchange_on(pool, req, conn).await {
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    io::ErrorKind::UnexpectedEof
+                        | io::ErrorKind::ConnectionReset
+                        | io::ErrorKind::BrokenPipe
+                ) => {}
+            other => return other,
         }
-    };
+    }
+    let s = TcpStream::connect(pool.upstream).await?;
+    s.set_nodelay(true)?;
+    exchange_on(pool, req, (s, BytesMut::with_capacity(16 * 1024))).await
+}
+
+async fn exchange_on(
+    pool: &Pool,
+    req: &Request<Incoming>,
+    (mut stream, mut buf): (TcpStream, BytesMut),
+) -> io::Result<Response<Full<Bytes>>> {
     let target = req.uri().path_and_query().map_or("/", |pq| pq.as_str());
     let mut out = Vec::with_capacity(512);
     out.extend_from_slice(req.method().as_str().as_bytes());
