@@ -85,6 +85,10 @@ pub(crate) struct Activity {
     /// At hyper's last read that found nothing, the framing guard was between messages (no
     /// partial head held back, no body bytes still to come).
     between_messages: AtomicBool,
+    /// When the last request stopped being in flight, in nanoseconds after `epoch`: the next
+    /// head is due within the head timeout of it (see `server::serve_http1`).
+    idle_at: AtomicU64,
+    epoch: tokio::time::Instant,
 }
 
 impl Default for Activity {
@@ -95,6 +99,8 @@ impl Default for Activity {
             events: AtomicU64::new(0),
             unflushed: AtomicBool::new(false),
             between_messages: AtomicBool::new(true),
+            idle_at: AtomicU64::new(0),
+            epoch: tokio::time::Instant::now(),
         }
     }
 }
@@ -123,6 +129,16 @@ impl Activity {
         self.requests.load(Ordering::Relaxed)
     }
 
+    /// Requests whose response body hyper has not wholly taken yet.
+    pub(crate) fn in_flight(&self) -> u32 {
+        self.in_flight.load(Ordering::Relaxed)
+    }
+
+    /// When the last request stopped being in flight (the connection's start before any).
+    pub(crate) fn idle_at(&self) -> tokio::time::Instant {
+        self.epoch + std::time::Duration::from_nanos(self.idle_at.load(Ordering::Relaxed))
+    }
+
     /// Counts a request as in flight until the returned guard is dropped.
     pub(crate) fn start_request(self: &Arc<Self>) -> InFlight {
         self.requests.fetch_add(1, Ordering::Relaxed);
@@ -137,7 +153,12 @@ pub(crate) struct InFlight(Arc<Activity>);
 
 impl Drop for InFlight {
     fn drop(&mut self) {
-        self.0.in_flight.fetch_sub(1, Ordering::Relaxed);
+        if self.0.in_flight.fetch_sub(1, Ordering::Relaxed) == 1 {
+            let since = self.0.epoch.elapsed().as_nanos();
+            self.0
+                .idle_at
+                .store(u64::try_from(since).unwrap_or(u64::MAX), Ordering::Relaxed);
+        }
     }
 }
 

@@ -118,8 +118,11 @@ impl Shared {
     fn new(settings: &ListenerSettings) -> Self {
         let max_head = settings.max_head_bytes.max(8192);
         let mut h1 = http1::Builder::new();
+        // No head timer of hyper's: `serve_http1` keeps one per connection instead of hyper's
+        // one per request (a boxed sleep, registered with the timer wheel and removed again
+        // for every request on a busy connection).
         h1.timer(TokioTimer::new())
-            .header_read_timeout(settings.header_read_timeout)
+            .header_read_timeout(None)
             .max_buf_size(max_head)
             // hyper's own default: room for 100 header fields on the stack (99 fit: the parser
             // wants a free entry to see the end of the block). A larger limit made hyper
@@ -431,8 +434,14 @@ async fn serve_http1<T: Transport, H: Handler>(
         if stopping_now || parking {
             return Poll::Pending;
         }
-        if activity.requests() == requests && head_timer.as_mut().poll(cx).is_ready() {
-            return Poll::Ready(None);
+        if head_timer.as_mut().poll(cx).is_ready() {
+            match next_head_check(&activity, requests, shared.head_timeout, Instant::now()) {
+                None => return Poll::Ready(None),
+                Some(at) => {
+                    head_timer.as_mut().reset(at);
+                    continue;
+                }
+            }
         }
         if armed.is_none() {
             if !activity.quiet() {
@@ -483,6 +492,30 @@ async fn serve_http1<T: Transport, H: Handler>(
             None
         }
     }
+}
+
+/// What the head timer of an HTTP/1.1 connection does when it fires at `now`: `None` when a
+/// request head is late (the connection is closed), otherwise when to look again. Before the
+/// first request of this hyper connection it was armed at that request's deadline (see
+/// [`serve_http1`]); after it, hyper's own rule holds: the next head is due within
+/// `head_timeout` of the moment the previous response was wholly handed over. The timer is
+/// moved on only when it fires, so a busy connection arms it about once per `head_timeout`
+/// rather than once per request.
+fn next_head_check(
+    activity: &Activity,
+    requests_at_start: u64,
+    head_timeout: Duration,
+    now: Instant,
+) -> Option<Instant> {
+    if activity.requests() == requests_at_start {
+        return None;
+    }
+    if activity.in_flight() > 0 {
+        // A response is still going out: no head is due before it ends.
+        return Some(now + head_timeout);
+    }
+    let due = activity.idle_at() + head_timeout;
+    (now < due).then_some(due)
 }
 
 /// The response future hyper keeps for each request in flight.
@@ -914,6 +947,43 @@ mod tests {
         );
         assert!(
             t.elapsed() < Duration::from_millis(1500),
+            "closed only after {:?}",
+            t.elapsed()
+        );
+    }
+
+    #[tokio::test]
+    async fn on_a_connection_that_does_not_park_the_next_head_is_due_within_the_head_timeout() {
+        // The head timer of the requests after the first (hyper's own is off): after two
+        // answered requests, a silent connection and a trickled head are both closed within
+        // the head timeout of the last response, not kept open.
+        let server = start(ListenerSettings {
+            header_read_timeout: Duration::from_millis(400),
+            park_idle_after: Duration::from_secs(60),
+            ..Default::default()
+        })
+        .await;
+        let mut s = served_once(&server).await;
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let (head, _) = exchange(&mut s, "/x").await;
+        assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+        let t = std::time::Instant::now();
+        let mut buf = [0u8; 64];
+        let n = tokio::time::timeout(Duration::from_secs(3), s.read(&mut buf))
+            .await
+            .expect("the silent connection was not closed")
+            .unwrap_or(0);
+        assert_eq!(n, 0);
+        let waited = t.elapsed();
+        assert!(
+            waited >= Duration::from_millis(300) && waited < Duration::from_millis(1200),
+            "closed after {waited:?}"
+        );
+        let mut s = served_once(&server).await;
+        let t = std::time::Instant::now();
+        assert!(trickle_head(&mut s, Duration::from_millis(60)).await);
+        assert!(
+            t.elapsed() < Duration::from_millis(1200),
             "closed only after {:?}",
             t.elapsed()
         );
