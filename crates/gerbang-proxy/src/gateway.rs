@@ -57,6 +57,24 @@ pub struct ConnInfo {
     pub proto: &'static str,
     /// The client certificate that rustls verified (mTLS): its pin and names.
     pub client_cert: Option<Arc<ClientCert>>,
+    /// `remote`'s address as text, for `X-Forwarded-For`: written once per connection, not
+    /// once per request.
+    pub remote_ip: HeaderValue,
+}
+
+impl ConnInfo {
+    /// A connection from `remote` reached over `proto`, without a client certificate.
+    pub fn new(remote: SocketAddr, proto: &'static str) -> Self {
+        let mut ip = Vec::with_capacity(15);
+        crate::headers::push_ip(&mut ip, remote.ip());
+        Self {
+            remote,
+            proto,
+            client_cert: None,
+            // An address's text is always a valid header value.
+            remote_ip: HeaderValue::from_bytes(&ip).unwrap_or(HeaderValue::from_static("unknown")),
+        }
+    }
 }
 
 /// How the gateway vouches for callers to providers.

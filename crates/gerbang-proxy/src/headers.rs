@@ -359,12 +359,10 @@ impl Added {
 pub fn set_forwarding(
     headers: &mut HeaderMap,
     added: &mut Added,
-    client_ip: IpAddr,
+    client_ip: &HeaderValue,
     proto: &'static str,
     original_host: Option<HeaderValue>,
 ) {
-    let mut ip = Vec::with_capacity(15);
-    push_ip(&mut ip, client_ip);
     // Every X-Forwarded-For line the client sent is kept, in order (a list may span lines).
     let mut xff = Vec::new();
     let client_lines = added
@@ -380,15 +378,12 @@ pub fn set_forwarding(
         }
     }
     let value = if xff.is_empty() {
-        HeaderValue::from_bytes(&ip)
+        client_ip.clone()
     } else {
-        xff.extend_from_slice(&ip);
-        HeaderValue::from_bytes(&xff)
+        xff.extend_from_slice(client_ip.as_bytes());
+        HeaderValue::from_bytes(&xff).unwrap_or_else(|_| client_ip.clone())
     };
-    match value.or_else(|_| HeaderValue::from_bytes(&ip)) {
-        Ok(v) => added.set(headers, &X_FORWARDED_FOR, v),
-        Err(_) => added.remove(headers, &X_FORWARDED_FOR),
-    }
+    added.set(headers, &X_FORWARDED_FOR, value);
     added.set(headers, &X_FORWARDED_PROTO, HeaderValue::from_static(proto));
     match original_host {
         Some(h) => added.set(headers, &X_FORWARDED_HOST, h),
@@ -707,7 +702,7 @@ mod tests {
         set_forwarding(
             &mut h,
             &mut added,
-            "127.0.0.1".parse().unwrap(),
+            &HeaderValue::from_static("127.0.0.1"),
             "https",
             Some(HeaderValue::from_static("gw.example")),
         );
@@ -762,7 +757,7 @@ mod tests {
         set_forwarding(
             &mut h,
             &mut added,
-            "10.0.0.7".parse().unwrap(),
+            &HeaderValue::from_static("10.0.0.7"),
             "http",
             None,
         );
@@ -784,7 +779,7 @@ mod tests {
         set_forwarding(
             &mut h,
             &mut added,
-            "127.0.0.1".parse().unwrap(),
+            &HeaderValue::from_static("127.0.0.1"),
             "http",
             None,
         );

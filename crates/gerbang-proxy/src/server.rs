@@ -182,11 +182,7 @@ pub async fn serve<H: Handler>(
             },
         };
         let _ = stream.set_nodelay(true);
-        let conn = ConnInfo {
-            remote,
-            proto,
-            client_cert: None,
-        };
+        let conn = ConnInfo::new(remote, proto);
         let stop = stop_rx.clone();
         let shared = Arc::clone(&shared);
         let handler = Arc::clone(&handler);
@@ -1092,11 +1088,7 @@ mod tests {
             .unwrap();
         let shared = Shared::new(&ListenerSettings::default());
         let (_stop, stop_rx) = watch::channel(false);
-        let conn = ConnInfo {
-            remote: stream.local_addr().unwrap(),
-            proto: "http",
-            client_cert: None,
-        };
+        let conn = ConnInfo::new(stream.local_addr().unwrap(), "http");
         let task = serve_connection(stream, &shared, Arc::new(Probe::default()), conn, stop_rx);
         let size = std::mem::size_of_val(&task);
         assert!(size <= 1024, "a connection's task is {size} bytes");

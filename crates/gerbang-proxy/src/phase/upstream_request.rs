@@ -67,7 +67,7 @@ impl Rewrite<'_> {
         headers::set_forwarding(
             &mut parts.headers,
             &mut added,
-            self.conn.remote.ip(),
+            &self.conn.remote_ip,
             self.conn.proto,
             original_host,
         );
