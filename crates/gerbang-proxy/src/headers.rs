@@ -690,6 +690,19 @@ mod tests {
         assert!(h.get("x-a").is_none() && h.get(header::CONNECTION).is_none());
     }
 
+    /// The client's `h` as the upstream receives it after [`set_forwarding`].
+    fn forwarded(
+        mut h: HeaderMap,
+        client_ip: &'static str,
+        proto: &'static str,
+        host: Option<HeaderValue>,
+    ) -> HeaderMap {
+        let mut added = Added::for_call(&h);
+        let ip = HeaderValue::from_static(client_ip);
+        set_forwarding(&mut h, &mut added, &ip, proto, host);
+        added.merged(&h)
+    }
+
     #[test]
     fn forwarded_for_appends_and_proto_host_replace() {
         let mut h = HeaderMap::new();
@@ -698,15 +711,12 @@ mod tests {
         h.insert("forwarded", HeaderValue::from_static("for=10.9.9.9"));
         h.insert("x-real-ip", HeaderValue::from_static("10.9.9.9"));
         remove_client_controlled(&mut h, &[], &[]);
-        let mut added = Added::for_call(&h);
-        set_forwarding(
-            &mut h,
-            &mut added,
-            &HeaderValue::from_static("127.0.0.1"),
+        let h = forwarded(
+            h,
+            "127.0.0.1",
             "https",
             Some(HeaderValue::from_static("gw.example")),
         );
-        let h = added.merged(&h);
         assert_eq!(h.get_all("x-forwarded-proto").iter().count(), 1);
         assert_eq!(h["x-forwarded-for"], "203.0.113.9, 127.0.0.1");
         assert_eq!(h["x-forwarded-proto"], "https");
@@ -753,15 +763,7 @@ mod tests {
     fn forwarding_host_absent_removes_the_clients() {
         let mut h = HeaderMap::new();
         h.insert("x-forwarded-host", HeaderValue::from_static("evil.example"));
-        let mut added = Added::for_call(&h);
-        set_forwarding(
-            &mut h,
-            &mut added,
-            &HeaderValue::from_static("10.0.0.7"),
-            "http",
-            None,
-        );
-        let all = added.merged(&h);
+        let all = forwarded(h, "10.0.0.7", "http", None);
         assert!(all.get("x-forwarded-host").is_none());
         assert_eq!(all["x-forwarded-for"], "10.0.0.7");
         assert_eq!(all["x-forwarded-proto"], "http");
@@ -775,15 +777,7 @@ mod tests {
             "x-forwarded-for",
             HeaderValue::from_static("198.51.100.1, 10.0.0.1"),
         );
-        let mut added = Added::for_call(&h);
-        set_forwarding(
-            &mut h,
-            &mut added,
-            &HeaderValue::from_static("127.0.0.1"),
-            "http",
-            None,
-        );
-        let h = added.merged(&h);
+        let h = forwarded(h, "127.0.0.1", "http", None);
         assert_eq!(h.get_all("x-forwarded-for").iter().count(), 1);
         assert_eq!(
             h["x-forwarded-for"],
