@@ -36,9 +36,13 @@ pub fn new_request_id() -> HeaderValue {
         .map_or(0, |d| d.as_millis() as u64);
     let id = uuid::Builder::from_unix_timestamp_millis(millis, &tail).into_uuid();
     let mut buf = uuid::Uuid::encode_buffer();
-    let s = id.hyphenated().encode_lower(&mut buf);
-    // A hyphenated UUID is always a valid header value.
-    HeaderValue::from_str(s).unwrap_or_else(|_| HeaderValue::from_static("invalid-request-id"))
+    let len = id.hyphenated().encode_lower(&mut buf).len();
+    // The buffer itself becomes the value's storage: one allocation, and the clones that go
+    // upstream, into the response and into the record only count references (a value copied
+    // from a `&str` is allocated once more at its first clone). A hyphenated UUID is always a
+    // valid header value.
+    HeaderValue::from_maybe_shared(bytes::Bytes::from_owner(buf).slice(..len))
+        .unwrap_or_else(|_| HeaderValue::from_static("invalid-request-id"))
 }
 
 /// A new `traceparent` (sampled) with ids unique within the process and random across

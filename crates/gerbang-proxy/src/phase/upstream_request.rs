@@ -77,7 +77,7 @@ impl Rewrite<'_> {
             None => added.remove(&mut parts.headers, &headers::X_GERBANG_PURPOSE),
         }
         // Every other `X-Gerbang-*` name is gone from the map (`remove_client_controlled`).
-        set_identity(
+        let identified = set_identity(
             &mut added,
             self.principal,
             self.service,
@@ -86,8 +86,10 @@ impl Rewrite<'_> {
             self.grant.purpose(),
             settings.assertion_ttl,
         );
-        if let Ok(v) = HeaderValue::from_str(&self.grant.agreement.id) {
-            added.set_absent(&headers::X_GERBANG_AGREEMENT, v);
+        if identified.is_none() {
+            if let Ok(v) = HeaderValue::from_str(&self.grant.agreement.id) {
+                added.set_absent(&headers::X_GERBANG_AGREEMENT, v);
+            }
         }
         // W3C trace context. With a span exporter the gateway's span is the upstream's parent;
         // without one a valid client traceparent goes on as it is, and otherwise (absent,
@@ -159,7 +161,8 @@ pub(crate) fn upstream_path(
         .map_err(|e| GatewayError::Internal(format!("upstream path: {e}")))
 }
 
-/// Sets the verified identity headers, and the gateway assertion when configured.
+/// Sets the verified identity headers, the gateway assertion when configured, and the
+/// agreement; `None` when there is no identity to send (the caller then sets the agreement).
 fn set_identity(
     added: &mut Added,
     principal: &Principal,
@@ -168,17 +171,15 @@ fn set_identity(
     agreement: (usize, &str),
     purpose: Option<&str>,
     assertion_ttl: Option<Duration>,
-) {
-    let Some(id) = snapshot.identities.get(
+) -> Option<()> {
+    let id = snapshot.identities.get(
         principal,
         service,
         agreement,
         purpose,
         assertion_ttl,
         &snapshot.auth,
-    ) else {
-        return;
-    };
+    )?;
     added.set_absent(&headers::X_GERBANG_CONSUMER, id.consumer);
     added.set_absent(&headers::X_GERBANG_CONSUMER_AGENCY, id.agency);
     added.set_absent(
@@ -188,6 +189,10 @@ fn set_identity(
     if let Some(a) = id.assertion {
         added.set_absent(&headers::X_GERBANG_ASSERTION, a);
     }
+    if let Some(v) = id.agreement_header {
+        added.set_absent(&headers::X_GERBANG_AGREEMENT, v);
+    }
+    Some(())
 }
 
 /// The configuration name of an authentication method, as providers see it.
@@ -209,6 +214,8 @@ struct Identity {
     /// a lookup well under one).
     assertion: Option<HeaderValue>,
     renew_at: u64,
+    /// `X-Gerbang-Agreement`: the agreement's id, made once per entry instead of per call.
+    agreement_header: Option<HeaderValue>,
     /// What the entry was made for, confirmed on every hit (the key is a hash of it).
     pair: u64,
     agreement: usize,
@@ -287,6 +294,7 @@ impl IdentityCache {
         }
         let consumer = HeaderValue::from_str(&principal.application).ok()?;
         let agency = HeaderValue::from_str(&principal.agency).ok()?;
+        let agreement_header = HeaderValue::from_str(agreement.1).ok();
         let (assertion, renew_at) = match assertion_ttl {
             None => (None, u64::MAX),
             Some(ttl) => {
@@ -316,6 +324,7 @@ impl IdentityCache {
             agency,
             assertion,
             renew_at,
+            agreement_header,
             pair,
             agreement: agreement.0,
             purpose: purpose.map(Box::from),
