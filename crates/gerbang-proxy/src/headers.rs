@@ -118,6 +118,10 @@ fn client_may_not_send(canonical: &str, extra: &[HeaderName]) -> bool {
             .any(|u| canonical_name(u.as_str()).as_ref() == canonical)
 }
 
+/// The names one pass found to remove: a few at most (`Authorization`, `Connection`), so
+/// held on the stack rather than allocated for every request.
+type Found = smallvec::SmallVec<[HeaderName; 4]>;
+
 /// Removes, in one pass, every header a client may not pass on:
 ///
 /// - every name containing `_`, unless the service allows that exact name (`allow_underscore`)
@@ -138,7 +142,7 @@ pub fn remove_client_controlled(
     extra: &[HeaderName],
     allow_underscore: &[String],
 ) {
-    let mut found: Option<Vec<HeaderName>> = None;
+    let mut found: Found = Found::new();
     for name in headers.keys() {
         let s = name.as_str();
         let remove = if s.contains('_') {
@@ -152,10 +156,10 @@ pub fn remove_client_controlled(
             *name != X_GERBANG_PURPOSE && client_may_not_send(s, extra)
         };
         if remove {
-            found.get_or_insert_with(Vec::new).push(name.clone());
+            found.push(name.clone());
         }
     }
-    for name in found.iter().flatten() {
+    for name in &found {
         headers.remove(name);
     }
 }
@@ -229,7 +233,7 @@ pub fn remove_hop_by_hop(headers: &mut HeaderMap) {
     // header must go. Removal itself is rare, except of `Connection` (most upstreams send
     // `Connection: keep-alive`).
     let listed = headers.get_all(header::CONNECTION);
-    let mut found: Vec<HeaderName> = Vec::new();
+    let mut found = Found::new();
     for name in headers.keys() {
         let hop = name == header::TRANSFER_ENCODING || HOP_BY_HOP.iter().any(|h| h == name);
         // `Connection` may not take away what framing and routing rely on: a client that
