@@ -34,6 +34,7 @@ pub mod template;
 use std::collections::HashMap;
 use std::fmt;
 use std::str::FromStr;
+use std::sync::Arc;
 
 pub use fields::{FieldPath, FieldRules, Mask};
 pub use template::{PathMatching, PathTemplate, QueryError};
@@ -436,6 +437,8 @@ struct ServiceIndex {
 pub struct PolicySet {
     services: FastMap<String, ServicePolicy>,
     agreements: Vec<Agreement>,
+    /// Each agreement's id, shared: a call names its agreement without a copy.
+    agreement_ids: Vec<Arc<str>>,
     index: FastMap<String, ServiceIndex>,
 }
 
@@ -467,9 +470,14 @@ impl PolicySet {
                 }
             }
         }
+        let agreement_ids = agreements
+            .iter()
+            .map(|a| Arc::from(a.id.as_str()))
+            .collect();
         Self {
             services,
             agreements,
+            agreement_ids,
             index,
         }
     }
@@ -488,6 +496,11 @@ impl PolicySet {
 
     pub fn agreement(&self, i: usize) -> Option<&Agreement> {
         self.agreements.get(i)
+    }
+
+    /// The id of agreement `i`, shared.
+    pub fn agreement_id(&self, i: usize) -> Option<&Arc<str>> {
+        self.agreement_ids.get(i)
     }
 
     pub fn service(&self, id: &str) -> Option<&ServicePolicy> {

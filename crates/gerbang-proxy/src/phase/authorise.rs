@@ -78,7 +78,7 @@ pub(crate) fn decide<'a, B>(
         .policy
         .agreement(index)
         .ok_or_else(|| GatewayError::Internal("agreement index out of range".into()))?;
-    call.agreement = Some(agreement.id.clone());
+    call.agreement = snapshot.policy.agreement_id(index).cloned();
     Ok(Grant {
         index,
         agreement,

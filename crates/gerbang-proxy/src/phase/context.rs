@@ -18,7 +18,7 @@ pub(crate) struct Call {
     pub(crate) service_metrics: Option<Arc<crate::metrics::ServiceMetrics>>,
     pub(crate) consumer: Option<Arc<Principal>>,
     pub(crate) endpoint: Option<String>,
-    pub(crate) agreement: Option<String>,
+    pub(crate) agreement: Option<std::sync::Arc<str>>,
     pub(crate) purpose: Option<String>,
     pub(crate) subject_hmac: Option<String>,
     /// The W3C trace id of the call, for correlating the record with traces.
