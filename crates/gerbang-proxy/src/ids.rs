@@ -50,20 +50,30 @@ pub fn new_request_id() -> HeaderValue {
 pub(crate) fn new_traceparent() -> HeaderValue {
     let [a, b, c] = random_words();
     let c = c | 1;
-    let mut text = Vec::with_capacity(55);
-    text.extend_from_slice(b"00-");
-    push_hex16(&mut text, a);
-    push_hex16(&mut text, b);
-    text.push(b'-');
-    push_hex16(&mut text, c);
-    text.extend_from_slice(b"-01");
-    HeaderValue::from_maybe_shared(bytes::Bytes::from(text)).unwrap_or_else(|_| {
+    let mut text = [0u8; 55];
+    text[..3].copy_from_slice(b"00-");
+    hex16_into(&mut text[3..19], a);
+    hex16_into(&mut text[19..35], b);
+    text[35] = b'-';
+    hex16_into(&mut text[36..52], c);
+    text[52..].copy_from_slice(b"-01");
+    // The array is the value's storage (one allocation; the call's record keeps a clone that
+    // only counts a reference).
+    HeaderValue::from_maybe_shared(bytes::Bytes::from_owner(text)).unwrap_or_else(|_| {
         HeaderValue::from_static("00-00000000000000000000000000000001-0000000000000001-01")
     })
 }
 
 /// `v` as 16 lower-case hex digits (`format!("{v:016x}")` without the formatting machinery:
 /// this runs for every call).
+/// `v` as 16 lower-case hex digits into `out` (16 bytes long).
+fn hex16_into(out: &mut [u8], v: u64) {
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    for (k, o) in out.iter_mut().rev().enumerate() {
+        *o = DIGITS[((v >> (k * 4)) & 15) as usize];
+    }
+}
+
 pub(crate) fn push_hex16(out: &mut Vec<u8>, v: u64) {
     const DIGITS: &[u8; 16] = b"0123456789abcdef";
     for k in (0..16).rev() {
@@ -104,6 +114,11 @@ mod tests {
             let mut out = Vec::new();
             super::push_hex16(&mut out, v);
             assert_eq!(String::from_utf8(out).unwrap(), format!("{v:016x}"));
+        }
+        for v in [0u64, 1, 0xdead_beef, u64::MAX, 0x0123_4567_89ab_cdef] {
+            let mut out = [0u8; 16];
+            super::hex16_into(&mut out, v);
+            assert_eq!(std::str::from_utf8(&out).unwrap(), format!("{v:016x}"));
         }
         let tp = super::new_traceparent();
         let t = tp.to_str().unwrap();

@@ -57,7 +57,11 @@ async fn calls_are_recorded_verifiable_and_findable_by_subject_never_by_id() {
     let path = format!("/dukcapil/penduduk/penduduk/{nik}");
     let ok = raw_request(
         gw.addr,
-        &get(&path, "X-Gerbang-Purpose: pelayanan-kesehatan\r\n"),
+        &get(
+            &path,
+            "X-Gerbang-Purpose: pelayanan-kesehatan\r\n\
+             traceparent: 00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01\r\n",
+        ),
     )
     .await;
     assert_eq!(ok.status, 200);
@@ -83,6 +87,7 @@ async fn calls_are_recorded_verifiable_and_findable_by_subject_never_by_id() {
     assert_eq!(a["status"], 200);
     assert_eq!(a["client"], "127.0.0.1");
     assert_eq!(a["request_id"], ok.header("x-request-id").unwrap());
+    assert_eq!(a["trace_id"], "4bf92f3577b34da6a3ce929d0e0e4736");
     assert!(a["subject_hmac"]
         .as_str()
         .unwrap()

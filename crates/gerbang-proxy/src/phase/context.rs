@@ -21,8 +21,8 @@ pub(crate) struct Call {
     pub(crate) agreement: Option<std::sync::Arc<str>>,
     pub(crate) purpose: Option<String>,
     pub(crate) subject_hmac: Option<String>,
-    /// The W3C trace id of the call, for correlating the record with traces.
-    pub(crate) trace: Option<String>,
+    /// The `traceparent` the provider got (its trace id correlates the record with traces).
+    pub(crate) trace: Option<http::HeaderValue>,
     /// What the token endpoint answered: `issued` or an OAuth error code.
     pub(crate) token_result: Option<&'static str>,
     /// The call's span, when spans are exported.

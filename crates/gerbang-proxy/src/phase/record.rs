@@ -341,7 +341,7 @@ impl Call {
                 bytes_out,
                 duration_ms: (duration.as_secs_f64() * 1000.0 * 1000.0).round() / 1000.0,
                 subject_hmac: self.subject_hmac.as_deref(),
-                trace_id: self.trace.as_deref(),
+                trace_id: self.trace_id(),
             },
         );
         out
@@ -490,6 +490,14 @@ fn json_str(out: &mut Vec<u8>, s: &str) {
 }
 
 impl Call {
+    /// The trace id: the 32 hex digits of the `traceparent` the provider got.
+    fn trace_id(&self) -> Option<&str> {
+        self.trace
+            .as_ref()
+            .and_then(|tp| tp.to_str().ok())
+            .and_then(|t| t.get(3..35))
+    }
+
     /// Body bytes actually received from the client so far.
     pub(crate) fn bytes_in(&self) -> u64 {
         self.body.as_ref().map_or(0, |w| w.received())

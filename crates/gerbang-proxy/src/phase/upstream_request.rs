@@ -106,11 +106,7 @@ impl Rewrite<'_> {
             }
             None => crate::ids::new_traceparent(),
         };
-        call.trace = tp
-            .to_str()
-            .ok()
-            .and_then(|t| t.get(3..35))
-            .map(str::to_owned);
+        call.trace = Some(tp.clone());
         added.set(&mut parts.headers, &headers::TRACEPARENT, tp);
         if self.grant.filter().is_some() {
             // The gateway must read the response to filter it: no compression. It answers
