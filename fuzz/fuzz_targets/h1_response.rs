@@ -293,6 +293,7 @@ async fn client(addr: SocketAddr, method: Method) -> Option<Got> {
         &pool,
         Duration::from_secs(5),
         &parts,
+        &[],
         RequestBody::empty(),
         None,
     )
