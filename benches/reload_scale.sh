@@ -83,7 +83,7 @@ echo "validate: $(awk -v a="$t0" -v b="$t1" 'BEGIN{printf "%.2f", b-a}') s ($(ca
 PID=$!
 for _ in $(seq 300); do curl -s -o /dev/null --max-time 1 "http://127.0.0.1:$ADMIN_PORT/health/ready" && break; sleep 0.1; done
 # Calls during the reloads (opd0/app may call opd0/svc0 under pks-0 with purpose p0).
-( while :; do
+( while [[ ! -e $WORK/stop ]]; do
     curl -s -o /dev/null -w '%{http_code}\n' --max-time 5 -H "X-API-Key: $API_KEY" -H 'X-Gerbang-Purpose: p0' \
       "http://127.0.0.1:$PORT/opd0/svc0/data/1" >>"$WORK/calls.txt"
     sleep 0.02
@@ -95,6 +95,8 @@ for r in $(seq "$RELOADS"); do
     -H "Authorization: Bearer $ADMIN_TOKEN" "http://127.0.0.1:$ADMIN_PORT/admin/reload"
 done
 sleep 1
-kill "$CALLER" 2>/dev/null; wait "$CALLER" 2>/dev/null || true
+# The caller finishes the call it is making (killing it could orphan a curl still in flight,
+# which then met the upstream going away below and wrote a 502 after the count).
+touch "$WORK/stop"; wait "$CALLER" 2>/dev/null || true
 kill "$UP" 2>/dev/null || true
 echo "calls during the reloads: $(wc -l <"$WORK/calls.txt"), by status: $(sort "$WORK/calls.txt" | uniq -c | tr '\n' ' ')"
