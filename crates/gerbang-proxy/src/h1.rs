@@ -266,12 +266,15 @@ fn encode_head(
     length: Option<u64>,
 ) -> BytesMut {
     let target = parts.uri.path_and_query().map_or("/", |pq| pq.as_str());
+    let all_fields = || {
+        parts
+            .headers
+            .iter()
+            .chain(added.iter().map(|(n, v)| (n, v)))
+    };
     // The head's exact size up front (the identity assertion alone outgrew an estimate, so
     // every head was copied once more while being written).
-    let fields: usize = parts
-        .headers
-        .iter()
-        .chain(added.iter().map(|(n, v)| (n, v)))
+    let fields: usize = all_fields()
         .map(|(name, value)| name.as_str().len() + value.len() + 4)
         .sum();
     let mut head = BytesMut::with_capacity(
@@ -281,11 +284,7 @@ fn encode_head(
     head.put_u8(b' ');
     head.put_slice(target.as_bytes());
     head.put_slice(b" HTTP/1.1\r\n");
-    for (name, value) in parts
-        .headers
-        .iter()
-        .chain(added.iter().map(|(n, v)| (n, v)))
-    {
+    for (name, value) in all_fields() {
         if name == header::CONTENT_LENGTH || name == header::TRANSFER_ENCODING {
             continue;
         }

@@ -263,8 +263,9 @@ fn names(value: &HeaderValue, name: &str) -> bool {
 /// instead of inserted into it: each insert hashes its name and the first ones grow and
 /// rehash the map, while the HTTP/1.1 client only has to write them after the map's fields
 /// (the HTTPS client appends them to its copy of the map). Invariant, kept by [`Added::set`]:
-/// no name here is also in the map, and none is here twice.
-#[derive(Debug, Default)]
+/// no name here is also in the map, and none is here twice. Made only by [`Added::for_call`]:
+/// a default would claim that the client sent none of the names it sets.
+#[derive(Debug)]
 pub struct Added {
     fields: Vec<(HeaderName, HeaderValue)>,
     /// Which of the names the gateway sets ([`gateway_set_bit`]) the client's map held when
@@ -333,7 +334,8 @@ impl Added {
         self.fields.retain(|(n, _)| n != name);
     }
 
-    pub fn get(&self, name: &HeaderName) -> Option<&HeaderValue> {
+    #[cfg(test)]
+    fn get(&self, name: &HeaderName) -> Option<&HeaderValue> {
         self.fields.iter().find(|(n, _)| n == name).map(|(_, v)| v)
     }
 

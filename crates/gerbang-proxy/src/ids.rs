@@ -64,9 +64,8 @@ pub(crate) fn new_traceparent() -> HeaderValue {
     })
 }
 
-/// `v` as 16 lower-case hex digits (`format!("{v:016x}")` without the formatting machinery:
-/// this runs for every call).
-/// `v` as 16 lower-case hex digits into `out` (16 bytes long).
+/// `v` as 16 lower-case hex digits into `out` (16 bytes long; `format!("{v:016x}")` without
+/// the formatting machinery: this runs for every call).
 fn hex16_into(out: &mut [u8], v: u64) {
     const DIGITS: &[u8; 16] = b"0123456789abcdef";
     for (k, o) in out.iter_mut().rev().enumerate() {
@@ -74,11 +73,11 @@ fn hex16_into(out: &mut [u8], v: u64) {
     }
 }
 
+/// `v` as 16 lower-case hex digits appended to `out`.
 pub(crate) fn push_hex16(out: &mut Vec<u8>, v: u64) {
-    const DIGITS: &[u8; 16] = b"0123456789abcdef";
-    for k in (0..16).rev() {
-        out.push(DIGITS[((v >> (k * 4)) & 15) as usize]);
-    }
+    let mut digits = [0u8; 16];
+    hex16_into(&mut digits, v);
+    out.extend_from_slice(&digits);
 }
 
 /// Three 64-bit words unique within the process (a counter through a bijection) and random
