@@ -442,6 +442,13 @@ if [[ -n ${IDLE:-} ]]; then
   done
   exit 0
 fi
+# The process that serves target $1 (an index): nginx's master forks the worker that does;
+# HAProxy (-db), hyper-floor and Gerbang serve in the process started.
+serving_pid() {
+  local pid=${TPIDS[$1]}
+  [[ ${NAMES[$1]} == nginx ]] && pid=$(pgrep -P "$pid" | head -1)
+  echo "$pid"
+}
 if [[ ${SCHED:-0} == 1 ]]; then
   # Who takes the server CPU from whom: sched_switch events on SERVER_CPU while wrk drives
   # each target, as switches per request from one command to the next (the upstream and the
@@ -462,8 +469,7 @@ if [[ ${SCHED:-0} == 1 ]]; then
       sort | uniq -c | sort -rn | head -"${SCHED_TOP:-8}" |
       awk -v n="$n" '{c=$1; $1=""; printf "%8.3f %s\n", (n>0?c/n:0), $0}'
     # And the system calls the target's process makes per request.
-    pid=${TPIDS[$i]}; out="$WORK/syscalls.${NAMES[$i]}"
-    [[ ${NAMES[$i]} == gerbang-* ]] || pid=$(pgrep -P "$pid" | head -1)
+    pid=$(serving_pid "$i"); out="$WORK/syscalls.${NAMES[$i]}"
     perf stat -e 'syscalls:sys_enter_*' -p "$pid" -o "$out" -- sleep 3 >/dev/null 2>&1 &
     rec=$!
     $LOADGEN wrk -t1 -c"$CONNS" -d3s -H "$AUTH_HEADER" "${URLS[$i]}" >"$out.wrk" 2>&1 || true
@@ -487,9 +493,7 @@ if [[ ${PERF:-0} == 1 ]]; then
   echo "| target | requests | context switches per request (every thread of the process) | voluntary / involuntary per request |"
   echo "| --- | ---: | ---: | ---: |"
   for i in "${!NAMES[@]}"; do
-    pid=${TPIDS[$i]}; out="$WORK/perfstat.${NAMES[$i]}"
-    # nginx's master does nothing: its worker (the child) serves.
-    [[ ${NAMES[$i]} == gerbang-* ]] || pid=$(pgrep -P "$pid" | head -1)
+    pid=$(serving_pid "$i"); out="$WORK/perfstat.${NAMES[$i]}"
     $LOADGEN wrk -t1 -c"$CONNS" -d3s -H "$AUTH_HEADER" "${URLS[$i]}" >/dev/null 2>&1
     v0=$(switches "$pid")
     perf stat --per-thread -e context-switches -p "$pid" -o "$out" -- sleep 5 >/dev/null 2>&1 &
@@ -504,8 +508,7 @@ if [[ ${PERF:-0} == 1 ]]; then
   done
   for i in "${!NAMES[@]}"; do
     [[ ${NAMES[$i]} == gerbang-* || ${NAMES[$i]} == nginx ]] || continue
-    pid=${TPIDS[$i]}; data="$WORK/perf.${NAMES[$i]}.data"
-    [[ ${NAMES[$i]} == gerbang-* ]] || pid=$(pgrep -P "$pid" | head -1)
+    pid=$(serving_pid "$i"); data="$WORK/perf.${NAMES[$i]}.data"
     perf record -q -e cpu-clock -F 4999 ${PERF_CALLGRAPH:+--call-graph "$PERF_CALLGRAPH"} -p "$pid" -o "$data" -- sleep "${PERF_SECONDS:-10}" >/dev/null 2>&1 &
     rec=$!
     $LOADGEN wrk -t1 -c"$CONNS" -d"${PERF_SECONDS:-10}s" -H "$AUTH_HEADER" "${URLS[$i]}" >"$data.wrk" 2>&1 || true
