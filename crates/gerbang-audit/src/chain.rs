@@ -51,6 +51,45 @@ pub struct Writer {
     since_seal: u64,
     last_sync: Instant,
     dirty: bool,
+    /// The line being written, kept between records (one allocation for the writer's life).
+    line: Vec<u8>,
+    /// The stamp of the last second a record was written in.
+    stamp: SecondStamp,
+}
+
+/// `YYYY-MM-DDTHH:MM:SS.` of one second, kept so that the records of a second (thousands under
+/// load) take only their milliseconds from the calendar arithmetic.
+#[derive(Default)]
+pub(crate) struct SecondStamp {
+    secs: Option<u64>,
+    text: [u8; 20],
+}
+
+impl SecondStamp {
+    /// [`rfc3339`] of `t` appended to `out`.
+    pub(crate) fn write(&mut self, t: SystemTime, out: &mut Vec<u8>) {
+        let d = t.duration_since(UNIX_EPOCH).unwrap_or_default();
+        if self.secs != Some(d.as_secs()) {
+            let start = out.len();
+            rfc3339_into(t, out);
+            // The layout is fixed (24 bytes); anything else is written, not kept.
+            if out.len() - start == 24 {
+                self.text.copy_from_slice(&out[start..start + 20]);
+                self.secs = Some(d.as_secs());
+            } else {
+                self.secs = None;
+            }
+            return;
+        }
+        out.extend_from_slice(&self.text);
+        let ms = d.subsec_millis();
+        out.extend_from_slice(&[
+            b'0' + (ms / 100) as u8,
+            b'0' + (ms / 10 % 10) as u8,
+            b'0' + (ms % 10) as u8,
+            b'Z',
+        ]);
+    }
 }
 
 fn sha256_hex(b: &[u8]) -> String {
@@ -165,6 +204,8 @@ impl Writer {
             since_seal: 0,
             last_sync: Instant::now(),
             dirty: false,
+            line: Vec::new(),
+            stamp: SecondStamp::default(),
         };
         let mut torn: Option<(usize, String)> = None;
         if let Some((n, path)) = files.last() {
@@ -295,35 +336,38 @@ impl Writer {
         let now = SystemTime::now();
         self.roll_if_needed(now)?;
         let seq = self.seq + 1;
-        let mut line = Vec::with_capacity(fields.len() + 160);
+        let mut line = std::mem::take(&mut self.line);
+        line.clear();
         line.extend_from_slice(b"{\"seq\":");
-        {
-            use std::io::Write as _;
-            let _ = write!(line, "{seq}");
-        }
+        line.extend_from_slice(itoa::Buffer::new().format(seq).as_bytes());
         line.extend_from_slice(b",\"prev\":\"");
         line.extend_from_slice(self.prev.as_bytes());
         line.extend_from_slice(b"\",\"kind\":");
         serde_json::to_writer(&mut line, kind)
             .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))?;
         line.extend_from_slice(b",\"time\":\"");
-        rfc3339_into(now, &mut line);
+        self.stamp.write(now, &mut line);
         line.push(b'"');
         if !inner.iter().all(u8::is_ascii_whitespace) {
             line.push(b',');
             line.extend_from_slice(inner);
         }
         line.push(b'}');
-        let hash = sha256_hex(&line);
+        let mut hash = [0u8; 64];
+        crate::hex_lower_into(digest(&SHA256, &line).as_ref(), &mut hash);
         line.push(b'\n');
-        let f = self
-            .file
-            .as_mut()
-            .ok_or_else(|| io::Error::other("no audit file open"))?;
-        f.write_all(&line)?;
-        self.file_bytes += line.len() as u64;
+        let written = match self.file.as_mut() {
+            Some(f) => f.write_all(&line),
+            None => Err(io::Error::other("no audit file open")),
+        };
+        let len = line.len() as u64;
+        self.line = line;
+        written?;
+        self.file_bytes += len;
         self.seq = seq;
-        self.prev = hash;
+        self.prev.clear();
+        self.prev
+            .push_str(std::str::from_utf8(&hash).map_err(io::Error::other)?);
         self.dirty = true;
         Ok(seq)
     }

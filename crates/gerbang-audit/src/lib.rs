@@ -40,6 +40,16 @@ pub fn hex_lower(bytes: &[u8]) -> String {
     String::from_utf8(out).unwrap_or_default()
 }
 
+/// `bytes` as lower-case hex into `out`, which holds exactly twice as many (the chain's hashes:
+/// no allocation, no capacity check per digit). Extra room in `out` is left as it is.
+pub fn hex_lower_into(bytes: &[u8], out: &mut [u8]) {
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    for (pair, b) in out.chunks_exact_mut(2).zip(bytes) {
+        pair[0] = DIGITS[usize::from(b >> 4)];
+        pair[1] = DIGITS[usize::from(b & 15)];
+    }
+}
+
 #[cfg(test)]
 mod hex_tests {
     #[test]
@@ -47,6 +57,37 @@ mod hex_tests {
         let all: Vec<u8> = (0..=255).collect();
         assert_eq!(super::hex_lower(&all), hex::encode(&all));
         assert_eq!(super::hex_lower(&[]), "");
+        let mut out = [b'.'; 514];
+        super::hex_lower_into(&all, &mut out);
+        assert_eq!(&out[..512], hex::encode(&all).as_bytes());
+        assert_eq!(&out[512..], b"..");
+    }
+
+    #[test]
+    fn a_second_stamp_writes_what_rfc3339_writes() {
+        use std::time::{Duration, UNIX_EPOCH};
+        let mut stamp = crate::chain::SecondStamp::default();
+        // The same second twice, the next, a day boundary, a year boundary, back in time, the
+        // last second of year 9999 and the epoch.
+        for ms in [
+            1_795_857_302_123u64,
+            1_795_857_302_999,
+            1_795_857_303_000,
+            1_795_910_399_999,
+            1_795_910_400_001,
+            1_798_761_599_999,
+            1_798_761_600_000,
+            1_795_857_302_007,
+            253_402_300_799_000,
+            253_402_300_799_123,
+            0,
+            5,
+        ] {
+            let t = UNIX_EPOCH + Duration::from_millis(ms);
+            let mut out = b"x".to_vec();
+            stamp.write(t, &mut out);
+            assert_eq!(out[1..], *crate::chain::rfc3339(t).as_bytes(), "{ms}");
+        }
     }
 
     #[test]
