@@ -41,46 +41,48 @@ pub(crate) async fn record(
 ) -> Result<Response<ResponseBody>, GatewayError> {
     let (decision, reason) = decision_of(call, &result);
     let rid = request_id.to_str().unwrap_or("");
-    let answer = |status, result: &Result<Response<ResponseBody>, GatewayError>| Answer {
+    // One reading of the clock and of the response's length serves the record, the access
+    // event and the metrics.
+    let duration = started.elapsed();
+    let mut a = Answer {
         request_id: rid,
         method,
-        status,
+        status: response_status(&result),
         decision,
         reason,
         client,
         bytes_in: call.bytes_in(),
-        bytes_out: match result {
-            Ok(res) => res
-                .headers()
-                .get(http::header::CONTENT_LENGTH)
-                .and_then(|v| v.to_str().ok())
-                .and_then(|v| v.parse::<u64>().ok()),
-            Err(_) => None,
-        },
-        duration: started.elapsed(),
+        bytes_out: bytes_out(&result),
+        duration,
     };
     // The audit record: written (or, with fsync on every record, on disk) before the answer.
     let result = match &gateway.audit {
         Some(sink) if call.service.is_some() || call.consumer.is_some() => {
-            let fields = call.audit_record(&answer(response_status(&result), &result));
+            let fields = call.audit_record(&a);
             let written = sink.record(fields).await;
             if let Some(m) = &gateway.metrics {
                 m.audit_result(written).inc();
+            }
+            // A wait for the disk is part of the call's time as its client sees it.
+            if sink.settings.wait_for_disk {
+                a.duration = started.elapsed();
             }
             if !written && sink.settings.fail_closed {
                 tracing::error!(
                     request_id = rid,
                     "audit record not written: refusing the call (audit fail-closed)"
                 );
-                Err(GatewayError::AuditUnavailable)
+                let refused = Err(GatewayError::AuditUnavailable);
+                a.status = response_status(&refused);
+                a.bytes_out = None;
+                refused
             } else {
                 result
             }
         }
         _ => result,
     };
-    let status = response_status(&result);
-    let a = answer(status, &result);
+    let status = a.status;
     if tracing::enabled!(target: "gerbang::access", tracing::Level::INFO) {
         // One access event per call: registry ids, template and codes only.
         tracing::info!(
@@ -122,6 +124,18 @@ pub(crate) async fn record(
         }
     }
     result
+}
+
+/// The length of a response's body as its `Content-Length` says, for the record.
+fn bytes_out(result: &Result<Response<ResponseBody>, GatewayError>) -> Option<u64> {
+    match result {
+        Ok(res) => res
+            .headers()
+            .get(http::header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<u64>().ok()),
+        Err(_) => None,
+    }
 }
 
 /// The call's decision (`allow`, `deny`, `error`, or `none` for the gateway's own endpoints)
@@ -183,23 +197,24 @@ fn observe(
         | http::Method::OPTIONS => method.as_str(),
         _ => "other",
     };
-    m.requests
-        .with_label_values(&[
-            consumer,
-            agency,
-            service,
-            endpoint,
-            method,
-            crate::metrics::status_class(status),
-            decision,
-        ])
-        .inc();
+    let class = crate::metrics::status_class(status);
     match &call.service_metrics {
-        Some(s) => s.duration.observe(elapsed.as_secs_f64()),
-        None => m
-            .duration
-            .with_label_values(&[service])
-            .observe(elapsed.as_secs_f64()),
+        Some(s) => {
+            s.count_request(
+                m,
+                service,
+                [consumer, agency, endpoint, method, class, decision],
+            );
+            s.duration.observe(elapsed.as_secs_f64());
+        }
+        None => {
+            m.requests
+                .with_label_values(&[consumer, agency, service, endpoint, method, class, decision])
+                .inc();
+            m.duration
+                .with_label_values(&[service])
+                .observe(elapsed.as_secs_f64());
+        }
     }
     if let Some(r) = call.token_result {
         m.token_requests.with_label_values(&[r]).inc();
@@ -410,7 +425,30 @@ fn write_call_record(out: &mut Vec<u8>, r: &CallRecord<'_>) {
         None => out.extend_from_slice(b"null"),
     }
     out.extend_from_slice(b",\"duration_ms\":");
-    if r.duration_ms.is_finite() {
+    if let Some(micros) = whole_micros(r.duration_ms) {
+        // What ryu writes for these values (the shortest decimal that reads back as the same
+        // number is the thousandths themselves), without its general algorithm.
+        out.extend_from_slice(ints.format(micros / 1000).as_bytes());
+        out.push(b'.');
+        let frac = micros % 1000;
+        if frac == 0 {
+            out.push(b'0');
+        } else {
+            let digits = [
+                b'0' + (frac / 100) as u8,
+                b'0' + (frac / 10 % 10) as u8,
+                b'0' + (frac % 10) as u8,
+            ];
+            let keep = if frac % 100 == 0 {
+                1
+            } else if frac % 10 == 0 {
+                2
+            } else {
+                3
+            };
+            out.extend_from_slice(&digits[..keep]);
+        }
+    } else if r.duration_ms.is_finite() {
         let mut floats = ryu::Buffer::new();
         let text = floats.format_finite(r.duration_ms);
         // serde_json writes a positive exponent with its sign (`1e+300`); ryu does not.
@@ -433,6 +471,17 @@ fn write_call_record(out: &mut Vec<u8>, r: &CallRecord<'_>) {
         ],
     );
     out.push(b'}');
+}
+
+/// `ms` as a whole number of microseconds, when it is exactly what dividing that number by 1000
+/// gives and below 10^12 µs (11 days; far below where the thousandths stop being distinct
+/// doubles). A call's duration always is: it is rounded to the microsecond.
+fn whole_micros(ms: f64) -> Option<u64> {
+    if !(0.0..1e9).contains(&ms) || ms.is_sign_negative() {
+        return None;
+    }
+    let micros = (ms * 1000.0).round() as u64;
+    (micros as f64 / 1000.0 == ms).then_some(micros)
 }
 
 /// Members whose values are strings or null, each after its written-out separator and key.
@@ -538,7 +587,7 @@ mod tests {
         fn the_record_writer_equals_serde_json(
             strs in (text(), opt_text(), opt_text(), opt_text(), opt_text(), text(), text()),
             more in (opt_text(), opt_text(), opt_text(), opt_text(), opt_text()),
-            nums in (any::<u16>(), any::<u64>(), any::<Option<u64>>(), prop_oneof![any::<f64>(), (0u64..10_000_000).prop_map(|n| n as f64 / 1000.0)]),
+            nums in (any::<u16>(), any::<u64>(), any::<Option<u64>>(), prop_oneof![any::<f64>(), (0u64..10_000_000).prop_map(|n| n as f64 / 1000.0), (0u64..2_000_000_000_000).prop_map(|n| n as f64 / 1000.0), (0u64..1000).prop_map(|n| n as f64 / 100.0)]),
             client in ip(),
         ) {
             let (request_id, consumer, consumer_agency, service, endpoint, method, decision) = strs;
