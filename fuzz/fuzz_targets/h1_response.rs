@@ -296,6 +296,7 @@ async fn client(addr: SocketAddr, method: Method) -> Option<Got> {
         &[],
         RequestBody::empty(),
         None,
+        std::time::Instant::now(),
     )
     .await
     .ok()?;

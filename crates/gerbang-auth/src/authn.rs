@@ -269,6 +269,9 @@ pub struct Presented<'a> {
     pub api_key: Option<&'a [u8]>,
     pub api_key_repeated: bool,
     pub client_cert: Option<&'a ClientCert>,
+    /// When the request arrived, in seconds since the Unix epoch, when the caller read the
+    /// clock once for the whole request; `None` reads it here.
+    pub now: Option<u64>,
 }
 
 impl Authenticator {
@@ -420,6 +423,7 @@ impl Authenticator {
     /// Authenticates one request.
     pub async fn authenticate(&self, p: Presented<'_>) -> Result<Arc<Principal>, AuthFailure> {
         let cert_app = p.client_cert.and_then(|c| self.mtls.application_for(c));
+        let t = p.now.unwrap_or_else(now);
         let principal = if p.authorization.is_some() || p.authorization_repeated {
             if p.authorization_repeated {
                 return Err(AuthFailure::Token(Refusal::Malformed));
@@ -428,7 +432,7 @@ impl Authenticator {
                 .authorization
                 .map(bearer_token)
                 .unwrap_or(Err(AuthFailure::NotBearer))?;
-            self.verify_token(token).await?
+            self.verify_token(token, t).await?
         } else if p.api_key.is_some() || p.api_key_repeated {
             if p.api_key_repeated {
                 return Err(AuthFailure::RepeatedApiKey);
@@ -437,10 +441,7 @@ impl Authenticator {
                 .api_key
                 .and_then(|k| std::str::from_utf8(k).ok())
                 .ok_or(AuthFailure::ApiKey(ApiKeyRefusal::Malformed))?;
-            let entry = self
-                .api_keys
-                .verify(key, now())
-                .map_err(AuthFailure::ApiKey)?;
+            let entry = self.api_keys.verify(key, t).map_err(AuthFailure::ApiKey)?;
             self.principal(&entry.application, AuthMethod::ApiKey, None)?
         } else if let Some(cert) = p.client_cert {
             let app = self
@@ -489,8 +490,7 @@ impl Authenticator {
         }))
     }
 
-    async fn verify_token(&self, raw: &[u8]) -> Result<Arc<Principal>, AuthFailure> {
-        let t = now();
+    async fn verify_token(&self, raw: &[u8], t: u64) -> Result<Arc<Principal>, AuthFailure> {
         if let Some((p, generation)) = self.cache.get_entry_at(raw, t) {
             // An external token is judged again once its issuer dropped or replaced a key.
             let current = match &p.method {

@@ -344,16 +344,22 @@ impl Gateway {
     /// Handles one request: the phases of [`crate::phase`], then the record of the call; every
     /// failure becomes a JSON error response.
     pub async fn handle(&self, req: Request<Incoming>, conn: ConnInfo) -> Response<ResponseBody> {
-        let request_id = crate::ids::request_id(req.headers());
+        // The one reading of the wall clock that the call is judged by (see `Call::unix_ms`).
+        let wall = std::time::SystemTime::now();
+        let unix_ms = wall
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as u64);
+        let request_id = crate::ids::request_id(req.headers(), unix_ms);
         let method = req.method().clone();
         let remote = conn.remote;
         let framing_error = checks::framing_error(req.headers());
         // Until the pipeline has answered, a dropped future (the client reset the stream or
         // closed the connection) still leaves its audit record and its in-flight count.
         let mut pending = Unanswered::new(self, &request_id, &method, remote);
+        pending.call.unix_ms = unix_ms;
         if self.spans.is_some() {
             pending.call.span = Some(crate::trace::span_ids(req.headers()));
-            pending.call.wall_start = Some(std::time::SystemTime::now());
+            pending.call.wall_start = Some(wall);
         }
         let result = self
             .forward(req, conn, &request_id, &mut pending.call)
@@ -388,7 +394,8 @@ impl Gateway {
         let normalized = route::normalise(req.uri().path())?;
         let route = route::resolve(&snapshot.registry, &normalized, call)?;
         // 4. authenticate
-        let principal = authenticate::principal(&snapshot.auth, &req, &conn).await?;
+        let principal =
+            authenticate::principal(&snapshot.auth, &req, &conn, Some(call.unix_secs())).await?;
         call.consumer = Some(Arc::clone(&principal));
         let service = route.service()?;
         // 5. authorise

@@ -89,9 +89,9 @@ impl InstancePool {
         self.host.as_ref()
     }
 
-    /// A live idle connection, most recently used first; closed and expired ones are dropped.
-    fn checkout(&self) -> Option<(TcpStream, BytesMut)> {
-        let now = Instant::now();
+    /// A live idle connection, most recently used first; closed and expired ones are dropped
+    /// (by their idle time at `now`, the call's reading of the clock).
+    fn checkout(&self, now: Instant) -> Option<(TcpStream, BytesMut)> {
         loop {
             let idle = {
                 let mut list = self.idle.lock().ok()?;
@@ -166,6 +166,7 @@ pub struct PendingLimit<'a> {
 
 /// Sends a request (`parts` with an origin-form URI, `Host` set, hop-by-hop headers removed,
 /// and `body`) to the instance of `pool` and returns the response with its body streaming.
+/// `now` is the call's reading of the clock (it judges the pooled connections' idle time).
 pub async fn send(
     pool: &Arc<InstancePool>,
     connect_timeout: Duration,
@@ -173,6 +174,7 @@ pub async fn send(
     added: &[(HeaderName, HeaderValue)],
     mut body: RequestBody,
     pending: Option<PendingLimit<'_>>,
+    now: Instant,
 ) -> Result<Response<UpstreamBody>, SendError> {
     let no_body = body.is_end_stream();
     let exact = body.size_hint().exact();
@@ -187,7 +189,7 @@ pub async fn send(
 
     // A request without a body can be sent again on a fresh connection when a pooled one turns
     // out to be dead (closed by the upstream just before use): nothing reached the application.
-    let mut reused = pool.checkout();
+    let mut reused = pool.checkout(now);
     loop {
         let (mut stream, mut buf, was_reused) = match reused.take() {
             Some((s, b)) => (s, b, true),
@@ -1171,6 +1173,7 @@ mod tests {
             &[],
             RequestBody::empty(),
             None,
+            std::time::Instant::now(),
         )
         .await
         .map_err(|e| e.error)?;
@@ -1309,6 +1312,7 @@ mod tests {
             &[],
             RequestBody::empty(),
             None,
+            std::time::Instant::now(),
         )
         .await
         .err()

@@ -9,17 +9,26 @@ use crate::headers;
 
 /// The call's request id: the client's `X-Request-Id` when it is plain (see
 /// [`headers::acceptable_request_id`]), otherwise a new one.
-pub fn request_id(h: &http::HeaderMap) -> HeaderValue {
+pub fn request_id(h: &http::HeaderMap, unix_ms: u64) -> HeaderValue {
     h.get(&headers::X_REQUEST_ID)
         .and_then(headers::acceptable_request_id)
         .and_then(|id| HeaderValue::from_str(id).ok())
-        .unwrap_or_else(new_request_id)
+        .unwrap_or_else(|| new_request_id_at(unix_ms))
 }
 
 /// A UUIDv7 request id: millisecond timestamp, then 74 bits that are unique within the process
 /// (a bijective mix of a counter) and random across processes (a seed drawn once). No system
 /// call per request, unlike drawing fresh randomness for each id.
 pub fn new_request_id() -> HeaderValue {
+    new_request_id_at(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as u64),
+    )
+}
+
+/// [`new_request_id`] with the time it carries read by the caller (once per request).
+pub fn new_request_id_at(millis: u64) -> HeaderValue {
     static SEED: std::sync::OnceLock<u64> = std::sync::OnceLock::new();
     static COUNTER: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
     let seed = *SEED.get_or_init(|| {
@@ -31,9 +40,6 @@ pub fn new_request_id() -> HeaderValue {
     let mut tail = [0u8; 10];
     tail[..8].copy_from_slice(&mixed.to_le_bytes());
     tail[8..].copy_from_slice(&((seed >> 48) as u16 ^ (n >> 32) as u16).to_le_bytes());
-    let millis = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64);
     let id = uuid::Builder::from_unix_timestamp_millis(millis, &tail).into_uuid();
     let mut buf = uuid::Uuid::encode_buffer();
     let len = id.hyphenated().encode_lower(&mut buf).len();

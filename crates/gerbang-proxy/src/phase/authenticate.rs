@@ -18,6 +18,7 @@ pub(crate) async fn principal<B>(
     auth: &Authenticator,
     req: &Request<B>,
     conn: &ConnInfo,
+    now: Option<u64>,
 ) -> Result<Arc<Principal>, GatewayError> {
     let h = req.headers();
     let mut authz = h.get_all(header::AUTHORIZATION).iter();
@@ -25,6 +26,7 @@ pub(crate) async fn principal<B>(
         authorization: authz.next().map(HeaderValue::as_bytes),
         authorization_repeated: authz.next().is_some(),
         client_cert: conn.client_cert.as_deref(),
+        now,
         ..Presented::default()
     };
     // `Authorization` decides alone when present: the API key is looked up only without it.

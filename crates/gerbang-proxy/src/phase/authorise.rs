@@ -51,7 +51,7 @@ pub(crate) fn decide<'a, B>(
     audit: Option<&AuditSink>,
     call: &mut Call,
 ) -> Result<Grant<'a>, GatewayError> {
-    let now = super::unix_now();
+    let now = call.unix_secs() as i64;
     let purpose_value = single_purpose(req.headers())?;
     let purpose = purpose_value.as_ref().and_then(|v| v.to_str().ok());
     let policy_req = gerbang_policy::Request {

@@ -58,7 +58,9 @@ impl Exchange<'_> {
         let replayable = !has_body && parts.method.is_idempotent();
         let timeout = service.limits.request_timeout;
         let per_try = policy.per_try_timeout.unwrap_or(timeout).min(timeout);
-        let start = std::time::Instant::now();
+        // tokio's clock (the one the per-try timer runs on): its readings serve the timer,
+        // the pool's idle check and the upstream's response time.
+        let start = tokio::time::Instant::now();
         let deadline = start + timeout;
         // The first try starts now: its clock reading is the deadline's.
         let mut first = Some(start);
@@ -82,11 +84,11 @@ impl Exchange<'_> {
                 Some(b) => b,
                 None => RequestBody::empty(),
             };
-            let started = first.take().unwrap_or_else(std::time::Instant::now);
+            let started = first.take().unwrap_or_else(tokio::time::Instant::now);
             let remaining = deadline.saturating_duration_since(started);
             let try_timeout = per_try.min(remaining);
             let outcome = self
-                .try_once(index, instance, parts, try_body, try_timeout)
+                .try_once(index, instance, parts, try_body, started, try_timeout)
                 .await;
             // What happened, for health, metrics and the retry decision.
             let Assessment {
@@ -139,10 +141,13 @@ impl Exchange<'_> {
                 }
                 _ => None,
             };
-            // The back-off must fit in the time left; otherwise the current result stands.
-            let backoff = policy.backoff(n_tried as u32, random_words()[0]);
-            let remaining = deadline.saturating_duration_since(std::time::Instant::now());
-            let next = next.filter(|_| backoff < remaining);
+            // The back-off must fit in the time left; otherwise the current result stands. Only
+            // a call that may go on draws its back-off and reads the clock.
+            let mut backoff = Duration::ZERO;
+            let next = next.filter(|_| {
+                backoff = policy.backoff(n_tried as u32, random_words()[0]);
+                backoff < deadline.saturating_duration_since(tokio::time::Instant::now())
+            });
             // This call's previous retry slot is released before it asks for the next one.
             if next.is_some() {
                 drop(_retry_slot.take());
@@ -192,8 +197,10 @@ impl Exchange<'_> {
         instance: &gerbang_registry::Instance,
         parts: &mut http::request::Parts,
         body: RequestBody,
+        started: tokio::time::Instant,
         timeout: Duration,
     ) -> Result<Response<ResponseBody>, TryError> {
+        let try_deadline = started + timeout;
         let Exchange {
             snapshot,
             service,
@@ -226,8 +233,9 @@ impl Exchange<'_> {
                 added.fields(),
                 body,
                 Some(pending),
+                started.into_std(),
             );
-            match tokio::time::timeout(timeout, sent).await {
+            match tokio::time::timeout_at(try_deadline, sent).await {
                 Err(_elapsed) => Err(TryError::TimedOut),
                 Ok(Err(h1::SendError {
                     error: H1Error::Overloaded,
@@ -260,7 +268,7 @@ impl Exchange<'_> {
             *upstream_req.uri_mut() = uri;
             *upstream_req.version_mut() = parts.version;
             *upstream_req.headers_mut() = added.merged(&parts.headers);
-            match tokio::time::timeout(timeout, client.request(upstream_req)).await {
+            match tokio::time::timeout_at(try_deadline, client.request(upstream_req)).await {
                 Err(_elapsed) => Err(TryError::TimedOut),
                 Ok(Err(e)) if caused_by::<crate::upstream::TooManyPending>(&e) => {
                     Err(TryError::Overloaded)

@@ -55,7 +55,8 @@ pub(crate) async fn serve(
         }
         Internal::Catalog => {
             call.issuer_endpoint = Some("gateway/catalog");
-            let principal = super::authenticate::principal(&snapshot.auth, &req, conn).await?;
+            let principal =
+                super::authenticate::principal(&snapshot.auth, &req, conn, None).await?;
             call.consumer = Some(Arc::clone(&principal));
             if req.method() != http::Method::GET && req.method() != http::Method::HEAD {
                 return Err(GatewayError::MethodNotAllowed { allow: "GET, HEAD" });

@@ -82,9 +82,8 @@ impl Rewrite<'_> {
             self.principal,
             self.service,
             self.snapshot,
-            (self.grant.index, &self.grant.agreement.id),
-            self.grant.purpose(),
-            settings.assertion_ttl,
+            self.grant,
+            (settings.assertion_ttl, call.unix_secs()),
         );
         if identified.is_none() {
             if let Ok(v) = HeaderValue::from_str(&self.grant.agreement.id) {
@@ -164,17 +163,16 @@ fn set_identity(
     principal: &Principal,
     service: &Service,
     snapshot: &Snapshot,
-    agreement: (usize, &str),
-    purpose: Option<&str>,
-    assertion_ttl: Option<Duration>,
+    grant: &Grant<'_>,
+    (assertion_ttl, now): (Option<Duration>, u64),
 ) -> Option<()> {
     let id = snapshot.identities.get(
         principal,
         service,
-        agreement,
-        purpose,
-        assertion_ttl,
+        (grant.index, &grant.agreement.id),
+        grant.purpose(),
         &snapshot.auth,
+        (assertion_ttl, now),
     )?;
     added.set_absent(&headers::X_GERBANG_CONSUMER, id.consumer);
     added.set_absent(&headers::X_GERBANG_CONSUMER_AGENCY, id.agency);
@@ -269,14 +267,12 @@ impl IdentityCache {
         service: &Service,
         agreement: (usize, &str),
         purpose: Option<&str>,
-        assertion_ttl: Option<Duration>,
         auth: &Authenticator,
+        // The assertion's lifetime (none: no assertion) and the call's time.
+        (assertion_ttl, now): (Option<Duration>, u64),
     ) -> Option<Identity> {
         let pair = (u64::from(principal.index) << 32) | service.index as u64;
         let key = identity_key(pair, agreement.0, purpose);
-        let now = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_secs());
         if let Ok(map) = self.map.lock() {
             if let Some(id) = map.get(&key) {
                 if now < id.renew_at
