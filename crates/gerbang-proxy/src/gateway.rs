@@ -362,7 +362,7 @@ impl Gateway {
             pending.call.wall_start = Some(wall);
         }
         let result = self
-            .forward(req, conn, &request_id, &mut pending.call)
+            .forward(req, conn, &request_id, framing_error, &mut pending.call)
             .await;
         let (call, started) = pending.answered();
         let result =
@@ -381,11 +381,12 @@ impl Gateway {
         req: Request<Incoming>,
         conn: ConnInfo,
         request_id: &HeaderValue,
+        framing_error: bool,
         call: &mut Call,
     ) -> Result<Response<ResponseBody>, GatewayError> {
         let snapshot = self.snapshot.load_full();
         // 1. request checks
-        let content_length = checks::request(&req, &snapshot.settings.limits)?;
+        let content_length = checks::request(&req, &snapshot.settings.limits, framing_error)?;
         // 2. the gateway's own endpoints
         if let Some(endpoint) = internal::which(req.uri().path()) {
             return internal::serve(self, &snapshot, endpoint, req, &conn, call).await;

@@ -22,6 +22,7 @@ use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 
 use crate::body::{RequestBody, RequestBodyError};
+use crate::headers;
 
 /// Largest response head accepted from an upstream.
 const MAX_HEAD: usize = 64 * 1024;
@@ -299,7 +300,7 @@ fn encode_head(
         head.put_slice(b"transfer-encoding: chunked\r\n");
     } else if let Some(n) = length {
         head.put_slice(format!("content-length: {n}\r\n").as_bytes());
-    } else if parts.headers.contains_key(header::CONTENT_LENGTH) {
+    } else if headers::has(&parts.headers, &header::CONTENT_LENGTH) {
         // The client declared an empty body.
         head.put_slice(b"content-length: 0\r\n");
     }
@@ -381,8 +382,8 @@ async fn read_response(
         let framing = response_framing(&map, status, is_head)?;
         // Transfer-Encoding with Content-Length is ambiguous (RFC 9112 §6.3): the body is read
         // as chunked, the length is not passed on, and the connection is not reused.
-        let ambiguous = map.contains_key(header::TRANSFER_ENCODING)
-            && map.contains_key(header::CONTENT_LENGTH)
+        let ambiguous = headers::has(&map, &header::TRANSFER_ENCODING)
+            && headers::has(&map, &header::CONTENT_LENGTH)
             && !matches!(framing, Framing::Length(0));
         if ambiguous {
             map.remove(header::CONTENT_LENGTH);
@@ -390,10 +391,7 @@ async fn read_response(
         let keep_alive = !ambiguous
             && reusable_request
             && version == Version::HTTP_11
-            && !map
-                .get_all(header::CONNECTION)
-                .iter()
-                .any(|v| has_token(v, "close"));
+            && !headers::values(&map, &header::CONNECTION).any(|v| has_token(v, "close"));
         let mut res = Response::new(UpstreamBody {
             conn: Some(stream),
             buf,
@@ -467,7 +465,7 @@ fn response_framing(
     if is_head || status == StatusCode::NO_CONTENT || status == StatusCode::NOT_MODIFIED {
         return Ok(Framing::Length(0));
     }
-    if let Some(te) = map.get_all(header::TRANSFER_ENCODING).iter().next_back() {
+    if let Some(te) = headers::values(map, &header::TRANSFER_ENCODING).last() {
         let chunked = te
             .to_str()
             .ok()
@@ -480,7 +478,7 @@ fn response_framing(
         });
     }
     let mut length: Option<u64> = None;
-    for v in map.get_all(header::CONTENT_LENGTH) {
+    for v in headers::values(map, &header::CONTENT_LENGTH) {
         let n = v
             .to_str()
             .ok()

@@ -21,7 +21,7 @@ pub(crate) async fn principal<B>(
     now: Option<u64>,
 ) -> Result<Arc<Principal>, GatewayError> {
     let h = req.headers();
-    let mut authz = h.get_all(header::AUTHORIZATION).iter();
+    let mut authz = headers::values(h, &header::AUTHORIZATION);
     let mut presented = Presented {
         authorization: authz.next().map(HeaderValue::as_bytes),
         authorization_repeated: authz.next().is_some(),
@@ -31,7 +31,7 @@ pub(crate) async fn principal<B>(
     };
     // `Authorization` decides alone when present: the API key is looked up only without it.
     if presented.authorization.is_none() {
-        let mut keys = h.get_all(&headers::X_API_KEY).iter();
+        let mut keys = headers::values(h, &headers::X_API_KEY);
         presented.api_key = keys.next().map(HeaderValue::as_bytes);
         presented.api_key_repeated = keys.next().is_some();
     }

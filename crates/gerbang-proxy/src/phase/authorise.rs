@@ -149,7 +149,7 @@ pub(crate) async fn limits(
 /// Repeated, a comma list (the same as repeated, RFC 9110 §5.3), empty or not visible ASCII is
 /// ambiguous: policy and provider must read the same single value.
 fn single_purpose(h: &http::HeaderMap) -> Result<Option<HeaderValue>, GatewayError> {
-    let mut all = h.get_all(&headers::X_GERBANG_PURPOSE).iter();
+    let mut all = headers::values(h, &headers::X_GERBANG_PURPOSE);
     let Some(v) = all.next() else {
         return Ok(None);
     };

@@ -8,9 +8,14 @@ use crate::framing::AMBIGUOUS_FRAMING_MARKER;
 use crate::gateway::Limits;
 use crate::headers;
 
-/// Target and header-block size, framing, `Host` and `Expect`. Returns the declared body
-/// length.
-pub(crate) fn request<B>(req: &Request<B>, limits: &Limits) -> Result<Option<u64>, GatewayError> {
+/// Target and header-block size, framing (`framing_error`: [`framing_error`] of the request,
+/// found once by the caller, who also closes the connection for it), `Host` and `Expect`.
+/// Returns the declared body length.
+pub(crate) fn request<B>(
+    req: &Request<B>,
+    limits: &Limits,
+    framing_error: bool,
+) -> Result<Option<u64>, GatewayError> {
     let target_len = req.uri().path_and_query().map_or(0, |pq| pq.as_str().len());
     if target_len > limits.max_uri_bytes {
         return Err(GatewayError::UriTooLong {
@@ -28,7 +33,7 @@ pub(crate) fn request<B>(req: &Request<B>, limits: &Limits) -> Result<Option<u64
     // hyper drops Content-Length when Transfer-Encoding is present; the framing guard below
     // hyper renamed it to the marker so that the request can be refused here.
     let content_length = content_length(req)?;
-    if framing_error(req.headers()) {
+    if framing_error {
         return Err(GatewayError::AmbiguousFraming);
     }
     check_host(req)?;
@@ -42,8 +47,8 @@ const AMBIGUOUS_FRAMING: http::HeaderName = http::HeaderName::from_static(AMBIGU
 
 /// Whether the request's framing is ambiguous (then the connection cannot be reused).
 pub(crate) fn framing_error(h: &HeaderMap) -> bool {
-    h.contains_key(&AMBIGUOUS_FRAMING)
-        || (h.contains_key(header::TRANSFER_ENCODING) && h.contains_key(header::CONTENT_LENGTH))
+    headers::has(h, &AMBIGUOUS_FRAMING)
+        || (headers::has(h, &header::TRANSFER_ENCODING) && headers::has(h, &header::CONTENT_LENGTH))
 }
 
 /// The service's body limit against the declared length (413 before anything is read).
@@ -60,7 +65,7 @@ pub(crate) fn body_limit(
 /// The request's declared body length; several differing values are refused.
 fn content_length<B>(req: &Request<B>) -> Result<Option<u64>, GatewayError> {
     let mut found: Option<u64> = None;
-    for v in req.headers().get_all(header::CONTENT_LENGTH) {
+    for v in headers::values(req.headers(), &header::CONTENT_LENGTH) {
         let n = v
             .to_str()
             .ok()
@@ -78,7 +83,7 @@ fn content_length<B>(req: &Request<B>) -> Result<Option<u64>, GatewayError> {
 /// `Host`; an absolute-form target or `:authority` and `Host` must agree; user information
 /// in either is refused (it is not part of a host, and providers must not see it).
 fn check_host<B>(req: &Request<B>) -> Result<(), GatewayError> {
-    let mut hosts = req.headers().get_all(header::HOST).iter();
+    let mut hosts = headers::values(req.headers(), &header::HOST);
     let host = hosts.next();
     if hosts.next().is_some() {
         return Err(GatewayError::InvalidHost("several Host headers"));
@@ -106,7 +111,7 @@ fn check_host<B>(req: &Request<B>) -> Result<(), GatewayError> {
 /// The only expectation met is `100-continue` (hyper sends the interim answer when the body is
 /// first read; a refused call never reads it): anything else is 417 (RFC 9110 §10.1.1).
 fn check_expect<B>(req: &Request<B>) -> Result<(), GatewayError> {
-    for v in req.headers().get_all(header::EXPECT) {
+    for v in headers::values(req.headers(), &header::EXPECT) {
         if !v
             .as_bytes()
             .trim_ascii()
