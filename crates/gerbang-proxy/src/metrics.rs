@@ -10,7 +10,6 @@
 //! fetches of the auth crate, instance health) is read when `/metrics` is scraped, by the
 //! refresh hooks that the wiring registers with [`Metrics::on_scrape`].
 
-use std::collections::HashMap;
 use std::sync::{Arc, Mutex, OnceLock};
 
 use prometheus::core::Collector;
@@ -101,58 +100,9 @@ pub struct ServiceMetrics {
     pub received_bytes: IntCounter,
     /// `gerbang_sent_bytes_total{service}`.
     pub sent_bytes: IntCounter,
-    /// This service's `gerbang_requests_total` series met so far, by a hash of their other
-    /// labels: the vector's own lookup hashes all seven values under a lock and hands out a
-    /// cloned handle, once per call.
-    requests: Mutex<HashMap<u64, RequestSeries, foldhash::fast::FixedState>>,
 }
-
-/// One `gerbang_requests_total` series of a service: its labels other than `service` (checked
-/// on every hit, so that a hash collision never counts a call in another series) and its handle.
-struct RequestSeries {
-    labels: [Box<str>; 6],
-    counter: IntCounter,
-}
-
-/// Most series a service keeps in its table; beyond it calls take the vector's lookup. The
-/// labels are bounded by the registry, so this is a memory bound, not a correctness one.
-const MAX_CACHED_SERIES: usize = 4096;
 
 impl ServiceMetrics {
-    /// Counts one call of this service (`full_id`) in `gerbang_requests_total`, whose other
-    /// labels are `labels`: consumer, agency, endpoint, method, status class, decision.
-    pub fn count_request(&self, metrics: &Metrics, full_id: &str, labels: [&str; 6]) {
-        use std::hash::BuildHasher;
-        let key = foldhash::fast::FixedState::default().hash_one(labels);
-        if let Ok(mut table) = self.requests.lock() {
-            if let Some(series) = table.get(&key) {
-                if series.labels.iter().map(|l| &**l).eq(labels) {
-                    series.counter.inc();
-                    return;
-                }
-            } else if table.len() < MAX_CACHED_SERIES {
-                let [consumer, agency, endpoint, method, class, decision] = labels;
-                let counter = metrics.requests.with_label_values(&[
-                    consumer, agency, full_id, endpoint, method, class, decision,
-                ]);
-                counter.inc();
-                table.insert(
-                    key,
-                    RequestSeries {
-                        labels: labels.map(Box::from),
-                        counter,
-                    },
-                );
-                return;
-            }
-        }
-        let [consumer, agency, endpoint, method, class, decision] = labels;
-        metrics
-            .requests
-            .with_label_values(&[consumer, agency, full_id, endpoint, method, class, decision])
-            .inc();
-    }
-
     /// Records the time to an upstream response head of the service `full_id` (the one these
     /// series are of).
     pub fn observe_upstream(&self, metrics: &Metrics, full_id: &str, elapsed: std::time::Duration) {
@@ -467,7 +417,6 @@ impl Metrics {
             upstream_duration: OnceLock::new(),
             received_bytes: self.received_bytes.with_label_values(&[full_id]),
             sent_bytes: self.sent_bytes.with_label_values(&[full_id]),
-            requests: Mutex::new(HashMap::default()),
         }
     }
 
@@ -644,62 +593,6 @@ pub fn status_class(status: u16) -> &'static str {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn a_service_counts_each_call_in_the_series_of_its_own_labels() {
-        let m = Metrics::new(true).unwrap();
-        let s = m.for_service("dukcapil/nik");
-        let a = [
-            "dinkes/sik",
-            "dinkes",
-            "GET /nik/{nik}",
-            "GET",
-            "2xx",
-            "allow",
-        ];
-        // Calls that differ in one label or several: distinct series.
-        let b = [
-            "dinkes/sik",
-            "dinkes",
-            "GET /nik/{nik}",
-            "GET",
-            "4xx",
-            "deny",
-        ];
-        let c = [
-            "dinkes/sik",
-            "dinkes",
-            "GET /nik/{nik}",
-            "POST",
-            "2xx",
-            "allow",
-        ];
-        let d = [
-            "dinkes/simpus",
-            "dinkes",
-            "GET /nik/{nik}",
-            "GET",
-            "2xx",
-            "allow",
-        ];
-        for (labels, times) in [(a, 3), (b, 2), (c, 1), (d, 1), (a, 1)] {
-            for _ in 0..times {
-                s.count_request(&m, "dukcapil/nik", labels);
-            }
-        }
-        let get = |l: [&str; 6]| {
-            m.requests
-                .with_label_values(&[l[0], l[1], "dukcapil/nik", l[2], l[3], l[4], l[5]])
-                .get()
-        };
-        assert_eq!((get(a), get(b), get(c), get(d)), (4, 2, 1, 1));
-        let text = String::from_utf8(m.render()).unwrap();
-        assert!(
-            text.lines().any(|l| l
-                == "gerbang_requests_total{consumer=\"dinkes/sik\",consumer_agency=\"dinkes\",decision=\"allow\",endpoint=\"GET /nik/{nik}\",method=\"GET\",service=\"dukcapil/nik\",status_class=\"2xx\"} 4"),
-            "{text}"
-        );
-    }
 
     fn rendered() -> String {
         let m = Metrics::new(true).unwrap();

@@ -197,24 +197,23 @@ fn observe(
         | http::Method::OPTIONS => method.as_str(),
         _ => "other",
     };
-    let class = crate::metrics::status_class(status);
+    m.requests
+        .with_label_values(&[
+            consumer,
+            agency,
+            service,
+            endpoint,
+            method,
+            crate::metrics::status_class(status),
+            decision,
+        ])
+        .inc();
     match &call.service_metrics {
-        Some(s) => {
-            s.count_request(
-                m,
-                service,
-                [consumer, agency, endpoint, method, class, decision],
-            );
-            s.duration.observe(elapsed.as_secs_f64());
-        }
-        None => {
-            m.requests
-                .with_label_values(&[consumer, agency, service, endpoint, method, class, decision])
-                .inc();
-            m.duration
-                .with_label_values(&[service])
-                .observe(elapsed.as_secs_f64());
-        }
+        Some(s) => s.duration.observe(elapsed.as_secs_f64()),
+        None => m
+            .duration
+            .with_label_values(&[service])
+            .observe(elapsed.as_secs_f64()),
     }
     if let Some(r) = call.token_result {
         m.token_requests.with_label_values(&[r]).inc();
