@@ -343,158 +343,174 @@ impl Gateway {
 
     /// Handles one request: the phases of [`crate::phase`], then the record of the call; every
     /// failure becomes a JSON error response.
-    pub async fn handle(&self, req: Request<Incoming>, conn: ConnInfo) -> Response<ResponseBody> {
-        // The one reading of the wall clock that the call is judged by (see `Call::unix_ms`).
-        let wall = std::time::SystemTime::now();
-        let unix_ms = wall
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_millis() as u64);
-        let request_id = crate::ids::request_id(req.headers(), unix_ms);
-        let method = req.method().clone();
-        let remote = conn.remote;
-        let framing_error = checks::framing_error(req.headers());
-        // Until the pipeline has answered, a dropped future (the client reset the stream or
-        // closed the connection) still leaves its audit record and its in-flight count.
-        let mut pending = Unanswered::new(self, &request_id, &method, remote);
-        pending.call.unix_ms = unix_ms;
-        if self.spans.is_some() {
-            pending.call.span = Some(crate::trace::span_ids(req.headers()));
-            pending.call.wall_start = Some(wall);
-        }
-        let result = self
-            .forward(req, conn, &request_id, framing_error, &mut pending.call)
-            .await;
-        let (call, started) = pending.answered();
-        let result =
-            record::record(self, &call, &request_id, &method, remote, started, result).await;
-        let res = self.respond(&call, request_id, &method, remote, framing_error, result);
-        if method == http::Method::HEAD {
-            filter::without_body(res)
-        } else {
-            res
-        }
-    }
-
-    /// The phases, in order (see [`crate::phase`]).
-    async fn forward(
+    // Not an `async fn`: that keeps each by-value argument twice in the future (see
+    // `Gateway::forward`).
+    #[allow(clippy::manual_async_fn)]
+    pub fn handle(
         &self,
         req: Request<Incoming>,
         conn: ConnInfo,
-        request_id: &HeaderValue,
+    ) -> impl std::future::Future<Output = Response<ResponseBody>> + Send + '_ {
+        async move {
+            // The one reading of the wall clock that the call is judged by (see `Call::unix_ms`).
+            let wall = std::time::SystemTime::now();
+            let unix_ms = wall
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_millis() as u64);
+            let request_id = crate::ids::request_id(req.headers(), unix_ms);
+            let method = req.method().clone();
+            let remote = conn.remote;
+            let framing_error = checks::framing_error(req.headers());
+            // Until the pipeline has answered, a dropped future (the client reset the stream or
+            // closed the connection) still leaves its audit record and its in-flight count.
+            let mut pending = Unanswered::new(self, &request_id, &method, remote);
+            pending.call.unix_ms = unix_ms;
+            if self.spans.is_some() {
+                pending.call.span = Some(crate::trace::span_ids(req.headers()));
+                pending.call.wall_start = Some(wall);
+            }
+            let result = self
+                .forward(req, conn, &request_id, framing_error, &mut pending.call)
+                .await;
+            let (call, started) = pending.answered();
+            let result =
+                record::record(self, &call, &request_id, &method, remote, started, result).await;
+            let res = self.respond(&call, request_id, &method, remote, framing_error, result);
+            if method == http::Method::HEAD {
+                filter::without_body(res)
+            } else {
+                res
+            }
+        }
+    }
+
+    /// The phases, in order (see [`crate::phase`]). Written as a function returning an
+    /// `async move` block, not an `async fn`: an async fn keeps each argument twice in its
+    /// future (as the argument and as the body's local), and the request alone is 264 bytes.
+    #[allow(clippy::manual_async_fn)]
+    fn forward<'a>(
+        &'a self,
+        req: Request<Incoming>,
+        conn: ConnInfo,
+        request_id: &'a HeaderValue,
         framing_error: bool,
-        call: &mut Call,
-    ) -> Result<Response<ResponseBody>, GatewayError> {
-        let snapshot = self.snapshot.load_full();
-        // 1. request checks
-        let content_length = checks::request(&req, &snapshot.settings.limits, framing_error)?;
-        // 2. the gateway's own endpoints
-        if let Some(endpoint) = internal::which(req.uri().path()) {
-            return internal::serve(self, &snapshot, endpoint, req, &conn, call).await;
-        }
-        // 3. route (its 404 waits for authentication)
-        let normalized = route::normalise(req.uri().path())?;
-        let route = route::resolve(&snapshot.registry, &normalized, call)?;
-        // 4. authenticate
-        let principal =
-            authenticate::principal(&snapshot.auth, &req, &conn, Some(call.unix_secs())).await?;
-        call.consumer = Some(Arc::clone(&principal));
-        let service = route.service()?;
-        // 5. authorise
-        let mut grant = authorise::decide(
-            &snapshot,
-            service,
-            &principal,
-            &req,
-            route.rest,
-            self.audit.as_deref(),
-            call,
-        )?;
-        grant.rate = authorise::limits(
-            self.shared_limits.as_deref(),
-            &snapshot,
-            &grant,
-            &principal.application,
-        )
-        .await?;
-        let body_limit = service.limits.max_body_bytes;
-        checks::body_limit(body_limit, content_length)?;
-        // The circuit breaker: a slot while this call is in flight to the service (until its
-        // response body has been sent).
-        let request_slot = service
-            .load
-            .request(&service.breaker)
-            .ok_or_else(|| GatewayError::UpstreamOverloaded(service.full_id().to_owned()))?;
-        if service.instances.is_empty() {
-            return Err(GatewayError::NoInstance(service.full_id().to_owned()));
-        }
-        // 6. the upstream request
-        let rest = if route.rest == "/" { "" } else { route.rest };
-        let path_and_query = upstream_path(service, rest, req.uri().query())?;
-        let hash_key = match &service.balancing {
-            gerbang_registry::Balancing::ConsistentHash { header } => {
-                req.headers().get(header).map(|v| v.as_bytes().to_vec())
+        call: &'a mut Call,
+    ) -> impl std::future::Future<Output = Result<Response<ResponseBody>, GatewayError>> + Send + 'a
+    {
+        async move {
+            let snapshot = self.snapshot.load_full();
+            // 1. request checks
+            let content_length = checks::request(&req, &snapshot.settings.limits, framing_error)?;
+            // 2. the gateway's own endpoints
+            if let Some(endpoint) = internal::which(req.uri().path()) {
+                return internal::serve(self, &snapshot, endpoint, req, &conn, call).await;
             }
-            _ => None,
-        };
-        let (mut parts, incoming) = req.into_parts();
-        let added = Rewrite {
-            snapshot: &snapshot,
-            service,
-            principal: &principal,
-            grant: &grant,
-            conn: &conn,
-            request_id,
-        }
-        .apply(&mut parts, &path_and_query, call);
-        // A request with a body is watched: was it too large, or still arriving at a timeout?
-        let watch =
-            (!http_body::Body::is_end_stream(&incoming)).then(|| Arc::new(BodyWatch::default()));
-        call.body = watch.clone();
-        let mut body = RequestBody::new(incoming, body_limit, watch.clone());
-        // The service's series, resolved once per snapshot; they exist from its first
-        // forwarded call on, as before.
-        if let Some(m) = &self.metrics {
-            call.service_metrics = snapshot.service_metrics(m, service).cloned();
-        }
-        if let Some(m) = &call.service_metrics {
-            body = body.counted(m.received_bytes.clone());
-        }
-        body.settle_declared_empty()
-            .await
-            .map_err(|e| GatewayError::ClientBody(e.to_string()))?;
-        // 7. exchange
-        let exchange = Exchange {
-            gateway: self,
-            snapshot: &snapshot,
-            service,
-            path_and_query: &path_and_query,
-            watch: &watch,
-            hash_key: hash_key.as_deref(),
-            added: &added,
-        };
-        let (mut res, in_flight) = match exchange.run(&mut parts, body).await {
-            Ok(pair) => pair,
-            // A body over the limit explains any failure of the exchange.
-            Err(_) if watch.as_ref().is_some_and(|w| w.exceeded()) => {
-                return Err(GatewayError::BodyTooLarge {
-                    limit: body_limit.unwrap_or(0),
-                })
+            // 3. route (its 404 waits for authentication)
+            let normalized = route::normalise(req.uri().path())?;
+            let route = route::resolve(&snapshot.registry, &normalized, call)?;
+            // 4. authenticate
+            let principal =
+                authenticate::principal(&snapshot.auth, &req, &conn, Some(call.unix_secs()))
+                    .await?;
+            call.consumer = Some(Arc::clone(&principal));
+            let service = route.service()?;
+            // 5. authorise
+            let mut grant = authorise::decide(
+                &snapshot,
+                service,
+                &principal,
+                &req,
+                route.rest,
+                self.audit.as_deref(),
+                call,
+            )?;
+            grant.rate = authorise::limits(
+                self.shared_limits.as_deref(),
+                &snapshot,
+                &grant,
+                &principal.application,
+            )
+            .await?;
+            let body_limit = service.limits.max_body_bytes;
+            checks::body_limit(body_limit, content_length)?;
+            // The circuit breaker: a slot while this call is in flight to the service (until its
+            // response body has been sent).
+            let request_slot = service
+                .load
+                .request(&service.breaker)
+                .ok_or_else(|| GatewayError::UpstreamOverloaded(service.full_id().to_owned()))?;
+            if service.instances.is_empty() {
+                return Err(GatewayError::NoInstance(service.full_id().to_owned()));
             }
-            Err(e) => return Err(e),
-        };
-        // 8. the response filter
-        headers::remove_hop_by_hop(res.headers_mut());
-        let mut res = match grant.filter() {
-            Some(rules) => {
-                let cap = snapshot.settings.limits.max_filtered_response_bytes;
-                filter::filter_response(res, rules, cap).await?
+            // 6. the upstream request
+            let rest = if route.rest == "/" { "" } else { route.rest };
+            let path_and_query = upstream_path(service, rest, req.uri().query())?;
+            let hash_key = match &service.balancing {
+                gerbang_registry::Balancing::ConsistentHash { header } => {
+                    req.headers().get(header).map(|v| v.as_bytes().to_vec())
+                }
+                _ => None,
+            };
+            let (mut parts, incoming) = req.into_parts();
+            let added = Rewrite {
+                snapshot: &snapshot,
+                service,
+                principal: &principal,
+                grant: &grant,
+                conn: &conn,
+                request_id,
             }
-            None => res,
-        };
-        if let Some(r) = &grant.rate {
-            crate::error::set_rate_headers(res.headers_mut(), r);
+            .apply(&mut parts, &path_and_query, call);
+            // A request with a body is watched: was it too large, or still arriving at a timeout?
+            let watch = (!http_body::Body::is_end_stream(&incoming))
+                .then(|| Arc::new(BodyWatch::default()));
+            call.body = watch.clone();
+            let mut body = RequestBody::new(incoming, body_limit, watch.clone());
+            // The service's series, resolved once per snapshot; they exist from its first
+            // forwarded call on, as before.
+            if let Some(m) = &self.metrics {
+                call.service_metrics = snapshot.service_metrics(m, service).cloned();
+            }
+            if let Some(m) = &call.service_metrics {
+                body = body.counted(m.received_bytes.clone());
+            }
+            body.settle_declared_empty()
+                .await
+                .map_err(|e| GatewayError::ClientBody(e.to_string()))?;
+            // 7. exchange
+            let exchange = Exchange {
+                gateway: self,
+                snapshot: &snapshot,
+                service,
+                path_and_query: &path_and_query,
+                watch: &watch,
+                hash_key: hash_key.as_deref(),
+                added: &added,
+            };
+            let (mut res, in_flight) = match exchange.run(&mut parts, body).await {
+                Ok(pair) => pair,
+                // A body over the limit explains any failure of the exchange.
+                Err(_) if watch.as_ref().is_some_and(|w| w.exceeded()) => {
+                    return Err(GatewayError::BodyTooLarge {
+                        limit: body_limit.unwrap_or(0),
+                    })
+                }
+                Err(e) => return Err(e),
+            };
+            // 8. the response filter
+            headers::remove_hop_by_hop(res.headers_mut());
+            let mut res = match grant.filter() {
+                Some(rules) => {
+                    let cap = snapshot.settings.limits.max_filtered_response_bytes;
+                    filter::filter_response(res, rules, cap).await?
+                }
+                None => res,
+            };
+            if let Some(r) = &grant.rate {
+                crate::error::set_rate_headers(res.headers_mut(), r);
+            }
+            Ok(res.map(|b| ResponseBody::Guarded(Box::new(b), request_slot, in_flight)))
         }
-        Ok(res.map(|b| ResponseBody::Guarded(Box::new(b), request_slot, in_flight)))
     }
 
     /// The response the client gets: the request id on it, bytes sent counted; errors in the

@@ -168,89 +168,94 @@ pub struct PendingLimit<'a> {
 /// Sends a request (`parts` with an origin-form URI, `Host` set, hop-by-hop headers removed,
 /// and `body`) to the instance of `pool` and returns the response with its body streaming.
 /// `now` is the call's reading of the clock (it judges the pooled connections' idle time).
-pub async fn send(
-    pool: &Arc<InstancePool>,
+// Not an `async fn`: that keeps each by-value argument twice in the future (see
+// `Gateway::forward`).
+#[allow(clippy::manual_async_fn)]
+pub fn send<'a>(
+    pool: &'a Arc<InstancePool>,
     connect_timeout: Duration,
-    parts: &http::request::Parts,
-    added: &[(HeaderName, HeaderValue)],
+    parts: &'a http::request::Parts,
+    added: &'a [(HeaderName, HeaderValue)],
     mut body: RequestBody,
-    pending: Option<PendingLimit<'_>>,
+    pending: Option<PendingLimit<'a>>,
     now: Instant,
-) -> Result<Response<UpstreamBody>, SendError> {
-    let no_body = body.is_end_stream();
-    let exact = body.size_hint().exact();
-    let chunked = !no_body && exact.is_none();
-    // Framing comes from the body hyper decoded, never from the client's headers.
-    let length = if no_body { None } else { exact };
-    let head = encode_head(parts, added, chunked, length);
-    let is_head = parts.method == Method::HEAD;
-    // Only an idempotent request without a body is sent again after a reused connection failed:
-    // the first attempt may have reached the application before the connection broke.
-    let retryable = no_body && parts.method.is_idempotent();
+) -> impl std::future::Future<Output = Result<Response<UpstreamBody>, SendError>> + Send + 'a {
+    async move {
+        let no_body = body.is_end_stream();
+        let exact = body.size_hint().exact();
+        let chunked = !no_body && exact.is_none();
+        // Framing comes from the body hyper decoded, never from the client's headers.
+        let length = if no_body { None } else { exact };
+        let head = encode_head(parts, added, chunked, length);
+        let is_head = parts.method == Method::HEAD;
+        // Only an idempotent request without a body is sent again after a reused connection failed:
+        // the first attempt may have reached the application before the connection broke.
+        let retryable = no_body && parts.method.is_idempotent();
 
-    // A request without a body can be sent again on a fresh connection when a pooled one turns
-    // out to be dead (closed by the upstream just before use): nothing reached the application.
-    let mut reused = pool.checkout(now);
-    loop {
-        let (mut stream, mut buf, was_reused) = match reused.take() {
-            Some((s, b)) => (s, b, true),
-            None => {
-                // Nothing of the body has been read yet: a failure here hands it back.
-                let slot = match &pending {
-                    Some(p) => match p.load.pending(p.settings) {
-                        Some(slot) => Some(slot),
-                        None => {
+        // A request without a body can be sent again on a fresh connection when a pooled one turns
+        // out to be dead (closed by the upstream just before use): nothing reached the application.
+        let mut reused = pool.checkout(now);
+        loop {
+            let (mut stream, mut buf, was_reused) = match reused.take() {
+                Some((s, b)) => (s, b, true),
+                None => {
+                    // Nothing of the body has been read yet: a failure here hands it back.
+                    let slot = match &pending {
+                        Some(p) => match p.load.pending(p.settings) {
+                            Some(slot) => Some(slot),
+                            None => {
+                                return Err(SendError {
+                                    error: H1Error::Overloaded,
+                                    unsent: Some(body),
+                                })
+                            }
+                        },
+                        None => None,
+                    };
+                    let connected = pool.connect(connect_timeout).await;
+                    drop(slot);
+                    match connected {
+                        Ok(stream) => (stream, BytesMut::with_capacity(READ_CHUNK), false),
+                        Err(error) => {
                             return Err(SendError {
-                                error: H1Error::Overloaded,
+                                error,
                                 unsent: Some(body),
                             })
                         }
-                    },
-                    None => None,
-                };
-                let connected = pool.connect(connect_timeout).await;
-                drop(slot);
-                match connected {
-                    Ok(stream) => (stream, BytesMut::with_capacity(READ_CHUNK), false),
-                    Err(error) => {
-                        return Err(SendError {
-                            error,
-                            unsent: Some(body),
-                        })
                     }
                 }
-            }
-        };
-        if no_body {
-            if let Err(e) = stream.write_all(&head).await {
-                if was_reused && retryable {
-                    continue;
+            };
+            if no_body {
+                if let Err(e) = stream.write_all(&head).await {
+                    if was_reused && retryable {
+                        continue;
+                    }
+                    return Err(H1Error::Write(e).into());
                 }
-                return Err(H1Error::Write(e).into());
+            } else {
+                if let Err(e) = write_with_body(&mut stream, &head, &mut body, chunked).await {
+                    return match e {
+                        // The upstream may have answered early (413, 401) and closed: use it.
+                        H1Error::Write(_) => read_response(stream, buf, pool, is_head, false)
+                            .await
+                            .map_err(|_| e.into()),
+                        other => Err(other.into()),
+                    };
+                }
             }
-        } else {
-            if let Err(e) = write_with_body(&mut stream, &head, &mut body, chunked).await {
-                return match e {
-                    // The upstream may have answered early (413, 401) and closed: use it.
-                    H1Error::Write(_) => read_response(stream, buf, pool, is_head, false)
-                        .await
-                        .map_err(|_| e.into()),
-                    other => Err(other.into()),
-                };
+            match read_more(&mut stream, &mut buf).await {
+                Err(H1Error::Closed) | Err(H1Error::Read(_))
+                    if was_reused && retryable && buf.is_empty() =>
+                {
+                    continue
+                }
+                Err(e) => return Err(e.into()),
+                Ok(()) => {}
             }
+            return read_response(stream, buf, pool, is_head, true)
+                .await
+                .map_err(Into::into);
         }
-        match read_more(&mut stream, &mut buf).await {
-            Err(H1Error::Closed) | Err(H1Error::Read(_))
-                if was_reused && retryable && buf.is_empty() =>
-            {
-                continue
-            }
-            Err(e) => return Err(e.into()),
-            Ok(()) => {}
-        }
-        return read_response(stream, buf, pool, is_head, true)
-            .await
-            .map_err(Into::into);
     }
 }
 

@@ -36,256 +36,271 @@ pub(crate) struct Exchange<'a> {
     pub added: &'a Added,
 }
 
-impl Exchange<'_> {
+impl<'x> Exchange<'x> {
     /// Sends the call to an instance and, after a failure that allows it, to another: after a
     /// connect failure any request (its body was not read), after 502/503/504, a reset or a
     /// per-try timeout only an idempotent request without a body. Each outcome feeds passive
     /// outlier detection.
-    pub(crate) async fn run(
-        &self,
-        parts: &mut http::request::Parts,
+    // Not an `async fn`: that keeps each by-value argument twice in the future (see
+    // `Gateway::forward`).
+    #[allow(clippy::manual_async_fn)]
+    pub(crate) fn run<'s>(
+        &'s self,
+        parts: &'s mut http::request::Parts,
         body: RequestBody,
-    ) -> Result<(Response<ResponseBody>, Option<InFlight>), GatewayError> {
-        let Exchange {
-            gateway,
-            service,
-            watch,
-            hash_key,
-            ..
-        } = *self;
-        let policy = &service.retry;
-        let has_body = watch.is_some();
-        let replayable = !has_body && parts.method.is_idempotent();
-        let timeout = service.limits.request_timeout;
-        let per_try = policy.per_try_timeout.unwrap_or(timeout).min(timeout);
-        // tokio's clock (the one the per-try timer runs on): its readings serve the timer,
-        // the pool's idle check and the upstream's response time.
-        let start = tokio::time::Instant::now();
-        let deadline = start + timeout;
-        // The first try starts now: its clock reading is the deadline's.
-        let mut first = Some(start);
-        let mut tried = [0usize; 10];
-        let mut n_tried = 0;
-        let mut body = Some(body);
-        let mut _retry_slot = None;
-        let Some((mut index, mut instance)) = service.select(hash_key, &[]) else {
-            return Err(GatewayError::NoHealthyUpstream(
-                service.full_id().to_owned(),
-            ));
-        };
-        loop {
-            if let Some(slot) = tried.get_mut(n_tried) {
-                *slot = index;
-                n_tried += 1;
-            }
-            let health = service.health(index);
-            let in_flight = health.map(|h| h.track());
-            let try_body = match body.take() {
-                Some(b) => b,
-                None => RequestBody::empty(),
+    ) -> impl std::future::Future<
+        Output = Result<(Response<ResponseBody>, Option<InFlight>), GatewayError>,
+    > + Send
+           + use<'s, 'x> {
+        async move {
+            let Exchange {
+                gateway,
+                service,
+                watch,
+                hash_key,
+                ..
+            } = *self;
+            let policy = &service.retry;
+            let has_body = watch.is_some();
+            let replayable = !has_body && parts.method.is_idempotent();
+            let timeout = service.limits.request_timeout;
+            let per_try = policy.per_try_timeout.unwrap_or(timeout).min(timeout);
+            // tokio's clock (the one the per-try timer runs on): its readings serve the timer,
+            // the pool's idle check and the upstream's response time.
+            let start = tokio::time::Instant::now();
+            let deadline = start + timeout;
+            // The first try starts now: its clock reading is the deadline's.
+            let mut first = Some(start);
+            let mut tried = [0usize; 10];
+            let mut n_tried = 0;
+            let mut body = Some(body);
+            let mut _retry_slot = None;
+            let Some((mut index, mut instance)) = service.select(hash_key, &[]) else {
+                return Err(GatewayError::NoHealthyUpstream(
+                    service.full_id().to_owned(),
+                ));
             };
-            let started = first.take().unwrap_or_else(tokio::time::Instant::now);
-            let remaining = deadline.saturating_duration_since(started);
-            let try_timeout = per_try.min(remaining);
-            let outcome = self
-                .try_once(index, instance, parts, try_body, started, try_timeout)
-                .await;
-            // What happened, for health, metrics and the retry decision.
-            let Assessment {
-                failed,
-                retry_reason,
-            } = assess(&outcome, replayable, watch, try_timeout, per_try);
-            if let Some(m) = &gateway.metrics {
-                match &outcome {
-                    Ok(_) => {
-                        if let Some(s) = self.snapshot.service_metrics(m, service) {
-                            s.observe_upstream(m, service.full_id(), started.elapsed());
-                        }
-                    }
-                    Err(TryError::Connect { .. }) => m
-                        .upstream_connect_failures
-                        .with_label_values(&[service.full_id(), instance.name.as_str()])
-                        .inc(),
-                    Err(_) => {}
+            loop {
+                if let Some(slot) = tried.get_mut(n_tried) {
+                    *slot = index;
+                    n_tried += 1;
                 }
-            }
-            if let Some(h) = health {
-                if failed {
-                    if let Some(ejected_for) =
-                        h.report_failure(gerbang_registry::health::now_ms(), &service.outlier)
-                    {
-                        tracing::warn!(
-                            service = service.full_id(),
-                            instance = %instance.name,
-                            ejected_for_ms = ejected_for.as_millis() as u64,
-                            "upstream instance ejected after consecutive failures"
-                        );
-                        if let Some(m) = &gateway.metrics {
-                            m.upstream_ejections
-                                .with_label_values(&[service.full_id(), instance.name.as_str()])
-                                .inc();
-                        }
-                    }
-                } else if outcome.is_ok() {
-                    h.report_success();
-                }
-            }
-            // May this call go to another instance?
-            let unsent = match &outcome {
-                Err(TryError::Connect { unsent, .. }) => unsent.is_some() || !has_body,
-                _ => !has_body,
-            };
-            let next = match retry_reason {
-                Some(_) if unsent && (n_tried as u32) < policy.attempts.min(10) => {
-                    service.select(hash_key, &tried[..n_tried])
-                }
-                _ => None,
-            };
-            // The back-off must fit in the time left; otherwise the current result stands. Only
-            // a call that may go on draws its back-off and reads the clock.
-            let mut backoff = Duration::ZERO;
-            let next = next.filter(|_| {
-                backoff = policy.backoff(n_tried as u32, random_words()[0]);
-                backoff < deadline.saturating_duration_since(tokio::time::Instant::now())
-            });
-            // This call's previous retry slot is released before it asks for the next one.
-            if next.is_some() {
-                drop(_retry_slot.take());
-            }
-            let next = next.and_then(|n| {
-                let slot = service.load.retry(policy);
-                if slot.is_none() {
-                    tracing::debug!(service = service.full_id(), "retry budget spent");
-                }
-                slot.map(|s| (n, s))
-            });
-            let Some(((next_index, next_instance), slot)) = next else {
-                return match outcome {
-                    // The instance counts the call until its response body has been sent.
-                    Ok(res) => Ok((res, in_flight)),
-                    Err(TryError::Overloaded) => Err(GatewayError::UpstreamOverloaded(
-                        service.full_id().to_owned(),
-                    )),
-                    Err(TryError::Connect { error, .. }) | Err(TryError::Failed(error)) => {
-                        Err(error)
-                    }
-                    Err(TryError::TimedOut) => Err(timeout_error(watch, instance, try_timeout)),
+                let health = service.health(index);
+                let in_flight = health.map(|h| h.track());
+                let try_body = match body.take() {
+                    Some(b) => b,
+                    None => RequestBody::empty(),
                 };
-            };
-            // The failed try's body (a connect failure hands it back) goes to the next one.
-            if let Err(TryError::Connect { unsent, .. }) = outcome {
-                body = unsent;
+                let started = first.take().unwrap_or_else(tokio::time::Instant::now);
+                let remaining = deadline.saturating_duration_since(started);
+                let try_timeout = per_try.min(remaining);
+                let outcome = self
+                    .try_once(index, instance, parts, try_body, started, try_timeout)
+                    .await;
+                // What happened, for health, metrics and the retry decision.
+                let Assessment {
+                    failed,
+                    retry_reason,
+                } = assess(&outcome, replayable, watch, try_timeout, per_try);
+                if let Some(m) = &gateway.metrics {
+                    match &outcome {
+                        Ok(_) => {
+                            if let Some(s) = self.snapshot.service_metrics(m, service) {
+                                s.observe_upstream(m, service.full_id(), started.elapsed());
+                            }
+                        }
+                        Err(TryError::Connect { .. }) => m
+                            .upstream_connect_failures
+                            .with_label_values(&[service.full_id(), instance.name.as_str()])
+                            .inc(),
+                        Err(_) => {}
+                    }
+                }
+                if let Some(h) = health {
+                    if failed {
+                        if let Some(ejected_for) =
+                            h.report_failure(gerbang_registry::health::now_ms(), &service.outlier)
+                        {
+                            tracing::warn!(
+                                service = service.full_id(),
+                                instance = %instance.name,
+                                ejected_for_ms = ejected_for.as_millis() as u64,
+                                "upstream instance ejected after consecutive failures"
+                            );
+                            if let Some(m) = &gateway.metrics {
+                                m.upstream_ejections
+                                    .with_label_values(&[service.full_id(), instance.name.as_str()])
+                                    .inc();
+                            }
+                        }
+                    } else if outcome.is_ok() {
+                        h.report_success();
+                    }
+                }
+                // May this call go to another instance?
+                let unsent = match &outcome {
+                    Err(TryError::Connect { unsent, .. }) => unsent.is_some() || !has_body,
+                    _ => !has_body,
+                };
+                let next = match retry_reason {
+                    Some(_) if unsent && (n_tried as u32) < policy.attempts.min(10) => {
+                        service.select(hash_key, &tried[..n_tried])
+                    }
+                    _ => None,
+                };
+                // The back-off must fit in the time left; otherwise the current result stands. Only
+                // a call that may go on draws its back-off and reads the clock.
+                let mut backoff = Duration::ZERO;
+                let next = next.filter(|_| {
+                    backoff = policy.backoff(n_tried as u32, random_words()[0]);
+                    backoff < deadline.saturating_duration_since(tokio::time::Instant::now())
+                });
+                // This call's previous retry slot is released before it asks for the next one.
+                if next.is_some() {
+                    drop(_retry_slot.take());
+                }
+                let next = next.and_then(|n| {
+                    let slot = service.load.retry(policy);
+                    if slot.is_none() {
+                        tracing::debug!(service = service.full_id(), "retry budget spent");
+                    }
+                    slot.map(|s| (n, s))
+                });
+                let Some(((next_index, next_instance), slot)) = next else {
+                    return match outcome {
+                        // The instance counts the call until its response body has been sent.
+                        Ok(res) => Ok((res, in_flight)),
+                        Err(TryError::Overloaded) => Err(GatewayError::UpstreamOverloaded(
+                            service.full_id().to_owned(),
+                        )),
+                        Err(TryError::Connect { error, .. }) | Err(TryError::Failed(error)) => {
+                            Err(error)
+                        }
+                        Err(TryError::TimedOut) => Err(timeout_error(watch, instance, try_timeout)),
+                    };
+                };
+                // The failed try's body (a connect failure hands it back) goes to the next one.
+                if let Err(TryError::Connect { unsent, .. }) = outcome {
+                    body = unsent;
+                }
+                _retry_slot = Some(slot);
+                if let (Some(m), Some(reason)) = (&gateway.metrics, retry_reason) {
+                    m.upstream_retries
+                        .with_label_values(&[service.full_id(), reason])
+                        .inc();
+                }
+                if !backoff.is_zero() {
+                    tokio::time::sleep(backoff).await;
+                }
+                index = next_index;
+                instance = next_instance;
             }
-            _retry_slot = Some(slot);
-            if let (Some(m), Some(reason)) = (&gateway.metrics, retry_reason) {
-                m.upstream_retries
-                    .with_label_values(&[service.full_id(), reason])
-                    .inc();
-            }
-            if !backoff.is_zero() {
-                tokio::time::sleep(backoff).await;
-            }
-            index = next_index;
-            instance = next_instance;
         }
     }
 
     /// One try against one instance.
-    async fn try_once(
-        &self,
+    // Not an `async fn`: that keeps each by-value argument twice in the future (see
+    // `Gateway::forward`).
+    #[allow(clippy::manual_async_fn)]
+    fn try_once<'s>(
+        &'s self,
         index: usize,
-        instance: &gerbang_registry::Instance,
-        parts: &mut http::request::Parts,
+        instance: &'s gerbang_registry::Instance,
+        parts: &'s mut http::request::Parts,
         body: RequestBody,
         started: tokio::time::Instant,
         timeout: Duration,
-    ) -> Result<Response<ResponseBody>, TryError> {
-        let try_deadline = started + timeout;
-        let Exchange {
-            snapshot,
-            service,
-            path_and_query,
-            added,
-            ..
-        } = *self;
-        let inline_pool = snapshot
-            .pools
-            .get(service.index)
-            .and_then(|p| p.get(index))
-            .and_then(Option::as_ref);
-        let host = match inline_pool.and_then(|p| p.host()) {
-            Some(host) => host.clone(),
-            None => HeaderValue::from_str(instance.authority.as_str()).map_err(|e| {
-                TryError::Failed(GatewayError::Internal(format!("upstream authority: {e}")))
-            })?,
-        };
-        parts.headers.insert(header::HOST, host);
-        if let Some(pool) = inline_pool {
-            // Plain http:// instance: the inline HTTP/1.1 client, origin-form target.
-            let pending = h1::PendingLimit {
-                load: &service.load,
-                settings: &service.breaker,
-            };
-            let sent = h1::send(
-                pool,
-                service.limits.connect_timeout,
-                parts,
-                added.fields(),
-                body,
-                Some(pending),
-                started.into_std(),
-            );
-            match tokio::time::timeout_at(try_deadline, sent).await {
-                Err(_elapsed) => Err(TryError::TimedOut),
-                Ok(Err(h1::SendError {
-                    error: H1Error::Overloaded,
-                    ..
-                })) => Err(TryError::Overloaded),
-                Ok(Err(h1::SendError { error, unsent })) => {
-                    let error = classify_h1_error(error, instance.to_string());
-                    Err(match error {
-                        GatewayError::UpstreamUnavailable { .. }
-                        | GatewayError::UpstreamConnectTimeout { .. } => {
-                            TryError::Connect { error, unsent }
-                        }
-                        other => TryError::Failed(other),
-                    })
-                }
-                Ok(Ok(res)) => Ok(res.map(ResponseBody::Inline)),
-            }
-        } else {
-            // https:// instance: hyper-util with rustls, absolute-form URI.
-            let client = snapshot
-                .clients
+    ) -> impl std::future::Future<Output = Result<Response<ResponseBody>, TryError>> + Send + use<'s, 'x>
+    {
+        async move {
+            let try_deadline = started + timeout;
+            let Exchange {
+                snapshot,
+                service,
+                path_and_query,
+                added,
+                ..
+            } = *self;
+            let inline_pool = snapshot
+                .pools
                 .get(service.index)
-                .and_then(Option::as_ref)
-                .ok_or_else(|| {
-                    TryError::Failed(GatewayError::Internal("no client for service".into()))
-                })?;
-            let uri = absolute_uri(instance, path_and_query.clone()).map_err(TryError::Failed)?;
-            let mut upstream_req = Request::new(body);
-            *upstream_req.method_mut() = parts.method.clone();
-            *upstream_req.uri_mut() = uri;
-            *upstream_req.version_mut() = parts.version;
-            *upstream_req.headers_mut() = added.merged(&parts.headers);
-            match tokio::time::timeout_at(try_deadline, client.request(upstream_req)).await {
-                Err(_elapsed) => Err(TryError::TimedOut),
-                Ok(Err(e)) if caused_by::<crate::upstream::TooManyPending>(&e) => {
-                    Err(TryError::Overloaded)
+                .and_then(|p| p.get(index))
+                .and_then(Option::as_ref);
+            let host = match inline_pool.and_then(|p| p.host()) {
+                Some(host) => host.clone(),
+                None => HeaderValue::from_str(instance.authority.as_str()).map_err(|e| {
+                    TryError::Failed(GatewayError::Internal(format!("upstream authority: {e}")))
+                })?,
+            };
+            parts.headers.insert(header::HOST, host);
+            if let Some(pool) = inline_pool {
+                // Plain http:// instance: the inline HTTP/1.1 client, origin-form target.
+                let pending = h1::PendingLimit {
+                    load: &service.load,
+                    settings: &service.breaker,
+                };
+                let sent = h1::send(
+                    pool,
+                    service.limits.connect_timeout,
+                    parts,
+                    added.fields(),
+                    body,
+                    Some(pending),
+                    started.into_std(),
+                );
+                match tokio::time::timeout_at(try_deadline, sent).await {
+                    Err(_elapsed) => Err(TryError::TimedOut),
+                    Ok(Err(h1::SendError {
+                        error: H1Error::Overloaded,
+                        ..
+                    })) => Err(TryError::Overloaded),
+                    Ok(Err(h1::SendError { error, unsent })) => {
+                        let error = classify_h1_error(error, instance.to_string());
+                        Err(match error {
+                            GatewayError::UpstreamUnavailable { .. }
+                            | GatewayError::UpstreamConnectTimeout { .. } => {
+                                TryError::Connect { error, unsent }
+                            }
+                            other => TryError::Failed(other),
+                        })
+                    }
+                    Ok(Ok(res)) => Ok(res.map(ResponseBody::Inline)),
                 }
-                Ok(Err(e)) => {
-                    let error = classify_client_error(&e, instance.to_string());
-                    Err(match error {
-                        // hyper-util keeps the body: only a request without one is sent again.
-                        GatewayError::UpstreamUnavailable { .. }
-                        | GatewayError::UpstreamConnectTimeout { .. } => TryError::Connect {
-                            error,
-                            unsent: None,
-                        },
-                        other => TryError::Failed(other),
-                    })
+            } else {
+                // https:// instance: hyper-util with rustls, absolute-form URI.
+                let client = snapshot
+                    .clients
+                    .get(service.index)
+                    .and_then(Option::as_ref)
+                    .ok_or_else(|| {
+                        TryError::Failed(GatewayError::Internal("no client for service".into()))
+                    })?;
+                let uri =
+                    absolute_uri(instance, path_and_query.clone()).map_err(TryError::Failed)?;
+                let mut upstream_req = Request::new(body);
+                *upstream_req.method_mut() = parts.method.clone();
+                *upstream_req.uri_mut() = uri;
+                *upstream_req.version_mut() = parts.version;
+                *upstream_req.headers_mut() = added.merged(&parts.headers);
+                match tokio::time::timeout_at(try_deadline, client.request(upstream_req)).await {
+                    Err(_elapsed) => Err(TryError::TimedOut),
+                    Ok(Err(e)) if caused_by::<crate::upstream::TooManyPending>(&e) => {
+                        Err(TryError::Overloaded)
+                    }
+                    Ok(Err(e)) => {
+                        let error = classify_client_error(&e, instance.to_string());
+                        Err(match error {
+                            // hyper-util keeps the body: only a request without one is sent again.
+                            GatewayError::UpstreamUnavailable { .. }
+                            | GatewayError::UpstreamConnectTimeout { .. } => TryError::Connect {
+                                error,
+                                unsent: None,
+                            },
+                            other => TryError::Failed(other),
+                        })
+                    }
+                    Ok(Ok(res)) => Ok(res.map(ResponseBody::Upstream)),
                 }
-                Ok(Ok(res)) => Ok(res.map(ResponseBody::Upstream)),
             }
         }
     }
