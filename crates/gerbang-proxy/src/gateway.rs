@@ -429,6 +429,7 @@ impl Gateway {
                 &snapshot,
                 &grant,
                 &principal.application,
+                call.unix_secs() as i64,
             )
             .await?;
             let body_limit = service.limits.max_body_bytes;

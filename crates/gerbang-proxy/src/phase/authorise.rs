@@ -97,12 +97,12 @@ pub(crate) async fn limits(
     snapshot: &Snapshot,
     grant: &Grant<'_>,
     application: &str,
+    now: i64,
 ) -> Result<Option<RateInfo>, GatewayError> {
     let a = grant.agreement;
     if a.rate.is_none() && a.quota.is_none() {
         return Ok(None);
     }
-    let now = super::unix_now();
     let outcome = match shared {
         None => snapshot
             .limits

@@ -30,8 +30,8 @@ pub(crate) struct Call {
     /// When the call began, for its span (only with a span exporter).
     pub(crate) wall_start: Option<std::time::SystemTime>,
     /// When the call began, in milliseconds since the Unix epoch: the one reading of the wall
-    /// clock that the request id, token expiry, agreement periods, rate windows and the
-    /// identity cache judge the call by.
+    /// clock that the request id, token expiry, agreement periods, rate windows, the catalogue
+    /// and the identity cache judge the call by.
     pub(crate) unix_ms: u64,
     /// The request body as it was read (bytes actually received), when there was one.
     pub(crate) body: Option<Arc<BodyWatch>>,

@@ -56,7 +56,8 @@ pub(crate) async fn serve(
         Internal::Catalog => {
             call.issuer_endpoint = Some("gateway/catalog");
             let principal =
-                super::authenticate::principal(&snapshot.auth, &req, conn, None).await?;
+                super::authenticate::principal(&snapshot.auth, &req, conn, Some(call.unix_secs()))
+                    .await?;
             call.consumer = Some(Arc::clone(&principal));
             if req.method() != http::Method::GET && req.method() != http::Method::HEAD {
                 return Err(GatewayError::MethodNotAllowed { allow: "GET, HEAD" });
@@ -64,7 +65,7 @@ pub(crate) async fn serve(
             let body = match req.uri().path() {
                 catalog::SERVICES_PATH => catalog::services(&snapshot.registry, &snapshot.policy),
                 catalog::ALLOWED_PATH => {
-                    catalog::allowed(&principal, &snapshot.policy, super::unix_now())
+                    catalog::allowed(&principal, &snapshot.policy, call.unix_secs() as i64)
                 }
                 _ => return Err(GatewayError::RouteNotFound),
             };

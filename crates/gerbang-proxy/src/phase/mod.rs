@@ -29,10 +29,3 @@ pub(crate) mod internal;
 pub(crate) mod record;
 pub(crate) mod route;
 pub(crate) mod upstream_request;
-
-/// Seconds since the Unix epoch (agreement validity, catalogue states).
-pub(crate) fn unix_now() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs() as i64)
-}
