@@ -70,14 +70,12 @@ impl SecondStamp {
     pub(crate) fn write(&mut self, t: SystemTime, out: &mut Vec<u8>) {
         let d = t.duration_since(UNIX_EPOCH).unwrap_or_default();
         if self.secs != Some(d.as_secs()) {
+            // A new second: written in full (always 24 bytes), its first 20 kept.
             let start = out.len();
             rfc3339_into(t, out);
-            // The layout is fixed (24 bytes); anything else is written, not kept.
-            if out.len() - start == 24 {
-                self.text.copy_from_slice(&out[start..start + 20]);
+            if let Some(text) = out.get(start..start + 20) {
+                self.text.copy_from_slice(text);
                 self.secs = Some(d.as_secs());
-            } else {
-                self.secs = None;
             }
             return;
         }

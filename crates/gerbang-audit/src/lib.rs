@@ -31,12 +31,8 @@ pub const GENESIS: &str = "00000000000000000000000000000000000000000000000000000
 
 /// `bytes` as lower-case hex (what `hex::encode` gives, without its char-by-char String).
 pub fn hex_lower(bytes: &[u8]) -> String {
-    const DIGITS: &[u8; 16] = b"0123456789abcdef";
-    let mut out = Vec::with_capacity(bytes.len() * 2);
-    for b in bytes {
-        out.push(DIGITS[usize::from(b >> 4)]);
-        out.push(DIGITS[usize::from(b & 15)]);
-    }
+    let mut out = vec![0; bytes.len() * 2];
+    hex_lower_into(bytes, &mut out);
     String::from_utf8(out).unwrap_or_default()
 }
 
