@@ -8,7 +8,8 @@
 //! Invariants, against a whole-buffer model of the decoder's documented rules (RFC 9112 §6.3
 //! framing, 1xx skipped, 101 refused, limits on size and trailer lines):
 //! - `send` fails exactly when the model finds no usable head; otherwise status, version and
-//!   headers agree (`Content-Length` removed when `Transfer-Encoding` makes it ambiguous);
+//!   headers agree (`Content-Length` removed when `Transfer-Encoding` makes it ambiguous, the
+//!   hop-by-hop fields as `headers::remove_hop_by_hop` removes them);
 //! - the body's bytes and whether it ended cleanly agree, whatever the read splits;
 //! - the connection goes back to the pool only after a response that the model says ended
 //!   cleanly, by length or chunked framing, on a keep-alive HTTP/1.1 exchange without
@@ -209,6 +210,9 @@ fn model(input: &[u8], is_head: bool) -> Option<Expected> {
                 .get_all(http::header::CONNECTION)
                 .iter()
                 .any(|v| has_token(v, "close"));
+        // The hop-by-hop fields are the client's own: the decoder passes on only the
+        // end-to-end ones (what the gateway's map-based strip leaves).
+        gerbang_proxy::headers::remove_hop_by_hop(&mut headers);
         let rest = &input[pos + len..];
         let mut body = Vec::new();
         let used = match framing {

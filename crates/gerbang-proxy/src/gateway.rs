@@ -488,7 +488,7 @@ impl Gateway {
                 hash_key: hash_key.as_deref(),
                 added: &added,
             };
-            let (mut res, in_flight) = match exchange.run(&mut parts, body).await {
+            let (res, in_flight) = match exchange.run(&mut parts, body).await {
                 Ok(pair) => pair,
                 // A body over the limit explains any failure of the exchange.
                 Err(_) if watch.as_ref().is_some_and(|w| w.exceeded()) => {
@@ -498,8 +498,7 @@ impl Gateway {
                 }
                 Err(e) => return Err(e),
             };
-            // 8. the response filter
-            headers::remove_hop_by_hop(res.headers_mut());
+            // 8. the response filter (the clients have taken the hop-by-hop fields out)
             let mut res = match grant.filter() {
                 Some(rules) => {
                     let cap = snapshot.settings.limits.max_filtered_response_bytes;

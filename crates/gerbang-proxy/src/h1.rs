@@ -376,46 +376,78 @@ async fn read_response(
         }
         // Parsing happens in a plain function: its 4 KiB header array then never becomes part
         // of this future's state (which is moved a few times per request).
-        let Some((status, version, map)) = parse_head(&mut buf)? else {
+        let Some(head) = parse_head(&mut buf, is_head)? else {
             read_more(&mut stream, &mut buf).await?;
             continue;
         };
-        if status.is_informational() {
+        if head.status.is_informational() {
             continue;
         }
-        let mut map = map;
-        let framing = response_framing(&map, status, is_head)?;
-        // Transfer-Encoding with Content-Length is ambiguous (RFC 9112 §6.3): the body is read
-        // as chunked, the length is not passed on, and the connection is not reused.
-        let ambiguous = headers::has(&map, &header::TRANSFER_ENCODING)
-            && headers::has(&map, &header::CONTENT_LENGTH)
-            && !matches!(framing, Framing::Length(0));
-        if ambiguous {
-            map.remove(header::CONTENT_LENGTH);
-        }
-        let keep_alive = !ambiguous
-            && reusable_request
-            && version == Version::HTTP_11
-            && !headers::values(&map, &header::CONNECTION).any(|v| has_token(v, "close"));
+        let keep_alive = !head.close && reusable_request && head.version == Version::HTTP_11;
         let mut res = Response::new(UpstreamBody {
             conn: Some(stream),
             buf,
-            framing,
+            framing: head.framing,
             keep_alive,
             pool: Arc::clone(pool),
         });
-        *res.status_mut() = status;
-        *res.version_mut() = version;
-        *res.headers_mut() = map;
+        *res.status_mut() = head.status;
+        *res.version_mut() = head.version;
+        *res.headers_mut() = head.fields;
         return Ok(res);
     }
 }
 
+/// A response head as the gateway passes it on.
+#[derive(Debug)]
+struct Head {
+    status: StatusCode,
+    version: Version,
+    /// The end-to-end fields: the hop-by-hop ones (as [`headers::remove_hop_by_hop`] names
+    /// them, `Transfer-Encoding` and what `Connection` lists included) are read, not kept, and
+    /// `Content-Length` is dropped when `Transfer-Encoding` makes it ambiguous. Empty for 1xx.
+    fields: HeaderMap,
+    framing: Framing,
+    /// The connection may not carry another exchange: `Connection: close`, or ambiguous
+    /// framing (`Transfer-Encoding` with `Content-Length`, RFC 9112 §6.3).
+    close: bool,
+}
+
+/// What a response field is to the client: the hop-by-hop names it reads or drops, compared
+/// without case and without making a `HeaderName` of them.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum FieldKind {
+    Connection,
+    TransferEncoding,
+    ContentLength,
+    /// Another hop-by-hop name: dropped.
+    HopByHop,
+    EndToEnd,
+}
+
+fn field_kind(name: &[u8]) -> FieldKind {
+    let is = |lower: &str| name.eq_ignore_ascii_case(lower.as_bytes());
+    match name.len() {
+        10 if is("connection") => FieldKind::Connection,
+        17 if is("transfer-encoding") => FieldKind::TransferEncoding,
+        14 if is("content-length") => FieldKind::ContentLength,
+        10 if is("keep-alive") => FieldKind::HopByHop,
+        16 if is("proxy-connection") => FieldKind::HopByHop,
+        18 if is("proxy-authenticate") => FieldKind::HopByHop,
+        19 if is("proxy-authorization") => FieldKind::HopByHop,
+        2 if is("te") => FieldKind::HopByHop,
+        7 if is("trailer") || is("upgrade") => FieldKind::HopByHop,
+        _ => FieldKind::EndToEnd,
+    }
+}
+
 /// Parses a complete response head at the start of `buf` and consumes it; `None` when more
-/// bytes are needed. A 1xx head is consumed and returned with an empty map.
-fn parse_head(buf: &mut BytesMut) -> Result<Option<(StatusCode, Version, HeaderMap)>, H1Error> {
-    let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
-    let mut parsed = httparse::Response::new(&mut headers);
+/// bytes are needed. A 1xx head is consumed and returned without fields. One pass over the
+/// parsed fields decides the framing (RFC 9112 §6.3) and keeps only the end-to-end ones: the
+/// hop-by-hop fields never enter the map, so no pass over it has to take them out again.
+fn parse_head(buf: &mut BytesMut, is_head: bool) -> Result<Option<Head>, H1Error> {
+    let mut slots = [httparse::EMPTY_HEADER; MAX_HEADERS];
+    let mut parsed = httparse::Response::new(&mut slots);
     let len = match parsed.parse(buf) {
         Ok(httparse::Status::Complete(len)) => len,
         Ok(httparse::Status::Partial) => return Ok(None),
@@ -431,75 +463,134 @@ fn parse_head(buf: &mut BytesMut) -> Result<Option<(StatusCode, Version, HeaderM
     if status == StatusCode::SWITCHING_PROTOCOLS {
         return Err(H1Error::Invalid("protocol upgrades are not proxied"));
     }
-    let mut map = HeaderMap::new();
     if status.is_informational() {
         buf.advance(len);
-        return Ok(Some((status, version, map)));
+        return Ok(Some(Head {
+            status,
+            version,
+            fields: HeaderMap::new(),
+            framing: Framing::Length(0),
+            close: false,
+        }));
     }
-    // Where each value lies in the head, so that the values can share the head's bytes
+    let no_body = is_head || status == StatusCode::NO_CONTENT || status == StatusCode::NOT_MODIFIED;
+    let mut close = false;
+    let mut connection_lists = false;
+    // The last Transfer-Encoding field decides; `Some(chunked)` once there is one.
+    let mut te_chunked: Option<bool> = None;
+    let mut length: Result<Option<u64>, H1Error> = Ok(None);
+    let mut has_length = false;
+    // Where each kept value lies in the head, so that the values can share the head's bytes
     // instead of being copied one by one (as hyper does for requests).
     let base = buf.as_ptr() as usize;
-    let mut fields = Vec::with_capacity(parsed.headers.len());
+    let mut kept = Vec::with_capacity(parsed.headers.len());
     for h in parsed.headers.iter() {
+        let kind = field_kind(h.name.as_bytes());
+        match kind {
+            FieldKind::Connection => {
+                // A token names a field to drop (`keep-alive` always goes); `close` is read
+                // only from a value that is text (as `HeaderValue::to_str` has it).
+                let text = visible_ascii(h.value);
+                for token in h.value.split(|&b| b == b',').map(<[u8]>::trim_ascii) {
+                    if token.eq_ignore_ascii_case(b"close") {
+                        close |= text;
+                        connection_lists = true;
+                    } else if !token.is_empty() && !token.eq_ignore_ascii_case(b"keep-alive") {
+                        connection_lists = true;
+                    }
+                }
+                continue;
+            }
+            FieldKind::TransferEncoding => {
+                let last = h.value.rsplit(|&b| b == b',').next().unwrap_or_default();
+                te_chunked = Some(
+                    visible_ascii(h.value) && last.trim_ascii().eq_ignore_ascii_case(b"chunked"),
+                );
+                continue;
+            }
+            FieldKind::HopByHop => continue,
+            FieldKind::ContentLength => {
+                has_length = true;
+                if let Ok(prev) = length {
+                    length = content_length(h.value).and_then(|n| match prev {
+                        Some(l) if l != n => Err(H1Error::Invalid("conflicting content-length")),
+                        _ => Ok(Some(n)),
+                    });
+                }
+            }
+            FieldKind::EndToEnd => {}
+        }
         let name = HeaderName::from_bytes(h.name.as_bytes())
             .map_err(|_| H1Error::Invalid("bad header name"))?;
         let start = h.value.as_ptr() as usize - base;
-        fields.push((name, start, start + h.value.len()));
+        kept.push((kind, name, start, start + h.value.len()));
     }
-    let head = buf.split_to(len).freeze();
-    map.reserve(fields.len());
-    for (name, start, end) in fields {
-        let value = HeaderValue::from_maybe_shared(head.slice(start..end))
-            .map_err(|_| H1Error::Invalid("bad header value"))?;
-        map.append(name, value);
-    }
-    Ok(Some((status, version, map)))
-}
-
-fn has_token(v: &HeaderValue, token: &str) -> bool {
-    v.to_str()
-        .map(|s| s.split(',').any(|t| t.trim().eq_ignore_ascii_case(token)))
-        .unwrap_or(false)
-}
-
-fn response_framing(
-    map: &HeaderMap,
-    status: StatusCode,
-    is_head: bool,
-) -> Result<Framing, H1Error> {
-    if is_head || status == StatusCode::NO_CONTENT || status == StatusCode::NOT_MODIFIED {
-        return Ok(Framing::Length(0));
-    }
-    if let Some(te) = headers::values(map, &header::TRANSFER_ENCODING).last() {
-        let chunked = te
-            .to_str()
-            .ok()
-            .and_then(|s| s.rsplit(',').next())
-            .is_some_and(|t| t.trim().eq_ignore_ascii_case("chunked"));
-        return Ok(if chunked {
-            Framing::Chunked(ChunkState::Size)
-        } else {
-            Framing::UntilClose
+    let framing = if no_body {
+        Framing::Length(0)
+    } else {
+        match te_chunked {
+            // Transfer-Encoding wins over Content-Length, even an invalid one.
+            Some(true) => Framing::Chunked(ChunkState::Size),
+            Some(false) => Framing::UntilClose,
+            None => length?.map_or(Framing::UntilClose, Framing::Length),
+        }
+    };
+    let ambiguous = te_chunked.is_some() && has_length && framing != Framing::Length(0);
+    close |= ambiguous;
+    if connection_lists {
+        // `Connection` names further hop-by-hop fields; it may not take away Content-Length
+        // (the framing relies on it).
+        // Nor Host, as on requests.
+        let listed: smallvec::SmallVec<[&[u8]; 2]> = parsed
+            .headers
+            .iter()
+            .filter(|h| field_kind(h.name.as_bytes()) == FieldKind::Connection)
+            .map(|h| h.value)
+            .collect();
+        kept.retain(|(kind, name, _, _)| {
+            *kind == FieldKind::ContentLength
+                || name == header::HOST
+                || !listed
+                    .iter()
+                    .any(|v| headers::connection_names(v, name.as_str()))
         });
     }
-    let mut length: Option<u64> = None;
-    for v in headers::values(map, &header::CONTENT_LENGTH) {
-        let n = v
-            .to_str()
-            .ok()
-            .map(str::trim)
-            .filter(|s| !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit()))
-            .and_then(|s| s.parse::<u64>().ok())
-            .ok_or(H1Error::Invalid("bad content-length"))?;
-        if length.is_some_and(|l| l != n) {
-            return Err(H1Error::Invalid("conflicting content-length"));
+    let head = buf.split_to(len).freeze();
+    let mut fields = HeaderMap::with_capacity(kept.len());
+    for (kind, name, start, end) in kept {
+        if ambiguous && kind == FieldKind::ContentLength {
+            continue;
         }
-        length = Some(n);
+        let value = HeaderValue::from_maybe_shared(head.slice(start..end))
+            .map_err(|_| H1Error::Invalid("bad header value"))?;
+        fields.append(name, value);
     }
-    Ok(match length {
-        Some(n) => Framing::Length(n),
-        None => Framing::UntilClose,
-    })
+    Ok(Some(Head {
+        status,
+        version,
+        fields,
+        framing,
+        close,
+    }))
+}
+
+/// Whether a field value is text as `HeaderValue::to_str` has it: visible ASCII, space, tab.
+fn visible_ascii(value: &[u8]) -> bool {
+    value
+        .iter()
+        .all(|&b| b == b'\t' || (b' '..=b'~').contains(&b))
+}
+
+/// A `Content-Length` value: digits only (surrounding whitespace allowed).
+fn content_length(value: &[u8]) -> Result<u64, H1Error> {
+    let s = value.trim_ascii();
+    if s.is_empty() || !s.iter().all(u8::is_ascii_digit) {
+        return Err(H1Error::Invalid("bad content-length"));
+    }
+    std::str::from_utf8(s)
+        .ok()
+        .and_then(|s| s.parse::<u64>().ok())
+        .ok_or(H1Error::Invalid("bad content-length"))
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -771,7 +862,22 @@ mod tests {
     }
 
     fn parse(bytes: &[u8]) -> Result<Option<(StatusCode, Version, HeaderMap)>, H1Error> {
-        parse_head(&mut BytesMut::from(bytes))
+        parse_head(&mut BytesMut::from(bytes), false)
+            .map(|h| h.map(|h| (h.status, h.version, h.fields)))
+    }
+
+    /// The framing of a response with these fields.
+    fn framing(
+        pairs: &[(&str, &str)],
+        status: StatusCode,
+        is_head: bool,
+    ) -> Result<Framing, H1Error> {
+        let mut head = format!("HTTP/1.1 {} X\r\n", status.as_u16());
+        for (n, v) in pairs {
+            head.push_str(&format!("{n}: {v}\r\n"));
+        }
+        head.push_str("\r\n");
+        parse_head(&mut BytesMut::from(head.as_bytes()), is_head).map(|h| h.unwrap().framing)
     }
 
     #[test]
@@ -779,7 +885,10 @@ mod tests {
         let mut buf = BytesMut::from(
             &b"HTTP/1.1 201 Created\r\nX-A: 1\r\nx-a: 2\r\nContent-Length: 3\r\n\r\nabc"[..],
         );
-        let (status, version, headers) = parse_head(&mut buf).unwrap().unwrap();
+        let (status, version, headers) = parse_head(&mut buf, false)
+            .unwrap()
+            .map(|h| (h.status, h.version, h.fields))
+            .unwrap();
         assert_eq!(status, StatusCode::CREATED);
         assert_eq!(version, Version::HTTP_11);
         assert_eq!(headers.get_all("x-a").iter().count(), 2);
@@ -795,7 +904,7 @@ mod tests {
     fn a_partial_head_asks_for_more_and_leaves_the_buffer() {
         let partial = &b"HTTP/1.1 200 OK\r\nContent-Len"[..];
         let mut buf = BytesMut::from(partial);
-        assert!(parse_head(&mut buf).unwrap().is_none());
+        assert!(parse_head(&mut buf, false).unwrap().is_none());
         assert_eq!(&buf[..], partial);
         assert!(parse(b"").unwrap().is_none());
     }
@@ -825,12 +934,121 @@ mod tests {
         assert!(matches!(parse(&many), Err(H1Error::Invalid(_))));
     }
 
+    /// The fields of a map in order, as text (maps compare without order).
+    fn listed(map: &HeaderMap) -> Vec<(String, Vec<u8>)> {
+        map.iter()
+            .map(|(n, v)| (n.as_str().to_owned(), v.as_bytes().to_vec()))
+            .collect()
+    }
+
+    #[test]
+    fn hop_by_hop_fields_never_enter_the_map() {
+        let (_, _, fields) = parse(
+            b"HTTP/1.1 200 OK\r\nServer: up\r\nConnection: keep-alive, X-Private\r\n\
+              Keep-Alive: timeout=5\r\nX-Private: 1\r\nTE: trailers\r\nTrailer: x\r\n\
+              Upgrade: h2c\r\nProxy-Connection: x\r\nProxy-Authenticate: Basic\r\n\
+              Content-Length: 2\r\n\r\nok",
+        )
+        .unwrap()
+        .unwrap();
+        assert_eq!(
+            listed(&fields),
+            [
+                ("server".to_owned(), b"up".to_vec()),
+                ("content-length".to_owned(), b"2".to_vec())
+            ]
+        );
+        // What Connection lists goes, except Content-Length and Host.
+        let (_, _, fields) = parse(
+            b"HTTP/1.1 200 OK\r\nConnection: content-length, host, close\r\nHost: h\r\n\
+              Close: 1\r\nContent-Length: 0\r\n\r\n",
+        )
+        .unwrap()
+        .unwrap();
+        assert_eq!(
+            listed(&fields),
+            [
+                ("host".to_owned(), b"h".to_vec()),
+                ("content-length".to_owned(), b"0".to_vec())
+            ]
+        );
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(2000))]
+
+        /// The one pass of `parse_head` keeps what the map-based strip (`remove_hop_by_hop`,
+        /// used for the HTTPS client's responses) keeps, drops Content-Length where
+        /// Transfer-Encoding makes it ambiguous, and reads `close` as a token of Connection.
+        #[test]
+        fn the_parse_strips_what_remove_hop_by_hop_strips(
+            fields in proptest::collection::vec((0usize..16, 0usize..14), 0..8),
+            status in proptest::sample::select(vec![200u16, 204, 304, 404]),
+            is_head in proptest::bool::ANY,
+        ) {
+            const NAMES: [&str; 16] = [
+                "Connection", "connection", "Keep-Alive", "Transfer-Encoding", "Content-Length",
+                "TE", "Trailer", "Upgrade", "Proxy-Connection", "Host", "X-A", "x-b", "Close",
+                "Server", "Proxy-Authorization", "Date",
+            ];
+            const VALUES: [&str; 14] = [
+                "keep-alive", "close", "x-a", "X-A, x-b", "chunked", "gzip, chunked",
+                "chunked, gzip", "5", "7", " 5 ", "Close , Server", "host, content-length",
+                "", "\u{e9}t\u{e9}, close",
+            ];
+            let mut head = format!("HTTP/1.1 {status} X\r\n").into_bytes();
+            let mut pairs = Vec::new();
+            for &(n, v) in &fields {
+                head.extend_from_slice(format!("{}: {}\r\n", NAMES[n], VALUES[v]).as_bytes());
+                // Whitespace around a value is not part of it (httparse drops it).
+                pairs.push((NAMES[n], VALUES[v].trim()));
+            }
+            head.extend_from_slice(b"\r\n");
+            let parsed = parse_head(&mut BytesMut::from(&head[..]), is_head);
+
+            let mut expected = map(&pairs);
+            let close = expected
+                .get_all(header::CONNECTION)
+                .iter()
+                .any(|v| {
+                    v.to_str()
+                        .is_ok_and(|s| s.split(',').any(|t| t.trim().eq_ignore_ascii_case("close")))
+                });
+            let te = expected.contains_key(header::TRANSFER_ENCODING);
+            let cl = expected.contains_key(header::CONTENT_LENGTH);
+            headers::remove_hop_by_hop(&mut expected);
+            match parsed {
+                Ok(Some(head)) => {
+                    let ambiguous = te && cl && head.framing != Framing::Length(0);
+                    if ambiguous {
+                        expected.remove(header::CONTENT_LENGTH);
+                    }
+                    // By name: a map's removals reorder its names (values keep their order).
+                    let by_name = |map: &HeaderMap| {
+                        let mut fields = listed(map);
+                        fields.sort_by(|a, b| a.0.cmp(&b.0));
+                        fields
+                    };
+                    proptest::prop_assert_eq!(by_name(&head.fields), by_name(&expected));
+                    proptest::prop_assert_eq!(head.close, close || ambiguous);
+                }
+                Ok(None) => proptest::prop_assert!(false, "a complete head was partial"),
+                // Only a bad Content-Length where it decides the framing fails.
+                Err(e) => proptest::prop_assert!(
+                    cl && !te && !is_head && status != 204 && status != 304,
+                    "{e}"
+                ),
+            }
+        }
+    }
+
     #[test]
     fn informational_heads_are_consumed_without_their_fields() {
         let mut buf = BytesMut::from(
             &b"HTTP/1.1 103 Early Hints\r\nLink: </a>\r\n\r\nHTTP/1.1 200 OK\r\n\r\n"[..],
         );
-        let (status, _, headers) = parse_head(&mut buf).unwrap().unwrap();
+        let head = parse_head(&mut buf, false).unwrap().unwrap();
+        let (status, headers) = (head.status, head.fields);
         assert_eq!(status, StatusCode::EARLY_HINTS);
         assert!(headers.is_empty());
         assert_eq!(&buf[..], b"HTTP/1.1 200 OK\r\n\r\n");
@@ -839,9 +1057,7 @@ mod tests {
     #[test]
     fn framing_follows_rfc_9112_section_6_3() {
         let ok = StatusCode::OK;
-        let f = |pairs: &[(&str, &str)], status, is_head| {
-            response_framing(&map(pairs), status, is_head)
-        };
+        let f = framing;
         let chunked = Framing::Chunked(ChunkState::Size);
         // No body, whatever the fields say.
         assert_eq!(

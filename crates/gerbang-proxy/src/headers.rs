@@ -293,8 +293,12 @@ pub fn remove_hop_by_hop(headers: &mut HeaderMap) {
 
 /// Whether a `Connection` value lists `name` (lower case) among its comma-separated tokens.
 fn names(value: &HeaderValue, name: &str) -> bool {
+    connection_names(value.as_bytes(), name)
+}
+
+/// [`names`] for a value's bytes (the HTTP/1.1 client's parse, before there is a map).
+pub(crate) fn connection_names(value: &[u8], name: &str) -> bool {
     value
-        .as_bytes()
         .split(|&b| b == b',')
         .any(|token| token.trim_ascii().eq_ignore_ascii_case(name.as_bytes()))
 }

@@ -299,7 +299,11 @@ impl<'x> Exchange<'x> {
                             other => TryError::Failed(other),
                         })
                     }
-                    Ok(Ok(res)) => Ok(res.map(ResponseBody::Upstream)),
+                    Ok(Ok(mut res)) => {
+                        // The inline client never puts them in its map (`h1::parse_head`).
+                        crate::headers::remove_hop_by_hop(res.headers_mut());
+                        Ok(res.map(ResponseBody::Upstream))
+                    }
                 }
             }
         }
