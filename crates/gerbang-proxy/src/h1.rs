@@ -175,7 +175,7 @@ pub fn send<'a>(
     pool: &'a Arc<InstancePool>,
     connect_timeout: Duration,
     parts: &'a http::request::Parts,
-    added: &'a [(HeaderName, HeaderValue)],
+    added: &'a [(headers::Field, HeaderValue)],
     mut body: RequestBody,
     pending: Option<PendingLimit<'a>>,
     now: Instant,
@@ -269,7 +269,7 @@ const FRAMING_AND_END_ROOM: usize =
 /// whose names `parts` does not hold), then the framing this gateway decided.
 fn encode_head(
     parts: &http::request::Parts,
-    added: &[(HeaderName, HeaderValue)],
+    added: &[(headers::Field, HeaderValue)],
     chunked: bool,
     length: Option<u64>,
 ) -> BytesMut {
@@ -278,7 +278,7 @@ fn encode_head(
         parts
             .headers
             .iter()
-            .chain(added.iter().map(|(n, v)| (n, v)))
+            .chain(added.iter().map(|(f, v)| (f.name(), v)))
     };
     // The head's exact size up front (the identity assertion alone outgrew an estimate, so
     // every head was copied once more while being written).
@@ -1592,13 +1592,10 @@ mod tests {
         let get = request(Method::GET);
         let added = [
             (
-                HeaderName::from_static("x-gerbang-consumer"),
+                headers::Field::XGerbangConsumer,
                 HeaderValue::from_static("dinkes/sik"),
             ),
-            (
-                HeaderName::from_static("x-request-id"),
-                HeaderValue::from_static("r1"),
-            ),
+            (headers::Field::XRequestId, HeaderValue::from_static("r1")),
         ];
         let h = encode_head(&get, &added, false, None);
         assert_eq!(

@@ -303,6 +303,50 @@ pub(crate) fn connection_names(value: &[u8], name: &str) -> bool {
         .any(|token| token.trim_ascii().eq_ignore_ascii_case(name.as_bytes()))
 }
 
+/// A header field the gateway sets on a request going upstream. Named by this, not by a
+/// `HeaderName`, the fields need no name cloned, compared or dropped per call.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Field {
+    // The first seven are the names a client may send and the gateway replaces (the bits of
+    // `gateway_set_bit`, in its order).
+    XForwardedFor,
+    XForwardedProto,
+    XForwardedHost,
+    XGerbangPurpose,
+    Traceparent,
+    AcceptEncoding,
+    XRequestId,
+    // `X-Gerbang-*` names no client request keeps (`remove_client_controlled`).
+    XGerbangConsumer,
+    XGerbangConsumerAgency,
+    XGerbangAuthMethod,
+    XGerbangAssertion,
+    XGerbangAgreement,
+}
+
+impl Field {
+    pub fn name(self) -> &'static HeaderName {
+        match self {
+            Field::XForwardedFor => &X_FORWARDED_FOR,
+            Field::XForwardedProto => &X_FORWARDED_PROTO,
+            Field::XForwardedHost => &X_FORWARDED_HOST,
+            Field::XGerbangPurpose => &X_GERBANG_PURPOSE,
+            Field::Traceparent => &TRACEPARENT,
+            Field::AcceptEncoding => &header::ACCEPT_ENCODING,
+            Field::XRequestId => &X_REQUEST_ID,
+            Field::XGerbangConsumer => &X_GERBANG_CONSUMER,
+            Field::XGerbangConsumerAgency => &X_GERBANG_CONSUMER_AGENCY,
+            Field::XGerbangAuthMethod => &X_GERBANG_AUTH_METHOD,
+            Field::XGerbangAssertion => &X_GERBANG_ASSERTION,
+            Field::XGerbangAgreement => &X_GERBANG_AGREEMENT,
+        }
+    }
+
+    fn bit(self) -> u16 {
+        1 << self as u16
+    }
+}
+
 /// Header fields the gateway sets on a request going upstream, kept beside the client's map
 /// instead of inserted into it: each insert hashes its name and the first ones grow and
 /// rehash the map, while the HTTP/1.1 client only has to write them after the map's fields
@@ -311,33 +355,39 @@ pub(crate) fn connection_names(value: &[u8], name: &str) -> bool {
 /// a default would claim that the client sent none of the names it sets.
 #[derive(Debug)]
 pub struct Added {
-    fields: Vec<(HeaderName, HeaderValue)>,
+    fields: Vec<(Field, HeaderValue)>,
+    /// The bits ([`Field::bit`]) of the fields in `fields`.
+    present: u16,
     /// Which of the names the gateway sets ([`gateway_set_bit`]) the client's map held when
     /// this was made: the others need no lookup to be removed (a lookup hashes the name).
-    client_sent: u8,
+    client_sent: u16,
 }
 
 /// The bit of a name the gateway sets on every call (or on filtered ones), for
-/// [`Added::client_sent`]; `None` for any other name.
+/// [`Added::client_sent`]: that of its [`Field`]; `None` for any other name.
 fn gateway_set_bit(name: &str) -> Option<u8> {
     Some(match name {
-        "x-forwarded-for" => 0,
-        "x-forwarded-proto" => 1,
-        "x-forwarded-host" => 2,
-        "x-gerbang-purpose" => 3,
-        "traceparent" => 4,
-        "accept-encoding" => 5,
-        "x-request-id" => 6,
+        "x-forwarded-for" => Field::XForwardedFor,
+        "x-forwarded-proto" => Field::XForwardedProto,
+        "x-forwarded-host" => Field::XForwardedHost,
+        "x-gerbang-purpose" => Field::XGerbangPurpose,
+        "traceparent" => Field::Traceparent,
+        "accept-encoding" => Field::AcceptEncoding,
+        "x-request-id" => Field::XRequestId,
         _ => return None,
-    })
+    } as u8)
 }
+
+/// The fields with a bit of [`gateway_set_bit`]; the map may hold any other name whatever
+/// the scan saw.
+const SCANNED: u16 = (1 << (Field::XRequestId as u16 + 1)) - 1;
 
 impl Added {
     /// Room for what one call sets (forwarding, identity, agreement, trace, request id), for
     /// the client's map `headers` as it is now: nothing may be added to the map afterwards
     /// except through this (or a name it sets could be missed when it is removed).
     pub fn for_call(headers: &HeaderMap) -> Self {
-        let mut client_sent = 0u8;
+        let mut client_sent = 0u16;
         for name in headers.keys() {
             if let Some(bit) = gateway_set_bit(name.as_str()) {
                 client_sent |= 1 << bit;
@@ -345,45 +395,56 @@ impl Added {
         }
         Self {
             fields: Vec::with_capacity(12),
+            present: 0,
             client_sent,
         }
     }
 
-    /// Whether the client's map may hold `name` (always, for a name without a bit).
-    pub fn client_sent(&self, name: &HeaderName) -> bool {
-        gateway_set_bit(name.as_str()).is_none_or(|bit| self.client_sent & (1 << bit) != 0)
+    /// Whether the client's map may hold `field` (always, for a field the scan does not see).
+    pub fn client_sent(&self, field: Field) -> bool {
+        field.bit() & SCANNED == 0 || self.client_sent & field.bit() != 0
     }
 
-    /// Sets `name` to `value`: the client's fields of that name go.
-    pub fn set(&mut self, headers: &mut HeaderMap, name: &HeaderName, value: HeaderValue) {
-        if self.client_sent(name) {
-            headers.remove(name);
+    /// Sets `field` to `value`: the client's fields of that name go.
+    pub fn set(&mut self, headers: &mut HeaderMap, field: Field, value: HeaderValue) {
+        if self.client_sent(field) {
+            headers.remove(field.name());
         }
-        self.set_absent(name, value);
+        self.set_absent(field, value);
     }
 
-    /// Sets `name`, which the map is known not to hold (a name the client's strip removed).
-    pub fn set_absent(&mut self, name: &HeaderName, value: HeaderValue) {
-        match self.fields.iter_mut().find(|(n, _)| n == name) {
-            Some(field) => field.1 = value,
-            None => self.fields.push((name.clone(), value)),
+    /// Sets `field`, which the map is known not to hold (a name the client's strip removed).
+    pub fn set_absent(&mut self, field: Field, value: HeaderValue) {
+        if self.present & field.bit() != 0 {
+            if let Some(slot) = self.fields.iter_mut().find(|(f, _)| *f == field) {
+                slot.1 = value;
+            }
+        } else {
+            self.present |= field.bit();
+            self.fields.push((field, value));
         }
     }
 
-    /// Removes `name` from the map and from what was set.
-    pub fn remove(&mut self, headers: &mut HeaderMap, name: &HeaderName) {
-        if self.client_sent(name) {
-            headers.remove(name);
+    /// Removes `field` from the map and from what was set.
+    pub fn remove(&mut self, headers: &mut HeaderMap, field: Field) {
+        if self.client_sent(field) {
+            headers.remove(field.name());
         }
-        self.fields.retain(|(n, _)| n != name);
+        if self.present & field.bit() != 0 {
+            self.present &= !field.bit();
+            self.fields.retain(|(f, _)| *f != field);
+        }
     }
 
     #[cfg(test)]
-    fn get(&self, name: &HeaderName) -> Option<&HeaderValue> {
-        self.fields.iter().find(|(n, _)| n == name).map(|(_, v)| v)
+    fn get(&self, field: Field) -> Option<&HeaderValue> {
+        self.fields
+            .iter()
+            .find(|(f, _)| *f == field)
+            .map(|(_, v)| v)
     }
 
-    pub fn fields(&self) -> &[(HeaderName, HeaderValue)] {
+    pub fn fields(&self) -> &[(Field, HeaderValue)] {
         &self.fields
     }
 
@@ -393,8 +454,8 @@ impl Added {
         for (n, v) in headers {
             all.append(n, v.clone());
         }
-        for (n, v) in &self.fields {
-            all.append(n, v.clone());
+        for (f, v) in &self.fields {
+            all.append(f.name(), v.clone());
         }
         all
     }
@@ -416,7 +477,7 @@ pub fn set_forwarding(
     // Every X-Forwarded-For line the client sent is kept, in order (a list may span lines).
     let mut xff = Vec::new();
     let client_lines = added
-        .client_sent(&X_FORWARDED_FOR)
+        .client_sent(Field::XForwardedFor)
         .then(|| headers.get_all(&X_FORWARDED_FOR));
     for v in client_lines.iter().flatten() {
         if let Ok(s) = v.to_str() {
@@ -433,11 +494,15 @@ pub fn set_forwarding(
         xff.extend_from_slice(client_ip.as_bytes());
         HeaderValue::from_bytes(&xff).unwrap_or_else(|_| client_ip.clone())
     };
-    added.set(headers, &X_FORWARDED_FOR, value);
-    added.set(headers, &X_FORWARDED_PROTO, HeaderValue::from_static(proto));
+    added.set(headers, Field::XForwardedFor, value);
+    added.set(
+        headers,
+        Field::XForwardedProto,
+        HeaderValue::from_static(proto),
+    );
     match original_host {
-        Some(h) => added.set(headers, &X_FORWARDED_HOST, h),
-        None => added.remove(headers, &X_FORWARDED_HOST),
+        Some(h) => added.set(headers, Field::XForwardedHost, h),
+        None => added.remove(headers, Field::XForwardedHost),
     }
 }
 
@@ -803,24 +868,24 @@ mod tests {
         h.insert("x-forwarded-host", HeaderValue::from_static("evil.example"));
         h.insert("accept", HeaderValue::from_static("*/*"));
         let mut added = Added::for_call(&h);
-        added.set(&mut h, &X_REQUEST_ID, HeaderValue::from_static("gw-1"));
-        added.set(&mut h, &X_REQUEST_ID, HeaderValue::from_static("gw-2"));
-        added.set_absent(&X_GERBANG_AGREEMENT, HeaderValue::from_static("a1"));
-        added.remove(&mut h, &X_FORWARDED_HOST);
-        added.remove(&mut h, &X_GERBANG_AGREEMENT);
+        added.set(&mut h, Field::XRequestId, HeaderValue::from_static("gw-1"));
+        added.set(&mut h, Field::XRequestId, HeaderValue::from_static("gw-2"));
+        added.set_absent(Field::XGerbangAgreement, HeaderValue::from_static("a1"));
+        added.remove(&mut h, Field::XForwardedHost);
+        added.remove(&mut h, Field::XGerbangAgreement);
         // The map keeps only what the client may pass on; what was set is beside it, once.
         assert!(h.get("x-request-id").is_none() && h.get("x-forwarded-host").is_none());
         assert_eq!(added.fields().len(), 1);
-        assert_eq!(added.get(&X_REQUEST_ID).unwrap(), "gw-2");
-        // A name outside the gateway's own set is looked up, whatever the scan saw.
-        h.insert("x-custom", HeaderValue::from_static("client"));
+        assert_eq!(added.get(Field::XRequestId).unwrap(), "gw-2");
+        // A field outside the scanned names is looked up, whatever the scan saw.
+        h.insert("x-gerbang-consumer", HeaderValue::from_static("client"));
         added.set(
             &mut h,
-            &HeaderName::from_static("x-custom"),
+            Field::XGerbangConsumer,
             HeaderValue::from_static("gw"),
         );
-        assert!(h.get("x-custom").is_none());
-        added.remove(&mut h, &HeaderName::from_static("x-custom"));
+        assert!(h.get("x-gerbang-consumer").is_none());
+        added.remove(&mut h, Field::XGerbangConsumer);
         let all = added.merged(&h);
         assert_eq!(all.len(), 2);
         assert_eq!(

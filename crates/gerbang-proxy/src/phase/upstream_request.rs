@@ -21,7 +21,7 @@ use super::authorise::Grant;
 use super::context::Call;
 use crate::error::GatewayError;
 use crate::gateway::{ConnInfo, Snapshot};
-use crate::headers::{self, Added};
+use crate::headers::{self, Added, Field};
 
 /// What the rewrite of one call needs besides the request.
 pub(crate) struct Rewrite<'a> {
@@ -73,8 +73,8 @@ impl Rewrite<'_> {
         );
         // The provider receives exactly the purpose the policy judged.
         match self.grant.purpose.clone() {
-            Some(v) => added.set(&mut parts.headers, &headers::X_GERBANG_PURPOSE, v),
-            None => added.remove(&mut parts.headers, &headers::X_GERBANG_PURPOSE),
+            Some(v) => added.set(&mut parts.headers, Field::XGerbangPurpose, v),
+            None => added.remove(&mut parts.headers, Field::XGerbangPurpose),
         }
         // Every other `X-Gerbang-*` name is gone from the map (`remove_client_controlled`).
         let identified = set_identity(
@@ -87,7 +87,7 @@ impl Rewrite<'_> {
         );
         if identified.is_none() {
             if let Ok(v) = HeaderValue::from_str(&self.grant.agreement.id) {
-                added.set_absent(&headers::X_GERBANG_AGREEMENT, v);
+                added.set_absent(Field::XGerbangAgreement, v);
             }
         }
         // W3C trace context. With a span exporter the gateway's span is the upstream's parent;
@@ -95,7 +95,7 @@ impl Rewrite<'_> {
         // malformed, repeated) the gateway starts a trace.
         let tp = match &call.span {
             Some(ids) => ids.header(),
-            None if added.client_sent(&headers::TRACEPARENT) => {
+            None if added.client_sent(Field::Traceparent) => {
                 let mut tps = parts.headers.get_all(&headers::TRACEPARENT).iter();
                 let client_tp = match (tps.next(), tps.next()) {
                     (Some(v), None) if headers::valid_traceparent(v.as_bytes()) => Some(v.clone()),
@@ -106,7 +106,7 @@ impl Rewrite<'_> {
             None => crate::ids::new_traceparent(),
         };
         call.trace = Some(tp.clone());
-        added.set(&mut parts.headers, &headers::TRACEPARENT, tp);
+        added.set(&mut parts.headers, Field::Traceparent, tp);
         if self.grant.filter().is_some() {
             // The gateway must read the response to filter it: no compression. It answers
             // with a representation of its own, so every feature that describes the
@@ -114,7 +114,7 @@ impl Rewrite<'_> {
             // and HEAD is answered from a filtered GET.
             added.set(
                 &mut parts.headers,
-                &header::ACCEPT_ENCODING,
+                Field::AcceptEncoding,
                 HeaderValue::from_static("identity"),
             );
             headers::remove_range_and_conditions(&mut parts.headers);
@@ -124,7 +124,7 @@ impl Rewrite<'_> {
         }
         added.set(
             &mut parts.headers,
-            &headers::X_REQUEST_ID,
+            Field::XRequestId,
             self.request_id.clone(),
         );
         parts.version = Version::HTTP_11;
@@ -174,17 +174,17 @@ fn set_identity(
         &snapshot.auth,
         (assertion_ttl, now),
     )?;
-    added.set_absent(&headers::X_GERBANG_CONSUMER, id.consumer);
-    added.set_absent(&headers::X_GERBANG_CONSUMER_AGENCY, id.agency);
+    added.set_absent(Field::XGerbangConsumer, id.consumer);
+    added.set_absent(Field::XGerbangConsumerAgency, id.agency);
     added.set_absent(
-        &headers::X_GERBANG_AUTH_METHOD,
+        Field::XGerbangAuthMethod,
         HeaderValue::from_static(method_name(&principal.method)),
     );
     if let Some(a) = id.assertion {
-        added.set_absent(&headers::X_GERBANG_ASSERTION, a);
+        added.set_absent(Field::XGerbangAssertion, a);
     }
     if let Some(v) = id.agreement_header {
-        added.set_absent(&headers::X_GERBANG_AGREEMENT, v);
+        added.set_absent(Field::XGerbangAgreement, v);
     }
     Some(())
 }
