@@ -6,7 +6,6 @@
 //! recorded in the audit log with who made it and digests of before and after. `ETag` and
 //! `If-Match` turn a lost update into 412.
 
-use std::future::Future;
 use std::net::IpAddr;
 use std::sync::Arc;
 
@@ -1237,11 +1236,11 @@ fn respond(mut a: Answer, request_id: &str) -> Response<ResponseBody> {
 }
 
 impl<R: Reload> Handler for AdminApi<R> {
-    fn call(
-        &self,
+    async fn call(
+        self: Arc<Self>,
         req: Request<Incoming>,
         conn: ConnInfo,
-    ) -> impl Future<Output = Response<ResponseBody>> + Send {
-        self.handle(req, conn)
+    ) -> Response<ResponseBody> {
+        self.handle(req, conn).await
     }
 }

@@ -2,6 +2,7 @@
 
 use std::future::Future;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 
 use bytes::Bytes;
 use http::{header, HeaderValue, Method, Request, Response, StatusCode};
@@ -166,10 +167,10 @@ fn json_error(status: StatusCode, code: &str, message: &str) -> Response<Respons
 
 impl Handler for Admin {
     fn call(
-        &self,
+        self: Arc<Self>,
         req: Request<Incoming>,
         _conn: ConnInfo,
-    ) -> impl Future<Output = Response<ResponseBody>> + Send {
+    ) -> impl Future<Output = Response<ResponseBody>> + Send + 'static {
         let res = self.respond(&req);
         async move { res }
     }

@@ -342,16 +342,18 @@ impl Gateway {
     }
 
     /// Handles one request: the phases of [`crate::phase`], then the record of the call; every
-    /// failure becomes a JSON error response.
+    /// failure becomes a JSON error response. The future owns the gateway's `Arc`, so the
+    /// server boxes it as it is (see [`crate::server::Handler`]).
     // Not an `async fn`: that keeps each by-value argument twice in the future (see
     // `Gateway::forward`).
     #[allow(clippy::manual_async_fn)]
     pub fn handle(
-        &self,
+        self: Arc<Self>,
         req: Request<Incoming>,
         conn: ConnInfo,
-    ) -> impl std::future::Future<Output = Response<ResponseBody>> + Send + '_ {
+    ) -> impl std::future::Future<Output = Response<ResponseBody>> + Send + 'static {
         async move {
+            let this = &*self;
             // The one reading of the wall clock that the call is judged by (see `Call::unix_ms`).
             let wall = std::time::SystemTime::now();
             let unix_ms = wall
@@ -363,19 +365,19 @@ impl Gateway {
             let framing_error = checks::framing_error(req.headers());
             // Until the pipeline has answered, a dropped future (the client reset the stream or
             // closed the connection) still leaves its audit record and its in-flight count.
-            let mut pending = Unanswered::new(self, &request_id, &method, remote);
+            let mut pending = Unanswered::new(this, &request_id, &method, remote);
             pending.call.unix_ms = unix_ms;
-            if self.spans.is_some() {
+            if this.spans.is_some() {
                 pending.call.span = Some(crate::trace::span_ids(req.headers()));
                 pending.call.wall_start = Some(wall);
             }
-            let result = self
+            let result = this
                 .forward(req, conn, &request_id, framing_error, &mut pending.call)
                 .await;
             let (call, started) = pending.answered();
             let result =
-                record::record(self, &call, &request_id, &method, remote, started, result).await;
-            let res = self.respond(&call, request_id, &method, remote, framing_error, result);
+                record::record(this, &call, &request_id, &method, remote, started, result).await;
+            let res = this.respond(&call, request_id, &method, remote, framing_error, result);
             if method == http::Method::HEAD {
                 filter::without_body(res)
             } else {

@@ -71,12 +71,24 @@ pub(crate) fn new_traceparent() -> HeaderValue {
 }
 
 /// `v` as 16 lower-case hex digits into `out` (16 bytes long; `format!("{v:016x}")` without
-/// the formatting machinery: this runs for every call).
+/// the formatting machinery: this runs for every call). Eight digits at a time: each nibble
+/// of a half is spread into a byte of its own, then all eight become ASCII in one addition.
 fn hex16_into(out: &mut [u8], v: u64) {
-    const DIGITS: &[u8; 16] = b"0123456789abcdef";
-    for (k, o) in out.iter_mut().rev().enumerate() {
-        *o = DIGITS[((v >> (k * 4)) & 15) as usize];
-    }
+    out[..8].copy_from_slice(&hex8((v >> 32) as u32));
+    out[8..16].copy_from_slice(&hex8(v as u32));
+}
+
+/// `x` as 8 lower-case hex digits.
+fn hex8(x: u32) -> [u8; 8] {
+    let x = u64::from(x);
+    // Nibble i (from the least significant) into byte i.
+    let x = ((x & 0xFFFF_0000) << 16) | (x & 0x0000_FFFF);
+    let x = ((x & 0x0000_FF00_0000_FF00) << 8) | (x & 0x0000_00FF_0000_00FF);
+    let x = ((x & 0x00F0_00F0_00F0_00F0) << 4) | (x & 0x000F_000F_000F_000F);
+    // 1 in each byte whose nibble is 10 or more (n + 6 carries into bit 4; no byte overflows).
+    let letters = ((x + 0x0606_0606_0606_0606) >> 4) & 0x0101_0101_0101_0101;
+    // '0' + n, and 'a' - '0' - 10 = 39 more for a letter.
+    (x + 0x3030_3030_3030_3030 + letters * 39).to_be_bytes()
 }
 
 /// `v` as 16 lower-case hex digits appended to `out`.
@@ -120,10 +132,32 @@ mod tests {
             super::push_hex16(&mut out, v);
             assert_eq!(String::from_utf8(out).unwrap(), format!("{v:016x}"));
         }
-        for v in [0u64, 1, 0xdead_beef, u64::MAX, 0x0123_4567_89ab_cdef] {
-            let mut out = [0u8; 16];
-            super::hex16_into(&mut out, v);
-            assert_eq!(std::str::from_utf8(&out).unwrap(), format!("{v:016x}"));
+        let mut v = 0x0123_4567_89ab_cdefu64;
+        for edge in [
+            0u64,
+            1,
+            9,
+            10,
+            15,
+            0xdead_beef,
+            u64::MAX,
+            0xa9a9_a9a9_9a9a_9a9a,
+        ] {
+            for v in [edge, v] {
+                let mut out = [0u8; 16];
+                super::hex16_into(&mut out, v);
+                assert_eq!(std::str::from_utf8(&out).unwrap(), format!("{v:016x}"));
+            }
+            v = super::splitmix64(v);
+        }
+        // Every nibble in every position.
+        for n in 0..16u64 {
+            for pos in 0..16 {
+                let v = n << (pos * 4);
+                let mut out = [0u8; 16];
+                super::hex16_into(&mut out, v);
+                assert_eq!(std::str::from_utf8(&out).unwrap(), format!("{v:016x}"));
+            }
         }
         let tp = super::new_traceparent();
         let t = tp.to_str().unwrap();
@@ -143,6 +177,7 @@ mod tests {
             let id = new_request_id();
             let u = uuid::Uuid::parse_str(id.to_str().unwrap()).unwrap();
             assert_eq!(u.get_version_num(), 7);
+            assert_eq!(u.hyphenated().to_string(), id.to_str().unwrap());
             assert!(seen.insert(u));
         }
     }

@@ -31,21 +31,25 @@ use crate::parking::{Activity, ConnIo, ServedBody, Transport};
 use crate::response_body::ResponseBody;
 
 /// Handles requests of one listener.
+///
+/// The handler's future owns what it needs (`self` is an `Arc`), so that the server boxes it
+/// as it is: a future that borrowed the handler would have to be wrapped in one that owns it,
+/// and the pipeline's future (kilobytes) would be copied once more per request.
 pub trait Handler: Send + Sync + 'static {
     fn call(
-        &self,
+        self: Arc<Self>,
         req: Request<Incoming>,
         conn: ConnInfo,
-    ) -> impl Future<Output = Response<ResponseBody>> + Send;
+    ) -> impl Future<Output = Response<ResponseBody>> + Send + 'static;
 }
 
 impl Handler for Gateway {
     fn call(
-        &self,
+        self: Arc<Self>,
         req: Request<Incoming>,
         conn: ConnInfo,
-    ) -> impl Future<Output = Response<ResponseBody>> + Send {
-        self.handle(req, conn)
+    ) -> impl Future<Output = Response<ResponseBody>> + Send + 'static {
+        Gateway::handle(self, req, conn)
     }
 }
 
@@ -411,6 +415,12 @@ async fn serve_http1<T: Transport, H: Handler>(
     let mut parking = false;
     let requests = activity.requests();
     let mut head_timer = pin!(tokio::time::sleep_until(deadline));
+    // Whether each timer has been polled since it was last armed: a polled timer holds this
+    // task's waker and wakes it when it fires, so until then it needs no poll of its own (a
+    // poll registers the waker again: about 120 instructions, and the connection's future is
+    // polled several times per request).
+    let mut head_polled = false;
+    let mut park_polled = false;
     let ended = std::future::poll_fn(|cx| loop {
         // Until it is asked to let the connection go, hyper runs as it would on its own: when
         // it ends the connection, it flushes what it holds and shuts the stream down.
@@ -430,11 +440,12 @@ async fn serve_http1<T: Transport, H: Handler>(
         if stopping_now || parking {
             return Poll::Pending;
         }
-        if head_timer.as_mut().poll(cx).is_ready() {
+        if needs_poll(&head_timer, &mut head_polled) && head_timer.as_mut().poll(cx).is_ready() {
             match next_head_check(&activity, requests, shared.head_timeout, Instant::now()) {
                 None => return Poll::Ready(None),
                 Some(at) => {
                     head_timer.as_mut().reset(at);
+                    head_polled = false;
                     continue;
                 }
             }
@@ -446,8 +457,9 @@ async fn serve_http1<T: Transport, H: Handler>(
             idle_since = Instant::now();
             armed = Some(activity.events());
             park_timer.as_mut().reset(idle_since + shared.park_after);
+            park_polled = false;
         }
-        if park_timer.as_mut().poll(cx).is_pending() {
+        if !needs_poll(&park_timer, &mut park_polled) || park_timer.as_mut().poll(cx).is_pending() {
             return Poll::Pending;
         }
         // Idle the whole period: no byte moved and hyper holds nothing. `graceful_shutdown`
@@ -488,6 +500,19 @@ async fn serve_http1<T: Transport, H: Handler>(
             None
         }
     }
+}
+
+/// Whether a timer of a connection's task must be polled now: not yet since it was armed
+/// (`polled` false), or it has fired. Otherwise its earlier poll left this task's waker with
+/// it, and it will wake the task when it fires. The poll that follows counts as one only when
+/// the task has budget left: without, tokio's cooperative scheduling answers `Pending` before
+/// the timer takes the waker.
+fn needs_poll(timer: &tokio::time::Sleep, polled: &mut bool) -> bool {
+    if *polled && !timer.is_elapsed() {
+        return false;
+    }
+    *polled = tokio::task::coop::has_budget_remaining();
+    true
 }
 
 /// What the head timer of an HTTP/1.1 connection does when it fires at `now`: `None` when a
@@ -536,13 +561,33 @@ fn service<H: Handler>(
        + Unpin {
     hyper::service::service_fn(move |req| -> ServedFuture {
         let in_flight = activity.as_ref().map(Activity::start_request);
-        let handler = Arc::clone(&handler);
-        let conn = conn.clone();
-        Box::pin(async move {
-            let response = handler.call(req, conn).await;
-            Ok(response.map(|body| ServedBody::new(body, in_flight)))
+        Box::pin(Served {
+            response: Arc::clone(&handler).call(req, conn.clone()),
+            in_flight,
         })
     })
+}
+
+pin_project_lite::pin_project! {
+    /// The handler's future and the request's place in the connection's activity: the future
+    /// is boxed as it is (an `async` block around it would hold it, and copy it, once more).
+    struct Served<F> {
+        #[pin]
+        response: F,
+        in_flight: Option<crate::parking::InFlight>,
+    }
+}
+
+impl<F: Future<Output = Response<ResponseBody>>> Future for Served<F> {
+    type Output = Result<Response<ServedBody>, Infallible>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut std::task::Context<'_>) -> Poll<Self::Output> {
+        let this = self.project();
+        let response = std::task::ready!(this.response.poll(cx));
+        Poll::Ready(Ok(
+            response.map(|body| ServedBody::new(body, this.in_flight.take()))
+        ))
+    }
 }
 
 /// One open connection in a gauge: counted up when made, down when dropped.
@@ -582,22 +627,17 @@ mod tests {
 
     impl Handler for Probe {
         fn call(
-            &self,
+            self: Arc<Self>,
             req: Request<Incoming>,
             conn: ConnInfo,
-        ) -> impl Future<Output = Response<ResponseBody>> + Send {
+        ) -> impl Future<Output = Response<ResponseBody>> + Send + 'static {
             self.started
                 .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
             let wait = req.uri().path() == "/wait";
-            let gate = if wait {
-                Some(self.gate.notified())
-            } else {
-                None
-            };
             let big = req.uri().path() == "/big";
             async move {
-                if let Some(g) = gate {
-                    g.await;
+                if wait {
+                    self.gate.notified().await;
                 }
                 if big {
                     return Response::new(crate::response_body::full(Bytes::from(vec![b'x'; BIG])));

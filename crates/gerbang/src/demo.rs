@@ -217,12 +217,12 @@ impl Backend {
 }
 
 impl Handler for Backend {
-    fn call(
-        &self,
+    async fn call(
+        self: Arc<Self>,
         req: Request<Incoming>,
         _conn: ConnInfo,
-    ) -> impl Future<Output = Response<ResponseBody>> + Send {
-        self.respond(req)
+    ) -> Response<ResponseBody> {
+        self.respond(req).await
     }
 }
 

@@ -36,10 +36,10 @@ struct Scripted {
 
 impl Handler for Scripted {
     fn call(
-        &self,
+        self: Arc<Self>,
         req: Request<Incoming>,
         _conn: ConnInfo,
-    ) -> impl Future<Output = Response<ResponseBody>> + Send {
+    ) -> impl Future<Output = Response<ResponseBody>> + Send + 'static {
         let script = Arc::clone(&self.script);
         let name = self.name;
         async move {
