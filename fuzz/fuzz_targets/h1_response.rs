@@ -24,7 +24,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use gerbang_proxy::body::RequestBody;
-use gerbang_proxy::h1::{send, InstancePool};
+use gerbang_proxy::h1::{send, InstancePool, Times};
 use http::{HeaderMap, Method, StatusCode, Version};
 use http_body_util::{BodyExt, Empty};
 use hyper_util::rt::TokioIo;
@@ -295,12 +295,11 @@ async fn client(addr: SocketAddr, method: Method) -> Option<Got> {
         .into_parts();
     let res = send(
         &pool,
-        Duration::from_secs(5),
+        Times::within(Duration::from_secs(5)),
         &parts,
         &[],
         RequestBody::empty(),
         None,
-        std::time::Instant::now(),
     )
     .await
     .ok()?;

@@ -54,14 +54,22 @@ pub enum H1Error {
     Invalid(&'static str),
     #[error("too many connections being opened to the service")]
     Overloaded,
+    /// The try's deadline passed before the response head arrived.
+    #[error("no response head before the try's deadline")]
+    TimedOut,
 }
 
-/// A pooled connection with its read buffer (kept to spare an allocation per request).
+/// A pooled connection with its read buffer (kept to spare an allocation per request) and its
+/// deadline timer (see [`by_deadline`]).
 struct Idle {
     stream: TcpStream,
     buf: BytesMut,
+    timer: Timer,
     since: Instant,
 }
+
+/// A connection's timer for the deadlines of the tries it carries.
+type Timer = Pin<Box<tokio::time::Sleep>>;
 
 /// Idle keep-alive connections to one upstream instance.
 pub struct InstancePool {
@@ -92,7 +100,7 @@ impl InstancePool {
 
     /// A live idle connection, most recently used first; closed and expired ones are dropped
     /// (by their idle time at `now`, the call's reading of the clock).
-    fn checkout(&self, now: Instant) -> Option<(TcpStream, BytesMut)> {
+    fn checkout(&self, now: Instant) -> Option<(TcpStream, BytesMut, Timer)> {
         loop {
             let idle = {
                 let mut list = self.idle.lock().ok()?;
@@ -106,7 +114,7 @@ impl InstancePool {
             let mut probe = [0u8; 1];
             match idle.stream.try_read(&mut probe) {
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                    return Some((idle.stream, idle.buf))
+                    return Some((idle.stream, idle.buf, idle.timer))
                 }
                 _ => continue,
             }
@@ -120,13 +128,14 @@ impl InstancePool {
         self.idle.lock().map_or(0, |l| l.len())
     }
 
-    fn checkin(&self, stream: TcpStream, mut buf: BytesMut) {
+    fn checkin(&self, stream: TcpStream, mut buf: BytesMut, timer: Timer) {
         buf.clear();
         if let Ok(mut list) = self.idle.lock() {
             if list.len() < self.max_idle {
                 list.push(Idle {
                     stream,
                     buf,
+                    timer,
                     since: Instant::now(),
                 });
             }
@@ -159,6 +168,30 @@ impl From<H1Error> for SendError {
     }
 }
 
+/// The times of one [`send`].
+#[derive(Debug, Clone, Copy)]
+pub struct Times {
+    /// Longest wait for a new connection.
+    pub connect_timeout: Duration,
+    /// The call's reading of the clock: it judges the pooled connections' idle time.
+    pub now: Instant,
+    /// By when the response head must have arrived, connecting included.
+    pub deadline: Instant,
+}
+
+impl Times {
+    /// Five seconds to connect and to answer, from now (tests, the fuzz target).
+    #[doc(hidden)]
+    pub fn within(d: Duration) -> Self {
+        let now = Instant::now();
+        Self {
+            connect_timeout: Duration::from_secs(5),
+            now,
+            deadline: now + d,
+        }
+    }
+}
+
 /// Bounds the connections being opened at once (the circuit breaker's `max_pending`).
 pub struct PendingLimit<'a> {
     pub load: &'a Arc<gerbang_registry::ServiceLoad>,
@@ -166,21 +199,25 @@ pub struct PendingLimit<'a> {
 }
 
 /// Sends a request (`parts` with an origin-form URI, `Host` set, hop-by-hop headers removed,
-/// and `body`) to the instance of `pool` and returns the response with its body streaming.
-/// `now` is the call's reading of the clock (it judges the pooled connections' idle time).
+/// and `body`) to the instance of `pool` and returns the response with its body streaming,
+/// or `TimedOut` when its head has not arrived by the deadline of `times` (connecting included).
 // Not an `async fn`: that keeps each by-value argument twice in the future (see
 // `Gateway::forward`).
 #[allow(clippy::manual_async_fn)]
 pub fn send<'a>(
     pool: &'a Arc<InstancePool>,
-    connect_timeout: Duration,
+    times: Times,
     parts: &'a http::request::Parts,
     added: &'a [(headers::Field, HeaderValue)],
     mut body: RequestBody,
     pending: Option<PendingLimit<'a>>,
-    now: Instant,
 ) -> impl std::future::Future<Output = Result<Response<UpstreamBody>, SendError>> + Send + 'a {
     async move {
+        let Times {
+            connect_timeout,
+            now,
+            deadline,
+        } = times;
         let no_body = body.is_end_stream();
         let exact = body.size_hint().exact();
         let chunked = !no_body && exact.is_none();
@@ -195,9 +232,10 @@ pub fn send<'a>(
         // A request without a body can be sent again on a fresh connection when a pooled one turns
         // out to be dead (closed by the upstream just before use): nothing reached the application.
         let mut reused = pool.checkout(now);
+        let deadline = tokio::time::Instant::from_std(deadline);
         loop {
-            let (mut stream, mut buf, was_reused) = match reused.take() {
-                Some((s, b)) => (s, b, true),
+            let (mut stream, mut buf, mut timer, was_reused) = match reused.take() {
+                Some((s, b, t)) => (s, b, t, true),
                 None => {
                     // Nothing of the body has been read yet: a failure here hands it back.
                     let slot = match &pending {
@@ -212,10 +250,18 @@ pub fn send<'a>(
                         },
                         None => None,
                     };
-                    let connected = pool.connect(connect_timeout).await;
+                    let connected =
+                        tokio::time::timeout_at(deadline, pool.connect(connect_timeout))
+                            .await
+                            .unwrap_or(Err(H1Error::TimedOut));
                     drop(slot);
                     match connected {
-                        Ok(stream) => (stream, BytesMut::with_capacity(READ_CHUNK), false),
+                        Ok(stream) => (
+                            stream,
+                            BytesMut::with_capacity(READ_CHUNK),
+                            Box::pin(tokio::time::sleep_until(deadline)),
+                            false,
+                        ),
                         Err(error) => {
                             return Err(SendError {
                                 error,
@@ -225,38 +271,119 @@ pub fn send<'a>(
                     }
                 }
             };
-            if no_body {
-                if let Err(e) = stream.write_all(&head).await {
-                    if was_reused && retryable {
-                        continue;
-                    }
-                    return Err(H1Error::Write(e).into());
-                }
-            } else {
-                if let Err(e) = write_with_body(&mut stream, &head, &mut body, chunked).await {
-                    return match e {
-                        // The upstream may have answered early (413, 401) and closed: use it.
-                        H1Error::Write(_) => read_response(stream, buf, pool, is_head, false)
-                            .await
-                            .map_err(|_| e.into()),
-                        other => Err(other.into()),
-                    };
-                }
-            }
-            match read_more(&mut stream, &mut buf).await {
-                Err(H1Error::Closed) | Err(H1Error::Read(_))
-                    if was_reused && retryable && buf.is_empty() =>
-                {
-                    continue
-                }
-                Err(e) => return Err(e.into()),
-                Ok(()) => {}
-            }
-            return read_response(stream, buf, pool, is_head, true)
-                .await
-                .map_err(Into::into);
+            let exchanged = by_deadline(
+                &mut timer,
+                deadline,
+                exchange_on(&mut stream, &mut buf, &head, &mut body, chunked, is_head),
+            )
+            .await;
+            let (head, reusable_request) = match exchanged {
+                Ok(Ok(done)) => done,
+                Ok(Err(Step::Unanswered(_))) if was_reused && retryable => continue,
+                Ok(Err(Step::Unanswered(e) | Step::Failed(e))) | Err(e) => return Err(e.into()),
+            };
+            let keep_alive = !head.close && reusable_request && head.version == Version::HTTP_11;
+            let mut res = Response::new(UpstreamBody {
+                conn: Some(stream),
+                timer: Some(timer),
+                buf,
+                framing: head.framing,
+                keep_alive,
+                pool: Arc::clone(pool),
+            });
+            *res.status_mut() = head.status;
+            *res.version_mut() = head.version;
+            *res.headers_mut() = head.fields;
+            return Ok(res);
         }
     }
+}
+
+/// How an exchange on one connection failed.
+enum Step {
+    /// Before any byte of an answer, on a request without a body (or its head could not be
+    /// written): on a reused connection, an idempotent request may go again on a fresh one.
+    Unanswered(H1Error),
+    Failed(H1Error),
+}
+
+/// Writes the request on `stream` and reads the response head; with it, whether the connection
+/// may carry another request (not after the body could not be written wholly: the upstream
+/// answered early, 413 or 401, and closed).
+async fn exchange_on(
+    stream: &mut TcpStream,
+    buf: &mut BytesMut,
+    head: &[u8],
+    body: &mut RequestBody,
+    chunked: bool,
+    is_head: bool,
+) -> Result<(Head, bool), Step> {
+    if body.is_end_stream() {
+        if let Err(e) = stream.write_all(head).await {
+            return Err(Step::Unanswered(H1Error::Write(e)));
+        }
+    } else if let Err(e) = write_with_body(stream, head, body, chunked).await {
+        return match e {
+            // The upstream may have answered early (413, 401) and closed: use it.
+            H1Error::Write(_) => read_head(stream, buf, is_head)
+                .await
+                .map(|h| (h, false))
+                .map_err(|_| Step::Failed(e)),
+            other => Err(Step::Failed(other)),
+        };
+    }
+    match read_more(stream, buf).await {
+        Err(e @ (H1Error::Closed | H1Error::Read(_))) if buf.is_empty() => {
+            return Err(Step::Unanswered(e))
+        }
+        Err(e) => return Err(Step::Failed(e)),
+        Ok(()) => {}
+    }
+    read_head(stream, buf, is_head)
+        .await
+        .map(|h| (h, true))
+        .map_err(Step::Failed)
+}
+
+/// Runs `io` until `deadline`, on the connection's `timer`. The timer may be armed earlier, for
+/// a request this connection carried before: it is moved on only when it fires, so a busy
+/// connection re-arms it about once per timeout instead of registering a timer with the
+/// runtime and removing it again for every request (tokio's `timeout_at`: about 950
+/// instructions per request). It is polled once (which leaves this task's waker with it) and
+/// then only after it has fired. While the connection is idle in the pool the timer may
+/// still fire and wake the task of the request it last served, once.
+async fn by_deadline<T>(
+    timer: &mut Timer,
+    deadline: tokio::time::Instant,
+    io: impl std::future::Future<Output = T>,
+) -> Result<T, H1Error> {
+    if timer.deadline() > deadline {
+        timer.as_mut().reset(deadline);
+    }
+    let mut io = std::pin::pin!(io);
+    let mut polled = false;
+    std::future::poll_fn(|cx| {
+        if let Poll::Ready(out) = io.as_mut().poll(cx) {
+            return Poll::Ready(Ok(out));
+        }
+        loop {
+            if polled && !timer.is_elapsed() {
+                return Poll::Pending;
+            }
+            // Without coop budget, tokio answers `Pending` before the timer takes the waker.
+            polled = tokio::task::coop::has_budget_remaining();
+            if std::future::Future::poll(timer.as_mut(), cx).is_pending() {
+                return Poll::Pending;
+            }
+            if timer.deadline() >= deadline {
+                return Poll::Ready(Err(H1Error::TimedOut));
+            }
+            // It fired for an earlier request's deadline: on to this one's.
+            timer.as_mut().reset(deadline);
+            polled = false;
+        }
+    })
+    .await
 }
 
 /// Room for what `encode_head` writes beyond the method, target and fields: the spaces and
@@ -362,39 +489,26 @@ async fn read_more(stream: &mut TcpStream, buf: &mut BytesMut) -> Result<(), H1E
     Ok(())
 }
 
-/// Parses the head in `buf` (skipping 1xx responses) and builds the response.
-async fn read_response(
-    mut stream: TcpStream,
-    mut buf: BytesMut,
-    pool: &Arc<InstancePool>,
+/// Reads and parses the response head (skipping 1xx responses) from `buf` and `stream`.
+async fn read_head(
+    stream: &mut TcpStream,
+    buf: &mut BytesMut,
     is_head: bool,
-    reusable_request: bool,
-) -> Result<Response<UpstreamBody>, H1Error> {
+) -> Result<Head, H1Error> {
     loop {
         if buf.is_empty() {
-            read_more(&mut stream, &mut buf).await?;
+            read_more(stream, buf).await?;
         }
         // Parsing happens in a plain function: its 4 KiB header array then never becomes part
         // of this future's state (which is moved a few times per request).
-        let Some(head) = parse_head(&mut buf, is_head)? else {
-            read_more(&mut stream, &mut buf).await?;
+        let Some(head) = parse_head(buf, is_head)? else {
+            read_more(stream, buf).await?;
             continue;
         };
         if head.status.is_informational() {
             continue;
         }
-        let keep_alive = !head.close && reusable_request && head.version == Version::HTTP_11;
-        let mut res = Response::new(UpstreamBody {
-            conn: Some(stream),
-            buf,
-            framing: head.framing,
-            keep_alive,
-            pool: Arc::clone(pool),
-        });
-        *res.status_mut() = head.status;
-        *res.version_mut() = head.version;
-        *res.headers_mut() = head.fields;
-        return Ok(res);
+        return Ok(head);
     }
 }
 
@@ -615,6 +729,8 @@ enum Framing {
 /// keep-alive).
 pub struct UpstreamBody {
     conn: Option<TcpStream>,
+    /// The connection's deadline timer, back to the pool with it.
+    timer: Option<Timer>,
     buf: BytesMut,
     framing: Framing,
     keep_alive: bool,
@@ -623,12 +739,12 @@ pub struct UpstreamBody {
 
 impl UpstreamBody {
     fn finish(&mut self) {
-        if let Some(stream) = self.conn.take() {
+        if let (Some(stream), Some(timer)) = (self.conn.take(), self.timer.take()) {
             if self.keep_alive && self.buf.is_empty() {
                 // The data frames handed out share the buffer's allocation; once they are
                 // dropped, `reserve` reclaims it instead of allocating anew.
                 let buf = std::mem::take(&mut self.buf);
-                self.pool.checkin(stream, buf);
+                self.pool.checkin(stream, buf, timer);
             }
         }
     }
@@ -1147,6 +1263,7 @@ mod tests {
     async fn decode(bytes: &[u8], framing: Framing) -> (Vec<u8>, Option<io::Error>) {
         let mut body = UpstreamBody {
             conn: None,
+            timer: None,
             buf: BytesMut::from(bytes),
             framing,
             keep_alive: true,
@@ -1385,14 +1502,22 @@ mod tests {
         pool: &Arc<InstancePool>,
         method: Method,
     ) -> Result<(StatusCode, HeaderMap, Vec<u8>, bool), H1Error> {
+        call_by(pool, method, Duration::from_secs(5)).await
+    }
+
+    /// [`call`] with the try's deadline `within` from now.
+    async fn call_by(
+        pool: &Arc<InstancePool>,
+        method: Method,
+        within: Duration,
+    ) -> Result<(StatusCode, HeaderMap, Vec<u8>, bool), H1Error> {
         let res = send(
             pool,
-            Duration::from_secs(5),
+            Times::within(within),
             &request(method),
             &[],
             RequestBody::empty(),
             None,
-            std::time::Instant::now(),
         )
         .await
         .map_err(|e| e.error)?;
@@ -1404,6 +1529,77 @@ mod tests {
 
     fn pool(addr: &str) -> Arc<InstancePool> {
         Arc::new(InstancePool::new(addr, 4, Duration::from_secs(60)))
+    }
+
+    /// An upstream on one connection that answers its n-th request after `delays[n]`.
+    async fn slow_upstream(delays: Vec<Duration>) -> String {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap().to_string();
+        tokio::spawn(async move {
+            let Ok((mut s, _)) = listener.accept().await else {
+                return;
+            };
+            let mut req = Vec::new();
+            let mut buf = [0u8; 1024];
+            for delay in delays {
+                while !req.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match s.read(&mut buf).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => req.extend_from_slice(&buf[..n]),
+                    }
+                }
+                let pos = req.windows(4).position(|w| w == b"\r\n\r\n").unwrap();
+                req.drain(..pos + 4);
+                tokio::time::sleep(delay).await;
+                if s.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+                    .await
+                    .is_err()
+                {
+                    return;
+                }
+            }
+            // Hold the connection open.
+            let _ = s.read(&mut buf).await;
+        });
+        addr
+    }
+
+    #[tokio::test]
+    async fn a_pooled_connection_times_out_at_each_trys_own_deadline() {
+        // The connection's timer was armed for the first call's far deadline; the second
+        // call's is earlier and holds.
+        let addr = slow_upstream(vec![Duration::ZERO, Duration::from_secs(5)]).await;
+        let pool = pool(&addr);
+        let (_, _, body, pooled) = call_by(&pool, Method::GET, Duration::from_secs(30))
+            .await
+            .unwrap();
+        assert_eq!((&body[..], pooled), (&b"ok"[..], true));
+        let started = std::time::Instant::now();
+        let second = tokio::time::timeout(
+            Duration::from_secs(3),
+            call_by(&pool, Method::GET, Duration::from_millis(200)),
+        )
+        .await
+        .expect("the earlier deadline held");
+        assert!(matches!(second, Err(H1Error::TimedOut)), "{second:?}");
+        assert!(started.elapsed() >= Duration::from_millis(190));
+        assert_eq!(pool.idle_count(), 0, "a timed-out connection is not kept");
+    }
+
+    #[tokio::test]
+    async fn a_timer_armed_for_an_earlier_call_moves_on_to_the_next_calls_deadline() {
+        // The first call's deadline (300 ms) passes while the second call, on the same
+        // connection with a deadline of 3 s, waits 700 ms for its answer.
+        let addr = slow_upstream(vec![Duration::ZERO, Duration::from_millis(700)]).await;
+        let pool = pool(&addr);
+        let (_, _, _, pooled) = call_by(&pool, Method::GET, Duration::from_millis(300))
+            .await
+            .unwrap();
+        assert!(pooled);
+        let (status, _, body, _) = call_by(&pool, Method::GET, Duration::from_secs(3))
+            .await
+            .unwrap();
+        assert_eq!((status, &body[..]), (StatusCode::OK, &b"ok"[..]));
     }
 
     #[tokio::test]
@@ -1526,12 +1722,11 @@ mod tests {
         drop(dead);
         let err = send(
             &pool(&addr),
-            Duration::from_secs(5),
+            Times::within(Duration::from_secs(5)),
             &request(Method::POST),
             &[],
             RequestBody::empty(),
             None,
-            std::time::Instant::now(),
         )
         .await
         .err()

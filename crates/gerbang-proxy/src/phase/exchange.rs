@@ -239,22 +239,24 @@ impl<'x> Exchange<'x> {
                     load: &service.load,
                     settings: &service.breaker,
                 };
-                let sent = h1::send(
-                    pool,
-                    service.limits.connect_timeout,
-                    parts,
-                    added.fields(),
-                    body,
-                    Some(pending),
-                    started.into_std(),
-                );
-                match tokio::time::timeout_at(try_deadline, sent).await {
-                    Err(_elapsed) => Err(TryError::TimedOut),
-                    Ok(Err(h1::SendError {
+                // The inline client keeps the try's deadline itself, on a timer that each
+                // pooled connection keeps (`h1::send`).
+                let times = h1::Times {
+                    connect_timeout: service.limits.connect_timeout,
+                    now: started.into_std(),
+                    deadline: try_deadline.into_std(),
+                };
+                let sent = h1::send(pool, times, parts, added.fields(), body, Some(pending));
+                match sent.await {
+                    Err(h1::SendError {
+                        error: H1Error::TimedOut,
+                        ..
+                    }) => Err(TryError::TimedOut),
+                    Err(h1::SendError {
                         error: H1Error::Overloaded,
                         ..
-                    })) => Err(TryError::Overloaded),
-                    Ok(Err(h1::SendError { error, unsent })) => {
+                    }) => Err(TryError::Overloaded),
+                    Err(h1::SendError { error, unsent }) => {
                         let error = classify_h1_error(error, instance.to_string());
                         Err(match error {
                             GatewayError::UpstreamUnavailable { .. }
@@ -264,7 +266,7 @@ impl<'x> Exchange<'x> {
                             other => TryError::Failed(other),
                         })
                     }
-                    Ok(Ok(res)) => Ok(res.map(ResponseBody::Inline)),
+                    Ok(res) => Ok(res.map(ResponseBody::Inline)),
                 }
             } else {
                 // https:// instance: hyper-util with rustls, absolute-form URI.
@@ -416,12 +418,15 @@ fn classify_h1_error(err: H1Error, instance: String) -> GatewayError {
         }
         H1Error::ClientBody(e) => GatewayError::ClientBody(e.to_string()),
         H1Error::Overloaded => GatewayError::Internal("connection limit".into()),
-        e @ (H1Error::Write(_) | H1Error::Read(_) | H1Error::Closed | H1Error::Invalid(_)) => {
-            GatewayError::UpstreamFailed {
-                instance,
-                detail: e.to_string(),
-            }
-        }
+        // `TimedOut` is the try's (`TryError::TimedOut`), which maps it before it comes here.
+        e @ (H1Error::Write(_)
+        | H1Error::Read(_)
+        | H1Error::Closed
+        | H1Error::Invalid(_)
+        | H1Error::TimedOut) => GatewayError::UpstreamFailed {
+            instance,
+            detail: e.to_string(),
+        },
     }
 }
 
