@@ -58,7 +58,7 @@ pub(crate) async fn record(
     // The audit record: written (or, with fsync on every record, on disk) before the answer.
     let result = match &gateway.audit {
         Some(sink) if call.service.is_some() || call.consumer.is_some() => {
-            let fields = call.audit_record(&a);
+            let fields = call.audit_record(&a, sink.buffer());
             let written = sink.record(fields).await;
             if let Some(m) = &gateway.metrics {
                 m.audit_result(written).inc();
@@ -274,17 +274,20 @@ impl Drop for Unanswered<'_> {
         } else {
             "error"
         };
-        let fields = call.audit_record(&Answer {
-            request_id: self.request_id.to_str().unwrap_or(""),
-            method: self.method,
-            status: 499,
-            decision,
-            reason: Some("client_closed"),
-            client: self.remote,
-            bytes_in: call.bytes_in(),
-            bytes_out: None,
-            duration: self.started.elapsed(),
-        });
+        let fields = call.audit_record(
+            &Answer {
+                request_id: self.request_id.to_str().unwrap_or(""),
+                method: self.method,
+                status: 499,
+                decision,
+                reason: Some("client_closed"),
+                client: self.remote,
+                bytes_in: call.bytes_in(),
+                bytes_out: None,
+                duration: self.started.elapsed(),
+            },
+            sink.buffer(),
+        );
         let queued = sink.record_detached(fields);
         if let Some(m) = &self.gateway.metrics {
             m.audit_result(queued).inc();
@@ -322,8 +325,9 @@ impl<'a> Unanswered<'a> {
 }
 
 impl Call {
-    /// The call's audit record, serialised.
-    pub(crate) fn audit_record(&self, a: &Answer<'_>) -> Vec<u8> {
+    /// The call's audit record, serialised into `out` (a buffer the audit writer gave back,
+    /// or a new one).
+    pub(crate) fn audit_record(&self, a: &Answer<'_>, mut out: Vec<u8>) -> Vec<u8> {
         let Answer {
             request_id,
             method,
@@ -335,7 +339,7 @@ impl Call {
             bytes_out,
             duration,
         } = *a;
-        let mut out = Vec::with_capacity(512);
+        out.clear();
         write_call_record(
             &mut out,
             &CallRecord {
