@@ -245,9 +245,9 @@ impl AuditSink {
         self.lost()
     }
 
-    /// Buffers kept for reuse (tests).
-    #[doc(hidden)]
-    pub fn spare_buffers(&self) -> usize {
+    /// Buffers kept for reuse.
+    #[cfg(test)]
+    fn spare_buffers(&self) -> usize {
         self.spare.lock().map_or(0, |s| s.len())
     }
 

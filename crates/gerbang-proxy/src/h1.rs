@@ -180,7 +180,7 @@ pub struct Times {
 }
 
 impl Times {
-    /// Five seconds to connect and to answer, from now (tests, the fuzz target).
+    /// Five seconds to connect and `d` to answer, from now (tests, the fuzz target).
     #[doc(hidden)]
     pub fn within(d: Duration) -> Self {
         let now = Instant::now();
@@ -367,12 +367,9 @@ async fn by_deadline<T>(
             return Poll::Ready(Ok(out));
         }
         loop {
-            if polled && !timer.is_elapsed() {
-                return Poll::Pending;
-            }
-            // Without coop budget, tokio answers `Pending` before the timer takes the waker.
-            polled = tokio::task::coop::has_budget_remaining();
-            if std::future::Future::poll(timer.as_mut(), cx).is_pending() {
+            if !crate::server::needs_poll(timer, &mut polled)
+                || std::future::Future::poll(timer.as_mut(), cx).is_pending()
+            {
                 return Poll::Pending;
             }
             if timer.deadline() >= deadline {
@@ -527,8 +524,9 @@ struct Head {
     close: bool,
 }
 
-/// What a response field is to the client: the hop-by-hop names it reads or drops, compared
-/// without case and without making a `HeaderName` of them.
+/// What a response field is to the client: the names it reads, the other hop-by-hop ones
+/// ([`headers::is_hop_by_hop`]) it drops, compared without case and without making a
+/// `HeaderName` of them.
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum FieldKind {
     Connection,
@@ -545,12 +543,7 @@ fn field_kind(name: &[u8]) -> FieldKind {
         10 if is("connection") => FieldKind::Connection,
         17 if is("transfer-encoding") => FieldKind::TransferEncoding,
         14 if is("content-length") => FieldKind::ContentLength,
-        10 if is("keep-alive") => FieldKind::HopByHop,
-        16 if is("proxy-connection") => FieldKind::HopByHop,
-        18 if is("proxy-authenticate") => FieldKind::HopByHop,
-        19 if is("proxy-authorization") => FieldKind::HopByHop,
-        2 if is("te") => FieldKind::HopByHop,
-        7 if is("trailer") || is("upgrade") => FieldKind::HopByHop,
+        _ if headers::is_hop_by_hop(name) => FieldKind::HopByHop,
         _ => FieldKind::EndToEnd,
     }
 }
@@ -596,6 +589,8 @@ fn parse_head(buf: &mut BytesMut, is_head: bool) -> Result<Option<Head>, H1Error
     }
     let no_body = is_head || status == StatusCode::NO_CONTENT || status == StatusCode::NOT_MODIFIED;
     let mut close = false;
+    // The Connection values, when one names a field to drop.
+    let mut connection: smallvec::SmallVec<[&[u8]; 2]> = smallvec::SmallVec::new();
     let mut connection_lists = false;
     // The last Transfer-Encoding field decides; `Some(chunked)` once there is one.
     let mut te_chunked: Option<bool> = None;
@@ -620,6 +615,7 @@ fn parse_head(buf: &mut BytesMut, is_head: bool) -> Result<Option<Head>, H1Error
                         connection_lists = true;
                     }
                 }
+                connection.push(h.value);
                 continue;
             }
             FieldKind::TransferEncoding => {
@@ -664,22 +660,17 @@ fn parse_head(buf: &mut BytesMut, is_head: bool) -> Result<Option<Head>, H1Error
     close |= ambiguous;
     if connection_lists {
         // `Connection` names further hop-by-hop fields; it may not take away Content-Length
-        // (the framing relies on it).
-        // Nor Host, as on requests.
-        let listed: smallvec::SmallVec<[&[u8]; 2]> = parsed
-            .headers
-            .iter()
-            .filter(|h| field_kind(h.name.as_bytes()) == FieldKind::Connection)
-            .map(|h| h.value)
-            .collect();
+        // (the framing relies on it) nor Host, as on requests.
         kept.retain(|(kind, name, _, _)| {
             *kind == FieldKind::ContentLength
                 || name == header::HOST
-                || !listed
+                || !connection
                     .iter()
                     .any(|v| headers::connection_names(v, name.as_str()))
         });
     }
+    // The parsed fields borrow the buffer, which is split next.
+    drop(connection);
     let head = buf.split_to(len).freeze();
     let mut fields = HeaderMap::with_capacity(kept.len());
     for (kind, name, start, end) in kept {
@@ -706,16 +697,17 @@ fn visible_ascii(value: &[u8]) -> bool {
         .all(|&b| b == b'\t' || (b' '..=b'~').contains(&b))
 }
 
-/// A `Content-Length` value: digits only (surrounding whitespace allowed).
+/// A `Content-Length` value: digits only (surrounding whitespace allowed), within `u64`.
 fn content_length(value: &[u8]) -> Result<u64, H1Error> {
     let s = value.trim_ascii();
-    if s.is_empty() || !s.iter().all(u8::is_ascii_digit) {
-        return Err(H1Error::Invalid("bad content-length"));
-    }
-    std::str::from_utf8(s)
-        .ok()
-        .and_then(|s| s.parse::<u64>().ok())
-        .ok_or(H1Error::Invalid("bad content-length"))
+    let digits = (!s.is_empty()).then_some(s).and_then(|s| {
+        s.iter().try_fold(0u64, |n, &d| {
+            d.is_ascii_digit()
+                .then(|| n.checked_mul(10)?.checked_add(u64::from(d - b'0')))
+                .flatten()
+        })
+    });
+    digits.ok_or(H1Error::Invalid("bad content-length"))
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -70,6 +70,15 @@ const HOP_BY_HOP: [HeaderName; 8] = [
     header::UPGRADE,
 ];
 
+/// Whether `name` (any case) is one of [`HOP_BY_HOP`]: compared on the bytes, lengths first,
+/// so that a parser can ask before it makes a `HeaderName`.
+pub(crate) fn is_hop_by_hop(name: &[u8]) -> bool {
+    HOP_BY_HOP.iter().any(|h| {
+        let h = h.as_str().as_bytes();
+        h.len() == name.len() && name.eq_ignore_ascii_case(h)
+    })
+}
+
 /// Prefix of the headers only the gateway sets (verified identity, assertions).
 pub const GATEWAY_HEADER_PREFIX: &str = "x-gerbang-";
 

@@ -506,8 +506,8 @@ async fn serve_http1<T: Transport, H: Handler>(
 /// (`polled` false), or it has fired. Otherwise its earlier poll left this task's waker with
 /// it, and it will wake the task when it fires. The poll that follows counts as one only when
 /// the task has budget left: without, tokio's cooperative scheduling answers `Pending` before
-/// the timer takes the waker.
-fn needs_poll(timer: &tokio::time::Sleep, polled: &mut bool) -> bool {
+/// the timer takes the waker. (The inline client's deadline timers follow the same rule.)
+pub(crate) fn needs_poll(timer: &tokio::time::Sleep, polled: &mut bool) -> bool {
     if *polled && !timer.is_elapsed() {
         return false;
     }
