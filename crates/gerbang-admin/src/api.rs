@@ -570,7 +570,7 @@ impl<R: Reload> AdminApi<R> {
                 json!({ "agreement": id, "matched_by": matched, "result": result.map_or("passes", |r| r.as_str()) })
             })
             .collect();
-        let endpoint = e.decision.endpoint.map(|ep| ep.id.clone());
+        let endpoint = e.decision.endpoint.map(|ep| ep.id.to_string());
         let (decision, reason, agreement) = match e.decision.outcome {
             gerbang_policy::Outcome::Allow { agreement } => (
                 "allow",

@@ -512,7 +512,7 @@ fn agreement(
                 Some((m, t)) => format!("{} {t}", m.to_ascii_uppercase()),
                 None => e.clone(),
             };
-            if !s.endpoints.iter().any(|x| x.id == normalised) {
+            if !s.endpoints.iter().any(|x| *x.id == *normalised) {
                 let hint = if s.endpoints.is_empty() {
                     "the service declares no endpoints; leave `endpoints` out".to_owned()
                 } else {
@@ -520,7 +520,7 @@ fn agreement(
                         "declared: {}",
                         s.endpoints
                             .iter()
-                            .map(|x| x.id.as_str())
+                            .map(|x| &*x.id)
                             .collect::<Vec<_>>()
                             .join(", ")
                     )
@@ -822,7 +822,7 @@ mod tests {
         );
         assert!(problems.is_empty(), "{problems:?}");
         assert_eq!(
-            policy.endpoints[0].id,
+            &*policy.endpoints[0].id,
             "GET /penduduk?nik={nik}&tahun={tahun}"
         );
         let (_, problems) = load(

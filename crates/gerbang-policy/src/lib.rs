@@ -85,8 +85,8 @@ pub struct Endpoint {
     /// log. Its endpoint accepts only declared query parameters.
     pub subject_param: Option<String>,
     /// `METHOD /template`, e.g. `GET /penduduk/{nik}` or `GET /penduduk?nik={nik}`: how
-    /// agreements name it.
-    pub id: String,
+    /// agreements name it. Shared: every call's record names its endpoint.
+    pub id: std::sync::Arc<str>,
 }
 
 impl Endpoint {
@@ -97,7 +97,7 @@ impl Endpoint {
         subject_param: Option<String>,
     ) -> Self {
         let method = method.to_ascii_uppercase();
-        let id = format!("{method} {}", template.as_str());
+        let id = format!("{method} {}", template.as_str()).into();
         Self {
             method,
             template,
@@ -683,7 +683,7 @@ fn check(
         return Err(Reason::AgreementExpired);
     }
     if let Some(e) = endpoint {
-        if !a.endpoints.is_empty() && !a.endpoints.contains(&e.id) {
+        if !a.endpoints.is_empty() && !a.endpoints.iter().any(|n| **n == *e.id) {
             return Err(Reason::EndpointNotCovered);
         }
     }

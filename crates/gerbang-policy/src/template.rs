@@ -98,8 +98,8 @@ pub enum QueryError {
     Missing,
 }
 
-/// The parameters a match bound (name, value), in template order.
-pub type Params<'t, 'p> = Vec<(&'t str, &'p str)>;
+/// The parameters a match bound (name, value), in template order; up to four kept inline.
+pub type Params<'t, 'p> = smallvec::SmallVec<[(&'t str, &'p str); 4]>;
 
 fn is_unreserved(b: u8) -> bool {
     b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~')
@@ -253,7 +253,7 @@ impl PathTemplate {
         } else {
             Some(body.split('/'))
         };
-        let mut params = Vec::new();
+        let mut params = Params::new();
         for seg in &self.segments {
             let part = parts.as_mut().and_then(Iterator::next)?;
             if part.is_empty() {
@@ -299,7 +299,7 @@ impl PathTemplate {
         only_declared: bool,
         plain: Option<&str>,
     ) -> Result<Params<'t, 'q>, QueryError> {
-        let mut given: Vec<(&'q str, &'q str)> = Vec::new();
+        let mut given: smallvec::SmallVec<[(&'q str, &'q str); 8]> = smallvec::SmallVec::new();
         let raw = query.unwrap_or("");
         // `?` alone is no parameter at all; otherwise every part counts (`&&` is refused).
         let parts = (!raw.is_empty()).then(|| raw.split('&'));
@@ -323,7 +323,7 @@ impl PathTemplate {
             }
             given.push((name, value));
         }
-        let mut params = Vec::new();
+        let mut params = Params::new();
         for q in &self.query {
             let value = given
                 .iter()
@@ -549,15 +549,15 @@ mod tests {
         let p = t("/penduduk/{nik}");
         assert_eq!(
             p.matches("/penduduk/3603015505900001"),
-            Some(vec![("nik", "3603015505900001")])
+            Some(smallvec::smallvec![("nik", "3603015505900001")])
         );
         assert_eq!(p.matches("/penduduk"), None);
         assert_eq!(p.matches("/penduduk/"), None, "empty parameter");
         assert_eq!(p.matches("/penduduk/1/x"), None);
         assert_eq!(p.matches("/Penduduk/1"), None, "case-sensitive");
-        assert_eq!(t("/").matches("/"), Some(vec![]));
+        assert_eq!(t("/").matches("/"), Some(smallvec::smallvec![]));
         assert_eq!(t("/").matches("/x"), None);
-        assert_eq!(t("/faskes").matches("/faskes"), Some(vec![]));
+        assert_eq!(t("/faskes").matches("/faskes"), Some(smallvec::smallvec![]));
         assert_eq!(t("/faskes").matches("/faskes/"), None);
         let w = t("/berkas/*");
         assert!(w.matches("/berkas/a/b").is_some());
@@ -566,7 +566,7 @@ mod tests {
         assert!(t("/*").matches("/anything/at/all").is_some());
         assert_eq!(
             t("/wilayah/{kode}/desa/{desa}").matches("/wilayah/36/desa/7"),
-            Some(vec![("kode", "36"), ("desa", "7")])
+            Some(smallvec::smallvec![("kode", "36"), ("desa", "7")])
         );
     }
 
@@ -624,7 +624,7 @@ mod tests {
         assert!(p.declares_query() && p.is_query_param("nik") && !p.is_query_param("jenis"));
         assert_eq!(
             p.matches("/penduduk"),
-            Some(vec![]),
+            Some(smallvec::smallvec![]),
             "the path part matches alone"
         );
         assert_eq!(p.specificity(), t("/penduduk").specificity());
@@ -641,17 +641,23 @@ mod tests {
         let ok = "nik=3603015505900001&tahun=2024&jenis=ringkas";
         assert_eq!(
             check(Some(ok)),
-            Ok(vec![("nik", "3603015505900001"), ("tahun", "2024")])
+            Ok(smallvec::smallvec![
+                ("nik", "3603015505900001"),
+                ("tahun", "2024")
+            ])
         );
         // Any order.
         assert_eq!(
             check(Some("jenis=ringkas&tahun=2024&nik=1")),
-            Ok(vec![("nik", "1"), ("tahun", "2024")])
+            Ok(smallvec::smallvec![("nik", "1"), ("tahun", "2024")])
         );
         // A non-subject value may be percent-encoded (not with delimiters).
         assert_eq!(
             check(Some("nik=1&tahun=20%C3%A924%20x&jenis=ringkas")),
-            Ok(vec![("nik", "1"), ("tahun", "20%C3%A924%20x")])
+            Ok(smallvec::smallvec![
+                ("nik", "1"),
+                ("tahun", "20%C3%A924%20x")
+            ])
         );
         let base = "tahun=2024&jenis=ringkas";
         for (q, want) in [
@@ -710,8 +716,12 @@ mod tests {
     fn a_subject_endpoint_without_declared_query_takes_none() {
         let p = t("/penduduk/{nik}");
         let check = |q: Option<&'static str>| p.match_query(q, true, Some("nik"));
-        assert_eq!(check(None), Ok(vec![]));
-        assert_eq!(check(Some("")), Ok(vec![]), "a lone '?' is no parameter");
+        assert_eq!(check(None), Ok(smallvec::smallvec![]));
+        assert_eq!(
+            check(Some("")),
+            Ok(smallvec::smallvec![]),
+            "a lone '?' is no parameter"
+        );
         assert_eq!(check(Some("nik=2")), Err(QueryError::NotAllowed));
         assert_eq!(check(Some("fields=nama")), Err(QueryError::NotAllowed));
         assert_eq!(check(Some("&")), Err(QueryError::Malformed));
@@ -724,11 +734,11 @@ mod tests {
         let check = |q: &'static str| p.match_query(Some(q), false, None);
         assert_eq!(
             check("jenis=ringkas&tahun=2024"),
-            Ok(vec![("tahun", "2024")])
+            Ok(smallvec::smallvec![("tahun", "2024")])
         );
         assert_eq!(
             check("jenis=ringkas&tahun=2024&halaman=2&id=1&id=2"),
-            Ok(vec![("tahun", "2024")]),
+            Ok(smallvec::smallvec![("tahun", "2024")]),
             "undeclared names pass, repeated too"
         );
         for (q, want) in [
@@ -790,7 +800,7 @@ mod tests {
         // Parameters take the segment as it is.
         assert_eq!(
             t("/laporan/{id}").matches_with("/laporan/ABC.", ci),
-            Some(vec![("id", "ABC.")])
+            Some(smallvec::smallvec![("id", "ABC.")])
         );
     }
 

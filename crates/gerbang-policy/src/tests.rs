@@ -581,7 +581,7 @@ fn subject_and_endpoint_are_reported() {
         now: NOW,
     };
     let d = set.decide(&req);
-    assert_eq!(d.endpoint.unwrap().id, "GET /penduduk/{nik}");
+    assert_eq!(&*d.endpoint.unwrap().id, "GET /penduduk/{nik}");
     assert_eq!(d.subject, Some("3603015505900001"));
     let e = set.explain(&Request {
         application: "dinkes/lab",
@@ -1128,7 +1128,7 @@ fn the_subject_comes_from_the_query_and_the_query_is_strict() {
         Some("nik=3603015505900001"),
     ));
     assert!(matches!(d.outcome, Outcome::Allow { .. }), "{d:?}");
-    assert_eq!(d.endpoint.unwrap().id, "GET /penduduk?nik={nik}");
+    assert_eq!(&*d.endpoint.unwrap().id, "GET /penduduk?nik={nik}");
     assert_eq!(d.subject, Some("3603015505900001"));
     for (path, query, reason) in [
         (
@@ -1227,11 +1227,11 @@ fn a_case_insensitive_provider_has_case_variants_judged_as_the_literal() {
         let req = query_req("bappeda/laporan", path, None);
         // Exact: the template takes it (what the provider is asserted to do too).
         let d = exact.decide(&req);
-        assert_eq!(d.endpoint.unwrap().id, "GET /laporan/{id}", "{path}");
+        assert_eq!(&*d.endpoint.unwrap().id, "GET /laporan/{id}", "{path}");
         assert!(matches!(d.outcome, Outcome::Allow { .. }), "{path}");
         // Case-insensitive: judged as the rahasia endpoint, beyond the open agreement.
         let d = folded.decide(&req);
-        assert_eq!(d.endpoint.unwrap().id, "GET /laporan/rekap-nik", "{path}");
+        assert_eq!(&*d.endpoint.unwrap().id, "GET /laporan/rekap-nik", "{path}");
         assert_eq!(
             d.outcome,
             Outcome::Deny {
@@ -1242,7 +1242,7 @@ fn a_case_insensitive_provider_has_case_variants_judged_as_the_literal() {
         );
     }
     let d = folded.decide(&query_req("bappeda/laporan", "/laporan/2024", None));
-    assert_eq!(d.endpoint.unwrap().id, "GET /laporan/{id}");
+    assert_eq!(&*d.endpoint.unwrap().id, "GET /laporan/{id}");
     assert!(matches!(d.outcome, Outcome::Allow { .. }));
 }
 

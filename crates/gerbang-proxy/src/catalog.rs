@@ -30,7 +30,7 @@ fn endpoints_of(policy: &PolicySet, service: &str, max: Option<Classification>) 
                 .filter(|e| max.is_none_or(|m| e.classification <= m))
                 .map(|e| {
                     json!({
-                        "id": e.id,
+                        "id": &*e.id,
                         "method": e.method,
                         "path": e.template.as_str(),
                         "classification": e.classification.as_str(),

@@ -463,7 +463,7 @@ impl Gateway {
                 conn: &conn,
                 request_id,
             }
-            .apply(&mut parts, &path_and_query, call);
+            .apply(&mut parts, path_and_query, call);
             // A request with a body is watched: was it too large, or still arriving at a timeout?
             let watch = (!http_body::Body::is_end_stream(&incoming))
                 .then(|| Arc::new(BodyWatch::default()));
@@ -485,7 +485,6 @@ impl Gateway {
                 gateway: self,
                 snapshot: &snapshot,
                 service,
-                path_and_query: &path_and_query,
                 watch: &watch,
                 hash_key: hash_key.as_deref(),
                 added: &added,

@@ -66,7 +66,7 @@ pub(crate) fn decide<'a, B>(
     };
     let decision = snapshot.policy.decide(&policy_req);
     call.purpose = purpose.map(str::to_owned);
-    call.endpoint = decision.endpoint.map(|e| e.id.clone());
+    call.endpoint = decision.endpoint.map(|e| std::sync::Arc::clone(&e.id));
     if let (Some(subject), Some(sink)) = (decision.subject, audit) {
         call.subject_hmac = Some(sink.subject_hash(subject));
     }

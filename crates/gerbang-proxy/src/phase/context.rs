@@ -17,7 +17,7 @@ pub(crate) struct Call {
     /// The service's metric series (metrics on, a registered service).
     pub(crate) service_metrics: Option<Arc<crate::metrics::ServiceMetrics>>,
     pub(crate) consumer: Option<Arc<Principal>>,
-    pub(crate) endpoint: Option<String>,
+    pub(crate) endpoint: Option<Arc<str>>,
     pub(crate) agreement: Option<std::sync::Arc<str>>,
     pub(crate) purpose: Option<String>,
     pub(crate) subject_hmac: Option<String>,

@@ -26,8 +26,6 @@ pub(crate) struct Exchange<'a> {
     pub gateway: &'a Gateway,
     pub snapshot: &'a Snapshot,
     pub service: &'a Service,
-    /// The upstream target (base path, rest, query).
-    pub path_and_query: &'a PathAndQuery,
     /// The request body's watch, when it has one (then the call is never replayed).
     pub watch: &'a Option<Arc<BodyWatch>>,
     /// The value of the service's consistent-hash header.
@@ -217,7 +215,6 @@ impl<'x> Exchange<'x> {
             let Exchange {
                 snapshot,
                 service,
-                path_and_query,
                 added,
                 ..
             } = *self;
@@ -277,8 +274,11 @@ impl<'x> Exchange<'x> {
                     .ok_or_else(|| {
                         TryError::Failed(GatewayError::Internal("no client for service".into()))
                     })?;
-                let uri =
-                    absolute_uri(instance, path_and_query.clone()).map_err(TryError::Failed)?;
+                // The upstream target (base path, rest, query), set by the rewrite.
+                let path_and_query = parts.uri.path_and_query().cloned().ok_or_else(|| {
+                    TryError::Failed(GatewayError::Internal("no upstream path".into()))
+                })?;
+                let uri = absolute_uri(instance, path_and_query).map_err(TryError::Failed)?;
                 let mut upstream_req = Request::new(body);
                 *upstream_req.method_mut() = parts.method.clone();
                 *upstream_req.uri_mut() = uri;

@@ -40,7 +40,7 @@ impl Rewrite<'_> {
     pub(crate) fn apply(
         &self,
         parts: &mut Parts,
-        path_and_query: &PathAndQuery,
+        path_and_query: PathAndQuery,
         call: &mut Call,
     ) -> Added {
         let settings = &self.snapshot.settings;
@@ -128,7 +128,7 @@ impl Rewrite<'_> {
             self.request_id.clone(),
         );
         parts.version = Version::HTTP_11;
-        parts.uri = Uri::from(path_and_query.clone());
+        parts.uri = Uri::from(path_and_query);
         added
     }
 }
