@@ -406,6 +406,11 @@ async fn serve_http1<T: Transport, H: Handler>(
     // The caller boxes this future: the connection's task keeps room for its largest state,
     // and a parked connection should not carry hyper's.
     let mut http = shared.h1.serve_connection(TokioIo::new(io), svc);
+    // A second view of the shutdown signal, to tell cheaply whether it moved: the wait for it
+    // is polled once, and again only after it did (its first poll left this task's waker with
+    // it). Polled on every wake of the connection it cost about 100 instructions each time.
+    let stop_seen = stop.clone();
+    let mut stop_polled = false;
     let mut stop_signal = pin!(stopping(stop));
     let mut park_timer = pin!(tokio::time::sleep(Duration::ZERO));
     // The events count when the park timer was armed; `None` while it is not.
@@ -432,10 +437,14 @@ async fn serve_http1<T: Transport, H: Handler>(
         if let Poll::Ready(result) = polled {
             return Poll::Ready(Some(result));
         }
-        if !stopping_now && stop_signal.as_mut().poll(cx).is_ready() {
-            stopping_now = true;
-            Pin::new(&mut http).graceful_shutdown();
-            continue;
+        if !stopping_now && (!stop_polled || stop_seen.has_changed().unwrap_or(true)) {
+            // As for the timers: a poll without budget left answers `Pending` at once.
+            stop_polled = tokio::task::coop::has_budget_remaining();
+            if stop_signal.as_mut().poll(cx).is_ready() {
+                stopping_now = true;
+                Pin::new(&mut http).graceful_shutdown();
+                continue;
+            }
         }
         if stopping_now || parking {
             return Poll::Pending;
@@ -768,6 +777,48 @@ mod tests {
         probe.gate.notify_one();
         assert!(in_flight.await.unwrap().starts_with("HTTP/1.1 200"));
         assert_eq!(server.done.await.unwrap(), ShutdownOutcome::Drained);
+    }
+
+    #[tokio::test]
+    async fn shutdown_ends_a_busy_keep_alive_connection_after_its_response() {
+        // Never parked here: the connection stays with hyper, whose shutdown must end it.
+        let mut server = start(ListenerSettings {
+            park_idle_after: Duration::from_secs(60),
+            ..Default::default()
+        })
+        .await;
+        let probe = Arc::clone(&server.probe);
+        let mut s = TcpStream::connect(server.addr).await.unwrap();
+        // A request answered first: the connection's wait for shutdown has been polled and
+        // the connection has woken since.
+        s.write_all(b"GET /x HTTP/1.1\r\nHost: t\r\n\r\n")
+            .await
+            .unwrap();
+        let mut buf = vec![0u8; 4096];
+        let n = s.read(&mut buf).await.unwrap();
+        assert!(buf[..n].starts_with(b"HTTP/1.1 200"));
+        s.write_all(b"GET /wait HTTP/1.1\r\nHost: t\r\n\r\n")
+            .await
+            .unwrap();
+        wait_until(|| probe.started.load(std::sync::atomic::Ordering::SeqCst) == 2).await;
+        server.stop.take().unwrap().send(()).unwrap();
+        probe.gate.notify_one();
+        // The response, then the end of the connection: well before the 30 s grace period.
+        let mut out = Vec::new();
+        tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut out))
+            .await
+            .expect("the connection was not ended after its response")
+            .unwrap();
+        assert!(
+            out.starts_with(b"HTTP/1.1 200"),
+            "{}",
+            String::from_utf8_lossy(&out)
+        );
+        let outcome = tokio::time::timeout(Duration::from_secs(5), server.done)
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(outcome, ShutdownOutcome::Drained);
     }
 
     #[tokio::test]
