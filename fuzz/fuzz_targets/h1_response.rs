@@ -298,7 +298,7 @@ async fn client(addr: SocketAddr, method: Method) -> Option<Got> {
         Times::within(Duration::from_secs(5)),
         &parts,
         &[],
-        RequestBody::empty(),
+        &mut RequestBody::empty(),
         None,
     )
     .await

@@ -489,7 +489,7 @@ impl Gateway {
                 hash_key: hash_key.as_deref(),
                 added: &added,
             };
-            let (res, in_flight) = match exchange.run(&mut parts, body).await {
+            let (res, in_flight) = match exchange.run(&mut parts, Some(body)).await {
                 Ok(pair) => pair,
                 // A body over the limit explains any failure of the exchange.
                 Err(_) if watch.as_ref().is_some_and(|w| w.exceeded()) => {

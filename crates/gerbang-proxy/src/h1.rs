@@ -152,18 +152,18 @@ impl InstancePool {
     }
 }
 
-/// A failed [`send`]: the error and, when it came before any of the body was read (the
-/// connection could not be made), the body, so that the call can go to another instance.
+/// A failed [`send`]: the error and whether it came before any of the body was read (the
+/// connection could not be made), so that the call, body and all, can go to another instance.
 pub struct SendError {
     pub error: H1Error,
-    pub unsent: Option<RequestBody>,
+    pub unsent: bool,
 }
 
 impl From<H1Error> for SendError {
     fn from(error: H1Error) -> Self {
         Self {
             error,
-            unsent: None,
+            unsent: false,
         }
     }
 }
@@ -201,6 +201,7 @@ pub struct PendingLimit<'a> {
 /// Sends a request (`parts` with an origin-form URI, `Host` set, hop-by-hop headers removed,
 /// and `body`) to the instance of `pool` and returns the response with its body streaming,
 /// or `TimedOut` when its head has not arrived by the deadline of `times` (connecting included).
+/// The body is borrowed: the caller's future holds it once, not each level of the call.
 // Not an `async fn`: that keeps each by-value argument twice in the future (see
 // `Gateway::forward`).
 #[allow(clippy::manual_async_fn)]
@@ -209,7 +210,7 @@ pub fn send<'a>(
     times: Times,
     parts: &'a http::request::Parts,
     added: &'a [(headers::Field, HeaderValue)],
-    mut body: RequestBody,
+    body: &'a mut RequestBody,
     pending: Option<PendingLimit<'a>>,
 ) -> impl std::future::Future<Output = Result<Response<UpstreamBody>, SendError>> + Send + 'a {
     async move {
@@ -244,7 +245,7 @@ pub fn send<'a>(
                             None => {
                                 return Err(SendError {
                                     error: H1Error::Overloaded,
-                                    unsent: Some(body),
+                                    unsent: true,
                                 })
                             }
                         },
@@ -265,7 +266,7 @@ pub fn send<'a>(
                         Err(error) => {
                             return Err(SendError {
                                 error,
-                                unsent: Some(body),
+                                unsent: true,
                             })
                         }
                     }
@@ -274,7 +275,7 @@ pub fn send<'a>(
             let exchanged = by_deadline(
                 &mut timer,
                 deadline,
-                exchange_on(&mut stream, &mut buf, &head, &mut body, chunked, is_head),
+                exchange_on(&mut stream, &mut buf, &head, body, chunked, is_head),
             )
             .await;
             let (head, reusable_request) = match exchanged {
@@ -352,35 +353,61 @@ async fn exchange_on(
 /// instructions per request). It is polled once (which leaves this task's waker with it) and
 /// then only after it has fired. While the connection is idle in the pool the timer may
 /// still fire and wake the task of the request it last served, once.
-async fn by_deadline<T>(
+///
+/// A future of its own rather than an `async fn`: an `async fn` keeps its argument `io` twice
+/// (as the argument and pinned), and this future is nested, and copied, at every level of the
+/// call above it.
+fn by_deadline<F: std::future::Future>(
     timer: &mut Timer,
     deadline: tokio::time::Instant,
-    io: impl std::future::Future<Output = T>,
-) -> Result<T, H1Error> {
+    io: F,
+) -> ByDeadline<'_, F> {
     if timer.deadline() > deadline {
         timer.as_mut().reset(deadline);
     }
-    let mut io = std::pin::pin!(io);
-    let mut polled = false;
-    std::future::poll_fn(|cx| {
-        if let Poll::Ready(out) = io.as_mut().poll(cx) {
+    ByDeadline {
+        timer,
+        deadline,
+        polled: false,
+        io,
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// [`by_deadline`]'s future.
+    struct ByDeadline<'t, F> {
+        timer: &'t mut Timer,
+        deadline: tokio::time::Instant,
+        // Whether the timer has been polled since it was last armed.
+        polled: bool,
+        #[pin]
+        io: F,
+    }
+}
+
+impl<F: std::future::Future> std::future::Future for ByDeadline<'_, F> {
+    type Output = Result<F::Output, H1Error>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut std::task::Context<'_>) -> Poll<Self::Output> {
+        let this = self.project();
+        if let Poll::Ready(out) = this.io.poll(cx) {
             return Poll::Ready(Ok(out));
         }
+        let timer = this.timer;
         loop {
-            if !crate::server::needs_poll(timer, &mut polled)
+            if !crate::server::needs_poll(timer, this.polled)
                 || std::future::Future::poll(timer.as_mut(), cx).is_pending()
             {
                 return Poll::Pending;
             }
-            if timer.deadline() >= deadline {
+            if timer.deadline() >= *this.deadline {
                 return Poll::Ready(Err(H1Error::TimedOut));
             }
             // It fired for an earlier request's deadline: on to this one's.
-            timer.as_mut().reset(deadline);
-            polled = false;
+            timer.as_mut().reset(*this.deadline);
+            *this.polled = false;
         }
-    })
-    .await
+    }
 }
 
 /// Room for what `encode_head` writes beyond the method, target and fields: the spaces and
@@ -1519,7 +1546,7 @@ mod tests {
             Times::within(within),
             &request(method),
             &[],
-            RequestBody::empty(),
+            &mut RequestBody::empty(),
             None,
         )
         .await
@@ -1728,14 +1755,14 @@ mod tests {
             Times::within(Duration::from_secs(5)),
             &request(Method::POST),
             &[],
-            RequestBody::empty(),
+            &mut RequestBody::empty(),
             None,
         )
         .await
         .err()
         .unwrap();
         assert!(matches!(err.error, H1Error::Connect(_)));
-        assert!(err.unsent.is_some());
+        assert!(err.unsent);
     }
 
     #[tokio::test]

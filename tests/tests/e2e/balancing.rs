@@ -27,6 +27,8 @@ struct Script {
     delay_ms: AtomicU64,
     gets: AtomicUsize,
     posts: AtomicUsize,
+    /// The body of each POST, as received.
+    post_bodies: std::sync::Mutex<Vec<Vec<u8>>>,
 }
 
 struct Scripted {
@@ -48,6 +50,11 @@ impl Handler for Scripted {
             } else {
                 if req.method() == http::Method::POST {
                     script.posts.fetch_add(1, Ordering::SeqCst);
+                    let body = http_body_util::BodyExt::collect(req.into_body())
+                        .await
+                        .map(|b| b.to_bytes().to_vec())
+                        .unwrap_or_default();
+                    script.post_bodies.lock().unwrap().push(body);
                 } else {
                     script.gets.fetch_add(1, Ordering::SeqCst);
                 }
@@ -404,6 +411,11 @@ async fn retries_never_repeat_a_non_idempotent_request() {
         assert_eq!(r.status, 200);
     }
     assert_eq!(c.script.posts.load(Ordering::SeqCst), 4);
+    assert_eq!(
+        *c.script.post_bodies.lock().unwrap(),
+        vec![b"{\"bayar\":2}".to_vec(); 4],
+        "the body went on to the other instance whole"
+    );
 }
 
 #[tokio::test]

@@ -45,7 +45,9 @@ impl<'x> Exchange<'x> {
     pub(crate) fn run<'s>(
         &'s self,
         parts: &'s mut http::request::Parts,
-        body: RequestBody,
+        // An `Option` the tries take it from (and a connect failure puts it back in): the
+        // future keeps the argument itself, not a second copy of it.
+        mut body: Option<RequestBody>,
     ) -> impl std::future::Future<
         Output = Result<(Response<ResponseBody>, Option<InFlight>), GatewayError>,
     > + Send
@@ -71,7 +73,6 @@ impl<'x> Exchange<'x> {
             let mut first = Some(start);
             let mut tried = [0usize; 10];
             let mut n_tried = 0;
-            let mut body = Some(body);
             let mut _retry_slot = None;
             let Some((mut index, mut instance)) = service.select(hash_key, &[]) else {
                 return Err(GatewayError::NoHealthyUpstream(
@@ -85,7 +86,7 @@ impl<'x> Exchange<'x> {
                 }
                 let health = service.health(index);
                 let in_flight = health.map(|h| h.track());
-                let try_body = match body.take() {
+                let mut try_body = match body.take() {
                     Some(b) => b,
                     None => RequestBody::empty(),
                 };
@@ -93,7 +94,7 @@ impl<'x> Exchange<'x> {
                 let remaining = deadline.saturating_duration_since(started);
                 let try_timeout = per_try.min(remaining);
                 let outcome = self
-                    .try_once(index, instance, parts, try_body, started, try_timeout)
+                    .try_once(index, instance, parts, &mut try_body, started, try_timeout)
                     .await;
                 // What happened, for health, metrics and the retry decision.
                 let Assessment {
@@ -137,7 +138,7 @@ impl<'x> Exchange<'x> {
                 }
                 // May this call go to another instance?
                 let unsent = match &outcome {
-                    Err(TryError::Connect { unsent, .. }) => unsent.is_some() || !has_body,
+                    Err(TryError::Connect { unsent, .. }) => *unsent || !has_body,
                     _ => !has_body,
                 };
                 let next = match retry_reason {
@@ -178,8 +179,8 @@ impl<'x> Exchange<'x> {
                     };
                 };
                 // The failed try's body (a connect failure hands it back) goes to the next one.
-                if let Err(TryError::Connect { unsent, .. }) = outcome {
-                    body = unsent;
+                if let Err(TryError::Connect { unsent: true, .. }) = outcome {
+                    body = Some(try_body);
                 }
                 _retry_slot = Some(slot);
                 if let (Some(m), Some(reason)) = (&gateway.metrics, retry_reason) {
@@ -205,7 +206,7 @@ impl<'x> Exchange<'x> {
         index: usize,
         instance: &'s gerbang_registry::Instance,
         parts: &'s mut http::request::Parts,
-        body: RequestBody,
+        body: &'s mut RequestBody,
         started: tokio::time::Instant,
         timeout: Duration,
     ) -> impl std::future::Future<Output = Result<Response<ResponseBody>, TryError>> + Send + use<'s, 'x>
@@ -279,7 +280,7 @@ impl<'x> Exchange<'x> {
                     TryError::Failed(GatewayError::Internal("no upstream path".into()))
                 })?;
                 let uri = absolute_uri(instance, path_and_query).map_err(TryError::Failed)?;
-                let mut upstream_req = Request::new(body);
+                let mut upstream_req = Request::new(std::mem::replace(body, RequestBody::empty()));
                 *upstream_req.method_mut() = parts.method.clone();
                 *upstream_req.uri_mut() = uri;
                 *upstream_req.version_mut() = parts.version;
@@ -296,7 +297,7 @@ impl<'x> Exchange<'x> {
                             GatewayError::UpstreamUnavailable { .. }
                             | GatewayError::UpstreamConnectTimeout { .. } => TryError::Connect {
                                 error,
-                                unsent: None,
+                                unsent: false,
                             },
                             other => TryError::Failed(other),
                         })
@@ -378,10 +379,10 @@ fn absolute_uri(
 enum TryError {
     /// No response head within the try's timeout.
     TimedOut,
-    /// The connection could not be made; `unsent` is the body when none of it was read.
+    /// The connection could not be made; `unsent` when none of the body was read.
     Connect {
         error: GatewayError,
-        unsent: Option<RequestBody>,
+        unsent: bool,
     },
     /// The circuit breaker's limit on connections being opened.
     Overloaded,
