@@ -405,7 +405,10 @@ impl Gateway {
             let content_length = checks::request(&req, &snapshot.settings.limits, framing_error)?;
             // 2. the gateway's own endpoints
             if let Some(endpoint) = internal::which(req.uri().path()) {
-                return internal::serve(self, &snapshot, endpoint, req, &conn, call).await;
+                // Boxed: the gateway's own endpoints (the token issuer among them) need a larger
+                // future than the forwarding path, and every call's future would be that large.
+                return Box::pin(internal::serve(self, &snapshot, endpoint, req, &conn, call))
+                    .await;
             }
             // 3. route (its 404 waits for authentication)
             let normalized = route::normalise(req.uri().path())?;

@@ -86,15 +86,14 @@ impl<'x> Exchange<'x> {
                 }
                 let health = service.health(index);
                 let in_flight = health.map(|h| h.track());
-                let mut try_body = match body.take() {
-                    Some(b) => b,
-                    None => RequestBody::empty(),
-                };
+                // The try borrows the body where it is; a later try gets it back only if this
+                // one read none of it (a connect failure).
+                let try_body = body.get_or_insert_with(RequestBody::empty);
                 let started = first.take().unwrap_or_else(tokio::time::Instant::now);
                 let remaining = deadline.saturating_duration_since(started);
                 let try_timeout = per_try.min(remaining);
                 let outcome = self
-                    .try_once(index, instance, parts, &mut try_body, started, try_timeout)
+                    .try_once(index, instance, parts, try_body, started, try_timeout)
                     .await;
                 // What happened, for health, metrics and the retry decision.
                 let Assessment {
@@ -178,9 +177,10 @@ impl<'x> Exchange<'x> {
                         Err(TryError::TimedOut) => Err(timeout_error(watch, instance, try_timeout)),
                     };
                 };
-                // The failed try's body (a connect failure hands it back) goes to the next one.
-                if let Err(TryError::Connect { unsent: true, .. }) = outcome {
-                    body = Some(try_body);
+                // The failed try's body goes on to the next try only when none of it was read
+                // (a connect failure); otherwise the next try sends none.
+                if !matches!(outcome, Err(TryError::Connect { unsent: true, .. })) {
+                    body = None;
                 }
                 _retry_slot = Some(slot);
                 if let (Some(m), Some(reason)) = (&gateway.metrics, retry_reason) {
