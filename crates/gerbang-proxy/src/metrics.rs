@@ -10,6 +10,8 @@
 //! fetches of the auth crate, instance health) is read when `/metrics` is scraped, by the
 //! refresh hooks that the wiring registers with [`Metrics::on_scrape`].
 
+use std::collections::HashMap;
+use std::hash::BuildHasherDefault;
 use std::sync::{Arc, Mutex, OnceLock};
 
 use prometheus::core::Collector;
@@ -100,9 +102,92 @@ pub struct ServiceMetrics {
     pub received_bytes: IntCounter,
     /// `gerbang_sent_bytes_total{service}`.
     pub sent_bytes: IntCounter,
+    /// `gerbang_requests_total` series of this service's calls, each resolved once (a lookup
+    /// in the family hashes seven label values and takes its lock).
+    requests: Mutex<HashMap<RequestKey, IntCounter, BuildHasherDefault<WordHasher>>>,
+}
+
+/// Which `gerbang_requests_total` series of a service a call counts in, named by the
+/// snapshot's own indices and ids: within one snapshot (which holds these series and the
+/// policy the endpoint ids belong to) a key always means the same label values.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, Debug)]
+pub struct RequestKey {
+    /// The application's index in the snapshot's authenticator (`Principal::index`).
+    pub application: u32,
+    /// The address of the endpoint's id in the snapshot's policy; 0 for none.
+    pub endpoint: usize,
+    /// The method label's position in [`METHOD_LABELS`].
+    pub method: u8,
+    /// The status class label's position ([`status_class_index`]).
+    pub status_class: u8,
+    /// The decision label's position in [`DECISION_LABELS`].
+    pub decision: u8,
+}
+
+/// The method labels of `gerbang_requests_total`: the common methods, then `other`.
+pub const METHOD_LABELS: [&str; 8] = [
+    "GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS", "other",
+];
+
+/// The decision labels of `gerbang_requests_total`.
+pub const DECISION_LABELS: [&str; 4] = ["allow", "deny", "error", "none"];
+
+/// Series of one service kept at most; past it the table starts over.
+const REQUEST_SERIES_MAX: usize = 4096;
+
+/// A hasher for keys made of a few integers (a multiply per word suffices).
+#[derive(Default)]
+struct WordHasher(u64);
+
+impl std::hash::Hasher for WordHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        for b in bytes {
+            self.write_u64(u64::from(*b));
+        }
+    }
+    fn write_u8(&mut self, n: u8) {
+        self.write_u64(u64::from(n));
+    }
+    fn write_u32(&mut self, n: u32) {
+        self.write_u64(u64::from(n));
+    }
+    fn write_usize(&mut self, n: usize) {
+        self.write_u64(n as u64);
+    }
+    fn write_u64(&mut self, n: u64) {
+        self.0 = (self.0.rotate_left(26) ^ n).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+    }
 }
 
 impl ServiceMetrics {
+    /// Counts a call in `gerbang_requests_total`: the series `key` names, resolved in the
+    /// family with `labels` (consumer, agency, service, endpoint, method, status class,
+    /// decision) the first time.
+    pub fn count_request<'a>(
+        &self,
+        metrics: &Metrics,
+        key: RequestKey,
+        labels: impl FnOnce() -> [&'a str; 7],
+    ) {
+        let Ok(mut table) = self.requests.lock() else {
+            metrics.requests.with_label_values(&labels()).inc();
+            return;
+        };
+        if let Some(counter) = table.get(&key) {
+            counter.inc();
+            return;
+        }
+        if table.len() >= REQUEST_SERIES_MAX {
+            table.clear();
+        }
+        let counter = metrics.requests.with_label_values(&labels());
+        counter.inc();
+        table.insert(key, counter);
+    }
+
     /// Records the time to an upstream response head of the service `full_id` (the one these
     /// series are of).
     pub fn observe_upstream(&self, metrics: &Metrics, full_id: &str, elapsed: std::time::Duration) {
@@ -417,6 +502,7 @@ impl Metrics {
             upstream_duration: OnceLock::new(),
             received_bytes: self.received_bytes.with_label_values(&[full_id]),
             sent_bytes: self.sent_bytes.with_label_values(&[full_id]),
+            requests: Mutex::default(),
         }
     }
 
@@ -581,12 +667,17 @@ pub fn copy_counter(counter: &prometheus::IntCounter, value: u64) {
 
 /// `2xx`, `4xx`, … of a status code.
 pub fn status_class(status: u16) -> &'static str {
+    ["1xx", "2xx", "3xx", "4xx", "5xx"][usize::from(status_class_index(status))]
+}
+
+/// The position of `status`'s class label in `1xx` … `5xx` (anything else counts as `5xx`).
+pub fn status_class_index(status: u16) -> u8 {
     match status / 100 {
-        1 => "1xx",
-        2 => "2xx",
-        3 => "3xx",
-        4 => "4xx",
-        _ => "5xx",
+        1 => 0,
+        2 => 1,
+        3 => 2,
+        4 => 3,
+        _ => 4,
     }
 }
 
@@ -597,6 +688,73 @@ mod tests {
     fn rendered() -> String {
         let m = Metrics::new(true).unwrap();
         String::from_utf8(m.render()).unwrap()
+    }
+
+    #[test]
+    fn a_services_request_series_are_the_familys_series_each_resolved_once() {
+        let m = Metrics::new(true).unwrap();
+        let s = m.for_service("dukcapil/penduduk");
+        let labels = |consumer, status_class| {
+            move || {
+                [
+                    consumer,
+                    "dinkes",
+                    "dukcapil/penduduk",
+                    "GET /penduduk/{nik}",
+                    "GET",
+                    status_class,
+                    "allow",
+                ]
+            }
+        };
+        let key = |application, status_class| RequestKey {
+            application,
+            endpoint: 0x1000,
+            method: 0,
+            status_class,
+            decision: 0,
+        };
+        let value = |consumer, status_class| {
+            m.requests
+                .with_label_values(&labels(consumer, status_class)())
+                .get()
+        };
+        for _ in 0..3 {
+            s.count_request(&m, key(1, 1), labels("sim-rs", "2xx"));
+        }
+        s.count_request(&m, key(2, 1), labels("sim-pkm", "2xx"));
+        s.count_request(&m, key(1, 3), labels("sim-rs", "4xx"));
+        assert_eq!(value("sim-rs", "2xx"), 3);
+        assert_eq!(value("sim-pkm", "2xx"), 1);
+        assert_eq!(value("sim-rs", "4xx"), 1);
+        assert_eq!(s.requests.lock().unwrap().len(), 3);
+        // A known key is not looked up in the family again: its labels are not asked for.
+        s.count_request(&m, key(1, 1), || -> [&str; 7] {
+            panic!("labels asked for a known series")
+        });
+        assert_eq!(value("sim-rs", "2xx"), 4);
+        // Past the bound the table starts over; the series keep their counts.
+        s.requests.lock().unwrap().clear();
+        s.count_request(&m, key(1, 1), labels("sim-rs", "2xx"));
+        assert_eq!(value("sim-rs", "2xx"), 5);
+    }
+
+    #[test]
+    fn status_classes_are_the_hundreds_and_anything_else_is_5xx() {
+        for (status, class) in [
+            (100, "1xx"),
+            (199, "1xx"),
+            (200, "2xx"),
+            (301, "3xx"),
+            (404, "4xx"),
+            (499, "4xx"),
+            (500, "5xx"),
+            (599, "5xx"),
+            (600, "5xx"),
+            (999, "5xx"),
+        ] {
+            assert_eq!(status_class(status), class, "{status}");
+        }
     }
 
     #[test]

@@ -3,6 +3,7 @@
 //! registry ids, templates and codes: never a raw path, a credential or a subject id.
 
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use http::header::HeaderValue;
@@ -187,18 +188,19 @@ fn observe(
         .or(call.issuer_endpoint)
         .unwrap_or("unknown");
     let endpoint = call.endpoint.as_deref().unwrap_or("none");
-    let method = match *method {
-        http::Method::GET
-        | http::Method::HEAD
-        | http::Method::POST
-        | http::Method::PUT
-        | http::Method::PATCH
-        | http::Method::DELETE
-        | http::Method::OPTIONS => method.as_str(),
-        _ => "other",
+    let method_index: u8 = match *method {
+        http::Method::GET => 0,
+        http::Method::HEAD => 1,
+        http::Method::POST => 2,
+        http::Method::PUT => 3,
+        http::Method::PATCH => 4,
+        http::Method::DELETE => 5,
+        http::Method::OPTIONS => 6,
+        _ => 7,
     };
-    m.requests
-        .with_label_values(&[
+    let method = crate::metrics::METHOD_LABELS[usize::from(method_index)];
+    let labels = || {
+        [
             consumer,
             agency,
             service,
@@ -206,8 +208,34 @@ fn observe(
             method,
             crate::metrics::status_class(status),
             decision,
-        ])
-        .inc();
+        ]
+    };
+    // A forwarded call's series is resolved once per snapshot, by the snapshot's own indices.
+    let key = match (&call.service_metrics, &call.consumer) {
+        (Some(s), Some(p)) => crate::metrics::DECISION_LABELS
+            .iter()
+            .position(|d| *d == decision)
+            .map(|d| {
+                (
+                    s,
+                    crate::metrics::RequestKey {
+                        application: p.index,
+                        endpoint: call
+                            .endpoint
+                            .as_ref()
+                            .map_or(0, |e| Arc::as_ptr(e).cast::<u8>() as usize),
+                        method: method_index,
+                        status_class: crate::metrics::status_class_index(status),
+                        decision: d as u8,
+                    },
+                )
+            }),
+        _ => None,
+    };
+    match key {
+        Some((s, key)) => s.count_request(m, key, labels),
+        None => m.requests.with_label_values(&labels()).inc(),
+    }
     match &call.service_metrics {
         Some(s) => s.duration.observe(elapsed.as_secs_f64()),
         None => m
@@ -563,6 +591,84 @@ mod tests {
     use proptest::prelude::*;
 
     use super::{write_call_record, CallRecord};
+
+    /// The calls of two applications to one service and its two endpoints, answered with
+    /// several statuses, methods and decisions: each counts in the series its labels name,
+    /// whether it is resolved through the service's table or through the family.
+    #[test]
+    fn a_forwarded_calls_request_series_is_the_one_its_labels_name() {
+        use std::sync::Arc;
+
+        use crate::metrics::Metrics;
+        use crate::phase::context::Call;
+
+        let m = Metrics::new(true).unwrap();
+        let service = Arc::new(m.for_service("dukcapil/penduduk"));
+        let principal = |application: &str, index| {
+            Arc::new(gerbang_auth::Principal {
+                application: application.into(),
+                agency: "dinkes".into(),
+                method: gerbang_auth::AuthMethod::ApiKey,
+                scopes: vec![],
+                index,
+            })
+        };
+        let (rs, pkm) = (
+            principal("dinkes/sim-rs", 0),
+            principal("dinkes/sim-pkm", 1),
+        );
+        let by_nik: Arc<str> = Arc::from("GET /penduduk/{nik}");
+        let by_kk: Arc<str> = Arc::from("GET /kk/{no}");
+        let call = |p: &Arc<gerbang_auth::Principal>, endpoint: &Arc<str>, metrics| Call {
+            service: Some(Arc::from("dukcapil/penduduk")),
+            service_metrics: metrics,
+            consumer: Some(Arc::clone(p)),
+            endpoint: Some(Arc::clone(endpoint)),
+            ..Call::default()
+        };
+        let ok = || {
+            Ok(http::Response::new(crate::response_body::full(
+                bytes::Bytes::new(),
+            )))
+        };
+        let d = std::time::Duration::from_millis(1);
+        for metrics in [Some(Arc::clone(&service)), None] {
+            let c = call(&rs, &by_nik, metrics.clone());
+            super::observe(&m, &c, &http::Method::GET, 200, "allow", &ok(), d);
+            super::observe(&m, &c, &http::Method::GET, 200, "allow", &ok(), d);
+            super::observe(&m, &c, &http::Method::GET, 404, "allow", &ok(), d);
+            super::observe(&m, &c, &http::Method::HEAD, 200, "allow", &ok(), d);
+            super::observe(&m, &c, &http::Method::GET, 502, "error", &ok(), d);
+            let c = call(&pkm, &by_nik, metrics.clone());
+            super::observe(&m, &c, &http::Method::GET, 200, "allow", &ok(), d);
+            let c = call(&rs, &by_kk, metrics.clone());
+            super::observe(&m, &c, &http::Method::GET, 200, "allow", &ok(), d);
+        }
+        let value = |app: &str, endpoint: &str, method: &str, class: &str, decision: &str| {
+            m.requests
+                .with_label_values(&[
+                    app,
+                    "dinkes",
+                    "dukcapil/penduduk",
+                    endpoint,
+                    method,
+                    class,
+                    decision,
+                ])
+                .get()
+        };
+        let nik = "GET /penduduk/{nik}";
+        // Each call twice: once through the service's table, once through the family.
+        assert_eq!(value("dinkes/sim-rs", nik, "GET", "2xx", "allow"), 4);
+        assert_eq!(value("dinkes/sim-rs", nik, "GET", "4xx", "allow"), 2);
+        assert_eq!(value("dinkes/sim-rs", nik, "HEAD", "2xx", "allow"), 2);
+        assert_eq!(value("dinkes/sim-rs", nik, "GET", "5xx", "error"), 2);
+        assert_eq!(value("dinkes/sim-pkm", nik, "GET", "2xx", "allow"), 2);
+        assert_eq!(
+            value("dinkes/sim-rs", "GET /kk/{no}", "GET", "2xx", "allow"),
+            2
+        );
+    }
 
     fn text() -> impl Strategy<Value = String> {
         // Quotes, backslashes, every control character, DEL, non-ASCII and U+2028.
