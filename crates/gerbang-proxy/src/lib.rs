@@ -23,6 +23,7 @@ pub mod tls;
 pub mod token_guard;
 pub mod trace;
 pub mod upstream;
+mod word_hash;
 
 pub use admin::{Admin, Health};
 pub use error::{ErrorSource, GatewayError};

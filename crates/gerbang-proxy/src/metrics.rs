@@ -10,8 +10,6 @@
 //! fetches of the auth crate, instance health) is read when `/metrics` is scraped, by the
 //! refresh hooks that the wiring registers with [`Metrics::on_scrape`].
 
-use std::collections::HashMap;
-use std::hash::BuildHasherDefault;
 use std::sync::{Arc, Mutex, OnceLock};
 
 use prometheus::core::Collector;
@@ -104,7 +102,7 @@ pub struct ServiceMetrics {
     pub sent_bytes: IntCounter,
     /// `gerbang_requests_total` series of this service's calls, each resolved once (a lookup
     /// in the family hashes seven label values and takes its lock).
-    requests: Mutex<HashMap<RequestKey, IntCounter, BuildHasherDefault<WordHasher>>>,
+    requests: Mutex<crate::word_hash::WordMap<RequestKey, IntCounter>>,
 }
 
 /// Which `gerbang_requests_total` series of a service a call counts in, named by the
@@ -134,33 +132,6 @@ pub const DECISION_LABELS: [&str; 4] = ["allow", "deny", "error", "none"];
 
 /// Series of one service kept at most; past it the table starts over.
 const REQUEST_SERIES_MAX: usize = 4096;
-
-/// A hasher for keys made of a few integers (a multiply per word suffices).
-#[derive(Default)]
-struct WordHasher(u64);
-
-impl std::hash::Hasher for WordHasher {
-    fn finish(&self) -> u64 {
-        self.0
-    }
-    fn write(&mut self, bytes: &[u8]) {
-        for b in bytes {
-            self.write_u64(u64::from(*b));
-        }
-    }
-    fn write_u8(&mut self, n: u8) {
-        self.write_u64(u64::from(n));
-    }
-    fn write_u32(&mut self, n: u32) {
-        self.write_u64(u64::from(n));
-    }
-    fn write_usize(&mut self, n: usize) {
-        self.write_u64(n as u64);
-    }
-    fn write_u64(&mut self, n: u64) {
-        self.0 = (self.0.rotate_left(26) ^ n).wrapping_mul(0x9E37_79B9_7F4A_7C15);
-    }
-}
 
 impl ServiceMetrics {
     /// Counts a call in `gerbang_requests_total`: the series `key` names, resolved in the

@@ -437,14 +437,13 @@ async fn serve_http1<T: Transport, H: Handler>(
         if let Poll::Ready(result) = polled {
             return Poll::Ready(Some(result));
         }
-        if !stopping_now && (!stop_polled || stop_seen.has_changed().unwrap_or(true)) {
-            // As for the timers: a poll without budget left answers `Pending` at once.
-            stop_polled = tokio::task::coop::has_budget_remaining();
-            if stop_signal.as_mut().poll(cx).is_ready() {
-                stopping_now = true;
-                Pin::new(&mut http).graceful_shutdown();
-                continue;
-            }
+        if !stopping_now
+            && poll_again(&mut stop_polled, stop_seen.has_changed().unwrap_or(true))
+            && stop_signal.as_mut().poll(cx).is_ready()
+        {
+            stopping_now = true;
+            Pin::new(&mut http).graceful_shutdown();
+            continue;
         }
         if stopping_now || parking {
             return Poll::Pending;
@@ -517,7 +516,13 @@ async fn serve_http1<T: Transport, H: Handler>(
 /// the task has budget left: without, tokio's cooperative scheduling answers `Pending` before
 /// the timer takes the waker. (The inline client's deadline timers follow the same rule.)
 pub(crate) fn needs_poll(timer: &tokio::time::Sleep, polled: &mut bool) -> bool {
-    if *polled && !timer.is_elapsed() {
+    poll_again(polled, timer.is_elapsed())
+}
+
+/// The rule of [`needs_poll`] for any future that keeps the task's waker once polled: poll
+/// it when it has not been polled (with budget left) yet, or when what it waits for `moved`.
+fn poll_again(polled: &mut bool, moved: bool) -> bool {
+    if *polled && !moved {
         return false;
     }
     *polled = tokio::task::coop::has_budget_remaining();

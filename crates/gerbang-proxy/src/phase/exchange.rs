@@ -45,8 +45,8 @@ impl<'x> Exchange<'x> {
     pub(crate) fn run<'s>(
         &'s self,
         parts: &'s mut http::request::Parts,
-        // An `Option` the tries take it from (and a connect failure puts it back in): the
-        // future keeps the argument itself, not a second copy of it.
+        // Each try borrows the body inside this `Option`; a try that read any of it leaves
+        // `None`. The future keeps the argument itself, not a second copy of it.
         mut body: Option<RequestBody>,
     ) -> impl std::future::Future<
         Output = Result<(Response<ResponseBody>, Option<InFlight>), GatewayError>,

@@ -4,7 +4,6 @@
 //! assertion set; W3C trace context; and, on a route with field rules, no ranges or conditions
 //! and HEAD sent as GET (the client gets the gateway's representation, never the provider's).
 
-use std::collections::HashMap;
 use std::sync::Mutex;
 use std::time::Duration;
 
@@ -220,25 +219,7 @@ struct Identity {
 /// indices, so the table hashes one integer.
 #[derive(Default)]
 pub(crate) struct IdentityCache {
-    map: Mutex<HashMap<u64, Identity, std::hash::BuildHasherDefault<IndexHasher>>>,
-}
-
-/// A hasher for keys that are already well spread small integers (a multiply suffices).
-#[derive(Default)]
-struct IndexHasher(u64);
-
-impl std::hash::Hasher for IndexHasher {
-    fn finish(&self) -> u64 {
-        self.0
-    }
-    fn write(&mut self, bytes: &[u8]) {
-        for b in bytes {
-            self.0 = (self.0 ^ u64::from(*b)).wrapping_mul(0x0100_0000_01b3);
-        }
-    }
-    fn write_u64(&mut self, n: u64) {
-        self.0 = n.wrapping_mul(0x9E37_79B9_7F4A_7C15);
-    }
+    map: Mutex<crate::word_hash::WordMap<u64, Identity>>,
 }
 
 /// The table key of an identity: the (application, service) pair, the agreement and the
