@@ -405,7 +405,11 @@ async fn serve_http1<T: Transport, H: Handler>(
     );
     // The caller boxes this future: the connection's task keeps room for its largest state,
     // and a parked connection should not carry hyper's.
-    let mut http = shared.h1.serve_connection(TokioIo::new(io), svc);
+    let mut http = Some(shared.h1.serve_connection(TokioIo::new(io), svc));
+    // hyper's connection once it is asked to let go of an idle connection: run on until it is
+    // done, then handed back without shutting the stream down (`without_shutdown`; hyper's
+    // `poll_without_shutdown` would want the handler's future `Unpin`, and it is not).
+    let mut letting_go = pin!(slot_for(&http, http1::Connection::without_shutdown));
     // A second view of the shutdown signal, to tell cheaply whether it moved: the wait for it
     // is polled once, and again only after it did (its first poll left this task's waker with
     // it). Polled on every wake of the connection it cost about 100 instructions each time.
@@ -429,10 +433,10 @@ async fn serve_http1<T: Transport, H: Handler>(
     let ended = std::future::poll_fn(|cx| loop {
         // Until it is asked to let the connection go, hyper runs as it would on its own: when
         // it ends the connection, it flushes what it holds and shuts the stream down.
-        let polled = if parking {
-            http.poll_without_shutdown(cx)
-        } else {
-            Pin::new(&mut http).poll(cx)
+        let polled = match (letting_go.as_mut().as_pin_mut(), http.as_mut()) {
+            (Some(back), _) => back.poll(cx).map(|parts| parts.map(Some)),
+            (None, Some(h)) => Pin::new(h).poll(cx).map(|done| done.map(|()| None)),
+            (None, None) => Poll::Ready(Ok(None)),
         };
         if let Poll::Ready(result) = polled {
             return Poll::Ready(Some(result));
@@ -442,7 +446,9 @@ async fn serve_http1<T: Transport, H: Handler>(
             && stop_signal.as_mut().poll(cx).is_ready()
         {
             stopping_now = true;
-            Pin::new(&mut http).graceful_shutdown();
+            if let Some(h) = http.as_mut() {
+                Pin::new(h).graceful_shutdown();
+            }
             continue;
         }
         if stopping_now || parking {
@@ -474,14 +480,16 @@ async fn serve_http1<T: Transport, H: Handler>(
         // on an idle hyper connection ends it without a byte written. Otherwise the timer is
         // armed again the next time the connection is quiet.
         if armed.take() == Some(activity.events()) && activity.quiet() {
-            parking = true;
-            Pin::new(&mut http).graceful_shutdown();
+            if let Some(mut h) = http.take() {
+                parking = true;
+                Pin::new(&mut h).graceful_shutdown();
+                letting_go.set(Some(h.without_shutdown()));
+            }
         }
     })
     .await;
     match ended {
-        Some(Ok(())) if parking => {
-            let parts = http.into_parts();
+        Some(Ok(Some(parts))) => {
             let mut io = parts.io.into_inner();
             if stopping_now {
                 // Shutdown came while hyper let an idle connection go: it held nothing.
@@ -498,7 +506,7 @@ async fn serve_http1<T: Transport, H: Handler>(
             Some((io, next))
         }
         // hyper ended the connection itself, flushed and shut down.
-        Some(Ok(())) => None,
+        Some(Ok(None)) => None,
         Some(Err(e)) => {
             tracing::debug!(remote = %conn.remote, error = %e, "connection ended with an error");
             None
@@ -508,6 +516,12 @@ async fn serve_http1<T: Transport, H: Handler>(
             None
         }
     }
+}
+
+/// An empty slot for what `make` turns `conn`'s value into (names the type of a future that
+/// can only be made later).
+fn slot_for<C, F>(_conn: &Option<C>, _make: fn(C) -> F) -> Option<F> {
+    None
 }
 
 /// Whether a timer of a connection's task must be polled now: not yet since it was armed
@@ -553,15 +567,13 @@ fn next_head_check(
     (now < due).then_some(due)
 }
 
-/// The response future hyper keeps for each request in flight.
-type ServedFuture = Pin<Box<dyn Future<Output = Result<Response<ServedBody>, Infallible>> + Send>>;
-
-/// The service hyper calls for each request of one connection. The handler's future is boxed:
-/// hyper keeps room for one service future in every connection for as long as it is open, and
-/// the pipeline's future is kilobytes, so unboxed it made every idle keep-alive connection
-/// that much larger. Boxed, the room is a pointer and the future lives only while a request is
-/// in flight (one allocation per request). With `activity`, each request counts as in flight
-/// until its response body has been wholly handed to hyper (parking waits for that).
+/// The service hyper calls for each request of one connection. The handler's future is not
+/// boxed: hyper keeps one heap slot for the future in flight per HTTP/1.1 connection (made
+/// when the connection starts, reused by every request on it) and spawns each HTTP/2
+/// stream as its own task, so a box here was one more allocation of kilobytes per request. A
+/// quiet HTTP/1.1 connection is parked and lets hyper's connection, slot included, go. With
+/// `activity`, each request counts as in flight until its response body has been wholly
+/// handed to hyper (parking waits for that).
 fn service<H: Handler>(
     handler: Arc<H>,
     conn: ConnInfo,
@@ -570,21 +582,21 @@ fn service<H: Handler>(
     Request<Incoming>,
     Response = Response<ServedBody>,
     Error = Infallible,
-    Future = ServedFuture,
+    Future = impl Future<Output = Result<Response<ServedBody>, Infallible>> + Send,
 > + Send
        + Unpin {
-    hyper::service::service_fn(move |req| -> ServedFuture {
+    hyper::service::service_fn(move |req| {
         let in_flight = activity.as_ref().map(Activity::start_request);
-        Box::pin(Served {
+        Served {
             response: Arc::clone(&handler).call(req, conn.clone()),
             in_flight,
-        })
+        }
     })
 }
 
 pin_project_lite::pin_project! {
-    /// The handler's future and the request's place in the connection's activity: the future
-    /// is boxed as it is (an `async` block around it would hold it, and copy it, once more).
+    /// The handler's future and the request's place in the connection's activity (an `async`
+    /// block around the future would hold it, and copy it, once more).
     struct Served<F> {
         #[pin]
         response: F,
