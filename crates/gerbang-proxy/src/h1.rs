@@ -209,7 +209,7 @@ pub fn send<'a>(
     pool: &'a Arc<InstancePool>,
     times: Times,
     parts: &'a http::request::Parts,
-    added: &'a [(headers::Field, HeaderValue)],
+    added: [&'a [(headers::Field, HeaderValue)]; 2],
     body: &'a mut RequestBody,
     pending: Option<PendingLimit<'a>>,
 ) -> impl std::future::Future<Output = Result<Response<UpstreamBody>, SendError>> + Send + 'a {
@@ -420,7 +420,7 @@ const FRAMING_AND_END_ROOM: usize =
 /// whose names `parts` does not hold), then the framing this gateway decided.
 fn encode_head(
     parts: &http::request::Parts,
-    added: &[(headers::Field, HeaderValue)],
+    added: [&[(headers::Field, HeaderValue)]; 2],
     chunked: bool,
     length: Option<u64>,
 ) -> BytesMut {
@@ -429,7 +429,7 @@ fn encode_head(
         parts
             .headers
             .iter()
-            .chain(added.iter().map(|(f, v)| (f.name(), v)))
+            .chain(added.into_iter().flatten().map(|(f, v)| (f.name(), v)))
     };
     // The head's exact size up front (the identity assertion alone outgrew an estimate, so
     // every head was copied once more while being written).
@@ -1545,7 +1545,7 @@ mod tests {
             pool,
             Times::within(within),
             &request(method),
-            &[],
+            [&[], &[]],
             &mut RequestBody::empty(),
             None,
         )
@@ -1754,7 +1754,7 @@ mod tests {
             &pool(&addr),
             Times::within(Duration::from_secs(5)),
             &request(Method::POST),
-            &[],
+            [&[], &[]],
             &mut RequestBody::empty(),
             None,
         )
@@ -1798,17 +1798,18 @@ mod tests {
             HeaderValue::from_static("chunked"),
         );
         let text = |h: BytesMut| String::from_utf8(h.to_vec()).unwrap();
-        let h = text(encode_head(&parts, &[], false, Some(5)));
+        let h = text(encode_head(&parts, [&[], &[]], false, Some(5)));
         assert!(h.starts_with("POST /x HTTP/1.1\r\n"));
         assert!(h.ends_with("content-length: 5\r\n\r\n"));
         assert!(!h.contains("99") && !h.contains("transfer-encoding"));
-        let h = text(encode_head(&parts, &[], true, None));
+        let h = text(encode_head(&parts, [&[], &[]], true, None));
         assert!(h.ends_with("transfer-encoding: chunked\r\n\r\n"));
         assert!(!h.contains("content-length"));
         // A declared empty body keeps saying so; no declaration, no field.
-        assert!(text(encode_head(&parts, &[], false, None)).ends_with("content-length: 0\r\n\r\n"));
+        assert!(text(encode_head(&parts, [&[], &[]], false, None))
+            .ends_with("content-length: 0\r\n\r\n"));
         let get = request(Method::GET);
-        let h = text(encode_head(&get, &[], false, None));
+        let h = text(encode_head(&get, [&[], &[]], false, None));
         assert_eq!(h, "GET /x HTTP/1.1\r\nhost: upstream\r\n\r\n");
     }
 
@@ -1822,7 +1823,7 @@ mod tests {
             ),
             (headers::Field::XRequestId, HeaderValue::from_static("r1")),
         ];
-        let h = encode_head(&get, &added, false, None);
+        let h = encode_head(&get, [&added[..1], &added[1..]], false, None);
         assert_eq!(
             String::from_utf8(h.to_vec()).unwrap(),
             "GET /x HTTP/1.1\r\nhost: upstream\r\nx-gerbang-consumer: dinkes/sik\r\n\
@@ -1847,7 +1848,7 @@ mod tests {
             );
         }
         for (chunked, length) in [(false, Some(u64::MAX)), (true, None), (false, None)] {
-            let h = encode_head(&parts, &[], chunked, length);
+            let h = encode_head(&parts, [&[], &[]], chunked, length);
             assert!(
                 h.capacity() <= h.len() + FRAMING_AND_END_ROOM,
                 "len {} capacity {}",
@@ -1858,7 +1859,7 @@ mod tests {
         parts
             .headers
             .insert(header::CONTENT_LENGTH, HeaderValue::from_static("0"));
-        let h = encode_head(&parts, &[], false, None);
+        let h = encode_head(&parts, [&[], &[]], false, None);
         assert!(h.ends_with(b"content-length: 0\r\n\r\n"));
     }
 }

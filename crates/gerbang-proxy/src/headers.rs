@@ -2,6 +2,7 @@
 //! request id.
 
 use std::net::IpAddr;
+use std::sync::Arc;
 
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 
@@ -365,8 +366,13 @@ impl Field {
 #[derive(Debug)]
 pub struct Added {
     fields: Vec<(Field, HeaderValue)>,
-    /// The bits ([`Field::bit`]) of the fields in `fields`.
+    /// Fields many calls share, written after `fields`: the caller's identity, made once per
+    /// identity cache entry and handed over whole (one reference count, not one per value).
+    shared: Option<Arc<[(Field, HeaderValue)]>>,
+    /// The bits ([`Field::bit`]) of the fields in `fields` and `shared`.
     present: u16,
+    /// The bits of the fields in `shared`.
+    shared_bits: u16,
     /// Which of the names the gateway sets ([`gateway_set_bit`]) the client's map held when
     /// this was made: the others need no lookup to be removed (a lookup hashes the name).
     client_sent: u16,
@@ -403,8 +409,10 @@ impl Added {
             }
         }
         Self {
-            fields: Vec::with_capacity(12),
+            fields: Vec::with_capacity(8),
+            shared: None,
             present: 0,
+            shared_bits: 0,
             client_sent,
         }
     }
@@ -424,6 +432,7 @@ impl Added {
 
     /// Sets `field`, which the map is known not to hold (a name the client's strip removed).
     pub fn set_absent(&mut self, field: Field, value: HeaderValue) {
+        self.own(field);
         if self.present & field.bit() != 0 {
             if let Some(slot) = self.fields.iter_mut().find(|(f, _)| *f == field) {
                 slot.1 = value;
@@ -439,31 +448,69 @@ impl Added {
         if self.client_sent(field) {
             headers.remove(field.name());
         }
+        self.own(field);
         if self.present & field.bit() != 0 {
             self.present &= !field.bit();
             self.fields.retain(|(f, _)| *f != field);
         }
     }
 
+    /// Sets the shared `fields`, none of which the map holds or this has set (names the
+    /// client's strip removed, set only here): those already set are left as they are.
+    pub fn set_shared_absent(&mut self, fields: Arc<[(Field, HeaderValue)]>) {
+        for &(field, _) in fields.iter() {
+            self.own(field);
+        }
+        let mut bits = 0;
+        for &(field, _) in fields.iter() {
+            if (self.present | bits) & field.bit() != 0 {
+                // Not expected (the caller sets each of these names once); kept correct.
+                for (f, v) in fields.iter() {
+                    self.set_absent(*f, v.clone());
+                }
+                return;
+            }
+            bits |= field.bit();
+        }
+        self.present |= bits;
+        self.shared_bits = bits;
+        self.shared = Some(fields);
+    }
+
+    /// Makes `field`, when it is one of the shared fields, a field of this call's own, so
+    /// that it can be replaced or removed.
+    fn own(&mut self, field: Field) {
+        if self.shared_bits & field.bit() == 0 {
+            return;
+        }
+        if let Some(shared) = self.shared.take() {
+            self.fields.extend(shared.iter().cloned());
+        }
+        self.shared_bits = 0;
+    }
+
     #[cfg(test)]
     fn get(&self, field: Field) -> Option<&HeaderValue> {
-        self.fields
-            .iter()
+        self.fields()
+            .into_iter()
+            .flatten()
             .find(|(f, _)| *f == field)
             .map(|(_, v)| v)
     }
 
-    pub fn fields(&self) -> &[(Field, HeaderValue)] {
-        &self.fields
+    /// The fields set, in the order they are written: this call's own, then the shared.
+    pub fn fields(&self) -> [&[(Field, HeaderValue)]; 2] {
+        [&self.fields, self.shared.as_deref().unwrap_or_default()]
     }
 
     /// The map and the set fields as one map (the HTTPS client's request, tests).
     pub fn merged(&self, headers: &HeaderMap) -> HeaderMap {
-        let mut all = HeaderMap::with_capacity(headers.len() + self.fields.len());
+        let set = self.fields().into_iter().flatten();
+        let mut all = HeaderMap::with_capacity(headers.len() + set.clone().count());
         for (n, v) in headers {
             all.append(n, v.clone());
         }
-        for (f, v) in &self.fields {
+        for (f, v) in set {
             all.append(f.name(), v.clone());
         }
         all
@@ -884,7 +931,7 @@ mod tests {
         added.remove(&mut h, Field::XGerbangAgreement);
         // The map keeps only what the client may pass on; what was set is beside it, once.
         assert!(h.get("x-request-id").is_none() && h.get("x-forwarded-host").is_none());
-        assert_eq!(added.fields().len(), 1);
+        assert_eq!(added.fields().into_iter().flatten().count(), 1);
         assert_eq!(added.get(Field::XRequestId).unwrap(), "gw-2");
         // A field outside the scanned names is looked up, whatever the scan saw.
         h.insert("x-gerbang-consumer", HeaderValue::from_static("client"));
@@ -902,6 +949,74 @@ mod tests {
             ["gw-2"]
         );
         assert_eq!(all["accept"], "*/*");
+    }
+
+    /// Shared fields (an identity made once for many calls) are written after the call's own,
+    /// each once; one of them set or removed again becomes the call's own, and the shared
+    /// set is left as it was for the next call.
+    #[test]
+    fn shared_fields_follow_the_calls_own_and_can_still_be_replaced_or_removed() {
+        let names = |added: &Added| {
+            added
+                .fields()
+                .into_iter()
+                .flatten()
+                .map(|(f, v)| format!("{}={}", f.name(), v.to_str().unwrap()))
+                .collect::<Vec<_>>()
+        };
+        let shared: Arc<[(Field, HeaderValue)]> = vec![
+            (
+                Field::XGerbangConsumer,
+                HeaderValue::from_static("dinkes/sik"),
+            ),
+            (Field::XGerbangAgreement, HeaderValue::from_static("a1")),
+        ]
+        .into();
+        let mut h = HeaderMap::new();
+        h.insert("accept", HeaderValue::from_static("*/*"));
+        let mut added = Added::for_call(&h);
+        added.set_absent(Field::XGerbangAuthMethod, HeaderValue::from_static("mtls"));
+        added.set_shared_absent(Arc::clone(&shared));
+        added.set(&mut h, Field::XRequestId, HeaderValue::from_static("r1"));
+        assert_eq!(
+            names(&added),
+            [
+                "x-gerbang-auth-method=mtls",
+                "x-request-id=r1",
+                "x-gerbang-consumer=dinkes/sik",
+                "x-gerbang-agreement=a1"
+            ]
+        );
+        assert_eq!(Arc::strong_count(&shared), 2, "handed over, not copied");
+        // Replaced: once, with the new value; the other shared field stays.
+        added.set_absent(Field::XGerbangAgreement, HeaderValue::from_static("a2"));
+        let now = names(&added);
+        assert_eq!(now.len(), 4);
+        assert!(
+            now.contains(&"x-gerbang-agreement=a2".to_string()),
+            "{now:?}"
+        );
+        assert!(now.contains(&"x-gerbang-consumer=dinkes/sik".to_string()));
+        // Removed: gone from what is written and from the merged map.
+        added.remove(&mut h, Field::XGerbangConsumer);
+        let all = added.merged(&h);
+        assert!(all.get("x-gerbang-consumer").is_none());
+        assert_eq!(all.get_all("x-gerbang-agreement").iter().count(), 1);
+        assert_eq!(all["x-gerbang-agreement"], "a2");
+        assert_eq!(all.len(), 4);
+        // The shared set itself is unchanged.
+        assert_eq!(shared.len(), 2);
+        assert_eq!(shared[1].1, "a1");
+        // Shared fields that overlap what the call set do not repeat a name.
+        let mut added = Added::for_call(&h);
+        added.set_absent(Field::XGerbangAgreement, HeaderValue::from_static("own"));
+        added.set_shared_absent(Arc::clone(&shared));
+        let now = names(&added);
+        assert_eq!(now.len(), 2, "{now:?}");
+        assert!(
+            now.contains(&"x-gerbang-agreement=a1".to_string()),
+            "{now:?}"
+        );
     }
 
     #[test]

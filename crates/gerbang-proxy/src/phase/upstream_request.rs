@@ -4,7 +4,7 @@
 //! assertion set; W3C trace context; and, on a route with field rules, no ranges or conditions
 //! and HEAD sent as GET (the client gets the gateway's representation, never the provider's).
 
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -173,18 +173,12 @@ fn set_identity(
         &snapshot.auth,
         (assertion_ttl, now),
     )?;
-    added.set_absent(Field::XGerbangConsumer, id.consumer);
-    added.set_absent(Field::XGerbangConsumerAgency, id.agency);
+    // How this call authenticated: the same application may use several methods.
     added.set_absent(
         Field::XGerbangAuthMethod,
         HeaderValue::from_static(method_name(&principal.method)),
     );
-    if let Some(a) = id.assertion {
-        added.set_absent(Field::XGerbangAssertion, a);
-    }
-    if let Some(v) = id.agreement_header {
-        added.set_absent(Field::XGerbangAgreement, v);
-    }
+    added.set_shared_absent(id);
     Some(())
 }
 
@@ -198,17 +192,13 @@ fn method_name(m: &AuthMethod) -> &'static str {
     }
 }
 
-/// The identity headers of one (application, service) pair, ready to clone into requests.
-#[derive(Clone)]
+/// The identity headers of one (application, service) pair, shared by the requests that carry
+/// them: `X-Gerbang-Consumer`, `X-Gerbang-Consumer-Agency`, the signed assertion (reused for
+/// half its lifetime: signing costs tens of microseconds, a lookup well under one) and
+/// `X-Gerbang-Agreement` (the agreement's id), each made once per entry instead of per call.
 struct Identity {
-    consumer: HeaderValue,
-    agency: HeaderValue,
-    /// The signed assertion; reused for half its lifetime (signing costs tens of microseconds,
-    /// a lookup well under one).
-    assertion: Option<HeaderValue>,
+    headers: Arc<[(Field, HeaderValue)]>,
     renew_at: u64,
-    /// `X-Gerbang-Agreement`: the agreement's id, made once per entry instead of per call.
-    agreement_header: Option<HeaderValue>,
     /// What the entry was made for, confirmed on every hit (the key is a hash of it).
     pair: u64,
     agreement: usize,
@@ -251,7 +241,7 @@ impl IdentityCache {
         auth: &Authenticator,
         // The assertion's lifetime (none: no assertion) and the call's time.
         (assertion_ttl, now): (Option<Duration>, u64),
-    ) -> Option<Identity> {
+    ) -> Option<Arc<[(Field, HeaderValue)]>> {
         let pair = (u64::from(principal.index) << 32) | service.index as u64;
         let key = identity_key(pair, agreement.0, purpose);
         if let Ok(map) = self.map.lock() {
@@ -261,7 +251,7 @@ impl IdentityCache {
                     && id.agreement == agreement.0
                     && id.purpose.as_deref() == purpose
                 {
-                    return Some(id.clone());
+                    return Some(Arc::clone(&id.headers));
                 }
             }
         }
@@ -292,12 +282,20 @@ impl IdentityCache {
                 }
             }
         };
+        let mut headers = vec![
+            (Field::XGerbangConsumer, consumer),
+            (Field::XGerbangConsumerAgency, agency),
+        ];
+        if let Some(a) = assertion {
+            headers.push((Field::XGerbangAssertion, a));
+        }
+        if let Some(v) = agreement_header {
+            headers.push((Field::XGerbangAgreement, v));
+        }
+        let headers: Arc<[(Field, HeaderValue)]> = headers.into();
         let id = Identity {
-            consumer,
-            agency,
-            assertion,
+            headers: Arc::clone(&headers),
             renew_at,
-            agreement_header,
             pair,
             agreement: agreement.0,
             purpose: purpose.map(Box::from),
@@ -306,9 +304,9 @@ impl IdentityCache {
             if map.len() >= IDENTITY_CACHE_MAX {
                 map.clear();
             }
-            map.insert(key, id.clone());
+            map.insert(key, id);
         }
-        Some(id)
+        Some(headers)
     }
 }
 
