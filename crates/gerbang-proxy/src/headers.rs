@@ -152,18 +152,55 @@ pub fn canonical_name(name: &str) -> std::borrow::Cow<'_, str> {
 }
 
 /// Whether a client may not pass on a header with this canonical name (see
-/// [`remove_client_controlled`]).
-fn client_may_not_send(canonical: &str, extra: &[HeaderName]) -> bool {
+/// [`remove_client_controlled`]); `listed` is [`ListedLengths`] of `extra`.
+fn client_may_not_send(canonical: &str, extra: &[HeaderName], listed: ListedLengths) -> bool {
     canonical.starts_with(GATEWAY_HEADER_PREFIX)
-        || canonical == header::AUTHORIZATION.as_str()
-        || canonical == X_API_KEY.as_str()
-        || UNMAINTAINED_FORWARDING
-            .iter()
-            .any(|u| u.as_str() == canonical)
-        || OVERRIDE_HEADERS.iter().any(|u| u.as_str() == canonical)
-        || extra
-            .iter()
-            .any(|u| canonical_name(u.as_str()).as_ref() == canonical)
+        || (listed.may_hold(canonical.len())
+            && (canonical == header::AUTHORIZATION.as_str()
+                || canonical == X_API_KEY.as_str()
+                || UNMAINTAINED_FORWARDING
+                    .iter()
+                    .any(|u| u.as_str() == canonical)
+                || OVERRIDE_HEADERS.iter().any(|u| u.as_str() == canonical)
+                || extra
+                    .iter()
+                    .any(|u| canonical_name(u.as_str()).as_ref() == canonical)))
+}
+
+/// The lengths of the names a client may not send (besides the `x-gerbang-` prefix), one bit
+/// each: most names a client sends (`host`, `accept`, `user-agent`, …) have a length none of
+/// them has, and are passed without a comparison. Names of 64 bytes and more are compared.
+#[derive(Clone, Copy)]
+struct ListedLengths(u64);
+
+impl ListedLengths {
+    /// The fixed names' lengths and those of `extra` (`_` read as `-` keeps a length).
+    fn with(extra: &[HeaderName]) -> Self {
+        static FIXED: std::sync::LazyLock<u64> = std::sync::LazyLock::new(|| {
+            [&header::AUTHORIZATION, &X_API_KEY]
+                .into_iter()
+                .chain(&UNMAINTAINED_FORWARDING)
+                .chain(&OVERRIDE_HEADERS)
+                .fold(0, |bits, n| bits | ListedLengths::bit(n.as_str().len()))
+        });
+        Self(
+            extra
+                .iter()
+                .fold(*FIXED, |bits, n| bits | Self::bit(n.as_str().len())),
+        )
+    }
+
+    fn bit(len: usize) -> u64 {
+        if len < 64 {
+            1 << len
+        } else {
+            0
+        }
+    }
+
+    fn may_hold(self, len: usize) -> bool {
+        len >= 64 || self.0 & (1 << len) != 0
+    }
 }
 
 /// The names one pass found to remove: a few at most (`Authorization`, `Connection`), so
@@ -191,17 +228,18 @@ pub fn remove_client_controlled(
     allow_underscore: &[String],
 ) {
     let mut found: Found = Found::new();
+    let listed = ListedLengths::with(extra);
     for name in headers.keys() {
         let s = name.as_str();
         let remove = if s.contains('_') {
             let canonical = canonical_name(s);
             !allow_underscore.iter().any(|a| a == s)
                 || canonical == X_GERBANG_PURPOSE.as_str()
-                || client_may_not_send(&canonical, extra)
+                || client_may_not_send(&canonical, extra, listed)
                 || HOP_BY_HOP.iter().any(|h| h.as_str() == canonical)
                 || FRAMING_AND_ROUTING.iter().any(|h| h.as_str() == canonical)
         } else {
-            *name != X_GERBANG_PURPOSE && client_may_not_send(s, extra)
+            *name != X_GERBANG_PURPOSE && client_may_not_send(s, extra, listed)
         };
         if remove {
             found.push(name.clone());
@@ -458,19 +496,17 @@ impl Added {
     /// Sets the shared `fields`, none of which the map holds or this has set (names the
     /// client's strip removed, set only here): those already set are left as they are.
     pub fn set_shared_absent(&mut self, fields: Arc<[(Field, HeaderValue)]>) {
-        for &(field, _) in fields.iter() {
-            self.own(field);
-        }
-        let mut bits = 0;
-        for &(field, _) in fields.iter() {
-            if (self.present | bits) & field.bit() != 0 {
-                // Not expected (the caller sets each of these names once); kept correct.
-                for (f, v) in fields.iter() {
-                    self.set_absent(*f, v.clone());
-                }
-                return;
+        let bits = fields.iter().fold(0u16, |bits, &(f, _)| bits | f.bit());
+        if self.present & bits != 0
+            || self.shared.is_some()
+            || bits.count_ones() as usize != fields.len()
+        {
+            // Not expected (the caller sets each of these names once, and shares one set per
+            // call); kept correct, one field at a time.
+            for (f, v) in fields.iter() {
+                self.set_absent(*f, v.clone());
             }
-            bits |= field.bit();
+            return;
         }
         self.present |= bits;
         self.shared_bits = bits;
@@ -690,6 +726,49 @@ mod tests {
         // Allowed by the service and harmless once canonical: kept. Everything else goes,
         // allowed or not, when its canonical form is a guarded name.
         assert_eq!(left, ["x-ok", "x_custom_trace"]);
+    }
+
+    /// Configured names go whatever their length: one of a length no fixed name has (the
+    /// length filter must know it), one of 64 bytes and more (compared always), and each
+    /// spelled with `_`; names of the same lengths that are not listed stay.
+    #[test]
+    fn configured_names_of_any_length_are_stripped() {
+        let long = "x-sso-".to_string() + &"p".repeat(64);
+        let extra = [
+            HeaderName::from_static("x-sso-principal-name-v2"),
+            HeaderName::from_bytes(long.as_bytes()).unwrap(),
+        ];
+        let allow: Vec<String> = vec![
+            "x_sso_principal_name_v2".into(),
+            long.replace('-', "_"),
+            "x_sso_principal_name_v3".into(),
+        ];
+        let mut h = HeaderMap::new();
+        for n in [
+            "x-sso-principal-name-v2".to_string(),
+            "x_sso_principal_name_v2".to_string(),
+            long.clone(),
+            long.replace('-', "_"),
+            "x-sso-principal-name-v3".to_string(),
+            "x_sso_principal_name_v3".to_string(),
+            long.replace("x-sso-", "x-ssa-"),
+        ] {
+            h.insert(
+                HeaderName::from_bytes(n.as_bytes()).unwrap(),
+                HeaderValue::from_static("admin"),
+            );
+        }
+        remove_client_controlled(&mut h, &extra, &allow);
+        let mut left: Vec<String> = h.keys().map(|n| n.as_str().to_string()).collect();
+        left.sort_unstable();
+        assert_eq!(
+            left,
+            [
+                long.replace("x-sso-", "x-ssa-"),
+                "x-sso-principal-name-v3".to_string(),
+                "x_sso_principal_name_v3".to_string(),
+            ]
+        );
     }
 
     #[test]
