@@ -10,7 +10,8 @@ use crate::headers;
 /// The call's request id: the client's `X-Request-Id` when it is plain (see
 /// [`headers::acceptable_request_id`]), otherwise a new one.
 pub fn request_id(h: &http::HeaderMap, unix_ms: u64) -> HeaderValue {
-    h.get(&headers::X_REQUEST_ID)
+    headers::values(h, &headers::X_REQUEST_ID)
+        .next()
         .and_then(headers::acceptable_request_id)
         .and_then(|id| HeaderValue::from_str(id).ok())
         .unwrap_or_else(|| new_request_id_at(unix_ms))

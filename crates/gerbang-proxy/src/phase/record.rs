@@ -130,9 +130,8 @@ pub(crate) async fn record(
 /// The length of a response's body as its `Content-Length` says, for the record.
 fn bytes_out(result: &Result<Response<ResponseBody>, GatewayError>) -> Option<u64> {
     match result {
-        Ok(res) => res
-            .headers()
-            .get(http::header::CONTENT_LENGTH)
+        Ok(res) => crate::headers::values(res.headers(), &http::header::CONTENT_LENGTH)
+            .next()
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.parse::<u64>().ok()),
         Err(_) => None,
@@ -591,6 +590,28 @@ mod tests {
     use proptest::prelude::*;
 
     use super::{write_call_record, CallRecord};
+
+    /// The record's `bytes_out` is what the response's first `Content-Length` says; none
+    /// without one, with one that is not a number, or without a response.
+    #[test]
+    fn bytes_out_is_the_responses_content_length() {
+        let with = |values: &[&str]| {
+            let mut res = http::Response::new(crate::response_body::full(bytes::Bytes::new()));
+            for v in values {
+                res.headers_mut().append(
+                    http::header::CONTENT_LENGTH,
+                    http::HeaderValue::from_str(v).unwrap(),
+                );
+            }
+            super::bytes_out(&Ok(res))
+        };
+        assert_eq!(with(&["1024"]), Some(1024));
+        assert_eq!(with(&["7", "9"]), Some(7));
+        assert_eq!(with(&[]), None);
+        assert_eq!(with(&["x"]), None);
+        let err = Err(crate::error::GatewayError::Internal("x".into()));
+        assert_eq!(super::bytes_out(&err), None);
+    }
 
     /// The calls of two applications to one service and its two endpoints, answered with
     /// several statuses, methods and decisions: each counts in the series its labels name,

@@ -49,7 +49,11 @@ impl Rewrite<'_> {
             .uri
             .authority()
             .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
-            .or_else(|| parts.headers.get(header::HOST).cloned());
+            .or_else(|| {
+                headers::values(&parts.headers, &header::HOST)
+                    .next()
+                    .cloned()
+            });
         headers::remove_hop_by_hop(&mut parts.headers);
         headers::remove_client_controlled(
             &mut parts.headers,
