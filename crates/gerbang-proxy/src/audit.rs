@@ -333,29 +333,43 @@ mod tests {
 
     use super::*;
 
-    #[tokio::test]
-    async fn the_writer_gives_record_buffers_back_for_the_next_records() {
+    /// A sink writing to a fresh directory (named after `what`) with `fsync` and `settings`;
+    /// the directory, the sink and the seal key's public half.
+    fn started(
+        what: &str,
+        fsync: gerbang_audit::chain::Fsync,
+        settings: AuditSettings,
+    ) -> (std::path::PathBuf, Arc<AuditSink>, Vec<u8>) {
         let dir = std::env::temp_dir().join(format!(
-            "gerbang-audit-spare-{}-{}",
+            "gerbang-audit-{what}-{}-{}",
             std::process::id(),
             crate::ids::new_request_id().to_str().unwrap()
         ));
+        let key =
+            gerbang_audit::SealKey::from_pkcs8(&gerbang_audit::SealKey::generate_pkcs8().unwrap())
+                .unwrap();
+        let public = key.public_key();
         let writer = Writer::open(
             gerbang_audit::WriterSettings {
                 dir: dir.clone(),
                 max_file_bytes: 1 << 20,
-                fsync: gerbang_audit::chain::Fsync::Always,
+                fsync,
                 seal_every: 1000,
                 replica: None,
             },
-            gerbang_audit::SealKey::from_pkcs8(&gerbang_audit::SealKey::generate_pkcs8().unwrap())
-                .unwrap(),
+            key,
         )
         .unwrap();
         let subject = SubjectKey::from_hex(&SubjectKey::generate_hex().unwrap()).unwrap();
-        let sink = AuditSink::start(
-            writer,
-            subject,
+        let sink = AuditSink::start(writer, subject, settings).unwrap();
+        (dir, sink, public)
+    }
+
+    #[tokio::test]
+    async fn the_writer_gives_record_buffers_back_for_the_next_records() {
+        let (dir, sink, _) = started(
+            "spare",
+            gerbang_audit::chain::Fsync::Always,
             AuditSettings {
                 wait_for_disk: true,
                 fail_closed: true,
@@ -363,8 +377,7 @@ mod tests {
                 queue: 16,
                 idle_sync: Duration::from_secs(1),
             },
-        )
-        .unwrap();
+        );
         assert_eq!(sink.spare_buffers(), 0);
         let mut first = sink.buffer();
         assert!(first.is_empty() && first.capacity() >= RECORD_CAPACITY);
@@ -397,29 +410,9 @@ mod tests {
     /// in a stream, after a pause, or just before the log closes; the chain verifies.
     #[test]
     fn a_stream_of_records_is_written_whole_in_order_while_the_writer_keeps_looking() {
-        let dir = std::env::temp_dir().join(format!(
-            "gerbang-audit-stream-{}-{}",
-            std::process::id(),
-            crate::ids::new_request_id().to_str().unwrap()
-        ));
-        let pkcs8 = gerbang_audit::SealKey::generate_pkcs8().unwrap();
-        let key = gerbang_audit::SealKey::from_pkcs8(&pkcs8).unwrap();
-        let public = key.public_key();
-        let writer = Writer::open(
-            gerbang_audit::WriterSettings {
-                dir: dir.clone(),
-                max_file_bytes: 1 << 20,
-                fsync: gerbang_audit::chain::Fsync::Interval(Duration::from_secs(1)),
-                seal_every: 1000,
-                replica: None,
-            },
-            key,
-        )
-        .unwrap();
-        let subject = SubjectKey::from_hex(&SubjectKey::generate_hex().unwrap()).unwrap();
-        let sink = AuditSink::start(
-            writer,
-            subject,
+        let (dir, sink, public) = started(
+            "stream",
+            gerbang_audit::chain::Fsync::Interval(Duration::from_secs(1)),
             AuditSettings {
                 wait_for_disk: false,
                 fail_closed: false,
@@ -428,8 +421,7 @@ mod tests {
                 // Long: only a record may wake a blocked writer in this test.
                 idle_sync: Duration::from_secs(60),
             },
-        )
-        .unwrap();
+        );
         let send = |n: u64| {
             let mut buf = sink.buffer();
             buf.extend_from_slice(format!(r#"{{"n":{n}}}"#).as_bytes());
