@@ -297,7 +297,7 @@ async fn client(addr: SocketAddr, method: Method) -> Option<Got> {
         &pool,
         Times::within(Duration::from_secs(5)),
         &parts,
-        &[],
+        [&[], &[]],
         &mut RequestBody::empty(),
         None,
     )
