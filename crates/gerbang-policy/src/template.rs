@@ -251,7 +251,7 @@ impl PathTemplate {
         let mut parts = if body.is_empty() {
             None
         } else {
-            Some(body.split('/'))
+            Some(Segments(Some(body)))
         };
         let mut params = Params::new();
         for seg in &self.segments {
@@ -536,12 +536,45 @@ impl fmt::Display for PathTemplate {
     }
 }
 
+/// The `/`-separated segments of a path, as `str::split('/')` yields them, found by a plain
+/// byte scan: segments are a few bytes long, where the generic searcher's setup costs more
+/// than the scan (one request matches a template or two).
+struct Segments<'p>(Option<&'p str>);
+
+impl<'p> Iterator for Segments<'p> {
+    type Item = &'p str;
+
+    fn next(&mut self) -> Option<&'p str> {
+        let rest = self.0?;
+        match rest.bytes().position(|b| b == b'/') {
+            Some(at) => {
+                self.0 = rest.get(at + 1..);
+                rest.get(..at)
+            }
+            None => {
+                self.0 = None;
+                Some(rest)
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
     fn t(s: &str) -> PathTemplate {
         PathTemplate::parse(s).unwrap()
+    }
+
+    proptest::proptest! {
+        /// The byte scan yields the segments `str::split('/')` does, empty ones included.
+        #[test]
+        fn segments_are_what_split_yields(s in "[a/é%.]{0,12}") {
+            let ours: Vec<&str> = Segments(Some(&s)).collect();
+            let split: Vec<&str> = s.split('/').collect();
+            proptest::prop_assert_eq!(ours, split);
+        }
     }
 
     #[test]
