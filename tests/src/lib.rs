@@ -272,12 +272,29 @@ async fn read_head(s: &mut TcpStream) -> Vec<u8> {
     buf
 }
 
-/// An address where nothing listens (bound, then released).
-pub async fn refused_addr() -> SocketAddr {
-    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let a = l.local_addr().unwrap();
-    drop(l);
-    a
+/// An address where connections are refused, for as long as the value lives: a socket bound
+/// to it that never listens. A port bound and closed again is free for any other test's
+/// server to take meanwhile, and the parallel suite once saw a call to such a "dead" instance
+/// answered 404, which a refused connection cannot give; a held port cannot be taken.
+pub struct RefusedAddr {
+    pub addr: SocketAddr,
+    _bound: tokio::net::TcpSocket,
+}
+
+impl std::fmt::Display for RefusedAddr {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.addr.fmt(f)
+    }
+}
+
+pub async fn refused_addr() -> RefusedAddr {
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.bind(SocketAddr::from(([127, 0, 0, 1], 0))).unwrap();
+    let addr = socket.local_addr().unwrap();
+    RefusedAddr {
+        addr,
+        _bound: socket,
+    }
 }
 
 /// A parsed HTTP/1.1 response.
