@@ -152,10 +152,10 @@ pub fn canonical_name(name: &str) -> std::borrow::Cow<'_, str> {
 }
 
 /// Whether a client may not pass on a header with this canonical name (see
-/// [`remove_client_controlled`]); `listed` is [`ListedLengths`] of `extra`.
-fn client_may_not_send(canonical: &str, extra: &[HeaderName], listed: ListedLengths) -> bool {
+/// [`remove_client_controlled`]); `lengths` is [`ListedLengths`] of `extra`.
+fn client_may_not_send(canonical: &str, extra: &[HeaderName], lengths: ListedLengths) -> bool {
     canonical.starts_with(GATEWAY_HEADER_PREFIX)
-        || (listed.may_hold(canonical.len())
+        || (lengths.may_hold(canonical.len())
             && (canonical == header::AUTHORIZATION.as_str()
                 || canonical == X_API_KEY.as_str()
                 || UNMAINTAINED_FORWARDING
@@ -228,18 +228,18 @@ pub fn remove_client_controlled(
     allow_underscore: &[String],
 ) {
     let mut found: Found = Found::new();
-    let listed = ListedLengths::with(extra);
+    let lengths = ListedLengths::with(extra);
     for name in headers.keys() {
         let s = name.as_str();
         let remove = if s.contains('_') {
             let canonical = canonical_name(s);
             !allow_underscore.iter().any(|a| a == s)
                 || canonical == X_GERBANG_PURPOSE.as_str()
-                || client_may_not_send(&canonical, extra, listed)
+                || client_may_not_send(&canonical, extra, lengths)
                 || HOP_BY_HOP.iter().any(|h| h.as_str() == canonical)
                 || FRAMING_AND_ROUTING.iter().any(|h| h.as_str() == canonical)
         } else {
-            *name != X_GERBANG_PURPOSE && client_may_not_send(s, extra, listed)
+            *name != X_GERBANG_PURPOSE && client_may_not_send(s, extra, lengths)
         };
         if remove {
             found.push(name.clone());
@@ -398,8 +398,9 @@ impl Field {
 /// Header fields the gateway sets on a request going upstream, kept beside the client's map
 /// instead of inserted into it: each insert hashes its name and the first ones grow and
 /// rehash the map, while the HTTP/1.1 client only has to write them after the map's fields
-/// (the HTTPS client appends them to its copy of the map). Invariant, kept by [`Added::set`]:
-/// no name here is also in the map, and none is here twice. Made only by [`Added::for_call`]:
+/// (the HTTPS client appends them to its copy of the map). Invariant, kept by [`Added::set`]
+/// and, for the shared fields, by [`Added::set_shared_absent`] and `Added::own`: no name here
+/// is also in the map, and none is here twice. Made only by [`Added::for_call`]:
 /// a default would claim that the client sent none of the names it sets.
 #[derive(Debug)]
 pub struct Added {
