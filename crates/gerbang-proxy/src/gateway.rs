@@ -362,7 +362,8 @@ impl Gateway {
             let request_id = crate::ids::request_id(req.headers(), unix_ms);
             let method = req.method().clone();
             let remote = conn.remote;
-            let framing_error = checks::framing_error(req.headers());
+            let survey = checks::survey(&req);
+            let framing_error = survey.framing_error;
             // Until the pipeline has answered, a dropped future (the client reset the stream or
             // closed the connection) still leaves its audit record and its in-flight count.
             let mut pending = Unanswered::new(this, &request_id, &method, remote);
@@ -372,7 +373,7 @@ impl Gateway {
                 pending.call.wall_start = Some(wall);
             }
             let result = this
-                .forward(req, conn, &request_id, framing_error, &mut pending.call)
+                .forward(req, conn, &request_id, survey, &mut pending.call)
                 .await;
             let (call, started) = pending.answered();
             let result =
@@ -395,14 +396,14 @@ impl Gateway {
         req: Request<Incoming>,
         conn: ConnInfo,
         request_id: &'a HeaderValue,
-        framing_error: bool,
+        survey: checks::Survey,
         call: &'a mut Call,
     ) -> impl std::future::Future<Output = Result<Response<ResponseBody>, GatewayError>> + Send + 'a
     {
         async move {
             let snapshot = self.snapshot.load_full();
             // 1. request checks
-            let content_length = checks::request(&req, &snapshot.settings.limits, framing_error)?;
+            let content_length = checks::request(&req, &survey, &snapshot.settings.limits)?;
             // 2. the gateway's own endpoints
             if let Some(endpoint) = internal::which(req.uri().path()) {
                 // Boxed: the gateway's own endpoints (the token issuer among them) need a larger

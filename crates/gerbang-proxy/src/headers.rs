@@ -636,14 +636,6 @@ pub fn acceptable_request_id(value: &HeaderValue) -> Option<&str> {
     ok.then_some(s)
 }
 
-/// Size of the header block as counted for the header limit: name, value and ": " + CRLF.
-pub fn header_block_len(headers: &HeaderMap) -> usize {
-    headers
-        .iter()
-        .map(|(n, v)| n.as_str().len() + v.len() + 4)
-        .sum()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

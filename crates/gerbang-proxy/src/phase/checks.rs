@@ -1,20 +1,74 @@
 //! Phase 1: what a request must satisfy before anything else looks at it.
 
-use http::header::{self, HeaderMap};
+use http::header::{self, HeaderValue};
 use http::{Request, Version};
 
 use crate::error::GatewayError;
 use crate::framing::AMBIGUOUS_FRAMING_MARKER;
 use crate::gateway::Limits;
-use crate::headers;
 
-/// Target and header-block size, framing (`framing_error`: [`framing_error`] of the request,
-/// found once by the caller, who also closes the connection for it), `Host` and `Expect`.
-/// Returns the declared body length.
+/// What phase 1 reads of a request's fields, found in one pass over them: the header block's
+/// size and the `Content-Length`, `Host`, `Expect` and framing fields (read in seven passes
+/// before, one per field and check). Made once, before the pipeline, by [`survey`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Survey {
+    /// Size of the header block as counted for the header limit: name, value and ": " + CRLF.
+    block_len: usize,
+    /// The declared body length; `Err` when a value is not a length or two values differ.
+    content_length: Result<Option<u64>, ()>,
+    /// Why the request's host is refused, if it is ([`check_host`]).
+    host: Result<(), &'static str>,
+    /// An `Expect` other than `100-continue` ([`check_expect`]).
+    unmet_expectation: bool,
+    /// Ambiguous framing: the framing guard's marker, or `Transfer-Encoding` with
+    /// `Content-Length` (then the connection cannot be reused).
+    pub framing_error: bool,
+}
+
+/// The [`Survey`] of `req`'s fields.
+pub(crate) fn survey<B>(req: &Request<B>) -> Survey {
+    let mut block_len = 0;
+    let mut content_length = Ok(None);
+    let (mut host, mut hosts) = (None, 0);
+    let mut unmet_expectation = false;
+    let (mut marker, mut te, mut cl) = (false, false, false);
+    for (name, value) in req.headers() {
+        block_len += name.as_str().len() + value.len() + 4;
+        if *name == header::CONTENT_LENGTH {
+            cl = true;
+            content_length = content_length.and_then(|found| {
+                let n = parse_length(value)?;
+                match found {
+                    Some(prev) if prev != n => Err(()),
+                    _ => Ok(Some(n)),
+                }
+            });
+        } else if *name == header::HOST {
+            hosts += 1;
+            host = host.or(Some(value));
+        } else if *name == header::EXPECT {
+            unmet_expectation |= !check_expect(value);
+        } else if *name == header::TRANSFER_ENCODING {
+            te = true;
+        } else if *name == AMBIGUOUS_FRAMING {
+            marker = true;
+        }
+    }
+    Survey {
+        block_len,
+        content_length,
+        host: check_host(req, host, hosts > 1),
+        unmet_expectation,
+        framing_error: marker || (te && cl),
+    }
+}
+
+/// Target and header-block size, framing (refused when `survey` found it ambiguous; the caller
+/// also closes the connection for it), `Host` and `Expect`. Returns the declared body length.
 pub(crate) fn request<B>(
     req: &Request<B>,
+    survey: &Survey,
     limits: &Limits,
-    framing_error: bool,
 ) -> Result<Option<u64>, GatewayError> {
     let target_len = req.uri().path_and_query().map_or(0, |pq| pq.as_str().len());
     if target_len > limits.max_uri_bytes {
@@ -23,33 +77,30 @@ pub(crate) fn request<B>(
             limit: limits.max_uri_bytes,
         });
     }
-    let header_len = headers::header_block_len(req.headers());
-    if header_len > limits.max_header_bytes {
+    if survey.block_len > limits.max_header_bytes {
         return Err(GatewayError::HeadersTooLarge {
-            len: header_len,
+            len: survey.block_len,
             limit: limits.max_header_bytes,
         });
     }
     // hyper drops Content-Length when Transfer-Encoding is present; the framing guard below
     // hyper renamed it to the marker so that the request can be refused here.
-    let content_length = content_length(req)?;
-    if framing_error {
+    let content_length = survey
+        .content_length
+        .map_err(|()| GatewayError::InvalidContentLength)?;
+    if survey.framing_error {
         return Err(GatewayError::AmbiguousFraming);
     }
-    check_host(req)?;
-    check_expect(req)?;
+    survey.host.map_err(GatewayError::InvalidHost)?;
+    if survey.unmet_expectation {
+        return Err(GatewayError::ExpectationFailed);
+    }
     Ok(content_length)
 }
 
 /// The framing guard's marker as a header name: a lookup by name is a hash and a probe, where
 /// a lookup by `&str` parses the name first (twice per call, as the profile showed).
 const AMBIGUOUS_FRAMING: http::HeaderName = http::HeaderName::from_static(AMBIGUOUS_FRAMING_MARKER);
-
-/// Whether the request's framing is ambiguous (then the connection cannot be reused).
-pub(crate) fn framing_error(h: &HeaderMap) -> bool {
-    headers::has(h, &AMBIGUOUS_FRAMING)
-        || (headers::has(h, &header::TRANSFER_ENCODING) && headers::has(h, &header::CONTENT_LENGTH))
-}
 
 /// The service's body limit against the declared length (413 before anything is read).
 pub(crate) fn body_limit(
@@ -62,65 +113,52 @@ pub(crate) fn body_limit(
     }
 }
 
-/// The request's declared body length; several differing values are refused.
-fn content_length<B>(req: &Request<B>) -> Result<Option<u64>, GatewayError> {
-    let mut found: Option<u64> = None;
-    for v in headers::values(req.headers(), &header::CONTENT_LENGTH) {
-        let n = v
-            .to_str()
-            .ok()
-            .and_then(|s| s.trim().parse::<u64>().ok())
-            .ok_or(GatewayError::InvalidContentLength)?;
-        match found {
-            Some(prev) if prev != n => return Err(GatewayError::InvalidContentLength),
-            _ => found = Some(n),
-        }
-    }
-    Ok(found)
+/// A `Content-Length` value: digits (surrounding whitespace allowed) within `u64`.
+fn parse_length(value: &HeaderValue) -> Result<u64, ()> {
+    value
+        .to_str()
+        .ok()
+        .and_then(|s| s.trim().parse::<u64>().ok())
+        .ok_or(())
 }
 
 /// RFC 9112 §3.2 and RFC 9113 §8.3.1: an HTTP/1.1 request names its host in exactly one
-/// `Host`; an absolute-form target or `:authority` and `Host` must agree; user information
-/// in either is refused (it is not part of a host, and providers must not see it).
-fn check_host<B>(req: &Request<B>) -> Result<(), GatewayError> {
-    let mut hosts = headers::values(req.headers(), &header::HOST);
-    let host = hosts.next();
-    if hosts.next().is_some() {
-        return Err(GatewayError::InvalidHost("several Host headers"));
+/// `Host` (`host` is the first, `several` when there are more); an absolute-form target or
+/// `:authority` and `Host` must agree; user information in either is refused (it is not part
+/// of a host, and providers must not see it).
+fn check_host<B>(
+    req: &Request<B>,
+    host: Option<&HeaderValue>,
+    several: bool,
+) -> Result<(), &'static str> {
+    if several {
+        return Err("several Host headers");
     }
     let authority = req.uri().authority();
     if authority.is_some_and(|a| a.as_str().contains('@'))
         || host.is_some_and(|h| h.as_bytes().contains(&b'@'))
     {
-        return Err(GatewayError::InvalidHost(
-            "user information in the authority",
-        ));
+        return Err("user information in the authority");
     }
     match (host, authority) {
-        (None, None) if req.version() == Version::HTTP_11 => Err(GatewayError::InvalidHost(
-            "an HTTP/1.1 request without Host",
-        )),
-        (Some(h), Some(a)) if !h.as_bytes().eq_ignore_ascii_case(a.as_str().as_bytes()) => Err(
-            GatewayError::InvalidHost("Host disagrees with the request target's authority"),
-        ),
-        (Some(h), _) if h.is_empty() => Err(GatewayError::InvalidHost("an empty Host")),
+        (None, None) if req.version() == Version::HTTP_11 => {
+            Err("an HTTP/1.1 request without Host")
+        }
+        (Some(h), Some(a)) if !h.as_bytes().eq_ignore_ascii_case(a.as_str().as_bytes()) => {
+            Err("Host disagrees with the request target's authority")
+        }
+        (Some(h), _) if h.is_empty() => Err("an empty Host"),
         _ => Ok(()),
     }
 }
 
 /// The only expectation met is `100-continue` (hyper sends the interim answer when the body is
 /// first read; a refused call never reads it): anything else is 417 (RFC 9110 §10.1.1).
-fn check_expect<B>(req: &Request<B>) -> Result<(), GatewayError> {
-    for v in headers::values(req.headers(), &header::EXPECT) {
-        if !v
-            .as_bytes()
-            .trim_ascii()
-            .eq_ignore_ascii_case(b"100-continue")
-        {
-            return Err(GatewayError::ExpectationFailed);
-        }
-    }
-    Ok(())
+fn check_expect(value: &HeaderValue) -> bool {
+    value
+        .as_bytes()
+        .trim_ascii()
+        .eq_ignore_ascii_case(b"100-continue")
 }
 
 #[cfg(test)]
@@ -137,7 +175,7 @@ mod tests {
 
     #[test]
     fn host_must_be_single_plain_and_agree() {
-        let ok = |r: &Request<()>| check_host(r).is_ok();
+        let ok = |r: &Request<()>| survey(r).host.is_ok();
         assert!(ok(&req(&[("host", "a")], Version::HTTP_11, "/x")));
         assert!(ok(&req(&[], Version::HTTP_10, "/x")));
         assert!(ok(&req(&[], Version::HTTP_2, "http://a/x")));
@@ -156,8 +194,58 @@ mod tests {
     }
 
     #[test]
+    fn the_survey_finds_ambiguous_framing_and_the_block_size() {
+        let framing =
+            |lines: &[(&str, &str)]| survey(&req(lines, Version::HTTP_11, "/")).framing_error;
+        assert!(framing(&[(AMBIGUOUS_FRAMING_MARKER, "5")]));
+        assert!(framing(&[
+            ("transfer-encoding", "chunked"),
+            ("content-length", "5")
+        ]));
+        assert!(framing(&[
+            ("content-length", "5"),
+            ("transfer-encoding", "chunked")
+        ]));
+        assert!(!framing(&[("transfer-encoding", "chunked")]));
+        assert!(!framing(&[("content-length", "5"), ("host", "a")]));
+
+        let lines = [
+            ("host", "a"),
+            ("x-b", "12"),
+            ("x-b", ""),
+            ("authorization", "xyz"),
+        ];
+        let block: usize = lines.iter().map(|(n, v)| n.len() + v.len() + 4).sum();
+        assert_eq!(survey(&req(&lines, Version::HTTP_11, "/")).block_len, block);
+    }
+
+    /// The survey reads everything in one pass; the refusals keep their order.
+    #[test]
+    fn refusals_come_in_the_phases_order() {
+        let limits = Limits::default();
+        let code = |lines: &[(&str, &str)]| {
+            let r = req(lines, Version::HTTP_11, "/");
+            request(&r, &survey(&r), &limits).map_err(|e| e.code())
+        };
+        let big = "v".repeat(limits.max_header_bytes);
+        assert_eq!(
+            code(&[("x-big", &big), ("content-length", "x")]),
+            Err("headers_too_large")
+        );
+        let bad_length = code(&[("host", "a"), ("host", "b"), ("content-length", "x")]);
+        assert_eq!(bad_length, code(&[("content-length", "x")]));
+        assert_ne!(bad_length, Ok(None));
+        let ambiguous = code(&[(AMBIGUOUS_FRAMING_MARKER, "5"), ("expect", "x")]);
+        assert_eq!(ambiguous, Err("ambiguous_framing"));
+        let host = code(&[("expect", "x")]);
+        assert_eq!(host, code(&[]));
+        assert_ne!(host, code(&[("host", "a"), ("expect", "x")]));
+        assert_eq!(code(&[("host", "a"), ("content-length", "7")]), Ok(Some(7)));
+    }
+
+    #[test]
     fn only_100_continue_is_expected() {
-        let ok = |v: &str| check_expect(&req(&[("expect", v)], Version::HTTP_11, "/")).is_ok();
+        let ok = |v: &str| !survey(&req(&[("expect", v)], Version::HTTP_11, "/")).unmet_expectation;
         assert!(ok("100-continue") && ok("100-Continue"));
         assert!(!ok("200-ok") && !ok("100-continue, x"));
     }
@@ -166,7 +254,7 @@ mod tests {
     fn content_lengths_must_agree() {
         let cl = |v: &[&str]| {
             let lines: Vec<(&str, &str)> = v.iter().map(|v| ("content-length", *v)).collect();
-            content_length(&req(&lines, Version::HTTP_11, "/"))
+            survey(&req(&lines, Version::HTTP_11, "/")).content_length
         };
         assert_eq!(cl(&["5"]).unwrap(), Some(5));
         assert_eq!(cl(&["5", "5"]).unwrap(), Some(5));
