@@ -443,8 +443,13 @@ fn encode_head(
     head.put_u8(b' ');
     head.put_slice(target.as_bytes());
     head.put_slice(b" HTTP/1.1\r\n");
-    for (name, value) in all_fields() {
-        if name == header::CONTENT_LENGTH || name == header::TRANSFER_ENCODING {
+    let mut declared_length = false;
+    for (name, value) in &parts.headers {
+        if name == header::CONTENT_LENGTH {
+            declared_length = true;
+            continue;
+        }
+        if name == header::TRANSFER_ENCODING {
             continue;
         }
         head.put_slice(name.as_str().as_bytes());
@@ -452,11 +457,17 @@ fn encode_head(
         head.put_slice(value.as_bytes());
         head.put_slice(b"\r\n");
     }
+    // The gateway's fields: each name with its separator is one static string.
+    for (field, value) in added.into_iter().flatten() {
+        head.put_slice(field.head_prefix());
+        head.put_slice(value.as_bytes());
+        head.put_slice(b"\r\n");
+    }
     if chunked {
         head.put_slice(b"transfer-encoding: chunked\r\n");
     } else if let Some(n) = length {
         head.put_slice(format!("content-length: {n}\r\n").as_bytes());
-    } else if headers::has(&parts.headers, &header::CONTENT_LENGTH) {
+    } else if declared_length {
         // The client declared an empty body.
         head.put_slice(b"content-length: 0\r\n");
     }

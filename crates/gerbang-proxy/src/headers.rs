@@ -390,6 +390,24 @@ impl Field {
         }
     }
 
+    /// The name and `": "` as a request head has them, for the HTTP/1.1 client's writer.
+    pub fn head_prefix(self) -> &'static [u8] {
+        match self {
+            Field::XForwardedFor => b"x-forwarded-for: ",
+            Field::XForwardedProto => b"x-forwarded-proto: ",
+            Field::XForwardedHost => b"x-forwarded-host: ",
+            Field::XGerbangPurpose => b"x-gerbang-purpose: ",
+            Field::Traceparent => b"traceparent: ",
+            Field::AcceptEncoding => b"accept-encoding: ",
+            Field::XRequestId => b"x-request-id: ",
+            Field::XGerbangConsumer => b"x-gerbang-consumer: ",
+            Field::XGerbangConsumerAgency => b"x-gerbang-consumer-agency: ",
+            Field::XGerbangAuthMethod => b"x-gerbang-auth-method: ",
+            Field::XGerbangAssertion => b"x-gerbang-assertion: ",
+            Field::XGerbangAgreement => b"x-gerbang-agreement: ",
+        }
+    }
+
     fn bit(self) -> u16 {
         1 << self as u16
     }
@@ -639,6 +657,43 @@ pub fn acceptable_request_id(value: &HeaderValue) -> Option<&str> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Each field's head prefix is its name and `": "`: every variant, by the exhaustive
+    /// `match` below (a new variant fails to compile until it is listed).
+    #[test]
+    fn head_prefixes_are_the_names() {
+        let all = [
+            Field::XForwardedFor,
+            Field::XForwardedProto,
+            Field::XForwardedHost,
+            Field::XGerbangPurpose,
+            Field::Traceparent,
+            Field::AcceptEncoding,
+            Field::XRequestId,
+            Field::XGerbangConsumer,
+            Field::XGerbangConsumerAgency,
+            Field::XGerbangAuthMethod,
+            Field::XGerbangAssertion,
+            Field::XGerbangAgreement,
+        ];
+        for f in all {
+            match f {
+                Field::XForwardedFor
+                | Field::XForwardedProto
+                | Field::XForwardedHost
+                | Field::XGerbangPurpose
+                | Field::Traceparent
+                | Field::AcceptEncoding
+                | Field::XRequestId
+                | Field::XGerbangConsumer
+                | Field::XGerbangConsumerAgency
+                | Field::XGerbangAuthMethod
+                | Field::XGerbangAssertion
+                | Field::XGerbangAgreement => {}
+            }
+            assert_eq!(f.head_prefix(), format!("{}: ", f.name()).as_bytes());
+        }
+    }
 
     #[test]
     fn hop_by_hop_and_connection_named_headers_go() {
