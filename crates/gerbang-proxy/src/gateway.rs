@@ -466,6 +466,7 @@ impl Gateway {
                 grant: &grant,
                 conn: &conn,
                 request_id,
+                expect_sent: survey.expect,
             }
             .apply(&mut parts, path_and_query, call);
             // A request with a body is watched: was it too large, or still arriving at a timeout?

@@ -20,6 +20,8 @@ pub(crate) struct Survey {
     host: Result<(), &'static str>,
     /// An `Expect` other than `100-continue` ([`check_expect`]).
     unmet_expectation: bool,
+    /// Any `Expect` (the rewrite takes it out; without one there is nothing to look up).
+    pub expect: bool,
     /// Ambiguous framing: the framing guard's marker, or `Transfer-Encoding` with
     /// `Content-Length` (then the connection cannot be reused).
     pub framing_error: bool,
@@ -30,7 +32,7 @@ pub(crate) fn survey<B>(req: &Request<B>) -> Survey {
     let mut block_len = 0;
     let mut content_length = Ok(None);
     let (mut host, mut hosts) = (None, 0);
-    let mut unmet_expectation = false;
+    let (mut expect, mut unmet_expectation) = (false, false);
     let (mut marker, mut te, mut cl) = (false, false, false);
     for (name, value) in req.headers() {
         block_len += name.as_str().len() + value.len() + 4;
@@ -47,6 +49,7 @@ pub(crate) fn survey<B>(req: &Request<B>) -> Survey {
             hosts += 1;
             host = host.or(Some(value));
         } else if *name == header::EXPECT {
+            expect = true;
             unmet_expectation |= !check_expect(value);
         } else if *name == header::TRANSFER_ENCODING {
             te = true;
@@ -59,6 +62,7 @@ pub(crate) fn survey<B>(req: &Request<B>) -> Survey {
         content_length,
         host: check_host(req, host, hosts > 1),
         unmet_expectation,
+        expect,
         framing_error: marker || (te && cl),
     }
 }
@@ -208,6 +212,10 @@ mod tests {
         ]));
         assert!(!framing(&[("transfer-encoding", "chunked")]));
         assert!(!framing(&[("content-length", "5"), ("host", "a")]));
+
+        let sent = |lines: &[(&str, &str)]| survey(&req(lines, Version::HTTP_11, "/")).expect;
+        assert!(sent(&[("expect", "100-continue")]) && sent(&[("host", "a"), ("expect", "x")]));
+        assert!(!sent(&[("host", "a")]));
 
         let lines = [
             ("host", "a"),

@@ -30,6 +30,8 @@ pub(crate) struct Rewrite<'a> {
     pub grant: &'a Grant<'a>,
     pub conn: &'a ConnInfo,
     pub request_id: &'a HeaderValue,
+    /// The client sent `Expect` ([`super::checks::Survey::expect`]).
+    pub expect_sent: bool,
 }
 
 impl Rewrite<'_> {
@@ -62,7 +64,9 @@ impl Rewrite<'_> {
         );
         // The gateway met `Expect: 100-continue` itself (hyper answers it when the body is
         // first read) and sends the body at once: the provider is not asked to wait.
-        parts.headers.remove(header::EXPECT);
+        if self.expect_sent {
+            parts.headers.remove(header::EXPECT);
+        }
         if parts.version == Version::HTTP_2 {
             headers::join_cookies(&mut parts.headers);
         }
