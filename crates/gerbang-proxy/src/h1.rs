@@ -425,16 +425,19 @@ fn encode_head(
     length: Option<u64>,
 ) -> BytesMut {
     let target = parts.uri.path_and_query().map_or("/", |pq| pq.as_str());
-    let all_fields = || {
-        parts
-            .headers
-            .iter()
-            .chain(added.into_iter().flatten().map(|(f, v)| (f.name(), v)))
-    };
     // The head's exact size up front (the identity assertion alone outgrew an estimate, so
-    // every head was copied once more while being written).
-    let fields: usize = all_fields()
-        .map(|(name, value)| name.as_str().len() + value.len() + 4)
+    // every head was copied once more while being written): each line as the loops below
+    // write it.
+    let fields: usize = parts
+        .headers
+        .iter()
+        .map(|(name, value)| name.as_str().len() + ": ".len() + value.len() + "\r\n".len())
+        .chain(
+            added
+                .into_iter()
+                .flatten()
+                .map(|(f, v)| f.head_prefix().len() + v.len() + "\r\n".len()),
+        )
         .sum();
     let mut head = BytesMut::with_capacity(
         parts.method.as_str().len() + target.len() + fields + FRAMING_AND_END_ROOM,
