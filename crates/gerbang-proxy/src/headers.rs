@@ -225,24 +225,96 @@ pub fn remove_client_controlled(
     let mut found: Found = Found::new();
     let lengths = ListedLengths::with(extra);
     for name in headers.keys() {
-        let s = name.as_str();
-        let remove = if s.contains('_') {
-            let canonical = canonical_name(s);
-            !allow_underscore.iter().any(|a| a == s)
-                || canonical == X_GERBANG_PURPOSE.as_str()
-                || client_may_not_send(&canonical, extra, lengths)
-                || HOP_BY_HOP.iter().any(|h| h.as_str() == canonical)
-                || FRAMING_AND_ROUTING.iter().any(|h| h.as_str() == canonical)
-        } else {
-            *name != X_GERBANG_PURPOSE && client_may_not_send(s, extra, lengths)
-        };
-        if remove {
+        if client_controlled(name, extra, lengths, allow_underscore) {
             found.push(name.clone());
         }
     }
     for name in &found {
         headers.remove(name);
     }
+}
+
+/// Whether a client may not pass on a field named `name` ([`remove_client_controlled`]);
+/// `lengths` is [`ListedLengths`] of `extra`.
+fn client_controlled(
+    name: &HeaderName,
+    extra: &[HeaderName],
+    lengths: ListedLengths,
+    allow_underscore: &[String],
+) -> bool {
+    let s = name.as_str();
+    if s.contains('_') {
+        let canonical = canonical_name(s);
+        !allow_underscore.iter().any(|a| a == s)
+            || canonical == X_GERBANG_PURPOSE.as_str()
+            || client_may_not_send(&canonical, extra, lengths)
+            || HOP_BY_HOP.iter().any(|h| h.as_str() == canonical)
+            || FRAMING_AND_ROUTING.iter().any(|h| h.as_str() == canonical)
+    } else {
+        *name != X_GERBANG_PURPOSE && client_may_not_send(s, extra, lengths)
+    }
+}
+
+/// What [`strip_request`] saw of the fields it kept.
+#[derive(Debug)]
+pub struct Kept {
+    /// The first `Host` value.
+    pub host: Option<HeaderValue>,
+    /// The bits ([`gateway_set_bit`]) of the names the gateway sets that the map may still
+    /// hold: every such name it kept has its bit (a name the client listed in `Connection`
+    /// may have one though it is gone, which costs its removal a lookup, nothing more).
+    client_sent: u16,
+}
+
+/// A client's request fields made fit to go on, in one walk of them: what
+/// [`remove_hop_by_hop`] and then [`remove_client_controlled`] remove goes (the two sets are
+/// independent, so one pass gives their union), and the `Host` value and the names
+/// [`Added`] must know of are noted on the way (each was a walk of its own).
+pub fn strip_request(
+    headers: &mut HeaderMap,
+    extra: &[HeaderName],
+    allow_underscore: &[String],
+) -> Kept {
+    let mut found = Found::new();
+    let lengths = ListedLengths::with(extra);
+    let mut kept = Kept {
+        host: None,
+        client_sent: 0,
+    };
+    let mut connection = false;
+    let mut previous: Option<&HeaderName> = None;
+    for (name, value) in headers.iter() {
+        // A name's further values follow it at once, with the same key.
+        if previous.is_some_and(|p| std::ptr::eq(p, name)) {
+            continue;
+        }
+        previous = Some(name);
+        if *name == header::CONNECTION {
+            connection = true;
+        }
+        if is_hop_by_hop_name(name) || client_controlled(name, extra, lengths, allow_underscore) {
+            found.push(name.clone());
+        } else if *name == header::HOST {
+            kept.host = Some(value.clone());
+        } else if let Some(bit) = gateway_set_bit(name.as_str()) {
+            kept.client_sent |= 1 << bit;
+        }
+    }
+    if connection {
+        // Names the client listed in `Connection` (rare: most clients send none, or only
+        // `keep-alive`, itself hop-by-hop).
+        let listed: smallvec::SmallVec<[&HeaderValue; 2]> =
+            values(headers, &header::CONNECTION).collect();
+        for name in headers.keys() {
+            if connection_listed(name, &listed) && !found.contains(name) {
+                found.push(name.clone());
+            }
+        }
+    }
+    for name in &found {
+        headers.remove(name);
+    }
+    kept
 }
 
 /// Request headers that ask for a part of a representation or make the answer depend on its
@@ -317,14 +389,7 @@ pub fn remove_hop_by_hop(headers: &mut HeaderMap) {
         values(headers, &header::CONNECTION).collect();
     let mut found = Found::new();
     for name in headers.keys() {
-        let hop = name == header::TRANSFER_ENCODING || HOP_BY_HOP.iter().any(|h| h == name);
-        // `Connection` may not take away what framing and routing rely on: a client that
-        // lists Content-Length there would otherwise send its body to the upstream unframed
-        // (request smuggling).
-        let named = !hop
-            && !PROTECTED.iter().any(|p| p == name)
-            && listed.iter().any(|v| names(v, name.as_str()));
-        if hop || named {
+        if is_hop_by_hop_name(name) || connection_listed(name, &listed) {
             found.push(name.clone());
         }
     }
@@ -332,6 +397,21 @@ pub fn remove_hop_by_hop(headers: &mut HeaderMap) {
     for name in &found {
         headers.remove(name);
     }
+}
+
+/// Whether `name` is hop-by-hop whatever `Connection` says: [`HOP_BY_HOP`] and
+/// `Transfer-Encoding` (the body is re-framed).
+fn is_hop_by_hop_name(name: &HeaderName) -> bool {
+    name == header::TRANSFER_ENCODING || HOP_BY_HOP.iter().any(|h| h == name)
+}
+
+/// Whether one of the `Connection` values `listed` names `name`. `Connection` may not take
+/// away what framing and routing rely on: a client that lists Content-Length there would
+/// otherwise send its body to the upstream unframed (request smuggling).
+fn connection_listed(name: &HeaderName, listed: &[&HeaderValue]) -> bool {
+    !listed.is_empty()
+        && !PROTECTED.iter().any(|p| p == name)
+        && listed.iter().any(|v| names(v, name.as_str()))
 }
 
 /// Whether a `Connection` value lists `name` (lower case) among its comma-separated tokens.
@@ -460,6 +540,16 @@ impl Added {
                 client_sent |= 1 << bit;
             }
         }
+        Self::with_client_sent(client_sent)
+    }
+
+    /// [`Added::for_call`] for a map just stripped by [`strip_request`], which noted the names
+    /// on its walk: nothing may have been added to the map since.
+    pub fn for_stripped(kept: &Kept) -> Self {
+        Self::with_client_sent(kept.client_sent)
+    }
+
+    fn with_client_sent(client_sent: u16) -> Self {
         Self {
             fields: Vec::with_capacity(8),
             shared: None,
@@ -984,6 +1074,85 @@ mod tests {
                 }
             }
             proptest::prop_assert!(h.keys().all(|k| before.contains_key(k)));
+        }
+    }
+
+    /// The fields of `h` by name, each name's values in order (the order of distinct names
+    /// depends on the order of removals and carries no meaning).
+    fn by_name(h: &HeaderMap) -> std::collections::BTreeMap<String, Vec<HeaderValue>> {
+        let mut m = std::collections::BTreeMap::<String, Vec<HeaderValue>>::new();
+        for (n, v) in h {
+            m.entry(n.as_str().to_owned()).or_default().push(v.clone());
+        }
+        m
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(4000))]
+        /// One walk ([`strip_request`]) removes what the two removals did one after the other,
+        /// finds the first `Host`, and notes every name the gateway sets that it kept.
+        #[test]
+        fn one_strip_walk_is_the_two_removals(
+            fields in proptest::collection::vec((0usize..26, 0usize..26, 0usize..4), 0..10),
+            allow in proptest::collection::vec(0usize..4, 0..3),
+            extra_custom in proptest::bool::ANY,
+        ) {
+            const NAMES: [&str; 26] = [
+                "host", "connection", "keep-alive", "te", "transfer-encoding", "authorization",
+                "x-api-key", "x-gerbang-consumer", "x-gerbang-purpose", "x_gerbang_consumer",
+                "x_forwarded_for", "x-forwarded-for", "x-forwarded-host", "traceparent",
+                "accept-encoding", "x-request-id", "content-length", "x-remote-user",
+                "x_remote_user", "accept", "forwarded", "x-http-method-override", "upgrade",
+                "cookie", "x-custom-secret", "x-forwarded-proto",
+            ];
+            const ALLOW: [&str; 4] =
+                ["x_remote_user", "x_gerbang_consumer", "x_custom", "x_forwarded_for"];
+            let mut h = HeaderMap::new();
+            for &(name, token, form) in &fields {
+                // A `Connection` value lists another name (in one of several spellings);
+                // other values are plain.
+                let value = if NAMES[name] == "connection" {
+                    match form {
+                        0 => NAMES[token].to_owned(),
+                        1 => format!("close, {}", NAMES[token].to_ascii_uppercase()),
+                        2 => format!(" {} ,keep-alive", NAMES[token]),
+                        _ => "keep-alive".to_owned(),
+                    }
+                } else {
+                    format!("v{token}")
+                };
+                h.append(
+                    HeaderName::from_static(NAMES[name]),
+                    HeaderValue::from_str(&value).unwrap(),
+                );
+            }
+            let mut extra = vec![HeaderName::from_static("x-remote-user")];
+            if extra_custom {
+                extra.push(HeaderName::from_static("x-custom-secret"));
+            }
+            let allow: Vec<String> = allow.iter().map(|&i| ALLOW[i].to_owned()).collect();
+
+            let mut two = h.clone();
+            remove_hop_by_hop(&mut two);
+            remove_client_controlled(&mut two, &extra, &allow);
+            let mut one = h.clone();
+            let kept = strip_request(&mut one, &extra, &allow);
+            proptest::prop_assert_eq!(by_name(&one), by_name(&two));
+            proptest::prop_assert_eq!(kept.host.as_ref(), h.get(header::HOST));
+            let added = Added::for_stripped(&kept);
+            for f in [
+                Field::XForwardedFor,
+                Field::XForwardedProto,
+                Field::XForwardedHost,
+                Field::XGerbangPurpose,
+                Field::Traceparent,
+                Field::AcceptEncoding,
+                Field::XRequestId,
+            ] {
+                if one.contains_key(f.name()) {
+                    proptest::prop_assert!(added.client_sent(f), "{:?} kept but not noted", f);
+                }
+            }
         }
     }
 

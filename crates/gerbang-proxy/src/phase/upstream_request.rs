@@ -45,23 +45,19 @@ impl Rewrite<'_> {
         call: &mut Call,
     ) -> Added {
         let settings = &self.snapshot.settings;
+        let kept = headers::strip_request(
+            &mut parts.headers,
+            &settings.strip_headers,
+            &self.service.allow_underscore_headers,
+        );
+        let mut added = Added::for_stripped(&kept);
         // The host the client addressed: `:authority` (HTTP/2) or the absolute-form target
         // wins over `Host` (RFC 9113 §8.3.1; the checks refused a disagreement).
         let original_host = parts
             .uri
             .authority()
             .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
-            .or_else(|| {
-                headers::values(&parts.headers, &header::HOST)
-                    .next()
-                    .cloned()
-            });
-        headers::remove_hop_by_hop(&mut parts.headers);
-        headers::remove_client_controlled(
-            &mut parts.headers,
-            &settings.strip_headers,
-            &self.service.allow_underscore_headers,
-        );
+            .or(kept.host);
         // The gateway met `Expect: 100-continue` itself (hyper answers it when the body is
         // first read) and sends the body at once: the provider is not asked to wait.
         if self.expect_sent {
@@ -70,7 +66,6 @@ impl Rewrite<'_> {
         if parts.version == Version::HTTP_2 {
             headers::join_cookies(&mut parts.headers);
         }
-        let mut added = Added::for_call(&parts.headers);
         headers::set_forwarding(
             &mut parts.headers,
             &mut added,
