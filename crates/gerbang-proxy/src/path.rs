@@ -101,11 +101,11 @@ fn hex_val(b: u8) -> Option<u8> {
     }
 }
 
-fn is_unreserved(b: u8) -> bool {
+const fn is_unreserved(b: u8) -> bool {
     b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~')
 }
 
-fn allowed_literal(b: u8) -> bool {
+const fn allowed_literal(b: u8) -> bool {
     // RFC 3986 pchar without ';' (parameters, see Tomcat's "..;/" confusion) plus '/'.
     is_unreserved(b)
         || matches!(
@@ -125,50 +125,71 @@ fn allowed_literal(b: u8) -> bool {
         )
 }
 
+/// The bytes an already-normal path may hold ([`allowed_literal`] except `/`, which the scan
+/// handles itself); `%` is not among them. One table lookup per byte on the request path.
+static PLAIN: [bool; 256] = {
+    let mut t = [false; 256];
+    let mut b = 0;
+    while b < 256 {
+        t[b] = b as u8 != b'/' && allowed_literal(b as u8);
+        b += 1;
+    }
+    t
+};
+
 const HEX: &[u8; 16] = b"0123456789ABCDEF";
 
-/// A path that needs no change: plain characters only (no `%`), no empty segment but a
-/// trailing one, no `.` or `..` segment. Most requests take this path.
-fn already_normal(bytes: &[u8]) -> bool {
-    if bytes.first() != Some(&b'/') || !bytes.iter().all(|&b| b != b'%' && allowed_literal(b)) {
-        return false;
+/// For a path that needs no change, where its rest begins ([`NormalizedPath::rest_at`]);
+/// `None` for any other. A path needs no change when it starts with `/`, holds plain
+/// characters only (no `%`), and has no empty segment but a trailing one and no `.` or `..`
+/// segment. Most requests take this path: one scan of the bytes, each segment checked as its
+/// `/` is reached.
+fn already_normal(bytes: &[u8]) -> Option<Option<usize>> {
+    if bytes.first() != Some(&b'/') {
+        return None;
     }
-    let body = &bytes[1..];
-    let body = body.strip_suffix(b"/").unwrap_or(body);
-    if body.is_empty() {
-        return bytes.len() == 1;
+    if bytes.len() == 1 {
+        return Some(None);
     }
-    body.split(|&c| c == b'/')
-        .all(|seg| !seg.is_empty() && seg != b"." && seg != b"..")
+    let dots = |seg: &[u8]| seg == b"." || seg == b"..";
+    let (mut second, mut third) = (None, None);
+    let mut seg_start = 1;
+    for (i, &b) in bytes.iter().enumerate().skip(1) {
+        if b == b'/' {
+            let seg = &bytes[seg_start..i];
+            if seg.is_empty() || dots(seg) {
+                return None;
+            }
+            if second.is_none() {
+                second = Some(i);
+            } else if third.is_none() {
+                third = Some(i);
+            }
+            seg_start = i + 1;
+        } else if !PLAIN[usize::from(b)] {
+            return None;
+        }
+    }
+    // The last segment may be empty (a trailing `/` after a segment), never a dot segment.
+    if dots(&bytes[seg_start..]) {
+        return None;
+    }
+    // The rest starts at the third `/` (or is empty) when there are two whole segments.
+    Some(match second {
+        Some(s) if s + 1 < bytes.len() => Some(third.unwrap_or(bytes.len())),
+        _ => None,
+    })
 }
 
 /// Normalises a request path (without the query). See the module documentation for the rules.
 pub fn normalize(raw: &str) -> Result<NormalizedPath, PathError> {
-    let bytes = raw.as_bytes();
-    if already_normal(bytes) {
-        // `rest` starts at the third '/', if any.
-        let mut slashes = bytes
-            .iter()
-            .enumerate()
-            .filter(|(_, &b)| b == b'/')
-            .map(|(i, _)| i);
-        let first_two = (slashes.next(), slashes.next());
-        let rest_at = match first_two {
-            (Some(_), Some(second)) if second + 1 < bytes.len() => {
-                Some(slashes.next().unwrap_or(bytes.len()))
-            }
-            (Some(_), Some(_)) | (Some(_), None) => {
-                // "/a" or "/a/" has one segment; "/" none.
-                None
-            }
-            _ => None,
-        };
-        return Ok(NormalizedPath {
+    match already_normal(raw.as_bytes()) {
+        Some(rest_at) => Ok(NormalizedPath {
             path: raw.to_owned(),
             rest_at,
-        });
+        }),
+        None => normalize_slow(raw),
     }
-    normalize_slow(raw)
 }
 
 /// The full normalisation, for paths that need a change or a closer look.
@@ -422,8 +443,25 @@ mod properties {
             Just("\\".to_owned()),
             "[a-z0-9]{1,3}",
             "%[0-9A-Fa-f]{2}",
+            // Other characters a path may hold as they are, and some it may not.
+            "[-!$&'()*+,=:@~_A-Z]{1,2}",
+            "[ \"<>#?\\x7f\\x01é]",
         ];
         proptest::collection::vec(piece, 0..12).prop_map(|v| format!("/{}", v.concat()))
+    }
+
+    /// The table of plain bytes is `allowed_literal` without `/` (and so without `%`), for
+    /// every byte.
+    #[test]
+    fn plain_bytes_are_the_allowed_literals() {
+        for b in 0..=255u8 {
+            assert_eq!(
+                PLAIN[usize::from(b)],
+                b != b'/' && allowed_literal(b),
+                "{b:#04x}"
+            );
+        }
+        assert!(!PLAIN[usize::from(b'%')] && !PLAIN[usize::from(b';')]);
     }
 
     proptest! {
