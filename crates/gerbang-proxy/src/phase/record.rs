@@ -17,6 +17,7 @@ use crate::response_body::ResponseBody;
 /// How a call was answered, for its record.
 #[derive(Clone, Copy)]
 pub(crate) struct Answer<'a> {
+    /// Filled in, with `bytes_out`, only when an audit record is made (`record`).
     pub request_id: &'a str,
     pub method: &'a http::Method,
     pub status: u16,
@@ -41,24 +42,27 @@ pub(crate) async fn record(
     result: Result<Response<ResponseBody>, GatewayError>,
 ) -> Result<Response<ResponseBody>, GatewayError> {
     let (decision, reason) = decision_of(call, &result);
-    let rid = request_id.to_str().unwrap_or("");
-    // One reading of the clock and of the response's length serves the record, the access
-    // event and the metrics.
+    // The request id as text, for whichever of the record, the access event and the span is
+    // made (the check that it is text is not free, and a pipeline may make none of them).
+    let rid = || request_id.to_str().unwrap_or("");
+    // One reading of the clock serves the record, the access event and the metrics.
     let duration = started.elapsed();
     let mut a = Answer {
-        request_id: rid,
+        request_id: "",
         method,
         status: response_status(&result),
         decision,
         reason,
         client,
         bytes_in: call.bytes_in(),
-        bytes_out: bytes_out(&result),
+        bytes_out: None,
         duration,
     };
     // The audit record: written (or, with fsync on every record, on disk) before the answer.
     let result = match &gateway.audit {
         Some(sink) if call.service.is_some() || call.consumer.is_some() => {
+            a.request_id = rid();
+            a.bytes_out = bytes_out(&result);
             let fields = call.audit_record(&a, sink.buffer());
             let written = sink.record(fields).await;
             if let Some(m) = &gateway.metrics {
@@ -70,7 +74,7 @@ pub(crate) async fn record(
             }
             if !written && sink.settings.fail_closed {
                 tracing::error!(
-                    request_id = rid,
+                    request_id = a.request_id,
                     "audit record not written: refusing the call (audit fail-closed)"
                 );
                 let refused = Err(GatewayError::AuditUnavailable);
@@ -88,7 +92,7 @@ pub(crate) async fn record(
         // One access event per call: registry ids, template and codes only.
         tracing::info!(
             target: "gerbang::access",
-            request_id = rid,
+            request_id = rid(),
             consumer = call.consumer.as_deref().map_or("-", |p| p.application.as_str()),
             service = call.service.as_deref().or(call.issuer_endpoint).unwrap_or("-"),
             endpoint = call.endpoint.as_deref().unwrap_or("-"),
@@ -112,7 +116,7 @@ pub(crate) async fn record(
                 ids,
                 start,
                 end: std::time::SystemTime::now(),
-                request_id: rid,
+                request_id: rid(),
                 method: method.as_str(),
                 status,
                 decision,
