@@ -87,6 +87,13 @@ async fn calls_are_recorded_verifiable_and_findable_by_subject_never_by_id() {
     assert_eq!(a["status"], 200);
     assert_eq!(a["client"], "127.0.0.1");
     assert_eq!(a["request_id"], ok.header("x-request-id").unwrap());
+    // The record's size is the response's `Content-Length`, as the client got it.
+    let length: u64 = ok
+        .header("content-length")
+        .and_then(|v| v.parse().ok())
+        .expect("a Content-Length on the answer");
+    assert_eq!(a["bytes_out"], length, "{a}");
+    assert_eq!(length, ok.body.len() as u64);
     assert_eq!(a["trace_id"], "4bf92f3577b34da6a3ce929d0e0e4736");
     assert!(a["subject_hmac"]
         .as_str()
