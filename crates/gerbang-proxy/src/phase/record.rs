@@ -43,8 +43,10 @@ pub(crate) async fn record(
 ) -> Result<Response<ResponseBody>, GatewayError> {
     let (decision, reason) = decision_of(call, &result);
     // The request id as text, for whichever of the record, the access event and the span is
-    // made (the check that it is text is not free, and a pipeline may make none of them).
-    let rid = || request_id.to_str().unwrap_or("");
+    // made: checked once, at the first that needs it (the check is not free, and a pipeline
+    // may make none of them).
+    let mut rid_text: Option<&str> = None;
+    let mut rid = || *rid_text.get_or_insert_with(|| request_id.to_str().unwrap_or(""));
     // One reading of the clock serves the record, the access event and the metrics.
     let duration = started.elapsed();
     let mut a = Answer {
