@@ -147,7 +147,7 @@ pub fn canonical_name(name: &str) -> std::borrow::Cow<'_, str> {
 }
 
 /// Whether a client may not pass on a header with this canonical name (see
-/// [`remove_client_controlled`]); `lengths` is [`ListedLengths`] of `extra`.
+/// [`client_controlled`]); `lengths` is [`ListedLengths`] of `extra`.
 fn client_may_not_send(canonical: &str, extra: &[HeaderName], lengths: ListedLengths) -> bool {
     canonical.starts_with(GATEWAY_HEADER_PREFIX)
         || (lengths.may_hold(canonical.len())
@@ -202,22 +202,10 @@ impl ListedLengths {
 /// held on the stack rather than allocated for every request.
 type Found = smallvec::SmallVec<[HeaderName; 4]>;
 
-/// Removes, in one pass, every header a client may not pass on:
-///
-/// - every name containing `_`, unless the service allows that exact name (`allow_underscore`)
-///   and its canonical form is nothing the gateway guards: many provider stacks read
-///   `X_Gerbang_Consumer` as `X-Gerbang-Consumer`, so such a name would carry a forged
-///   identity past the strip (nginx drops them by default for the same reason);
-/// - `X-Gerbang-*` except the purpose (a provider must only ever see identity headers the
-///   gateway verified and set);
-/// - the forwarding headers the gateway does not maintain (`Forwarded`, `X-Real-IP`, …);
-/// - method and URL overrides (`X-HTTP-Method-Override`, `X-Original-URL`, …): the provider
-///   must run the method and path the policy judged;
-/// - the credentials meant for the gateway (`Authorization`, `X-API-Key`: a provider must not
-///   be able to replay them), and the configured `extra` names.
-///
-/// Names are compared on their canonical form ([`canonical_name`]).
-pub fn remove_client_controlled(
+/// Removes every field [`client_controlled`] names, by itself: the rule as the tests state it,
+/// and the reference [`strip_request`] (which the request path runs) is held to.
+#[cfg(test)]
+fn remove_client_controlled(
     headers: &mut HeaderMap,
     extra: &[HeaderName],
     allow_underscore: &[String],
@@ -234,8 +222,22 @@ pub fn remove_client_controlled(
     }
 }
 
-/// Whether a client may not pass on a field named `name` ([`remove_client_controlled`]);
-/// `lengths` is [`ListedLengths`] of `extra`.
+/// Whether a client may not pass on a field named `name`; `lengths` is [`ListedLengths`] of
+/// `extra`. It may not pass on:
+///
+/// - every name containing `_`, unless the service allows that exact name (`allow_underscore`)
+///   and its canonical form is nothing the gateway guards: many provider stacks read
+///   `X_Gerbang_Consumer` as `X-Gerbang-Consumer`, so such a name would carry a forged
+///   identity past the strip (nginx drops them by default for the same reason);
+/// - `X-Gerbang-*` except the purpose (a provider must only ever see identity headers the
+///   gateway verified and set);
+/// - the forwarding headers the gateway does not maintain (`Forwarded`, `X-Real-IP`, …);
+/// - method and URL overrides (`X-HTTP-Method-Override`, `X-Original-URL`, …): the provider
+///   must run the method and path the policy judged;
+/// - the credentials meant for the gateway (`Authorization`, `X-API-Key`: a provider must not
+///   be able to replay them), and the configured `extra` names.
+///
+/// Names are compared on their canonical form ([`canonical_name`]).
 fn client_controlled(
     name: &HeaderName,
     extra: &[HeaderName],
@@ -267,7 +269,7 @@ pub struct Kept {
 }
 
 /// A client's request fields made fit to go on, in one walk of them: what
-/// [`remove_hop_by_hop`] and then [`remove_client_controlled`] remove goes (the two sets are
+/// [`remove_hop_by_hop`] removes and what [`client_controlled`] names go (the two sets are
 /// independent, so one pass gives their union), and the `Host` value and the names
 /// [`Added`] must know of are noted on the way (each was a walk of its own).
 pub fn strip_request(
@@ -439,7 +441,7 @@ pub enum Field {
     Traceparent,
     AcceptEncoding,
     XRequestId,
-    // `X-Gerbang-*` names no client request keeps (`remove_client_controlled`).
+    // `X-Gerbang-*` names no client request keeps (`client_controlled`).
     XGerbangConsumer,
     XGerbangConsumerAgency,
     XGerbangAuthMethod,
@@ -493,8 +495,8 @@ impl Field {
 /// rehash the map, while the HTTP/1.1 client only has to write them after the map's fields
 /// (the HTTPS client appends them to its copy of the map). Invariant, kept by [`Added::set`]
 /// and, for the shared fields, by [`Added::set_shared_absent`] and `Added::own`: no name here
-/// is also in the map, and none is here twice. Made only by [`Added::for_call`]:
-/// a default would claim that the client sent none of the names it sets.
+/// is also in the map, and none is here twice. Made only by [`Added::for_stripped`] (tests:
+/// `Added::for_call`): a default would claim that the client sent none of the names it sets.
 #[derive(Debug)]
 pub struct Added {
     fields: Vec<(Field, HeaderValue)>,
@@ -530,9 +532,9 @@ fn gateway_set_bit(name: &str) -> Option<u8> {
 const SCANNED: u16 = (1 << (Field::XRequestId as u16 + 1)) - 1;
 
 impl Added {
-    /// Room for what one call sets (forwarding, identity, agreement, trace, request id), for
-    /// the client's map `headers` as it is now: nothing may be added to the map afterwards
-    /// except through this (or a name it sets could be missed when it is removed).
+    /// [`Added::for_stripped`] for any map `headers` as it is now, by a walk of its names (the
+    /// tests' way to make one).
+    #[cfg(test)]
     pub fn for_call(headers: &HeaderMap) -> Self {
         let mut client_sent = 0u16;
         for name in headers.keys() {
@@ -543,8 +545,11 @@ impl Added {
         Self::with_client_sent(client_sent)
     }
 
-    /// [`Added::for_call`] for a map just stripped by [`strip_request`], which noted the names
-    /// on its walk: nothing may have been added to the map since.
+    /// Room for what one call sets (forwarding, identity, agreement, trace, request id), for
+    /// a map just stripped by [`strip_request`], which noted on its walk which names the
+    /// gateway sets the client sent. Nothing may have been added to the map since, and
+    /// nothing may be added afterwards except through this (or a name it sets could be missed
+    /// when it is removed).
     pub fn for_stripped(kept: &Kept) -> Self {
         Self::with_client_sent(kept.client_sent)
     }
@@ -662,7 +667,7 @@ impl Added {
 /// `X-Forwarded-For` gets the client address appended (the existing list is kept: it is
 /// information, never identity). `X-Forwarded-Proto` and `X-Forwarded-Host` are the gateway's
 /// own view and replace whatever the client sent (other forwarding headers go in
-/// [`remove_client_controlled`]).
+/// [`strip_request`]).
 pub fn set_forwarding(
     headers: &mut HeaderMap,
     added: &mut Added,
@@ -743,25 +748,27 @@ pub fn acceptable_request_id(value: &HeaderValue) -> Option<&str> {
 mod tests {
     use super::*;
 
+    /// Every field, in the order of their bits.
+    const ALL_FIELDS: [Field; 12] = [
+        Field::XForwardedFor,
+        Field::XForwardedProto,
+        Field::XForwardedHost,
+        Field::XGerbangPurpose,
+        Field::Traceparent,
+        Field::AcceptEncoding,
+        Field::XRequestId,
+        Field::XGerbangConsumer,
+        Field::XGerbangConsumerAgency,
+        Field::XGerbangAuthMethod,
+        Field::XGerbangAssertion,
+        Field::XGerbangAgreement,
+    ];
+
     /// Each field's head prefix is its name and `": "`: every variant, by the exhaustive
     /// `match` below (a new variant fails to compile until it is listed).
     #[test]
     fn head_prefixes_are_the_names() {
-        let all = [
-            Field::XForwardedFor,
-            Field::XForwardedProto,
-            Field::XForwardedHost,
-            Field::XGerbangPurpose,
-            Field::Traceparent,
-            Field::AcceptEncoding,
-            Field::XRequestId,
-            Field::XGerbangConsumer,
-            Field::XGerbangConsumerAgency,
-            Field::XGerbangAuthMethod,
-            Field::XGerbangAssertion,
-            Field::XGerbangAgreement,
-        ];
-        for f in all {
+        for f in ALL_FIELDS {
             match f {
                 Field::XForwardedFor
                 | Field::XForwardedProto
@@ -1140,15 +1147,7 @@ mod tests {
             proptest::prop_assert_eq!(by_name(&one), by_name(&two));
             proptest::prop_assert_eq!(kept.host.as_ref(), h.get(header::HOST));
             let added = Added::for_stripped(&kept);
-            for f in [
-                Field::XForwardedFor,
-                Field::XForwardedProto,
-                Field::XForwardedHost,
-                Field::XGerbangPurpose,
-                Field::Traceparent,
-                Field::AcceptEncoding,
-                Field::XRequestId,
-            ] {
+            for f in ALL_FIELDS {
                 if one.contains_key(f.name()) {
                     proptest::prop_assert!(added.client_sent(f), "{:?} kept but not noted", f);
                 }

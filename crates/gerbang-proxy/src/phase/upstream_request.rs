@@ -78,7 +78,7 @@ impl Rewrite<'_> {
             Some(v) => added.set(&mut parts.headers, Field::XGerbangPurpose, v),
             None => added.remove(&mut parts.headers, Field::XGerbangPurpose),
         }
-        // Every other `X-Gerbang-*` name is gone from the map (`remove_client_controlled`).
+        // Every other `X-Gerbang-*` name is gone from the map (`strip_request`).
         let identified = set_identity(
             &mut added,
             self.principal,
