@@ -24,7 +24,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use gerbang_proxy::body::RequestBody;
-use gerbang_proxy::h1::{send, InstancePool, Times};
+use gerbang_proxy::h1::{send, InstancePool, Target, Times};
 use http::{HeaderMap, Method, StatusCode, Version};
 use http_body_util::{BodyExt, Empty};
 use hyper_util::rt::TokioIo;
@@ -296,6 +296,7 @@ async fn client(addr: SocketAddr, method: Method) -> Option<Got> {
     let res = send(
         &pool,
         Times::within(Duration::from_secs(5)),
+        Target { base: "", rest: "/x" },
         &parts,
         [&[], &[]],
         &mut RequestBody::empty(),

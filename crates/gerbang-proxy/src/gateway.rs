@@ -23,7 +23,7 @@ use crate::oauth::IssuerEndpoints;
 use crate::phase::context::Call;
 use crate::phase::exchange::Exchange;
 use crate::phase::record::Unanswered;
-use crate::phase::upstream_request::{upstream_path, IdentityCache, Rewrite};
+use crate::phase::upstream_request::{IdentityCache, Rewrite};
 use crate::phase::{authenticate, authorise, checks, filter, internal, record, route};
 use crate::response_body::{self, ResponseBody};
 use crate::upstream::{build_client, PoolSettings, UpstreamClient};
@@ -451,7 +451,10 @@ impl Gateway {
             }
             // 6. the upstream request
             let rest = if route.rest == "/" { "" } else { route.rest };
-            let path_and_query = upstream_path(service, rest, req.uri().query())?;
+            let target = crate::h1::Target {
+                base: &service.base_path,
+                rest,
+            };
             let hash_key = match &service.balancing {
                 gerbang_registry::Balancing::ConsistentHash { header } => {
                     req.headers().get(header).map(|v| v.as_bytes().to_vec())
@@ -468,7 +471,7 @@ impl Gateway {
                 request_id,
                 expect_sent: survey.expect,
             }
-            .apply(&mut parts, path_and_query, call);
+            .apply(&mut parts, call);
             // A request with a body is watched: was it too large, or still arriving at a timeout?
             let watch = (!http_body::Body::is_end_stream(&incoming))
                 .then(|| Arc::new(BodyWatch::default()));
@@ -493,6 +496,7 @@ impl Gateway {
                 watch: &watch,
                 hash_key: hash_key.as_deref(),
                 added: &added,
+                target,
             };
             let (res, in_flight) = match exchange.run(&mut parts, Some(body)).await {
                 Ok(pair) => pair,

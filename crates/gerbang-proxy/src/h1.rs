@@ -192,14 +192,52 @@ impl Times {
     }
 }
 
+/// Where a request goes below its instance: the service's base path, then the normalised
+/// rest of the client's path (`/` when both are empty), then the client's query byte for
+/// byte (from `parts.uri`, which the rewrite leaves as the client sent it).
+///
+/// [`send`] writes the pieces straight into the request line: no intermediate string, no
+/// `Uri` to allocate and check again. Each piece is checked where it is made, and none may
+/// hold a byte that ends the target or the line: the base path when the registry is built
+/// (`gerbang_registry::valid_base_path`; the configuration asks for a normalised path), the
+/// rest by the normalisation (visible ASCII without `?`, `#`, `\`, `;`; see `crate::path`),
+/// the query by hyper's and http's parse of the client's target (no controls, space or `#`).
+#[derive(Debug, Clone, Copy)]
+pub struct Target<'a> {
+    pub base: &'a str,
+    pub rest: &'a str,
+}
+
+impl Target<'_> {
+    /// The target's length, with `query`.
+    fn len(&self, query: Option<&str>) -> usize {
+        (self.base.len() + self.rest.len()).max(1) + query.map_or(0, |q| "?".len() + q.len())
+    }
+
+    /// Writes the target, with `query`, into `head`.
+    fn write(&self, query: Option<&str>, head: &mut BytesMut) {
+        if self.base.is_empty() && self.rest.is_empty() {
+            head.put_u8(b'/');
+        } else {
+            head.put_slice(self.base.as_bytes());
+            head.put_slice(self.rest.as_bytes());
+        }
+        if let Some(q) = query {
+            head.put_u8(b'?');
+            head.put_slice(q.as_bytes());
+        }
+    }
+}
+
 /// Bounds the connections being opened at once (the circuit breaker's `max_pending`).
 pub struct PendingLimit<'a> {
     pub load: &'a Arc<gerbang_registry::ServiceLoad>,
     pub settings: &'a gerbang_registry::BreakerSettings,
 }
 
-/// Sends a request (`parts` with an origin-form URI, `Host` set, hop-by-hop headers removed,
-/// and `body`) to the instance of `pool` and returns the response with its body streaming,
+/// Sends a request (`target`, the query of `parts.uri`, `parts` with `Host` set and hop-by-hop
+/// headers removed, and `body`) to the instance of `pool` and returns the response with its
+/// body streaming,
 /// or `TimedOut` when its head has not arrived by the deadline of `times` (connecting included).
 /// The body is borrowed: the caller's future holds it once, not each level of the call.
 // Not an `async fn`: that keeps each by-value argument twice in the future (see
@@ -208,6 +246,7 @@ pub struct PendingLimit<'a> {
 pub fn send<'a>(
     pool: &'a Arc<InstancePool>,
     times: Times,
+    target: Target<'a>,
     parts: &'a http::request::Parts,
     added: [&'a [(headers::Field, HeaderValue)]; 2],
     body: &'a mut RequestBody,
@@ -224,7 +263,7 @@ pub fn send<'a>(
         let chunked = !no_body && exact.is_none();
         // Framing comes from the body hyper decoded, never from the client's headers.
         let length = if no_body { None } else { exact };
-        let head = encode_head(parts, added, chunked, length);
+        let head = encode_head(target, parts, added, chunked, length);
         let is_head = parts.method == Method::HEAD;
         // Only an idempotent request without a body is sent again after a reused connection failed:
         // the first attempt may have reached the application before the connection broke.
@@ -416,15 +455,17 @@ impl<F: std::future::Future> std::future::Future for ByDeadline<'_, F> {
 const FRAMING_AND_END_ROOM: usize =
     " ".len() + " HTTP/1.1\r\n".len() + "content-length: \r\n".len() + 20 + "\r\n".len();
 
-/// The request head: `parts`' method, target and fields, then the `added` fields (the gateway's,
-/// whose names `parts` does not hold), then the framing this gateway decided.
+/// The request head: `parts`' method, `target` with the query of `parts.uri`, `parts`' fields,
+/// then the `added` fields (the gateway's, whose names `parts` does not hold), then the
+/// framing this gateway decided.
 fn encode_head(
+    target: Target<'_>,
     parts: &http::request::Parts,
     added: [&[(headers::Field, HeaderValue)]; 2],
     chunked: bool,
     length: Option<u64>,
 ) -> BytesMut {
-    let target = parts.uri.path_and_query().map_or("/", |pq| pq.as_str());
+    let query = parts.uri.query();
     // The head's exact size up front (the identity assertion alone outgrew an estimate, so
     // every head was copied once more while being written): each line as the loops below
     // write it.
@@ -440,11 +481,11 @@ fn encode_head(
         )
         .sum();
     let mut head = BytesMut::with_capacity(
-        parts.method.as_str().len() + target.len() + fields + FRAMING_AND_END_ROOM,
+        parts.method.as_str().len() + target.len(query) + fields + FRAMING_AND_END_ROOM,
     );
     head.put_slice(parts.method.as_str().as_bytes());
     head.put_u8(b' ');
-    head.put_slice(target.as_bytes());
+    target.write(query, &mut head);
     head.put_slice(b" HTTP/1.1\r\n");
     let mut declared_length = false;
     for (name, value) in &parts.headers {
@@ -1597,6 +1638,12 @@ mod tests {
         (addr, accepted)
     }
 
+    /// The target of [`request`]'s requests.
+    const X: Target<'static> = Target {
+        base: "",
+        rest: "/x",
+    };
+
     fn request(method: Method) -> http::request::Parts {
         http::Request::builder()
             .method(method)
@@ -1626,6 +1673,7 @@ mod tests {
         let res = send(
             pool,
             Times::within(within),
+            X,
             &request(method),
             [&[], &[]],
             &mut RequestBody::empty(),
@@ -1835,6 +1883,7 @@ mod tests {
         let err = send(
             &pool(&addr),
             Times::within(Duration::from_secs(5)),
+            X,
             &request(Method::POST),
             [&[], &[]],
             &mut RequestBody::empty(),
@@ -1880,18 +1929,18 @@ mod tests {
             HeaderValue::from_static("chunked"),
         );
         let text = |h: BytesMut| String::from_utf8(h.to_vec()).unwrap();
-        let h = text(encode_head(&parts, [&[], &[]], false, Some(5)));
+        let h = text(encode_head(X, &parts, [&[], &[]], false, Some(5)));
         assert!(h.starts_with("POST /x HTTP/1.1\r\n"));
         assert!(h.ends_with("content-length: 5\r\n\r\n"));
         assert!(!h.contains("99") && !h.contains("transfer-encoding"));
-        let h = text(encode_head(&parts, [&[], &[]], true, None));
+        let h = text(encode_head(X, &parts, [&[], &[]], true, None));
         assert!(h.ends_with("transfer-encoding: chunked\r\n\r\n"));
         assert!(!h.contains("content-length"));
         // A declared empty body keeps saying so; no declaration, no field.
-        assert!(text(encode_head(&parts, [&[], &[]], false, None))
+        assert!(text(encode_head(X, &parts, [&[], &[]], false, None))
             .ends_with("content-length: 0\r\n\r\n"));
         let get = request(Method::GET);
-        let h = text(encode_head(&get, [&[], &[]], false, None));
+        let h = text(encode_head(X, &get, [&[], &[]], false, None));
         assert_eq!(h, "GET /x HTTP/1.1\r\nhost: upstream\r\n\r\n");
     }
 
@@ -1905,7 +1954,7 @@ mod tests {
             ),
             (headers::Field::XRequestId, HeaderValue::from_static("r1")),
         ];
-        let h = encode_head(&get, [&added[..1], &added[1..]], false, None);
+        let h = encode_head(X, &get, [&added[..1], &added[1..]], false, None);
         assert_eq!(
             String::from_utf8(h.to_vec()).unwrap(),
             "GET /x HTTP/1.1\r\nhost: upstream\r\nx-gerbang-consumer: dinkes/sik\r\n\
@@ -1930,7 +1979,7 @@ mod tests {
             );
         }
         for (chunked, length) in [(false, Some(u64::MAX)), (true, None), (false, None)] {
-            let h = encode_head(&parts, [&[], &[]], chunked, length);
+            let h = encode_head(X, &parts, [&[], &[]], chunked, length);
             assert!(
                 h.capacity() <= h.len() + FRAMING_AND_END_ROOM,
                 "len {} capacity {}",
@@ -1941,7 +1990,53 @@ mod tests {
         parts
             .headers
             .insert(header::CONTENT_LENGTH, HeaderValue::from_static("0"));
-        let h = encode_head(&parts, [&[], &[]], false, None);
+        let h = encode_head(X, &parts, [&[], &[]], false, None);
         assert!(h.ends_with(b"content-length: 0\r\n\r\n"));
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(3000))]
+        /// The request line's target is what the checked `PathAndQuery` of base path, rest
+        /// and query was before the inline client wrote the pieces itself (and still is for
+        /// hyper's client): for base paths the registry takes, rests the normalisation makes
+        /// and queries a client's target can carry, and the line stays one line of three parts.
+        #[test]
+        fn the_written_target_is_the_checked_upstream_path(
+            base in proptest::sample::select(vec!["", "/", "/api", "/api/v1", "/a%20b/~x.y", "/x/"]),
+            tail in "(/|[a-zA-Z0-9._~!$&'()*+,=:@-]|%[0-9a-fA-F]{2}|\\.\\.|\\.){0,12}",
+            query in proptest::option::of("[a-zA-Z0-9._~!$&'()*+,;=:@/?%\"{}|^`\\[\\]<>-]{0,16}"),
+        ) {
+            proptest::prop_assume!(gerbang_registry::valid_base_path(base));
+            let raw = format!("/ag/svc{tail}");
+            let Ok(normalized) = crate::path::normalize(&raw) else {
+                return Ok(());
+            };
+            let Some((_, _, rest)) = normalized.route_parts() else {
+                return Ok(());
+            };
+            // As the gateway passes it on (`Gateway::forward`).
+            let rest = if rest == "/" || rest.is_empty() { "" } else { rest };
+            let uri = match &query {
+                Some(q) => format!("/p?{q}"),
+                None => "/p".to_owned(),
+            };
+            // Only what a client's request can carry: a target http parses.
+            let Ok(uri) = uri.parse::<http::Uri>() else {
+                return Ok(());
+            };
+            let mut parts = request(Method::GET);
+            parts.uri = uri;
+            let expected =
+                crate::phase::upstream_request::upstream_path(base, rest, parts.uri.query())
+                    .unwrap();
+            let head = encode_head(Target { base, rest }, &parts, [&[], &[]], false, None);
+            let line_end = head.windows(2).position(|w| w == b"\r\n").unwrap();
+            let line = std::str::from_utf8(&head[..line_end]).unwrap();
+            let mut words = line.split(' ');
+            proptest::prop_assert_eq!(words.next(), Some("GET"));
+            proptest::prop_assert_eq!(words.next(), Some(expected.as_str()));
+            proptest::prop_assert_eq!(words.next(), Some("HTTP/1.1"));
+            proptest::prop_assert_eq!(words.next(), None);
+        }
     }
 }

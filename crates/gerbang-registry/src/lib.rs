@@ -280,6 +280,8 @@ pub enum BuildError {
     UnknownAgency(String),
     DuplicateService(String),
     DuplicateApplication(String),
+    /// A service's base path that is not a plain absolute path (see [`valid_base_path`]).
+    InvalidBasePath(String),
 }
 
 impl fmt::Display for BuildError {
@@ -289,11 +291,26 @@ impl fmt::Display for BuildError {
             BuildError::UnknownAgency(a) => write!(f, "agency `{a}` is not defined"),
             BuildError::DuplicateService(s) => write!(f, "service `{s}` is defined twice"),
             BuildError::DuplicateApplication(s) => write!(f, "application `{s}` is defined twice"),
+            BuildError::InvalidBasePath(s) => write!(
+                f,
+                "service `{s}`: base_path must be empty or an absolute path of visible ASCII without `?` or `#`"
+            ),
         }
     }
 }
 
 impl std::error::Error for BuildError {}
+
+/// Whether `path` may be a service's base path: empty, or `/` then visible ASCII other than
+/// `?` and `#`. The gateway writes it into the upstream request line as it is, so no byte of
+/// it may end the target or the line. (The configuration asks more: a normalised path.)
+pub fn valid_base_path(path: &str) -> bool {
+    path.is_empty()
+        || (path.starts_with('/')
+            && path
+                .bytes()
+                .all(|b| b.is_ascii_graphic() && b != b'?' && b != b'#'))
+}
 
 /// Assembles a [`Registry`].
 #[derive(Debug, Default)]
@@ -371,6 +388,12 @@ impl RegistryBuilder {
     }
 
     pub fn service(&mut self, spec: ServiceSpec) -> Result<&mut Self, BuildError> {
+        if !valid_base_path(&spec.base_path) {
+            return Err(BuildError::InvalidBasePath(format!(
+                "{}/{}",
+                spec.agency, spec.id
+            )));
+        }
         let index = self.registry.services.len();
         let entry = match self.registry.agencies.get_mut(&spec.agency) {
             Some(e) if e.agency.is_some() => e,
@@ -460,6 +483,41 @@ mod tests {
         ))
         .unwrap();
         b.build()
+    }
+
+    /// The gateway writes a base path into the upstream request line as it is: a byte that
+    /// ends the target (`?`, `#`, space) or the line (CR, LF) is refused when the registry is
+    /// built, whatever built it.
+    #[test]
+    fn a_base_path_that_could_break_the_request_line_is_refused() {
+        for ok in ["", "/", "/api", "/api/v1", "/a%20b/~x"] {
+            assert!(valid_base_path(ok), "{ok:?}");
+        }
+        for bad in [
+            "api",
+            "/a b",
+            "/a\r\nHost: x",
+            "/a?x",
+            "/a#x",
+            "/a\u{7f}",
+            "/é",
+            "/a\tb",
+        ] {
+            assert!(!valid_base_path(bad), "{bad:?}");
+            let mut b = RegistryBuilder::new();
+            b.agency(Agency {
+                id: "dukcapil".into(),
+                name: "Disdukcapil".into(),
+            })
+            .unwrap();
+            let mut spec =
+                ServiceSpec::new("dukcapil", "penduduk", limits(), vec![instance("a", 1)]);
+            spec.base_path = bad.into();
+            assert!(matches!(
+                b.service(spec),
+                Err(BuildError::InvalidBasePath(_))
+            ));
+        }
     }
 
     #[test]

@@ -32,6 +32,8 @@ pub(crate) struct Exchange<'a> {
     pub hash_key: Option<&'a [u8]>,
     /// The header fields the gateway set, sent after the request's own.
     pub added: &'a Added,
+    /// Where the call goes below an instance (the query is the client's, in `parts.uri`).
+    pub target: h1::Target<'a>,
 }
 
 impl<'x> Exchange<'x> {
@@ -244,7 +246,15 @@ impl<'x> Exchange<'x> {
                     now: started.into_std(),
                     deadline: try_deadline.into_std(),
                 };
-                let sent = h1::send(pool, times, parts, added.fields(), body, Some(pending));
+                let sent = h1::send(
+                    pool,
+                    times,
+                    self.target,
+                    parts,
+                    added.fields(),
+                    body,
+                    Some(pending),
+                );
                 match sent.await {
                     Err(h1::SendError {
                         error: H1Error::TimedOut,
@@ -275,10 +285,11 @@ impl<'x> Exchange<'x> {
                     .ok_or_else(|| {
                         TryError::Failed(GatewayError::Internal("no client for service".into()))
                     })?;
-                // The upstream target (base path, rest, query), set by the rewrite.
-                let path_and_query = parts.uri.path_and_query().cloned().ok_or_else(|| {
-                    TryError::Failed(GatewayError::Internal("no upstream path".into()))
-                })?;
+                // The upstream target: base path, rest, the client's query.
+                let h1::Target { base, rest } = self.target;
+                let path_and_query =
+                    super::upstream_request::upstream_path(base, rest, parts.uri.query())
+                        .map_err(TryError::Failed)?;
                 let uri = absolute_uri(instance, path_and_query).map_err(TryError::Failed)?;
                 let mut upstream_req = Request::new(std::mem::replace(body, RequestBody::empty()));
                 *upstream_req.method_mut() = parts.method.clone();

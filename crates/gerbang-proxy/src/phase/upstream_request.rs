@@ -14,7 +14,7 @@ use gerbang_registry::Service;
 use http::header::{self, HeaderValue};
 use http::request::Parts;
 use http::uri::PathAndQuery;
-use http::{Uri, Version};
+use http::Version;
 
 use super::authorise::Grant;
 use super::context::Call;
@@ -38,12 +38,7 @@ impl Rewrite<'_> {
     /// Turns the client's request head into the one the provider receives, for the upstream
     /// target `path_and_query`: the client's fields that may go on stay in `parts`, the fields
     /// the gateway sets come back beside them (see [`Added`]).
-    pub(crate) fn apply(
-        &self,
-        parts: &mut Parts,
-        path_and_query: PathAndQuery,
-        call: &mut Call,
-    ) -> Added {
+    pub(crate) fn apply(&self, parts: &mut Parts, call: &mut Call) -> Added {
         let settings = &self.snapshot.settings;
         let kept = headers::strip_request(
             &mut parts.headers,
@@ -130,22 +125,25 @@ impl Rewrite<'_> {
             self.request_id.clone(),
         );
         parts.version = Version::HTTP_11;
-        parts.uri = Uri::from(path_and_query);
+        // `parts.uri` stays the client's: the exchange takes its query, byte for byte, and
+        // writes the upstream's path itself (`h1::Target`).
         added
     }
 }
 
-/// `{base_path}{rest}?{query}`; the query is passed on byte for byte.
+/// `{base_path}{rest}?{query}` as a checked `PathAndQuery`, for hyper's client (https://
+/// instances); the inline client writes the same bytes into its request line
+/// (`h1::Target`). The query is passed on byte for byte.
 pub(crate) fn upstream_path(
-    service: &Service,
+    base_path: &str,
     rest: &str,
     query: Option<&str>,
 ) -> Result<PathAndQuery, GatewayError> {
     // The exact length: a Bytes made from a String with spare capacity needs a second
     // allocation for its shared header.
-    let path_len = (service.base_path.len() + rest.len()).max(1);
+    let path_len = (base_path.len() + rest.len()).max(1);
     let mut pq = String::with_capacity(path_len + query.map_or(0, |q| q.len() + 1));
-    pq.push_str(&service.base_path);
+    pq.push_str(base_path);
     pq.push_str(rest);
     if pq.is_empty() {
         pq.push('/');
