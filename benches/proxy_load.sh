@@ -39,7 +39,7 @@
 #   TARGETS="nginx gerbang-full" (measure a subset of what started) CSV_OUT=file
 #   KEEP=1 (keep the work directory: configs, logs, raw wrk output).
 #   PERF=1: instead of the rounds, context switches per request of every target (voluntary and
-#   involuntary), then a perf profile of nginx's worker and each Gerbang target under load
+#   involuntary), then a perf profile of every target under load (hyper-floor included)
 #   (PERF_SECONDS, default 10; PERF_TOP symbols, default 40).
 #   IDLE=N: instead of the rounds, N idle keep-alive connections to each target in turn (one
 #   request on each, then held open): the RSS they add (benches/idle_conns.py).
@@ -505,28 +505,6 @@ if [[ ${PERF:-0} == 1 ]]; then
     cs=$(awk '/context-switches/{gsub(",","",$2); s+=$2} END{print s+0}' "$out")
     printf '| %s | %s | %.2f | %s |\n' "${NAMES[$i]}" "$n" "$(awk -v a="$cs" -v b="$n" 'BEGIN{print (b>0?a/b:0)}')" \
       "$(awk -v a="$v0" -v b="$v1" -v n="$n" 'BEGIN{split(a,x," "); split(b,y," "); if (n>0) printf "%.2f / %.2f", (y[1]-x[1])/n, (y[2]-x[2])/n}')"
-  done
-  # System calls per request of each target, by call (every thread of the process): where
-  # the kernel's share of the time per request starts.
-  calls=(read write writev readv recvfrom sendto recvmsg sendmsg epoll_wait epoll_pwait epoll_ctl futex accept4 close shutdown setsockopt getsockopt ioctl sched_yield mmap munmap madvise brk fdatasync fsync)
-  events=raw_syscalls:sys_enter
-  for c in "${calls[@]}"; do events+=",syscalls:sys_enter_$c"; done
-  echo
-  echo "| target | requests | system calls per request | by call, per request |"
-  echo "| --- | ---: | ---: | --- |"
-  for i in "${!NAMES[@]}"; do
-    pid=$(serving_pid "$i"); out="$WORK/syscalls.${NAMES[$i]}"
-    $LOADGEN wrk -t1 -c"$CONNS" -d2s -H "$AUTH_HEADER" "${URLS[$i]}" >/dev/null 2>&1
-    perf stat -e "$events" -p "$pid" -o "$out" -- sleep 5 >/dev/null 2>&1 &
-    rec=$!
-    $LOADGEN wrk -t1 -c"$CONNS" -d5s -H "$AUTH_HEADER" "${URLS[$i]}" >"$out.wrk" 2>&1 || true
-    wait "$rec" || true
-    n=$(awk '/ requests in /{print $1}' "$out.wrk")
-    awk -v n="$n" -v name="${NAMES[$i]}" '
-      $2 == "raw_syscalls:sys_enter" { gsub(",", "", $1); total = $1 }
-      $2 ~ /^syscalls:sys_enter_/ { gsub(",", "", $1); c = $2; sub("syscalls:sys_enter_", "", c)
-        if (n > 0 && $1 / n >= 0.01) by = by sprintf("%s%s %.2f", (by == "" ? "" : ", "), c, $1 / n) }
-      END { printf "| %s | %s | %.2f | %s |\n", name, n, (n > 0 ? total / n : 0), by }' "$out"
   done
   for i in "${!NAMES[@]}"; do
     pid=$(serving_pid "$i"); data="$WORK/perf.${NAMES[$i]}.data"
