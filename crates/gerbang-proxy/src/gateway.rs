@@ -508,6 +508,8 @@ impl Gateway {
                 }
                 Err(e) => return Err(e),
             };
+            // The request's fields have gone upstream; their map serves a later response head.
+            crate::h1::recycle_map(std::mem::take(&mut parts.headers));
             // 8. the response filter (the clients have taken the hop-by-hop fields out)
             let mut res = match grant.filter() {
                 Some(rules) => {

@@ -29,6 +29,45 @@ const MAX_HEAD: usize = 64 * 1024;
 /// Most response header fields accepted from an upstream.
 const MAX_HEADERS: usize = 128;
 const READ_CHUNK: usize = 16 * 1024;
+/// Emptied header maps kept per worker thread (see [`recycle_map`]), and the largest kept.
+const SPARE_MAPS: usize = 64;
+const SPARE_MAP_CAPACITY: usize = 64;
+
+thread_local! {
+    static SPARE: std::cell::RefCell<Vec<HeaderMap>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+/// Keeps `map`, a finished call's request fields, emptied, for a later response head on this
+/// thread. The maps go round: hyper parses each request into the map of the response it last
+/// wrote (it keeps that map), the call gets it, and the response head the inline client
+/// parses next takes it back from here. Without this, every call allocated a map for its
+/// response (two allocations) and freed its request's (two frees). A map grown beyond
+/// [`SPARE_MAP_CAPACITY`] fields (a client that sent many) is let go.
+pub(crate) fn recycle_map(mut map: HeaderMap) {
+    if map.capacity() > SPARE_MAP_CAPACITY {
+        return;
+    }
+    map.clear();
+    SPARE.with(|spare| {
+        if let Ok(mut spare) = spare.try_borrow_mut() {
+            if spare.len() < SPARE_MAPS {
+                spare.push(map);
+            }
+        }
+    });
+}
+
+/// An empty map with room for `n` fields: a recycled one when there is one.
+fn spare_map(n: usize) -> HeaderMap {
+    let spare = SPARE.with(|spare| spare.try_borrow_mut().ok().and_then(|mut s| s.pop()));
+    match spare {
+        Some(mut map) => {
+            map.reserve(n);
+            map
+        }
+        None => HeaderMap::with_capacity(n),
+    }
+}
 /// Longest chunk size line (size and extensions) accepted from an upstream.
 const MAX_CHUNK_SIZE_LINE: usize = 4096;
 /// Longest trailer line, and all trailers together, accepted from an upstream.
@@ -771,7 +810,7 @@ fn parse_head(buf: &mut BytesMut, is_head: bool) -> Result<Option<Head>, H1Error
     // The parsed fields borrow the buffer, which is split next.
     drop(connection);
     let head = buf.split_to(len).freeze();
-    let mut fields = HeaderMap::with_capacity(kept.len());
+    let mut fields = spare_map(kept.len());
     for (kind, name, start, end) in kept {
         if ambiguous && kind == FieldKind::ContentLength {
             continue;
@@ -2038,5 +2077,54 @@ mod tests {
             proptest::prop_assert_eq!(words.next(), Some("HTTP/1.1"));
             proptest::prop_assert_eq!(words.next(), None);
         }
+    }
+
+    fn spare_count() -> usize {
+        SPARE.with(|s| s.borrow().len())
+    }
+
+    /// A finished call's request map comes back empty as the next response head's map: none
+    /// of the request's fields (a credential among them) shows in the response.
+    #[test]
+    fn a_recycled_map_serves_the_next_response_empty() {
+        let mut request = HeaderMap::new();
+        request.insert(
+            header::AUTHORIZATION,
+            HeaderValue::from_static("Bearer secret"),
+        );
+        request.append("x-a", HeaderValue::from_static("1"));
+        request.append("x-a", HeaderValue::from_static("2"));
+        let before = spare_count();
+        recycle_map(request);
+        assert_eq!(spare_count(), before + 1);
+        let mut buf =
+            BytesMut::from(&b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\nx-b: 3\r\n\r\n"[..]);
+        let head = parse_head(&mut buf, false).unwrap().unwrap();
+        assert_eq!(spare_count(), before, "the response took the recycled map");
+        let fields: Vec<_> = head
+            .fields
+            .iter()
+            .map(|(n, v)| (n.as_str(), v.as_bytes()))
+            .collect();
+        assert_eq!(fields, [("content-length", &b"0"[..]), ("x-b", &b"3"[..])]);
+    }
+
+    /// A map grown by a client that sent many fields is not kept.
+    #[test]
+    fn a_large_map_is_not_kept() {
+        let mut request = HeaderMap::new();
+        for i in 0..200 {
+            request.insert(
+                HeaderName::from_bytes(format!("x-f{i}").as_bytes()).unwrap(),
+                HeaderValue::from_static("v"),
+            );
+        }
+        let before = spare_count();
+        recycle_map(request);
+        assert_eq!(spare_count(), before);
+        for _ in 0..SPARE_MAPS + 5 {
+            recycle_map(HeaderMap::with_capacity(4));
+        }
+        assert_eq!(spare_count(), SPARE_MAPS);
     }
 }
