@@ -296,7 +296,10 @@ async fn client(addr: SocketAddr, method: Method) -> Option<Got> {
     let res = send(
         &pool,
         Times::within(Duration::from_secs(5)),
-        Target { base: "", rest: "/x" },
+        Target {
+            base: "",
+            rest: "/x",
+        },
         &parts,
         [&[], &[]],
         &mut RequestBody::empty(),
