@@ -468,6 +468,22 @@ mod tests {
         }
     }
 
+    /// A builder that knows the agency `dukcapil`.
+    fn with_agency() -> RegistryBuilder {
+        let mut b = RegistryBuilder::new();
+        b.agency(Agency {
+            id: "dukcapil".into(),
+            name: "Disdukcapil".into(),
+        })
+        .unwrap();
+        b
+    }
+
+    /// `dukcapil/penduduk` on one instance.
+    fn one_instance_service() -> ServiceSpec {
+        ServiceSpec::new("dukcapil", "penduduk", limits(), vec![instance("a", 1)])
+    }
+
     fn registry() -> Registry {
         let mut b = RegistryBuilder::new();
         b.agency(Agency {
@@ -504,14 +520,8 @@ mod tests {
             "/a\tb",
         ] {
             assert!(!valid_base_path(bad), "{bad:?}");
-            let mut b = RegistryBuilder::new();
-            b.agency(Agency {
-                id: "dukcapil".into(),
-                name: "Disdukcapil".into(),
-            })
-            .unwrap();
-            let mut spec =
-                ServiceSpec::new("dukcapil", "penduduk", limits(), vec![instance("a", 1)]);
+            let mut b = with_agency();
+            let mut spec = one_instance_service();
             spec.base_path = bad.into();
             assert!(matches!(
                 b.service(spec),
@@ -629,14 +639,8 @@ mod tests {
             unhealthy_threshold: 1,
         };
         let build = |hc: Option<HealthCheckSettings>| {
-            let mut b = RegistryBuilder::new();
-            b.agency(Agency {
-                id: "dukcapil".into(),
-                name: "D".into(),
-            })
-            .unwrap();
-            let mut spec =
-                ServiceSpec::new("dukcapil", "penduduk", limits(), vec![instance("a", 1)]);
+            let mut b = with_agency();
+            let mut spec = one_instance_service();
             spec.health_check = hc;
             b.service(spec).unwrap();
             b.build()

@@ -35,9 +35,10 @@ pub(crate) struct Rewrite<'a> {
 }
 
 impl Rewrite<'_> {
-    /// Turns the client's request head into the one the provider receives, for the upstream
-    /// target `path_and_query`: the client's fields that may go on stay in `parts`, the fields
-    /// the gateway sets come back beside them (see [`Added`]).
+    /// Turns the client's request head into the one the provider receives: the client's
+    /// fields that may go on stay in `parts`, the fields the gateway sets come back beside
+    /// them (see [`Added`]). The target is left as the client sent it; the exchange writes the
+    /// upstream's (`h1::Target`).
     pub(crate) fn apply(&self, parts: &mut Parts, call: &mut Call) -> Added {
         let settings = &self.snapshot.settings;
         let kept = headers::strip_request(
