@@ -98,6 +98,10 @@ impl<T> FramingGuard<T> {
         &self.inner
     }
 
+    pub fn get_mut(&mut self) -> &mut T {
+        &mut self.inner
+    }
+
     /// Between two requests: no partial head held back, no body bytes still expected, nothing
     /// prepared for hyper that it has not read. (Past the HTTP/2 preface or a framing error,
     /// never: such a stream is not HTTP/1 messages any more.)

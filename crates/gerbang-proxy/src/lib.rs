@@ -20,6 +20,7 @@ pub mod phase;
 pub mod response_body;
 pub mod server;
 pub mod tls;
+pub mod tls_stream;
 pub mod token_guard;
 pub mod trace;
 pub mod upstream;

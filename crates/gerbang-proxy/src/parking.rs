@@ -32,6 +32,7 @@ use tokio::net::TcpStream;
 
 use crate::framing::FramingGuard;
 use crate::response_body::{BoxError, ResponseBody};
+use crate::tls_stream::TlsServerStream;
 
 /// A connection's byte stream as the server needs it: something to wait on that holds no
 /// buffer.
@@ -43,6 +44,9 @@ pub(crate) trait Transport: AsyncRead + AsyncWrite + Unpin + Send + 'static {
 
     /// Resolves when the socket has bytes (or an end) to read.
     fn readable(&self) -> impl Future<Output = io::Result<()>> + Send + '_;
+
+    /// Gives back the memory of buffers that hold nothing (the connection is being parked).
+    fn release_buffers(&mut self) {}
 }
 
 impl Transport for TcpStream {
@@ -55,16 +59,17 @@ impl Transport for TcpStream {
     }
 }
 
-impl Transport for tokio_rustls::server::TlsStream<TcpStream> {
+impl Transport for TlsServerStream {
     fn drained(&self) -> bool {
-        // rustls wants to read only when it holds no plaintext and no whole record; with
-        // nothing to write either, the session has nothing the socket's readiness hides.
-        let (_, session) = self.get_ref();
-        session.wants_read() && !session.wants_write()
+        TlsServerStream::drained(self)
     }
 
     fn readable(&self) -> impl Future<Output = io::Result<()>> + Send + '_ {
-        self.get_ref().0.readable()
+        self.tcp().readable()
+    }
+
+    fn release_buffers(&mut self) {
+        TlsServerStream::release_buffers(self);
     }
 }
 
@@ -223,14 +228,15 @@ impl<T> ConnIo<T> {
     pub(crate) fn unread(&mut self, bytes: &[u8]) {
         self.inner.unread(bytes);
     }
-
-    /// Gives back memory kept from the last request (parking).
-    pub(crate) fn release_buffers(&mut self) {
-        self.inner.release_buffers();
-    }
 }
 
 impl<T: Transport> ConnIo<T> {
+    /// Gives back memory kept from the last request (parking).
+    pub(crate) fn release_buffers(&mut self) {
+        self.inner.release_buffers();
+        self.inner.get_mut().release_buffers();
+    }
+
     /// Bytes are waiting to be read without touching the socket (or may be: a TLS session that
     /// is not drained).
     pub(crate) fn has_unread(&self) -> bool {

@@ -23,12 +23,12 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::time::Instant;
-use tokio_rustls::TlsAcceptor;
 
 use crate::framing::FramingGuard;
 use crate::gateway::{ConnInfo, Gateway};
 use crate::parking::{Activity, ConnIo, ServedBody, Transport};
 use crate::response_body::ResponseBody;
+use crate::tls_stream::TlsServerStream;
 
 /// Handles requests of one listener.
 ///
@@ -156,7 +156,7 @@ pub async fn serve<H: Handler>(
     shutdown: impl Future<Output = ()>,
 ) -> ShutdownOutcome {
     let shared = Arc::new(Shared::new(&settings));
-    let acceptor = settings.tls.clone().map(TlsAcceptor::from);
+    let acceptor = settings.tls.clone();
     let proto: &'static str = if acceptor.is_some() { "https" } else { "http" };
     // Shutdown: `true` tells every connection to finish; the listener has drained when every
     // connection has dropped its receiver.
@@ -207,8 +207,11 @@ pub async fn serve<H: Handler>(
                 tokio::spawn(async move {
                     let _permit = permit;
                     let _open = open;
-                    let tls = match tokio::time::timeout(handshake_timeout, acceptor.accept(stream))
-                        .await
+                    let tls = match tokio::time::timeout(
+                        handshake_timeout,
+                        TlsServerStream::accept(stream, acceptor),
+                    )
+                    .await
                     {
                         Ok(Ok(tls)) => tls,
                         Ok(Err(e)) => {
@@ -223,8 +226,7 @@ pub async fn serve<H: Handler>(
                     // The certificate rustls verified (mTLS): its pin and names, read once per
                     // connection.
                     let client_cert = tls
-                        .get_ref()
-                        .1
+                        .session()
                         .peer_certificates()
                         .and_then(|certs| certs.first())
                         .map(|c| Arc::new(gerbang_auth::mtls::ClientCert::from_der(c)));
