@@ -134,7 +134,7 @@ impl TlsServerStream {
 
     fn poll_handshake(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         loop {
-            let outcome = match self.drive(|_, _| Ok(())) {
+            let outcome = match self.drive(None, |_, _| Ok(())) {
                 Ok(outcome) => outcome,
                 Err(e) => {
                     self.send_alert();
@@ -160,10 +160,12 @@ impl TlsServerStream {
     }
 
     /// Processes every whole record read so far: handshake and alert records encoded into
-    /// `outgoing`, application data appended to `plain`, and, once data may be written,
+    /// `outgoing`, application data into `sink` as far as it has room (when `plain` is empty;
+    /// one copy fewer) and the rest appended to `plain`, and, once data may be written,
     /// `at_traffic` called with the session's writer and `outgoing`.
     fn drive<R>(
         &mut self,
+        mut sink: Option<&mut ReadBuf<'_>>,
         mut at_traffic: impl FnMut(
             &mut WriteTraffic<'_, ServerConnectionData>,
             &mut Vec<u8>,
@@ -195,7 +197,14 @@ impl TlsServerStream {
                         match record {
                             Ok(record) => {
                                 extra_discard += record.discard;
-                                plain.extend_from_slice(record.payload);
+                                let mut payload = record.payload;
+                                if let Some(buf) = sink.as_deref_mut().filter(|_| plain.is_empty())
+                                {
+                                    let n = buf.remaining().min(payload.len());
+                                    buf.put_slice(&payload[..n]);
+                                    payload = &payload[n..];
+                                }
+                                plain.extend_from_slice(payload);
                             }
                             Err(e) => {
                                 taken = Err(tls_error(e));
@@ -331,7 +340,8 @@ impl AsyncRead for TlsServerStream {
             if this.peer_closed {
                 return Poll::Ready(Ok(()));
             }
-            let outcome = match this.drive(|_, _| Ok(())) {
+            let filled = buf.filled().len();
+            let outcome = match this.drive(Some(&mut *buf), |_, _| Ok(())) {
                 Ok(outcome) => outcome,
                 Err(e) => {
                     this.send_alert();
@@ -342,6 +352,9 @@ impl AsyncRead for TlsServerStream {
             // now if the socket takes them, otherwise with the next write or flush.
             if let Poll::Ready(Err(e)) = this.poll_write_out(cx) {
                 return Poll::Ready(Err(e));
+            }
+            if buf.filled().len() > filled {
+                return Poll::Ready(Ok(()));
             }
             if !this.plain.is_empty() || this.peer_closed {
                 continue;
@@ -378,7 +391,9 @@ impl AsyncWrite for TlsServerStream {
         ready!(this.poll_write_out(cx))?;
         let take = buf.len().min(MAX_WRITE);
         let plain_before = this.plain.len();
-        let outcome = match this.drive(|traffic, out| encrypt_into(traffic, &buf[..take], out)) {
+        let outcome = match this.drive(None, |traffic, out| {
+            encrypt_into(traffic, &buf[..take], out)
+        }) {
             Ok(outcome) => outcome,
             Err(e) => {
                 this.send_alert();
@@ -416,7 +431,7 @@ impl AsyncWrite for TlsServerStream {
         if !this.close_sent {
             this.close_sent = true;
             // Nothing to notify when the session already closed or failed.
-            if let Ok(Outcome::Traffic(())) = this.drive(close_notify_into) {
+            if let Ok(Outcome::Traffic(())) = this.drive(None, close_notify_into) {
                 ready!(this.poll_write_out(cx))?;
             }
         }
