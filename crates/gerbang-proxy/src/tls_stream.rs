@@ -815,6 +815,27 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn the_handshake_ends_when_the_client_has_finished_not_when_the_server_may_write() {
+        // With half-RTT data allowed, rustls lets a TLS 1.3 server write as soon as its own
+        // flight is out, before the client's last flight (and, with mTLS, its certificate)
+        // has been read. rustls never allows it with client authentication; the stream does
+        // not rely on that.
+        let (server, client) = configs();
+        let mut server = (*server).clone();
+        server.send_half_rtt_data = true;
+        let server = Arc::new(server);
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let task = tokio::spawn(async move {
+            let (tcp, _) = listener.accept().await.unwrap();
+            let s = TlsServerStream::accept(tcp, server).await.unwrap();
+            s.session().is_handshaking()
+        });
+        let _c = connect(client, TcpStream::connect(addr).await.unwrap()).await;
+        assert!(!task.await.unwrap(), "accept returned mid-handshake");
+    }
+
+    #[tokio::test]
     async fn an_early_end_of_the_handshake_is_an_error() {
         let (addr, _client, task) = server(|s| async move { s.err().map(|e| e.kind()) }).await;
         let mut tcp = TcpStream::connect(addr).await.unwrap();
