@@ -1,4 +1,6 @@
-//! Micro-benchmarks of per-request work: path normalisation, the header strip, token handling and policy.
+//! Micro-benchmarks of per-request work, phase by phase: path normalisation (route), the header
+//! strip (upstream request), token handling (authenticate), policy and field rules (authorise,
+//! filter), the inline client's head work (exchange), the audit chain and metrics (record).
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use std::hint::black_box;
@@ -266,5 +268,127 @@ fn policy(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(benches, paths, headers, tokens, policy);
+/// The exchange's head work on the inline client, without a socket: the request head written
+/// to the upstream (target, the client's fields, the gateway's forwarding and identity fields)
+/// and the upstream's response head parsed (nginx's fields for a 1 KiB JSON file).
+fn exchange(c: &mut Criterion) {
+    use gerbang_proxy::h1::bench;
+    use gerbang_proxy::headers::Field;
+    use http::HeaderValue;
+    let (parts, ()) = http::Request::builder()
+        .method("GET")
+        .uri("/bench/up/data/1")
+        .header("host", "127.0.0.1:8080")
+        .header("user-agent", "sdk-java/2.1 (dinkes-sik)")
+        .header("accept", "application/json")
+        .body(())
+        .unwrap()
+        .into_parts();
+    let added = [
+        (Field::XForwardedFor, HeaderValue::from_static("127.0.0.1")),
+        (Field::XForwardedProto, HeaderValue::from_static("http")),
+        (
+            Field::XForwardedHost,
+            HeaderValue::from_static("127.0.0.1:8080"),
+        ),
+        (
+            Field::XRequestId,
+            HeaderValue::from_static("01a23dfc-4ee0-7a8b-9975-b5bfaf2b439c"),
+        ),
+        (
+            Field::XGerbangConsumer,
+            HeaderValue::from_static("loadgen/client"),
+        ),
+        (
+            Field::XGerbangConsumerAgency,
+            HeaderValue::from_static("loadgen"),
+        ),
+        (
+            Field::XGerbangAuthMethod,
+            HeaderValue::from_static("bearer"),
+        ),
+    ];
+    let head: &[u8] = b"HTTP/1.1 200 OK\r\nServer: nginx/1.22.1\r\nDate: Thu, 03 Dec 2026 22:17:55 GMT\r\n\
+Content-Type: application/json\r\nContent-Length: 1024\r\nLast-Modified: Thu, 03 Dec 2026 21:40:02 GMT\r\n\
+Connection: keep-alive\r\nETag: \"6939b0f2-400\"\r\nAccept-Ranges: bytes\r\n\r\n";
+    let mut check = bytes::BytesMut::from(head);
+    assert_eq!(bench::parse_response_head(&mut check), Some(7));
+    let mut g = c.benchmark_group("exchange");
+    g.bench_function("encode_upstream_request_head", |b| {
+        b.iter(|| bench::encode_request_head(black_box(&parts), "", "/data/1", &added))
+    });
+    // The copy into a fresh buffer (as read from the socket) is part of each iteration.
+    g.bench_function("parse_upstream_response_head", |b| {
+        b.iter(|| {
+            let mut buf = bytes::BytesMut::from(black_box(head));
+            bench::parse_response_head(&mut buf)
+        })
+    });
+    g.finish();
+}
+
+/// What the record phase adds per call: the audit record appended to the hash chain (the
+/// writer thread's work per record: the line assembled, SHA-256 over it, buffered; a batch
+/// written every 64 records, as the writer does under load, no fsync) and the call's series
+/// in the metrics.
+fn record(c: &mut Criterion) {
+    use gerbang_audit::chain::{Fsync, Writer, WriterSettings};
+    use gerbang_audit::keys::SealKey;
+    use gerbang_proxy::metrics::{Metrics, RequestKey};
+    // A call record of the load benchmark's full pipeline, as the worker serialises it.
+    let fields: &[u8] = br#"{"request_id":"01a23dfc-4ee0-7a8b-9975-b5bfaf2b439c","consumer":"loadgen/client","consumer_agency":"loadgen","service":"bench/up","endpoint":"GET /data/{id}","method":"GET","status":200,"decision":"allow","reason":null,"agreement":"bench-up","purpose":null,"client":"127.0.0.1","bytes_in":0,"bytes_out":1024,"duration_ms":0.166,"subject_hmac":null,"trace_id":"53bd3e0393ad93a838281c05bf3be687"}"#;
+    let dir = tempfile::tempdir().unwrap();
+    let key = SealKey::from_pkcs8(&SealKey::generate_pkcs8().unwrap()).unwrap();
+    let mut writer = Writer::open(
+        WriterSettings {
+            dir: dir.path().to_path_buf(),
+            max_file_bytes: 64 << 20,
+            fsync: Fsync::Never,
+            seal_every: u64::MAX,
+            replica: None,
+        },
+        key,
+    )
+    .unwrap();
+    let mut g = c.benchmark_group("record");
+    g.bench_function("audit_chain_append_call_record", |b| {
+        b.iter(|| {
+            let seq = writer
+                .append_raw_buffered("call", black_box(fields))
+                .unwrap();
+            if seq.is_multiple_of(64) {
+                writer.finish_batch().unwrap();
+            }
+        })
+    });
+    let metrics = Metrics::new(false).unwrap();
+    let service = metrics.for_service("bench/up");
+    let key = RequestKey {
+        application: 3,
+        endpoint: 1,
+        method: 0,
+        status_class: 1,
+        decision: 0,
+    };
+    let labels = [
+        "loadgen/client",
+        "loadgen",
+        "bench/up",
+        "GET /data/{id}",
+        "GET",
+        "2xx",
+        "allow",
+    ];
+    g.bench_function("metrics_count_request_observe_upstream", |b| {
+        b.iter(|| {
+            service.count_request(&metrics, black_box(key), || labels);
+            service.observe_upstream(&metrics, "bench/up", Duration::from_micros(166));
+            metrics.audit_result(true).inc();
+        })
+    });
+    g.finish();
+    drop(writer);
+}
+
+criterion_group!(benches, paths, headers, tokens, policy, exchange, record);
 criterion_main!(benches);

@@ -1101,6 +1101,38 @@ impl Drop for UpstreamBody {
     }
 }
 
+/// Hooks for the criterion benchmarks (`benches/benches/hot_paths.rs`): the inline client's
+/// head work without a socket. Not an API.
+#[doc(hidden)]
+pub mod bench {
+    use bytes::BytesMut;
+    use http::HeaderValue;
+
+    use super::{encode_head, parse_head, recycle_map, Target};
+    use crate::headers::Field;
+
+    /// Encodes the request head the inline client writes for `parts` to `{base}{rest}` with
+    /// the gateway's fields `added`; its length.
+    pub fn encode_request_head(
+        parts: &http::request::Parts,
+        base: &str,
+        rest: &str,
+        added: &[(Field, HeaderValue)],
+    ) -> usize {
+        encode_head(Target { base, rest }, parts, [added, &[]], false, None).len()
+    }
+
+    /// Parses an upstream response head from `buf` (consumed) as the inline client does, its
+    /// map going back to the worker's spares as after an exchange; the number of end-to-end
+    /// fields, `None` when the head is incomplete or refused.
+    pub fn parse_response_head(buf: &mut BytesMut) -> Option<usize> {
+        let head = parse_head(buf, false).ok().flatten()?;
+        let fields = head.fields.len();
+        recycle_map(head.fields);
+        Some(fields)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
