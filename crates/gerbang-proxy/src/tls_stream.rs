@@ -18,6 +18,7 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{ready, Context, Poll};
 
+use bytes::BufMut;
 use rustls::server::{ServerConnectionData, UnbufferedServerConnection};
 use rustls::unbuffered::{
     ConnectionState, EncodeError, EncodeTlsData, EncryptError, UnbufferedStatus, WriteTraffic,
@@ -26,8 +27,13 @@ use rustls::ServerConfig;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 
-/// Room kept for each read from the socket (rustls's own reads are 4 KiB too).
+/// Most bytes read from the socket at a time (rustls's own reads are 4 KiB too): each read's
+/// records are processed before the next read.
 const READ_ROOM: usize = 4096;
+
+/// A buffer whose capacity grew past this (a large write, a record or handshake message read
+/// in pieces) is let go once it is empty, so that a connection keeps only what it uses.
+const KEEP_CAPACITY: usize = 16 * 1024;
 
 /// The largest TLS record on the wire: a 5-byte header and at most 2^14 + 2048 bytes of
 /// ciphertext (RFC 5246 §6.2.3; TLS 1.3 allows less).
@@ -67,6 +73,8 @@ pub struct TlsServerStream {
     /// Records encoded and not yet written, from `out_pos` on.
     outgoing: Vec<u8>,
     out_pos: usize,
+    /// Bytes were read that rustls has not processed yet.
+    unprocessed: bool,
     /// The peer's close_notify arrived: what was read before it is all there is.
     peer_closed: bool,
     /// The socket reached its end.
@@ -91,6 +99,7 @@ impl TlsServerStream {
             plain_pos: 0,
             outgoing: Vec::new(),
             out_pos: 0,
+            unprocessed: false,
             peer_closed: false,
             eof: false,
             close_sent: false,
@@ -110,13 +119,14 @@ impl TlsServerStream {
         &self.conn
     }
 
-    /// Nothing read from the socket is held here: no plaintext for the reader, no whole record
-    /// unprocessed, nothing to write, no end seen. Only then does the socket's readiness say
+    /// Nothing read from the socket is held here: no plaintext for the reader, no bytes rustls
+    /// has not processed (a partial record or handshake message waits for more from the
+    /// socket), nothing to write, no end seen. Only then does the socket's readiness say
     /// whether the peer sent something.
     pub fn drained(&self) -> bool {
         self.plain.is_empty()
             && self.out_pos == self.outgoing.len()
-            && !holds_record(&self.incoming)
+            && !self.unprocessed
             && !self.peer_closed
             && !self.eof
     }
@@ -125,6 +135,8 @@ impl TlsServerStream {
     pub fn release_buffers(&mut self) {
         if self.incoming.is_empty() {
             self.incoming = Vec::new();
+        } else {
+            self.incoming.shrink_to_fit();
         }
         if self.plain.is_empty() {
             self.plain = Vec::new();
@@ -185,12 +197,17 @@ impl TlsServerStream {
             incoming,
             plain,
             outgoing,
+            unprocessed,
             peer_closed,
             failed,
             ..
         } = self;
-        loop {
-            let UnbufferedStatus { discard, state } = conn.process_tls_records(incoming);
+        // What rustls has discarded from the front of `incoming` so far: the bytes are
+        // removed once, when the loop ends (one shift per call, not one per record).
+        let mut start = 0;
+        let result = loop {
+            let UnbufferedStatus { discard, state } =
+                conn.process_tls_records(&mut incoming[start..]);
             let mut extra_discard = 0;
             let step = match state {
                 Err(e) => Err(tls_error(e)),
@@ -241,17 +258,26 @@ impl TlsServerStream {
                     "unexpected TLS early data",
                 )),
             };
-            let discard = (discard + extra_discard).min(incoming.len());
-            incoming.drain(..discard);
+            start = (start + discard + extra_discard).min(incoming.len());
             match step {
-                Ok(Some(outcome)) => return Ok(outcome),
+                Ok(Some(outcome)) => {
+                    // rustls stops at `NeedInput` or `Traffic` only once no whole record is
+                    // left (`Closed`: nothing more will be processed).
+                    *unprocessed = false;
+                    break Ok(outcome);
+                }
                 Ok(None) => {}
                 Err(e) => {
                     *failed = true;
-                    return Err(e);
+                    break Err(e);
                 }
             }
+        };
+        incoming.drain(..start);
+        if incoming.capacity() > KEEP_CAPACITY && incoming.len() <= READ_ROOM {
+            incoming.shrink_to(READ_ROOM);
         }
+        result
     }
 
     /// After a TLS error: encodes the alert rustls queued for it and tries once to write it
@@ -301,7 +327,16 @@ impl TlsServerStream {
         // Through the socket's `poll_read`: a read shorter than the room clears the socket's
         // readiness, so the next poll waits without a system call. (`try_read_buf` after
         // `poll_read_ready` does not, and cost a `recvfrom` answering EAGAIN per request.)
-        tokio_util::io::poll_read_buf(Pin::new(&mut self.tcp), cx, &mut self.incoming)
+        let mut room = (&mut self.incoming).limit(READ_ROOM);
+        let read = ready!(tokio_util::io::poll_read_buf(
+            Pin::new(&mut self.tcp),
+            cx,
+            &mut room
+        ))?;
+        if read > 0 {
+            self.unprocessed = true;
+        }
+        Poll::Ready(Ok(read))
     }
 
     /// Writes `outgoing` to the socket; ready when all of it went.
@@ -313,7 +348,11 @@ impl TlsServerStream {
                 Err(e) => return Poll::Ready(Err(e)),
             }
         }
-        self.outgoing.clear();
+        if self.outgoing.capacity() > KEEP_CAPACITY {
+            self.outgoing = Vec::new();
+        } else {
+            self.outgoing.clear();
+        }
         self.out_pos = 0;
         Poll::Ready(Ok(()))
     }
@@ -332,7 +371,11 @@ impl AsyncRead for TlsServerStream {
                 buf.put_slice(&pending[..n]);
                 this.plain_pos += n;
                 if this.plain_pos == this.plain.len() {
-                    this.plain.clear();
+                    if this.plain.capacity() > KEEP_CAPACITY {
+                        this.plain = Vec::new();
+                    } else {
+                        this.plain.clear();
+                    }
                     this.plain_pos = 0;
                 }
                 return Poll::Ready(Ok(()));
@@ -341,19 +384,28 @@ impl AsyncRead for TlsServerStream {
                 return Poll::Ready(Ok(()));
             }
             let filled = buf.filled().len();
-            let outcome = match this.drive(Some(&mut *buf), |_, _| Ok(())) {
+            let drove = this.drive(Some(&mut *buf), |_, _| Ok(()));
+            // Data decrypted before an error is handed over first (and what `plain` holds
+            // after it, in order); the error comes with the next read (`failed` makes the
+            // session fail again).
+            let delivered = buf.filled().len() > filled;
+            let outcome = match drove {
                 Ok(outcome) => outcome,
+                Err(_) if delivered => return Poll::Ready(Ok(())),
                 Err(e) => {
                     this.send_alert();
                     return Poll::Ready(Err(e));
                 }
             };
-            // Records the session produced while reading (a key update's answer, say) go out
-            // now if the socket takes them, otherwise with the next write or flush.
+            // Records the session produced while reading (alerts: a TLS 1.2 client's
+            // renegotiation is refused with one) go out now if the socket takes them,
+            // otherwise with the next write or flush.
             if let Poll::Ready(Err(e)) = this.poll_write_out(cx) {
-                return Poll::Ready(Err(e));
+                if !delivered {
+                    return Poll::Ready(Err(e));
+                }
             }
-            if buf.filled().len() > filled {
+            if delivered {
                 return Poll::Ready(Ok(()));
             }
             if !this.plain.is_empty() || this.peer_closed {
@@ -385,6 +437,10 @@ impl AsyncWrite for TlsServerStream {
         let this = self.get_mut();
         if buf.is_empty() {
             return Poll::Ready(Ok(0));
+        }
+        if this.close_sent {
+            // Nothing is written after our close_notify (rustls would still encrypt it).
+            return Poll::Ready(Err(io::ErrorKind::BrokenPipe.into()));
         }
         // Records from an earlier write that the socket has not taken come first: this is
         // where a slow reader holds the writer back.
@@ -435,16 +491,11 @@ impl AsyncWrite for TlsServerStream {
                 ready!(this.poll_write_out(cx))?;
             }
         }
-        Pin::new(&mut this.tcp).poll_shutdown(cx)
-    }
-}
-
-/// Whether `incoming` starts with a whole TLS record (one the session can process without
-/// another read).
-fn holds_record(incoming: &[u8]) -> bool {
-    match incoming {
-        [_, _, _, hi, lo, body @ ..] => body.len() >= usize::from(u16::from_be_bytes([*hi, *lo])),
-        _ => false,
+        // As tokio-rustls: a socket the peer already disconnected is shut down.
+        match ready!(Pin::new(&mut this.tcp).poll_shutdown(cx)) {
+            Err(e) if e.kind() == io::ErrorKind::NotConnected => Poll::Ready(Ok(())),
+            done => Poll::Ready(done),
+        }
     }
 }
 
@@ -734,13 +785,23 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn a_stream_holding_a_whole_record_is_not_drained() {
-        // Parking waits for the socket only when nothing already read could make progress.
-        assert!(!holds_record(&[]));
-        assert!(!holds_record(&[23, 3, 3, 0]));
-        assert!(!holds_record(&[23, 3, 3, 0, 2, 9]));
-        assert!(holds_record(&[23, 3, 3, 0, 2, 9, 9]));
-        assert!(holds_record(&[23, 3, 3, 0, 0]));
+    async fn many_small_records_in_one_read_arrive_whole_and_in_order() {
+        // Each write of the client is a record of its own; 3,000 one-byte records go out in
+        // one flush and reach the server a read (of at most 4 KiB) at a time.
+        let (addr, client, task) = server(echo).await;
+        let mut c = connect(client, TcpStream::connect(addr).await.unwrap()).await;
+        let sent = pattern(3_000);
+        for byte in &sent {
+            c.write_all(std::slice::from_ref(byte)).await.unwrap();
+        }
+        c.shutdown().await.unwrap();
+        let mut back = Vec::new();
+        tokio::time::timeout(Duration::from_secs(20), c.read_to_end(&mut back))
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(task.await.unwrap(), sent);
+        assert_eq!(back, sent);
     }
 
     #[tokio::test]
