@@ -895,6 +895,60 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn data_decrypted_before_a_forged_record_is_read_before_the_error() {
+        // A valid record and a forged one in one TCP write: the server decrypts the first
+        // and fails on the second in the same read. The first's data comes out, then the
+        // error.
+        let (addr, client, task) = server(|s| async move {
+            let mut s = s.unwrap();
+            let mut got = Vec::new();
+            let mut piece = [0u8; 64];
+            let end = loop {
+                match s.read(&mut piece).await {
+                    Ok(0) => break None,
+                    Ok(n) => got.extend_from_slice(&piece[..n]),
+                    Err(e) => break Some(e.kind()),
+                }
+            };
+            (got, end)
+        })
+        .await;
+        let client_side = tokio::task::spawn_blocking(move || {
+            use std::io::{Read, Write};
+            let mut sock = std::net::TcpStream::connect(addr).unwrap();
+            sock.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+            let mut tls =
+                rustls::ClientConnection::new(client, "localhost".try_into().unwrap()).unwrap();
+            while tls.is_handshaking() {
+                while tls.wants_write() {
+                    tls.write_tls(&mut sock).unwrap();
+                }
+                if tls.is_handshaking() {
+                    tls.read_tls(&mut sock).unwrap();
+                    tls.process_new_packets().unwrap();
+                }
+            }
+            while tls.wants_write() {
+                tls.write_tls(&mut sock).unwrap();
+            }
+            tls.writer().write_all(b"hello, gateway").unwrap();
+            let mut burst = Vec::new();
+            while tls.wants_write() {
+                tls.write_tls(&mut burst).unwrap();
+            }
+            burst.extend_from_slice(&[23, 3, 3, 0, 40]);
+            burst.extend_from_slice(&[0x5a; 40]);
+            sock.write_all(&burst).unwrap();
+            // Open until the server is done with the connection.
+            let _ = sock.read_to_end(&mut Vec::new());
+        });
+        let (got, end) = task.await.unwrap();
+        client_side.await.unwrap();
+        assert_eq!(got, b"hello, gateway");
+        assert_eq!(end, Some(io::ErrorKind::InvalidData));
+    }
+
+    #[tokio::test]
     async fn an_early_end_of_the_handshake_is_an_error() {
         let (addr, _client, task) = server(|s| async move { s.err().map(|e| e.kind()) }).await;
         let mut tcp = TcpStream::connect(addr).await.unwrap();
