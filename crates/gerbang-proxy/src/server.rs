@@ -1254,12 +1254,7 @@ mod tests {
     /// A listener with TLS (a self-signed certificate for `localhost`) that parks after 50 ms,
     /// and a client configuration that trusts it.
     fn tls_settings() -> (ListenerSettings, Arc<rustls::ClientConfig>) {
-        let ck = rcgen::generate_simple_self_signed(vec!["localhost".into()]).unwrap();
-        let cert = ck.cert.pem();
-        let key = ck.signing_key.serialize_pem();
-        let server = crate::tls::server_config(cert.as_bytes(), key.as_bytes()).unwrap();
-        let roots = crate::tls::parse_certs(cert.as_bytes()).unwrap();
-        let client = crate::tls::client_config(false, &roots).unwrap();
+        let (server, client) = crate::tls::test_configs();
         let settings = ListenerSettings {
             tls: Some(server),
             ..parking_settings()

@@ -121,3 +121,16 @@ pub fn client_config(
         .with_no_client_auth();
     Ok(Arc::new(cfg))
 }
+
+/// For tests: a server configuration with a self-signed certificate for `localhost`, and a
+/// client configuration that trusts it.
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+pub(crate) fn test_configs() -> (Arc<ServerConfig>, Arc<ClientConfig>) {
+    let ck = rcgen::generate_simple_self_signed(vec!["localhost".into()]).unwrap();
+    let cert = ck.cert.pem();
+    let key = ck.signing_key.serialize_pem();
+    let server = server_config(cert.as_bytes(), key.as_bytes()).unwrap();
+    let roots = parse_certs(cert.as_bytes()).unwrap();
+    (server, client_config(false, &roots).unwrap())
+}

@@ -149,13 +149,7 @@ impl TlsServerStream {
 
     fn poll_handshake(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         loop {
-            let outcome = match self.drive(None, |_, _| Ok(())) {
-                Ok(outcome) => outcome,
-                Err(e) => {
-                    self.send_alert();
-                    return Poll::Ready(Err(e));
-                }
-            };
+            let outcome = self.drive(None, |_, _| Ok(()))?;
             ready!(self.poll_write_out(cx))?;
             // A TLS 1.3 server may send data before the client's last flight (with its
             // certificate) arrived: `Traffic` alone does not end the handshake.
@@ -277,11 +271,14 @@ impl TlsServerStream {
         if incoming.capacity() > KEEP_CAPACITY && incoming.len() <= READ_ROOM {
             incoming.shrink_to(READ_ROOM);
         }
+        if result.is_err() {
+            self.send_alert();
+        }
         result
     }
 
-    /// After a TLS error: encodes the alert rustls queued for it and tries once to write it
-    /// (the connection is closed right after, whatever the socket takes).
+    /// After a failure in [`Self::drive`]: encodes the alert rustls queued for it and tries
+    /// once to write it (the connection is closed right after, whatever the socket takes).
     fn send_alert(&mut self) {
         let Self {
             conn,
@@ -348,11 +345,7 @@ impl TlsServerStream {
                 Err(e) => return Poll::Ready(Err(e)),
             }
         }
-        if self.outgoing.capacity() > KEEP_CAPACITY {
-            self.outgoing = Vec::new();
-        } else {
-            self.outgoing.clear();
-        }
+        empty(&mut self.outgoing);
         self.out_pos = 0;
         Poll::Ready(Ok(()))
     }
@@ -371,11 +364,7 @@ impl AsyncRead for TlsServerStream {
                 buf.put_slice(&pending[..n]);
                 this.plain_pos += n;
                 if this.plain_pos == this.plain.len() {
-                    if this.plain.capacity() > KEEP_CAPACITY {
-                        this.plain = Vec::new();
-                    } else {
-                        this.plain.clear();
-                    }
+                    empty(&mut this.plain);
                     this.plain_pos = 0;
                 }
                 return Poll::Ready(Ok(()));
@@ -392,10 +381,7 @@ impl AsyncRead for TlsServerStream {
             let outcome = match drove {
                 Ok(outcome) => outcome,
                 Err(_) if delivered => return Poll::Ready(Ok(())),
-                Err(e) => {
-                    this.send_alert();
-                    return Poll::Ready(Err(e));
-                }
+                Err(e) => return Poll::Ready(Err(e)),
             };
             // Records the session produced while reading (alerts: a TLS 1.2 client's
             // renegotiation is refused with one) go out now if the socket takes them,
@@ -447,15 +433,9 @@ impl AsyncWrite for TlsServerStream {
         ready!(this.poll_write_out(cx))?;
         let take = buf.len().min(MAX_WRITE);
         let plain_before = this.plain.len();
-        let outcome = match this.drive(None, |traffic, out| {
+        let outcome = this.drive(None, |traffic, out| {
             encrypt_into(traffic, &buf[..take], out)
-        }) {
-            Ok(outcome) => outcome,
-            Err(e) => {
-                this.send_alert();
-                return Poll::Ready(Err(e));
-            }
-        };
+        })?;
         if this.plain.len() != plain_before {
             // Records read earlier held data the reader has not seen: let it look again.
             cx.waker().wake_by_ref();
@@ -496,6 +476,16 @@ impl AsyncWrite for TlsServerStream {
             Err(e) if e.kind() == io::ErrorKind::NotConnected => Poll::Ready(Ok(())),
             done => Poll::Ready(done),
         }
+    }
+}
+
+/// Empties a buffer whose contents have all been used; one that grew past [`KEEP_CAPACITY`]
+/// is let go.
+fn empty(buf: &mut Vec<u8>) {
+    if buf.capacity() > KEEP_CAPACITY {
+        *buf = Vec::new();
+    } else {
+        buf.clear();
     }
 }
 
@@ -587,15 +577,7 @@ mod tests {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     use tokio::net::TcpListener;
 
-    /// A server configuration for `localhost` and a client configuration that trusts it.
-    fn configs() -> (Arc<ServerConfig>, Arc<rustls::ClientConfig>) {
-        let ck = rcgen::generate_simple_self_signed(vec!["localhost".into()]).unwrap();
-        let cert = ck.cert.pem();
-        let key = ck.signing_key.serialize_pem();
-        let server = crate::tls::server_config(cert.as_bytes(), key.as_bytes()).unwrap();
-        let roots = crate::tls::parse_certs(cert.as_bytes()).unwrap();
-        (server, crate::tls::client_config(false, &roots).unwrap())
-    }
+    use crate::tls::test_configs as configs;
 
     /// A listener whose first connection is handed to `serve` after the handshake (or the
     /// handshake's error, when it fails).
@@ -644,6 +626,19 @@ mod tests {
         got
     }
 
+    /// Closes the client's side (close_notify) and reads what the server sends until its end.
+    async fn close_and_read_back<T: AsyncRead + AsyncWrite + Unpin>(
+        c: &mut tokio_rustls::client::TlsStream<T>,
+    ) -> Vec<u8> {
+        c.shutdown().await.unwrap();
+        let mut back = Vec::new();
+        tokio::time::timeout(Duration::from_secs(20), c.read_to_end(&mut back))
+            .await
+            .unwrap()
+            .unwrap();
+        back
+    }
+
     fn pattern(len: usize) -> Vec<u8> {
         (0..len).map(|i| (i * 7 % 251) as u8).collect()
     }
@@ -663,18 +658,13 @@ mod tests {
         let (addr, client, task) = server(echo).await;
         let mut c = connect(client, TcpStream::connect(addr).await.unwrap()).await;
         let sent = pattern(300_000);
-        let writer = async {
-            for piece in sent.chunks(33_333) {
-                c.write_all(piece).await.unwrap();
-            }
-            c.shutdown().await.unwrap();
-            let mut back = Vec::new();
-            c.read_to_end(&mut back).await.unwrap();
-            back
-        };
-        let back = tokio::time::timeout(Duration::from_secs(20), writer)
-            .await
-            .unwrap();
+        for piece in sent.chunks(33_333) {
+            tokio::time::timeout(Duration::from_secs(20), c.write_all(piece))
+                .await
+                .unwrap()
+                .unwrap();
+        }
+        let back = close_and_read_back(&mut c).await;
         assert_eq!(task.await.unwrap(), sent, "what the server read");
         assert_eq!(back, sent, "what came back");
     }
@@ -720,12 +710,7 @@ mod tests {
         let mut c = connect(client, OneByteWrites(tcp)).await;
         let sent = pattern(3_000);
         c.write_all(&sent).await.unwrap();
-        c.shutdown().await.unwrap();
-        let mut back = Vec::new();
-        tokio::time::timeout(Duration::from_secs(20), c.read_to_end(&mut back))
-            .await
-            .unwrap()
-            .unwrap();
+        let back = close_and_read_back(&mut c).await;
         assert_eq!(task.await.unwrap(), sent);
         assert_eq!(back, sent);
     }
@@ -794,12 +779,7 @@ mod tests {
         for byte in &sent {
             c.write_all(std::slice::from_ref(byte)).await.unwrap();
         }
-        c.shutdown().await.unwrap();
-        let mut back = Vec::new();
-        tokio::time::timeout(Duration::from_secs(20), c.read_to_end(&mut back))
-            .await
-            .unwrap()
-            .unwrap();
+        let back = close_and_read_back(&mut c).await;
         assert_eq!(task.await.unwrap(), sent);
         assert_eq!(back, sent);
     }
@@ -816,12 +796,7 @@ mod tests {
             c.flush().await.unwrap();
             sent.extend_from_slice(&piece);
         }
-        c.shutdown().await.unwrap();
-        let mut back = Vec::new();
-        tokio::time::timeout(Duration::from_secs(10), c.read_to_end(&mut back))
-            .await
-            .unwrap()
-            .unwrap();
+        let back = close_and_read_back(&mut c).await;
         assert_eq!(task.await.unwrap(), sent);
         assert_eq!(back, sent);
     }

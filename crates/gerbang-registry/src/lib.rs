@@ -485,12 +485,7 @@ mod tests {
     }
 
     fn registry() -> Registry {
-        let mut b = RegistryBuilder::new();
-        b.agency(Agency {
-            id: "dukcapil".into(),
-            name: "Disdukcapil".into(),
-        })
-        .unwrap();
+        let mut b = with_agency();
         b.service(ServiceSpec::new(
             "dukcapil",
             "penduduk",
