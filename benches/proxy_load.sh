@@ -68,6 +68,9 @@ CONNS=${CONNS:-64}
 WRK_THREADS=${WRK_THREADS:-1}
 BASE_PORT=${BASE_PORT:-18200}
 HAPROXY=${HAPROXY:-1}
+# CALLGRIND=1 CG_CACHE=1: valgrind simulates the caches too (slower; per request L1 and last-level
+# data misses beside the instructions).
+CG_SIM=""; [[ ${CG_CACHE:-0} == 1 ]] && CG_SIM="--cache-sim=yes"
 LOADGEN_CPU=${LOADGEN_CPU:-1}
 SERVER_CPU=${SERVER_CPU:-0}
 UP_PORT=$BASE_PORT
@@ -196,7 +199,7 @@ if [[ ${FLOOR:-1} == 1 && -x $FLOOR_BIN ]]; then
   FLOOR_PORT=$((BASE_PORT + 32))
   mkdir -p "$WORK/hyper-floor"
   if [[ ${CALLGRIND:-0} == 1 ]]; then
-    $SERVER valgrind --tool=callgrind --instr-atstart=no --separate-threads=no \
+    $SERVER valgrind --tool=callgrind --instr-atstart=no --separate-threads=no $CG_SIM \
       --callgrind-out-file="$WORK/hyper-floor/callgrind.out" \
       "$FLOOR_BIN" "127.0.0.1:$FLOOR_PORT" "127.0.0.1:$UP_PORT" >"$WORK/hyper-floor/out.log" 2>&1 &
   else
@@ -342,7 +345,7 @@ EOF
   [[ -n $(ls "$WORK/keys" 2>/dev/null) ]] || "$BIN" rotate-key --config "$d/gerbang.toml" >/dev/null 2>&1 \
     || die "rotate-key failed"
   if [[ ${CALLGRIND:-0} == 1 ]]; then
-    $SERVER valgrind --tool=callgrind --instr-atstart=no --separate-threads=no \
+    $SERVER valgrind --tool=callgrind --instr-atstart=no --separate-threads=no $CG_SIM \
       --callgrind-out-file="$d/callgrind.out" "$bin" serve --config "$d/gerbang.toml" >"$d/out.log" 2>&1 &
   else
     $SERVER "$bin" serve --config "$d/gerbang.toml" >"$d/out.log" 2>&1 &
@@ -524,8 +527,13 @@ fi
 if [[ ${CALLGRIND:-0} == 1 ]]; then
   command -v callgrind_control >/dev/null || die "callgrind needs valgrind: apt-get install valgrind"
   echo
-  echo "| target | requests | instructions per request |"
-  echo "| --- | ---: | ---: |"
+  if [[ -n $CG_SIM ]]; then
+    echo "| target | requests | instructions per request | L1 data misses per request | last-level data misses per request |"
+    echo "| --- | ---: | ---: | ---: | ---: |"
+  else
+    echo "| target | requests | instructions per request |"
+    echo "| --- | ---: | ---: |"
+  fi
   for i in "${!NAMES[@]}"; do
     [[ ${NAMES[$i]} == gerbang-* || ${NAMES[$i]} == hyper-floor ]] || continue
     pid=${TPIDS[$i]}; d="$WORK/${NAMES[$i]}"; out="$WORK/cg.${NAMES[$i]}"
@@ -536,8 +544,16 @@ if [[ ${CALLGRIND:-0} == 1 ]]; then
     callgrind_control -i off "$pid" >/dev/null
     n=$(awk '/ requests in /{print $1}' "$out")
     callgrind_control -d "$pid" >/dev/null; sleep 1
-    ir=$(cat "$d"/callgrind.out* 2>/dev/null | awk '/^summary:/{s+=$2} /^totals:/{t+=$2} END{print (s>0?s:t)}')
-    printf '| %s | %s | %.0f |\n' "${NAMES[$i]}" "$n" "$(awk -v a="$ir" -v b="$n" 'BEGIN{print (b>0?a/b:0)}')"
+    # Events by name (with CG_CACHE=1: Ir Dr Dw I1mr D1mr D1mw ILmr DLmr DLmw), summed over
+    # the dumps, per request.
+    cat "$d"/callgrind.out* 2>/dev/null | awk -v n="$n" -v name="${NAMES[$i]}" -v sim="$CG_SIM" '
+      /^events:/{for(k=2;k<=NF;k++)ev[k]=$k}
+      # Each dump has a summary line (zero in some) before its totals line.
+      /^summary:/{split("",cur); any=0; for(k=2;k<=NF;k++){cur[ev[k]]=$k; if($k>0)any=1}}
+      /^totals:/{for(k=2;k<=NF;k++)sum[ev[k]]+=(any?cur[ev[k]]:$k)}
+      END{ if(n<=0)n=1
+        if(sim!="") printf "| %s | %s | %.0f | %.1f | %.2f |\n", name, n, sum["Ir"]/n, (sum["D1mr"]+sum["D1mw"])/n, (sum["DLmr"]+sum["DLmw"])/n
+        else printf "| %s | %s | %.0f |\n", name, n, sum["Ir"]/n }'
   done
   exit 0
 fi

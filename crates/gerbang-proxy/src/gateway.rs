@@ -352,6 +352,10 @@ impl Gateway {
         req: Request<Incoming>,
         conn: ConnInfo,
     ) -> impl std::future::Future<Output = Response<ResponseBody>> + Send + 'static {
+        // Split before the future is made: its captures live as long as it does, so the
+        // request's head and body are kept once, where the phases borrow them, not as a
+        // captured `Request` and again as the parts it was split into (see `Gateway::forward`).
+        let (mut parts, body) = req.into_parts();
         async move {
             let this = &*self;
             // The one reading of the wall clock that the call is judged by (see `Call::unix_ms`).
@@ -359,21 +363,28 @@ impl Gateway {
             let unix_ms = wall
                 .duration_since(std::time::UNIX_EPOCH)
                 .map_or(0, |d| d.as_millis() as u64);
-            let request_id = crate::ids::request_id(req.headers(), unix_ms);
-            let method = req.method().clone();
+            let request_id = crate::ids::request_id(&parts.headers, unix_ms);
+            let method = parts.method.clone();
             let remote = conn.remote;
-            let survey = checks::survey(&req);
+            let survey = checks::survey(&parts);
             let framing_error = survey.framing_error;
             // Until the pipeline has answered, a dropped future (the client reset the stream or
             // closed the connection) still leaves its audit record and its in-flight count.
             let mut pending = Unanswered::new(this, &request_id, &method, remote);
             pending.call.unix_ms = unix_ms;
             if this.spans.is_some() {
-                pending.call.span = Some(crate::trace::span_ids(req.headers()));
+                pending.call.span = Some(crate::trace::span_ids(&parts.headers));
                 pending.call.wall_start = Some(wall);
             }
             let result = this
-                .forward(req, conn, &request_id, survey, &mut pending.call)
+                .forward(
+                    &mut parts,
+                    body,
+                    &conn,
+                    &request_id,
+                    &survey,
+                    &mut pending.call,
+                )
                 .await;
             let (call, started) = pending.answered();
             let result =
@@ -387,36 +398,45 @@ impl Gateway {
         }
     }
 
-    /// The phases, in order (see [`crate::phase`]). Written as a function returning an
-    /// `async move` block, not an `async fn`: an async fn keeps each argument twice in its
-    /// future (as the argument and as the body's local), and the request alone is 264 bytes.
+    /// The phases, in order (see [`crate::phase`]), over the request's head in `parts` (the
+    /// handler's: the exchange leaves the upstream's target in it) and its `body`.
+    ///
+    /// Written as a function returning an `async move` block, not an `async fn`: an async fn
+    /// keeps each argument twice in its future (as the argument and as the body's local). A
+    /// captured value also keeps its room for the future's whole life, moved out or not; so
+    /// the head and the connection are borrowed, and only the body (40 bytes) is captured.
     #[allow(clippy::manual_async_fn)]
     fn forward<'a>(
         &'a self,
-        req: Request<Incoming>,
-        conn: ConnInfo,
+        parts: &'a mut http::request::Parts,
+        body: Incoming,
+        conn: &'a ConnInfo,
         request_id: &'a HeaderValue,
-        survey: checks::Survey,
+        survey: &'a checks::Survey,
         call: &'a mut Call,
     ) -> impl std::future::Future<Output = Result<Response<ResponseBody>, GatewayError>> + Send + 'a
     {
         async move {
             let snapshot = self.snapshot.load_full();
             // 1. request checks
-            let content_length = checks::request(&req, &survey, &snapshot.settings.limits)?;
+            let content_length = checks::request(parts, survey, &snapshot.settings.limits)?;
             // 2. the gateway's own endpoints
-            if let Some(endpoint) = internal::which(req.uri().path()) {
+            if let Some(endpoint) = internal::which(parts.uri.path()) {
                 // Boxed: the gateway's own endpoints (the token issuer among them) need a larger
                 // future than the forwarding path, and every call's future would be that large.
-                return Box::pin(internal::serve(self, &snapshot, endpoint, req, &conn, call))
-                    .await;
+                // The head is handed over whole; nothing reads it after this call.
+                let head = std::mem::replace(parts, Request::new(()).into_parts().0);
+                return Box::pin(internal::serve(
+                    self, &snapshot, endpoint, head, body, conn, call,
+                ))
+                .await;
             }
             // 3. route (its 404 waits for authentication)
-            let normalized = route::normalise(req.uri().path())?;
+            let normalized = route::normalise(parts.uri.path())?;
             let route = route::resolve(&snapshot.registry, &normalized, call)?;
             // 4. authenticate
             let principal =
-                authenticate::principal(&snapshot.auth, &req, &conn, Some(call.unix_secs()))
+                authenticate::principal(&snapshot.auth, parts, conn, Some(call.unix_secs()))
                     .await?;
             call.consumer = Some(Arc::clone(&principal));
             let service = route.service()?;
@@ -425,7 +445,7 @@ impl Gateway {
                 &snapshot,
                 service,
                 &principal,
-                &req,
+                parts,
                 route.rest,
                 self.audit.as_deref(),
                 call,
@@ -457,37 +477,42 @@ impl Gateway {
             };
             let hash_key = match &service.balancing {
                 gerbang_registry::Balancing::ConsistentHash { header } => {
-                    req.headers().get(header).map(|v| v.as_bytes().to_vec())
+                    parts.headers.get(header).map(|v| v.as_bytes().to_vec())
                 }
                 _ => None,
             };
-            let (mut parts, incoming) = req.into_parts();
             let added = Rewrite {
                 snapshot: &snapshot,
                 service,
                 principal: &principal,
                 grant: &grant,
-                conn: &conn,
+                conn,
                 request_id,
                 expect_sent: survey.expect,
             }
-            .apply(&mut parts, call);
+            .apply(parts, call);
             // A request with a body is watched: was it too large, or still arriving at a timeout?
-            let watch = (!http_body::Body::is_end_stream(&incoming))
-                .then(|| Arc::new(BodyWatch::default()));
+            let watch =
+                (!http_body::Body::is_end_stream(&body)).then(|| Arc::new(BodyWatch::default()));
             call.body = watch.clone();
-            let mut body = RequestBody::new(incoming, body_limit, watch.clone());
             // The service's series, resolved once per snapshot; they exist from its first
             // forwarded call on, as before.
             if let Some(m) = &self.metrics {
                 call.service_metrics = snapshot.service_metrics(m, service).cloned();
             }
-            if let Some(m) = &call.service_metrics {
-                body = body.counted(m.received_bytes.clone());
-            }
-            body.settle_declared_empty()
-                .await
-                .map_err(|e| GatewayError::ClientBody(e.to_string()))?;
+            // Made in a block of its own: the body is borrowed while it settles, and a
+            // borrowed local keeps its room in the future to the end of its scope, beside the
+            // exchange's own copy.
+            let body = {
+                let mut body = RequestBody::new(body, body_limit, watch.clone());
+                if let Some(m) = &call.service_metrics {
+                    body = body.counted(m.received_bytes.clone());
+                }
+                body.settle_declared_empty()
+                    .await
+                    .map_err(|e| GatewayError::ClientBody(e.to_string()))?;
+                body
+            };
             // 7. exchange
             let exchange = Exchange {
                 gateway: self,
@@ -498,7 +523,7 @@ impl Gateway {
                 added: &added,
                 target,
             };
-            let (res, in_flight) = match exchange.run(&mut parts, Some(body)).await {
+            let (res, in_flight) = match exchange.run(parts, Some(body)).await {
                 Ok(pair) => pair,
                 // A body over the limit explains any failure of the exchange.
                 Err(_) if watch.as_ref().is_some_and(|w| w.exceeded()) => {

@@ -9,6 +9,7 @@ mod auth;
 mod balancing;
 mod console;
 mod external_issuer;
+mod footprint;
 mod forwarding;
 mod limits;
 mod metrics;

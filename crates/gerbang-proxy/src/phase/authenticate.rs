@@ -7,20 +7,20 @@ use std::sync::Arc;
 use gerbang_auth::authn::{Authenticator, Presented};
 use gerbang_auth::Principal;
 use http::header::{self, HeaderValue};
-use http::Request;
+use http::request::Parts;
 
 use crate::error::GatewayError;
 use crate::gateway::ConnInfo;
 use crate::headers;
 
 /// The credentials a request presents, judged by the snapshot's authenticator.
-pub(crate) async fn principal<B>(
+pub(crate) async fn principal(
     auth: &Authenticator,
-    req: &Request<B>,
+    req: &Parts,
     conn: &ConnInfo,
     now: Option<u64>,
 ) -> Result<Arc<Principal>, GatewayError> {
-    let h = req.headers();
+    let h = &req.headers;
     let mut authz = headers::values(h, &header::AUTHORIZATION);
     let mut presented = Presented {
         authorization: authz.next().map(HeaderValue::as_bytes),

@@ -8,7 +8,7 @@ use gerbang_policy::limits::{LimitOutcome, RateInfo};
 use gerbang_policy::{Agreement, FieldRules, Outcome};
 use gerbang_registry::Service;
 use http::header::HeaderValue;
-use http::Request;
+use http::request::Parts;
 
 use super::context::Call;
 use crate::audit::AuditSink;
@@ -42,25 +42,25 @@ impl Grant<'_> {
 
 /// Decides the call of `principal` to `service` at `rest` (the normalised path below the
 /// service), recording in `call` what the audit record needs.
-pub(crate) fn decide<'a, B>(
+pub(crate) fn decide<'a>(
     snapshot: &'a Snapshot,
     service: &Service,
     principal: &Principal,
-    req: &Request<B>,
+    req: &Parts,
     rest: &str,
     audit: Option<&AuditSink>,
     call: &mut Call,
 ) -> Result<Grant<'a>, GatewayError> {
     let now = call.unix_secs() as i64;
-    let purpose_value = single_purpose(req.headers())?;
+    let purpose_value = single_purpose(&req.headers)?;
     let purpose = purpose_value.as_ref().and_then(|v| v.to_str().ok());
     let policy_req = gerbang_policy::Request {
         application: &principal.application,
         agency: &principal.agency,
         service: service.full_id(),
-        method: req.method().as_str(),
+        method: req.method.as_str(),
         path: rest,
-        query: req.uri().query(),
+        query: req.uri.query(),
         purpose,
         now,
     };

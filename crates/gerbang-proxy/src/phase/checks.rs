@@ -1,7 +1,8 @@
 //! Phase 1: what a request must satisfy before anything else looks at it.
 
 use http::header::{self, HeaderValue};
-use http::{Request, Version};
+use http::request::Parts;
+use http::Version;
 
 use crate::error::GatewayError;
 use crate::framing::AMBIGUOUS_FRAMING_MARKER;
@@ -28,13 +29,13 @@ pub(crate) struct Survey {
 }
 
 /// The [`Survey`] of `req`'s fields.
-pub(crate) fn survey<B>(req: &Request<B>) -> Survey {
+pub(crate) fn survey(req: &Parts) -> Survey {
     let mut block_len = 0;
     let mut content_length = Ok(None);
     let (mut host, mut hosts) = (None, 0);
     let (mut expect, mut unmet_expectation) = (false, false);
     let (mut marker, mut te, mut cl) = (false, false, false);
-    for (name, value) in req.headers() {
+    for (name, value) in &req.headers {
         block_len += name.as_str().len() + value.len() + 4;
         if *name == header::CONTENT_LENGTH {
             cl = true;
@@ -69,12 +70,12 @@ pub(crate) fn survey<B>(req: &Request<B>) -> Survey {
 
 /// Target and header-block size, framing (refused when `survey` found it ambiguous; the caller
 /// also closes the connection for it), `Host` and `Expect`. Returns the declared body length.
-pub(crate) fn request<B>(
-    req: &Request<B>,
+pub(crate) fn request(
+    req: &Parts,
     survey: &Survey,
     limits: &Limits,
 ) -> Result<Option<u64>, GatewayError> {
-    let target_len = req.uri().path_and_query().map_or(0, |pq| pq.as_str().len());
+    let target_len = req.uri.path_and_query().map_or(0, |pq| pq.as_str().len());
     if target_len > limits.max_uri_bytes {
         return Err(GatewayError::UriTooLong {
             len: target_len,
@@ -130,24 +131,18 @@ fn parse_length(value: &HeaderValue) -> Result<u64, ()> {
 /// `Host` (`host` is the first, `several` when there are more); an absolute-form target or
 /// `:authority` and `Host` must agree; user information in either is refused (it is not part
 /// of a host, and providers must not see it).
-fn check_host<B>(
-    req: &Request<B>,
-    host: Option<&HeaderValue>,
-    several: bool,
-) -> Result<(), &'static str> {
+fn check_host(req: &Parts, host: Option<&HeaderValue>, several: bool) -> Result<(), &'static str> {
     if several {
         return Err("several Host headers");
     }
-    let authority = req.uri().authority();
+    let authority = req.uri.authority();
     if authority.is_some_and(|a| a.as_str().contains('@'))
         || host.is_some_and(|h| h.as_bytes().contains(&b'@'))
     {
         return Err("user information in the authority");
     }
     match (host, authority) {
-        (None, None) if req.version() == Version::HTTP_11 => {
-            Err("an HTTP/1.1 request without Host")
-        }
+        (None, None) if req.version == Version::HTTP_11 => Err("an HTTP/1.1 request without Host"),
         (Some(h), Some(a)) if !h.as_bytes().eq_ignore_ascii_case(a.as_str().as_bytes()) => {
             Err("Host disagrees with the request target's authority")
         }
@@ -169,17 +164,17 @@ fn check_expect(value: &HeaderValue) -> bool {
 mod tests {
     use super::*;
 
-    fn req(lines: &[(&str, &str)], version: Version, uri: &str) -> Request<()> {
-        let mut b = Request::builder().uri(uri).version(version);
+    fn req(lines: &[(&str, &str)], version: Version, uri: &str) -> Parts {
+        let mut b = http::Request::builder().uri(uri).version(version);
         for (n, v) in lines {
             b = b.header(*n, *v);
         }
-        b.body(()).unwrap()
+        b.body(()).unwrap().into_parts().0
     }
 
     #[test]
     fn host_must_be_single_plain_and_agree() {
-        let ok = |r: &Request<()>| survey(r).host.is_ok();
+        let ok = |r: &Parts| survey(r).host.is_ok();
         assert!(ok(&req(&[("host", "a")], Version::HTTP_11, "/x")));
         assert!(ok(&req(&[], Version::HTTP_10, "/x")));
         assert!(ok(&req(&[], Version::HTTP_2, "http://a/x")));

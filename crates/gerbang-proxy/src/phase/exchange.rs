@@ -94,102 +94,113 @@ impl<'x> Exchange<'x> {
                 let started = first.take().unwrap_or_else(tokio::time::Instant::now);
                 let remaining = deadline.saturating_duration_since(started);
                 let try_timeout = per_try.min(remaining);
-                let outcome = self
-                    .try_once(index, instance, parts, try_body, started, try_timeout)
-                    .await;
-                // What happened, for health, metrics and the retry decision.
-                let Assessment {
-                    failed,
-                    retry_reason,
-                } = assess(&outcome, replayable, watch, try_timeout, per_try);
-                if let Some(m) = &gateway.metrics {
-                    match &outcome {
-                        Ok(_) => {
-                            if let Some(s) = self.snapshot.service_metrics(m, service) {
-                                s.observe_upstream(m, service.full_id(), started.elapsed());
+                // In a block of its own: the outcome (224 bytes) is borrowed, and a borrowed local
+                // keeps its room to the end of its scope, beside the back-off's timer.
+                let (next_index, next_instance, backoff) = {
+                    let outcome = self
+                        .try_once(index, instance, parts, try_body, started, try_timeout)
+                        .await;
+                    // What happened, for health, metrics and the retry decision.
+                    let Assessment {
+                        failed,
+                        retry_reason,
+                    } = assess(&outcome, replayable, watch, try_timeout, per_try);
+                    if let Some(m) = &gateway.metrics {
+                        match &outcome {
+                            Ok(_) => {
+                                if let Some(s) = self.snapshot.service_metrics(m, service) {
+                                    s.observe_upstream(m, service.full_id(), started.elapsed());
+                                }
                             }
+                            Err(TryError::Connect { .. }) => m
+                                .upstream_connect_failures
+                                .with_label_values(&[service.full_id(), instance.name.as_str()])
+                                .inc(),
+                            Err(_) => {}
                         }
-                        Err(TryError::Connect { .. }) => m
-                            .upstream_connect_failures
-                            .with_label_values(&[service.full_id(), instance.name.as_str()])
-                            .inc(),
-                        Err(_) => {}
                     }
-                }
-                if let Some(h) = health {
-                    if failed {
-                        if let Some(ejected_for) =
-                            h.report_failure(gerbang_registry::health::now_ms(), &service.outlier)
-                        {
-                            tracing::warn!(
-                                service = service.full_id(),
-                                instance = %instance.name,
-                                ejected_for_ms = ejected_for.as_millis() as u64,
-                                "upstream instance ejected after consecutive failures"
-                            );
-                            if let Some(m) = &gateway.metrics {
-                                m.upstream_ejections
-                                    .with_label_values(&[service.full_id(), instance.name.as_str()])
-                                    .inc();
+                    if let Some(h) = health {
+                        if failed {
+                            if let Some(ejected_for) = h.report_failure(
+                                gerbang_registry::health::now_ms(),
+                                &service.outlier,
+                            ) {
+                                tracing::warn!(
+                                    service = service.full_id(),
+                                    instance = %instance.name,
+                                    ejected_for_ms = ejected_for.as_millis() as u64,
+                                    "upstream instance ejected after consecutive failures"
+                                );
+                                if let Some(m) = &gateway.metrics {
+                                    m.upstream_ejections
+                                        .with_label_values(&[
+                                            service.full_id(),
+                                            instance.name.as_str(),
+                                        ])
+                                        .inc();
+                                }
                             }
+                        } else if outcome.is_ok() {
+                            h.report_success();
                         }
-                    } else if outcome.is_ok() {
-                        h.report_success();
                     }
-                }
-                // May this call go to another instance?
-                let unsent = match &outcome {
-                    Err(TryError::Connect { unsent, .. }) => *unsent || !has_body,
-                    _ => !has_body,
-                };
-                let next = match retry_reason {
-                    Some(_) if unsent && (n_tried as u32) < policy.attempts.min(10) => {
-                        service.select(hash_key, &tried[..n_tried])
-                    }
-                    _ => None,
-                };
-                // The back-off must fit in the time left; otherwise the current result stands. Only
-                // a call that may go on draws its back-off and reads the clock.
-                let mut backoff = Duration::ZERO;
-                let next = next.filter(|_| {
-                    backoff = policy.backoff(n_tried as u32, random_words()[0]);
-                    backoff < deadline.saturating_duration_since(tokio::time::Instant::now())
-                });
-                // This call's previous retry slot is released before it asks for the next one.
-                if next.is_some() {
-                    drop(_retry_slot.take());
-                }
-                let next = next.and_then(|n| {
-                    let slot = service.load.retry(policy);
-                    if slot.is_none() {
-                        tracing::debug!(service = service.full_id(), "retry budget spent");
-                    }
-                    slot.map(|s| (n, s))
-                });
-                let Some(((next_index, next_instance), slot)) = next else {
-                    return match outcome {
-                        // The instance counts the call until its response body has been sent.
-                        Ok(res) => Ok((res, in_flight)),
-                        Err(TryError::Overloaded) => Err(GatewayError::UpstreamOverloaded(
-                            service.full_id().to_owned(),
-                        )),
-                        Err(TryError::Connect { error, .. }) | Err(TryError::Failed(error)) => {
-                            Err(error)
-                        }
-                        Err(TryError::TimedOut) => Err(timeout_error(watch, instance, try_timeout)),
+                    // May this call go to another instance?
+                    let unsent = match &outcome {
+                        Err(TryError::Connect { unsent, .. }) => *unsent || !has_body,
+                        _ => !has_body,
                     };
+                    let next = match retry_reason {
+                        Some(_) if unsent && (n_tried as u32) < policy.attempts.min(10) => {
+                            service.select(hash_key, &tried[..n_tried])
+                        }
+                        _ => None,
+                    };
+                    // The back-off must fit in the time left; otherwise the current result stands. Only
+                    // a call that may go on draws its back-off and reads the clock.
+                    let mut backoff = Duration::ZERO;
+                    let next = next.filter(|_| {
+                        backoff = policy.backoff(n_tried as u32, random_words()[0]);
+                        backoff < deadline.saturating_duration_since(tokio::time::Instant::now())
+                    });
+                    // This call's previous retry slot is released before it asks for the next one.
+                    if next.is_some() {
+                        drop(_retry_slot.take());
+                    }
+                    let next = next.and_then(|n| {
+                        let slot = service.load.retry(policy);
+                        if slot.is_none() {
+                            tracing::debug!(service = service.full_id(), "retry budget spent");
+                        }
+                        slot.map(|s| (n, s))
+                    });
+                    let Some(((next_index, next_instance), slot)) = next else {
+                        return match outcome {
+                            // The instance counts the call until its response body has been sent.
+                            Ok(res) => Ok((res, in_flight)),
+                            Err(TryError::Overloaded) => Err(GatewayError::UpstreamOverloaded(
+                                service.full_id().to_owned(),
+                            )),
+                            Err(TryError::Connect { error, .. }) | Err(TryError::Failed(error)) => {
+                                Err(error)
+                            }
+                            Err(TryError::TimedOut) => {
+                                Err(timeout_error(watch, instance, try_timeout))
+                            }
+                        };
+                    };
+                    // The failed try's body goes on to the next try only when none of it was read
+                    // (a connect failure); otherwise the next try sends none.
+                    if !matches!(outcome, Err(TryError::Connect { unsent: true, .. })) {
+                        body = None;
+                    }
+                    _retry_slot = Some(slot);
+                    if let (Some(m), Some(reason)) = (&gateway.metrics, retry_reason) {
+                        m.upstream_retries
+                            .with_label_values(&[service.full_id(), reason])
+                            .inc();
+                    }
+                    (next_index, next_instance, backoff)
                 };
-                // The failed try's body goes on to the next try only when none of it was read
-                // (a connect failure); otherwise the next try sends none.
-                if !matches!(outcome, Err(TryError::Connect { unsent: true, .. })) {
-                    body = None;
-                }
-                _retry_slot = Some(slot);
-                if let (Some(m), Some(reason)) = (&gateway.metrics, retry_reason) {
-                    m.upstream_retries
-                        .with_label_values(&[service.full_id(), reason])
-                        .inc();
-                }
                 if !backoff.is_zero() {
                     tokio::time::sleep(backoff).await;
                 }

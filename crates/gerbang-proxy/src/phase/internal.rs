@@ -5,6 +5,7 @@
 use std::sync::Arc;
 
 use http::header::{self, HeaderValue};
+use http::request::Parts;
 use http::{Request, Response};
 use hyper::body::Incoming;
 
@@ -36,7 +37,8 @@ pub(crate) async fn serve(
     gateway: &Gateway,
     snapshot: &Snapshot,
     endpoint: Internal,
-    req: Request<Incoming>,
+    req: Parts,
+    incoming: Incoming,
     conn: &ConnInfo,
     call: &mut Call,
 ) -> Result<Response<ResponseBody>, GatewayError> {
@@ -46,7 +48,7 @@ pub(crate) async fn serve(
             gateway
                 .issuer_endpoints
                 .serve(
-                    req,
+                    Request::from_parts(req, incoming),
                     conn.remote.ip(),
                     &snapshot.auth,
                     &mut call.token_result,
@@ -59,10 +61,10 @@ pub(crate) async fn serve(
                 super::authenticate::principal(&snapshot.auth, &req, conn, Some(call.unix_secs()))
                     .await?;
             call.consumer = Some(Arc::clone(&principal));
-            if req.method() != http::Method::GET && req.method() != http::Method::HEAD {
+            if req.method != http::Method::GET && req.method != http::Method::HEAD {
                 return Err(GatewayError::MethodNotAllowed { allow: "GET, HEAD" });
             }
-            let body = match req.uri().path() {
+            let body = match req.uri.path() {
                 catalog::SERVICES_PATH => catalog::services(&snapshot.registry, &snapshot.policy),
                 catalog::ALLOWED_PATH => {
                     catalog::allowed(&principal, &snapshot.policy, call.unix_secs() as i64)
