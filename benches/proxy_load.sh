@@ -14,8 +14,10 @@
 #   nginx           reverse proxy, keep-alive pool to the upstream (the reference: ratio 1.00)
 #   haproxy         the same, when haproxy is installed (HAPROXY=0 skips it)
 #   hyper-floor     hyper's HTTP/1 server on one Tokio thread doing the least a proxy does
-#                   (benches/src/bin/hyper_floor.rs; FLOOR=0 skips it): the cost of the parts
-#                   the gateway is built on, without any of its work
+#                   (benches/src/bin/hyper_floor.rs; FLOOR=0 skips both floors): the cost of the
+#                   parts the gateway is built on, without any of its work
+#   raw-floor       the same behind a hand-written HTTP/1.1 loop instead of hyper's server
+#                   (benches/src/bin/raw_floor.rs): hyper's server machinery is the difference
 #   gerbang-bare    bearer token + an agreement that needs nothing more than the caller's
 #                   identity; metrics and audit off
 #   gerbang-full    bearer token + an agreement with an endpoint template (GET /data/{id}),
@@ -192,23 +194,28 @@ EOF
   NAMES+=(haproxy); URLS+=("http://127.0.0.1:$HAP_PORT/data/1"); TPIDS+=("$HAP_PID")
 fi
 
+# The floors, built by `cargo build --release` (FLOOR=0 skips both):
 # hyper-floor: hyper's HTTP/1 server and the least a proxy does per request (benches/src/bin/
-# hyper_floor.rs), built by `cargo build --release`: what the gateway's own work is measured from.
-FLOOR_BIN=${FLOOR_BIN:-$ROOT/target/release/hyper-floor}
-if [[ ${FLOOR:-1} == 1 && -x $FLOOR_BIN ]]; then
-  FLOOR_PORT=$((BASE_PORT + 32))
-  mkdir -p "$WORK/hyper-floor"
+#   hyper_floor.rs): what the gateway's own work is measured from;
+# raw-floor: the same upstream side behind a hand-written HTTP/1.1 loop (benches/src/bin/
+#   raw_floor.rs): the difference is what hyper's server machinery costs per request.
+start_floor() { # name binary port
+  local name=$1 bin=$2 port=$3 pid
+  if [[ ! -x $bin ]]; then note "no $bin (cargo build --release builds it): $name skipped"; return; fi
+  mkdir -p "$WORK/$name"
   if [[ ${CALLGRIND:-0} == 1 ]]; then
     $SERVER valgrind --tool=callgrind --instr-atstart=no --separate-threads=no $CG_SIM \
-      --callgrind-out-file="$WORK/hyper-floor/callgrind.out" \
-      "$FLOOR_BIN" "127.0.0.1:$FLOOR_PORT" "127.0.0.1:$UP_PORT" >"$WORK/hyper-floor/out.log" 2>&1 &
+      --callgrind-out-file="$WORK/$name/callgrind.out" \
+      "$bin" "127.0.0.1:$port" "127.0.0.1:$UP_PORT" >"$WORK/$name/out.log" 2>&1 &
   else
-    $SERVER "$FLOOR_BIN" "127.0.0.1:$FLOOR_PORT" "127.0.0.1:$UP_PORT" >"$WORK/hyper-floor/out.log" 2>&1 &
+    $SERVER "$bin" "127.0.0.1:$port" "127.0.0.1:$UP_PORT" >"$WORK/$name/out.log" 2>&1 &
   fi
-  FLOOR_PID=$!; PIDS+=("$FLOOR_PID")
-  NAMES+=(hyper-floor); URLS+=("http://127.0.0.1:$FLOOR_PORT/data/1"); TPIDS+=("$FLOOR_PID")
-elif [[ ${FLOOR:-1} == 1 ]]; then
-  note "no $FLOOR_BIN (cargo build --release builds it): hyper-floor skipped"
+  pid=$!; PIDS+=("$pid")
+  NAMES+=("$name"); URLS+=("http://127.0.0.1:$port/data/1"); TPIDS+=("$pid")
+}
+if [[ ${FLOOR:-1} == 1 ]]; then
+  start_floor hyper-floor "${FLOOR_BIN:-$ROOT/target/release/hyper-floor}" $((BASE_PORT + 32))
+  start_floor raw-floor "${RAW_FLOOR_BIN:-$ROOT/target/release/raw-floor}" $((BASE_PORT + 33))
 fi
 
 # ---------------------------------------------------------------- gerbang, three pipelines
@@ -446,7 +453,7 @@ if [[ -n ${IDLE:-} ]]; then
   exit 0
 fi
 # The process that serves target $1 (an index): nginx's master forks the worker that does;
-# HAProxy (-db), hyper-floor and Gerbang serve in the process started.
+# HAProxy (-db), the floors and Gerbang serve in the process started.
 serving_pid() {
   local pid=${TPIDS[$1]}
   [[ ${NAMES[$1]} == nginx ]] && pid=$(pgrep -P "$pid" | head -1)
@@ -535,7 +542,7 @@ if [[ ${CALLGRIND:-0} == 1 ]]; then
     echo "| --- | ---: | ---: |"
   fi
   for i in "${!NAMES[@]}"; do
-    [[ ${NAMES[$i]} == gerbang-* || ${NAMES[$i]} == hyper-floor ]] || continue
+    [[ ${NAMES[$i]} == gerbang-* || ${NAMES[$i]} == *-floor ]] || continue
     pid=${TPIDS[$i]}; d="$WORK/${NAMES[$i]}"; out="$WORK/cg.${NAMES[$i]}"
     # Warm-up (caches filled, pools connected), then the measured requests.
     $LOADGEN wrk -t1 -c"${CG_CONNS:-4}" -d3s -H "$AUTH_HEADER" "${URLS[$i]}" >/dev/null 2>&1
