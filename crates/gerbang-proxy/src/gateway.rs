@@ -399,7 +399,7 @@ impl Gateway {
     }
 
     /// The phases, in order (see [`crate::phase`]), over the request's head in `parts` (the
-    /// handler's: the exchange leaves the upstream's target in it) and its `body`.
+    /// handler's; the rewrite edits its fields in place) and its `body`.
     ///
     /// Written as a function returning an `async move` block, not an `async fn`: an async fn
     /// keeps each argument twice in its future (as the argument and as the body's local). A
