@@ -4,14 +4,47 @@
 //! values, and a `Content-Length` body read whole. The floors differ only in the server in
 //! front of it. A measuring stick for GET requests of a benchmark, not a client to deploy.
 
+use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
 use bytes::{Bytes, BytesMut};
 use http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
+use tokio::net::{TcpListener, TcpStream};
+
+/// A floor's `main`: `LISTEN UPSTREAM` from the arguments (`name` for the usage line), one
+/// current-thread Tokio runtime (as the gateway runs with `worker_threads = 1`), and `serve`
+/// spawned for each accepted connection (no delay set; a client that goes away ends its
+/// connection, nothing to report).
+pub fn run<F, Fut>(name: &str, serve: F) -> io::Result<()>
+where
+    F: Fn(TcpStream, Arc<Pool>) -> Fut,
+    Fut: Future<Output = ()> + Send + 'static,
+{
+    let mut args = std::env::args().skip(1);
+    let usage = || {
+        io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!("usage: {name} LISTEN UPSTREAM"),
+        )
+    };
+    let listen: SocketAddr = args.next().and_then(|a| a.parse().ok()).ok_or_else(usage)?;
+    let upstream: SocketAddr = args.next().and_then(|a| a.parse().ok()).ok_or_else(usage)?;
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    rt.block_on(async move {
+        let listener = TcpListener::bind(listen).await?;
+        let pool = Arc::new(Pool::new(upstream));
+        loop {
+            let (stream, _) = listener.accept().await?;
+            stream.set_nodelay(true)?;
+            tokio::spawn(serve(stream, Arc::clone(&pool)));
+        }
+    })
+}
 
 /// Idle upstream connections with their read buffers.
 pub struct Pool {

@@ -17,8 +17,6 @@
 
 use std::convert::Infallible;
 use std::io;
-use std::net::SocketAddr;
-use std::sync::Arc;
 
 use bytes::Bytes;
 use gerbang_benches::floor::{Answer, Pool};
@@ -28,7 +26,6 @@ use hyper::body::Incoming;
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper_util::rt::TokioIo;
-use tokio::net::TcpListener;
 
 async fn answer(pool: &Pool, req: &Request<Incoming>) -> Response<Full<Bytes>> {
     let target = req.uri().path_and_query().map_or("/", |pq| pq.as_str());
@@ -46,35 +43,13 @@ async fn answer(pool: &Pool, req: &Request<Incoming>) -> Response<Full<Bytes>> {
 }
 
 fn main() -> io::Result<()> {
-    let mut args = std::env::args().skip(1);
-    let usage = || {
-        io::Error::new(
-            io::ErrorKind::InvalidInput,
-            "usage: hyper-floor LISTEN UPSTREAM",
-        )
-    };
-    let listen: SocketAddr = args.next().and_then(|a| a.parse().ok()).ok_or_else(usage)?;
-    let upstream: SocketAddr = args.next().and_then(|a| a.parse().ok()).ok_or_else(usage)?;
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()?;
-    rt.block_on(async move {
-        let listener = TcpListener::bind(listen).await?;
-        let pool = Arc::new(Pool::new(upstream));
-        loop {
-            let (stream, _) = listener.accept().await?;
-            stream.set_nodelay(true)?;
+    gerbang_benches::floor::run("hyper-floor", |stream, pool| async move {
+        let service = service_fn(move |req: Request<Incoming>| {
             let pool = pool.clone();
-            tokio::spawn(async move {
-                let service = service_fn(move |req: Request<Incoming>| {
-                    let pool = pool.clone();
-                    async move { Ok::<_, Infallible>(answer(&pool, &req).await) }
-                });
-                // A client that goes away ends its connection; nothing to report.
-                let _ = http1::Builder::new()
-                    .serve_connection(TokioIo::new(stream), service)
-                    .await;
-            });
-        }
+            async move { Ok::<_, Infallible>(answer(&pool, &req).await) }
+        });
+        let _ = http1::Builder::new()
+            .serve_connection(TokioIo::new(stream), service)
+            .await;
     })
 }

@@ -16,14 +16,13 @@
 //! ```
 
 use std::io;
-use std::net::SocketAddr;
 use std::sync::Arc;
 
 use bytes::{Bytes, BytesMut};
 use gerbang_benches::floor::{Answer, Pool};
 use http::{HeaderMap, HeaderName, HeaderValue, Method};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpStream;
 
 const MAX_HEAD: usize = 64 * 1024;
 
@@ -144,26 +143,7 @@ async fn serve(mut stream: TcpStream, pool: Arc<Pool>) -> io::Result<()> {
 }
 
 fn main() -> io::Result<()> {
-    let mut args = std::env::args().skip(1);
-    let usage = || {
-        io::Error::new(
-            io::ErrorKind::InvalidInput,
-            "usage: raw-floor LISTEN UPSTREAM",
-        )
-    };
-    let listen: SocketAddr = args.next().and_then(|a| a.parse().ok()).ok_or_else(usage)?;
-    let upstream: SocketAddr = args.next().and_then(|a| a.parse().ok()).ok_or_else(usage)?;
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()?;
-    rt.block_on(async move {
-        let listener = TcpListener::bind(listen).await?;
-        let pool = Arc::new(Pool::new(upstream));
-        loop {
-            let (stream, _) = listener.accept().await?;
-            stream.set_nodelay(true)?;
-            // A client that goes away ends its connection; nothing to report.
-            tokio::spawn(serve(stream, Arc::clone(&pool)));
-        }
+    gerbang_benches::floor::run("raw-floor", |stream, pool| async move {
+        let _ = serve(stream, pool).await;
     })
 }
