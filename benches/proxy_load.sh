@@ -28,6 +28,8 @@
 #   gerbang-limited full + the agreement has a rate limit and a daily quota (local limiter)
 #   gerbang-redis   limited, the limits shared through Redis (a redis-server of this script on
 #                   SERVER_CPU; needs Debian's redis-server)
+#   gerbang-noaudit full with the audit log off, and gerbang-nometrics full with metrics off:
+#                   what each of the two costs, as the difference to full
 # wrk (1 thread, --latency) drives every target in interleaved rounds whose order rotates, so
 # drift on a shared machine hits everyone alike; wrk runs on LOADGEN_CPU, every server on
 # SERVER_CPU. Every target gets the same Authorization header (only Gerbang reads it).
@@ -73,6 +75,9 @@ HAPROXY=${HAPROXY:-1}
 # CALLGRIND=1 CG_CACHE=1: valgrind simulates the caches too (slower; per request L1 and last-level
 # data misses beside the instructions).
 CG_SIM=""; [[ ${CG_CACHE:-0} == 1 ]] && CG_SIM="--cache-sim=yes"
+# CG_INSTR=1: callgrind also counts each instruction address (--dump-instr=yes; with KEEP=1, for
+# per-instruction analysis of the kept callgrind.out files, e.g. counting locked instructions).
+CG_EXTRA=""; [[ ${CG_INSTR:-0} == 1 ]] && CG_EXTRA="--dump-instr=yes"
 LOADGEN_CPU=${LOADGEN_CPU:-1}
 SERVER_CPU=${SERVER_CPU:-0}
 UP_PORT=$BASE_PORT
@@ -204,7 +209,7 @@ start_floor() { # name binary port
   if [[ ! -x $bin ]]; then note "no $bin (cargo build --release builds it): $name skipped"; return; fi
   mkdir -p "$WORK/$name"
   if [[ ${CALLGRIND:-0} == 1 ]]; then
-    $SERVER valgrind --tool=callgrind --instr-atstart=no --separate-threads=no $CG_SIM \
+    $SERVER valgrind --tool=callgrind --instr-atstart=no --separate-threads=no $CG_SIM $CG_EXTRA \
       --callgrind-out-file="$WORK/$name/callgrind.out" \
       "$bin" "127.0.0.1:$port" "127.0.0.1:$UP_PORT" >"$WORK/$name/out.log" 2>&1 &
   else
@@ -249,11 +254,13 @@ redis_url = \"redis://127.0.0.1:$rport/0\"
 expected_replicas = 1"
           fi ;;
     bare) metrics=false; audit=false ;;
-    full) endpoint='[[service.endpoint]]
+    full|noaudit|nometrics) endpoint='[[service.endpoint]]
 method = "GET"
 path = "/data/{id}"
 classification = "terbatas"'
-          endpoints='endpoints = ["GET /data/{id}"]' ;;
+          endpoints='endpoints = ["GET /data/{id}"]'
+          if [[ $v == noaudit ]]; then audit=false; fi
+          if [[ $v == nometrics ]]; then metrics=false; fi ;;
     masked) endpoint='[[service.endpoint]]
 method = "GET"
 path = "/penduduk/{nik}"
@@ -352,7 +359,7 @@ EOF
   [[ -n $(ls "$WORK/keys" 2>/dev/null) ]] || "$BIN" rotate-key --config "$d/gerbang.toml" >/dev/null 2>&1 \
     || die "rotate-key failed"
   if [[ ${CALLGRIND:-0} == 1 ]]; then
-    $SERVER valgrind --tool=callgrind --instr-atstart=no --separate-threads=no $CG_SIM \
+    $SERVER valgrind --tool=callgrind --instr-atstart=no --separate-threads=no $CG_SIM $CG_EXTRA \
       --callgrind-out-file="$d/callgrind.out" "$bin" serve --config "$d/gerbang.toml" >"$d/out.log" 2>&1 &
   else
     $SERVER "$bin" serve --config "$d/gerbang.toml" >"$d/out.log" 2>&1 &
@@ -367,7 +374,7 @@ offset=3
 for k in "${!BINS[@]}"; do
   suffix=""; (( k > 0 )) && suffix="@$((k + 1))"
   for v in ${VARIANTS:-bare full masked}; do
-    case $v in bare|full|masked|limited|redis) ;; *) die "unknown variant $v (bare full masked limited redis)";; esac
+    case $v in bare|full|masked|limited|redis|noaudit|nometrics) ;; *) die "unknown variant $v (bare full masked limited redis noaudit nometrics)";; esac
     gerbang_start "$v" "$offset" "${BINS[$k]}" "$suffix"; offset=$((offset + 2))
   done
 done
