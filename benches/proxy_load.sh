@@ -43,8 +43,9 @@
 #   TARGETS="nginx gerbang-full" (measure a subset of what started) CSV_OUT=file
 #   KEEP=1 (keep the work directory: configs, logs, raw wrk output).
 #   PERF=1: instead of the rounds, context switches per request of every target (voluntary and
-#   involuntary), then a perf profile of every target under load (hyper-floor included)
-#   (PERF_SECONDS, default 10; PERF_TOP symbols, default 40).
+#   involuntary) and each thread's CPU per request (schedstat: precise where perf's samples
+#   of a small thread are not), then a perf profile of every target under load (hyper-floor
+#   included) (PERF_SECONDS, default 10; PERF_TOP symbols, default 40).
 #   IDLE=N: instead of the rounds, N idle keep-alive connections to each target in turn (one
 #   request on each, then held open): the RSS they add (benches/idle_conns.py).
 #   TLS=1: Gerbang's targets terminate TLS (a self-signed certificate made here; nginx and
@@ -78,6 +79,8 @@ CG_SIM=""; [[ ${CG_CACHE:-0} == 1 ]] && CG_SIM="--cache-sim=yes"
 # CG_INSTR=1: callgrind also counts each instruction address (--dump-instr=yes; with KEEP=1, for
 # per-instruction analysis of the kept callgrind.out files, e.g. counting locked instructions).
 CG_EXTRA=""; [[ ${CG_INSTR:-0} == 1 ]] && CG_EXTRA="--dump-instr=yes"
+# CG_THREADS=1: one callgrind file per thread (the totals printed are still the whole process).
+[[ ${CG_THREADS:-0} == 1 ]] && CG_EXTRA="$CG_EXTRA --separate-threads=yes"
 LOADGEN_CPU=${LOADGEN_CPU:-1}
 SERVER_CPU=${SERVER_CPU:-0}
 UP_PORT=$BASE_PORT
@@ -209,7 +212,7 @@ start_floor() { # name binary port
   if [[ ! -x $bin ]]; then note "no $bin (cargo build --release builds it): $name skipped"; return; fi
   mkdir -p "$WORK/$name"
   if [[ ${CALLGRIND:-0} == 1 ]]; then
-    $SERVER valgrind --tool=callgrind --instr-atstart=no --separate-threads=no $CG_SIM $CG_EXTRA \
+    $SERVER valgrind --tool=callgrind --instr-atstart=no $CG_SIM $CG_EXTRA \
       --callgrind-out-file="$WORK/$name/callgrind.out" \
       "$bin" "127.0.0.1:$port" "127.0.0.1:$UP_PORT" >"$WORK/$name/out.log" 2>&1 &
   else
@@ -359,7 +362,7 @@ EOF
   [[ -n $(ls "$WORK/keys" 2>/dev/null) ]] || "$BIN" rotate-key --config "$d/gerbang.toml" >/dev/null 2>&1 \
     || die "rotate-key failed"
   if [[ ${CALLGRIND:-0} == 1 ]]; then
-    $SERVER valgrind --tool=callgrind --instr-atstart=no --separate-threads=no $CG_SIM $CG_EXTRA \
+    $SERVER valgrind --tool=callgrind --instr-atstart=no $CG_SIM $CG_EXTRA \
       --callgrind-out-file="$d/callgrind.out" "$bin" serve --config "$d/gerbang.toml" >"$d/out.log" 2>&1 &
   else
     $SERVER "$bin" serve --config "$d/gerbang.toml" >"$d/out.log" 2>&1 &
@@ -507,21 +510,47 @@ if [[ ${PERF:-0} == 1 ]]; then
   switches() {
     cat /proc/"$1"/task/*/status 2>/dev/null | awk '/^voluntary_ctxt/{v+=$2} /^nonvoluntary_ctxt/{n+=$2} END{print v+0, n+0}'
   }
+  # Each thread's time on the CPU (ns, from schedstat) and its user and system ticks, by name.
+  thread_times() {
+    for t in /proc/"$1"/task/*; do
+      printf '%s %s %s\n' "$(tr ' ' _ <"$t/comm")" "$(awk '{print $1}' "$t/schedstat")" \
+        "$(sed 's/.*) //' "$t/stat" | awk '{print $12, $13}')"
+    done 2>/dev/null
+  }
+  tick_us=$((1000000 / $(getconf CLK_TCK)))
   echo "| target | requests | context switches per request (every thread of the process) | voluntary / involuntary per request |"
   echo "| --- | ---: | ---: | ---: |"
   for i in "${!NAMES[@]}"; do
     pid=$(serving_pid "$i"); out="$WORK/perfstat.${NAMES[$i]}"
     $LOADGEN wrk -t1 -c"$CONNS" -d3s -H "$AUTH_HEADER" "${URLS[$i]}" >/dev/null 2>&1
+    thread_times "$pid" >"$out.threads0"
     v0=$(switches "$pid")
     perf stat --per-thread -e context-switches -p "$pid" -o "$out" -- sleep 5 >/dev/null 2>&1 &
     rec=$!
     $LOADGEN wrk -t1 -c"$CONNS" -d5s -H "$AUTH_HEADER" "${URLS[$i]}" >"$out.wrk" 2>&1 || true
     wait "$rec" || true
     v1=$(switches "$pid")
+    thread_times "$pid" >"$out.threads1"
     n=$(awk '/ requests in /{print $1}' "$out.wrk")
     cs=$(awk '/context-switches/{gsub(",","",$2); s+=$2} END{print s+0}' "$out")
     printf '| %s | %s | %.2f | %s |\n' "${NAMES[$i]}" "$n" "$(awk -v a="$cs" -v b="$n" 'BEGIN{print (b>0?a/b:0)}')" \
       "$(awk -v a="$v0" -v b="$v1" -v n="$n" 'BEGIN{split(a,x," "); split(b,y," "); if (n>0) printf "%.2f / %.2f", (y[1]-x[1])/n, (y[2]-x[2])/n}')"
+  done
+  # CPU per request by thread over the same 5 s (threads of one name summed): on the CPU
+  # (schedstat, ns), and its user / system split (clock ticks, coarse for a small thread).
+  echo
+  echo "| target | thread | CPU µs per request | user / system µs per request (ticks) |"
+  echo "| --- | --- | ---: | ---: |"
+  for i in "${!NAMES[@]}"; do
+    out="$WORK/perfstat.${NAMES[$i]}"
+    n=$(awk '/ requests in /{print $1}' "$out.wrk")
+    awk -v n="$n" -v tick="$tick_us" -v name="${NAMES[$i]}" '
+      FNR == NR { r0[$1] += $2; u0[$1] += $3; s0[$1] += $4; next }
+      { r1[$1] += $2; u1[$1] += $3; s1[$1] += $4 }
+      END { if (n <= 0) exit
+        for (t in r1) { d = (r1[t] - r0[t]) / 1000 / n; if (d < 0.005) continue
+          printf "| %s | %s | %.2f | %.2f / %.2f |\n", name, t, d, (u1[t]-u0[t])*tick/n, (s1[t]-s0[t])*tick/n } }' \
+      "$out.threads0" "$out.threads1"
   done
   for i in "${!NAMES[@]}"; do
     pid=$(serving_pid "$i"); data="$WORK/perf.${NAMES[$i]}.data"

@@ -18,9 +18,10 @@ use gerbang_audit::{SubjectKey, Writer};
 /// How long the writer lets records gather before writing them (no waiters: fsync interval or
 /// never). Bounds how stale the file can be, well below any fsync interval. Each linger is a
 /// timer armed, a wake-up and a context switch on a core the workers use, and a write system
-/// call: at 2 ms the writer thread cost 1.6 µs of kernel time per call under load on this
-/// VM, at 10 ms 0.6 µs (issue 15, fifteenth pass). The queue holds what arrives during one
-/// linger: 10 ms of 1 million calls a second fit the default queue of 10,000.
+/// call: under load on this VM the writer thread took 1.5-1.9 µs of CPU per call at 2 ms
+/// (0.6-0.9 of it in the kernel), 1.2-1.4 µs at 10 ms (0.3-0.4) (issue 15, fifteenth pass).
+/// The queue holds what arrives during one linger: 10 ms of a million calls a second fit the
+/// default queue of 10,000.
 const LINGER: Duration = Duration::from_millis(10);
 /// Most records written in one batch.
 const MAX_BATCH: usize = 4096;
