@@ -363,7 +363,7 @@ fn remove_named(headers: &mut HeaderMap, names: &[HeaderName]) {
     debug_assert!(names.len() <= 16);
     let mut present = 0u16;
     for name in headers.keys() {
-        if let Some(i) = names.iter().position(|n| n == name) {
+        if let Some(i) = names.iter().take(16).position(|n| n == name) {
             present |= 1 << i;
         }
     }
