@@ -21,7 +21,8 @@ use gerbang_audit::{SubjectKey, Writer};
 /// call: under load on this VM the writer thread took 1.5-1.9 µs of CPU per call at 2 ms
 /// (0.6-0.9 of it in the kernel), 1.2-1.4 µs at 10 ms (0.3-0.4) (issue 15, fifteenth pass).
 /// The queue holds what arrives during one linger: 10 ms of a million calls a second fit the
-/// default queue of 10,000.
+/// default queue of 10,000. A smaller queue, or a faster stream, ends the linger early: the
+/// sender that fills half the queue wakes the writer.
 const LINGER: Duration = Duration::from_millis(10);
 /// Most records written in one batch.
 const MAX_BATCH: usize = 4096;
@@ -78,14 +79,28 @@ pub struct AuditSink {
     pub settings: AuditSettings,
     pub stats: Arc<AuditStats>,
     thread: Mutex<Option<JoinHandle<()>>>,
+    /// The writer thread, woken before its linger is over when the queue is half full.
+    writer: std::thread::Thread,
+    /// Records queued (`AuditStats::queued`) at which a sender wakes the writer.
+    wake_at: u64,
 }
 
 impl AuditSink {
     /// Starts the writer thread.
     pub fn start(
+        writer: Writer,
+        subject: SubjectKey,
+        settings: AuditSettings,
+    ) -> std::io::Result<Arc<Self>> {
+        Self::start_lingering(writer, subject, settings, LINGER)
+    }
+
+    /// [`AuditSink::start`] with the writer's linger (without waiters) at most `linger`.
+    fn start_lingering(
         mut writer: Writer,
         subject: SubjectKey,
         settings: AuditSettings,
+        linger: Duration,
     ) -> std::io::Result<Arc<Self>> {
         let (tx, rx) = sync_channel::<Job>(settings.queue.max(1));
         let stats = Arc::new(AuditStats::default());
@@ -100,7 +115,7 @@ impl AuditSink {
         let linger = if settings.wait_for_disk {
             Duration::ZERO
         } else {
-            LINGER.min(idle)
+            linger.min(idle)
         };
         let thread = std::thread::Builder::new()
             .name("gerbang-audit".into())
@@ -110,7 +125,7 @@ impl AuditSink {
                         // Group commit: everything already queued goes out in one write (and,
                         // with fsync always, one fsync); then every waiter is answered.
                         if !linger.is_zero() {
-                            std::thread::sleep(linger);
+                            std::thread::park_timeout(linger);
                         }
                         let mut next = Some((kind, fields, ack));
                         while let Some(first) = next.take() {
@@ -128,7 +143,7 @@ impl AuditSink {
                             if linger.is_zero() {
                                 break;
                             }
-                            std::thread::sleep(linger);
+                            std::thread::park_timeout(linger);
                             match rx.try_recv() {
                                 Ok(Job::Record { kind, fields, ack }) => {
                                     next = Some((kind, fields, ack));
@@ -152,6 +167,8 @@ impl AuditSink {
                     }
                 }
             })?;
+        let writer = thread.thread().clone();
+        let wake_at = (settings.queue as u64 / 2).max(1);
         Ok(Arc::new(Self {
             tx,
             spare,
@@ -159,6 +176,8 @@ impl AuditSink {
             settings,
             stats,
             thread: Mutex::new(Some(thread)),
+            writer,
+            wake_at,
         }))
     }
 
@@ -189,9 +208,9 @@ impl AuditSink {
         } else {
             (None, None)
         };
-        self.stats.queued.fetch_add(1, Ordering::Relaxed);
+        let depth = self.stats.queued.fetch_add(1, Ordering::Relaxed) + 1;
         match self.tx.try_send(Job::Record { kind, fields, ack }) {
-            Ok(()) => {}
+            Ok(()) => self.wake_if_filling(depth),
             Err(TrySendError::Full(_)) | Err(TrySendError::Disconnected(_)) => {
                 self.stats.queued.fetch_sub(1, Ordering::Relaxed);
                 self.stats.failed.fetch_add(1, Ordering::Relaxed);
@@ -210,18 +229,28 @@ impl AuditSink {
     /// Queues a record without waiting for it (a call whose client went away before it was
     /// answered: there is no one to wait for). Returns whether it was queued.
     pub fn record_detached(&self, fields: Vec<u8>) -> bool {
-        self.stats.queued.fetch_add(1, Ordering::Relaxed);
+        let depth = self.stats.queued.fetch_add(1, Ordering::Relaxed) + 1;
         let job = Job::Record {
             kind: "call",
             fields,
             ack: None,
         };
         if self.tx.try_send(job).is_ok() {
+            self.wake_if_filling(depth);
             return true;
         }
         self.stats.queued.fetch_sub(1, Ordering::Relaxed);
         self.stats.failed.fetch_add(1, Ordering::Relaxed);
         self.lost()
+    }
+
+    /// Ends the writer's linger when the queue is half full: a linger is sized for the default
+    /// queue and a steady stream, and a record that finds the queue full is lost (or, fail-
+    /// closed, refuses its call). Below half, nothing: no wake-up on the request path.
+    fn wake_if_filling(&self, depth: u64) {
+        if depth >= self.wake_at {
+            self.writer.unpark();
+        }
     }
 
     /// Buffers kept for reuse.
@@ -345,6 +374,16 @@ mod tests {
         fsync: gerbang_audit::chain::Fsync,
         settings: AuditSettings,
     ) -> (std::path::PathBuf, Arc<AuditSink>, Vec<u8>) {
+        started_lingering(what, fsync, settings, LINGER)
+    }
+
+    /// [`started`] with the writer's linger.
+    fn started_lingering(
+        what: &str,
+        fsync: gerbang_audit::chain::Fsync,
+        settings: AuditSettings,
+        linger: Duration,
+    ) -> (std::path::PathBuf, Arc<AuditSink>, Vec<u8>) {
         let dir = std::env::temp_dir().join(format!(
             "gerbang-audit-{what}-{}-{}",
             std::process::id(),
@@ -366,8 +405,51 @@ mod tests {
         )
         .unwrap();
         let subject = SubjectKey::from_hex(&SubjectKey::generate_hex().unwrap()).unwrap();
-        let sink = AuditSink::start(writer, subject, settings).unwrap();
+        let sink = AuditSink::start_lingering(writer, subject, settings, linger).unwrap();
         (dir, sink, public)
+    }
+
+    /// The writer lingers while the queue fills, but not past half of it: the record that
+    /// fills half the queue wakes it (a linger sized for the default queue would otherwise
+    /// lose records of a small one). Below half it keeps lingering.
+    #[test]
+    fn a_half_full_queue_ends_the_writers_linger() {
+        let (dir, sink, _) = started_lingering(
+            "wake",
+            gerbang_audit::chain::Fsync::Never,
+            AuditSettings {
+                wait_for_disk: false,
+                fail_closed: true,
+                ack_timeout: Duration::from_secs(5),
+                queue: 8,
+                idle_sync: Duration::from_secs(60),
+            },
+            Duration::from_secs(5),
+        );
+        let written = || sink.stats.written.load(Ordering::Relaxed);
+        for n in 0..3 {
+            assert!(sink.record_detached(format!(r#"{{"n":{n}}}"#).into_bytes()));
+        }
+        // Three of eight: the writer took the first and lingers (five seconds here).
+        std::thread::sleep(Duration::from_millis(300));
+        assert_eq!(
+            written(),
+            0,
+            "below half the queue the writer keeps lingering"
+        );
+        assert!(sink.record_detached(br#"{"n":3}"#.to_vec()));
+        let woken = std::time::Instant::now();
+        while written() < 4 && woken.elapsed() < Duration::from_secs(2) {
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        assert_eq!(
+            written(),
+            4,
+            "the fourth of eight wakes the writer before its linger ends"
+        );
+        assert_eq!(sink.stats.failed.load(Ordering::Relaxed), 0);
+        sink.close();
+        let _ = std::fs::remove_dir_all(dir);
     }
 
     #[tokio::test]
