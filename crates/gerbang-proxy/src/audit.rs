@@ -8,7 +8,7 @@
 //!   fail-closed, or is counted (`dropped`) and the call served when fail-open.
 
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::mpsc::{sync_channel, Receiver, RecvTimeoutError, SyncSender, TrySendError};
+use std::sync::mpsc::{sync_channel, Receiver, RecvTimeoutError, SyncSender};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::Duration;
@@ -80,9 +80,7 @@ pub struct AuditSink {
     pub stats: Arc<AuditStats>,
     thread: Mutex<Option<JoinHandle<()>>>,
     /// The writer thread, woken before its linger is over when the queue is half full.
-    writer: std::thread::Thread,
-    /// Records queued (`AuditStats::queued`) at which a sender wakes the writer.
-    wake_at: u64,
+    writer_thread: std::thread::Thread,
 }
 
 impl AuditSink {
@@ -167,8 +165,7 @@ impl AuditSink {
                     }
                 }
             })?;
-        let writer = thread.thread().clone();
-        let wake_at = (settings.queue as u64 / 2).max(1);
+        let writer_thread = thread.thread().clone();
         Ok(Arc::new(Self {
             tx,
             spare,
@@ -176,8 +173,7 @@ impl AuditSink {
             settings,
             stats,
             thread: Mutex::new(Some(thread)),
-            writer,
-            wake_at,
+            writer_thread,
         }))
     }
 
@@ -208,14 +204,8 @@ impl AuditSink {
         } else {
             (None, None)
         };
-        let depth = self.stats.queued.fetch_add(1, Ordering::Relaxed) + 1;
-        match self.tx.try_send(Job::Record { kind, fields, ack }) {
-            Ok(()) => self.wake_if_filling(depth),
-            Err(TrySendError::Full(_)) | Err(TrySendError::Disconnected(_)) => {
-                self.stats.queued.fetch_sub(1, Ordering::Relaxed);
-                self.stats.failed.fetch_add(1, Ordering::Relaxed);
-                return self.lost();
-            }
+        if !self.queue(Job::Record { kind, fields, ack }) {
+            return self.lost();
         }
         let Some(rx) = rx else {
             return true;
@@ -229,28 +219,30 @@ impl AuditSink {
     /// Queues a record without waiting for it (a call whose client went away before it was
     /// answered: there is no one to wait for). Returns whether it was queued.
     pub fn record_detached(&self, fields: Vec<u8>) -> bool {
-        let depth = self.stats.queued.fetch_add(1, Ordering::Relaxed) + 1;
         let job = Job::Record {
             kind: "call",
             fields,
             ack: None,
         };
-        if self.tx.try_send(job).is_ok() {
-            self.wake_if_filling(depth);
-            return true;
-        }
-        self.stats.queued.fetch_sub(1, Ordering::Relaxed);
-        self.stats.failed.fetch_add(1, Ordering::Relaxed);
-        self.lost()
+        self.queue(job) || self.lost()
     }
 
-    /// Ends the writer's linger when the queue is half full: a linger is sized for the default
-    /// queue and a steady stream, and a record that finds the queue full is lost (or, fail-
-    /// closed, refuses its call). Below half, nothing: no wake-up on the request path.
-    fn wake_if_filling(&self, depth: u64) {
-        if depth >= self.wake_at {
-            self.writer.unpark();
+    /// Puts `job` on the queue, counted as queued, or counts it failed (a full queue, a
+    /// stopped writer). The record that brings the queue to half its size ends the writer's
+    /// linger: a linger is sized for the default queue and a steady stream, and a record that
+    /// finds the queue full is lost (or, fail-closed, refuses its call). Below half, no
+    /// wake-up on the request path.
+    fn queue(&self, job: Job) -> bool {
+        let depth = self.stats.queued.fetch_add(1, Ordering::Relaxed) + 1;
+        if self.tx.try_send(job).is_err() {
+            self.stats.queued.fetch_sub(1, Ordering::Relaxed);
+            self.stats.failed.fetch_add(1, Ordering::Relaxed);
+            return false;
         }
+        if depth >= (self.settings.queue as u64 / 2).max(1) {
+            self.writer_thread.unpark();
+        }
+        true
     }
 
     /// Buffers kept for reuse.
