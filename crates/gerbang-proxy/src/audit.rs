@@ -21,8 +21,8 @@ use gerbang_audit::{SubjectKey, Writer};
 /// call: under load on this VM the writer thread took 1.5-1.9 µs of CPU per call at 2 ms
 /// (0.6-0.9 of it in the kernel), 1.2-1.4 µs at 10 ms (0.3-0.4) (issue 15, fifteenth pass).
 /// The queue holds what arrives during one linger: 10 ms of a million calls a second fit the
-/// default queue of 10,000. A smaller queue, or a faster stream, ends the linger early: the
-/// sender that fills half the queue wakes the writer.
+/// default queue of 10,000. With a smaller queue or a faster stream the linger ends early:
+/// the sender that fills half the queue wakes the writer.
 const LINGER: Duration = Duration::from_millis(10);
 /// Most records written in one batch.
 const MAX_BATCH: usize = 4096;
