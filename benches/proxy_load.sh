@@ -41,6 +41,7 @@
 # Environment: ROUNDS=5 DURATION=10s WARMUP=3s CONNS=64 WRK_THREADS=1 BASE_PORT=18200
 #   LOADGEN_CPU=1 SERVER_CPU=0 UPSTREAM_CPU=$SERVER_CPU HAPROXY=1 VARIANTS="bare full masked limited redis"
 #   TARGETS="nginx gerbang-full" (measure a subset of what started) CSV_OUT=file
+#   NGINX_LOG=1: also nginx-logged, nginx writing an audit-sized access line per request.
 #   KEEP=1 (keep the work directory: configs, logs, raw wrk output).
 #   PERF=1: instead of the rounds, context switches per request of every target (voluntary and
 #   involuntary) and each thread's CPU per request (schedstat: precise where perf's samples
@@ -177,6 +178,23 @@ NGX_PID=$(nginx_start nginx "    listen 127.0.0.1:$NGX_PORT;
     }" "  upstream bench_upstream { server 127.0.0.1:$UP_PORT; keepalive $((CONNS > 64 ? CONNS : 64)); keepalive_requests 100000; }")
 PIDS+=("$NGX_PID")
 NAMES=(nginx); URLS=("http://127.0.0.1:$NGX_PORT/data/1"); TPIDS=("$NGX_PID")
+# NGINX_LOG=1: also nginx-logged, the reference proxy writing an access line per request of
+# about the size of Gerbang's audit record (~530 bytes of JSON, buffered 256 KiB, flushed at
+# least every second, as the audit writer's fsync = "interval" batches): what logging every
+# call costs the reference, to set beside gerbang-full's audit log (which also hashes a chain).
+if [[ ${NGINX_LOG:-0} == 1 ]]; then
+  NGL_PORT=$((BASE_PORT + 34))
+  NGL_PID=$(nginx_start nginx-logged "    listen 127.0.0.1:$NGL_PORT;
+    access_log $WORK/nginx-logged/access.log audit buffer=256k flush=1s;
+    location / {
+      proxy_pass http://bench_upstream;
+      proxy_http_version 1.1;
+      proxy_set_header Connection \"\";
+    }" "  upstream bench_upstream { server 127.0.0.1:$UP_PORT; keepalive $((CONNS > 64 ? CONNS : 64)); keepalive_requests 100000; }
+  log_format audit escape=json '{\"seq\":\$connection_requests,\"ts\":\"\$time_iso8601\",\"kind\":\"call\",\"request_id\":\"\$request_id\",\"remote\":\"\$remote_addr:\$remote_port\",\"method\":\"\$request_method\",\"path\":\"\$uri\",\"query\":\"\$args\",\"consumer\":\"loadgen/client\",\"service\":\"bench/up\",\"endpoint\":\"GET /data/{id}\",\"agreement\":\"bench-agreement\",\"purpose\":null,\"decision\":\"allow\",\"status\":\$status,\"bytes_sent\":\$body_bytes_sent,\"upstream\":\"\$upstream_addr\",\"upstream_status\":\"\$upstream_status\",\"upstream_ms\":\"\$upstream_response_time\",\"duration_ms\":\$request_time,\"traceparent\":\"\$http_traceparent\",\"user_agent\":\"\$http_user_agent\",\"prev\":\"0000000000000000000000000000000000000000000000000000000000000000\"}';")
+  PIDS+=("$NGL_PID")
+  NAMES+=(nginx-logged); URLS+=("http://127.0.0.1:$NGL_PORT/data/1"); TPIDS+=("$NGL_PID")
+fi
 
 if [[ $HAPROXY == 1 ]]; then
   mkdir -p "$WORK/haproxy"
@@ -466,7 +484,7 @@ fi
 # HAProxy (-db), the floors and Gerbang serve in the process started.
 serving_pid() {
   local pid=${TPIDS[$1]}
-  [[ ${NAMES[$1]} == nginx ]] && pid=$(pgrep -P "$pid" | head -1)
+  [[ ${NAMES[$1]} == nginx* ]] && pid=$(pgrep -P "$pid" | head -1)
   echo "$pid"
 }
 if [[ ${SCHED:-0} == 1 ]]; then
