@@ -179,9 +179,10 @@ NGX_PID=$(nginx_start nginx "    listen 127.0.0.1:$NGX_PORT;
 PIDS+=("$NGX_PID")
 NAMES=(nginx); URLS=("http://127.0.0.1:$NGX_PORT/data/1"); TPIDS=("$NGX_PID")
 # NGINX_LOG=1: also nginx-logged, the reference proxy writing an access line per request of
-# about the size of Gerbang's audit record (~530 bytes of JSON, buffered 256 KiB, flushed at
-# least every second, as the audit writer's fsync = "interval" batches): what logging every
-# call costs the reference, to set beside gerbang-full's audit log (which also hashes a chain).
+# about the size of Gerbang's audit record (~545 bytes of JSON against the record's 525;
+# buffered 256 KiB and flushed at least every second, as the audit writer batches with fsync =
+# "interval"): what logging every call costs the reference, to set beside gerbang-full's audit
+# log (which also hashes each record into its chain).
 if [[ ${NGINX_LOG:-0} == 1 ]]; then
   NGL_PORT=$((BASE_PORT + 34))
   NGL_PID=$(nginx_start nginx-logged "    listen 127.0.0.1:$NGL_PORT;
