@@ -170,28 +170,28 @@ UP_PID=$(nginx_start upstream "    listen 127.0.0.1:$UP_PORT;
     location / { return 200 '$BODY'; }
     location /penduduk/ { return 200 '$RECORD'; }" "")
 PIDS+=("$UP_PID")
-NGX_PID=$(nginx_start nginx "    listen 127.0.0.1:$NGX_PORT;
-    location / {
+# The reference's proxying, shared by nginx and nginx-logged.
+NGX_PROXY="    location / {
       proxy_pass http://bench_upstream;
       proxy_http_version 1.1;
       proxy_set_header Connection \"\";
-    }" "  upstream bench_upstream { server 127.0.0.1:$UP_PORT; keepalive $((CONNS > 64 ? CONNS : 64)); keepalive_requests 100000; }")
+    }"
+NGX_UPSTREAM="  upstream bench_upstream { server 127.0.0.1:$UP_PORT; keepalive $((CONNS > 64 ? CONNS : 64)); keepalive_requests 100000; }"
+NGX_PID=$(nginx_start nginx "    listen 127.0.0.1:$NGX_PORT;
+$NGX_PROXY" "$NGX_UPSTREAM")
 PIDS+=("$NGX_PID")
 NAMES=(nginx); URLS=("http://127.0.0.1:$NGX_PORT/data/1"); TPIDS=("$NGX_PID")
 # NGINX_LOG=1: also nginx-logged, the reference proxy writing an access line per request of
 # about the size of Gerbang's audit record (~545 bytes of JSON against the record's 525;
-# buffered 256 KiB and flushed at least every second, as the audit writer batches with fsync =
-# "interval"): what logging every call costs the reference, to set beside gerbang-full's audit
-# log (which also hashes each record into its chain).
+# buffered 256 KiB, written when full and at least every second, as the audit writer writes
+# batches and, with fsync = "interval", syncs every second): what logging every call costs the
+# reference, to set beside gerbang-full's audit log (which also hashes each record into its
+# chain).
 if [[ ${NGINX_LOG:-0} == 1 ]]; then
   NGL_PORT=$((BASE_PORT + 34))
   NGL_PID=$(nginx_start nginx-logged "    listen 127.0.0.1:$NGL_PORT;
     access_log $WORK/nginx-logged/access.log audit buffer=256k flush=1s;
-    location / {
-      proxy_pass http://bench_upstream;
-      proxy_http_version 1.1;
-      proxy_set_header Connection \"\";
-    }" "  upstream bench_upstream { server 127.0.0.1:$UP_PORT; keepalive $((CONNS > 64 ? CONNS : 64)); keepalive_requests 100000; }
+$NGX_PROXY" "$NGX_UPSTREAM
   log_format audit escape=json '{\"seq\":\$connection_requests,\"ts\":\"\$time_iso8601\",\"kind\":\"call\",\"request_id\":\"\$request_id\",\"remote\":\"\$remote_addr:\$remote_port\",\"method\":\"\$request_method\",\"path\":\"\$uri\",\"query\":\"\$args\",\"consumer\":\"loadgen/client\",\"service\":\"bench/up\",\"endpoint\":\"GET /data/{id}\",\"agreement\":\"bench-agreement\",\"purpose\":null,\"decision\":\"allow\",\"status\":\$status,\"bytes_sent\":\$body_bytes_sent,\"upstream\":\"\$upstream_addr\",\"upstream_status\":\"\$upstream_status\",\"upstream_ms\":\"\$upstream_response_time\",\"duration_ms\":\$request_time,\"traceparent\":\"\$http_traceparent\",\"user_agent\":\"\$http_user_agent\",\"prev\":\"0000000000000000000000000000000000000000000000000000000000000000\"}';")
   PIDS+=("$NGL_PID")
   NAMES+=(nginx-logged); URLS+=("http://127.0.0.1:$NGL_PORT/data/1"); TPIDS+=("$NGL_PID")
